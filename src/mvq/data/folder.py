@@ -1,0 +1,164 @@
+"""Any folder of image files (searched recursively), decoded with PIL on access.
+
+Classes are the sorted first-level sub-folders that hold images; images lying directly in
+the root form a class ``"."`` (label 0, which sorts first). If the root has ``train/`` and
+``test/`` sub-folders, the split picks one of them; otherwise every split uses the root.
+Every file is opened and verified at construction; unreadable ones are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mvq.data.base import ImageDataset, check_split
+from mvq.errors import MvqError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+DEFAULT_SIZE = 64
+ROOT_CLASS = "."
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def is_image_file(name: str) -> bool:
+    """True when ``name`` has one of :data:`EXTENSIONS` (case-insensitive)."""
+    return name.lower().endswith(EXTENSIONS)
+
+
+def list_images(root: str) -> list[str]:
+    """Relative paths of all image files under ``root``, sorted, hidden entries excluded."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and is_image_file(name):
+                found.append(os.path.relpath(os.path.join(dirpath, name), root))
+    return sorted(found)
+
+
+def _probe(path: str) -> str | None:
+    """Open and verify one file; return its PIL mode, or None when PIL cannot read it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning, EXIF noise
+            with Image.open(path) as im:
+                mode = im.mode
+                im.verify()
+        return mode
+    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+        return None
+
+
+def load_image(path: str, size: int, channels: int) -> torch.Tensor:
+    """Decode ``path``: shorter side resized to ``size`` (bilinear, antialiased by PIL), then
+    center-cropped; returns float32 ``(channels, size, size)`` in ``[0, 1]``."""
+    with Image.open(path) as im:
+        im = im.convert("L" if channels == 1 else "RGB")
+    w, h = im.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        im = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+_WARNED: set[str] = set()
+
+
+class ImageFolder(ImageDataset):
+    """Image files under a folder: items ``(float32 (C, S, S) in [0, 1], class index)``.
+
+    ``S`` = ``size`` (default 64); ``C`` = ``channels``, or 1 when every image is grayscale
+    and 3 otherwise. ``samples`` lists ``(path, label)``; ``classes`` the class folder names.
+    """
+
+    name = "folder"
+
+    def __init__(
+        self,
+        root: str | None,
+        split: str = "train",
+        size: int | None = None,
+        channels: int | None = None,
+        limit: int | None = None,
+    ) -> None:
+        check_split(split)
+        if root is None:
+            raise MvqError(
+                "the folder data set needs a root: pass --data-root (root=...) pointing to a "
+                "folder of images (optionally in class sub-folders)"
+            )
+        if not os.path.isdir(root):
+            raise MvqError(
+                f"image folder {root} does not exist (or is not a folder); pass --data-root "
+                "pointing to a folder of images (optionally in class sub-folders)"
+            )
+        if os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test")):
+            root = os.path.join(root, split)
+        self.root = root
+        rel_paths = list_images(root)
+        if not rel_paths:
+            raise MvqError(
+                f"no image files found in {root}; expected files ending in "
+                f"{', '.join(EXTENSIONS)} (searched recursively); point --data-root elsewhere"
+            )
+        class_of = [p.split(os.sep, 1)[0] if os.sep in p else ROOT_CLASS for p in rel_paths]
+        self.classes = sorted(set(class_of))
+        index = {c: i for i, c in enumerate(self.classes)}
+
+        samples: list[tuple[str, int]] = []
+        modes: list[str] = []
+        skipped = 0
+        for rel, cls in zip(rel_paths, class_of):
+            if limit is not None and len(samples) >= limit:
+                break
+            path = os.path.join(root, rel)
+            mode = _probe(path)
+            if mode is None:
+                skipped += 1
+                continue
+            samples.append((path, index[cls]))
+            modes.append(mode)
+        if not samples:
+            raise MvqError(
+                f"none of the {skipped} image file(s) in {root} could be read by PIL; expected "
+                "valid image files; check the folder or point --data-root elsewhere"
+            )
+        if skipped and root not in _WARNED:
+            _WARNED.add(root)
+            print(f"mvq: skipped {skipped} unreadable image(s) in {root}", file=sys.stderr)
+        if channels is None:
+            channels = 1 if all(m in _GRAY_MODES for m in modes) else 3
+        self.samples = samples
+        self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        super().__init__(
+            split=split,
+            image_size=size if size is not None else DEFAULT_SIZE,
+            channels=channels,
+            num_classes=len(self.classes),
+        )
+        self.skipped = skipped
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[self._check_index(int(index))]
+        try:
+            image = load_image(path, self.image_size, self.channels)
+        except Exception as exc:
+            raise MvqError(
+                f"could not decode image {path} (it passed verification): {exc}; expected a "
+                "valid image file; remove or replace it"
+            ) from exc
+        return image, label

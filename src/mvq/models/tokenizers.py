@@ -1,0 +1,241 @@
+"""The tokenizers: one-level VQ-VAE, hierarchical VQ-VAE-2 baseline, and MVQ-VAE.
+
+All share the :class:`Tokenizer` interface: ``encode(x) -> Codes``, ``decode(codes) -> x``,
+``forward(x) -> TokenizerOutput`` (reconstruction, losses, statistics). Images are (B, C, H, W)
+in [0, 1]; the networks see them in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvq.codes import Codes
+from mvq.config import ModelConfig, model_hash
+from mvq.errors import MvqError
+from mvq.nn.vqvae2 import build_networks, geometry
+from mvq.quantize.masked import MaskedQuantizer
+from mvq.quantize.vq import VectorQuantizer, code_stats
+
+
+@dataclass
+class TokenizerOutput:
+    """recon: (B, C, H, W) in image scale (not clamped); loss: total scalar to minimise;
+    losses: named scalar terms (detached floats for logging come from ``.item()``);
+    codes: the batch's Codes; stats: codebook usage / perplexity of this batch."""
+
+    recon: torch.Tensor
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    codes: Codes
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class Tokenizer(nn.Module):
+    """Base class: holds the config and the image-scale conversions."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.geo = geometry(cfg.factor, cfg.image_size)
+
+    # token accounting ------------------------------------------------------
+    @property
+    def codebook_sizes(self) -> list[int]:
+        raise NotImplementedError
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        """(S, S'): primary and secondary tokens per image."""
+        raise NotImplementedError
+
+    @property
+    def mask_bits(self) -> int:
+        return 0
+
+    @property
+    def bits_per_image(self) -> float:
+        """Information in one image's code: sum of log2(K_i) per token + mask bits."""
+        s, s2 = self.tokens
+        sizes = self.codebook_sizes
+        bits = s * math.log2(sizes[0]) + (s2 * math.log2(sizes[1]) if s2 else 0.0)
+        return bits + self.mask_bits
+
+    # helpers ---------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        c, s = self.cfg.channels, self.cfg.image_size
+        if x.dim() != 4 or x.shape[1] != c or x.shape[2] != s or x.shape[3] != s:
+            raise MvqError(
+                f"this {self.cfg.type} tokenizer expects images of shape (B, {c}, {s}, {s}), "
+                f"got {tuple(x.shape)}: set data/model channels and image_size to match"
+            )
+
+    def _meta(self) -> dict:
+        return {"model": self.cfg.type, "config_hash": model_hash(self.cfg),
+                "codebook_sizes": self.codebook_sizes}
+
+    def _output(self, x, rec, losses: dict, codes: Codes, indices: list) -> TokenizerOutput:
+        recon = (rec + 1) / 2
+        losses = {"rec": F.mse_loss(recon, x), **losses}
+        stats = {}
+        for name, (ids, k) in zip(("", "2"), indices):
+            st = code_stats(ids, k)
+            stats[f"usage{name}"], stats[f"perplexity{name}"] = st["usage"], st["perplexity"]
+        return TokenizerOutput(recon, sum(losses.values()), losses, codes, stats)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """encode -> decode, clamped to [0, 1]."""
+        return self.decode(self.encode(x)).clamp(0, 1)
+
+
+def _vq(cfg: ModelConfig, k: int, dim: int) -> VectorQuantizer:
+    return VectorQuantizer(k, dim, beta=cfg.beta, ema=cfg.ema, decay=cfg.decay,
+                           restart_dead=cfg.restart_dead, kmeans_init=cfg.kmeans_init)
+
+
+def _nets(cfg: ModelConfig, **kw) -> dict[str, nn.Module]:
+    return build_networks(cfg.factor, cfg.image_size, cfg.channels, cfg.dim, cfg.dim2,
+                          cfg.hidden, cfg.res_blocks, cfg.res_channels, **kw)
+
+
+class VQVAE(Tokenizer):
+    """One level: x -> E -> VQ(K) -> D. S tokens, K entries."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        nets = _nets(cfg)
+        self.encoder, self.decoder = nets["E"], nets["D"]
+        self.quantizer = _vq(cfg, cfg.codebook_size, cfg.dim)
+
+    codebook_sizes = property(lambda self: [self.cfg.codebook_size])
+    tokens = property(lambda self: (self.geo.tokens, 0))
+
+    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+        self._check_input(x)
+        q = self.quantizer(self.encoder(x * 2 - 1))
+        codes = Codes(q.indices, meta=self._meta())
+        return self._output(x, self.decoder(q.quantized), {"vq": q.loss}, codes,
+                            [(q.indices, self.cfg.codebook_size)])
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> Codes:
+        self._check_input(x)
+        z = self.encoder(x * 2 - 1)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        ids = self.quantizer.nearest(flat).view(z.shape[0], z.shape[2], z.shape[3])
+        return Codes(ids, meta=self._meta())
+
+    def decode(self, codes: Codes) -> torch.Tensor:
+        return (self.decoder(self.quantizer.lookup(codes.primary)) + 1) / 2
+
+
+class HVQVAE(Tokenizer):
+    """VQ-VAE-2-style hierarchical baseline (MVQ paper A.6), S + S' tokens, K/2 entries each.
+
+    The secondary encoder sees the primary encoder output *and* the image (pooled onto the
+    primary grid); the decoder takes the concatenation of the primary code and the secondary
+    code brought onto the primary grid by f.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        nets = _nets(cfg, e2_in=cfg.dim + cfg.channels, dec_in=2 * cfg.dim)
+        self.encoder, self.encoder2 = nets["E"], nets["E2"]
+        self.decoder, self.f = nets["D"], nets["f"]
+        half = cfg.codebook_size // 2
+        self.quantizer, self.quantizer2 = _vq(cfg, half, cfg.dim), _vq(cfg, half, cfg.dim2)
+
+    codebook_sizes = property(lambda self: [self.cfg.codebook_size // 2] * 2)
+    tokens = property(lambda self: (self.geo.tokens, self.geo.tokens2))
+
+    def _encode(self, x):
+        h = x * 2 - 1
+        y = self.encoder(h)
+        pooled = F.adaptive_avg_pool2d(h, y.shape[-2:])
+        return y, self.encoder2(torch.cat([y, pooled], 1))
+
+    def _decode(self, e, e2):
+        return self.decoder(torch.cat([e, self.f(e2)], 1))
+
+    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+        self._check_input(x)
+        y, y2 = self._encode(x)
+        q1, q2 = self.quantizer(y), self.quantizer2(y2)
+        codes = Codes(q1.indices, q2.indices, meta=self._meta())
+        k = self.cfg.codebook_size // 2
+        return self._output(x, self._decode(q1.quantized, q2.quantized),
+                            {"vq": q1.loss, "vq2": q2.loss}, codes,
+                            [(q1.indices, k), (q2.indices, k)])
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> Codes:
+        self._check_input(x)
+        y, y2 = self._encode(x)
+        ids = [q.nearest(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])).view(z.shape[0], *z.shape[2:])
+               for q, z in ((self.quantizer, y), (self.quantizer2, y2))]
+        return Codes(ids[0], ids[1], meta=self._meta())
+
+    def decode(self, codes: Codes) -> torch.Tensor:
+        e, e2 = self.quantizer.lookup(codes.primary), self.quantizer2.lookup(codes.secondary)
+        return (self._decode(e, e2) + 1) / 2
+
+
+class MVQVAE(Tokenizer):
+    """Masked VQ (MVQ paper Fig. 3): y = E(x), y' = E'(y), y_hat = e + f(e' * m*), x = D(y_hat)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        nets = _nets(cfg)
+        self.encoder, self.encoder2, self.decoder = nets["E"], nets["E2"], nets["D"]
+        half = cfg.codebook_size // 2
+        self.mvq = MaskedQuantizer(_vq(cfg, half, cfg.dim), _vq(cfg, half, cfg.dim2), nets["f"],
+                                   num_masks=cfg.num_masks, eval_masks=cfg.eval_masks or None,
+                                   chunk_size=cfg.chunk_size, search_seed=cfg.search_seed)
+
+    codebook_sizes = property(lambda self: [self.cfg.codebook_size // 2] * 2)
+    tokens = property(lambda self: (self.geo.tokens, self.geo.tokens2))
+    mask_bits = property(lambda self: self.geo.tokens2 * self.cfg.dim2)
+
+    def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> TokenizerOutput:
+        self._check_input(x)
+        y = self.encoder(x * 2 - 1)
+        out = self.mvq(y, self.encoder2(y), masks=masks)
+        codes = Codes(out.primary.indices, out.secondary.indices,
+                      out.mask.permute(0, 2, 3, 1).contiguous(), meta=self._meta())
+        k = self.cfg.codebook_size // 2
+        losses = {"vq": out.primary.loss, "vq2": out.secondary.loss, "mhd": out.mhd_loss}
+        return self._output(x, self.decoder(out.y_hat), losses, codes,
+                            [(out.primary.indices, k), (out.secondary.indices, k)])
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> Codes:
+        """Deterministic: the mask is searched over the seeded bank of ``eval_masks`` masks."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.forward(x).codes
+        finally:
+            self.train(was_training)
+
+    def decode(self, codes: Codes) -> torch.Tensor:
+        if codes.mask is None or codes.secondary is None:
+            raise MvqError("MVQ codes need secondary ids and mask bits; these codes have none")
+        return (self.decoder(self.mvq.decode_codes(codes.primary, codes.secondary, codes.mask)) + 1) / 2
+
+
+MODELS: dict[str, type[Tokenizer]] = {"vqvae": VQVAE, "hvqvae": HVQVAE, "mvqvae": MVQVAE}
+
+
+def build_model(cfg: ModelConfig) -> Tokenizer:
+    if cfg.type not in MODELS:
+        raise MvqError(f"model.type must be one of {', '.join(MODELS)}, got {cfg.type!r}")
+    if cfg.type != "vqvae" and cfg.codebook_size < 4:
+        raise MvqError(f"model.codebook_size K={cfg.codebook_size} is split in two codebooks: use K >= 4")
+    try:
+        return MODELS[cfg.type](cfg)
+    except ValueError as err:
+        raise MvqError(f"cannot build {cfg.type}: {err}") from None

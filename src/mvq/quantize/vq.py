@@ -1,0 +1,188 @@
+"""Vector quantizer: nearest code in fp32, straight-through, explicit codebook + beta commitment.
+
+The loss follows the VQ-VAE paper (and MVQ eq. 2) exactly:
+
+    L_cb(y, e) = ||sg[y] - e||^2  +  beta * ||y - sg[e]||^2
+                 ^ moves the codebook  ^ moves the encoder ("commitment")
+
+Several public implementations swap the two terms (taming's ``legacy=True``); the tests check
+which parameters each term moves. With ``ema=True`` the codebook is updated by exponential
+moving averages of assigned encoder outputs instead of the first term, which keeps MVQ stable
+(see DESIGN.md: gradient codebooks diverged on FashionMNIST, EMA ones did not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class QuantizeOutput:
+    """Result of :class:`VectorQuantizer`.
+
+    quantized: (B, D, H, W) straight-through codes (forward value = codes, gradient -> input).
+    codes: (B, D, H, W) the raw code vectors (gradient -> codebook only).
+    indices: (B, H, W) int64 code ids.
+    codebook_loss, commit_loss: scalars (commit_loss not yet multiplied by beta).
+    loss: codebook_loss (gradient codebooks only) + beta * commit_loss.
+    """
+
+    quantized: torch.Tensor
+    codes: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    commit_loss: torch.Tensor
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour vector quantizer over a codebook of ``num_codes`` vectors of ``dim``.
+
+    Args:
+        num_codes: codebook entries K.
+        dim: code dimension D.
+        beta: weight of the commitment term.
+        ema: update the codebook with exponential moving averages (no gradient codebook term).
+        decay: EMA decay.
+        restart_dead: replace codes whose running usage falls below ``dead_threshold``
+            (in expected assignments per batch) by random encoder outputs of the batch.
+        kmeans_init: initialise the codebook with k-means on the first training batch.
+    """
+
+    def __init__(
+        self,
+        num_codes: int,
+        dim: int,
+        beta: float = 0.25,
+        ema: bool = True,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        restart_dead: bool = True,
+        dead_threshold: float = 0.03,
+        kmeans_init: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_codes < 1 or dim < 1:
+            raise ValueError(f"num_codes and dim must be >= 1, got {num_codes}, {dim}")
+        self.num_codes, self.dim, self.beta = num_codes, dim, beta
+        self.ema, self.decay, self.eps = ema, decay, eps
+        self.restart_dead, self.dead_threshold = restart_dead, dead_threshold
+        self.kmeans_init = kmeans_init
+        weight = torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
+        self.embedding = nn.Parameter(weight, requires_grad=not ema)
+        # Running assignment counts (all modes: drives dead-code restart and usage stats).
+        self.register_buffer("cluster_size", torch.ones(num_codes))
+        self.register_buffer("embed_sum", weight.clone())
+        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+
+    # ----------------------------------------------------------------- lookups
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """Ids of the nearest codes, computed in fp32. flat: (N, D) -> (N,)."""
+        if flat.dtype != torch.float64:
+            flat = flat.float()
+        weight = self.embedding.to(flat.dtype)
+        dist = (
+            flat.pow(2).sum(1, keepdim=True)
+            - 2.0 * flat @ weight.t()
+            + weight.pow(2).sum(1)[None, :]
+        )
+        return dist.argmin(1)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code vectors for ids. indices: (B, H, W) -> (B, D, H, W)."""
+        if indices.min() < 0 or indices.max() >= self.num_codes:
+            raise ValueError(
+                f"code ids must lie in [0, {self.num_codes}), found "
+                f"[{int(indices.min())}, {int(indices.max())}]"
+            )
+        return F.embedding(indices, self.embedding).permute(0, 3, 1, 2).contiguous()
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, z: torch.Tensor) -> QuantizeOutput:
+        """z: (B, D, H, W) encoder output."""
+        if z.dim() != 4 or z.shape[1] != self.dim:
+            raise ValueError(f"expected (B, {self.dim}, H, W), got {tuple(z.shape)}")
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z32 = z if z.dtype == torch.float64 else z.float()  # at least fp32
+            flat = z32.permute(0, 2, 3, 1).reshape(-1, self.dim)
+            if self.training and not bool(self.initialized):
+                self._kmeans(flat.detach())
+            indices = self.nearest(flat)
+            codes = F.embedding(indices, self.embedding).to(z32.dtype)
+            codes = codes.view(z.shape[0], z.shape[2], z.shape[3], self.dim).permute(0, 3, 1, 2)
+            codebook_loss = F.mse_loss(codes, z32.detach())  # ||sg[y] - e||^2: moves e
+            commit_loss = F.mse_loss(z32, codes.detach())  # ||y - sg[e]||^2: moves y
+            if self.training:
+                self._update_stats(flat.detach(), indices)
+            loss = self.beta * commit_loss
+            if not self.ema:
+                loss = loss + codebook_loss
+            quantized = z32 + (codes - z32).detach()  # straight-through estimator
+        return QuantizeOutput(
+            quantized=quantized.to(z.dtype),
+            codes=codes,
+            indices=indices.view(z.shape[0], z.shape[2], z.shape[3]),
+            loss=loss,
+            codebook_loss=codebook_loss,
+            commit_loss=commit_loss,
+        )
+
+    # ----------------------------------------------------------------- training-time updates
+    @torch.no_grad()
+    def _update_stats(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+        onehot = F.one_hot(indices, self.num_codes).type(flat.dtype)
+        counts = onehot.sum(0)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        if self.ema:
+            self.embed_sum.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
+            n = self.cluster_size.sum()
+            smoothed = (self.cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
+            self.embedding.data.copy_(self.embed_sum / smoothed[:, None])
+        if self.restart_dead:
+            self._restart(flat)
+
+    @torch.no_grad()
+    def _restart(self, flat: torch.Tensor) -> None:
+        expected = flat.shape[0] / self.num_codes
+        dead = self.cluster_size < self.dead_threshold * expected
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return
+        pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+        fresh = flat[pick] + 1e-3 * flat.std() * torch.randn_like(flat[pick])
+        self.embedding.data[dead] = fresh.to(self.embedding.dtype)
+        self.cluster_size[dead] = expected
+        self.embed_sum[dead] = fresh * expected  # keeps embedding == embed_sum / cluster_size
+
+    @torch.no_grad()
+    def _kmeans(self, flat: torch.Tensor, iters: int = 10) -> None:
+        pick = torch.randperm(flat.shape[0], device=flat.device)[: self.num_codes]
+        centers = flat[pick]
+        if centers.shape[0] < self.num_codes:  # fewer vectors than codes: repeat with noise
+            reps = centers[torch.randint(0, centers.shape[0], (self.num_codes - centers.shape[0],))]
+            centers = torch.cat([centers, reps + 1e-3 * torch.randn_like(reps)])
+        for _ in range(iters):
+            assign = torch.cdist(flat, centers).argmin(1)
+            for k in range(self.num_codes):
+                members = flat[assign == k]
+                if len(members):
+                    centers[k] = members.mean(0)
+        self.embedding.data.copy_(centers)
+        self.cluster_size.fill_(flat.shape[0] / self.num_codes)
+        self.embed_sum.copy_(centers * self.cluster_size[:, None])
+        self.initialized.fill_(True)
+
+    def extra_repr(self) -> str:
+        return f"K={self.num_codes}, D={self.dim}, beta={self.beta}, ema={self.ema}"
+
+
+def code_stats(indices: torch.Tensor, num_codes: int) -> dict[str, float]:
+    """Usage (fraction of codes used) and perplexity of a batch of ids."""
+    counts = torch.bincount(indices.reshape(-1), minlength=num_codes).float()
+    p = counts / counts.sum().clamp_min(1)
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"usage": float((counts > 0).float().mean()), "perplexity": float(entropy.exp())}

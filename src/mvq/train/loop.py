@@ -1,0 +1,187 @@
+"""One training loop for tokenizers: seeds, progress bar, validation, grids, CSV log, resume.
+
+Batches are a pure function of (seed, step), and the RNG state is checkpointed, so a resumed
+run continues the exact trajectory of an uninterrupted one (tests/test_train.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mvq.checkpoint import load_tokenizer, load_train_state, read_info, save_checkpoint
+from mvq.config import Config
+from mvq.data import build_dataset
+from mvq.errors import MvqError
+from mvq.images import save_grid
+from mvq.models import Tokenizer, build_model
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_data(cfg: Config):
+    """(train set, fixed validation subset) at the model's size and channels."""
+    kw = dict(root=cfg.data.root, size=cfg.model.image_size, channels=cfg.model.channels,
+              seed=cfg.train.seed)
+    train_set = build_dataset(cfg.data.name, split="train", limit=cfg.data.train_limit, **kw)
+    val_set = build_dataset(cfg.data.name, split="test", limit=cfg.data.val_limit or None, **kw)
+    return train_set, val_set
+
+
+class StepBatches:
+    """Batch for step s = a slice of a per-epoch permutation seeded by (seed, epoch)."""
+
+    def __init__(self, dataset, batch_size: int, seed: int) -> None:
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.per_epoch = max(1, len(dataset) // batch_size)
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(len(self.dataset), generator=gen)
+        idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+        return torch.stack([self.dataset[int(j)][0] for j in idx])
+
+
+def stack_images(dataset, n: int | None = None) -> torch.Tensor:
+    n = len(dataset) if n is None else min(n, len(dataset))
+    return torch.stack([dataset[i][0] for i in range(n)])
+
+
+@torch.no_grad()
+def validate(model: Tokenizer, images: torch.Tensor, batch_size: int = 256,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Reconstruction through the discrete codes: MSE, PSNR (mean per image), code usage."""
+    was = model.training
+    model.eval()
+    se, psnr, ids1, ids2 = [], [], [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device)
+        codes = model.encode(x)
+        rec = model.decode(codes).clamp(0, 1)
+        err = (rec - x).pow(2).flatten(1).mean(1)
+        se.append(err.cpu())
+        psnr.append((10 * torch.log10(1.0 / err.clamp_min(1e-10))).cpu())
+        ids1.append(codes.primary.flatten().cpu())
+        if codes.secondary is not None:
+            ids2.append(codes.secondary.flatten().cpu())
+    model.train(was)
+    sizes = model.codebook_sizes
+    out = {"val_mse": float(torch.cat(se).mean()), "val_psnr": float(torch.cat(psnr).mean()),
+           "val_usage": float(torch.cat(ids1).unique().numel() / sizes[0])}
+    if ids2:
+        out["val_usage2"] = float(torch.cat(ids2).unique().numel() / sizes[1])
+    return out
+
+
+@dataclass
+class TrainResult:
+    step: int
+    metrics: dict[str, float]
+    out_dir: Path
+    seconds: float
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | None = None,
+          data=None) -> TrainResult:
+    """Train the tokenizer of ``cfg`` into ``cfg.train.out_dir``; returns final validation metrics."""
+    tc = cfg.train
+    out = Path(tc.out_dir)
+    ckpt = out / "checkpoint"
+    device = pick_device(tc.device)
+    torch.manual_seed(tc.seed)
+    train_set, val_set = data if data is not None else build_data(cfg)
+    if train_set.channels != cfg.model.channels:
+        raise MvqError(f"data has {train_set.channels} channels, model.channels is {cfg.model.channels}")
+    step = 0
+    if resume:
+        info = read_info(ckpt)
+        model, saved, _ = load_tokenizer(ckpt, expect_type=cfg.model.type, device=str(device))
+        if saved.model != cfg.model:
+            diff = [k for k in vars(cfg.model) if getattr(cfg.model, k) != getattr(saved.model, k)]
+            raise MvqError(f"cannot resume {ckpt}: its model was trained with other settings "
+                           f"({', '.join(f'model.{k}' for k in diff)}); drop those overrides")
+        step = int(info["step"])
+    else:
+        model = build_model(cfg.model).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=tc.lr, betas=tuple(tc.betas))
+    if resume:
+        load_train_state(ckpt, opt)
+    out.mkdir(parents=True, exist_ok=True)
+    batches = StepBatches(train_set, tc.batch_size, tc.seed)
+    val_images = stack_images(val_set)
+    grid_images = val_images[: tc.grid_images]
+    log_path = out / "metrics.csv"
+    log_file = open(log_path, "a" if resume else "w", newline="")
+    writer = None
+    metrics: dict[str, float] = {}
+    t0 = time.time()
+    bar = tqdm(total=tc.steps, initial=step, desc=desc or cfg.model.type, disable=not progress,
+               file=sys.stderr, dynamic_ncols=True, leave=True)
+    model.train()
+    try:
+        while step < tc.steps:
+            x = batches(step).to(device)
+            with torch.autocast(device.type, enabled=tc.amp and device.type == "cuda"):
+                result = model(x)
+            opt.zero_grad(set_to_none=True)
+            result.loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            opt.step()
+            step += 1
+            loss = float(result.loss.detach())
+            if not math.isfinite(loss):
+                raise MvqError(f"training diverged at step {step} (loss {loss}); lower train.lr "
+                               "or keep model.ema=true")
+            bar.update(1)
+            row = None
+            if step % tc.log_every == 0 or step == tc.steps:
+                row = {"step": step, "loss": loss,
+                       **{k: float(v.detach()) for k, v in result.losses.items()}, **result.stats}
+                bar.set_postfix(loss=f"{loss:.4f}", usage=f"{result.stats.get('usage', 0):.2f}")
+            if step % tc.val_every == 0 or step == tc.steps:
+                metrics = validate(model, val_images, device=device)
+                row = {**(row or {"step": step, "loss": loss}), **metrics}
+                write_recon_grid(model, grid_images, out / f"recon_{step:06d}.png", device)
+            if row is not None:
+                if writer is None:
+                    writer = csv.DictWriter(log_file, fieldnames=_FIELDS, extrasaction="ignore")
+                    if not resume:
+                        writer.writeheader()
+                writer.writerow(row)
+                log_file.flush()
+            if step % tc.ckpt_every == 0 or step == tc.steps:
+                save_checkpoint(ckpt, model, cfg, step, opt, extra={"metrics": metrics})
+    finally:
+        bar.close()
+        log_file.close()
+    return TrainResult(step, metrics, out, time.time() - t0)
+
+
+_FIELDS = ["step", "loss", "rec", "vq", "vq2", "mhd", "usage", "perplexity", "usage2",
+           "perplexity2", "val_mse", "val_psnr", "val_usage", "val_usage2"]
+
+
+@torch.no_grad()
+def write_recon_grid(model: Tokenizer, images: torch.Tensor, path: Path, device) -> None:
+    """Originals (top row) over reconstructions from the codes (bottom row)."""
+    was = model.training
+    model.eval()
+    rec = model.reconstruct(images.to(device)).cpu()
+    model.train(was)
+    save_grid([images, rec], path)

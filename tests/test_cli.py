@@ -1,0 +1,88 @@
+"""The command line: help, errors as one line with a non-zero exit, and a tiny end-to-end run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from mvq.cli import main
+
+TINY = ["model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",
+        "model.dim2=8", "model.num_masks=8", "data.name=shapes", "data.train_limit=64",
+        "data.val_limit=8", "train.steps=2", "train.batch_size=4", "train.val_every=2",
+        "train.grid_images=4"]
+
+
+def _err_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_help_runs():
+    out = subprocess.run([sys.executable, "-m", "mvq.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout and "demo" in out.stdout
+    for cmd in ("train", "reconstruct", "demo", "bench"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+
+
+def test_unknown_config_key(capsys):
+    assert main(["train", "model.nmasks=4"]) == 2
+    line = _err_line(capsys)
+    assert "unknown config key model.nmasks" in line and "num_masks" in line
+
+
+def test_missing_config_file(capsys):
+    assert main(["train", "--config", "nope.yaml"]) == 2
+    assert "config file not found: nope.yaml" in _err_line(capsys)
+
+
+def test_missing_data_path(capsys, tmp_path):
+    code = main(["train", *TINY, "data.name=fashion-mnist", f"data.root={tmp_path / 'none'}"])
+    assert code == 2
+    assert "apt-get install dataset-fashion-mnist" in _err_line(capsys)
+
+
+def test_image_folder_with_corrupt_files(capsys, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("L", (30, 30), color=40 * i).save(folder / f"ok{i}.png")
+    (folder / "bad.png").write_bytes(b"not a png")
+    args = ["train", *TINY, "data.name=folder", f"data.root={folder}", "data.val_limit=2",
+            f"train.out_dir={tmp_path / 'run'}", "--no-progress"]
+    assert main(args) == 0
+    assert "skipped 1 unreadable" in capsys.readouterr().err
+    for f in folder.glob("ok*"):
+        f.write_bytes(b"broken")
+    assert main(args) == 2
+    assert "could be read" in _err_line(capsys)
+
+
+def test_wrong_channel_count(capsys):
+    assert main(["train", *TINY, "model.channels=2"]) == 2
+    assert "channels" in _err_line(capsys)
+
+
+def test_train_reconstruct_and_wrong_checkpoint(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, f"train.out_dir={run}", "--no-progress"]) == 0
+    ck = run / "checkpoint"
+    info = json.loads((ck / "config.json").read_text())
+    assert info["model_type"] == "mvqvae" and info["step"] == 2
+    out = tmp_path / "rec.png"
+    assert main(["reconstruct", "--checkpoint", str(ck), "--n", "4", "--out", str(out),
+                 "--codes", str(tmp_path / "codes.safetensors")]) == 0
+    assert Image.open(out).size[0] > 0 and (tmp_path / "codes.safetensors").is_file()
+    capsys.readouterr()
+    # resuming with another model type refuses the checkpoint
+    assert main(["train", *TINY, "model.type=hvqvae", f"train.out_dir={run}", "--resume"]) == 2
+    assert "holds a mvqvae checkpoint, expected hvqvae" in _err_line(capsys)
+    # a folder that is not a checkpoint
+    assert main(["reconstruct", "--checkpoint", str(tmp_path)]) == 2
+    assert "not an mvq checkpoint" in _err_line(capsys)

@@ -1,0 +1,124 @@
+"""mvq.evaluate: reconstruction metrics of a checkpoint, checked against hand computations."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_model_config
+
+import mvq.metrics.fid as fid_module
+from mvq.checkpoint import load_tokenizer
+from mvq.config import Config, DataConfig, TrainConfig
+from mvq.data import build_dataset
+from mvq.errors import MvqError
+from mvq.evaluate import evaluate_checkpoint, format_table, write_reports
+from mvq.metrics import extract_features, fid_from_features, get_inception, ssim
+from mvq.train import train
+
+NO_INCEPTION = ("mse", "psnr", "ssim", "lpips", "usage")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("eval") / "run"
+    cfg = Config(model=tiny_model_config(num_masks=8),
+                 data=DataConfig(name="shapes", train_limit=32, val_limit=8),
+                 train=TrainConfig(steps=2, batch_size=8, val_every=2, ckpt_every=2, log_every=1,
+                                   grid_images=4, out_dir=str(out)))
+    return train(cfg, progress=False).out_dir / "checkpoint"
+
+
+def _by_hand(checkpoint, n):
+    """The first n shapes test images and their reconstructions, without mvq.evaluate."""
+    model, cfg, _ = load_tokenizer(checkpoint)
+    model.eval()
+    ds = build_dataset("shapes", split="test", size=cfg.model.image_size,
+                       channels=cfg.model.channels, limit=n)
+    x = torch.stack([ds[i][0] for i in range(n)])
+    with torch.no_grad():
+        rec = model.decode(model.encode(x)).clamp(0, 1)
+    return model, x, rec
+
+
+def test_pixel_metrics_match_hand_computation(checkpoint, tmp_path):
+    result = evaluate_checkpoint(checkpoint, n=16, batch_size=8, metrics=NO_INCEPTION,
+                                 progress=False, device="cpu")
+    model, x, rec = _by_hand(checkpoint, 16)
+    mse_i = (rec.double() - x.double()).pow(2).flatten(1).mean(1)
+    m = result["metrics"]
+    assert m["mse"] == pytest.approx(float(mse_i.mean()), rel=1e-5)
+    assert m["psnr"] == pytest.approx(float((10 * torch.log10(1 / mse_i)).mean()), rel=1e-5)
+    assert m["ssim"] == pytest.approx(float(ssim(x, rec).double().mean()), rel=1e-4, abs=1e-6)
+    assert 0 <= m["lpips"] and math.isfinite(m["lpips"])
+    for key in ("usage", "usage2"):
+        assert 0 <= m[key] <= 1
+    assert 1 <= m["perplexity"] <= model.codebook_sizes[0]
+    assert m["bits_per_image"] == model.bits_per_image
+    assert m["tokens"] == sum(model.tokens)
+    assert "rfid" not in m and "prd_f8" not in m and result["feature_extractor"] is None
+    assert result["lpips_resize"].startswith("bilinear 28x28 -> 32x32")
+
+    json_path, md_path = tmp_path / "r" / "eval.json", tmp_path / "r" / "eval.md"
+    write_reports(result, json_path, md_path)
+    back = json.loads(json_path.read_text())
+    assert back == result
+    assert back["checkpoint"] == str(checkpoint.resolve())
+    assert (back["model_type"], back["step"], back["dataset"], back["split"]) == \
+        ("mvqvae", 2, "shapes", "test")
+    assert (back["n"], back["image_size"], back["channels"]) == (16, 28, 1)
+    assert len(back["lpips_backbone_sha256"]) == 64 and back["mvq_version"]
+    assert back["seconds"] > 0
+    md = md_path.read_text()
+    assert md == format_table(result) + "\n"
+    assert "mvqvae" in md.splitlines()[0] and "N=16 test" in md.splitlines()[0]
+    assert "| MSE |" in md and "| bits / image | 14.0 |" in md
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 12 images: rank-deficient covariances
+def test_rfid_and_prd_with_feature_cache(checkpoint, tmp_path, monkeypatch):
+    calls = []
+    original = fid_module.extract_features
+
+    def counting(images, *args, **kw):  # called by cached_feature_stats on a cache miss only
+        calls.append(1)
+        return original(images, *args, **kw)
+
+    monkeypatch.setattr(fid_module, "extract_features", counting)
+    cache = tmp_path / "stats"
+    kw = dict(n=12, batch_size=12, progress=False, device="cpu", cache_dir=str(cache))
+    first = evaluate_checkpoint(checkpoint, metrics=("rfid", "prd"), **kw)
+    assert len(calls) == 1 and first["fid_stats_cache_hit"] is False
+    path = first["fid_stats_cache"]
+    assert path.startswith(str(cache)) and (cache / path.rsplit("/", 1)[1]).is_file()
+    assert first["feature_extractor"] == "pytorch-fid FIDInceptionV3 pool3 2048-d"
+    assert first["inception_resize"].startswith("bilinear to 299")
+    rfid = first["metrics"]["rfid"]
+    assert math.isfinite(rfid) and rfid >= 0
+    for key in ("prd_f8", "prd_f1_8"):
+        assert 0 <= first["metrics"][key] <= 1
+
+    second = evaluate_checkpoint(checkpoint, metrics=("prd",), **kw)  # PRD reads the cache too
+    assert len(calls) == 1 and second["fid_stats_cache_hit"] is True
+    assert second["metrics"]["prd_f8"] == first["metrics"]["prd_f8"]
+    assert second["metrics"]["prd_f1_8"] == first["metrics"]["prd_f1_8"]
+
+    _, x, rec = _by_hand(checkpoint, 12)
+    ext = get_inception(device="cpu")
+    assert first["feature_extractor_sha256"] == ext.weights_sha256
+    real = original(x, batch_size=12, progress=False, extractor=ext)
+    fake = extract_features(rec, batch_size=12, progress=False, extractor=ext)
+    assert abs(rfid - fid_from_features(real, fake)) < 1e-3
+
+
+def test_errors(checkpoint, tmp_path):
+    with pytest.raises(MvqError, match="FID needs at least 2 images"):
+        evaluate_checkpoint(checkpoint, n=1, metrics=("rfid",), progress=False)
+    with pytest.raises(MvqError, match="unknown metric 'fid'"):
+        evaluate_checkpoint(checkpoint, metrics=("fid",), progress=False)
+    with pytest.raises(MvqError, match="checkpoint folder not found"):
+        evaluate_checkpoint(tmp_path / "missing", n=4, metrics=("mse",), progress=False)
+    one = evaluate_checkpoint(checkpoint, n=1, metrics=("mse",), progress=False, device="cpu")
+    assert one["n"] == 1 and "mse" in one["metrics"]

@@ -1,0 +1,112 @@
+import pytest
+import torch
+from torch import nn
+
+from mvq.quantize import MaskedQuantizer, VectorQuantizer
+
+
+def _f(d2: int, d: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(d2, 12, 1), nn.Tanh(), nn.Conv2d(12, d, 1), nn.Upsample(size=(2, 2)))
+
+
+def _mq(naive=False, chunk=3, dtype=torch.float64, j=7):
+    torch.manual_seed(1)
+    mq = MaskedQuantizer(VectorQuantizer(6, 4, ema=False, restart_dead=False),
+                         VectorQuantizer(6, 5, ema=False, restart_dead=False),
+                         _f(5, 4), num_masks=j, chunk_size=chunk, naive=naive)
+    return mq.to(dtype)
+
+
+def test_winner_equals_brute_force_argmin():
+    mq = _mq()
+    e = torch.randn(4, 4, 2, 2, dtype=torch.float64)
+    e2 = torch.randn(4, 5, 1, 1, dtype=torch.float64)
+    y = torch.randn(4, 4, 2, 2, dtype=torch.float64)
+    masks = torch.rand(4, 7, 5, 1, 1) < 0.5
+    got = mq.best_masks(e, e2, y, masks)
+    for b in range(4):
+        dists = [((e[b] + mq.f((e2[b] * masks[b, j])[None])[0] - y[b]) ** 2).sum() for j in range(7)]
+        assert torch.equal(got[b], masks[b, int(torch.stack(dists).argmin())])
+    # a mask bank shared by the batch gives the same search
+    bank = masks[0]
+    got_shared = mq.best_masks(e, e2, y, bank)
+    for b in range(4):
+        dists = [((e[b] + mq.f((e2[b] * bank[j])[None])[0] - y[b]) ** 2).sum() for j in range(7)]
+        assert torch.equal(got_shared[b], bank[int(torch.stack(dists).argmin())])
+
+
+def test_chunked_search_gradients_equal_naive_all_hypotheses():
+    y = torch.randn(3, 4, 2, 2, dtype=torch.float64)
+    y2 = torch.randn(3, 5, 1, 1, dtype=torch.float64)
+    masks = torch.rand(3, 7, 5, 1, 1) < 0.5
+    grads = []
+    for naive in (False, True):
+        mq = _mq(naive=naive)
+        yy, yy2 = y.clone().requires_grad_(), y2.clone().requires_grad_()
+        out = mq(yy, yy2, masks=masks)
+        loss = out.mhd_loss + (out.y_hat ** 3).sum() + out.primary.loss + out.secondary.loss
+        loss.backward()
+        grads.append([yy.grad, yy2.grad] + [p.grad for p in mq.parameters()])
+        if naive:
+            naive_mask = out.mask
+        else:
+            eff_mask = out.mask
+    assert torch.equal(eff_mask, naive_mask)
+    for a, b in zip(*grads):
+        assert a is not None and b is not None
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_only_winner_gets_gradient_in_f():
+    """With J identical masks but one, the loss gradient flows only through the winning path."""
+    mq = _mq(j=2)
+    y = torch.randn(1, 4, 2, 2, dtype=torch.float64)
+    y2 = torch.randn(1, 5, 1, 1, dtype=torch.float64)
+    all_off = torch.zeros(1, 2, 5, 1, 1, dtype=torch.bool)
+    all_off[0, 1] = True  # hypothesis 1 keeps every channel
+    out = mq(y, y2, masks=all_off)
+    d = [((out.primary.codes + mq.f(out.secondary.codes * all_off[0, j].double()) - y) ** 2).sum()
+         for j in range(2)]
+    assert torch.equal(out.mask[0], all_off[0, int(torch.stack(d).argmin())])
+
+
+def test_eval_search_is_deterministic_and_batch_independent():
+    mq = _mq().eval()
+    y = torch.randn(5, 4, 2, 2, dtype=torch.float64)
+    y2 = torch.randn(5, 5, 1, 1, dtype=torch.float64)
+    a, b = mq(y, y2), mq(y, y2)
+    assert torch.equal(a.mask, b.mask)
+    single = mq(y[2:3], y2[2:3])
+    assert torch.equal(single.mask[0], a.mask[2])
+
+
+def test_masks_are_bernoulli_half():
+    mq = _mq()
+    m = mq.sample_masks(64, 128, torch.zeros(1, 5, 1, 1))
+    assert m.shape == (64, 128, 5, 1, 1)
+    assert abs(m.float().mean().item() - 0.5) < 0.02
+
+
+def test_decode_codes_matches_forward():
+    mq = _mq().eval()
+    y = torch.randn(2, 4, 2, 2, dtype=torch.float64)
+    y2 = torch.randn(2, 5, 1, 1, dtype=torch.float64)
+    out = mq(y, y2)
+    again = mq.decode_codes(out.primary.indices, out.secondary.indices, out.mask.permute(0, 2, 3, 1))
+    assert torch.allclose(again, out.y_hat)
+
+
+def test_search_memory_bounded_by_chunk():
+    """The search never runs f on more than batch * chunk_size hypotheses at once."""
+    mq = _mq(chunk=4, j=64, dtype=torch.float32)
+    seen = []
+    mq.f.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    mq(torch.randn(3, 4, 2, 2), torch.randn(3, 5, 1, 1))
+    assert max(seen) <= 3 * 4
+    assert len(seen) == 64 // 4 + 1  # 16 no-grad chunks + the winner with autograd
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_num_masks_validated(bad):
+    with pytest.raises(ValueError):
+        MaskedQuantizer(VectorQuantizer(4, 2), VectorQuantizer(4, 2), nn.Identity(), num_masks=bad)

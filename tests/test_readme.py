@@ -1,0 +1,32 @@
+"""The README's Python examples run as written (docs cannot rot)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_python_examples():
+    assert len(BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_readme_python_block_runs(index, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in BLOCKS[: index + 1]:  # later blocks may use names from earlier ones
+        exec(compile(block, f"README block {index}", "exec"), namespace)
+
+
+def test_readme_commands_exist():
+    """Every `mvq COMMAND` the README shows is a real subcommand, every config it names exists."""
+    from mvq.cli import COMMANDS
+
+    text = README.read_text()
+    for cmd in set(re.findall(r"^mvq ([a-z-]+)", text, flags=re.M)):
+        assert cmd in COMMANDS, cmd
+    for cfg in set(re.findall(r"configs/([\w]+\.yaml)", text)):
+        assert (README.parent / "configs" / cfg).is_file(), cfg
