@@ -15,12 +15,13 @@ from mvq.train import train
 
 PRESET = Path(__file__).resolve().parents[2] / "configs" / "fmnist_f28_k16_quick.yaml"
 MODELS = ("hvqvae", "mvqvae")
+EVAL_N = 256  # fixed subset (first N test images) for LPIPS and rFID, the same for both models
 
 
 def demo_config(model_type: str, out: Path, steps: int | None, num_masks: int | None,
-                data_name: str, data_root: str | None):
+                data_name: str, data_root: str | None, extra: list[str] | None = None):
     overrides = [f"model.type={model_type}", f"train.out_dir={out / model_type}",
-                 f"data.name={data_name}"]
+                 f"data.name={data_name}", *(extra or [])]
     if data_root:
         overrides.append(f"data.root={data_root}")
     if steps is not None:
@@ -40,14 +41,19 @@ def pick_data(data_root: str | None) -> tuple[str, str | None]:
 
 
 def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | None = None,
-             data_root: str | None = None, progress: bool = True) -> list[dict]:
+             data_root: str | None = None, progress: bool = True, eval_n: int = EVAL_N,
+             overrides: list[str] | None = None) -> list[dict]:
+    """Train both models, evaluate them on the same images, print and save the comparison.
+
+    ``overrides`` (section.key=value) apply to both models, e.g. to shrink them in tests.
+    """
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_name, root = pick_data(data_root)
     rows, models = [], {}
     data = None
     for model_type in MODELS:
-        cfg = demo_config(model_type, out_dir, steps, num_masks, data_name, root)
+        cfg = demo_config(model_type, out_dir, steps, num_masks, data_name, root, overrides)
         if data is None:
             from mvq.train import build_data
 
@@ -57,21 +63,27 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
         result = train(cfg, progress=progress, desc=f"{model_type}", data=data)
         from mvq.checkpoint import load_tokenizer
 
-        model, _, _ = load_tokenizer(result.out_dir / "checkpoint")
+        from mvq.evaluate import evaluate_checkpoint
+
+        ckpt = result.out_dir / "checkpoint"
+        model, _, _ = load_tokenizer(ckpt)
         models[model_type] = model.eval()
         s, s2 = model.tokens
         m = result.metrics
+        ev = evaluate_checkpoint(ckpt, n=eval_n, metrics=("lpips", "rfid"), progress=progress,
+                                 data_root=root)["metrics"]
         rows.append({
             "model": model_type, "tokens": f"{s}+{s2}", "tokens_per_image": s + s2,
             "codebook_entries": cfg.model.codebook_size, "bits_per_image": round(model.bits_per_image, 2),
             "mask_bits": model.mask_bits, "num_masks": cfg.model.num_masks if model_type == "mvqvae" else None,
             "val_mse": round(m["val_mse"], 5), "val_psnr": round(m["val_psnr"], 3),
+            "lpips": round(ev["lpips"], 4), "rfid": round(ev["rfid"], 2), "eval_images": eval_n,
             "usage": round(m["val_usage"], 3), "usage2": round(m.get("val_usage2", float("nan")), 3),
             "steps": result.step, "train_seconds": round(result.seconds, 1),
             "val_images": len(data[1]), "data": data_name,
             "checkpoint": str(result.out_dir / "checkpoint"),
         })
-    images = torch.stack([data[1][i][0] for i in range(16)])
+    images = torch.stack([data[1][i][0] for i in range(min(16, len(data[1])))])
     with torch.no_grad():
         recs = [models[t].reconstruct(images) for t in MODELS]
     grid = save_grid([images, *recs], out_dir / "comparison.png", scale=3)
@@ -82,12 +94,13 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("model", "tokens", "K", "bits/img", "val MSE", "PSNR dB", "usage", "usage2", "steps", "time s")
+    head = ("model", "tokens", "K", "bits/img", "val MSE", "PSNR dB", "LPIPS", f"rFID@{rows[0]['eval_images']}",
+            "usage", "usage2", "steps", "time s")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         bits = f"{r['bits_per_image']:g}" + (f" ({r['mask_bits']} mask)" if r["mask_bits"] else "")
         cells = (r["model"], r["tokens"], r["codebook_entries"], bits, f"{r['val_mse']:.4f}",
-                 f"{r['val_psnr']:.2f}", f"{r['usage']:.2f}", f"{r['usage2']:.2f}", r["steps"],
+                 f"{r['val_psnr']:.2f}", f"{r['lpips']:.4f}", f"{r['rfid']:.2f}", f"{r['usage']:.2f}", f"{r['usage2']:.2f}", r["steps"],
                  f"{r['train_seconds']:.0f}")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
