@@ -137,3 +137,18 @@ def test_wrong_channel_count_is_a_clear_error():
     model = build_model(tiny_model_config())
     with pytest.raises(MvqError, match=r"\(B, 1, 28, 28\)"):
         model(torch.rand(2, 3, 28, 28))
+
+
+def test_every_preset_loads_and_builds():
+    """Each configs/*.yaml parses strictly; the CPU presets also build their model."""
+    from pathlib import Path
+
+    from mvq.config import load_config
+
+    presets = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(presets) >= 20
+    for path in presets:
+        cfg = load_config(path)
+        if "quick" in path.name:
+            model = build_model(cfg.model)
+            assert model.bits_per_image > 0, path.name

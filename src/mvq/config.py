@@ -16,7 +16,8 @@ import yaml
 
 from mvq.errors import MvqError
 
-MODEL_TYPES = ("vqvae", "hvqvae", "mvqvae")
+MODEL_TYPES = ("vqvae", "hvqvae", "mvqvae", "hvqgan", "mvqgan", "movq")
+GAN_TYPES = ("hvqgan", "mvqgan", "movq")  # trained with the VQGAN loss (LPIPS + PatchGAN)
 
 
 @dataclass
@@ -69,16 +70,32 @@ class TrainConfig:
     ckpt_every: int = 1000
     grid_images: int = 16
     out_dir: str = "runs/train"
+    disc_lr: float = 0.0  # discriminator learning rate of GAN models; 0 = train.lr
+
+
+def _loss_config_cls():
+    from mvq.losses.vqgan import VQGANLossConfig
+
+    return VQGANLossConfig
+
+
+def _model_config_cls(model_type: str):
+    if model_type == "movq":
+        from mvq.models.movq import MoVQConfig
+
+        return MoVQConfig
+    return ModelConfig
 
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # MoVQConfig when type is movq
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: object = field(default_factory=lambda: _loss_config_cls()())  # VQGANLossConfig (GAN types)
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "loss": None}
 
 
 def _build(cls, values: dict, where: str):
@@ -112,16 +129,16 @@ def config_from_dict(data: dict) -> Config:
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise MvqError(f"unknown config section '{unknown[0]}': valid sections are {', '.join(_SECTIONS)}")
-    cfg = Config(**{name: _build(cls, data.get(name) or {}, name) for name, cls in _SECTIONS.items()})
-    if cfg.model.type not in MODEL_TYPES:
-        raise MvqError(f"model.type must be one of {', '.join(MODEL_TYPES)}, got {cfg.model.type!r}")
-    return cfg
+    model_type = (data.get("model") or {}).get("type", ModelConfig.type)
+    if model_type not in MODEL_TYPES:
+        raise MvqError(f"model.type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+    classes = {**_SECTIONS, "model": _model_config_cls(model_type), "loss": _loss_config_cls()}
+    return Config(**{name: _build(cls, data.get(name) or {}, name) for name, cls in classes.items()})
 
 
 def config_to_dict(cfg: Config) -> dict:
-    out = asdict(cfg)
-    out["train"]["betas"] = list(cfg.train.betas)
-    return out
+    """Plain JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(asdict(cfg)))
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

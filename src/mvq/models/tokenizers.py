@@ -227,10 +227,17 @@ class MVQVAE(Tokenizer):
         return (self.decoder(self.mvq.decode_codes(codes.primary, codes.secondary, codes.mask)) + 1) / 2
 
 
-MODELS: dict[str, type[Tokenizer]] = {"vqvae": VQVAE, "hvqvae": HVQVAE, "mvqvae": MVQVAE}
+# hvqgan / mvqgan are the same networks as hvqvae / mvqvae, trained with the VQGAN loss (MVQ 4.1).
+MODELS: dict[str, type[Tokenizer]] = {"vqvae": VQVAE, "hvqvae": HVQVAE, "mvqvae": MVQVAE,
+                                      "hvqgan": HVQVAE, "mvqgan": MVQVAE}
 
 
-def build_model(cfg: ModelConfig) -> Tokenizer:
+def build_model(cfg) -> Tokenizer:
+    """Tokenizer for a ModelConfig (or a MoVQConfig when cfg.type == 'movq')."""
+    if cfg.type == "movq":
+        from mvq.models.movq import build_movq
+
+        return build_movq(cfg)
     if cfg.type not in MODELS:
         raise MvqError(f"model.type must be one of {', '.join(MODELS)}, got {cfg.type!r}")
     if cfg.type != "vqvae" and cfg.codebook_size < 4:

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mvq.checkpoint import load_tokenizer, load_train_state, read_info, save_checkpoint
-from mvq.config import Config
+from mvq.config import GAN_TYPES, Config
 from mvq.data import build_dataset
 from mvq.errors import MvqError
 from mvq.images import save_grid
@@ -119,8 +119,17 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
         model = build_model(cfg.model).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=tc.lr, betas=tuple(tc.betas))
+    gan, aux = None, None
+    if cfg.model.type in GAN_TYPES:  # VQGAN loss: L1 + LPIPS + PatchGAN with its own optimizer
+        from mvq.losses.vqgan import VQGANLoss, find_last_layer
+
+        loss_fn = VQGANLoss(cfg.model.channels, cfg.loss).to(device)
+        d_opt = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=tc.disc_lr or tc.lr,
+                                 betas=tuple(tc.betas))
+        gan = (loss_fn, d_opt, find_last_layer(model))
+        aux = {"discriminator": (loss_fn.discriminator, d_opt)}
     if resume:
-        load_train_state(ckpt, opt)
+        load_train_state(ckpt, opt, aux)
     out.mkdir(parents=True, exist_ok=True)
     batches = StepBatches(train_set, tc.batch_size, tc.seed)
     val_images = stack_images(val_set)
@@ -131,20 +140,33 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
     metrics: dict[str, float] = {}
     t0 = time.time()
     bar = tqdm(total=tc.steps, initial=step, desc=desc or cfg.model.type, disable=not progress,
-               file=sys.stderr, dynamic_ncols=True, leave=True)
+               file=sys.stderr, dynamic_ncols=True, leave=True,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # logs: a line per 30 s
     model.train()
     try:
         while step < tc.steps:
             x = batches(step).to(device)
             with torch.autocast(device.type, enabled=tc.amp and device.type == "cuda"):
                 result = model(x)
+            logs: dict = {}
+            total = result.loss
+            if gan:
+                total, logs = gan[0].tokenizer_loss(x, result, step, gan[2])
+                logs = {f"gan_{k}": v for k, v in logs.items()}
             opt.zero_grad(set_to_none=True)
-            result.loss.backward()
+            total.backward()
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             opt.step()
+            if gan:
+                d_loss, d_logs = gan[0].discriminator_step(x, result.recon.detach(), step)
+                gan[1].zero_grad(set_to_none=True)
+                if d_loss.requires_grad:
+                    d_loss.backward()
+                    gan[1].step()
+                logs.update(d_logs)
             step += 1
-            loss = float(result.loss.detach())
+            loss = float(total.detach())
             if not math.isfinite(loss):
                 raise MvqError(f"training diverged at step {step} (loss {loss}); lower train.lr "
                                "or keep model.ema=true")
@@ -152,7 +174,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
             row = None
             if step % tc.log_every == 0 or step == tc.steps:
                 row = {"step": step, "loss": loss,
-                       **{k: float(v.detach()) for k, v in result.losses.items()}, **result.stats}
+                       **{k: float(v.detach()) for k, v in result.losses.items()}, **result.stats,
+                       **{k: float(v) for k, v in logs.items()}}
                 bar.set_postfix(loss=f"{loss:.4f}", usage=f"{result.stats.get('usage', 0):.2f}")
             if step % tc.val_every == 0 or step == tc.steps:
                 metrics = validate(model, val_images, device=device)
@@ -166,7 +189,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
                 writer.writerow(row)
                 log_file.flush()
             if step % tc.ckpt_every == 0 or step == tc.steps:
-                save_checkpoint(ckpt, model, cfg, step, opt, extra={"metrics": metrics})
+                save_checkpoint(ckpt, model, cfg, step, opt, extra={"metrics": metrics}, aux=aux)
     finally:
         bar.close()
         log_file.close()
@@ -174,7 +197,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
 
 
 _FIELDS = ["step", "loss", "rec", "vq", "vq2", "mhd", "usage", "perplexity", "usage2",
-           "perplexity2", "val_mse", "val_psnr", "val_usage", "val_usage2"]
+           "perplexity2", "val_mse", "val_psnr", "val_usage", "val_usage2",
+           # GAN models (VQGAN loss): its own reconstruction term (L1 on [-1, 1]) and the rest
+           "gan_rec", "gan_perceptual", "gan_nll", "gan_g_adv", "gan_d_weight", "gan_disc_factor",
+           "d_loss", "logits_real", "logits_fake"]
 
 
 @torch.no_grad()

@@ -1,0 +1,143 @@
+"""Token sampling time per image, the MVQ paper's Table 6 re-measured on this machine.
+
+For S primary tokens (+1 secondary token) the two-stage prior has the MVQ paper's Table 4
+sizes (the 16+1 size beyond 16 tokens; codebooks of --vocab entries each) and samples one
+image's codes (primary, secondary, random mask) with
+  naive     full recompute of the whole prefix for every token, batch 1
+  cached    KV cache (preallocated, single-token steps), batch 1
+  cached/64 KV cache, batch 64, time per image
+  maskgit   a bidirectional transformer with the primary stage's width/depth over the S+1
+            tokens, 8 and 12 parallel decoding steps, batch 1
+All cells are measured in this one run (median of --repeats, runs interleaved, one warm-up);
+the paper's CPU column (Intel i9-9900) is printed beside them for reference.
+
+    python benchmarks/sampling.py [--quick] [--lengths 1,4,16,64,256,1024] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import torch
+
+import mvq  # noqa: F401
+from mvq.priors import MaskGIT, MaskGITConfig, MVQPrior, table4_size
+
+PAPER_CPU_S = {1: 0.014, 4: 0.070, 16: 0.637, 64: 11.107, 256: 268.368, 1024: 1365.668}
+MASK_DIM = 64  # D' mask bits of the secondary token (drawn at random, cost negligible)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def grid(n: int) -> tuple[int, int]:
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else (1, n)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: int) -> dict:
+    torch.manual_seed(0)
+    sizes = table4_size(length)
+    prior = MVQPrior(grid(length), [vocab, vocab], (1, 1), mask_dim=MASK_DIM, sizes=sizes).eval()
+    maskgit = MaskGIT(MaskGITConfig(vocab, length + 1, 1, **sizes["primary"])).eval()
+    cells = {
+        "cached": lambda: prior.sample(1, seed=0),
+        f"cached_b{batch}": lambda: prior.sample(batch, seed=0),
+        "maskgit8": lambda: maskgit.generate(1, 8),
+        "maskgit12": lambda: maskgit.generate(1, 12),
+    }
+    if length <= naive_max_len:
+        cells["naive"] = lambda: prior.sample(1, seed=0, use_cache=False)
+    for name, fn in cells.items():  # warm-up (allocator, kernels); a long naive one is skipped
+        if name != "naive" or length <= 16:
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in cells}
+    for _ in range(repeats):
+        for name, fn in cells.items():
+            times[name].append(timed(fn))
+    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    med[f"cached_b{batch}"] /= batch  # per image
+    row = {"tokens": f"{length}+1", "length": length, "paper_cpu_s": PAPER_CPU_S.get(length),
+           "primary_params_m": prior.primary.num_params / 1e6,
+           "secondary_params_m": prior.secondary.num_params / 1e6,
+           "naive_s": med.get("naive"), "cached_s": med["cached"],
+           f"cached_b{batch}_s_per_image": med[f"cached_b{batch}"],
+           "maskgit8_s": med["maskgit8"], "maskgit12_s": med["maskgit12"]}
+    row["speedup_cached_vs_naive"] = (med["naive"] / med["cached"]) if "naive" in med else None
+    return row
+
+
+def fmt(x: float | None, width: int = 9) -> str:
+    if x is None:
+        return f"{'skipped':>{width}}"
+    return f"{x:>{width}.4f}" if x < 10 else f"{x:>{width}.2f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lengths", default="1,4,16,64,256,1024",
+                   help="primary token counts S (each gets +1 secondary token)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--vocab", type=int, default=256, help="entries per codebook (K/2)")
+    p.add_argument("--batch", type=int, default=64, help="batch of the batched cached column")
+    p.add_argument("--naive-max-len", type=int, default=1024,
+                   help="skip the naive path above this S (it costs O(S^2) token-forwards)")
+    p.add_argument("--quick", action="store_true", help="S = 1, 4, 16 and 1 repeat (seconds)")
+    p.add_argument("--json", help="write the rows here")
+    args = p.parse_args()
+    lengths = [1, 4, 16] if args.quick else [int(x) for x in args.lengths.split(",")]
+    repeats = 1 if args.quick else args.repeats
+    b = args.batch
+
+    print(f"token sampling, seconds per image; median of {repeats}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU thread(s), {cpu_name()}; "
+          f"codebooks {args.vocab} + {args.vocab}, mask {MASK_DIM} bits")
+    head = (f"{'tokens':>7} | {'paper CPU':>9} | {'naive':>9} | {'cached':>9} | "
+            f"{'naive/cached':>12} | {f'cached b{b}':>9} | {'maskgit 8':>9} | {'maskgit 12':>10}"
+            f" | {'params M':>10}")
+    print(head)
+    print("-" * len(head))
+    rows = []
+    for length in lengths:
+        r = measure(length, args.vocab, repeats, b, args.naive_max_len)
+        rows.append(r)
+        speed = r["speedup_cached_vs_naive"]
+        speed_s = f"{speed:>11.1f}x" if speed is not None else f"{'-':>12}"
+        paper = fmt(r["paper_cpu_s"]) if r["paper_cpu_s"] is not None else f"{'-':>9}"
+        params = f"{r['primary_params_m']:.1f}+{r['secondary_params_m']:.1f}"
+        print(f"{r['tokens']:>7} | {paper} | "
+              f"{fmt(r['naive_s'])} | {fmt(r['cached_s'])} | {speed_s} | "
+              f"{fmt(r[f'cached_b{b}_s_per_image'])} | {fmt(r['maskgit8_s'])} | "
+              f"{fmt(r['maskgit12_s'], 10)} | {params:>10}", flush=True)
+    skipped = [r["tokens"] for r in rows if r["naive_s"] is None]
+    print("paper CPU: MVQ paper Table 6, Intel i9-9900, their implementation (not re-run here); "
+          "every other cell was measured in this run.")
+    if skipped:
+        print(f"naive skipped for {', '.join(skipped)} (--naive-max-len {args.naive_max_len}).")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"repeats": repeats, "vocab": args.vocab, "batch": b,
+                       "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

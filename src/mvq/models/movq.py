@@ -1,0 +1,185 @@
+"""MoVQ (Zheng et al. 2022): VQGAN encoder, multichannel quantizer, spatially modulated decoder.
+
+Data flow (images in [0, 1], networks on [-1, 1])::
+
+    x -> Encoder -> z (z_channels) -> quant_conv -> z_hat (c * n_q)
+      -> MultiChannelQuantizer (c chunks, one K x n_q codebook) -> z_q (c * n_q), ids (B, h, w, c)
+      -> F0(z_q) -> Decoder(F0, z_q)  (SpatialNorm(F, z_q) in the first blocks / all / none)
+      -> recon
+
+z_q given to SpatialNorm is the quantized map itself (no ``post_quant_conv``); with
+``f0='none'`` the decoder input is ``post_quant_conv(z_q)`` (the VQGAN input), otherwise F0 is
+the Fourier features of z_q, a sinusoidal position code or a learned constant. ``spatial_norm=
+'none', f0='none'`` is the baseline VQGAN (with ``num_channels=1``: taming's VQGAN exactly, up to
+init); MoVQ paper settings are ``spatial_norm='first3'`` (or 'all'), ``f0='fourier'``,
+``num_channels=4``, ``code_dim=64``, ``codebook_size=1024``.
+
+Codes: ``Codes.primary`` is (B, h, w, c) for MoVQ (it is (B, h, w) for the other tokenizers):
+the c ids of a position belong to its c channel chunks, in channel order. ``tokens`` counts
+h * w * c ids per image, so ``bits_per_image = h * w * c * log2(K)``.
+
+The adversarial / perceptual objective lives in :class:`mvq.losses.VQGANLoss`; ``forward`` returns
+the plain tokenizer output (MSE 'rec' + quantizer 'vq'), like every tokenizer here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mvq.codes import Codes
+from mvq.errors import MvqError
+from mvq.models.tokenizers import Tokenizer, TokenizerOutput
+from mvq.nn.spatial_norm import F0_KINDS, build_f0
+from mvq.nn.taming import SPATIAL_NORM_KINDS, Decoder, Encoder, decoder_norm_factory, spatial_blocks
+from mvq.quantize.multichannel import MultiChannelQuantizer
+
+
+@dataclass
+class MoVQConfig:
+    """MoVQ architecture (defaults: the paper's 256 px, f = 16, 16 x 16 x 4 tokens, K = 1024)."""
+
+    type: str = "movq"
+    image_size: int = 256
+    channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # len L -> downsampling 2^(L-1)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)  # feature-map sides that get self-attention
+    dropout: float = 0.0
+    num_groups: int = 32  # GroupNorm groups (reduced to a divisor of tiny widths)
+    z_channels: int = 256  # encoder output / decoder input width (VQGAN z_channels)
+    codebook_size: int = 1024  # K, one codebook shared by the c chunks
+    code_dim: int = 64  # n_q; the quantized latent has c * n_q channels
+    num_channels: int = 4  # c, ids per position
+    spatial_norm: str = "first3"  # none (baseline VQGAN) | first3 | all
+    f0: str = "fourier"  # fourier | sinusoidal | constant | none (post_quant_conv(z_q))
+    fourier_frequencies: int = 128  # Fourier F0 has 2x this many channels
+    fourier_sigma: float = 1.0
+    fourier_learnable: bool = True
+    beta: float = 0.25
+    ema: bool = True
+    decay: float = 0.99
+    restart_dead: bool = True
+    kmeans_init: bool = False
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.factor
+
+    def validate(self) -> None:
+        if self.type != "movq":
+            raise MvqError(f"MoVQConfig.type must be 'movq', got {self.type!r}")
+        if not self.ch_mult or self.image_size % self.factor:
+            raise MvqError(f"model.image_size {self.image_size} must be divisible by the "
+                           f"downsampling factor 2^(len(ch_mult)-1) = {self.factor}")
+        if self.spatial_norm not in SPATIAL_NORM_KINDS:
+            raise MvqError(f"model.spatial_norm must be one of {', '.join(SPATIAL_NORM_KINDS)}, "
+                           f"got {self.spatial_norm!r}")
+        if self.f0 not in F0_KINDS:
+            raise MvqError(f"model.f0 must be one of {', '.join(F0_KINDS)}, got {self.f0!r}")
+        if self.spatial_norm == "none" and self.f0 in ("sinusoidal", "constant"):
+            raise MvqError(f"model.f0={self.f0!r} carries no code content, so with "
+                           "spatial_norm='none' the decoder would never see the codes: use "
+                           "f0='none' or 'fourier', or spatial_norm='first3'/'all'")
+        for name in ("codebook_size", "code_dim", "num_channels", "ch", "z_channels",
+                     "num_res_blocks", "fourier_frequencies"):
+            if getattr(self, name) < 1:
+                raise MvqError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+
+
+class MoVQ(Tokenizer):
+    """MoVQ tokenizer: ``encode(x) -> Codes`` (primary (B, h, w, c)), ``decode(Codes) -> x``,
+    ``forward(x) -> TokenizerOutput`` (recon in [0, 1] scale, losses 'rec' (MSE) and 'vq')."""
+
+    def __init__(self, cfg: MoVQConfig) -> None:
+        nn.Module.__init__(self)  # Tokenizer.__init__ computes a vqvae2 geometry we do not use
+        cfg = dataclasses.replace(cfg, ch_mult=tuple(cfg.ch_mult),
+                                  attn_resolutions=tuple(cfg.attn_resolutions))
+        cfg.validate()
+        self.cfg = cfg
+        n_z = cfg.num_channels * cfg.code_dim
+        g = cfg.grid
+        self.encoder = Encoder(cfg.channels, cfg.ch, cfg.ch_mult, cfg.num_res_blocks,
+                               cfg.attn_resolutions, cfg.image_size, cfg.z_channels, cfg.dropout,
+                               cfg.num_groups)
+        self.quant_conv = nn.Conv2d(cfg.z_channels, n_z, 1)
+        self.quantizer = MultiChannelQuantizer(
+            cfg.codebook_size, n_z, cfg.num_channels, beta=cfg.beta, ema=cfg.ema,
+            decay=cfg.decay, restart_dead=cfg.restart_dead, kmeans_init=cfg.kmeans_init)
+        self.f0 = build_f0(cfg.f0, n_z, cfg.z_channels, (g, g), cfg.fourier_frequencies,
+                           cfg.fourier_sigma, cfg.fourier_learnable)
+        norm = decoder_norm_factory(spatial_blocks(cfg.spatial_norm, len(cfg.ch_mult)), n_z,
+                                    cfg.num_groups)
+        self.decoder = Decoder(self.f0.out_channels, cfg.channels, cfg.ch, cfg.ch_mult,
+                               cfg.num_res_blocks, cfg.attn_resolutions, cfg.image_size,
+                               cfg.dropout, norm, cfg.num_groups)
+
+    # token accounting ------------------------------------------------------
+    codebook_sizes = property(lambda self: [self.cfg.codebook_size])
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        """(h * w * c, 0): every channel id counts as a token."""
+        return (self.cfg.grid ** 2 * self.cfg.num_channels, 0)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(h, w, c) of ``Codes.primary`` per image."""
+        return (self.cfg.grid, self.cfg.grid, self.cfg.num_channels)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """Decoder output-conv weight (VQGANLoss's adaptive weight)."""
+        return self.decoder.last_layer
+
+    def _meta(self) -> dict:
+        return {**super()._meta(), "latent_shape": list(self.latent_shape)}
+
+    # networks --------------------------------------------------------------
+    def _latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x * 2 - 1))
+
+    def _decode(self, zq: torch.Tensor) -> torch.Tensor:
+        """z_q (B, c*n_q, h, w) -> image on the [-1, 1] scale."""
+        return self.decoder(self.f0(zq), zq)
+
+    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+        self._check_input(x)
+        q = self.quantizer(self._latent(x))
+        codes = Codes(q.indices, meta=self._meta())
+        return self._output(x, self._decode(q.quantized), {"vq": q.loss}, codes,
+                            [(q.indices, self.cfg.codebook_size)])
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> Codes:
+        """Deterministic (dropout off, no codebook update): primary ids (B, h, w, c)."""
+        self._check_input(x)
+        was_training = self.training
+        self.eval()
+        try:
+            ids = self.quantizer.encode(self._latent(x))
+        finally:
+            self.train(was_training)
+        return Codes(ids, meta=self._meta())
+
+    def decode(self, codes: Codes) -> torch.Tensor:
+        ids = codes.primary
+        if ids.dim() != 4 or tuple(ids.shape[1:]) != self.latent_shape:
+            raise MvqError(f"MoVQ codes must be (B, {', '.join(map(str, self.latent_shape))}) "
+                           f"ids, got {tuple(ids.shape)}")
+        return (self._decode(self.quantizer.lookup(ids)) + 1) / 2
+
+
+def build_movq(cfg: MoVQConfig) -> MoVQ:
+    try:
+        return MoVQ(cfg)
+    except ValueError as err:
+        raise MvqError(f"cannot build movq: {err}") from None

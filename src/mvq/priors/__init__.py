@@ -1,0 +1,22 @@
+"""Priors over discrete codes: causal GPT with a KV cache, the two-stage MVQ prior, a MaskGIT
+bidirectional prior over multichannel tokens (MoVQ) and a gated PixelCNN (VQ-VAE-2)."""
+
+from mvq.priors.gpt import (
+    GPT,
+    TABLE4,
+    GPTConfig,
+    KVCache,
+    filter_top_k,
+    filter_top_p,
+    sample_logits,
+    table4_size,
+)
+from mvq.priors.maskgit import MaskGIT, MaskGITConfig, mask_schedule, training_mask
+from mvq.priors.pixelcnn import PixelCNN
+from mvq.priors.two_stage import MVQPrior
+
+__all__ = [
+    "GPT", "GPTConfig", "KVCache", "TABLE4", "table4_size", "sample_logits", "filter_top_k",
+    "filter_top_p", "MVQPrior", "MaskGIT", "MaskGITConfig", "mask_schedule", "training_mask",
+    "PixelCNN",
+]
