@@ -72,10 +72,10 @@ def main() -> None:
     args = p.parse_args()
     cases = CASES[:2] if args.quick else CASES
     repeats = 5 if args.quick else args.repeats
-    import vector_quantize_pytorch
+    from importlib.metadata import version
 
     print(f"forward+backward, median of {repeats} alternating runs, CPU threads "
-          f"{torch.get_num_threads()}; vector-quantize-pytorch {vector_quantize_pytorch.__version__ if hasattr(vector_quantize_pytorch, '__version__') else ''}")
+          f"{torch.get_num_threads()}; vector-quantize-pytorch {version('vector-quantize-pytorch')}")
     print(f"{'B':>4} {'N':>5} {'D':>4} {'K':>5} | {'mvq ms':>8} | {'vqp ms':>8} | {'vqp / mvq':>9}")
     rows = []
     for case in cases:

@@ -86,3 +86,11 @@ def test_train_reconstruct_and_wrong_checkpoint(capsys, tmp_path):
     # a folder that is not a checkpoint
     assert main(["reconstruct", "--checkpoint", str(tmp_path)]) == 2
     assert "not an mvq checkpoint" in _err_line(capsys)
+
+
+def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "vq.json"
+    assert main(["bench", "quantizer", "--quick", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 2 and all(r["ours_ms"] > 0 and r["theirs_ms"] > 0 for r in rows)
+    assert "vqp / mvq" in capsys.readouterr().out

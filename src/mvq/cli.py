@@ -86,11 +86,14 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+BENCHMARKS = {"mh-dropout": "mh_dropout.py", "quantizer": "quantizer.py", "sampling": "sampling.py"}
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: MH-Dropout efficient vs naive, VQ vs "
-                       "vector-quantize-pytorch",
+                       "vector-quantize-pytorch, token sampling times (MVQ Table 6)",
                        description="Run a benchmark; prints ratios measured side by side.")
-    p.add_argument("which", choices=["mh-dropout", "quantizer"])
+    p.add_argument("which", choices=list(BENCHMARKS), help="which benchmark")
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
     p.add_argument("--json", help="also write the results as JSON")
 
@@ -208,7 +211,7 @@ def cmd_bench(args) -> int:
     import runpy
 
     root = Path(__file__).resolve().parents[2] / "benchmarks"
-    script = root / ("mh_dropout.py" if args.which == "mh-dropout" else "quantizer.py")
+    script = root / BENCHMARKS[args.which]
     if not script.is_file():
         raise MvqError(f"benchmark script not found: {script} (run from a source checkout)")
     argv = [str(script)] + (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])

@@ -85,11 +85,8 @@ class VectorQuantizer(nn.Module):
         if flat.dtype != torch.float64:
             flat = flat.float()
         weight = self.embedding.to(flat.dtype)
-        dist = (
-            flat.pow(2).sum(1, keepdim=True)
-            - 2.0 * flat @ weight.t()
-            + weight.pow(2).sum(1)[None, :]
-        )
+        # ||x||^2 is the same for every code: argmin over ||e||^2 - 2 x.e (one fused addmm)
+        dist = torch.addmm(weight.pow(2).sum(1)[None, :], flat, weight.t(), alpha=-2.0)
         return dist.argmin(1)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
@@ -134,11 +131,11 @@ class VectorQuantizer(nn.Module):
     # ----------------------------------------------------------------- training-time updates
     @torch.no_grad()
     def _update_stats(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        onehot = F.one_hot(indices, self.num_codes).type(flat.dtype)
-        counts = onehot.sum(0)
+        counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        if self.ema:
-            self.embed_sum.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
+        if self.ema:  # per-code sums without a (N, K) one-hot matrix
+            sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat.to(self.embed_sum.dtype))
+            self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
             n = self.cluster_size.sum()
             smoothed = (self.cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
             self.embedding.data.copy_(self.embed_sum / smoothed[:, None])
