@@ -94,3 +94,28 @@ def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert len(rows) == 2 and all(r["ours_ms"] > 0 and r["theirs_ms"] > 0 for r in rows)
     assert "vqp / mvq" in capsys.readouterr().out
+
+
+def test_prior_commands_end_to_end(capsys, tmp_path):
+    run = tmp_path / "tok"
+    assert main(["train", *TINY, "model.factor=7", f"train.out_dir={run}", "--no-progress"]) == 0
+    ck, tokens = run / "checkpoint", tmp_path / "tokens.safetensors"
+    assert main(["encode-dataset", "--checkpoint", str(ck), "--out", str(tokens), "--limit", "48",
+                 "--no-progress"]) == 0
+    assert "48 images" in capsys.readouterr().out
+    prior = tmp_path / "prior"
+    assert main(["train-prior", str(tokens), "--out", str(prior), "--steps", "4", "--val-every", "2",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    assert "val NLL" in capsys.readouterr().out
+    png = tmp_path / "s.png"
+    assert main(["sample", "--tokenizer", str(ck), "--prior", str(prior / "checkpoint"), "--n", "4",
+                 "--out", str(png)]) == 0
+    assert Image.open(png).size[0] > 0
+    # a prior refuses a tokenizer it was not trained on
+    other = tmp_path / "other"
+    assert main(["train", *TINY, "model.factor=7", "model.codebook_size=32",
+                 f"train.out_dir={other}", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--tokenizer", str(other / "checkpoint"), "--prior",
+                 str(prior / "checkpoint")]) == 2
+    assert "tokenizer" in _err_line(capsys)

@@ -86,6 +86,78 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_priors(sub) -> None:
+    p = sub.add_parser("encode-dataset", help="tokenize a data set once into a token file",
+                       description="Encode a split of the checkpoint's data set into one .safetensors "
+                       "token file tagged with the tokenizer's config hash (priors train on it).")
+    p.add_argument("--checkpoint", required=True, help="tokenizer checkpoint folder")
+    p.add_argument("--out", default="tokens.safetensors", help="token file to write")
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("train-prior", help="train the two-stage GPT prior (MVQ Table 4 sizes) on tokens",
+                       description="Train a causal transformer over primary tokens and a secondary "
+                       "transformer conditioned on them; logs validation NLL (nats, bits/token).")
+    p.add_argument("tokens", help="token file from `mvq encode-dataset`")
+    p.add_argument("--out", default="runs/prior", help="output folder (checkpoint in OUT/checkpoint)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("sample", help="sample images: prior -> tokens -> tokenizer decoder",
+                       description="Sample token sequences with a prior (MVQ masks drawn at random, "
+                       "seeded) and decode them with the tokenizer they were trained on.")
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint folder")
+    p.add_argument("--prior", required=True, help="prior checkpoint folder (OUT/checkpoint)")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--out", default="samples.png")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=int, default=3, help="integer upscaling of the PNG")
+
+
+def cmd_encode_dataset(args) -> int:
+    from mvq.tokens import encode_dataset, load_tokens
+
+    path = encode_dataset(args.checkpoint, args.out, args.split, args.limit, args.batch_size,
+                          args.device, not args.no_progress)
+    meta = load_tokens(path)[2]
+    print(f"{meta['n']} images -> {path} ({meta['model']}, tokenizer {meta['config_hash']})")
+    return 0
+
+
+def cmd_train_prior(args) -> int:
+    from mvq.train.prior import train_prior
+
+    r = train_prior(args.tokens, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                    seed=args.seed, val_fraction=args.val_fraction, progress=not args.no_progress,
+                    device=args.device, val_every=args.val_every)
+    m = r["metrics"]
+    second = m.get("val_secondary_bits")
+    print(f"trained prior for {r['step']} steps in {r['seconds']:.0f}s: val NLL {m['val_nll']:.4f} nats "
+          f"(primary {m['val_primary_bits']:.3f}"
+          + (f", secondary {second:.3f}" if second is not None else "")
+          + f" bits/token); checkpoint in {r['checkpoint']}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from mvq.sample import sample_images
+
+    path = sample_images(args.tokenizer, args.prior, n=args.n, out=args.out,
+                         temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                         scale=args.scale)
+    print(f"{args.n} samples -> {path}")
+    return 0
+
+
 BENCHMARKS = {"mh-dropout": "mh_dropout.py", "quantizer": "quantizer.py", "sampling": "sampling.py"}
 
 
@@ -105,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"mvq {mvq.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_reconstruct, _add_evaluate, _add_demo, _add_bench):
+    for add in (_add_train, _add_reconstruct, _add_evaluate, _add_priors, _add_demo, _add_bench):
         add(sub)
     return parser
 
@@ -221,7 +293,8 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate,
-            "demo": cmd_demo, "bench": cmd_bench}
+            "encode-dataset": cmd_encode_dataset, "train-prior": cmd_train_prior,
+            "sample": cmd_sample, "demo": cmd_demo, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

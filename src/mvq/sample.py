@@ -1,0 +1,81 @@
+"""Sample images: prior -> Codes -> tokenizer decoder -> PNG grid."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from mvq.errors import MvqError
+from mvq.images import save_grid
+
+PER_ROW = 8
+
+
+def check_same_tokenizer(prior_info: dict, tokenizer_hash: str, prior_dir: str | Path) -> None:
+    """MvqError unless the prior at ``prior_dir`` was trained on this tokenizer's codes."""
+    have = prior_info.get("tokenizer_config_hash") or prior_info["prior"]["meta"].get("config_hash")
+    if have != tokenizer_hash:
+        raise MvqError(f"prior {prior_dir} was trained on codes of tokenizer {have}, this "
+                       f"tokenizer is {tokenizer_hash}; train a prior on its tokens "
+                       "(mvq encode-dataset, then mvq train-prior)")
+
+
+def grid_rows(images: torch.Tensor, per_row: int = PER_ROW) -> list[torch.Tensor]:
+    """(N, C, H, W) -> rows of (min(N, per_row), C, H, W); the last row is padded with white."""
+    cols = min(per_row, len(images))
+    rows = []
+    for start in range(0, len(images), cols):
+        row = images[start : start + cols]
+        if len(row) < cols:
+            row = torch.cat([row, row.new_ones(cols - len(row), *row.shape[1:])])
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
+                            temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+                            device: str = "cpu", batch_size: int = 256):
+    """(Codes of n samples, images (n, C, H, W) in [0, 1]) from the prior, decoded."""
+    from mvq.checkpoint import load_tokenizer
+    from mvq.codes import Codes
+    from mvq.config import model_hash
+    from mvq.train.prior import load_prior
+
+    if n < 1:
+        raise MvqError(f"n must be >= 1, got {n}")
+    if temperature < 0:
+        raise MvqError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    model, cfg, _ = load_tokenizer(tokenizer_dir, device=device)
+    model.eval()
+    prior, info = load_prior(prior_dir, device=device)
+    check_same_tokenizer(info, model_hash(cfg.model), prior_dir)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    parts, images = [], []
+    for start in range(0, n, batch_size):
+        codes = prior.sample(min(batch_size, n - start), temperature=temperature, top_k=top_k,
+                             generator=gen)
+        parts.append(codes)
+        images.append(model.decode(codes).clamp(0, 1).cpu())
+    return Codes.cat(parts), torch.cat(images)
+
+
+def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
+                  out: str | Path = "samples.png", temperature: float = 1.0,
+                  top_k: int | None = None, seed: int = 0, device: str = "cpu",
+                  scale: int = 1) -> Path:
+    """Sample n images (seeded: same seed, same PNG) and write them 8 per row; returns the path.
+
+    The MVQ mask bits are drawn at random from the same seeded generator (MVQPrior.sample).
+    """
+    _, images = sample_codes_and_images(tokenizer_dir, prior_dir, n, temperature, top_k, seed,
+                                        device)
+    return save_grid(grid_rows(images), out, scale=scale)
+
+
+def grid_shape(n: int, per_row: int = PER_ROW) -> tuple[int, int]:
+    """(rows, columns) of the grid `sample_images` writes for n images."""
+    cols = min(per_row, n)
+    return math.ceil(n / cols), cols

@@ -1,0 +1,116 @@
+"""Token files: a whole data set encoded once by a tokenizer, for training priors.
+
+One ``.safetensors`` file holds the `Codes` tensors of every image (``primary`` (N, H, W) int64,
+``secondary`` (N, H', W') int64 if two-level, ``mask`` (N, H', W', D') uint8 if MVQ) plus
+``labels`` (N,) int64. Its header metadata holds ``mvq_codes`` (the tokenizer's Codes.meta:
+model, config_hash, codebook_sizes) and ``mvq_tokens`` (model, config_hash, checkpoint, data
+set, split, N), so a prior can refuse tokens made by another tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from mvq.codes import Codes
+from mvq.errors import MvqError
+
+TOKENS_FORMAT = "mvq-tokens-v1"
+
+
+@torch.no_grad()
+def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "train",
+                   limit: int | None = None, batch_size: int = 256, device: str = "auto",
+                   progress: bool = True) -> Path:
+    """Encode the checkpoint's data set (``cfg.data``) with its tokenizer into one token file.
+
+    Images are (B, C, S, S) at ``cfg.model.image_size`` / ``cfg.model.channels``; the tokenizer
+    runs in eval mode (deterministic codes). Returns the path of the written file.
+    """
+    from mvq.checkpoint import load_tokenizer
+    from mvq.data import build_dataset
+    from mvq.train.loop import pick_device
+
+    if batch_size < 1:
+        raise MvqError(f"batch_size must be >= 1, got {batch_size}")
+    dev = pick_device(device)
+    model, cfg, info = load_tokenizer(checkpoint, device=str(dev))
+    model.eval()
+    ds = build_dataset(cfg.data.name, root=cfg.data.root, split=split, size=cfg.model.image_size,
+                       channels=cfg.model.channels, limit=limit, seed=cfg.train.seed)
+    n = len(ds)
+    if n == 0:
+        raise MvqError(f"the {split} split of {cfg.data.name} is empty: nothing to encode")
+    parts: list[Codes] = []
+    labels: list[torch.Tensor] = []
+    bar = tqdm(total=n, desc=f"encode {split}", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    try:
+        for start in range(0, n, batch_size):
+            items = [ds[i] for i in range(start, min(start + batch_size, n))]
+            x = torch.stack([im for im, _ in items]).to(dev)
+            parts.append(model.encode(x).to("cpu"))
+            labels.append(torch.tensor([int(lab) for _, lab in items], dtype=torch.int64))
+            bar.update(len(items))
+    finally:
+        bar.close()
+    codes = Codes.cat(parts)
+    token_meta = {"format": TOKENS_FORMAT, "model": codes.meta.get("model", cfg.model.type),
+                  "config_hash": codes.meta.get("config_hash"),
+                  "checkpoint": str(Path(checkpoint)), "data": cfg.data.name, "split": split,
+                  "n": n, "step": info.get("step")}
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"primary": codes.primary.contiguous(), "labels": torch.cat(labels)}
+    if codes.secondary is not None:
+        tensors["secondary"] = codes.secondary.contiguous()
+    if codes.mask is not None:
+        tensors["mask"] = codes.mask.to(torch.uint8).contiguous()
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"mvq_codes": json.dumps(codes.meta),
+                                           "mvq_tokens": json.dumps(token_meta)})
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def load_tokens(path: str | Path, expect_hash: str | None = None
+                ) -> tuple[Codes, torch.Tensor, dict]:
+    """Read a token file: (Codes of N images, labels (N,) int64, token meta dict).
+
+    ``expect_hash``: the config hash of the tokenizer these tokens must come from; a file made
+    by another tokenizer raises MvqError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MvqError(f"token file not found: {path} (make one with `mvq encode-dataset`)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - any parse failure is a bad file
+        raise MvqError(f"{path} is not a safetensors token file ({err}); make one with "
+                       "`mvq encode-dataset`") from None
+    if "mvq_tokens" not in header or "mvq_codes" not in header or "primary" not in tensors:
+        raise MvqError(f"{path} is not an mvq token file (no 'mvq_tokens' metadata); make one "
+                       "with `mvq encode-dataset`")
+    meta = json.loads(header["mvq_tokens"])
+    code_meta = json.loads(header["mvq_codes"])
+    have = code_meta.get("config_hash")
+    if expect_hash is not None and have != expect_hash:
+        raise MvqError(f"token file {path} was made by tokenizer {have}, this tokenizer is "
+                       f"{expect_hash}; re-run mvq encode-dataset")
+    mask = tensors.get("mask")
+    codes = Codes(tensors["primary"], tensors.get("secondary"),
+                  None if mask is None else mask.bool(), code_meta)
+    labels = tensors.get("labels")
+    if labels is None:
+        labels = torch.zeros(len(codes), dtype=torch.int64)
+    return codes, labels, meta
