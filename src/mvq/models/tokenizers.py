@@ -200,12 +200,16 @@ class MVQVAE(Tokenizer):
     tokens = property(lambda self: (self.geo.tokens, self.geo.tokens2))
     mask_bits = property(lambda self: self.geo.tokens2 * self.cfg.dim2)
 
-    def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> TokenizerOutput:
+    def _quantize(self, x: torch.Tensor, masks: torch.Tensor | None = None):
         self._check_input(x)
         y = self.encoder(x * 2 - 1)
         out = self.mvq(y, self.encoder2(y), masks=masks)
         codes = Codes(out.primary.indices, out.secondary.indices,
                       out.mask.permute(0, 2, 3, 1).contiguous(), meta=self._meta())
+        return out, codes
+
+    def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> TokenizerOutput:
+        out, codes = self._quantize(x, masks)
         k = self.cfg.codebook_size // 2
         losses = {"vq": out.primary.loss, "vq2": out.secondary.loss, "mhd": out.mhd_loss}
         return self._output(x, self.decoder(out.y_hat), losses, codes,
@@ -217,7 +221,7 @@ class MVQVAE(Tokenizer):
         was_training = self.training
         self.eval()
         try:
-            return self.forward(x).codes
+            return self._quantize(x)[1]  # no decoder pass
         finally:
             self.train(was_training)
 
