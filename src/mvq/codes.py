@@ -45,20 +45,27 @@ class Codes:
                 else torch.cat([getattr(c, name) for c in items]))
         return Codes(join("primary"), join("secondary"), join("mask"), dict(first.meta))
 
-    def save(self, path: str | Path) -> None:
-        """Write a .safetensors file (tensors + JSON meta in the header)."""
-        tensors = {"primary": self.primary.contiguous().cpu()}
+    def save(self, path: str | Path, extra: dict[str, torch.Tensor] | None = None,
+             metadata: dict[str, str] | None = None) -> None:
+        """Write a .safetensors file (tensors + JSON meta in the header).
+
+        ``extra`` tensors and ``metadata`` header entries travel alongside (token files use them
+        for labels and their own description).
+        """
+        tensors = {"primary": self.primary.contiguous().cpu(), **(extra or {})}
         if self.secondary is not None:
             tensors["secondary"] = self.secondary.contiguous().cpu()
         if self.mask is not None:
             tensors["mask"] = self.mask.to(torch.uint8).contiguous().cpu()
-        save_file(tensors, str(path), metadata={"mvq_codes": json.dumps(self.meta)})
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path),
+                  metadata={"mvq_codes": json.dumps(self.meta), **(metadata or {})})
 
     @classmethod
-    def load(cls, path: str | Path) -> Codes:
+    def read(cls, path: str | Path, what: str = "codes") -> tuple[Codes, dict, dict]:
+        """(codes, the other tensors of the file, its header metadata); MvqError on a bad file."""
         path = Path(path)
         if not path.is_file():
-            raise MvqError(f"codes file not found: {path} (expected a .safetensors written by mvq)")
+            raise MvqError(f"{what} file not found: {path} (expected a .safetensors written by mvq)")
         try:
             from safetensors import safe_open
 
@@ -66,9 +73,14 @@ class Codes:
                 header = fh.metadata() or {}
             tensors = load_file(str(path))
         except Exception as err:  # noqa: BLE001 - any parse failure is a bad file
-            raise MvqError(f"{path} is not a safetensors codes file ({err})") from None
+            raise MvqError(f"{path} is not a safetensors {what} file ({err})") from None
         if "mvq_codes" not in header or "primary" not in tensors:
             raise MvqError(f"{path} holds no mvq codes (no 'mvq_codes' metadata / 'primary' ids)")
-        mask = tensors.get("mask")
-        return cls(tensors["primary"], tensors.get("secondary"),
-                   None if mask is None else mask.bool(), json.loads(header["mvq_codes"]))
+        mask = tensors.pop("mask", None)
+        codes = cls(tensors.pop("primary"), tensors.pop("secondary", None),
+                    None if mask is None else mask.bool(), json.loads(header["mvq_codes"]))
+        return codes, tensors, header
+
+    @classmethod
+    def load(cls, path: str | Path) -> Codes:
+        return cls.read(path)[0]

@@ -40,6 +40,7 @@ from mvq.metrics import (
 )
 from mvq.metrics.fid import default_stats_dir, frechet_distance, mean_cov, stats_cache_path
 from mvq.metrics.weights import file_sha256
+from mvq.train.loop import pick_device
 
 METRICS = ("mse", "psnr", "ssim", "lpips", "rfid", "prd", "usage")
 FEATURE_EXTRACTOR = "pytorch-fid FIDInceptionV3 pool3 2048-d"
@@ -69,15 +70,6 @@ def _check_metrics(metrics) -> tuple[str, ...]:
     if unknown:
         raise MvqError(f"unknown metric {unknown[0]!r}: expected some of {', '.join(METRICS)}")
     return chosen
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise MvqError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
 
 
 class _Batches:
@@ -150,7 +142,7 @@ def evaluate_checkpoint(
     inception = "rfid" in chosen or "prd" in chosen
     if inception:
         _check_inception_n(n, "asked for")
-    dev = _pick_device(device)
+    dev = pick_device(device)
     model, cfg, info = load_tokenizer(checkpoint, device=str(dev))
     model.eval()
     name = canonical_name(cfg.data.name)

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from mvq.codes import Codes
@@ -67,14 +66,9 @@ def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "t
                   "n": n, "step": info.get("step")}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"primary": codes.primary.contiguous(), "labels": torch.cat(labels)}
-    if codes.secondary is not None:
-        tensors["secondary"] = codes.secondary.contiguous()
-    if codes.mask is not None:
-        tensors["mask"] = codes.mask.to(torch.uint8).contiguous()
     tmp = out_path.with_name(out_path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"mvq_codes": json.dumps(codes.meta),
-                                           "mvq_tokens": json.dumps(token_meta)})
+    codes.save(tmp, extra={"labels": torch.cat(labels)},
+               metadata={"mvq_tokens": json.dumps(token_meta)})
     os.replace(tmp, out_path)
     return out_path
 
@@ -89,28 +83,16 @@ def load_tokens(path: str | Path, expect_hash: str | None = None
     path = Path(path)
     if not path.is_file():
         raise MvqError(f"token file not found: {path} (make one with `mvq encode-dataset`)")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as err:  # noqa: BLE001 - any parse failure is a bad file
-        raise MvqError(f"{path} is not a safetensors token file ({err}); make one with "
-                       "`mvq encode-dataset`") from None
-    if "mvq_tokens" not in header or "mvq_codes" not in header or "primary" not in tensors:
+    codes, extra, header = Codes.read(path, what="token")
+    if "mvq_tokens" not in header:
         raise MvqError(f"{path} is not an mvq token file (no 'mvq_tokens' metadata); make one "
                        "with `mvq encode-dataset`")
     meta = json.loads(header["mvq_tokens"])
-    code_meta = json.loads(header["mvq_codes"])
-    have = code_meta.get("config_hash")
+    have = codes.meta.get("config_hash")
     if expect_hash is not None and have != expect_hash:
         raise MvqError(f"token file {path} was made by tokenizer {have}, this tokenizer is "
                        f"{expect_hash}; re-run mvq encode-dataset")
-    mask = tensors.get("mask")
-    codes = Codes(tensors["primary"], tensors.get("secondary"),
-                  None if mask is None else mask.bool(), code_meta)
-    labels = tensors.get("labels")
+    labels = extra.get("labels")
     if labels is None:
         labels = torch.zeros(len(codes), dtype=torch.int64)
     return codes, labels, meta

@@ -95,15 +95,16 @@ class MaskedQuantizer(nn.Module):
         b = e.shape[0]
         shared = masks.dim() == e2.dim()
         j_total = masks.shape[0] if shared else masks.shape[1]
-        best_d = torch.full((b,), float("inf"), device=e.device)
+        best_d = torch.full((b,), float("inf"), device=e.device, dtype=torch.float64)
         best_j = torch.zeros(b, dtype=torch.long, device=e.device)
-        target = (y - e).float()  # f(c) should approximate y - e
+        dtype = torch.promote_types(y.dtype, torch.float32)  # fp32 at least, fp64 kept
+        target = (y - e).to(dtype)  # f(c) should approximate y - e
         for start in range(0, j_total, self.chunk_size):
             chunk = masks[start : start + self.chunk_size] if shared else masks[:, start : start + self.chunk_size]
             jc = chunk.shape[0] if shared else chunk.shape[1]
             m = chunk.unsqueeze(0).expand(b, *chunk.shape) if shared else chunk
             c = (e2.unsqueeze(1) * m.to(e2.dtype)).flatten(0, 1)  # (B*jc, D', H', W')
-            out = self.f(c).float().view(b, jc, *y.shape[1:])
+            out = self.f(c).to(dtype).view(b, jc, *y.shape[1:])
             d = (out - target.unsqueeze(1)).pow(2).flatten(2).sum(2)  # (B, jc)
             d_min, j_min = d.min(1)
             better = d_min < best_d

@@ -25,9 +25,13 @@ from mvq.models import Tokenizer, build_model
 
 
 def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as torch names it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise MvqError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
 
 
 def build_data(cfg: Config):
