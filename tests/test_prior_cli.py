@@ -126,3 +126,70 @@ def test_sample_refuses_a_prior_of_another_tokenizer(run, tmp_path):
     with pytest.raises(MvqError, match="trained on codes of tokenizer .* this tokenizer is"):
         sample_images(run["tok_b"], run["prior"]["checkpoint"], n=2, out=tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+# --- sample metrics (mvq evaluate --prior) -------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 12 images: rank-deficient covariances
+def test_evaluate_samples_against_hand_computation(run, tmp_path):
+    from mvq.evaluate import evaluate_samples, format_table
+    from mvq.metrics import extract_features, fid_from_features, get_inception, prd_f_scores
+    from mvq.sample import sample_codes_and_images
+
+    n, ckpt = 12, run["prior"]["checkpoint"]
+    res = evaluate_samples(run["tok_a"], ckpt, n=n, batch_size=n, seed=5, progress=False,
+                           device="cpu", cache_dir=str(tmp_path / "stats"))
+    m = res["metrics"]
+    assert res["kind"] == "samples" and res["n"] == n and res["prior_step"] == 30
+    # by hand: the same seeded samples, the first n real test images, their tokens
+    model, cfg, _ = load_tokenizer(run["tok_a"])
+    model.eval()
+    ds = build_dataset("shapes", split="test", size=cfg.model.image_size,
+                       channels=cfg.model.channels, limit=n, seed=0)
+    x = torch.stack([ds[i][0] for i in range(n)])
+    _, samples = sample_codes_and_images(run["tok_a"], ckpt, n=n, seed=5, batch_size=n)
+    ext = get_inception(device="cpu")
+    real = extract_features(x, batch_size=n, progress=False, extractor=ext)
+    fake = extract_features(samples, batch_size=n, progress=False, extractor=ext)
+    assert abs(m["fid_samples"] - fid_from_features(real, fake)) < 1e-3
+    f8, f1_8 = prd_f_scores(real, fake, num_clusters=20)
+    assert m["prd_f8"] == pytest.approx(f8, abs=1e-6)
+    assert m["prd_f1_8"] == pytest.approx(f1_8, abs=1e-6)
+    prior, _ = load_prior(ckpt)
+    with torch.no_grad():
+        want = prior.nll(model.encode(x))
+    assert m["nll_primary"] == pytest.approx(want["primary"], rel=1e-5)
+    assert m["nll_secondary"] == pytest.approx(want["secondary"], rel=1e-5)
+    assert m["nll_secondary_bits"] == pytest.approx(want["secondary"] / math.log(2), rel=1e-5)
+    assert "FID* (samples)" in format_table(res)
+
+    # NLL over uneven batches (5 + 5 + 2 images) is the same per-token mean
+    nll_only = evaluate_samples(run["tok_a"], ckpt, n=n, batch_size=5, metrics="nll",
+                                progress=False, device="cpu")
+    assert set(nll_only["metrics"]) == {"nll_primary", "nll_primary_bits", "nll_secondary",
+                                        "nll_secondary_bits"}
+    assert nll_only["metrics"]["nll_primary"] == pytest.approx(want["primary"], rel=1e-5)
+    assert nll_only["metrics"]["nll_secondary"] == pytest.approx(want["secondary"], rel=1e-5)
+
+
+def test_evaluate_samples_errors_and_cli(run, tmp_path, capsys):
+    from mvq.cli import main
+    from mvq.evaluate import evaluate_samples
+
+    ckpt = run["prior"]["checkpoint"]
+    with pytest.raises(MvqError, match="trained on codes of tokenizer .* this tokenizer is"):
+        evaluate_samples(run["tok_b"], ckpt, n=4, metrics="nll", progress=False, device="cpu")
+    with pytest.raises(MvqError, match="unknown sample metric 'rfid'"):
+        evaluate_samples(run["tok_a"], ckpt, n=4, metrics="rfid", progress=False, device="cpu")
+    out = tmp_path / "s.json"
+    code = main(["evaluate", "--checkpoint", str(run["tok_a"]), "--prior", str(ckpt), "--n", "6",
+                 "--metrics", "nll", "--json", str(out), "--no-progress", "--device", "cpu"])
+    assert code == 0
+    import json
+    saved = json.loads(out.read_text())
+    assert saved["kind"] == "samples" and saved["n"] == 6
+    assert math.isfinite(saved["metrics"]["nll_primary_bits"])
+    assert "NLL primary (bits/token)" in capsys.readouterr().out
+    code = main(["evaluate", "--checkpoint", str(run["tok_a"]), "--prior", str(ckpt), "--n", "6",
+                 "--metrics", "ssim", "--no-progress"])
+    assert code == 2 and "unknown sample metric 'ssim'" in capsys.readouterr().err

@@ -57,6 +57,39 @@ def test_kv_cache_matches_full_recompute_float64(classes):
         model.step_logits(idx[:, :1], cache)
 
 
+def _stepped_logits(model, idx):
+    cache = model.new_cache(idx.shape[0])
+    steps = [model.step_logits(None, cache, batch=idx.shape[0])]
+    for t in range(idx.shape[1] - 1):
+        steps.append(model.step_logits(idx[:, t:t + 1], cache))
+    return torch.stack(steps, 1)
+
+
+def test_single_token_step_follows_weight_updates():
+    """The decode step keeps transposed weight copies; an optimizer step, load_state_dict and a
+    dtype change must all be seen by the next sequence."""
+    model = tiny_gpt(dtype=torch.float64)
+    idx = torch.randint(0, 11, (2, 12))
+    with torch.no_grad():
+        before = _stepped_logits(model, idx)  # builds the copies
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(idx, targets=idx)[1].backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        full, _ = model(idx)
+        after = _stepped_logits(model, idx)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, full, atol=1e-6, rtol=0)
+    other = tiny_gpt(dtype=torch.float64)
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(_stepped_logits(model, idx), other(idx)[0], atol=1e-6, rtol=0)
+        model.float()
+        assert _stepped_logits(model, idx).dtype == torch.float32
+
+
 def test_cached_and_naive_generation_agree():
     model = tiny_gpt(dtype=torch.float64)
     a = model.generate(4, 12, generator=torch.Generator().manual_seed(3))

@@ -68,18 +68,32 @@ def _add_demo(sub) -> None:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
-        "evaluate", help="reconstruction metrics of a checkpoint: rFID, LPIPS, PSNR, SSIM, F_8, ...",
+        "evaluate", help="reconstruction metrics of a checkpoint (rFID, LPIPS, PSNR, SSIM, F_8, "
+        "...), or with --prior sample metrics (FID*, F_8, NLL)",
         description="Encode and decode the first N images of a split and report MSE, PSNR, SSIM, "
         "LPIPS (alex), rFID and precision/recall F_8 / F_1/8 (Inception features), codebook usage "
-        "and perplexity, bits per image. Uses offline weights only. Writes JSON and markdown.",
+        "and perplexity, bits per image. With --prior: sample N images from the prior and report "
+        "FID* and F_8 / F_1/8 against the N real images, and the prior's NLL on their tokens "
+        "(MVQ paper Table 5). Uses offline weights only. Writes JSON and markdown.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  mvq evaluate --checkpoint runs/demo/mvqvae/checkpoint --n 1000\n"
+        "  mvq evaluate --checkpoint runs/demo/mvqvae/checkpoint "
+        "--prior runs/priordemo/mvqvae/checkpoint --n 1000",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (OUT_DIR/checkpoint)")
     p.add_argument("--split", default="test", help="data split (default test)")
     p.add_argument("--n", type=int, default=1000, help="images, the first N of the split (default 1000)")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--metrics", default=",".join(("mse", "psnr", "ssim", "lpips", "rfid", "prd", "usage")),
-                   help="comma-separated subset of mse,psnr,ssim,lpips,rfid,prd,usage")
-    p.add_argument("--json", help="write the result here (default CHECKPOINT/eval_SPLIT_N.json)")
+    p.add_argument("--metrics", help="comma-separated subset of mse,psnr,ssim,lpips,rfid,prd,usage "
+                   "(default all); with --prior of fid,prd,nll (default all)")
+    p.add_argument("--prior", help="prior checkpoint folder trained on this tokenizer's tokens: "
+                   "evaluate its samples instead (FID*, F_8 / F_1/8 of N samples vs the N real "
+                   "images, and the prior's primary / secondary NLL on their tokens)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed with --prior (default 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="with --prior (default 1.0)")
+    p.add_argument("--top-k", type=int, help="with --prior: sample from the k most likely ids")
+    p.add_argument("--json", help="write the result here (default CHECKPOINT/eval_SPLIT_N.json, "
+                   "with --prior PRIOR/eval_samples_SPLIT_N.json)")
     p.add_argument("--md", help="write a markdown table here (default beside the JSON)")
     p.add_argument("--data-root", help="override the checkpoint's data root")
     p.add_argument("--device", default="auto")
@@ -257,13 +271,26 @@ def _load_images(paths: list[str], size: int, channels: int, n: int):
 
 
 def cmd_evaluate(args) -> int:
-    from mvq.evaluate import evaluate_checkpoint, format_table, write_reports
+    from mvq.evaluate import (
+        METRICS,
+        SAMPLE_METRICS,
+        evaluate_checkpoint,
+        evaluate_samples,
+        format_table,
+        write_reports,
+    )
 
-    result = evaluate_checkpoint(args.checkpoint, split=args.split, n=args.n,
-                                 batch_size=args.batch_size, device=args.device,
-                                 metrics=args.metrics, progress=not args.no_progress,
-                                 data_root=args.data_root)
-    json_path = Path(args.json) if args.json else Path(args.checkpoint) / f"eval_{args.split}_{result['n']}.json"
+    common = dict(split=args.split, n=args.n, batch_size=args.batch_size, device=args.device,
+                  progress=not args.no_progress, data_root=args.data_root)
+    if args.prior:
+        result = evaluate_samples(args.checkpoint, args.prior, metrics=args.metrics or
+                                  SAMPLE_METRICS, seed=args.seed, temperature=args.temperature,
+                                  top_k=args.top_k, **common)
+        default = Path(args.prior) / f"eval_samples_{args.split}_{result['n']}.json"
+    else:
+        result = evaluate_checkpoint(args.checkpoint, metrics=args.metrics or METRICS, **common)
+        default = Path(args.checkpoint) / f"eval_{args.split}_{result['n']}.json"
+    json_path = Path(args.json) if args.json else default
     md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
     write_reports(result, json_path, md_path)
     print(format_table(result))

@@ -59,6 +59,11 @@ _LABELS = {
     "usage2": ("codebook usage (secondary)", "{:.3f}"),
     "perplexity2": ("perplexity (secondary)", "{:.2f}"),
     "bits_per_image": ("bits / image", "{:.1f}"), "tokens": ("tokens (S + S')", "{}"),
+    "fid_samples": ("FID* (samples)", "{:.3f}"),
+    "nll_primary": ("NLL primary (nats/token)", "{:.4f}"),
+    "nll_primary_bits": ("NLL primary (bits/token)", "{:.4f}"),
+    "nll_secondary": ("NLL secondary (nats/token)", "{:.4f}"),
+    "nll_secondary_bits": ("NLL secondary (bits/token)", "{:.4f}"),
 }
 
 
@@ -114,6 +119,32 @@ def _check_inception_n(n: int, what: str) -> None:
             f"rFID/PRD: FID needs at least 2 images, {what} {n}; pass n >= 2 (recommend "
             "n >= 1000 for comparable numbers), or leave rfid and prd out of the metrics"
         )
+
+
+def _real_features(result: dict, name: str, root, channels: int, split: str, size: int,
+                   n_used: int, batches, batch_size: int, dev, progress: bool, cache_dir,
+                   need_features: bool):
+    """(extractor, FeatureStats of the first n_used real images): from the stats cache when
+    it has them, else extracted (and cached). Records the extractor, resize and cache in
+    ``result``; adds the small-n note."""
+    extractor = get_inception(device=dev)
+    sha = extractor.weights_sha256
+    key = _dataset_key(name, root, channels)
+    cache = Path(cache_dir) if cache_dir is not None else default_stats_dir()
+    path = stats_cache_path(cache, key, split, size, n_used, sha)
+    result.update(feature_extractor=FEATURE_EXTRACTOR, feature_extractor_sha256=sha,
+                  inception_resize=INCEPTION_RESIZE, fid_stats_cache=str(path),
+                  fid_stats_cache_hit=path.is_file())
+    real_stats = cached_feature_stats(
+        key, split, size, n_used, lambda: batches, cache_dir=cache, extractor=extractor,
+        batch_size=batch_size, device=dev, progress=progress)
+    if need_features and (real_stats.features is None or len(real_stats.features) != n_used):
+        feats = extract_features(batches, batch_size, dev, progress, extractor)
+        real_stats = FeatureStats.from_features(feats)
+    if n_used < 1000:
+        result["notes"].append(f"FID/PRD from {n_used} images: not comparable with "
+                               "numbers from other n (use n >= 1000)")
+    return extractor, real_stats
 
 
 def evaluate_checkpoint(
@@ -177,23 +208,9 @@ def evaluate_checkpoint(
 
     extractor, real_stats = None, None
     if inception:
-        extractor = get_inception(device=dev)
-        sha = extractor.weights_sha256
-        key = _dataset_key(name, root, channels)
-        cache = Path(cache_dir) if cache_dir is not None else default_stats_dir()
-        path = stats_cache_path(cache, key, split, size, n_used, sha)
-        result.update(feature_extractor=FEATURE_EXTRACTOR, feature_extractor_sha256=sha,
-                      inception_resize=INCEPTION_RESIZE, fid_stats_cache=str(path),
-                      fid_stats_cache_hit=path.is_file())
-        real_stats = cached_feature_stats(
-            key, split, size, n_used, lambda: batches, cache_dir=cache, extractor=extractor,
-            batch_size=batch_size, device=dev, progress=progress)
-        if "prd" in chosen and (real_stats.features is None or len(real_stats.features) != n_used):
-            feats = extract_features(batches, batch_size, dev, progress, extractor)
-            real_stats = FeatureStats.from_features(feats)
-        if n_used < 1000:
-            result["notes"].append(f"rFID/PRD from {n_used} images: not comparable with "
-                                   "numbers from other n (use n >= 1000)")
+        extractor, real_stats = _real_features(result, name, root, channels, split, size,
+                                               n_used, batches, batch_size, dev, progress,
+                                               cache_dir, need_features="prd" in chosen)
     if "lpips" in chosen:
         result.update(lpips_net=f"{LPIPS_NET} (lpips v0.1 heads)",
                       lpips_backbone_sha256=file_sha256(lpips_backbone_path(LPIPS_NET)))
@@ -261,11 +278,136 @@ def evaluate_checkpoint(
     return result
 
 
+SAMPLE_METRICS = ("fid", "prd", "nll")
+
+
+def evaluate_samples(
+    checkpoint: str | Path,
+    prior: str | Path,
+    split: str = "test",
+    n: int = 1000,
+    batch_size: int = 100,
+    device: str = "auto",
+    metrics: tuple[str, ...] = SAMPLE_METRICS,
+    progress: bool = True,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> dict:
+    """Second-stage metrics of a prior on ``checkpoint``'s tokens (MVQ paper Table 5).
+
+    fid: FID* between ``n`` samples (prior -> codes -> decoder, seeded, MVQ masks random) and
+    the first ``n`` real images of ``split`` (the same cached real statistics as rFID);
+    prd: F_8 (recall) / F_1/8 (precision) of the samples against those real images;
+    nll: the prior's mean NLL on the tokens of those real images, primary and secondary,
+    in nats and bits per token. Returns a JSON-serialisable dict like `evaluate_checkpoint`.
+    """
+    from mvq.sample import check_same_tokenizer
+    from mvq.train.prior import load_prior
+
+    t0 = time.time()
+    if isinstance(metrics, str):
+        metrics = [m for m in metrics.replace(" ", "").split(",") if m]
+    chosen = tuple(dict.fromkeys(str(m).lower() for m in metrics))
+    unknown = [m for m in chosen if m not in SAMPLE_METRICS]
+    if unknown or not chosen:
+        raise MvqError(f"unknown sample metric {(unknown or [''])[0]!r}: with --prior the "
+                       f"metrics are some of {', '.join(SAMPLE_METRICS)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise MvqError(f"n must be a positive number of images, got {n!r}; pass e.g. n=1000")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MvqError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if temperature < 0:
+        raise MvqError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    inception = "fid" in chosen or "prd" in chosen
+    if inception:
+        _check_inception_n(n, "asked for")
+    dev = pick_device(device)
+    model, cfg, info = load_tokenizer(checkpoint, device=str(dev))
+    model.eval()
+    prior_model, prior_info = load_prior(prior, device=str(dev))
+    check_same_tokenizer(prior_info, model_hash(cfg.model), prior)
+    name = canonical_name(cfg.data.name)
+    root = data_root if data_root is not None else cfg.data.root
+    size, channels = cfg.model.image_size, cfg.model.channels
+    dataset = build_dataset(name, root=root, split=split, size=size, channels=channels,
+                            limit=n, seed=DATA_SEED)
+    n_used = min(n, len(dataset))
+    if inception:
+        _check_inception_n(n_used, f"the {name} {split} split has")
+    if "prd" in chosen and 2 * n_used < PRD_CLUSTERS:
+        raise MvqError(f"PRD clusters reals + samples into {PRD_CLUSTERS} groups: it needs at "
+                       f"least {PRD_CLUSTERS // 2} images, found {n_used}; pass a larger n")
+    batches = _Batches(dataset, n_used, batch_size)
+    result: dict = {
+        "kind": "samples", "checkpoint": str(Path(checkpoint).resolve()),
+        "prior": str(Path(prior).resolve()), "prior_step": prior_info.get("step"),
+        "model_type": info.get("model_type"), "config_hash": model_hash(cfg.model),
+        "step": info.get("step"), "dataset": name,
+        "data_root": None if root is None else str(root), "split": split, "n": n_used,
+        "n_requested": n, "image_size": size, "channels": channels,
+        "metrics_requested": list(chosen), "sample_seed": seed, "temperature": temperature,
+        "top_k": top_k, "feature_extractor": None, "feature_extractor_sha256": None,
+        "inception_resize": None, "fid_stats_cache": None, "fid_stats_cache_hit": None,
+        "prd": None, "device": str(dev), "batch_size": batch_size,
+        "mvq_version": mvq.__version__, "torch_version": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": None,
+        "notes": [], "metrics": {},
+    }
+    out = result["metrics"]
+    from tqdm.auto import tqdm
+
+    with torch.no_grad():
+        if inception:
+            extractor, real_stats = _real_features(
+                result, name, root, channels, split, size, n_used, batches, batch_size, dev,
+                progress, cache_dir, need_features="prd" in chosen)
+            gen = torch.Generator(device=dev).manual_seed(seed)
+            feats = []
+            bar = tqdm(total=n_used, desc="sample", unit="img", file=sys.stderr,
+                       disable=not progress, dynamic_ncols=True)
+            for start in range(0, n_used, batch_size):
+                codes = prior_model.sample(min(batch_size, n_used - start),
+                                           temperature=temperature, top_k=top_k, generator=gen)
+                images = model.decode(codes).clamp(0, 1)
+                feats.append(extract_features(images, batch_size, dev, False, extractor))
+                bar.update(len(images))
+            bar.close()
+            fake = torch.cat(feats)
+            if "fid" in chosen:
+                out["fid_samples"] = frechet_distance(real_stats.mu, real_stats.sigma,
+                                                      *mean_cov(fake))
+            if "prd" in chosen:
+                out["prd_f8"], out["prd_f1_8"] = prd_f_scores(real_stats.features, fake,
+                                                              num_clusters=PRD_CLUSTERS)
+                result["prd"] = (f"Sajjadi et al. 2018: {PRD_CLUSTERS} k-means clusters, 10 "
+                                 "runs, 1001 angles, reals vs samples")
+        if "nll" in chosen:
+            sums: dict[str, float] = {}
+            for x in tqdm(batches, desc="nll", disable=not progress, file=sys.stderr,
+                          dynamic_ncols=True):
+                codes = model.encode(x.to(dev))
+                for k, v in prior_model.nll(codes).items():
+                    sums[k] = sums.get(k, 0.0) + v * len(x)
+            for k, total in sums.items():
+                out[f"nll_{k}"] = total / n_used
+                out[f"nll_{k}_bits"] = out[f"nll_{k}"] / math.log(2)
+    if n_used < n:
+        result["notes"].append(f"asked for {n} images, the {name} {split} split has {n_used}")
+    result["seconds"] = round(time.time() - t0, 3)
+    return result
+
+
 def format_table(result: dict) -> str:
     """Markdown: a header line (model, checkpoint, N, split), then one row per metric."""
     r = result.get
     head = (f"**{r('model_type')}** `{r('checkpoint')}` (step {r('step')}) - N={r('n')} "
             f"{r('split')} images of {r('dataset')} ({r('image_size')} px, {r('channels')} ch)")
+    if r("kind") == "samples":
+        head += (f"; samples of prior `{r('prior')}` (step {r('prior_step')}), seed "
+                 f"{r('sample_seed')}, temperature {r('temperature')}, top-k {r('top_k')}")
     rows = [head, "", "| metric | value |", "| --- | --- |"]
     for key, value in (r("metrics") or {}).items():
         label, fmt = _LABELS.get(key, (key, "{}"))
@@ -274,7 +416,7 @@ def format_table(result: dict) -> str:
         rows.append(f"| {label} | {text} |")
     foot = []
     if r("feature_extractor"):
-        foot.append(f"rFID/PRD: {r('feature_extractor')} (sha256 "
+        foot.append(f"FID/PRD features: {r('feature_extractor')} (sha256 "
                     f"{str(r('feature_extractor_sha256'))[:12]}), {r('inception_resize')}")
     if r("lpips_net"):
         foot.append(f"LPIPS: {r('lpips_net')}, backbone sha256 "

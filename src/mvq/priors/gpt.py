@@ -273,29 +273,59 @@ class GPT(nn.Module):
             x = self._embed(idx, cache.pos)
         return self.head(self._trunk(x, cache)[:, -1])
 
+    def _decode_weights(self) -> tuple:
+        """The weights of the single-token step, linear weights transposed to (in, out), contiguous.
+
+        A one-row ``x @ W`` with W stored (in, out) reads the weight row by row and ran about
+        twice as fast on this CPU as ``F.linear`` (which reads W (out, in) for a one-row input).
+        The copy is made once and rebuilt only when a parameter changed (optimizer step,
+        ``load_state_dict``, ``.to()``): the key is every parameter's storage and version.
+        """
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+        cached = self.__dict__.get("_packed")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            def t(w: torch.Tensor) -> torch.Tensor:
+                return w.detach().t().contiguous()
+            blocks = tuple(
+                (b.ln1.weight.detach(), b.ln1.bias.detach(), b.ln1.eps,
+                 t(b.attn.qkv.weight), b.attn.qkv.bias.detach(),
+                 t(b.attn.proj.weight), b.attn.proj.bias.detach(),
+                 b.ln2.weight.detach(), b.ln2.bias.detach(), b.ln2.eps,
+                 t(b.mlp[0].weight), b.mlp[0].bias.detach(),
+                 t(b.mlp[2].weight), b.mlp[2].bias.detach())
+                for b in self.blocks)
+            packed = (blocks, t(self.head.weight))
+        self.__dict__["_packed"] = (key, packed)
+        return packed
+
     def _decode_one(self, tok: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """The single-token step on (B, C) rows: same math as `_trunk`, fewer, flatter ops.
 
-        Batch-1 decoding is bound by reading the weights and by per-op dispatch, so this path
-        calls the functional ops on the blocks' parameters directly and keeps one query row.
+        Batch-1 decoding is bound by reading the weights and by per-op overhead, so this path
+        uses pre-transposed weights (`_decode_weights`), writes the new key/value into the
+        cache in place and attends with two small matmuls over the filled part of the cache
+        (one query row needs no causal mask).
         """
         b, c, pos = tok.shape[0], self.cfg.n_embd, cache.pos
         nh, hd = self.cfg.n_head, c // self.cfg.n_head
+        blocks, head_t = self._decode_weights()
         x = F.embedding(tok, self.wte.weight) + self.wpe.weight[pos]
-        for i, blk in enumerate(self.blocks):
-            ln1, ln2, att, mlp = blk.ln1, blk.ln2, blk.attn, blk.mlp
-            h = F.layer_norm(x, (c,), ln1.weight, ln1.bias, ln1.eps)
-            qkv = F.linear(h, att.qkv.weight, att.qkv.bias).view(b, 3, nh, 1, hd)
-            cache.k[i, :, :, pos:pos + 1] = qkv[:, 1]
-            cache.v[i, :, :, pos:pos + 1] = qkv[:, 2]
-            y = F.scaled_dot_product_attention(qkv[:, 0], cache.k[i, :, :, :pos + 1],
-                                               cache.v[i, :, :, :pos + 1])
-            x = x + F.linear(y.reshape(b, c), att.proj.weight, att.proj.bias)
-            h = F.layer_norm(x, (c,), ln2.weight, ln2.bias, ln2.eps)
-            h = F.gelu(F.linear(h, mlp[0].weight, mlp[0].bias))
-            x = x + F.linear(h, mlp[2].weight, mlp[2].bias)
+        scale = 1.0 / math.sqrt(hd)
+        for i, (w1, b1, e1, wqkv, bqkv, wo, bo, w2, b2, e2, wfc, bfc, wout, bout) in \
+                enumerate(blocks):
+            h = F.layer_norm(x, (c,), w1, b1, e1)
+            q, k, v = torch.addmm(bqkv, h, wqkv).view(b, 3, nh, 1, hd).unbind(1)
+            keys, values = cache.k[i, :, :, :pos + 1], cache.v[i, :, :, :pos + 1]
+            keys[:, :, pos:] = k
+            values[:, :, pos:] = v
+            att = torch.matmul(q * scale, keys.transpose(-1, -2)).softmax(-1)  # (B, nh, 1, T)
+            x = x + torch.addmm(bo, torch.matmul(att, values).view(b, c), wo)
+            h = F.layer_norm(x, (c,), w2, b2, e2)
+            x = x + torch.addmm(bout, F.gelu(torch.addmm(bfc, h, wfc)), wout)
         cache.pos += 1
-        return self.head(self.ln_f(x))
+        return self.ln_f(x) @ head_t
 
     @torch.inference_mode()
     def generate(self, n: int, steps: int, temperature: float = 1.0, top_k: int | None = None,
