@@ -438,3 +438,23 @@ def test_resolver_honours_user_paths(tmp_path, monkeypatch, converted_home):
     converted = weights.load_state_dict_file(alex)
     for name, param in model.model.net.named_parameters():
         assert torch.equal(param, converted["features." + name.split(".", 1)[1]])
+
+
+def test_weights_hash_names_the_tensors_not_the_file(tmp_path):
+    """A .pth and a .safetensors of the same tensors (keys in another order) hash alike; a
+    changed value, dtype or name does not."""
+    from safetensors.torch import save_file
+
+    from mvq.metrics.weights import state_dict_sha256, weights_sha256
+
+    state = {"b.weight": torch.arange(6.0).view(2, 3), "a.bias": torch.zeros(3),
+             "n": torch.tensor(7)}
+    torch.save(state, tmp_path / "w.pth")
+    save_file({k: state[k] for k in reversed(list(state))}, str(tmp_path / "w.safetensors"))
+    ref = weights_sha256(tmp_path / "w.pth")
+    assert len(ref) == 64 and ref == weights_sha256(tmp_path / "w.safetensors")
+    assert ref == state_dict_sha256(state)
+    changed = dict(state, **{"a.bias": torch.tensor([0.0, 0.0, 1e-7])})
+    assert state_dict_sha256(changed) != ref
+    assert state_dict_sha256(dict(state, n=torch.tensor(7.0))) != ref
+    assert state_dict_sha256({"c.bias" if k == "a.bias" else k: v for k, v in state.items()}) != ref

@@ -182,6 +182,9 @@ def _add_bench(sub) -> None:
     p.add_argument("which", choices=list(BENCHMARKS), help="which benchmark")
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
     p.add_argument("--json", help="also write the results as JSON")
+    p.add_argument("options", nargs=argparse.REMAINDER,
+                   help="further options for the benchmark script, e.g. `mvq bench sampling "
+                   "--lengths 256,1024 --repeats 3` (see `python benchmarks/NAME.py --help`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,7 +316,8 @@ def cmd_bench(args) -> int:
     script = root / BENCHMARKS[args.which]
     if not script.is_file():
         raise MvqError(f"benchmark script not found: {script} (run from a source checkout)")
-    argv = [str(script)] + (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])
+    argv = ([str(script)] + (["--quick"] if args.quick else [])
+            + (["--json", args.json] if args.json else []) + list(args.options))
     sys.argv = argv
     runpy.run_path(str(script), run_name="__main__")
     return 0

@@ -39,7 +39,7 @@ from mvq.metrics import (
     usage,
 )
 from mvq.metrics.fid import default_stats_dir, frechet_distance, mean_cov, stats_cache_path
-from mvq.metrics.weights import file_sha256
+from mvq.metrics.weights import weights_sha256
 from mvq.train.loop import pick_device
 
 METRICS = ("mse", "psnr", "ssim", "lpips", "rfid", "prd", "usage")
@@ -213,7 +213,7 @@ def evaluate_checkpoint(
                                                cache_dir, need_features="prd" in chosen)
     if "lpips" in chosen:
         result.update(lpips_net=f"{LPIPS_NET} (lpips v0.1 heads)",
-                      lpips_backbone_sha256=file_sha256(lpips_backbone_path(LPIPS_NET)))
+                      lpips_backbone_sha256=weights_sha256(lpips_backbone_path(LPIPS_NET)))
 
     per_image: dict[str, list[torch.Tensor]] = {"mse": [], "ssim": [], "lpips": []}
     rec_feats, ids1, ids2 = [], [], []

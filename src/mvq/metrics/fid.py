@@ -22,9 +22,9 @@ from torch import nn
 from mvq.errors import MvqError
 from mvq.metrics.weights import (
     _atomic_write,
-    file_sha256,
     inception_weights_path,
     load_state_dict_file,
+    state_dict_sha256,
 )
 
 FEATURE_DIM = 2048
@@ -63,7 +63,9 @@ class InceptionFeatureExtractor(nn.Module):
     def __init__(self, weights: str | os.PathLike | None = None) -> None:
         super().__init__()
         self.weights_path = inception_weights_path(weights)
-        net = build_fid_inception(load_state_dict_file(self.weights_path))
+        state = load_state_dict_file(self.weights_path)
+        self._weights_sha256 = state_dict_sha256(state)
+        net = build_fid_inception(state)
         # the same block sequence as pytorch_fid.inception.InceptionV3 (output block 3)
         self.blocks = nn.Sequential(
             net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(3, stride=2),
@@ -77,8 +79,11 @@ class InceptionFeatureExtractor(nn.Module):
 
     @property
     def weights_sha256(self) -> str:
-        """sha256 of the weights file: part of every feature-cache key."""
-        return file_sha256(self.weights_path)
+        """sha256 of the weights' tensors (`state_dict_sha256`): part of every feature-cache key.
+
+        It names the network, not the file, so it is the same on every machine whichever
+        carrier or conversion provided the weights."""
+        return self._weights_sha256
 
     def train(self, mode: bool = True) -> "InceptionFeatureExtractor":
         return super().train(False)  # BatchNorm must keep its running statistics

@@ -120,21 +120,34 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (memoised on path, size and mtime)."""
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """Hex sha256 of a state dict's contents: names, dtypes, shapes and values, sorted by name.
+
+    Unlike a file hash it does not depend on how the tensors were serialised (a .pth and the
+    .safetensors converted from it, or two conversions of one file, hash the same).
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def weights_sha256(path: str | os.PathLike) -> str:
+    """`state_dict_sha256` of a weights file (memoised on path, size and mtime)."""
     p = Path(path).resolve()
     st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
+    key = ("tensors:" + str(p), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = state_dict_sha256(load_state_dict_file(p))
     return _SHA_CACHE[key]
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 # ----------------------------------------------------------------------------- Inception (FID)
