@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mvq-installed
 
-.PHONY: setup data weights demo test bench clean
+.PHONY: setup data weights demo test bench movq-ablation clean
 
 setup: $(STAMP) data
 
@@ -33,6 +33,17 @@ test: setup
 bench: setup
 	$(PY) benchmarks/quantizer.py
 	$(PY) benchmarks/mh_dropout.py
+
+# MoVQ's ablation at CPU size (its Fig. 6): VQGAN, + multichannel x4, + SpatialNorm (MoVQ), all
+# with one 256-entry codebook; train 800 steps each, evaluate on 1000 test images, one table.
+MOVQ_ABLATION := vqgan multichannel movq
+movq-ablation: setup
+	@set -e; for v in $(MOVQ_ABLATION); do \
+	  $(VENV)/bin/mvq train --config configs/movq_fmnist_$${v}_quick.yaml --overwrite; \
+	  $(VENV)/bin/mvq evaluate --checkpoint runs/movq_fmnist_$${v}_quick/checkpoint --n 1000; \
+	done
+	$(VENV)/bin/mvq compare $(foreach v,$(MOVQ_ABLATION),runs/movq_fmnist_$(v)_quick/checkpoint/eval_test_1000.json) \
+	  --names "VQGAN,+ multichannel x4,+ SpatialNorm (MoVQ)" --out runs/movq_ablation.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -58,10 +58,15 @@ def test_image_folder_with_corrupt_files(capsys, tmp_path):
             f"train.out_dir={tmp_path / 'run'}", "--no-progress"]
     assert main(args) == 0
     assert "skipped 1 unreadable" in capsys.readouterr().err
+    # the finished run is not replaced silently
+    assert main(args) == 2
+    assert "already holds a run (checkpoint at step 2); pass --resume" in _err_line(capsys)
+    ckpt = (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes()
     for f in folder.glob("ok*"):
         f.write_bytes(b"broken")
-    assert main(args) == 2
+    assert main([*args, "--overwrite"]) == 2
     assert "could be read" in _err_line(capsys)
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes() == ckpt
 
 
 def test_wrong_channel_count(capsys):

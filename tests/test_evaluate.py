@@ -122,3 +122,34 @@ def test_errors(checkpoint, tmp_path):
         evaluate_checkpoint(tmp_path / "missing", n=4, metrics=("mse",), progress=False)
     one = evaluate_checkpoint(checkpoint, n=1, metrics=("mse",), progress=False, device="cpu")
     assert one["n"] == 1 and "mse" in one["metrics"]
+
+
+def test_compare_results_table(tmp_path, capsys):
+    from mvq.cli import main
+
+    def result(run, n, **metrics):
+        return {"checkpoint": f"/x/{run}/checkpoint", "dataset": "shapes", "split": "test",
+                "n": n, "metrics": metrics}
+
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    write_reports(result("vq", 100, mse=0.5, rfid=12.3456), a, None)
+    write_reports(result("mvq", 100, mse=0.25, lpips=0.1), b, None)
+    assert main(["compare", str(a), str(b)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| run | MSE | rFID | LPIPS (alex) |"
+    assert lines[2] == "| vq | 0.500000 | 12.346 | n/a |"
+    assert lines[3] == "| mvq | 0.250000 | n/a | 0.1000 |"
+    assert "N=100 test images of shapes" in lines[-1]
+    out = tmp_path / "t.md"
+    assert main(["compare", str(a), str(b), "--names", "base,ours", "--out", str(out)]) == 0
+    assert "| ours | 0.250000 |" in out.read_text()
+    c = tmp_path / "c.json"
+    write_reports(result("other", 50, mse=0.1), c, None)
+    assert main(["compare", str(a), str(c)]) == 0
+    assert "not comparable" in capsys.readouterr().out
+    assert main(["compare", str(a), str(b), "--names", "one"]) == 2
+    assert "--names has 1 names for 2 results" in capsys.readouterr().err
+    (tmp_path / "junk.json").write_text("{}")
+    assert main(["compare", str(tmp_path / "junk.json")]) == 2
+    assert "has no 'metrics'" in capsys.readouterr().err

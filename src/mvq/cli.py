@@ -33,6 +33,8 @@ def _add_train(sub) -> None:
     p.add_argument("--config", help="YAML preset (configs/*.yaml); defaults are used without one")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=500")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again over a run already in OUT_DIR (without it, mvq refuses)")
     p.add_argument("--data-root", help="shortcut for data.root=PATH")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -98,6 +100,33 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data-root", help="override the checkpoint's data root")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="one markdown table from several `mvq evaluate` JSON files",
+        description="Print a markdown table with a row per evaluation result and a column per "
+        "metric; warns when the results differ in data set, split or N.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  mvq compare runs/movq_fmnist_*_quick/checkpoint/eval_test_1000.json",
+    )
+    p.add_argument("results", nargs="+", help="JSON files written by `mvq evaluate`")
+    p.add_argument("--names", help="comma-separated row names (default: each run's folder)")
+    p.add_argument("--out", help="also write the table to this file")
+
+
+def cmd_compare(args) -> int:
+    from mvq.evaluate import format_comparison, load_result
+
+    results = [load_result(p) for p in args.results]
+    names = args.names.split(",") if args.names else None
+    if names is not None and len(names) != len(results):
+        raise MvqError(f"--names has {len(names)} names for {len(results)} results")
+    table = format_comparison(results, names)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
 
 
 def _add_priors(sub) -> None:
@@ -194,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"mvq {mvq.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_reconstruct, _add_evaluate, _add_priors, _add_demo, _add_bench):
+    for add in (_add_train, _add_reconstruct, _add_evaluate, _add_compare, _add_priors, _add_demo,
+                _add_bench):
         add(sub)
     return parser
 
@@ -210,7 +240,8 @@ def cmd_train(args) -> int:
     if args.config and not any(o.startswith("train.out_dir=") for o in overrides):
         if cfg.train.out_dir == "runs/train":
             cfg.train.out_dir = f"runs/{Path(args.config).stem}"
-    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    result = train(cfg, resume=args.resume, progress=not args.no_progress,
+                   overwrite=args.overwrite)
     m = result.metrics
     print(f"trained {cfg.model.type} for {result.step} steps in {result.seconds:.0f}s: "
           f"val MSE {m.get('val_mse', float('nan')):.4f}, PSNR {m.get('val_psnr', float('nan')):.2f} dB; "
@@ -324,6 +355,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate,
+            "compare": cmd_compare,
             "encode-dataset": cmd_encode_dataset, "train-prior": cmd_train_prior,
             "sample": cmd_sample, "demo": cmd_demo, "bench": cmd_bench}
 

@@ -60,7 +60,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
             data = build_data(cfg)
             print(f"mvq demo: {data[0].describe()}; validation: first {len(data[1])} test images",
                   file=sys.stderr)
-        result = train(cfg, progress=progress, desc=f"{model_type}", data=data)
+        result = train(cfg, progress=progress, desc=f"{model_type}", data=data, overwrite=True)
         from mvq.checkpoint import load_tokenizer
 
         from mvq.evaluate import evaluate_checkpoint

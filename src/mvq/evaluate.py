@@ -426,6 +426,51 @@ def format_table(result: dict) -> str:
     return "\n".join(rows + [""] + [f"_{f}_  " for f in foot])
 
 
+def load_result(path: str | Path) -> dict:
+    """A result JSON written by `mvq evaluate`; MvqError if it is not one."""
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MvqError(f"{path} not found: pass JSON files written by `mvq evaluate`") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise MvqError(f"{path} is not a readable JSON file ({err})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("metrics"), dict):
+        raise MvqError(f"{path} has no 'metrics': expected a JSON written by `mvq evaluate`")
+    return result
+
+
+def format_comparison(results: list[dict], names: list[str] | None = None) -> str:
+    """One markdown table, a row per result and a column per metric any of them has.
+
+    Rows are named by ``names`` or by each run's folder (the checkpoint's parent). A footer
+    warns when the results differ in data set, split or N (then they are not comparable).
+    """
+    if not results:
+        raise MvqError("nothing to compare: pass at least one result")
+    keys = list(dict.fromkeys(k for r in results for k in r["metrics"]))
+    names = names or [Path(r.get("checkpoint") or "?").parent.name for r in results]
+    head = "| run | " + " | ".join(_LABELS.get(k, (k, ""))[0] for k in keys) + " |"
+    rows = [head, "|" + " --- |" * (len(keys) + 1)]
+    for name, r in zip(names, results):
+        cells = []
+        for k in keys:
+            v = r["metrics"].get(k)
+            fmt = _LABELS.get(k, (k, "{}"))[1]
+            ok = v is not None and not (isinstance(v, float) and not math.isfinite(v))
+            cells.append(fmt.format(v) if ok else "n/a" if v is None else str(v))
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    setups = {(r.get("dataset"), r.get("split"), r.get("n"), r.get("kind", "reconstruction"))
+              for r in results}
+    if len(setups) > 1:
+        rows += ["", "_not comparable: the results differ in (data set, split, N, kind): "
+                 + "; ".join(str(s) for s in sorted(setups, key=str)) + "_"]
+    else:
+        (data, split, n, kind), = setups
+        rows += ["", f"_{kind}, N={n} {split} images of {data}_"]
+    return "\n".join(rows)
+
+
 def write_reports(result: dict, json_path: Path | None, md_path: Path | None) -> None:
     """Write the result as JSON and/or the markdown table (parent folders are created)."""
     for path, text in ((json_path, lambda: json.dumps(result, indent=2) + "\n"),

@@ -100,11 +100,22 @@ class TrainResult:
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | None = None,
-          data=None) -> TrainResult:
-    """Train the tokenizer of ``cfg`` into ``cfg.train.out_dir``; returns final validation metrics."""
+          data=None, overwrite: bool = False) -> TrainResult:
+    """Train the tokenizer of ``cfg`` into ``cfg.train.out_dir``; returns final validation metrics.
+
+    A finished or interrupted run already in ``out_dir`` is never replaced silently: pass
+    ``resume=True`` to continue it or ``overwrite=True`` to start again over it.
+    """
     tc = cfg.train
     out = Path(tc.out_dir)
     ckpt = out / "checkpoint"
+    if not resume and not overwrite and (ckpt / "config.json").is_file():
+        try:
+            at = f"checkpoint at step {read_info(ckpt).get('step', '?')}"
+        except MvqError:
+            at = "an unreadable checkpoint"
+        raise MvqError(f"{out} already holds a run ({at}); pass --resume to continue it, "
+                       "--overwrite to start again over it, or train.out_dir=NEW_DIR")
     device = pick_device(tc.device)
     torch.manual_seed(tc.seed)
     train_set, val_set = data if data is not None else build_data(cfg)
