@@ -8,7 +8,8 @@ image's codes (primary, secondary, random mask) with
   cached/64 KV cache, batch 64, time per image
   maskgit   a bidirectional transformer with the primary stage's width/depth over the S+1
             tokens, 8 and 12 parallel decoding steps, batch 1
-All cells are measured in this one run (median of --repeats, runs interleaved, one warm-up);
+All cells are measured in this one run (median of --repeats, runs interleaved, one warm-up;
+a cell whose runs already took --cell-budget seconds is not repeated further);
 the paper's CPU column (Intel i9-9900) is printed beside them for reference.
 
     python benchmarks/sampling.py [--quick] [--lengths 1,4,16,64,256,1024] [--json out.json]
@@ -53,7 +54,8 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: int) -> dict:
+def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: int,
+            budget_s: float = 60.0) -> dict:
     torch.manual_seed(0)
     sizes = table4_size(length)
     prior = MVQPrior(grid(length), [vocab, vocab], (1, 1), mask_dim=MASK_DIM, sizes=sizes).eval()
@@ -72,6 +74,8 @@ def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: in
     times: dict[str, list[float]] = {name: [] for name in cells}
     for _ in range(repeats):
         for name, fn in cells.items():
+            if times[name] and sum(times[name]) > budget_s:
+                continue  # a long cell (naive at 1024+1 runs for minutes): fewer repeats
             times[name].append(timed(fn))
     med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
     med[f"cached_b{batch}"] /= batch  # per image
@@ -82,6 +86,7 @@ def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: in
            f"cached_b{batch}_s_per_image": med[f"cached_b{batch}"],
            "maskgit8_s": med["maskgit8"], "maskgit12_s": med["maskgit12"]}
     row["speedup_cached_vs_naive"] = (med["naive"] / med["cached"]) if "naive" in med else None
+    row["runs"] = {name: len(v) for name, v in times.items()}
     return row
 
 
@@ -100,14 +105,19 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64, help="batch of the batched cached column")
     p.add_argument("--naive-max-len", type=int, default=1024,
                    help="skip the naive path above this S (it costs O(S^2) token-forwards)")
+    p.add_argument("--cell-budget", type=float, default=60.0,
+                   help="stop repeating a cell once its runs took this many seconds (default 60)")
     p.add_argument("--quick", action="store_true", help="S = 1, 4, 16 and 1 repeat (seconds)")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lengths = [1, 4, 16] if args.quick else [int(x) for x in args.lengths.split(",")]
     repeats = 1 if args.quick else args.repeats
     b = args.batch
 
-    print(f"token sampling, seconds per image; median of {repeats}; torch {torch.__version__}, "
+    print(f"token sampling, seconds per image; median of up to {repeats} runs per cell; torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU thread(s), {cpu_name()}; "
           f"codebooks {args.vocab} + {args.vocab}, mask {MASK_DIM} bits")
     head = (f"{'tokens':>7} | {'paper CPU':>9} | {'naive':>9} | {'cached':>9} | "
@@ -117,7 +127,7 @@ def main() -> None:
     print("-" * len(head))
     rows = []
     for length in lengths:
-        r = measure(length, args.vocab, repeats, b, args.naive_max_len)
+        r = measure(length, args.vocab, repeats, b, args.naive_max_len, args.cell_budget)
         rows.append(r)
         speed = r["speedup_cached_vs_naive"]
         speed_s = f"{speed:>11.1f}x" if speed is not None else f"{'-':>12}"
@@ -127,6 +137,15 @@ def main() -> None:
               f"{fmt(r['naive_s'])} | {fmt(r['cached_s'])} | {speed_s} | "
               f"{fmt(r[f'cached_b{b}_s_per_image'])} | {fmt(r['maskgit8_s'])} | "
               f"{fmt(r['maskgit12_s'], 10)} | {params:>10}", flush=True)
+    print(f"\nspeed-ups, same run: {'tokens':>7} | {'naive/cached':>12} | "
+          f"{f'cached/cached b{b}':>17} | {'cached/maskgit 8':>16} | {'cached/maskgit 12':>17}")
+    for r in rows:
+        def ratio(a, c):
+            return f"{a / c:.1f}x" if a is not None and c else "-"
+        print(f"{'':21} {r['tokens']:>7} | {ratio(r['naive_s'], r['cached_s']):>12} | "
+              f"{ratio(r['cached_s'], r[f'cached_b{b}_s_per_image']):>17} | "
+              f"{ratio(r['cached_s'], r['maskgit8_s']):>16} | "
+              f"{ratio(r['cached_s'], r['maskgit12_s']):>17}")
     skipped = [r["tokens"] for r in rows if r["naive_s"] is None]
     print("paper CPU: MVQ paper Table 6, Intel i9-9900, their implementation (not re-run here); "
           "every other cell was measured in this run.")
