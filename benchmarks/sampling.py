@@ -54,6 +54,26 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _linear_weights(gpt) -> list[torch.Tensor]:
+    return [m.weight for m in gpt.modules() if isinstance(m, torch.nn.Linear)]
+
+
+@torch.inference_mode()
+def linear_floor(gpt, repeats: int = 20) -> float:
+    """Seconds to push one row through every linear layer of `gpt` (weights read once each):
+    a lower bound on any batch-1 single-token step of that model on this machine, since
+    each generated token must read all of these weights."""
+    weights = [w.t().contiguous() for w in _linear_weights(gpt)]
+    rows = {w.shape[0]: torch.randn(1, w.shape[0]) for w in weights}
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for w in weights:
+            rows[w.shape[0]] @ w
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: int,
             budget_s: float = 60.0) -> dict:
     torch.manual_seed(0)
@@ -78,6 +98,7 @@ def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: in
                 continue  # a long cell (naive at 1024+1 runs for minutes): fewer repeats
             times[name].append(timed(fn))
     med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    floor = linear_floor(prior.primary)
     med[f"cached_b{batch}"] /= batch  # per image
     row = {"tokens": f"{length}+1", "length": length, "paper_cpu_s": PAPER_CPU_S.get(length),
            "primary_params_m": prior.primary.num_params / 1e6,
@@ -87,6 +108,10 @@ def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: in
            "maskgit8_s": med["maskgit8"], "maskgit12_s": med["maskgit12"]}
     row["speedup_cached_vs_naive"] = (med["naive"] / med["cached"]) if "naive" in med else None
     row["runs"] = {name: len(v) for name, v in times.items()}
+    row["primary_weights_mb"] = sum(w.numel() * w.element_size() for w in _linear_weights(
+        prior.primary)) / 1e6
+    row["linear_floor_ms_per_token"] = floor * 1e3
+    row["max_speedup_vs_naive"] = (med["naive"] / (length * floor)) if "naive" in med else None
     return row
 
 
@@ -146,6 +171,13 @@ def main() -> None:
               f"{ratio(r['cached_s'], r[f'cached_b{b}_s_per_image']):>17} | "
               f"{ratio(r['cached_s'], r['maskgit8_s']):>16} | "
               f"{ratio(r['cached_s'], r['maskgit12_s']):>17}")
+    print(f"\nbound: a batch-1 cached step reads every primary weight once; the linear layers "
+          f"alone take (median of 20, this run):")
+    for r in rows:
+        best = r["max_speedup_vs_naive"]
+        print(f"{'':21} {r['tokens']:>7} | {r['primary_weights_mb']:6.1f} MB | "
+              f"{r['linear_floor_ms_per_token']:6.2f} ms/token | naive / (S x floor) = "
+              + (f"{best:.1f}x" if best is not None else "-"))
     skipped = [r["tokens"] for r in rows if r["naive_s"] is None]
     print("paper CPU: MVQ paper Table 6, Intel i9-9900, their implementation (not re-run here); "
           "every other cell was measured in this run.")
