@@ -16,6 +16,9 @@ EPILOG = """examples:
   mvq train --config configs/fmnist_f28_k16_quick.yaml --resume
   mvq reconstruct --checkpoint runs/fmnist_f28_k16_quick/checkpoint --out recon.png
   mvq evaluate --checkpoint runs/demo/mvqvae/checkpoint --n 1000
+  mvq evaluate --checkpoint runs/demo/mvqvae/checkpoint --prior runs/priordemo/mvq_prior/checkpoint
+  mvq compare runs/*/checkpoint/eval_test_1000.json
+  mvq bench sampling --threads 1 --lengths 256,1024
 """
 
 
