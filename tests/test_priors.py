@@ -344,3 +344,16 @@ def test_pixelcnn_learns_and_samples():
     assert model.loss(data, cond).item() < 0.05
     assert model.forward(data, cond).shape == (2, 4, 2, 3)
     assert torch.equal(model.sample(2, 2, 3, top_k=1, cond=cond), data)
+
+
+def test_transformer_configs_refuse_bad_sizes():
+    with pytest.raises(MvqError, match="n_embd=30 must be divisible by n_head=4"):
+        GPTConfig(10, 8, n_embd=30)
+    with pytest.raises(MvqError, match="block_size must be >= 1"):
+        GPTConfig(10, 0)
+    with pytest.raises(MvqError, match="n_embd=30 must be divisible by n_head=4"):
+        MaskGITConfig(10, 8, n_embd=30)
+    with pytest.raises(MvqError, match="channels must be >= 1"):
+        MaskGITConfig(10, 8, channels=0)
+    with pytest.raises(MvqError, match="n_layer must be >= 1"):
+        MaskGITConfig(10, 8, n_layer=0)

@@ -57,6 +57,11 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--scale", type=int, default=3, help="integer upscaling of the PNG (default 3)")
 
 
+def _add_device_and_progress(p) -> None:
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo", help="hvqvae vs mvqvae at 1+1 tokens, K=16 on FashionMNIST, side by side",
@@ -83,7 +88,7 @@ def _add_evaluate(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  mvq evaluate --checkpoint runs/demo/mvqvae/checkpoint --n 1000\n"
         "  mvq evaluate --checkpoint runs/demo/mvqvae/checkpoint "
-        "--prior runs/priordemo/mvqvae/checkpoint --n 1000",
+        "--prior runs/priordemo/mvq_prior/checkpoint --n 1000",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (OUT_DIR/checkpoint)")
     p.add_argument("--split", default="test", help="data split (default test)")
@@ -101,8 +106,7 @@ def _add_evaluate(sub) -> None:
                    "with --prior PRIOR/eval_samples_SPLIT_N.json)")
     p.add_argument("--md", help="write a markdown table here (default beside the JSON)")
     p.add_argument("--data-root", help="override the checkpoint's data root")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    _add_device_and_progress(p)
 
 
 def _add_compare(sub) -> None:
@@ -141,8 +145,7 @@ def _add_priors(sub) -> None:
     p.add_argument("--split", default="train", choices=["train", "test"])
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    _add_device_and_progress(p)
     p = sub.add_parser("train-prior", help="train the two-stage GPT prior (MVQ Table 4 sizes) on tokens",
                        description="Train a causal transformer over primary tokens and a secondary "
                        "transformer conditioned on them; logs validation NLL (nats, bits/token).")
@@ -154,8 +157,7 @@ def _add_priors(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--val-every", type=int, default=250)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    _add_device_and_progress(p)
     p = sub.add_parser("sample", help="sample images: prior -> tokens -> tokenizer decoder",
                        description="Sample token sequences with a prior (MVQ masks drawn at random, "
                        "seeded) and decode them with the tokenizer they were trained on.")

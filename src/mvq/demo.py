@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from mvq.config import load_config
-from mvq.data import build_dataset, default_fashion_mnist_root, fashion_mnist_available
+from mvq.data import default_fashion_mnist_root, fashion_mnist_available
 from mvq.images import save_grid
 from mvq.train import train
 

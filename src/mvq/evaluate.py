@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 import mvq
 from mvq.checkpoint import load_tokenizer
+from mvq.codes import Codes
 from mvq.config import model_hash
 from mvq.data import build_dataset, canonical_name
 from mvq.errors import MvqError
@@ -67,13 +69,17 @@ _LABELS = {
 }
 
 
-def _check_metrics(metrics) -> tuple[str, ...]:
+def _check_metrics(metrics, allowed: tuple[str, ...] = METRICS, what: str = "metric"
+                   ) -> tuple[str, ...]:
+    """A comma-separated string or a sequence of names -> the chosen names, in order, unique."""
     if isinstance(metrics, str):
         metrics = [m for m in metrics.replace(" ", "").split(",") if m]
     chosen = tuple(dict.fromkeys(str(m).lower() for m in metrics))
-    unknown = [m for m in chosen if m not in METRICS]
+    unknown = [m for m in chosen if m not in allowed]
     if unknown:
-        raise MvqError(f"unknown metric {unknown[0]!r}: expected some of {', '.join(METRICS)}")
+        raise MvqError(f"unknown {what} {unknown[0]!r}: expected some of {', '.join(allowed)}")
+    if not chosen:
+        raise MvqError(f"no {what} chosen: expected some of {', '.join(allowed)}")
     return chosen
 
 
@@ -121,30 +127,114 @@ def _check_inception_n(n: int, what: str) -> None:
         )
 
 
-def _real_features(result: dict, name: str, root, channels: int, split: str, size: int,
-                   n_used: int, batches, batch_size: int, dev, progress: bool, cache_dir,
-                   need_features: bool):
-    """(extractor, FeatureStats of the first n_used real images): from the stats cache when
-    it has them, else extracted (and cached). Records the extractor, resize and cache in
-    ``result``; adds the small-n note."""
-    extractor = get_inception(device=dev)
+@dataclass
+class _Run:
+    """What both evaluations share: the tokenizer, its first n_used images of a split, the
+    result dict that records how the numbers were made."""
+
+    model: torch.nn.Module
+    cfg: object
+    dev: torch.device
+    name: str
+    root: str | None
+    split: str
+    n_used: int
+    batch_size: int
+    batches: _Batches
+    progress: bool
+    result: dict
+
+
+def _open_run(checkpoint, split: str, n: int, batch_size: int, device: str, data_root,
+              chosen: tuple[str, ...], inception: bool, against: str, progress: bool) -> _Run:
+    """Check the arguments, load the tokenizer and the first n images of ``split``; raise
+    MvqError for anything the user can fix. ``against``: what the real images are compared
+    with (for messages and the PRD note)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise MvqError(f"n must be a positive number of images, got {n!r}; pass e.g. n=1000")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MvqError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if inception:
+        _check_inception_n(n, "asked for")
+    dev = pick_device(device)
+    model, cfg, info = load_tokenizer(checkpoint, device=str(dev))
+    model.eval()
+    name = canonical_name(cfg.data.name)
+    root = data_root if data_root is not None else cfg.data.root
+    size, channels = cfg.model.image_size, cfg.model.channels
+    dataset = build_dataset(name, root=root, split=split, size=size, channels=channels,
+                            limit=n, seed=DATA_SEED)
+    n_used = min(n, len(dataset))
+    if inception:
+        _check_inception_n(n_used, f"the {name} {split} split has")
+    if "prd" in chosen and 2 * n_used < PRD_CLUSTERS:
+        raise MvqError(
+            f"PRD clusters reals + {against} into {PRD_CLUSTERS} groups: it needs at least "
+            f"{PRD_CLUSTERS // 2} images, found {n_used}; pass a larger n or leave prd out"
+        )
+    result: dict = {
+        "checkpoint": str(Path(checkpoint).resolve()), "model_type": info.get("model_type"),
+        "config_hash": model_hash(cfg.model), "step": info.get("step"), "dataset": name,
+        "data_root": None if root is None else str(root),
+        "data_seed": DATA_SEED if name == "shapes" else None, "split": split, "n": n_used,
+        "n_requested": n, "image_size": size, "channels": channels,
+        "metrics_requested": list(chosen),
+        "feature_extractor": None, "feature_extractor_sha256": None, "inception_resize": None,
+        "fid_stats_cache": None, "fid_stats_cache_hit": None, "prd": None,
+        "device": str(dev), "batch_size": batch_size, "mvq_version": mvq.__version__,
+        "torch_version": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": None,
+        "notes": [], "metrics": {},
+    }
+    return _Run(model, cfg, dev, name, root, split, n_used, batch_size,
+                _Batches(dataset, n_used, batch_size), progress, result)
+
+
+def _real_features(run: _Run, cache_dir, need_features: bool):
+    """(extractor, FeatureStats of the run's real images): from the stats cache when it has
+    them, else extracted (and cached). Records the extractor, resize and cache in the result;
+    adds the small-n note."""
+    extractor = get_inception(device=run.dev)
     sha = extractor.weights_sha256
-    key = _dataset_key(name, root, channels)
+    size, channels = run.cfg.model.image_size, run.cfg.model.channels
+    key = _dataset_key(run.name, run.root, channels)
     cache = Path(cache_dir) if cache_dir is not None else default_stats_dir()
-    path = stats_cache_path(cache, key, split, size, n_used, sha)
-    result.update(feature_extractor=FEATURE_EXTRACTOR, feature_extractor_sha256=sha,
-                  inception_resize=INCEPTION_RESIZE, fid_stats_cache=str(path),
-                  fid_stats_cache_hit=path.is_file())
+    path = stats_cache_path(cache, key, run.split, size, run.n_used, sha)
+    run.result.update(feature_extractor=FEATURE_EXTRACTOR, feature_extractor_sha256=sha,
+                      inception_resize=INCEPTION_RESIZE, fid_stats_cache=str(path),
+                      fid_stats_cache_hit=path.is_file())
     real_stats = cached_feature_stats(
-        key, split, size, n_used, lambda: batches, cache_dir=cache, extractor=extractor,
-        batch_size=batch_size, device=dev, progress=progress)
-    if need_features and (real_stats.features is None or len(real_stats.features) != n_used):
-        feats = extract_features(batches, batch_size, dev, progress, extractor)
+        key, run.split, size, run.n_used, lambda: run.batches, cache_dir=cache,
+        extractor=extractor, batch_size=run.batch_size, device=run.dev, progress=run.progress)
+    if need_features and (real_stats.features is None
+                          or len(real_stats.features) != run.n_used):
+        feats = extract_features(run.batches, run.batch_size, run.dev, run.progress, extractor)
         real_stats = FeatureStats.from_features(feats)
-    if n_used < 1000:
-        result["notes"].append(f"FID/PRD from {n_used} images: not comparable with "
-                               "numbers from other n (use n >= 1000)")
+    if run.n_used < 1000:
+        run.result["notes"].append(f"FID/PRD from {run.n_used} images: not comparable with "
+                                   "numbers from other n (use n >= 1000)")
     return extractor, real_stats
+
+
+def _inception_scores(run: _Run, real_stats: FeatureStats, fake, fid_key: str | None,
+                      prd: bool, against: str) -> None:
+    """FID (under ``fid_key``) and PRD F_8 / F_1/8 of the real images vs ``fake`` features."""
+    out = run.result["metrics"]
+    if fid_key:
+        out[fid_key] = frechet_distance(real_stats.mu, real_stats.sigma, *mean_cov(fake))
+    if prd:
+        out["prd_f8"], out["prd_f1_8"] = prd_f_scores(real_stats.features, fake,
+                                                      num_clusters=PRD_CLUSTERS)
+        run.result["prd"] = (f"Sajjadi et al. 2018: {PRD_CLUSTERS} k-means clusters, 10 runs, "
+                             f"1001 angles, reals vs {against}")
+
+
+def _close_run(run: _Run, n: int, t0: float) -> dict:
+    if run.n_used < n:
+        run.result["notes"].append(f"asked for {n} images, the {run.name} {run.split} split "
+                                   f"has {run.n_used}")
+    run.result["seconds"] = round(time.time() - t0, 3)
+    return run.result
 
 
 def evaluate_checkpoint(
@@ -166,51 +256,14 @@ def evaluate_checkpoint(
     """
     t0 = time.time()
     chosen = _check_metrics(metrics)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise MvqError(f"n must be a positive number of images, got {n!r}; pass e.g. n=1000")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise MvqError(f"batch_size must be a positive integer, got {batch_size!r}")
     inception = "rfid" in chosen or "prd" in chosen
-    if inception:
-        _check_inception_n(n, "asked for")
-    dev = pick_device(device)
-    model, cfg, info = load_tokenizer(checkpoint, device=str(dev))
-    model.eval()
-    name = canonical_name(cfg.data.name)
-    root = data_root if data_root is not None else cfg.data.root
-    size, channels = cfg.model.image_size, cfg.model.channels
-    dataset = build_dataset(name, root=root, split=split, size=size, channels=channels,
-                            limit=n, seed=DATA_SEED)
-    n_used = min(n, len(dataset))
-    if inception:
-        _check_inception_n(n_used, f"the {name} {split} split has")
-    if "prd" in chosen and 2 * n_used < PRD_CLUSTERS:
-        raise MvqError(
-            f"PRD clusters reals + reconstructions into {PRD_CLUSTERS} groups: it needs at least "
-            f"{PRD_CLUSTERS // 2} images, found {n_used}; pass a larger n or leave prd out"
-        )
-    batches = _Batches(dataset, n_used, batch_size)
-    result: dict = {
-        "checkpoint": str(Path(checkpoint).resolve()), "model_type": info.get("model_type"),
-        "config_hash": model_hash(cfg.model), "step": info.get("step"), "dataset": name,
-        "data_root": None if root is None else str(root),
-        "data_seed": DATA_SEED if name == "shapes" else None, "split": split, "n": n_used,
-        "n_requested": n, "image_size": size, "channels": channels,
-        "metrics_requested": list(chosen),
-        "feature_extractor": None, "feature_extractor_sha256": None, "inception_resize": None,
-        "fid_stats_cache": None, "fid_stats_cache_hit": None, "prd": None,
-        "lpips_net": None, "lpips_backbone_sha256": None, "lpips_resize": None,
-        "device": str(dev), "batch_size": batch_size, "mvq_version": mvq.__version__,
-        "torch_version": torch.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": None,
-        "notes": [], "metrics": {},
-    }
-
+    run = _open_run(checkpoint, split, n, batch_size, device, data_root, chosen, inception,
+                    "reconstructions", progress)
+    model, dev, result = run.model, run.dev, run.result
+    result.update(lpips_net=None, lpips_backbone_sha256=None, lpips_resize=None)
     extractor, real_stats = None, None
     if inception:
-        extractor, real_stats = _real_features(result, name, root, channels, split, size,
-                                               n_used, batches, batch_size, dev, progress,
-                                               cache_dir, need_features="prd" in chosen)
+        extractor, real_stats = _real_features(run, cache_dir, need_features="prd" in chosen)
     if "lpips" in chosen:
         result.update(lpips_net=f"{LPIPS_NET} (lpips v0.1 heads)",
                       lpips_backbone_sha256=weights_sha256(lpips_backbone_path(LPIPS_NET)))
@@ -219,10 +272,10 @@ def evaluate_checkpoint(
     rec_feats, ids1, ids2 = [], [], []
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_used, desc="evaluate", unit="img", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=run.n_used, desc="evaluate", unit="img", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
     with torch.no_grad():
-        for x in batches:
+        for x in run.batches:
             x = x.to(dev)
             codes = model.encode(x)
             rec = model.decode(codes).clamp(0, 1)
@@ -252,14 +305,9 @@ def evaluate_checkpoint(
         if key in chosen:
             out[key] = float(torch.cat(per_image[key]).mean())
     if inception:
-        fake = torch.cat(rec_feats)
-        if "rfid" in chosen:
-            out["rfid"] = frechet_distance(real_stats.mu, real_stats.sigma, *mean_cov(fake))
-        if "prd" in chosen:
-            f8, f1_8 = prd_f_scores(real_stats.features, fake, num_clusters=PRD_CLUSTERS)
-            out["prd_f8"], out["prd_f1_8"] = f8, f1_8
-            result["prd"] = (f"Sajjadi et al. 2018: {PRD_CLUSTERS} k-means clusters, 10 runs, "
-                             "1001 angles, reals vs reconstructions")
+        _inception_scores(run, real_stats, torch.cat(rec_feats),
+                          "rfid" if "rfid" in chosen else None, "prd" in chosen,
+                          "reconstructions")
     if "usage" in chosen:
         sizes = model.codebook_sizes
         out["usage"] = usage(torch.cat(ids1), sizes[0])
@@ -272,10 +320,7 @@ def evaluate_checkpoint(
     out["tokens"] = int(s + s2)
     result.update(tokens_primary=int(s), tokens_secondary=int(s2),
                   codebook_sizes=list(model.codebook_sizes), mask_bits=int(model.mask_bits))
-    if n_used < n:
-        result["notes"].append(f"asked for {n} images, the {name} {split} split has {n_used}")
-    result["seconds"] = round(time.time() - t0, 3)
-    return result
+    return _close_run(run, n, t0)
 
 
 SAMPLE_METRICS = ("fid", "prd", "nll")
@@ -304,100 +349,50 @@ def evaluate_samples(
     nll: the prior's mean NLL on the tokens of those real images, primary and secondary,
     in nats and bits per token. Returns a JSON-serialisable dict like `evaluate_checkpoint`.
     """
-    from mvq.sample import check_same_tokenizer
-    from mvq.train.prior import load_prior
+    from mvq.sample import check_same_tokenizer, sample_batches
+    from mvq.train.prior import load_prior, validate_prior
 
     t0 = time.time()
-    if isinstance(metrics, str):
-        metrics = [m for m in metrics.replace(" ", "").split(",") if m]
-    chosen = tuple(dict.fromkeys(str(m).lower() for m in metrics))
-    unknown = [m for m in chosen if m not in SAMPLE_METRICS]
-    if unknown or not chosen:
-        raise MvqError(f"unknown sample metric {(unknown or [''])[0]!r}: with --prior the "
-                       f"metrics are some of {', '.join(SAMPLE_METRICS)}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise MvqError(f"n must be a positive number of images, got {n!r}; pass e.g. n=1000")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise MvqError(f"batch_size must be a positive integer, got {batch_size!r}")
+    chosen = _check_metrics(metrics, SAMPLE_METRICS, "sample metric")
     if temperature < 0:
         raise MvqError(f"temperature must be >= 0 (0: greedy), got {temperature}")
     inception = "fid" in chosen or "prd" in chosen
-    if inception:
-        _check_inception_n(n, "asked for")
-    dev = pick_device(device)
-    model, cfg, info = load_tokenizer(checkpoint, device=str(dev))
-    model.eval()
+    run = _open_run(checkpoint, split, n, batch_size, device, data_root, chosen, inception,
+                    "samples", progress)
+    model, dev = run.model, run.dev
     prior_model, prior_info = load_prior(prior, device=str(dev))
-    check_same_tokenizer(prior_info, model_hash(cfg.model), prior)
-    name = canonical_name(cfg.data.name)
-    root = data_root if data_root is not None else cfg.data.root
-    size, channels = cfg.model.image_size, cfg.model.channels
-    dataset = build_dataset(name, root=root, split=split, size=size, channels=channels,
-                            limit=n, seed=DATA_SEED)
-    n_used = min(n, len(dataset))
-    if inception:
-        _check_inception_n(n_used, f"the {name} {split} split has")
-    if "prd" in chosen and 2 * n_used < PRD_CLUSTERS:
-        raise MvqError(f"PRD clusters reals + samples into {PRD_CLUSTERS} groups: it needs at "
-                       f"least {PRD_CLUSTERS // 2} images, found {n_used}; pass a larger n")
-    batches = _Batches(dataset, n_used, batch_size)
-    result: dict = {
-        "kind": "samples", "checkpoint": str(Path(checkpoint).resolve()),
-        "prior": str(Path(prior).resolve()), "prior_step": prior_info.get("step"),
-        "model_type": info.get("model_type"), "config_hash": model_hash(cfg.model),
-        "step": info.get("step"), "dataset": name,
-        "data_root": None if root is None else str(root), "split": split, "n": n_used,
-        "n_requested": n, "image_size": size, "channels": channels,
-        "metrics_requested": list(chosen), "sample_seed": seed, "temperature": temperature,
-        "top_k": top_k, "feature_extractor": None, "feature_extractor_sha256": None,
-        "inception_resize": None, "fid_stats_cache": None, "fid_stats_cache_hit": None,
-        "prd": None, "device": str(dev), "batch_size": batch_size,
-        "mvq_version": mvq.__version__, "torch_version": torch.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": None,
-        "notes": [], "metrics": {},
-    }
-    out = result["metrics"]
+    check_same_tokenizer(prior_info, run.result["config_hash"], prior)
+    run.result.update(kind="samples", prior=str(Path(prior).resolve()),
+                      prior_step=prior_info.get("step"), sample_seed=seed,
+                      temperature=temperature, top_k=top_k)
+    out = run.result["metrics"]
     from tqdm.auto import tqdm
 
     with torch.no_grad():
         if inception:
-            extractor, real_stats = _real_features(
-                result, name, root, channels, split, size, n_used, batches, batch_size, dev,
-                progress, cache_dir, need_features="prd" in chosen)
+            extractor, real_stats = _real_features(run, cache_dir, need_features="prd" in chosen)
             gen = torch.Generator(device=dev).manual_seed(seed)
-            feats = []
-            bar = tqdm(total=n_used, desc="sample", unit="img", file=sys.stderr,
+            bar = tqdm(total=run.n_used, desc="sample", unit="img", file=sys.stderr,
                        disable=not progress, dynamic_ncols=True)
-            for start in range(0, n_used, batch_size):
-                codes = prior_model.sample(min(batch_size, n_used - start),
-                                           temperature=temperature, top_k=top_k, generator=gen)
-                images = model.decode(codes).clamp(0, 1)
+            feats = []
+            for _, images in sample_batches(model, prior_model, run.n_used, batch_size, gen,
+                                            temperature, top_k):
                 feats.append(extract_features(images, batch_size, dev, False, extractor))
                 bar.update(len(images))
             bar.close()
-            fake = torch.cat(feats)
-            if "fid" in chosen:
-                out["fid_samples"] = frechet_distance(real_stats.mu, real_stats.sigma,
-                                                      *mean_cov(fake))
-            if "prd" in chosen:
-                out["prd_f8"], out["prd_f1_8"] = prd_f_scores(real_stats.features, fake,
-                                                              num_clusters=PRD_CLUSTERS)
-                result["prd"] = (f"Sajjadi et al. 2018: {PRD_CLUSTERS} k-means clusters, 10 "
-                                 "runs, 1001 angles, reals vs samples")
+            _inception_scores(run, real_stats, torch.cat(feats),
+                              "fid_samples" if "fid" in chosen else None, "prd" in chosen,
+                              "samples")
         if "nll" in chosen:
-            sums: dict[str, float] = {}
-            for x in tqdm(batches, desc="nll", disable=not progress, file=sys.stderr,
-                          dynamic_ncols=True):
-                codes = model.encode(x.to(dev))
-                for k, v in prior_model.nll(codes).items():
-                    sums[k] = sums.get(k, 0.0) + v * len(x)
-            for k, total in sums.items():
-                out[f"nll_{k}"] = total / n_used
-                out[f"nll_{k}_bits"] = out[f"nll_{k}"] / math.log(2)
-    if n_used < n:
-        result["notes"].append(f"asked for {n} images, the {name} {split} split has {n_used}")
-    result["seconds"] = round(time.time() - t0, 3)
-    return result
+            codes = Codes.cat([model.encode(x.to(dev)) for x in tqdm(
+                run.batches, desc="nll", disable=not progress, file=sys.stderr,
+                dynamic_ncols=True)])
+            val = validate_prior(prior_model, codes, batch_size)
+            for stage in ("primary", "secondary"):
+                if f"val_{stage}_nll" in val:
+                    out[f"nll_{stage}"] = val[f"val_{stage}_nll"]
+                    out[f"nll_{stage}_bits"] = val[f"val_{stage}_bits"]
+    return _close_run(run, n, t0)
 
 
 def format_table(result: dict) -> str:

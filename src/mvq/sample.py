@@ -35,6 +35,16 @@ def grid_rows(images: torch.Tensor, per_row: int = PER_ROW) -> list[torch.Tensor
 
 
 @torch.no_grad()
+def sample_batches(model, prior, n: int, batch_size: int, generator: torch.Generator,
+                   temperature: float = 1.0, top_k: int | None = None):
+    """Yield (Codes, images (b, C, H, W) in [0, 1]) for n samples, batch_size at a time: the
+    prior's codes (drawn from ``generator``) decoded by the tokenizer ``model``."""
+    for start in range(0, n, batch_size):
+        codes = prior.sample(min(batch_size, n - start), temperature=temperature, top_k=top_k,
+                             generator=generator)
+        yield codes, model.decode(codes).clamp(0, 1)
+
+
 def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
                             temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                             device: str = "cpu", batch_size: int = 256):
@@ -53,13 +63,8 @@ def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n:
     prior, info = load_prior(prior_dir, device=device)
     check_same_tokenizer(info, model_hash(cfg.model), prior_dir)
     gen = torch.Generator(device=device).manual_seed(seed)
-    parts, images = [], []
-    for start in range(0, n, batch_size):
-        codes = prior.sample(min(batch_size, n - start), temperature=temperature, top_k=top_k,
-                             generator=gen)
-        parts.append(codes)
-        images.append(model.decode(codes).clamp(0, 1).cpu())
-    return Codes.cat(parts), torch.cat(images)
+    parts = list(sample_batches(model, prior, n, batch_size, gen, temperature, top_k))
+    return Codes.cat([c for c, _ in parts]), torch.cat([im.cpu() for _, im in parts])
 
 
 def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,

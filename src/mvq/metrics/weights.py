@@ -144,7 +144,7 @@ def weights_sha256(path: str | os.PathLike) -> str:
     """`state_dict_sha256` of a weights file (memoised on path, size and mtime)."""
     p = Path(path).resolve()
     st = p.stat()
-    key = ("tensors:" + str(p), st.st_size, st.st_mtime_ns)
+    key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
         _SHA_CACHE[key] = state_dict_sha256(load_state_dict_file(p))
     return _SHA_CACHE[key]

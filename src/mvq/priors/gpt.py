@@ -59,11 +59,16 @@ class GPTConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
-            raise MvqError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if self.vocab_size < 1 or self.block_size < 1:
-            raise MvqError(f"vocab_size and block_size must be >= 1, got {self.vocab_size}, "
-                           f"{self.block_size}")
+        check_sizes(self, "vocab_size", "block_size")
+
+
+def check_sizes(cfg, *counts: str) -> None:
+    """MvqError unless cfg.n_embd splits into cfg.n_head heads and every named field is >= 1."""
+    if cfg.n_head < 1 or cfg.n_embd % cfg.n_head:
+        raise MvqError(f"n_embd={cfg.n_embd} must be divisible by n_head={cfg.n_head}")
+    for name in ("n_layer", *counts):
+        if getattr(cfg, name) < 1:
+            raise MvqError(f"{name} must be >= 1, got {getattr(cfg, name)}")
 
 
 # --- sampling helpers ---------------------------------------------------------------------
@@ -115,6 +120,7 @@ class KVCache:
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.max_len, self.pos = max_len, 0
+        self.weights: tuple | None = None  # the model's decode weights, taken at the first step
         # per layer (B * n_head, max_len, head_dim) views for the single-token step's bmm
         flat = (n_layer, batch * n_head, max_len, head_dim)
         self.k_rows, self.v_rows = self.k.view(flat).unbind(0), self.v.view(flat).unbind(0)
@@ -284,7 +290,9 @@ class GPT(nn.Module):
         A one-row ``x @ W`` reads W (in, out) row by row; the query rows of the qkv projection
         carry the attention scale 1/sqrt(head_dim), so the step needs no separate multiply.
         The copy is made once and rebuilt only when a parameter changed (optimizer step,
-        ``load_state_dict``, ``.to()``): the key is every parameter's storage and version.
+        ``load_state_dict``, ``.to()``): the key is every parameter's storage and version. A
+        KVCache takes them at its first single-token step, so the key is checked once per
+        sequence.
         """
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
         cached = self.__dict__.get("_packed")
@@ -324,7 +332,9 @@ class GPT(nn.Module):
         b, c, pos = tok.shape[0], self.cfg.n_embd, cache.pos
         nh = self.cfg.n_head
         hd = c // nh
-        blocks, head_t = self._decode_weights()
+        if cache.weights is None:  # once per sequence, not per token
+            cache.weights = self._decode_weights()
+        blocks, head_t = cache.weights
         x = F.embedding(tok, self.wte.weight) + self.wpe.weight[pos]
         for i, (w1, b1, e1, wqkv, bqkv, wo, bo, w2, b2, e2, wfc, bfc, wout, bout) in \
                 enumerate(blocks):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.errors import MvqError
-from mvq.priors.gpt import Block, init_weights, sample_logits
+from mvq.priors.gpt import Block, check_sizes, init_weights, sample_logits
 
 
 @dataclass
@@ -41,8 +41,7 @@ class MaskGITConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
-            raise MvqError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        check_sizes(self, "vocab_size", "seq_len", "channels")
 
 
 def mask_schedule(step: int, total: int, n_tokens: int) -> int:
