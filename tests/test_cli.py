@@ -101,6 +101,25 @@ def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
     assert "vqp / mvq" in capsys.readouterr().out
 
 
+def test_bench_sampling_short_lengths(tmp_path, capsys):
+    """The sampling table on 1+1 and 4+1 tokens: every cell measured, ratios from the cells."""
+    out = tmp_path / "sampling.json"
+    assert main(["bench", "sampling", "--lengths", "1,4", "--repeats", "1", "--batch", "4",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "naive/cached" in printed and "naive / (S x floor)" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["tokens"] for r in rows] == ["1+1", "4+1"]
+    for r in rows:
+        for key in ("naive_s", "cached_s", "cached_b4_s_per_image", "maskgit8_s", "maskgit12_s",
+                    "linear_floor_ms_per_token", "step_floor_ms_per_token"):
+            assert r[key] > 0, key
+        assert r["speedup_cached_vs_naive"] == pytest.approx(r["naive_s"] / r["cached_s"])
+        assert r["max_speedup_vs_naive"] == pytest.approx(
+            r["naive_s"] / (r["length"] * r["step_floor_ms_per_token"] / 1e3))
+    assert rows[1]["primary_weights_mb"] > rows[0]["primary_weights_mb"]  # Table 4: 4+1 is larger
+
+
 def test_prior_commands_end_to_end(capsys, tmp_path):
     run = tmp_path / "tok"
     assert main(["train", *TINY, "model.factor=7", f"train.out_dir={run}", "--no-progress"]) == 0
