@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    import os
+
     from mvq.config import load_config
     from mvq.train import train
 
@@ -247,6 +249,8 @@ def cmd_train(args) -> int:
             cfg.train.out_dir = f"runs/{Path(args.config).stem}"
     result = train(cfg, resume=args.resume, progress=not args.no_progress,
                    overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun only rank 0 reports
     m = result.metrics
     print(f"trained {cfg.model.type} for {result.step} steps in {result.seconds:.0f}s: "
           f"val MSE {m.get('val_mse', float('nan')):.4f}, PSNR {m.get('val_psnr', float('nan')):.2f} dB; "

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvq import distributed
+
 
 # ----------------------------------------------------------------------------- discriminator
 class PatchDiscriminator(nn.Module):
@@ -130,6 +132,10 @@ def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer_wei
     """
     nll_grad, = torch.autograd.grad(nll_loss, last_layer_weight, retain_graph=True)
     g_grad, = torch.autograd.grad(g_loss, last_layer_weight, retain_graph=True)
+    if distributed.world_size() > 1:  # the global batch's gradients, as DDP's backward sees them
+        both = distributed.all_reduce_sum_(torch.stack([nll_grad, g_grad]))
+        both /= distributed.world_size()
+        nll_grad, g_grad = both[0], both[1]
     return (nll_grad.norm() / (g_grad.norm() + eps)).clamp(0.0, max_weight).detach()
 
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvq import distributed
+
 
 @dataclass
 class QuantizeOutput:
@@ -132,25 +134,34 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _update_stats(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
         counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)
-        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.ema:  # per-code sums without a (N, K) one-hot matrix
             sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat.to(self.embed_sum.dtype))
+            if distributed.world_size() > 1:  # the global batch's statistics on every rank
+                both = distributed.all_reduce_sum_(torch.cat([counts[:, None].to(sums.dtype),
+                                                              sums], 1))
+                counts, sums = both[:, 0].to(counts.dtype), both[:, 1:]
             self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        else:
+            distributed.all_reduce_sum_(counts)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        if self.ema:
             n = self.cluster_size.sum()
             smoothed = (self.cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
             self.embedding.data.copy_(self.embed_sum / smoothed[:, None])
         if self.restart_dead:
-            self._restart(flat)
+            self._restart(flat, float(counts.sum()))
 
     @torch.no_grad()
-    def _restart(self, flat: torch.Tensor) -> None:
-        expected = flat.shape[0] / self.num_codes
+    def _restart(self, flat: torch.Tensor, n_vectors: float) -> None:
+        """Re-seed rarely used codes from this batch (n_vectors: its size over all ranks)."""
+        expected = n_vectors / self.num_codes
         dead = self.cluster_size < self.dead_threshold * expected
-        n_dead = int(dead.sum())
+        n_dead = int(dead.sum())  # the same on every rank: cluster_size is the global one
         if n_dead == 0:
             return
         pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
         fresh = flat[pick] + 1e-3 * flat.std() * torch.randn_like(flat[pick])
+        distributed.broadcast_(fresh)  # rank 0's draw everywhere
         self.embedding.data[dead] = fresh.to(self.embedding.dtype)
         self.cluster_size[dead] = expected
         self.embed_sum[dead] = fresh * expected  # keeps embedding == embed_sum / cluster_size
@@ -168,8 +179,9 @@ class VectorQuantizer(nn.Module):
                 members = flat[assign == k]
                 if len(members):
                     centers[k] = members.mean(0)
+        distributed.broadcast_(centers)  # rank 0's clustering everywhere
         self.embedding.data.copy_(centers)
-        self.cluster_size.fill_(flat.shape[0] / self.num_codes)
+        self.cluster_size.fill_(flat.shape[0] * distributed.world_size() / self.num_codes)
         self.embed_sum.copy_(centers * self.cluster_size[:, None])
         self.initialized.fill_(True)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from mvq import distributed
 from mvq.checkpoint import load_tokenizer, load_train_state, read_info, save_checkpoint
 from mvq.config import GAN_TYPES, Config
 from mvq.data import build_dataset
@@ -46,8 +47,11 @@ def build_data(cfg: Config):
 class StepBatches:
     """Batch for step s = a slice of a per-epoch permutation seeded by (seed, epoch)."""
 
-    def __init__(self, dataset, batch_size: int, seed: int) -> None:
+    def __init__(self, dataset, batch_size: int, seed: int, shard: tuple[int, int] = (0, 1)
+                 ) -> None:
+        """shard (rank, world): this rank's share of every batch, items rank, rank + world, ..."""
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world = shard
         self.per_epoch = max(1, len(dataset) // batch_size)
         self._epoch, self._perm = -1, None
 
@@ -56,7 +60,7 @@ class StepBatches:
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             self._epoch, self._perm = epoch, torch.randperm(len(self.dataset), generator=gen)
-        idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+        idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size][self.rank :: self.world]
         return torch.stack([self.dataset[int(j)][0] for j in idx])
 
 
@@ -105,6 +109,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
 
     A finished or interrupted run already in ``out_dir`` is never replaced silently: pass
     ``resume=True`` to continue it or ``overwrite=True`` to start again over it.
+
+    Under ``torchrun --nproc_per_node N`` the N processes train one model with DDP: each takes
+    1/N of every batch (train.batch_size stays the global batch), the EMA codebooks and the
+    GAN loss's adaptive weight see the global batch, and rank 0 alone validates, logs and
+    writes checkpoints.
     """
     tc = cfg.train
     out = Path(tc.out_dir)
@@ -116,7 +125,23 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
             at = "an unreadable checkpoint"
         raise MvqError(f"{out} already holds a run ({at}); pass --resume to continue it, "
                        "--overwrite to start again over it, or train.out_dir=NEW_DIR")
-    device = pick_device(tc.device)
+    world = distributed.launched_world()
+    if tc.batch_size % world:
+        raise MvqError(f"train.batch_size {tc.batch_size} does not split over {world} processes: "
+                       f"use a multiple of {world} (it is the global batch)")
+    launch, device = distributed.setup(pick_device(tc.device))
+    try:
+        result = _train(cfg, tc, out, ckpt, launch, device, resume, progress, desc, data)
+    except BaseException:
+        distributed.teardown(launch, finished=False)
+        raise
+    distributed.teardown(launch)
+    return result
+
+
+def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device, resume: bool,
+           progress: bool, desc: str | None, data) -> TrainResult:
+    main = launch.rank == 0
     torch.manual_seed(tc.seed)
     train_set, val_set = data if data is not None else build_data(cfg)
     if train_set.channels != cfg.model.channels:
@@ -145,16 +170,27 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
         aux = {"discriminator": (loss_fn.discriminator, d_opt)}
     if resume:
         load_train_state(ckpt, opt, aux)
-    out.mkdir(parents=True, exist_ok=True)
-    batches = StepBatches(train_set, tc.batch_size, tc.seed)
-    val_images = stack_images(val_set)
-    grid_images = val_images[: tc.grid_images]
+    net = model
+    if launch.world > 1:
+        if launch.rank:  # own random draws (MH-Dropout masks) per rank; rank 0 as alone
+            torch.manual_seed(tc.seed + 7919 * launch.rank + step)
+        # buffers are not synced by DDP: the quantizers keep theirs in step (mvq.distributed);
+        # BatchNorm statistics stay per rank, the checkpoint holds rank 0's
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            forward_sync_buffers=False)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    batches = StepBatches(train_set, tc.batch_size, tc.seed, (launch.rank, launch.world))
+    val_images = stack_images(val_set) if main else None
+    grid_images = val_images[: tc.grid_images] if main else None
     log_path = out / "metrics.csv"
-    log_file = open(log_path, "a" if resume else "w", newline="")
+    log_file = open(log_path, "a" if resume else "w", newline="") if main else None
     writer = None
     metrics: dict[str, float] = {}
     t0 = time.time()
-    bar = tqdm(total=tc.steps, initial=step, desc=desc or cfg.model.type, disable=not progress,
+    bar = tqdm(total=tc.steps, initial=step, desc=desc or cfg.model.type,
+               disable=not (progress and main),
                file=sys.stderr, dynamic_ncols=True, leave=True,
                mininterval=0.1 if sys.stderr.isatty() else 30.0)  # logs: a line per 30 s
     model.train()
@@ -162,7 +198,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
         while step < tc.steps:
             x = batches(step).to(device)
             with torch.autocast(device.type, enabled=tc.amp and device.type == "cuda"):
-                result = model(x)
+                result = net(x)
             logs: dict = {}
             total = result.loss
             if gan:
@@ -178,14 +214,18 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
                 gan[1].zero_grad(set_to_none=True)
                 if d_loss.requires_grad:
                     d_loss.backward()
+                    distributed.average_gradients_(gan[0].discriminator.parameters())
                     gan[1].step()
                 logs.update(d_logs)
             step += 1
-            loss = float(total.detach())
+            loss_t = total.detach().float().reshape(1).clone()
+            loss = float(distributed.all_reduce_sum_(loss_t)) / launch.world  # the global batch's
             if not math.isfinite(loss):
                 raise MvqError(f"training diverged at step {step} (loss {loss}); lower train.lr "
                                "or keep model.ema=true")
             bar.update(1)
+            if not main:
+                continue
             row = None
             if step % tc.log_every == 0 or step == tc.steps:
                 row = {"step": step, "loss": loss,
@@ -207,7 +247,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
                 save_checkpoint(ckpt, model, cfg, step, opt, extra={"metrics": metrics}, aux=aux)
     finally:
         bar.close()
-        log_file.close()
+        if log_file is not None:
+            log_file.close()
     return TrainResult(step, metrics, out, time.time() - t0)
 
 

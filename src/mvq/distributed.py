@@ -1,0 +1,113 @@
+"""Multi-process data-parallel training under ``torchrun`` (plain PyTorch DDP).
+
+``torchrun --nproc_per_node N -m mvq train ...`` starts N processes with RANK / WORLD_SIZE /
+LOCAL_RANK set; :func:`setup` joins them into one process group (NCCL on GPUs, Gloo on CPU).
+Outside torchrun everything here is a no-op, so single-process code pays nothing.
+
+What stays in step across ranks: the parameters (DDP averages their gradients), the EMA
+codebooks (each quantizer sums its per-code counts and vector sums over all ranks before the
+update, so the codebook sees the global batch) and dead-code restarts / k-means initialisation
+(rank 0 draws, the others take its result).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from mvq.errors import MvqError
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place (no-op in a single process)."""
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite ``tensor`` with rank ``src``'s in place (no-op in a single process)."""
+    if world_size() > 1:
+        dist.broadcast(tensor, src)
+    return tensor
+
+
+def average_gradients_(params) -> None:
+    """Mean of each parameter's gradient over the ranks (for modules not wrapped in DDP)."""
+    n = world_size()
+    if n == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(n)
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+@dataclass
+class Launch:
+    """This process's place in a torchrun launch (world 1, rank 0 when not launched)."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    started_group: bool = False  # we created the process group, so we also destroy it
+
+
+def launched_world() -> int:
+    """WORLD_SIZE as torchrun set it, 1 without torchrun."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise MvqError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number; launch "
+                       "with torchrun --nproc_per_node N") from None
+
+
+def setup(device: torch.device) -> tuple[Launch, torch.device]:
+    """Join torchrun's process group when WORLD_SIZE > 1; returns the launch and the device
+    this rank trains on (cuda:LOCAL_RANK for a cuda device)."""
+    world = launched_world()
+    if world <= 1:
+        return Launch(), device
+    if not dist.is_available():
+        raise MvqError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise MvqError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) "
+                           "here: lower --nproc_per_node")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    started = False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        started = True
+    return Launch(dist.get_world_size(), dist.get_rank(), local, started), device
+
+
+def teardown(launch: Launch, finished: bool = True) -> None:
+    """Leave the process group we joined; after a finished run, wait for every rank first
+    (after an error, leave at once: the others then fail instead of waiting forever)."""
+    if launch.started_group and dist.is_initialized():
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
