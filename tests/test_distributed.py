@@ -101,3 +101,43 @@ def test_batch_must_split_over_the_processes(tmp_path, monkeypatch):
     with pytest.raises(MvqError, match="batch_size 8 does not split over 3 processes"):
         train(cfg, progress=False)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_torchrun_prior_training_matches_one_process(tmp_path):
+    """train-prior with two ranks: the first step's loss (and its primary / secondary parts) is
+    the whole batch's, the same as one process's; the weights after it agree to Adam's step."""
+    import csv
+    import json
+
+    from mvq.codes import Codes
+    from mvq.tokens import TOKENS_FORMAT
+
+    gen = torch.Generator().manual_seed(0)
+    n = 64
+    codes = Codes(torch.randint(0, 8, (n, 2, 2), generator=gen),
+                  torch.randint(0, 8, (n, 1, 1), generator=gen),
+                  torch.rand(n, 1, 1, 4, generator=gen) > 0.5,
+                  {"model": "mvqvae", "config_hash": "test", "codebook_sizes": [8, 8]})
+    tokens = tmp_path / "tokens.safetensors"
+    codes.save(tokens, extra={"labels": torch.zeros(n, dtype=torch.int64)},
+               metadata={"mvq_tokens": json.dumps({"format": TOKENS_FORMAT, "n": n})})
+    args = ["train-prior", str(tokens), "--steps", "1", "--batch-size", "16", "--val-every", "1",
+            "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two, one = tmp_path / "two", tmp_path / "one"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(_free_port()), "-m", "mvq", *args, "--out",
+                          str(two)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("trained prior for 1 steps") == 1
+    run = subprocess.run([sys.executable, "-m", "mvq", *args, "--out", str(one)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [list(csv.DictReader(open(d / "metrics.csv"))) for d in (one, two)]
+    assert len(rows[0]) == len(rows[1]) == 2  # step 0 and step 1, written once
+    for key in ("loss", "primary", "secondary", "val_nll"):
+        assert float(rows[1][1][key]) == pytest.approx(float(rows[0][1][key]), rel=1e-5), key
+    a = load_file(str(one / "checkpoint" / "model.safetensors"))
+    b = load_file(str(two / "checkpoint" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=6e-4, msg=k)  # 2 x lr (3e-4)

@@ -87,3 +87,52 @@ def test_gan_training_logs_and_resumes_exactly(tmp_path, model_type):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_ema_weights_follow_the_recurrence_and_resume_exactly(tmp_path):
+    """train.ema_decay=d: model.safetensors holds ema_t = d ema_{t-1} + (1 - d) w_t over the
+    trained weights w_t (the same trajectory as without EMA), train_state the trained ones."""
+    from mvq.models import build_model
+    from mvq.train.loop import build_data
+
+    d = 0.6
+    raw = {}
+    for steps in (1, 2, 3):  # w_1, w_2, w_3 of the plain run
+        r = train(_cfg(tmp_path, f"plain{steps}", steps=steps), progress=False)
+        raw[steps] = load_file(str(r.out_dir / "checkpoint" / "model.safetensors"))
+    cfg = _cfg(tmp_path, "w0")
+    torch.manual_seed(cfg.train.seed)  # w_0 as train() builds it
+    build_data(cfg)
+    w0 = build_model(cfg.model).state_dict()
+    ema_run = train(_cfg(tmp_path, "ema", steps=3, ema_decay=d), progress=False)
+    got = load_file(str(ema_run.out_dir / "checkpoint" / "model.safetensors"))
+    trained = load_file(str(ema_run.out_dir / "checkpoint" / "train_state.safetensors"))
+    model = build_model(cfg.model)
+    averaged = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert averaged and set(got) == set(raw[3])
+    for name in got:
+        assert torch.equal(trained[f"aux.trained.{name}"], raw[3][name]), name  # same training
+        if name in averaged:
+            want = w0[name]
+            for t in (1, 2, 3):
+                want = d * want + (1 - d) * raw[t][name]
+            torch.testing.assert_close(got[name], want, rtol=1e-5, atol=1e-6, msg=name)
+        else:  # codebooks, code counts, BatchNorm statistics: the trained model's own
+            assert torch.equal(got[name], raw[3][name]), name
+    assert sum(not torch.equal(got[n], raw[3][n]) for n in averaged) > len(averaged) // 2
+    # resume: 2 steps + 1 give the same averaged and trained weights as 3 at once
+    part = _cfg(tmp_path, "ema_part", steps=2, ema_decay=d)
+    train(part, progress=False)
+    resumed = train(replace(part, train=replace(part.train, steps=3)), resume=True,
+                    progress=False)
+    for name in ("model.safetensors", "train_state.safetensors"):
+        a = load_file(str(ema_run.out_dir / "checkpoint" / name))
+        b = load_file(str(resumed.out_dir / "checkpoint" / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    with pytest.raises(MvqError, match="ema_decay=0.6, not 0.0"):
+        train(replace(part, train=replace(part.train, steps=4, ema_decay=0.0)), resume=True,
+              progress=False)
+    with pytest.raises(MvqError, match="must be in"):
+        train(_cfg(tmp_path, "bad", ema_decay=1.5), progress=False)

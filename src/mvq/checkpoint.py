@@ -27,11 +27,13 @@ def _atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> Non
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, cfg: Config, step: int,
                     optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
-                    aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] | None = None) -> Path:
+                    aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]] | None = None
+                    ) -> Path:
     """Write model (and optionally optimizer + RNG state) to ``directory``.
 
-    ``aux``: other trained modules with their optimizers (e.g. the GAN discriminator), kept in
-    the training state so that a resumed run continues exactly.
+    ``aux``: other modules with their optimizers (e.g. the GAN discriminator; None for a module
+    without one, e.g. the raw weights behind EMA weights), kept in the training state so that
+    a resumed run continues exactly.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -42,9 +44,11 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, cfg: Config, 
         metadata = {"optimizer": json.dumps(meta)}
         for name, (module, opt) in (aux or {}).items():
             tensors.update({f"aux.{name}.{k}": v for k, v in module.state_dict().items()})
-            opt_tensors, opt_meta = _flatten_optimizer(opt)
-            tensors.update({f"auxopt.{name}.{k}": v for k, v in opt_tensors.items()})
-            metadata[f"optimizer.{name}"] = json.dumps(opt_meta)
+            metadata[f"module.{name}"] = "1"
+            if opt is not None:
+                opt_tensors, opt_meta = _flatten_optimizer(opt)
+                tensors.update({f"auxopt.{name}.{k}": v for k, v in opt_tensors.items()})
+                metadata[f"optimizer.{name}"] = json.dumps(opt_meta)
         _atomic_save(tensors, directory / "train_state.safetensors", metadata=metadata)
     info = {"format": FORMAT, "mvq_version": mvq.__version__, "kind": "tokenizer",
             "model_type": cfg.model.type, "step": step, "config": config_to_dict(cfg),
@@ -89,7 +93,8 @@ def load_tokenizer(directory: str | Path, expect_type: str | None = None, device
 
 
 def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
-                     aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] | None = None) -> None:
+                     aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]] | None = None
+                     ) -> None:
     path = Path(directory) / "train_state.safetensors"
     if not path.is_file():
         raise MvqError(f"cannot resume: {path} is missing (the checkpoint has no training state)")
@@ -100,12 +105,14 @@ def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
     tensors = load_file(str(path))
     torch.set_rng_state(tensors.pop("rng.torch"))
     for name, (module, opt) in (aux or {}).items():
-        if f"optimizer.{name}" not in metadata:
+        if f"optimizer.{name}" not in metadata and (opt is not None
+                                                     or f"module.{name}" not in metadata):
             raise MvqError(f"cannot resume: {path} has no state for the {name}")
         mod_prefix, opt_prefix = f"aux.{name}.", f"auxopt.{name}."
         module.load_state_dict({k[len(mod_prefix):]: v for k, v in tensors.items() if k.startswith(mod_prefix)})
-        opt_tensors = {k[len(opt_prefix):]: v for k, v in tensors.items() if k.startswith(opt_prefix)}
-        opt.load_state_dict(_unflatten_optimizer(opt_tensors, json.loads(metadata[f"optimizer.{name}"])))
+        if opt is not None:
+            opt_tensors = {k[len(opt_prefix):]: v for k, v in tensors.items() if k.startswith(opt_prefix)}
+            opt.load_state_dict(_unflatten_optimizer(opt_tensors, json.loads(metadata[f"optimizer.{name}"])))
     own = {k: v for k, v in tensors.items() if k.startswith("state.")}
     optimizer.load_state_dict(_unflatten_optimizer(own, json.loads(metadata["optimizer"])))
 

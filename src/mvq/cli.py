@@ -31,7 +31,9 @@ def _add_train(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="override keys: model.* (type, factor, codebook_size, dim, dim2, num_masks, ema, ...), "
         "data.* (name, root, train_limit, val_limit), train.* (steps, batch_size, lr, seed, "
-        "val_every, out_dir, device, ...); see configs/*.yaml",
+        "val_every, out_dir, device, ...); see configs/*.yaml\n\n"
+        "several GPUs or processes (DDP; train.batch_size is the global batch):\n"
+        "  torchrun --nproc_per_node N -m mvq train --config PRESET [overrides]",
     )
     p.add_argument("--config", help="YAML preset (configs/*.yaml); defaults are used without one")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=500")
@@ -148,7 +150,9 @@ def _add_priors(sub) -> None:
     _add_device_and_progress(p)
     p = sub.add_parser("train-prior", help="train the two-stage GPT prior (MVQ Table 4 sizes) on tokens",
                        description="Train a causal transformer over primary tokens and a secondary "
-                       "transformer conditioned on them; logs validation NLL (nats, bits/token).")
+                       "transformer conditioned on them; logs validation NLL (nats, bits/token). "
+                       "Data-parallel under `torchrun --nproc_per_node N -m mvq train-prior ...` "
+                       "(--batch-size is the global batch).")
     p.add_argument("tokens", help="token file from `mvq encode-dataset`")
     p.add_argument("--out", default="runs/prior", help="output folder (checkpoint in OUT/checkpoint)")
     p.add_argument("--steps", type=int, default=2000)
@@ -182,11 +186,15 @@ def cmd_encode_dataset(args) -> int:
 
 
 def cmd_train_prior(args) -> int:
+    import os
+
     from mvq.train.prior import train_prior
 
     r = train_prior(args.tokens, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     seed=args.seed, val_fraction=args.val_fraction, progress=not args.no_progress,
                     device=args.device, val_every=args.val_every)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun only rank 0 reports
     m = r["metrics"]
     second = m.get("val_secondary_bits")
     print(f"trained prior for {r['step']} steps in {r['seconds']:.0f}s: val NLL {m['val_nll']:.4f} nats "

@@ -71,6 +71,9 @@ class TrainConfig:
     grid_images: int = 16
     out_dir: str = "runs/train"
     disc_lr: float = 0.0  # discriminator learning rate of GAN models; 0 = train.lr
+    # EMA weights: validation, grids and model.safetensors use an exponential moving average of
+    # the trained weights with this decay (e.g. 0.999); 0 = off, the trained weights themselves
+    ema_decay: float = 0.0
 
 
 def _loss_config_cls():

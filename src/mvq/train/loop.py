@@ -1,4 +1,5 @@
-"""One training loop for tokenizers: seeds, progress bar, validation, grids, CSV log, resume.
+"""One training loop for tokenizers: seeds, progress bar, validation, grids, CSV log, resume,
+data-parallel (DDP) under torchrun.
 
 Batches are a pure function of (seed, step), and the RNG state is checkpointed, so a resumed
 run continues the exact trajectory of an uninterrupted one (tests/test_train.py).
@@ -155,6 +156,9 @@ def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device,
             raise MvqError(f"cannot resume {ckpt}: its model was trained with other settings "
                            f"({', '.join(f'model.{k}' for k in diff)}); drop those overrides")
         step = int(info["step"])
+        if saved.train.ema_decay != tc.ema_decay:
+            raise MvqError(f"cannot resume {ckpt}: it was trained with train.ema_decay="
+                           f"{saved.train.ema_decay}, not {tc.ema_decay}; resume with the same")
     else:
         model = build_model(cfg.model).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -168,6 +172,12 @@ def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device,
                                  betas=tuple(tc.betas))
         gan = (loss_fn, d_opt, find_last_layer(model))
         aux = {"discriminator": (loss_fn.discriminator, d_opt)}
+    ema = None
+    if tc.ema_decay:  # model.safetensors holds the average, train_state the trained weights
+        from mvq.train.ema import WeightEMA
+
+        ema = WeightEMA(model, tc.ema_decay) if main else None  # (resumed: from the average)
+        aux = {**(aux or {}), "trained": (model, None)}
     if resume:
         load_train_state(ckpt, opt, aux)
     net = model
@@ -209,6 +219,8 @@ def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device,
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             opt.step()
+            if ema is not None:
+                ema.update()
             if gan:
                 d_loss, d_logs = gan[0].discriminator_step(x, result.recon.detach(), step)
                 gan[1].zero_grad(set_to_none=True)
@@ -232,10 +244,14 @@ def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device,
                        **{k: float(v.detach()) for k, v in result.losses.items()}, **result.stats,
                        **{k: float(v) for k, v in logs.items()}}
                 bar.set_postfix(loss=f"{loss:.4f}", usage=f"{result.stats.get('usage', 0):.2f}")
-            if step % tc.val_every == 0 or step == tc.steps:
-                metrics = validate(model, val_images, device=device)
+            val_now = step % tc.val_every == 0 or step == tc.steps
+            save_now = step % tc.ckpt_every == 0 or step == tc.steps
+            # what validation and users see: the EMA weights when there are some
+            used = ema.synced(model) if ema is not None and (val_now or save_now) else model
+            if val_now:
+                metrics = validate(used, val_images, device=device)
                 row = {**(row or {"step": step, "loss": loss}), **metrics}
-                write_recon_grid(model, grid_images, out / f"recon_{step:06d}.png", device)
+                write_recon_grid(used, grid_images, out / f"recon_{step:06d}.png", device)
             if row is not None:
                 if writer is None:
                     writer = csv.DictWriter(log_file, fieldnames=_FIELDS, extrasaction="ignore")
@@ -243,8 +259,8 @@ def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device,
                         writer.writeheader()
                 writer.writerow(row)
                 log_file.flush()
-            if step % tc.ckpt_every == 0 or step == tc.steps:
-                save_checkpoint(ckpt, model, cfg, step, opt, extra={"metrics": metrics}, aux=aux)
+            if save_now:
+                save_checkpoint(ckpt, used, cfg, step, opt, extra={"metrics": metrics}, aux=aux)
     finally:
         bar.close()
         if log_file is not None:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 import mvq
+from mvq import distributed
 from mvq.codes import Codes
 from mvq.errors import MvqError
 from mvq.priors.two_stage import MVQPrior
@@ -109,6 +110,9 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
     ``sizes``: GPT sizes {"primary": {n_layer, n_head, n_embd}, "secondary": {...}}; None uses
     MVQ Table 4 for the token grid. Returns {"step", "metrics" (final val), "initial"
     (val at step 0), "checkpoint" (Path), "seconds"}.
+
+    Under ``torchrun --nproc_per_node N`` the N processes train one prior with DDP, each on
+    1/N of every batch (batch_size stays the global batch); rank 0 validates, logs and saves.
     """
     from mvq.train.loop import pick_device
 
@@ -123,44 +127,71 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
     n_val = max(1, round(n * val_fraction))
     if n - n_val < 1:
         raise MvqError(f"{tokens_path} has {n} items: too few to hold out {n_val} for validation")
-    dev = pick_device(device)
+    world = distributed.launched_world()
+    if batch_size % world:
+        raise MvqError(f"batch size {batch_size} does not split over {world} processes: use a "
+                       f"multiple of {world} (it is the global batch)")
+    launch, dev = distributed.setup(pick_device(device))
+    try:
+        result = _train_prior(codes, tmeta, tokens_path, n_val, launch, dev, out_dir, steps,
+                              batch_size, lr, seed, val_fraction, kind, progress, sizes,
+                              val_every, log_every)
+    except BaseException:
+        distributed.teardown(launch, finished=False)
+        raise
+    distributed.teardown(launch)
+    return result
+
+
+def _train_prior(codes, tmeta, tokens_path, n_val, launch, dev, out_dir, steps, batch_size, lr,
+                 seed, val_fraction, kind, progress, sizes, val_every, log_every) -> dict:
+    n = len(codes)
+    main = launch.rank == 0
     torch.manual_seed(seed)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_codes = codes[perm[:n_val]].to(dev)
     train_codes = codes[perm[n_val:]].to(dev)
     prior = MVQPrior.from_codes(codes, sizes=sizes).to(dev)
     opt = torch.optim.Adam(prior.parameters(), lr=lr)
+    net = prior if launch.world == 1 else torch.nn.parallel.DistributedDataParallel(prior)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
     base_info = {"tokens": {**tmeta, "path": str(tokens_path)},
                  "tokenizer_config_hash": codes.meta.get("config_hash"),
                  "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                            "val_fraction": val_fraction, "n_train": n - n_val, "n_val": n_val}}
-    initial = validate_prior(prior, val_codes)
+    initial = validate_prior(prior, val_codes) if main else {}
     metrics = dict(initial)
     t0 = time.time()
-    bar = tqdm(total=steps, desc=f"prior {kind}", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, leave=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    bar = tqdm(total=steps, desc=f"prior {kind}", disable=not (progress and main),
+               file=sys.stderr, dynamic_ncols=True, leave=True,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     step = 0
-    with open(out / "metrics.csv", "w", newline="") as log_file:
+    with open(out / "metrics.csv", "w", newline="") if main else open(os.devnull, "w") as log_file:
         writer = csv.DictWriter(log_file, fieldnames=_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerow({"step": 0, **initial})
         prior.train()
         try:
             while step < steps:
-                idx = _batch_indices(len(train_codes), batch_size, seed, step).to(dev)
-                loss, parts = prior(train_codes[idx])
+                idx = _batch_indices(len(train_codes), batch_size, seed, step)
+                loss, parts = net(train_codes[idx[launch.rank :: launch.world].to(dev)])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 step += 1
-                value = float(loss.detach())
+                # the global batch's loss and parts (each rank's are means over its share)
+                both = torch.stack([loss.detach(), *[v.detach() for v in parts.values()]]).float()
+                both = distributed.all_reduce_sum_(both) / launch.world
+                value, parts = float(both[0]), dict(zip(parts, both[1:]))
                 if not math.isfinite(value):
                     raise MvqError(f"prior training diverged at step {step} (loss {value}); "
                                    "lower --lr")
                 bar.update(1)
+                if not main:
+                    continue
                 row = None
                 if step % log_every == 0 or step == steps:
                     row = {"step": step, "loss": value,

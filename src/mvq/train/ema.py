@@ -1,0 +1,46 @@
+"""EMA weights: an exponential moving average of a model's trained parameters.
+
+``ema = decay * ema + (1 - decay) * w`` after every optimizer step, starting from the initial
+weights. Only parameters the optimizer trains are averaged; everything else (the EMA codebooks,
+which are averages already, code counts, BatchNorm statistics) is copied from the live model
+when the average is used, so the averaged model is always complete and consistent.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mvq.errors import MvqError
+
+
+class WeightEMA:
+    """An averaged copy of ``model`` (in eval mode, no gradients)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise MvqError(f"train.ema_decay must be in (0, 1) (or 0 for no EMA weights), "
+                           f"got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        live = dict(model.named_parameters())
+        self._pairs = [(p, live[name]) for name, p in self.model.named_parameters()
+                       if live[name].requires_grad]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the average towards the live weights (call after each optimizer step)."""
+        for avg, w in self._pairs:
+            avg.lerp_(w.detach().to(avg.dtype), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def synced(self, model: nn.Module) -> nn.Module:
+        """The averaged model with every tensor that is not averaged taken from ``model``."""
+        averaged = {id(p) for p, _ in self._pairs}
+        state = model.state_dict()
+        for name, t in self.model.state_dict(keep_vars=True).items():
+            if id(t) not in averaged:
+                t.data.copy_(state[name])
+        return self.model
