@@ -1,7 +1,9 @@
 """EMA weights: an exponential moving average of a model's trained parameters.
 
-``ema = decay * ema + (1 - decay) * w`` after every optimizer step, starting from the initial
-weights. Only parameters the optimizer trains are averaged; everything else (the EMA codebooks,
+``ema = d_t * ema + (1 - d_t) * w`` after optimizer step t = 0, 1, ..., starting from the
+initial weights, with the usual warm-up ``d_t = min(decay, (1 + t) / (10 + t))`` (as
+tf.train.ExponentialMovingAverage's num_updates): early on the average forgets the random
+initial weights quickly, and it settles at ``decay`` only after ~10 / (1 - decay) steps. Only parameters the optimizer trains are averaged; everything else (the EMA codebooks,
 which are averages already, code counts, BatchNorm statistics) is copied from the live model
 when the average is used, so the averaged model is always complete and consistent.
 """
@@ -30,10 +32,11 @@ class WeightEMA:
                        if live[name].requires_grad]
 
     @torch.no_grad()
-    def update(self) -> None:
-        """Move the average towards the live weights (call after each optimizer step)."""
+    def update(self, step: int) -> None:
+        """Move the average towards the live weights after optimizer step ``step`` (0-based)."""
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
         for avg, w in self._pairs:
-            avg.lerp_(w.detach().to(avg.dtype), 1.0 - self.decay)
+            avg.lerp_(w.detach().to(avg.dtype), 1.0 - d)
 
     @torch.no_grad()
     def synced(self, model: nn.Module) -> nn.Module:

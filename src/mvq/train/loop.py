@@ -220,7 +220,7 @@ def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device,
                 torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             opt.step()
             if ema is not None:
-                ema.update()
+                ema.update(step)
             if gan:
                 d_loss, d_logs = gan[0].discriminator_step(x, result.recon.detach(), step)
                 gan[1].zero_grad(set_to_none=True)
