@@ -25,14 +25,6 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks in place (no-op in a single process)."""
     if world_size() > 1:
@@ -56,11 +48,6 @@ def average_gradients_(params) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad.div_(n)
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
 
 
 @dataclass
@@ -102,6 +89,26 @@ def setup(device: torch.device) -> tuple[Launch, torch.device]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         started = True
     return Launch(dist.get_world_size(), dist.get_rank(), local, started), device
+
+
+def run(device: torch.device, batch_size: int, what: str, fn):
+    """``fn(launch, device)`` inside torchrun's process group (if any), which is left after.
+
+    ``batch_size`` (named ``what`` in the error) is the global batch: it must split evenly
+    over the processes; checked before anything is started or written.
+    """
+    world = launched_world()
+    if batch_size % world:
+        raise MvqError(f"{what} {batch_size} does not split over {world} processes: use a "
+                       f"multiple of {world} (it is the global batch)")
+    launch, device = setup(device)
+    try:
+        result = fn(launch, device)
+    except BaseException:
+        teardown(launch, finished=False)
+        raise
+    teardown(launch)
+    return result
 
 
 def teardown(launch: Launch, finished: bool = True) -> None:

@@ -126,18 +126,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
             at = "an unreadable checkpoint"
         raise MvqError(f"{out} already holds a run ({at}); pass --resume to continue it, "
                        "--overwrite to start again over it, or train.out_dir=NEW_DIR")
-    world = distributed.launched_world()
-    if tc.batch_size % world:
-        raise MvqError(f"train.batch_size {tc.batch_size} does not split over {world} processes: "
-                       f"use a multiple of {world} (it is the global batch)")
-    launch, device = distributed.setup(pick_device(tc.device))
-    try:
-        result = _train(cfg, tc, out, ckpt, launch, device, resume, progress, desc, data)
-    except BaseException:
-        distributed.teardown(launch, finished=False)
-        raise
-    distributed.teardown(launch)
-    return result
+    return distributed.run(
+        pick_device(tc.device), tc.batch_size, "train.batch_size",
+        lambda launch, device: _train(cfg, tc, out, ckpt, launch, device, resume, progress, desc,
+                                      data))
 
 
 def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device, resume: bool,

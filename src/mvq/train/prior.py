@@ -127,20 +127,11 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
     n_val = max(1, round(n * val_fraction))
     if n - n_val < 1:
         raise MvqError(f"{tokens_path} has {n} items: too few to hold out {n_val} for validation")
-    world = distributed.launched_world()
-    if batch_size % world:
-        raise MvqError(f"batch size {batch_size} does not split over {world} processes: use a "
-                       f"multiple of {world} (it is the global batch)")
-    launch, dev = distributed.setup(pick_device(device))
-    try:
-        result = _train_prior(codes, tmeta, tokens_path, n_val, launch, dev, out_dir, steps,
-                              batch_size, lr, seed, val_fraction, kind, progress, sizes,
-                              val_every, log_every)
-    except BaseException:
-        distributed.teardown(launch, finished=False)
-        raise
-    distributed.teardown(launch)
-    return result
+    return distributed.run(
+        pick_device(device), batch_size, "--batch-size",
+        lambda launch, dev: _train_prior(codes, tmeta, tokens_path, n_val, launch, dev, out_dir,
+                                         steps, batch_size, lr, seed, val_fraction, kind,
+                                         progress, sizes, val_every, log_every))
 
 
 def _train_prior(codes, tmeta, tokens_path, n_val, launch, dev, out_dir, steps, batch_size, lr,
