@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from mvq import distributed
 from mvq.errors import MvqError
 from mvq.quantize import VectorQuantizer
 
@@ -23,14 +24,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _quantizer_rank(rank: int, world: int, port: int, z: torch.Tensor, out: str) -> None:
+def _quantizer_rank(rank: int, world: int, port: int, z: torch.Tensor, out: str,
+                    kw: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        vq = VectorQuantizer(8, 4, ema=True, restart_dead=False).train()
-        for _ in range(3):  # each rank sees its own images of the batch
-            vq(z[rank::world])
+        torch.manual_seed(0)  # the same initial codebook everywhere, as DDP starts
+        vq = VectorQuantizer(8, 4, **kw).train()
+        torch.manual_seed(100 + rank)  # different draws on each rank: only rank 0's may be used
+        with distributed.synced():
+            for _ in range(3):  # each rank sees its own images of the batch
+                vq(z[rank::world])
         save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, f"{out}/rank{rank}.st")
     finally:
         dist.destroy_process_group()
@@ -39,15 +43,33 @@ def _quantizer_rank(rank: int, world: int, port: int, z: torch.Tensor, out: str)
 def test_ema_codebook_learns_from_the_global_batch(tmp_path):
     """Two ranks with half a batch each end with the codebook one process gets from all of it."""
     z = torch.randn(6, 4, 3, 3)
-    mp.spawn(_quantizer_rank, args=(2, _free_port(), z, str(tmp_path)), nprocs=2, join=True)
+    kw = dict(ema=True, restart_dead=False)
+    mp.spawn(_quantizer_rank, args=(2, _free_port(), z, str(tmp_path), kw), nprocs=2, join=True)
     torch.manual_seed(0)
-    ref = VectorQuantizer(8, 4, ema=True, restart_dead=False).train()
+    ref = VectorQuantizer(8, 4, **kw).train()
     for _ in range(3):
         ref(z)
     for rank in (0, 1):
         got = load_file(str(tmp_path / f"rank{rank}.st"))
         for name, want in ref.state_dict().items():
             torch.testing.assert_close(got[name], want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_restart_and_kmeans_take_rank_0s_draw(tmp_path):
+    """k-means initialisation and dead-code restarts draw at random: every rank must end with
+    the same codebook (rank 0's draws), though each rank drew its own."""
+    z = torch.randn(8, 4, 3, 3) * torch.tensor([3.0, 1.0, 0.1, 0.1]).view(1, 4, 1, 1)
+    kw = dict(ema=True, kmeans_init=True, restart_dead=True, dead_threshold=1.0, decay=0.5)
+    mp.spawn(_quantizer_rank, args=(2, _free_port(), z, str(tmp_path), kw), nprocs=2, join=True)
+    a, b = (load_file(str(tmp_path / f"rank{r}.st")) for r in (0, 1))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    torch.manual_seed(0)  # what rank 1 would hold had it kept its own draws
+    alone = VectorQuantizer(8, 4, **kw).train()
+    torch.manual_seed(101)
+    for _ in range(3):
+        alone(z[1::2])
+    assert not torch.equal(alone.embedding, b["embedding"])
 
 
 MOVQ = ["model.type=movq", "model.image_size=32", "model.channels=1", "model.ch=8",
@@ -89,7 +111,15 @@ def test_torchrun_matches_one_process_on_the_global_batch(tmp_path):
     for k, a in model_a.items():
         if a.is_floating_point():
             torch.testing.assert_close(model_b[k], a, rtol=0, atol=1e-3, msg=k)  # 2 x lr
-    assert len((two / "metrics.csv").read_text().splitlines()) == 2  # header + step 1, once
+    import csv
+
+    rows = [list(csv.DictReader(open(d / "metrics.csv"))) for d in (one, two)]
+    assert len(rows[0]) == len(rows[1]) == 1  # step 1, written once
+    logged = [k for k, v in rows[0][0].items() if v and "usage" not in k and "perplex" not in k
+              and not k.startswith("val_")]
+    assert {"loss", "rec", "gan_perceptual", "d_loss", "logits_real"} <= set(logged)
+    for k in logged:  # means over equal shares = the whole batch's means
+        assert float(rows[1][0][k]) == pytest.approx(float(rows[0][0][k]), rel=1e-4, abs=1e-7), k
 
 
 def test_batch_must_split_over_the_processes(tmp_path, monkeypatch):

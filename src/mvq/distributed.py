@@ -2,7 +2,10 @@
 
 ``torchrun --nproc_per_node N -m mvq train ...`` starts N processes with RANK / WORLD_SIZE /
 LOCAL_RANK set; :func:`setup` joins them into one process group (NCCL on GPUs, Gloo on CPU).
-Outside torchrun everything here is a no-op, so single-process code pays nothing.
+Outside torchrun everything here is a no-op, so single-process code pays nothing. The
+collectives run only inside :func:`synced` (which :func:`run`, used by mvq's training loops,
+enters): a quantizer or loss used in a user's own process group, or on one rank alone, never
+waits for the others.
 
 What stays in step across ranks: the parameters (DDP averages their gradients), the EMA
 codebooks (each quantizer sums its per-code counts and vector sums over all ranks before the
@@ -13,7 +16,9 @@ update, so the codebook sees the global batch) and dead-code restarts / k-means 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -21,8 +26,29 @@ import torch.distributed as dist
 from mvq.errors import MvqError
 
 
+_SYNC = False
+# rank 0 validates and saves while the others wait in the next step's all-reduce: a long
+# validation must not trip the collective timeout (NCCL's default is 10 minutes)
+TIMEOUT = timedelta(minutes=60)
+
+
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    """Processes that keep the model in step: the group's size inside :func:`synced`, else 1."""
+    if _SYNC and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+@contextmanager
+def synced():
+    """Inside this block the quantizers' statistics, the GAN adaptive weight and the helpers
+    below act over every rank of the default process group."""
+    global _SYNC
+    before, _SYNC = _SYNC, True
+    try:
+        yield
+    finally:
+        _SYNC = before
 
 
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
@@ -86,7 +112,7 @@ def setup(device: torch.device) -> tuple[Launch, torch.device]:
         torch.cuda.set_device(device)
     started = False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
         started = True
     return Launch(dist.get_world_size(), dist.get_rank(), local, started), device
 
@@ -103,7 +129,8 @@ def run(device: torch.device, batch_size: int, what: str, fn):
                        f"multiple of {world} (it is the global batch)")
     launch, device = setup(device)
     try:
-        result = fn(launch, device)
+        with synced():
+            result = fn(launch, device)
     except BaseException:
         teardown(launch, finished=False)
         raise
@@ -112,8 +139,9 @@ def run(device: torch.device, batch_size: int, what: str, fn):
 
 
 def teardown(launch: Launch, finished: bool = True) -> None:
-    """Leave the process group we joined; after a finished run, wait for every rank first
-    (after an error, leave at once: the others then fail instead of waiting forever)."""
+    """Leave the process group we joined; after a finished run, wait for every rank first.
+    After an error, leave at once: with Gloo the others then fail at their next collective,
+    with NCCL torchrun stops them (or the collective timeout does)."""
     if launch.started_group and dist.is_initialized():
         if finished:
             dist.barrier()

@@ -5,7 +5,9 @@ initial weights, with the usual warm-up ``d_t = min(decay, (1 + t) / (10 + t))``
 tf.train.ExponentialMovingAverage's num_updates): early on the average forgets the random
 initial weights quickly, and it settles at ``decay`` only after ~10 / (1 - decay) steps. Only parameters the optimizer trains are averaged; everything else (the EMA codebooks,
 which are averages already, code counts, BatchNorm statistics) is copied from the live model
-when the average is used, so the averaged model is always complete and consistent.
+when the average is used. So the averaged encoder and decoder meet the codebook that
+followed the trained encoder: a trade-off that pays off once training has settled (long runs),
+not while the weights still move fast.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from torch import nn
 from mvq.errors import MvqError
 
 
+def check_decay(decay: float) -> None:
+    if not 0.0 < decay < 1.0:
+        raise MvqError(f"train.ema_decay must be in (0, 1) (or 0 for no EMA weights), got {decay}")
+
+
 class WeightEMA:
     """An averaged copy of ``model`` (in eval mode, no gradients)."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise MvqError(f"train.ema_decay must be in (0, 1) (or 0 for no EMA weights), "
-                           f"got {decay}")
+        check_decay(decay)
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         live = dict(model.named_parameters())

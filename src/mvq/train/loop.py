@@ -113,8 +113,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
 
     Under ``torchrun --nproc_per_node N`` the N processes train one model with DDP: each takes
     1/N of every batch (train.batch_size stays the global batch), the EMA codebooks and the
-    GAN loss's adaptive weight see the global batch, and rank 0 alone validates, logs and
-    writes checkpoints.
+    GAN loss's adaptive weight see the global batch (BatchNorm layers see each rank's share),
+    and rank 0 alone validates, logs and writes checkpoints. A resumed DDP run continues
+    from the same weights and optimizer state; exactly the same trajectory is guaranteed for
+    one process only (ranks above 0 re-seed their random draws, e.g. MH-Dropout masks).
     """
     tc = cfg.train
     out = Path(tc.out_dir)
@@ -126,6 +128,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
             at = "an unreadable checkpoint"
         raise MvqError(f"{out} already holds a run ({at}); pass --resume to continue it, "
                        "--overwrite to start again over it, or train.out_dir=NEW_DIR")
+    if tc.ema_decay:
+        from mvq.train.ema import check_decay
+
+        check_decay(tc.ema_decay)  # on every rank, before any process group
     return distributed.run(
         pick_device(tc.device), tc.batch_size, "train.batch_size",
         lambda launch, device: _train(cfg, tc, out, ckpt, launch, device, resume, progress, desc,
@@ -137,6 +143,9 @@ def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device,
     main = launch.rank == 0
     torch.manual_seed(tc.seed)
     train_set, val_set = data if data is not None else build_data(cfg)
+    if launch.world > 1 and len(train_set) < tc.batch_size:
+        raise MvqError(f"{len(train_set)} training images, fewer than one global batch of "
+                       f"{tc.batch_size}: lower train.batch_size")
     if train_set.channels != cfg.model.channels:
         raise MvqError(f"data has {train_set.channels} channels, model.channels is {cfg.model.channels}")
     step = 0
@@ -228,14 +237,17 @@ def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device,
                 raise MvqError(f"training diverged at step {step} (loss {loss}); lower train.lr "
                                "or keep model.ema=true")
             bar.update(1)
+            log_now = step % tc.log_every == 0 or step == tc.steps
+            if log_now:  # on every rank: the logged terms are means over the ranks' shares
+                terms = _mean_over_ranks(
+                    {**{k: float(v.detach()) for k, v in result.losses.items()}, **result.stats,
+                     **{k: float(v) for k, v in logs.items()}}, device)
             if not main:
                 continue
             row = None
-            if step % tc.log_every == 0 or step == tc.steps:
-                row = {"step": step, "loss": loss,
-                       **{k: float(v.detach()) for k, v in result.losses.items()}, **result.stats,
-                       **{k: float(v) for k, v in logs.items()}}
-                bar.set_postfix(loss=f"{loss:.4f}", usage=f"{result.stats.get('usage', 0):.2f}")
+            if log_now:
+                row = {"step": step, "loss": loss, **terms}
+                bar.set_postfix(loss=f"{loss:.4f}", usage=f"{terms.get('usage', 0):.2f}")
             val_now = step % tc.val_every == 0 or step == tc.steps
             save_now = step % tc.ckpt_every == 0 or step == tc.steps
             # what validation and users see: the EMA weights when there are some
@@ -258,6 +270,15 @@ def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device,
         if log_file is not None:
             log_file.close()
     return TrainResult(step, metrics, out, time.time() - t0)
+
+
+def _mean_over_ranks(values: dict[str, float], device) -> dict[str, float]:
+    """Each value averaged over the ranks (the same keys, in the same order, on every rank)."""
+    n = distributed.world_size()
+    if n == 1:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    return dict(zip(values, (distributed.all_reduce_sum_(t) / n).tolist()))
 
 
 _FIELDS = ["step", "loss", "rec", "vq", "vq2", "mhd", "usage", "perplexity", "usage2",

@@ -144,6 +144,9 @@ def _train_prior(codes, tmeta, tokens_path, n_val, launch, dev, out_dir, steps, 
     train_codes = codes[perm[n_val:]].to(dev)
     prior = MVQPrior.from_codes(codes, sizes=sizes).to(dev)
     opt = torch.optim.Adam(prior.parameters(), lr=lr)
+    if launch.world > 1 and len(train_codes) < batch_size:
+        raise MvqError(f"{len(train_codes)} training items, fewer than one global batch of "
+                       f"{batch_size}: lower --batch-size")
     net = prior if launch.world == 1 else torch.nn.parallel.DistributedDataParallel(prior)
     out = Path(out_dir)
     if main:
