@@ -179,9 +179,10 @@ def main() -> None:
               f"{fmt(r['maskgit12_s'], 10)} | {params:>10}", flush=True)
     print(f"\nspeed-ups, same run: {'tokens':>7} | {'naive/cached':>12} | "
           f"{f'cached/cached b{b}':>17} | {'cached/maskgit 8':>16} | {'cached/maskgit 12':>17}")
+    def ratio(a, c):
+        return f"{a / c:.1f}x" if a is not None and c else "-"
+
     for r in rows:
-        def ratio(a, c):
-            return f"{a / c:.1f}x" if a is not None and c else "-"
         print(f"{'':21} {r['tokens']:>7} | {ratio(r['naive_s'], r['cached_s']):>12} | "
               f"{ratio(r['cached_s'], r[f'cached_b{b}_s_per_image']):>17} | "
               f"{ratio(r['cached_s'], r['maskgit8_s']):>16} | "

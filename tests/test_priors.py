@@ -87,7 +87,9 @@ def test_single_token_step_follows_weight_updates():
     with torch.no_grad():
         torch.testing.assert_close(_stepped_logits(model, idx), other(idx)[0], atol=1e-6, rtol=0)
         model.float()
-        assert _stepped_logits(model, idx).dtype == torch.float32
+        stepped = _stepped_logits(model, idx)
+        assert stepped.dtype == torch.float32
+        torch.testing.assert_close(stepped, model(idx)[0], atol=1e-4, rtol=0)
 
 
 def test_cached_and_naive_generation_agree():

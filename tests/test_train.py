@@ -54,6 +54,16 @@ def test_resume_refuses_another_model_type(tmp_path):
         train(cfg, resume=True, progress=False)
 
 
+def _assert_same_checkpoint(run_a, run_b) -> None:
+    """Weights and training state (optimizers, RNG, aux modules) equal bit for bit."""
+    for name in ("model.safetensors", "train_state.safetensors"):
+        a = load_file(str(run_a / "checkpoint" / name))
+        b = load_file(str(run_b / "checkpoint" / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+
+
 def _gan_cfg(tmp_path, name, model_type="mvqgan", **train_kw) -> Config:
     from mvq.config import load_config
 
@@ -81,12 +91,7 @@ def test_gan_training_logs_and_resumes_exactly(tmp_path, model_type):
     assert all(float(r["gan_perceptual"]) > 0 for r in rows)
     train(_gan_cfg(tmp_path, "part", model_type, steps=2), progress=False)
     resumed = train(_gan_cfg(tmp_path, "part", model_type), resume=True, progress=False)
-    for name in ("model.safetensors", "train_state.safetensors"):
-        a = load_file(str(full.out_dir / "checkpoint" / name))
-        b = load_file(str(resumed.out_dir / "checkpoint" / name))
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), (name, k)
+    _assert_same_checkpoint(full.out_dir, resumed.out_dir)
 
 
 def test_ema_weights_follow_the_recurrence_and_resume_exactly(tmp_path):
@@ -127,12 +132,7 @@ def test_ema_weights_follow_the_recurrence_and_resume_exactly(tmp_path):
     train(part, progress=False)
     resumed = train(replace(part, train=replace(part.train, steps=3)), resume=True,
                     progress=False)
-    for name in ("model.safetensors", "train_state.safetensors"):
-        a = load_file(str(ema_run.out_dir / "checkpoint" / name))
-        b = load_file(str(resumed.out_dir / "checkpoint" / name))
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), (name, k)
+    _assert_same_checkpoint(ema_run.out_dir, resumed.out_dir)
     with pytest.raises(MvqError, match="ema_decay=0.2, not 0.0"):
         train(replace(part, train=replace(part.train, steps=4, ema_decay=0.0)), resume=True,
               progress=False)

@@ -186,14 +186,13 @@ def cmd_encode_dataset(args) -> int:
 
 
 def cmd_train_prior(args) -> int:
-    import os
-
+    from mvq import distributed
     from mvq.train.prior import train_prior
 
     r = train_prior(args.tokens, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     seed=args.seed, val_fraction=args.val_fraction, progress=not args.no_progress,
                     device=args.device, val_every=args.val_every)
-    if os.environ.get("RANK", "0") != "0":
+    if distributed.launched_rank():
         return 0  # under torchrun only rank 0 reports
     m = r["metrics"]
     second = m.get("val_secondary_bits")
@@ -243,8 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    import os
-
+    from mvq import distributed
     from mvq.config import load_config
     from mvq.train import train
 
@@ -257,7 +255,7 @@ def cmd_train(args) -> int:
             cfg.train.out_dir = f"runs/{Path(args.config).stem}"
     result = train(cfg, resume=args.resume, progress=not args.no_progress,
                    overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") != "0":
+    if distributed.launched_rank():
         return 0  # under torchrun only rank 0 reports
     m = result.metrics
     print(f"trained {cfg.model.type} for {result.step} steps in {result.seconds:.0f}s: "

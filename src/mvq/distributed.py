@@ -65,6 +65,22 @@ def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     return tensor
 
 
+def mean_over_ranks(values: dict, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Each value (a number or a one-element tensor) as a float, averaged over the ranks.
+
+    Every rank must pass the same keys in the same order (one collective for all of them)."""
+    n = world_size()
+    if n == 1:
+        return {k: float(v) for k, v in values.items()}
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
+    return dict(zip(values, (all_reduce_sum_(t) / n).tolist()))
+
+
+def launched_rank() -> int:
+    """RANK as torchrun set it, 0 without torchrun (only rank 0 reports to the user)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def average_gradients_(params) -> None:
     """Mean of each parameter's gradient over the ranks (for modules not wrapped in DDP)."""
     n = world_size()
@@ -82,7 +98,6 @@ class Launch:
 
     world: int = 1
     rank: int = 0
-    local_rank: int = 0
     started_group: bool = False  # we created the process group, so we also destroy it
 
 
@@ -114,7 +129,7 @@ def setup(device: torch.device) -> tuple[Launch, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
         started = True
-    return Launch(dist.get_world_size(), dist.get_rank(), local, started), device
+    return Launch(dist.get_world_size(), dist.get_rank(), started), device
 
 
 def run(device: torch.device, batch_size: int, what: str, fn):

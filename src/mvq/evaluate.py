@@ -395,6 +395,15 @@ def evaluate_samples(
     return _close_run(run, n, t0)
 
 
+def _cell(key: str, value) -> str:
+    """A metric value as its label's format shows it; n/a when missing, nan/inf as is."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return _LABELS.get(key, (key, "{}"))[1].format(value)
+
+
 def format_table(result: dict) -> str:
     """Markdown: a header line (model, checkpoint, N, split), then one row per metric."""
     r = result.get
@@ -405,10 +414,7 @@ def format_table(result: dict) -> str:
                  f"{r('sample_seed')}, temperature {r('temperature')}, top-k {r('top_k')}")
     rows = [head, "", "| metric | value |", "| --- | --- |"]
     for key, value in (r("metrics") or {}).items():
-        label, fmt = _LABELS.get(key, (key, "{}"))
-        finite = value is not None and not (isinstance(value, float) and not math.isfinite(value))
-        text = fmt.format(value) if finite else ("n/a" if value is None else str(value))
-        rows.append(f"| {label} | {text} |")
+        rows.append(f"| {_LABELS.get(key, (key, ''))[0]} | {_cell(key, value)} |")
     foot = []
     if r("feature_extractor"):
         foot.append(f"FID/PRD features: {r('feature_extractor')} (sha256 "
@@ -448,12 +454,7 @@ def format_comparison(results: list[dict], names: list[str] | None = None) -> st
     head = "| run | " + " | ".join(_LABELS.get(k, (k, ""))[0] for k in keys) + " |"
     rows = [head, "|" + " --- |" * (len(keys) + 1)]
     for name, r in zip(names, results):
-        cells = []
-        for k in keys:
-            v = r["metrics"].get(k)
-            fmt = _LABELS.get(k, (k, "{}"))[1]
-            ok = v is not None and not (isinstance(v, float) and not math.isfinite(v))
-            cells.append(fmt.format(v) if ok else "n/a" if v is None else str(v))
+        cells = [_cell(k, r["metrics"].get(k)) for k in keys]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     setups = {(r.get("dataset"), r.get("split"), r.get("n"), r.get("kind", "reconstruction"))
               for r in results}

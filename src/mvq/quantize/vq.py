@@ -136,7 +136,7 @@ class VectorQuantizer(nn.Module):
         counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)
         if self.ema:  # per-code sums without a (N, K) one-hot matrix
             sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat.to(self.embed_sum.dtype))
-            if distributed.world_size() > 1:  # the global batch's statistics on every rank
+            if distributed.world_size() > 1:  # the global batch's statistics, one collective
                 both = distributed.all_reduce_sum_(torch.cat([counts[:, None].to(sums.dtype),
                                                               sums], 1))
                 counts, sums = both[:, 0].to(counts.dtype), both[:, 1:]
@@ -149,12 +149,12 @@ class VectorQuantizer(nn.Module):
             smoothed = (self.cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
             self.embedding.data.copy_(self.embed_sum / smoothed[:, None])
         if self.restart_dead:
-            self._restart(flat, float(counts.sum()))
+            self._restart(flat)
 
     @torch.no_grad()
-    def _restart(self, flat: torch.Tensor, n_vectors: float) -> None:
-        """Re-seed rarely used codes from this batch (n_vectors: its size over all ranks)."""
-        expected = n_vectors / self.num_codes
+    def _restart(self, flat: torch.Tensor) -> None:
+        """Re-seed rarely used codes from this batch (rank 0's share under DDP)."""
+        expected = flat.shape[0] * distributed.world_size() / self.num_codes  # equal shares
         dead = self.cluster_size < self.dead_threshold * expected
         n_dead = int(dead.sum())  # the same on every rank: cluster_size is the global one
         if n_dead == 0:

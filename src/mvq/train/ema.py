@@ -3,7 +3,8 @@
 ``ema = d_t * ema + (1 - d_t) * w`` after optimizer step t = 0, 1, ..., starting from the
 initial weights, with the usual warm-up ``d_t = min(decay, (1 + t) / (10 + t))`` (as
 tf.train.ExponentialMovingAverage's num_updates): early on the average forgets the random
-initial weights quickly, and it settles at ``decay`` only after ~10 / (1 - decay) steps. Only parameters the optimizer trains are averaged; everything else (the EMA codebooks,
+initial weights quickly, and it settles at ``decay`` only after ~10 / (1 - decay) steps.
+Only parameters the optimizer trains are averaged; everything else (the EMA codebooks,
 which are averages already, code counts, BatchNorm statistics) is copied from the live model
 when the average is used. So the averaged encoder and decoder meet the codebook that
 followed the trained encoder: a trade-off that pays off once training has settled (long runs),
@@ -35,6 +36,9 @@ class WeightEMA:
         live = dict(model.named_parameters())
         self._pairs = [(p, live[name]) for name, p in self.model.named_parameters()
                        if live[name].requires_grad]
+        averaged = {id(p) for p, _ in self._pairs}
+        self._copied = [name for name, t in self.model.state_dict(keep_vars=True).items()
+                        if id(t) not in averaged]  # taken from the live model when used
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -46,9 +50,7 @@ class WeightEMA:
     @torch.no_grad()
     def synced(self, model: nn.Module) -> nn.Module:
         """The averaged model with every tensor that is not averaged taken from ``model``."""
-        averaged = {id(p) for p, _ in self._pairs}
-        state = model.state_dict()
-        for name, t in self.model.state_dict(keep_vars=True).items():
-            if id(t) not in averaged:
-                t.data.copy_(state[name])
+        own, live = self.model.state_dict(keep_vars=True), model.state_dict()
+        for name in self._copied:
+            own[name].data.copy_(live[name])
         return self.model

@@ -134,12 +134,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
         check_decay(tc.ema_decay)  # on every rank, before any process group
     return distributed.run(
         pick_device(tc.device), tc.batch_size, "train.batch_size",
-        lambda launch, device: _train(cfg, tc, out, ckpt, launch, device, resume, progress, desc,
-                                      data))
+        lambda launch, device: _train(cfg, launch, device, resume, progress, desc, data))
 
 
-def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device, resume: bool,
-           progress: bool, desc: str | None, data) -> TrainResult:
+def _train(cfg: Config, launch, device: torch.device, resume: bool, progress: bool,
+           desc: str | None, data) -> TrainResult:
+    tc = cfg.train
+    out = Path(tc.out_dir)
+    ckpt = out / "checkpoint"
     main = launch.rank == 0
     torch.manual_seed(tc.seed)
     train_set, val_set = data if data is not None else build_data(cfg)
@@ -231,17 +233,16 @@ def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device,
                     gan[1].step()
                 logs.update(d_logs)
             step += 1
-            loss_t = total.detach().float().reshape(1).clone()
-            loss = float(distributed.all_reduce_sum_(loss_t)) / launch.world  # the global batch's
+            loss = distributed.mean_over_ranks({"loss": total.detach()}, device)["loss"]
             if not math.isfinite(loss):
                 raise MvqError(f"training diverged at step {step} (loss {loss}); lower train.lr "
                                "or keep model.ema=true")
             bar.update(1)
             log_now = step % tc.log_every == 0 or step == tc.steps
             if log_now:  # on every rank: the logged terms are means over the ranks' shares
-                terms = _mean_over_ranks(
-                    {**{k: float(v.detach()) for k, v in result.losses.items()}, **result.stats,
-                     **{k: float(v) for k, v in logs.items()}}, device)
+                terms = distributed.mean_over_ranks(
+                    {**{k: v.detach() for k, v in result.losses.items()}, **result.stats, **logs},
+                    device)
             if not main:
                 continue
             row = None
@@ -270,15 +271,6 @@ def _train(cfg: Config, tc, out: Path, ckpt: Path, launch, device: torch.device,
         if log_file is not None:
             log_file.close()
     return TrainResult(step, metrics, out, time.time() - t0)
-
-
-def _mean_over_ranks(values: dict[str, float], device) -> dict[str, float]:
-    """Each value averaged over the ranks (the same keys, in the same order, on every rank)."""
-    n = distributed.world_size()
-    if n == 1:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    return dict(zip(values, (distributed.all_reduce_sum_(t) / n).tolist()))
 
 
 _FIELDS = ["step", "loss", "rec", "vq", "vq2", "mhd", "usage", "perplexity", "usage2",

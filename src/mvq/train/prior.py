@@ -176,20 +176,20 @@ def _train_prior(codes, tmeta, tokens_path, n_val, launch, dev, out_dir, steps, 
                 loss.backward()
                 opt.step()
                 step += 1
-                # the global batch's loss and parts (each rank's are means over its share)
-                both = torch.stack([loss.detach(), *[v.detach() for v in parts.values()]]).float()
-                both = distributed.all_reduce_sum_(both) / launch.world
-                value, parts = float(both[0]), dict(zip(parts, both[1:]))
+                value = distributed.mean_over_ranks({"loss": loss.detach()}, dev)["loss"]
                 if not math.isfinite(value):
                     raise MvqError(f"prior training diverged at step {step} (loss {value}); "
                                    "lower --lr")
                 bar.update(1)
+                log_now = step % log_every == 0 or step == steps
+                if log_now:  # on every rank: the parts are means over the ranks' shares
+                    terms = distributed.mean_over_ranks(
+                        {k: v.detach() for k, v in parts.items()}, dev)
                 if not main:
                     continue
                 row = None
-                if step % log_every == 0 or step == steps:
-                    row = {"step": step, "loss": value,
-                           **{k: float(v.detach()) for k, v in parts.items()}}
+                if log_now:
+                    row = {"step": step, "loss": value, **terms}
                     bar.set_postfix(loss=f"{value:.4f}")
                 if step % val_every == 0 or step == steps:
                     metrics = validate_prior(prior, val_codes)
