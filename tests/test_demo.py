@@ -18,7 +18,8 @@ def test_demo_writes_table_summary_and_grid(tmp_path, capsys, monkeypatch):
             assert key in r
         assert r["tokens"] == "1+1" and r["steps"] == 3 and r["eval_images"] == 12
         assert 0 < r["val_mse"] < 1 and r["rfid"] >= 0 and 0 <= r["lpips"] <= 1
-    assert rows[0]["bits_per_image"] == 6 and rows[1]["bits_per_image"] == 6 + 8  # 2 x log2(8) (+ mask)
+    # 2 x log2(8) (+ log2(J) = 3 bits: the mask is an index into a bank of J = 8 masks)
+    assert rows[0]["bits_per_image"] == 6 and rows[1]["bits_per_image"] == 6 + 3
     assert (tmp_path / "demo" / "comparison.png").is_file()
     out = capsys.readouterr().out
     assert "| hvqvae | 1+1 |" in out and "| mvqvae | 1+1 |" in out

@@ -64,7 +64,9 @@ def test_codes_round_trip_and_bits(kind, tmp_path):
     assert back.meta == codes.meta
     assert torch.allclose(model.decode(back), model(x).recon, atol=1e-6)
     s = 4  # F=14 at 28px
-    expected = {"vqvae": s * 4, "hvqvae": s * 3 + 3, "mvqvae": s * 3 + 3 + 8}[kind]
+    # K=16: log2(16) per vqvae token, log2(8) per token of the two halves; MVQ's mask is an
+    # index into the bank of J_eval = 16 masks: log2(16) = 4 bits, not D' = 8
+    expected = {"vqvae": s * 4, "hvqvae": s * 3 + 3, "mvqvae": s * 3 + 3 + 4}[kind]
     assert model.bits_per_image == pytest.approx(expected)
 
 

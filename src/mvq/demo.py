@@ -75,7 +75,8 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
         rows.append({
             "model": model_type, "tokens": f"{s}+{s2}", "tokens_per_image": s + s2,
             "codebook_entries": cfg.model.codebook_size, "bits_per_image": round(model.bits_per_image, 2),
-            "mask_bits": model.mask_bits, "num_masks": cfg.model.num_masks if model_type == "mvqvae" else None,
+            "mask_bits": round(model.mask_bits, 2), "parameters": model.num_parameters,
+            "num_masks": cfg.model.num_masks if model_type == "mvqvae" else None,
             "val_mse": round(m["val_mse"], 5), "val_psnr": round(m["val_psnr"], 3),
             "lpips": round(ev["lpips"], 4), "rfid": round(ev["rfid"], 2), "eval_images": eval_n,
             "usage": round(m["val_usage"], 3), "usage2": round(m.get("val_usage2", float("nan")), 3),
@@ -94,12 +95,13 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("model", "tokens", "K", "bits/img", "val MSE", "PSNR dB", "LPIPS", f"rFID@{rows[0]['eval_images']}",
+    head = ("model", "tokens", "K", "bits/img", "params", "val MSE", "PSNR dB", "LPIPS", f"rFID@{rows[0]['eval_images']}",
             "usage", "usage2", "steps", "time s")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        bits = f"{r['bits_per_image']:g}" + (f" ({r['mask_bits']} mask)" if r["mask_bits"] else "")
-        cells = (r["model"], r["tokens"], r["codebook_entries"], bits, f"{r['val_mse']:.4f}",
+        bits = f"{r['bits_per_image']:g}" + (f" ({r['mask_bits']:g} mask)" if r["mask_bits"] else "")
+        cells = (r["model"], r["tokens"], r["codebook_entries"], bits, f"{r['parameters'] / 1e6:.2f} M",
+                 f"{r['val_mse']:.4f}",
                  f"{r['val_psnr']:.2f}", f"{r['lpips']:.4f}", f"{r['rfid']:.2f}", f"{r['usage']:.2f}", f"{r['usage2']:.2f}", r["steps"],
                  f"{r['train_seconds']:.0f}")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

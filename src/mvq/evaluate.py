@@ -61,6 +61,7 @@ _LABELS = {
     "usage2": ("codebook usage (secondary)", "{:.3f}"),
     "perplexity2": ("perplexity (secondary)", "{:.2f}"),
     "bits_per_image": ("bits / image", "{:.1f}"), "tokens": ("tokens (S + S')", "{}"),
+    "parameters": ("parameters", "{:,}"),
     "fid_samples": ("FID* (samples)", "{:.3f}"),
     "nll_primary": ("NLL primary (nats/token)", "{:.4f}"),
     "nll_primary_bits": ("NLL primary (bits/token)", "{:.4f}"),
@@ -318,8 +319,9 @@ def evaluate_checkpoint(
     s, s2 = model.tokens
     out["bits_per_image"] = float(model.bits_per_image)
     out["tokens"] = int(s + s2)
+    out["parameters"] = int(model.num_parameters)
     result.update(tokens_primary=int(s), tokens_secondary=int(s2),
-                  codebook_sizes=list(model.codebook_sizes), mask_bits=int(model.mask_bits))
+                  codebook_sizes=list(model.codebook_sizes), mask_bits=float(model.mask_bits))
     return _close_run(run, n, t0)
 
 

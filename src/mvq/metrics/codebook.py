@@ -41,12 +41,13 @@ def perplexity(indices: torch.Tensor, num_codes: int) -> float:
 
 
 def bits_per_image(
-    token_counts_and_codebook_sizes: Iterable[tuple[int, int]], mask_bits: int = 0
+    token_counts_and_codebook_sizes: Iterable[tuple[int, int]], mask_bits: float = 0
 ) -> float:
     """Bits to store one image's code: sum over groups of n_tokens * log2(K), plus ``mask_bits``.
 
-    E.g. MVQ with S primary and S' secondary tokens, K/2 entries each, and D' mask bits per
-    secondary token: ``bits_per_image([(S, K // 2), (S2, K // 2)], mask_bits=S2 * D2)``.
+    E.g. MVQ with S primary and S' secondary tokens, K/2 entries each, whose masks come from a
+    bank of J_eval masks: ``bits_per_image([(S, K // 2), (S2, K // 2)], mask_bits=S2 *
+    log2(J_eval))`` (S2 * D' where masks are chosen freely).
     """
     total = 0.0
     for n_tokens, k in token_counts_and_codebook_sizes:

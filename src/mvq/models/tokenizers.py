@@ -54,12 +54,18 @@ class Tokenizer(nn.Module):
         raise NotImplementedError
 
     @property
-    def mask_bits(self) -> int:
-        return 0
+    def mask_bits(self) -> float:
+        """Bits of the code beyond its token ids (MVQ's mask)."""
+        return 0.0
+
+    @property
+    def num_parameters(self) -> int:
+        """Trainable parameters (compared across models in the reports)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     @property
     def bits_per_image(self) -> float:
-        """Information in one image's code: sum of log2(K_i) per token + mask bits."""
+        """Information in one image's code: S log2(K_1) + S' log2(K_2) + mask bits."""
         s, s2 = self.tokens
         sizes = self.codebook_sizes
         bits = s * math.log2(sizes[0]) + (s2 * math.log2(sizes[1]) if s2 else 0.0)
@@ -136,15 +142,16 @@ class VQVAE(Tokenizer):
 class HVQVAE(Tokenizer):
     """VQ-VAE-2-style hierarchical baseline (MVQ paper A.6), S + S' tokens, K/2 entries each.
 
-    The secondary encoder sees the primary encoder output *and* the image (pooled onto the
-    primary grid); the decoder takes the concatenation of the primary code and the secondary
-    code brought onto the primary grid by f.
+    The secondary encoder sees the primary encoder output *and* the image, which reaches the
+    primary grid through the baseline's own full-resolution downsampling stem (``stem``, a
+    quarter of the encoders' width), as in VQ-VAE-2's Algorithm 1; the decoder takes the concatenation of the
+    primary code and the secondary code brought onto the primary grid by f.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        nets = _nets(cfg, e2_in=cfg.dim + cfg.channels, dec_in=2 * cfg.dim)
-        self.encoder, self.encoder2 = nets["E"], nets["E2"]
+        nets = _nets(cfg, stem=max(1, cfg.hidden // 4), dec_in=2 * cfg.dim)
+        self.encoder, self.encoder2, self.stem = nets["E"], nets["E2"], nets["S"]
         self.decoder, self.f = nets["D"], nets["f"]
         half = cfg.codebook_size // 2
         self.quantizer, self.quantizer2 = _vq(cfg, half, cfg.dim), _vq(cfg, half, cfg.dim2)
@@ -155,8 +162,11 @@ class HVQVAE(Tokenizer):
     def _encode(self, x):
         h = x * 2 - 1
         y = self.encoder(h)
-        pooled = F.adaptive_avg_pool2d(h, y.shape[-2:])
-        return y, self.encoder2(torch.cat([y, pooled], 1))
+        return y, self.encoder2(self._secondary_input(h, y))
+
+    def _secondary_input(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What E' sees: the primary encoder output and the image through the stem."""
+        return torch.cat([y, self.stem(h)], 1)
 
     def _decode(self, e, e2):
         return self.decoder(torch.cat([e, self.f(e2)], 1))
@@ -198,7 +208,14 @@ class MVQVAE(Tokenizer):
 
     codebook_sizes = property(lambda self: [self.cfg.codebook_size // 2] * 2)
     tokens = property(lambda self: (self.geo.tokens, self.geo.tokens2))
-    mask_bits = property(lambda self: self.geo.tokens2 * self.cfg.dim2)
+
+    @property
+    def mask_bits(self) -> float:
+        """Mask information the code really carries. ``encode`` picks each secondary token's
+        mask from a fixed bank of J_eval masks, so the mask is a bank index: log2(J_eval) bits
+        per secondary token (at most D', the bits of a freely chosen mask)."""
+        per_token = min(math.log2(self.mvq.eval_masks), float(self.cfg.dim2))
+        return self.geo.tokens2 * per_token
 
     def _quantize(self, x: torch.Tensor, masks: torch.Tensor | None = None):
         self._check_input(x)

@@ -253,20 +253,29 @@ def geometry(factor: int, image_size: int) -> Geometry:
 
 def build_networks(factor: int, image_size: int, channels: int, dim: int, dim2: int,
                    hidden: int = 128, res_blocks: int = 2, res_channels: int = 64,
-                   e2_in: int | None = None, dec_in: int | None = None) -> dict[str, nn.Module]:
-    """The four Table 3 networks for F at an image size.
+                   stem: int = 0, dec_in: int | None = None) -> dict[str, nn.Module]:
+    """The four Table 3 networks for F at an image size (five with a stem).
 
-    Returns {'E': (B,C,s,s)->(B,D,g,g), 'E2': (B,e2_in,g,g)->(B,D',1,1),
+    Returns {'E': (B,C,s,s)->(B,D,g,g), 'E2': (B,D+stem,g,g)->(B,D',1,1),
              'D': (B,dec_in,g,g)->(B,C,s,s), 'f': (B,D',1,1)->(B,D,g,g)}.
     f normalises per sample (GroupNorm with one group): the MH-Dropout search runs it on J
     copies, and BatchNorm statistics must not see those.
+
+    ``stem`` > 0 adds 'S': (B,C,s,s)->(B,stem,g,g), the hierarchical baseline's own path from
+    the full-resolution image to the primary grid (VQ-VAE-2: the secondary encoder sees x and the
+    primary encoder output; MVQ paper A.6). It uses E's Table 3 kernels at a quarter of E's width
+    and no residual blocks, which keeps the baseline within about 10% of MVQ's parameter count
+    (tests/test_fairness.py).
     """
     geo = geometry(factor, image_size)
     k_e, k_e2, k_d, k_f = TABLE3[table3_column(factor)]
     enc = Encoder(channels, dim, k_e, image_size, geo.grid, hidden, res_blocks, res_channels)
-    enc2 = Encoder(e2_in or dim, dim2, k_e2, geo.grid, geo.grid2, hidden, res_blocks, res_channels)
+    enc2 = Encoder(dim + stem, dim2, k_e2, geo.grid, geo.grid2, hidden, res_blocks, res_channels)
     path = size_path(enc.plan)[::-1]
     dec = Decoder(dec_in or dim, channels, k_d, path, hidden, res_blocks, res_channels)
     path2 = size_path(enc2.plan)[::-1]
     f = Decoder(dim2, dim, k_f, path2, hidden, res_blocks, res_channels, norm="layer")
-    return {"E": enc, "E2": enc2, "D": dec, "f": f}
+    nets = {"E": enc, "E2": enc2, "D": dec, "f": f}
+    if stem:
+        nets["S"] = Encoder(channels, stem, k_e, image_size, geo.grid, max(1, hidden // 4), 0)
+    return nets
