@@ -19,6 +19,7 @@ EPILOG = """examples:
   mvq evaluate --checkpoint runs/demo/mvqvae/checkpoint --prior runs/priordemo/mvq_prior/checkpoint
   mvq compare runs/*/checkpoint/eval_test_1000.json
   mvq bench sampling --threads 1 --lengths 256,1024
+  mvq reproduce fig5 --scale quick --dry-run
 """
 
 
@@ -213,6 +214,51 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser(
+        "reproduce", help="run one of the papers' experiments and write its report "
+        "(fig5, table1, table5, table6, two-vs-five, movq-ablation)",
+        description="Plan, train, evaluate and report one experiment of the MVQ or MoVQ paper. "
+        "Prints the plan and an estimated time first. Resumable: finished runs are skipped, "
+        "interrupted ones resumed (run the same command again). Runs go to OUT/runs/NAME, shared "
+        "between experiments; the report (report.md, results.json, plots) to OUT/EXPERIMENT/.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="experiments:\n"
+        "  fig5           MVQVAE vs the hierarchical baseline, FID against J (MVQ Fig. 5)\n"
+        "  two-vs-five    MVQVAE with 1+1 tokens vs the baseline with 4+1 (MVQ 4.2)\n"
+        "  table1         hvqgan vs mvqgan at 1+1 / 4+1 tokens, K 16 / 256 (MVQ Table 1)\n"
+        "  table5         a GPT prior on each table1 tokenizer: FID*, F-scores, NLL (Table 5)\n"
+        "  table6         token sampling times (MVQ Table 6; the sampling benchmark)\n"
+        "  movq-ablation  VQGAN / + multichannel / + SpatialNorm, F0 and c (MoVQ Fig. 6)\n\n"
+        "examples:\n  mvq reproduce fig5 --scale quick --dry-run\n"
+        "  mvq reproduce fig5 --scale quick\n"
+        "  mvq reproduce table1 --scale paper --dataset cifar10 --data-root /data/cifar-10-batches-py",
+    )
+    p.add_argument("experiment", choices=["fig5", "two-vs-five", "table1", "table5", "table6",
+                                          "movq-ablation"])
+    p.add_argument("--scale", choices=["quick", "paper"], default="quick",
+                   help="quick: FashionMNIST on a CPU (default); paper: the papers' settings")
+    p.add_argument("--seeds", type=int, help="seeds per compared cell (default: 3 for fig5 and "
+                   "two-vs-five, 2 otherwise at quick scale, 1 at paper scale)")
+    p.add_argument("--out", default="runs/reproduce", help="output folder (default runs/reproduce)")
+    p.add_argument("--data-root", help="folder of the data set's files")
+    p.add_argument("--dataset", help="paper scale: fashion-mnist, cifar10, celeba64 or "
+                   "imagenet64 (table1 / table5)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from the runs finished so far; train nothing")
+    _add_device_and_progress(p)
+
+
+def cmd_reproduce(args) -> int:
+    from mvq.reproduce import reproduce
+
+    reproduce(args.experiment, args.scale, args.seeds, args.out, args.data_root, args.dataset,
+              progress=not args.no_progress, device=args.device, dry_run=args.dry_run,
+              report_only=args.report_only)
+    return 0
+
+
 BENCHMARKS = {"mh-dropout": "mh_dropout.py", "quantizer": "quantizer.py", "sampling": "sampling.py"}
 
 
@@ -236,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mvq {mvq.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_reconstruct, _add_evaluate, _add_compare, _add_priors, _add_demo,
-                _add_bench):
+                _add_bench, _add_reproduce):
         add(sub)
     return parser
 
@@ -372,7 +418,8 @@ def cmd_bench(args) -> int:
 COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate,
             "compare": cmd_compare,
             "encode-dataset": cmd_encode_dataset, "train-prior": cmd_train_prior,
-            "sample": cmd_sample, "demo": cmd_demo, "bench": cmd_bench}
+            "sample": cmd_sample, "demo": cmd_demo, "bench": cmd_bench,
+            "reproduce": cmd_reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,74 @@
+"""`mvq reproduce`: the papers' experiments as resumable commands with a report folder.
+
+    mvq reproduce fig5 --scale quick            # plan, estimate, train / resume, evaluate, report
+    mvq reproduce fig5 --scale quick --dry-run  # the plan and the estimate only
+    mvq reproduce fig5 --report-only            # the report from the runs finished so far
+
+Runs go to ``OUT/runs/NAME`` (shared between experiments), reports to ``OUT/EXPERIMENT/``
+(report.md, results.json, a PNG plot where the experiment has one).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mvq.errors import MvqError
+from mvq.reproduce.plan import EXPERIMENTS, SCALES, Plan, build_plan
+from mvq.reproduce.report import write_report
+from mvq.reproduce.runner import collect, execute
+
+__all__ = ["EXPERIMENTS", "SCALES", "Plan", "build_plan", "reproduce"]
+
+
+def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
+              out: str | Path = "runs/reproduce", data_root: str | None = None,
+              dataset: str | None = None, progress: bool = True, device: str = "auto",
+              dry_run: bool = False, report_only: bool = False) -> dict | None:
+    """Carry out ``experiment`` at ``scale`` and write its report; returns the report's JSON
+    (None for a dry run)."""
+    out = Path(out)
+    if experiment == "table6":
+        return _table6(scale, out / "table6", dry_run)
+    plan = build_plan(experiment, scale, seeds, dataset)
+    if report_only:
+        records, missing = collect(plan, out, data_root)
+        if not records:
+            raise MvqError(f"no finished run of {experiment} in {out / 'runs'} yet: run "
+                           f"`mvq reproduce {experiment} --scale {scale}` first")
+    else:
+        execute(plan, out, data_root, progress, device, dry_run)
+        if dry_run:
+            return None
+        records, missing = collect(plan, out, data_root)
+    folder = out / experiment
+    result = write_report(plan, records, folder, missing)
+    print((folder / "report.md").read_text())
+    print(f"written: {folder / 'report.md'}, {folder / 'results.json'}", file=sys.stderr)
+    return result
+
+
+def _table6(scale: str, folder: Path, dry_run: bool) -> dict | None:
+    """MVQ Table 6: the token sampling benchmark (benchmarks/sampling.py), its output kept."""
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "sampling.py"
+    if not script.is_file():
+        raise MvqError(f"benchmark script not found: {script} (run from a source checkout)")
+    args = [sys.executable, str(script), "--json", str(folder / "results.json")]
+    args += ["--quick"] if scale == "quick" else ["--threads", "1"]
+    print(f"mvq reproduce table6 --scale {scale}: {' '.join(args[1:])}\n"
+          f"estimated {'1 min' if scale == 'quick' else '15-25 min'} on a 2-core CPU",
+          file=sys.stderr)
+    if dry_run:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise MvqError(f"the sampling benchmark failed: {done.stderr.strip().splitlines()[-1:]}")
+    text = (f"# MVQ paper Table 6: token sampling times\n\n`{' '.join(args[1:])}`\n\n"
+            f"```\n{done.stdout.rstrip()}\n```\n")
+    tmp = folder / "report.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(folder / "report.md")
+    print(text)
+    return {"experiment": "table6", "scale": scale, "output": done.stdout}

@@ -1,0 +1,268 @@
+"""The papers' experiments as plans: which models to train, with which settings and seeds.
+
+A plan is a list of :class:`Run` (one trained tokenizer each, optionally with a prior) and the
+evaluation every run gets. Runs are named by what they are (data, factor, K, model, J, seed,
+steps), so two experiments that need the same model share one run folder: ``two-vs-five``
+reuses ``fig5``'s runs.
+
+Scales: ``quick`` fits this project's 2-core CPU on FashionMNIST; ``paper`` is the papers' own
+set-up (MVQ paper A.1 Table 2, MoVQ section 4), for a GPU and the user's data files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mvq.errors import MvqError
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+SCALES = ("quick", "paper")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One of the MVQ paper's data sets with its A.1 settings (D = D')."""
+
+    key: str  # name on the command line
+    data_name: str  # mvq data set name (build_dataset)
+    image_size: int
+    channels: int
+    dim: int
+    epochs: int
+    train_images: int
+
+    def steps(self, batch_size: int = 32) -> int:
+        return self.epochs * self.train_images // batch_size
+
+    def factor(self, primary_tokens: int) -> int:
+        """F = sqrt(h*w/S) for S primary tokens: 1 -> image size, 4 -> half, 16 -> quarter."""
+        side = {1: 1, 4: 2, 16: 4}[primary_tokens]
+        return self.image_size // side
+
+
+DATASETS = {
+    "fashion-mnist": Dataset("fashion-mnist", "fashion-mnist", 28, 1, 16, 350, 60_000),
+    "cifar10": Dataset("cifar10", "cifar10", 32, 3, 96, 650, 50_000),
+    "celeba64": Dataset("celeba64", "folder", 64, 3, 256, 250, 162_770),
+    "imagenet64": Dataset("imagenet64", "folder", 64, 3, 256, 650, 1_281_167),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a preset plus overrides, with the labels the report groups by.
+
+    ``labels`` name the cell of the result table ("model", "F", "J", ...); ``seed`` is the
+    repetition within the cell. ``prior`` > 0 also trains a GPT prior for that many steps on the
+    run's tokens and evaluates its samples (MVQ Table 5).
+    """
+
+    name: str
+    preset: str
+    overrides: tuple[str, ...]
+    labels: tuple[tuple[str, object], ...]
+    seed: int
+    prior: int = 0
+
+    @property
+    def label(self) -> dict:
+        return dict(self.labels)
+
+    def config(self, data_root: str | None, out_dir: Path):
+        from mvq.config import load_config
+
+        extra = [f"train.seed={self.seed}", f"train.out_dir={out_dir}"]
+        if data_root:
+            extra.append(f"data.root={data_root}")
+        return load_config(CONFIGS / self.preset, [*self.overrides, *extra])
+
+
+@dataclass
+class Plan:
+    """An experiment at one scale: its runs, the evaluation, and how the report reads them."""
+
+    experiment: str
+    scale: str
+    title: str
+    runs: list[Run]
+    eval_n: int
+    metrics: tuple[str, ...]
+    cell: tuple[str, ...]  # label keys that name a table row (seeds are averaged)
+    plot: tuple[str, str] | None = None  # (x label, series label) of the plot, if any
+    baseline: dict = field(default_factory=dict)  # labels of the baseline rows (drawn as bands)
+    sample_metrics: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+
+def _run(data: Dataset, preset: str, model: str, factor: int, k: int, steps: int, seed: int,
+         j: int | None = None, extra: tuple[str, ...] = (), prior: int = 0,
+         tag: str = "", **labels) -> Run:
+    side = data.image_size // factor
+    name = f"{data.key}_f{factor}_k{k}_{model}" + (f"_j{j}" if j is not None else "") \
+        + (f"_{tag}" if tag else "") + f"_{steps}steps_s{seed}"
+    overrides = [f"model.type={model}", f"model.factor={factor}", f"model.codebook_size={k}",
+                 f"model.image_size={data.image_size}", f"model.channels={data.channels}",
+                 f"model.dim={data.dim}", f"model.dim2={data.dim}", f"data.name={data.data_name}",
+                 f"train.steps={steps}"]
+    if j is not None:
+        overrides += [f"model.num_masks={j}", "model.eval_masks=0"]
+    cell = {"model": model, "tokens": f"{side * side}+1", "F": factor, "K": k, **labels}
+    if j is not None:
+        cell["J"] = j
+    return Run(name, preset, tuple(overrides) + tuple(extra), tuple(cell.items()), seed, prior)
+
+
+def _cadence(steps: int) -> tuple[str, ...]:
+    """Validate and checkpoint 3 times per run (resume loses at most a third)."""
+    every = max(1, steps // 3)
+    return (f"train.val_every={every}", f"train.ckpt_every={every}")
+
+
+def _data(dataset: str | None, scale: str) -> Dataset:
+    key = dataset or "fashion-mnist"
+    if key not in DATASETS:
+        raise MvqError(f"--dataset must be one of {', '.join(DATASETS)}, got {key!r}")
+    if scale == "quick" and key != "fashion-mnist":
+        raise MvqError("--scale quick runs on FashionMNIST only (sized for a CPU); "
+                       f"use --scale paper for {key}")
+    return DATASETS[key]
+
+
+def fig5(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """MVQ Fig. 5: MVQVAE against the hierarchical baseline on FashionMNIST, FID against J."""
+    data = _data(dataset, scale)
+    if data.key != "fashion-mnist":
+        raise MvqError("fig5 is the paper's FashionMNIST experiment: drop --dataset")
+    if scale == "quick":
+        factors, ks, js, seeded_j, steps, n = (28, 14), (16,), (1, 16, 128, 1024), 128, 1200, 500
+    else:
+        factors, ks, js, seeded_j, steps, n = (28, 14), (16, 256), (16, 64, 256, 1024, 2048), \
+            2048, data.steps(), 10_000
+    runs = []
+    for factor in factors:  # the 1+1 runs first: a partial report already compares them
+        for k in ks:
+            preset = f"fmnist_f{factor}_k{k}{'_quick' if scale == 'quick' else ''}.yaml"
+            for s in range(seeds):
+                runs.append(_run(data, preset, "hvqvae", factor, k, steps, s, extra=_cadence(steps)))
+            for j in js:
+                for s in range(seeds if j == seeded_j else 1):
+                    runs.append(_run(data, preset, "mvqvae", factor, k, steps, s, j,
+                                     extra=_cadence(steps)))
+    return Plan("fig5", scale, "MVQ paper Fig. 5: reconstruction FID against the masks per pass J "
+                "(MVQVAE) and the hierarchical VQ-VAE-2 baseline, FashionMNIST",
+                runs, n, ("mse", "psnr", "lpips", "rfid"), ("tokens", "K", "model", "J"),
+                plot=("J", "tokens"), baseline={"model": "hvqvae"},
+                notes=[f"{steps} steps of batch 32 per model; J = {seeded_j} and the baseline "
+                       f"with {seeds} seeds, other J with one; evaluation on the first {n} "
+                       "test images through the discrete codes"])
+
+
+def two_vs_five(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """MVQ 4.2: MVQVAE with 1+1 tokens against the VQ-VAE-2 baseline with 4+1 tokens."""
+    base = fig5(scale, seeds, dataset)
+    j = 128 if scale == "quick" else 2048
+    runs = [r for r in base.runs
+            if (r.label["model"] == "mvqvae" and r.label["F"] == 28 and r.label["J"] == j)
+            or (r.label["model"] == "hvqvae" and r.label["F"] in (28, 14))]
+    return Plan("two-vs-five", scale, "MVQ paper 4.2: MVQVAE with 2 tokens (1+1) against the "
+                "VQ-VAE-2 baseline with 2 and 5 tokens (1+1, 4+1), FashionMNIST", runs,
+                base.eval_n, base.metrics, ("tokens", "K", "model", "J"),
+                baseline={"model": "hvqvae"}, notes=base.notes + ["the same runs as fig5"])
+
+
+def table1(scale: str, seeds: int, dataset: str | None = None, prior_steps: int = 0) -> Plan:
+    """MVQ Table 1: hvqgan against mvqgan at 1+1 and 4+1 tokens, K in {16, 256}."""
+    data = _data(dataset, scale)
+    if scale == "quick":
+        token_counts, steps, j, n = (1, 4), 1200, 128, 500
+        preset = "fmnist_f28_k16_mvqgan_quick.yaml"
+        extra = ("loss.disc_start=400",)
+    else:
+        token_counts, steps, j, n = (1, 4, 16), data.steps(), 2048, 10_000
+        preset = "fmnist_f28_k16_mvqgan.yaml"
+        extra = ()
+    runs = []
+    for s_tokens in token_counts:
+        factor = data.factor(s_tokens)
+        for k in (16, 256):
+            for s in range(seeds):
+                runs.append(_run(data, preset, "hvqgan", factor, k, steps, s,
+                                 extra=extra + _cadence(steps), prior=prior_steps))
+                runs.append(_run(data, preset, "mvqgan", factor, k, steps, s, j,
+                                 extra=extra + _cadence(steps), prior=prior_steps))
+    name = "table5" if prior_steps else "table1"
+    title = ("MVQ paper Table 5: a two-stage GPT prior on each table1 tokenizer: sample FID*, "
+             "F_8 / F_1/8, NLL" if prior_steps else
+             "MVQ paper Table 1: VQGAN-style hierarchical baseline (hvqgan) against MVQGAN")
+    return Plan(name, scale, f"{title} ({data.key})", runs, n, ("mse", "lpips", "rfid", "prd"),
+                ("tokens", "K", "model"), baseline={"model": "hvqgan"},
+                sample_metrics=("fid", "prd", "nll") if prior_steps else (),
+                notes=[f"{steps} steps of batch 32 per tokenizer (GAN terms from step "
+                       f"{'400' if scale == 'quick' else 'the preset'}), J = {j}; evaluation on "
+                       f"the first {n} test images"]
+                + ([f"prior: {prior_steps} steps of batch 64 on the training split's tokens; "
+                    f"{n} samples"] if prior_steps else []))
+
+
+def table5(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    return table1(scale, seeds, dataset, prior_steps=2000 if scale == "quick" else 100_000)
+
+
+MOVQ_VARIANTS = {  # name -> (preset stem at quick scale, paper preset, overrides, labels)
+    "VQGAN": ("vqgan", "vqgan", (), {"spatial_norm": "none", "c": 1}),
+    "+ multichannel": ("multichannel", "multichannel", (), {"spatial_norm": "none", "c": 4}),
+    "+ SpatialNorm, F0 Fourier (MoVQ)": ("movq", "fourier", (), {"f0": "fourier", "c": 4}),
+    "+ SpatialNorm, F0 sinusoidal": ("movq", "sinusoidal", ("model.f0=sinusoidal",),
+                                     {"f0": "sinusoidal", "c": 4}),
+    "+ SpatialNorm, F0 constant": ("movq", "constant", ("model.f0=constant",),
+                                   {"f0": "constant", "c": 4}),
+    "MoVQ c=1": ("movq", "c1", ("model.num_channels=1", "model.code_dim=64"), {"c": 1}),
+    "MoVQ c=2": ("movq", "c2", ("model.num_channels=2", "model.code_dim=32"), {"c": 2}),
+}
+
+
+def movq_ablation(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """MoVQ Fig. 6 (a) VQGAN / + multichannel / + SpatialNorm with each F0, (c) c in {1,2,4}."""
+    if dataset is not None:
+        raise MvqError("movq-ablation runs on FashionMNIST (quick) or on an ImageNet image "
+                       "folder (paper: --data-root DIR); drop --dataset")
+    runs = []
+    steps = 800 if scale == "quick" else None
+    for variant, (quick, paper, overrides, labels) in MOVQ_VARIANTS.items():
+        preset = f"movq_fmnist_{quick}_quick.yaml" if scale == "quick" else f"movq_paper_{paper}.yaml"
+        if scale == "paper":
+            overrides = ()  # the paper presets hold each variant whole
+        for s in range(seeds):
+            tag = variant.split("(")[0].strip().lower().replace("+ ", "").replace(", ", "_") \
+                .replace(" ", "-").replace("=", "")
+            extra = (f"train.steps={steps}",) + _cadence(steps) if steps else ()
+            name = f"movq_{scale}_{tag}" + (f"_{steps}steps" if steps else "") + f"_s{s}"
+            runs.append(Run(name, preset, tuple(overrides) + extra,
+                            tuple({"variant": variant, **labels}.items()), s))
+    n = 1000 if scale == "quick" else 50_000
+    return Plan("movq-ablation", scale, "MoVQ paper Fig. 6: (a) VQGAN, + multichannel, + "
+                "SpatialNorm with each initial feature F0; (c) channels c in {1, 2, 4}",
+                runs, n, ("mse", "psnr", "ssim", "lpips", "rfid", "prd"), ("variant",),
+                notes=[("800 steps of batch 32 (GAN terms from step 300) on FashionMNIST, one "
+                        "256-entry codebook on a 7x7 grid" if scale == "quick" else
+                        "the movq_paper_* presets (256 px ImageNet, 16x16x4 tokens)")
+                       + f"; evaluation on the first {n} test images"])
+
+
+EXPERIMENTS = {"fig5": fig5, "table1": table1, "table5": table5, "two-vs-five": two_vs_five,
+               "movq-ablation": movq_ablation, "table6": None}  # table6: the sampling benchmark
+
+
+def build_plan(experiment: str, scale: str = "quick", seeds: int | None = None,
+               dataset: str | None = None) -> Plan:
+    if experiment not in EXPERIMENTS or EXPERIMENTS[experiment] is None:
+        raise MvqError(f"unknown experiment {experiment!r}: expected one of "
+                       f"{', '.join(k for k, v in EXPERIMENTS.items() if v)} (or table6)")
+    if scale not in SCALES:
+        raise MvqError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if seeds is None:
+        seeds = {"fig5": 3, "two-vs-five": 3}.get(experiment, 2 if scale == "quick" else 1)
+    if seeds < 1:
+        raise MvqError(f"--seeds must be >= 1, got {seeds}")
+    return EXPERIMENTS[experiment](scale, seeds, dataset)

@@ -1,0 +1,202 @@
+"""The report of an experiment: a markdown table (mean ± std over seeds), PNG plots, and a
+JSON with every figure and each run's resolved config."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from mvq.reproduce.plan import Plan
+
+LABEL_ORDER = ("variant", "tokens", "K", "model", "J", "f0", "c")
+METRIC_NAMES = {"mse": "MSE", "psnr": "PSNR dB", "ssim": "SSIM", "lpips": "LPIPS",
+                "rfid": "rFID", "prd_f8": "F_8", "prd_f1_8": "F_1/8", "fid_samples": "FID*",
+                "nll_primary_bits": "NLL prim. bits", "nll_secondary_bits": "NLL sec. bits"}
+LOWER_IS_BETTER = {"mse", "lpips", "rfid", "fid_samples", "nll_primary_bits",
+                   "nll_secondary_bits"}
+
+
+def _stats(values: list[float]) -> dict:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def aggregate(plan: Plan, records: list[dict]) -> list[dict]:
+    """One cell per distinct value of ``plan.cell`` labels: mean / std / n over its seeds."""
+    cells: dict[tuple, dict] = {}
+    for rec in records:
+        labels = {k: rec["labels"].get(k) for k in plan.cell if k in rec["labels"]}
+        key = tuple(labels.items())
+        cell = cells.setdefault(key, {"labels": labels, "runs": [], "values": {}})
+        cell["runs"].append(rec["name"])
+        values = {**rec.get("metrics", {}), **(rec.get("samples") or {})}
+        for metric, value in values.items():
+            if isinstance(value, (int, float)):
+                cell["values"].setdefault(metric, []).append(float(value))
+        if rec.get("train_seconds") is not None:
+            cell["values"].setdefault("train_seconds", []).append(rec["train_seconds"])
+    out = []
+    for cell in cells.values():
+        stats = {m: _stats(v) for m, v in cell["values"].items()}
+        out.append({"labels": cell["labels"], "runs": cell["runs"], "seeds": len(cell["runs"]),
+                    "stats": stats})
+    return out
+
+
+def _fmt(stat: dict | None, digits: int) -> str:
+    if not stat or stat["mean"] is None:
+        return "n/a"
+    text = f"{stat['mean']:.{digits}f}"
+    if stat["std"] is not None:
+        text += f" ± {stat['std']:.{digits}f}"
+    return text
+
+
+_DIGITS = {"mse": 4, "psnr": 2, "ssim": 3, "lpips": 4, "rfid": 1, "prd_f8": 3, "prd_f1_8": 3,
+           "fid_samples": 1, "nll_primary_bits": 3, "nll_secondary_bits": 3}
+
+
+def columns(cells: list[dict]) -> list[str]:
+    present = {m for c in cells for m in c["stats"]}
+    return [m for m in METRIC_NAMES if m in present]
+
+
+def markdown_table(plan: Plan, cells: list[dict]) -> str:
+    label_keys = [k for k in LABEL_ORDER if any(k in c["labels"] for c in cells)]
+    metrics = columns(cells)
+    head = label_keys + ["bits/img", "params"] + [METRIC_NAMES[m] for m in metrics] + ["seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for c in cells:
+        s = c["stats"]
+        bits = s.get("bits_per_image", {}).get("mean")
+        params = s.get("parameters", {}).get("mean")
+        row = [str(c["labels"].get(k, "")) for k in label_keys]
+        row += [f"{bits:g}" if bits is not None else "n/a",
+                f"{params / 1e6:.2f} M" if params else "n/a"]
+        row += [_fmt(s.get(m), _DIGITS.get(m, 3)) for m in metrics]
+        row.append(str(c["seeds"]))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def comparisons(plan: Plan, cells: list[dict]) -> list[str]:
+    """Each non-baseline cell against the baseline cell of the same tokens and K: the change of
+    every lower-is-better metric, and whether it exceeds the two cells' seed spread."""
+    if not plan.baseline:
+        return []
+    def is_base(c):
+        return all(c["labels"].get(k) == v for k, v in plan.baseline.items())
+    lines = []
+    for c in cells:
+        if is_base(c):
+            continue
+        match = [b for b in cells if is_base(b) and all(
+            b["labels"].get(k) == c["labels"].get(k) for k in ("tokens", "K"))]
+        if not match:
+            continue
+        b = match[0]
+        parts = []
+        for m in columns([c, b]):
+            sc, sb = c["stats"].get(m), b["stats"].get(m)
+            if not sc or not sb or sc["mean"] is None or sb["mean"] is None or sb["mean"] == 0:
+                continue
+            change = (sc["mean"] - sb["mean"]) / abs(sb["mean"])
+            spread = (sc["std"] or 0) + (sb["std"] or 0)
+            clear = abs(sc["mean"] - sb["mean"]) > spread if spread else None
+            better = (sc["mean"] < sb["mean"]) == (m in LOWER_IS_BETTER)
+            verdict = "" if clear is None else (" (beyond the seeds' spread)" if clear
+                                                else " (within the seeds' spread)")
+            parts.append(f"{METRIC_NAMES[m]} {change:+.1%} {'better' if better else 'worse'}"
+                         f"{verdict}")
+        def own(cell):
+            return " ".join(f"{k}={v}" if k != "model" else str(v)
+                            for k, v in cell["labels"].items() if k not in ("tokens", "K"))
+        where = ", ".join(f"{k} {c['labels'][k]}" for k in ("tokens", "K") if k in c["labels"])
+        lines.append(f"- {own(c)} vs {own(b)} ({where}): " + "; ".join(parts))
+    return lines
+
+
+def plot(plan: Plan, cells: list[dict], path: Path) -> Path | None:
+    """Metric against plan.plot's x label, one panel per series and metric; the baseline as a
+    horizontal band (mean ± std)."""
+    if plan.plot is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key, series_key = plan.plot
+    series = sorted({c["labels"].get(series_key) for c in cells}, key=str)
+    metrics = [m for m in ("rfid", "mse", "lpips") if m in columns(cells)]
+    fig, axes = plt.subplots(len(metrics), len(series), figsize=(4.2 * len(series),
+                             3.0 * len(metrics)), squeeze=False)
+    for col, value in enumerate(series):
+        mine = [c for c in cells if c["labels"].get(series_key) == value]
+        for row, m in enumerate(metrics):
+            ax = axes[row][col]
+            pts = sorted((c["labels"][x_key], c["stats"][m]) for c in mine
+                         if x_key in c["labels"] and m in c["stats"]
+                         and c["stats"][m]["mean"] is not None)
+            if pts:
+                xs = [p[0] for p in pts]
+                ax.errorbar(xs, [p[1]["mean"] for p in pts],
+                            yerr=[p[1]["std"] or 0 for p in pts], marker="o", capsize=3,
+                            label="MVQ")
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(xs, [str(x) for x in xs])
+            for c in mine:
+                if all(c["labels"].get(k) == v for k, v in plan.baseline.items()) \
+                        and m in c["stats"] and c["stats"][m]["mean"] is not None:
+                    mean, std = c["stats"][m]["mean"], c["stats"][m]["std"] or 0
+                    ax.axhline(mean, color="gray", linestyle="--", label="hierarchical VQ")
+                    if std:
+                        ax.axhspan(mean - std, mean + std, color="gray", alpha=0.2)
+            ax.set_title(f"{series_key} {value}: {METRIC_NAMES[m]}")
+            ax.set_xlabel(x_key)
+            ax.grid(alpha=0.3)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[str]) -> dict:
+    """report.md, results.json and the plot in ``folder``; returns the JSON."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for rec in records:  # bits and parameters travel with the metrics
+        rec.setdefault("metrics", {})
+    cells = aggregate(plan, records)
+    table = markdown_table(plan, cells)
+    comp = comparisons(plan, cells)
+    png = plot(plan, cells, folder / f"{plan.experiment}.png")
+    lines = [f"# {plan.title}", "", f"`mvq reproduce {plan.experiment} --scale {plan.scale}`; "
+             f"N = {plan.eval_n} evaluation images; mean ± std over seeds (sample std).", "",
+             table, ""]
+    if comp:
+        lines += ["Against the baseline with the same tokens and K:", "", *comp, ""]
+    if png:
+        lines += [f"![{plan.experiment}]({png.name})", ""]
+    lines += [f"- {n}" for n in plan.notes]
+    if missing:
+        lines += ["", f"**Incomplete:** {len(missing)} planned runs are not in this report yet: "
+                  + ", ".join(missing)]
+    md = "\n".join(lines) + "\n"
+    data = {"experiment": plan.experiment, "scale": plan.scale, "title": plan.title,
+            "eval_n": plan.eval_n, "metrics": list(plan.metrics), "notes": plan.notes,
+            "cells": cells, "comparisons": comp, "runs": records, "missing": missing}
+    for name, text in (("results.json", json.dumps(data, indent=2) + "\n"), ("report.md", md)):
+        tmp = folder / (name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(folder / name)
+    return data

@@ -1,0 +1,237 @@
+"""Carry out a plan: train what is missing, resume what was interrupted, skip what is done,
+evaluate every run on the same images, then write the report.
+
+Each run lives in ``OUT/runs/NAME`` (shared by the experiments that need it); its evaluation in
+``OUT/runs/NAME/eval.json`` (and ``samples.json`` for runs with a prior). A finished run is one
+whose checkpoint reached the planned steps; an evaluation is reused only if it was made with the
+same N and metrics on that checkpoint's step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from mvq.errors import MvqError
+from mvq.reproduce.plan import Plan, Run
+
+# Seconds per training step of batch 32 on this project's 2-core CPU (measured with the quick
+# presets); the plan's estimate only, the report records the real times.
+_STEP_SECONDS = {"vqvae": 0.13, "hvqvae": 0.16, "mvqvae": 0.17, "hvqgan": 0.30, "mvqgan": 0.31,
+                 "movq": 0.55}
+_MASK_SECONDS = 0.00022  # per mask J per step (MH-Dropout search, F=28, batch 32)
+_INCEPTION_IMAGES_PER_S = 6.0
+_PRIOR_STEP_SECONDS = 0.045
+
+
+@dataclass
+class RunState:
+    run: Run
+    out_dir: Path
+    step: int  # the checkpoint's step, 0 when none
+    steps: int  # planned
+    evaluated: bool
+    sampled: bool
+
+    @property
+    def status(self) -> str:
+        if self.step >= self.steps and self.evaluated and self.sampled:
+            return "done"
+        if self.step >= self.steps:
+            return "to evaluate"
+        return f"resume at {self.step}" if self.step else "to train"
+
+
+def _checkpoint_step(ckpt: Path) -> int:
+    from mvq.checkpoint import read_info
+
+    if not (ckpt / "config.json").is_file():
+        return 0
+    try:
+        return int(read_info(ckpt).get("step", 0))
+    except MvqError:
+        return 0
+
+
+def _eval_matches(path: Path, plan: Plan, step: int, key: str = "metrics") -> bool:
+    if not path.is_file():
+        return False
+    try:
+        got = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return got.get("n") == plan.eval_n and got.get("step") == step and \
+        got.get("planned_metrics") == list(plan.sample_metrics if key == "samples" else plan.metrics)
+
+
+def inspect(plan: Plan, out: Path, data_root: str | None) -> list[RunState]:
+    """Where each run of the plan stands on disk."""
+    states = []
+    for run in plan.runs:
+        out_dir = out / "runs" / run.name
+        cfg = run.config(data_root, out_dir)
+        ckpt = out_dir / "checkpoint"
+        step = _checkpoint_step(ckpt)
+        if step:
+            saved = json.loads((ckpt / "config.json").read_text()).get("config", {}).get("model")
+            from mvq.config import config_to_dict
+
+            if saved is not None and saved != config_to_dict(cfg)["model"]:
+                raise MvqError(f"{out_dir} holds a run with other model settings than the plan "
+                               f"for {run.name}: move it away or pick another --out")
+        states.append(RunState(run, out_dir, step, cfg.train.steps,
+                               _eval_matches(out_dir / "eval.json", plan, cfg.train.steps),
+                               not run.prior or _eval_matches(out_dir / "samples.json", plan,
+                                                              cfg.train.steps, "samples")))
+    return states
+
+
+def estimate_seconds(plan: Plan, states: list[RunState], data_root: str | None) -> float:
+    """Rough time left on this CPU: training steps, Inception features, prior steps."""
+    total = 0.0
+    inception = any(m in plan.metrics for m in ("rfid", "prd"))
+    for st in states:
+        cfg = st.run.config(data_root, st.out_dir)
+        per_step = _STEP_SECONDS.get(cfg.model.type, 0.3)
+        if hasattr(cfg.model, "num_masks") and cfg.model.type in ("mvqvae", "mvqgan"):
+            per_step += _MASK_SECONDS * cfg.model.num_masks
+        total += max(0, st.steps - st.step) * per_step
+        if not st.evaluated and inception:
+            total += plan.eval_n / _INCEPTION_IMAGES_PER_S
+        if not st.sampled:
+            total += st.run.prior * _PRIOR_STEP_SECONDS + plan.eval_n / _INCEPTION_IMAGES_PER_S
+    if inception:
+        total += plan.eval_n / _INCEPTION_IMAGES_PER_S  # the real images' features, once
+    return total
+
+
+def describe(plan: Plan, states: list[RunState], seconds: float) -> str:
+    lines = [f"mvq reproduce {plan.experiment} --scale {plan.scale}: {plan.title}",
+             f"{len(plan.runs)} runs, evaluation on N={plan.eval_n} images "
+             f"({', '.join(plan.metrics)})"]
+    lines += [f"  {st.run.name:<58} {st.status}" for st in states]
+    todo = sum(st.status != "done" for st in states)
+    lines.append(f"{todo} of {len(states)} runs to do; estimated {_hms(seconds)} on a 2-core CPU"
+                 if todo else "every run is done: writing the report")
+    return "\n".join(lines)
+
+
+def _hms(seconds: float) -> str:
+    m = int(math.ceil(seconds / 60))
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+
+def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool = True,
+            device: str = "auto", dry_run: bool = False) -> list[dict]:
+    """Run the plan (skip / resume / train, evaluate); returns one record per run."""
+    states = inspect(plan, out, data_root)
+    print(describe(plan, states, estimate_seconds(plan, states, data_root)), file=sys.stderr)
+    if dry_run:
+        return []
+    records = []
+    bar = tqdm(states, desc=f"{plan.experiment} runs", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    for st in bar:
+        bar.set_postfix_str(st.run.name)
+        records.append(_do_run(plan, st, data_root, progress, device))
+    bar.close()
+    return records
+
+
+def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> dict:
+    from mvq.evaluate import evaluate_checkpoint
+    from mvq.train import train
+
+    cfg = st.run.config(data_root, st.out_dir)
+    if device != "auto":
+        cfg.train.device = device
+    ckpt = st.out_dir / "checkpoint"
+    if st.step < st.steps:
+        result = train(cfg, resume=st.step > 0, progress=progress, desc=st.run.name[:40])
+        seconds = result.seconds + _read_json(st.out_dir / "run.json").get("train_seconds", 0.0)
+        _merge_json(st.out_dir / "run.json", {"train_seconds": round(seconds, 1)})
+    eval_path = st.out_dir / "eval.json"
+    if not _eval_matches(eval_path, plan, st.steps):
+        result = evaluate_checkpoint(ckpt, n=plan.eval_n, metrics=plan.metrics, progress=progress,
+                                     device=device, data_root=data_root)
+        result["planned_metrics"] = list(plan.metrics)
+        _write_json(eval_path, result)
+    if st.run.prior:
+        _do_prior(plan, st, data_root, progress, device)
+    return record(st)
+
+
+def record(st: RunState) -> dict:
+    """What the report needs of one finished, evaluated run."""
+    ckpt = st.out_dir / "checkpoint"
+    evaluation = json.loads((st.out_dir / "eval.json").read_text())
+    rec = {"name": st.run.name, "labels": st.run.label, "seed": st.run.seed,
+           "checkpoint": str(ckpt), "metrics": evaluation["metrics"],
+           "mask_bits": evaluation.get("mask_bits"),
+           "train_seconds": _read_json(st.out_dir / "run.json").get("train_seconds"),
+           "config": json.loads((ckpt / "config.json").read_text())["config"]}
+    if st.run.prior:
+        rec["samples"] = json.loads((st.out_dir / "samples.json").read_text())["metrics"]
+    return rec
+
+
+def collect(plan: Plan, out: Path, data_root: str | None) -> tuple[list[dict], list[str]]:
+    """Records of the runs that are done, and the names of those that are not."""
+    states = inspect(plan, out, data_root)
+    done = [st for st in states if st.status == "done"]
+    return [record(st) for st in done], [st.run.name for st in states if st.status != "done"]
+
+
+def _do_prior(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> None:
+    from mvq.evaluate import evaluate_samples
+    from mvq.tokens import encode_dataset
+    from mvq.train.prior import train_prior
+
+    ckpt = st.out_dir / "checkpoint"
+    path = st.out_dir / "samples.json"
+    if _eval_matches(path, plan, st.steps, "samples"):
+        return
+    tokens = st.out_dir / "tokens_train.safetensors"
+    if not tokens.is_file():
+        tmp = tokens.with_suffix(".partial.safetensors")
+        encode_dataset(ckpt, tmp, "train", device=device, progress=progress)
+        tmp.replace(tokens)
+    prior_dir = st.out_dir / "prior"
+    if _checkpoint_step_prior(prior_dir / "checkpoint") < st.run.prior:
+        train_prior(tokens, prior_dir, steps=st.run.prior, seed=st.run.seed, progress=progress,
+                    device=device)
+    result = evaluate_samples(ckpt, prior_dir / "checkpoint", n=plan.eval_n,
+                              metrics=plan.sample_metrics, progress=progress, device=device,
+                              data_root=data_root, seed=st.run.seed)
+    result["planned_metrics"] = list(plan.sample_metrics)
+    result["step"] = st.steps  # the tokenizer's step, as eval.json
+    _write_json(path, result)
+
+
+def _checkpoint_step_prior(ckpt: Path) -> int:
+    info = _read_json(ckpt / "config.json")
+    return int(info.get("step", 0)) if (ckpt / "model.safetensors").is_file() else 0
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Temporary file + rename: a kill leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _merge_json(path: Path, values: dict) -> None:
+    _write_json(path, {**_read_json(path), **values, "updated": time.strftime("%Y-%m-%d %H:%M")})

@@ -1,0 +1,190 @@
+"""`mvq reproduce`: plans, skip / resume, the report (tiny runs on the shapes set)."""
+
+import json
+
+import pytest
+
+import mvq.train
+from mvq.cli import main
+from mvq.errors import MvqError
+from mvq.reproduce import build_plan
+from mvq.reproduce.plan import Plan, Run
+from mvq.reproduce.report import aggregate
+from mvq.reproduce.runner import collect, execute, inspect
+
+TINY = ("model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",
+        "model.dim2=8", "data.name=shapes", "data.train_limit=64", "data.val_limit=16",
+        "train.batch_size=8", "train.grid_images=4", "train.log_every=1")
+
+
+def _run(model: str, seed: int, steps: int = 4, j: int | None = None) -> Run:
+    over = TINY + (f"model.type={model}", f"train.steps={steps}", "train.val_every=2",
+                   "train.ckpt_every=2")
+    labels = {"model": model, "tokens": "1+1", "K": 16}
+    if j:
+        over += (f"model.num_masks={j}",)
+        labels["J"] = j
+    name = f"tiny_{model}" + (f"_j{j}" if j else "") + f"_s{seed}"
+    return Run(name, "fmnist_f28_k16_quick.yaml", over, tuple(labels.items()), seed)
+
+
+def _plan(runs) -> Plan:
+    return Plan("fig5", "quick", "tiny", runs, 12, ("mse", "psnr", "lpips"),
+                ("tokens", "K", "model", "J"), plot=("J", "tokens"), baseline={"model": "hvqvae"})
+
+
+@pytest.fixture
+def counted_train(monkeypatch):
+    calls = []
+    real = mvq.train.train
+
+    def spy(cfg, resume=False, **kw):
+        calls.append((cfg.train.out_dir, resume))
+        return real(cfg, resume=resume, **kw)
+
+    monkeypatch.setattr(mvq.train, "train", spy)
+    return calls
+
+
+def test_reproduce_skips_finished_and_resumes_interrupted(tmp_path, counted_train, monkeypatch):
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    runs = [_run("hvqvae", 0), _run("hvqvae", 1), _run("mvqvae", 0, j=4), _run("mvqvae", 0, j=8)]
+    plan = _plan(runs)
+    out = tmp_path / "rep"
+    # an interrupted run: the first model stopped at its step-2 checkpoint
+    half = _run("hvqvae", 0, steps=2)
+    mvq.train.train(half.config(None, out / "runs" / runs[0].name), progress=False)
+    states = inspect(plan, out, None)
+    assert [s.status for s in states] == ["resume at 2", "to train", "to train", "to train"]
+    counted_train.clear()
+
+    execute(plan, out, progress=False)
+    assert [(p.split("/")[-1], r) for p, r in counted_train] == \
+        [(runs[0].name, True), (runs[1].name, False), (runs[2].name, False), (runs[3].name, False)]
+    assert all(s.status == "done" for s in inspect(plan, out, None))
+    # resumed run = an uninterrupted one (same seed, same steps), bit for bit on CPU
+    whole = tmp_path / "whole"
+    mvq.train.train(runs[0].config(None, whole), progress=False)
+    from safetensors.torch import load_file
+
+    a = load_file(str(out / "runs" / runs[0].name / "checkpoint" / "model.safetensors"))
+    b = load_file(str(whole / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+    # everything done: a second call trains and evaluates nothing
+    counted_train.clear()
+    stamp = (out / "runs" / runs[2].name / "eval.json").stat().st_mtime_ns
+    execute(plan, out, progress=False)
+    assert counted_train == []
+    assert (out / "runs" / runs[2].name / "eval.json").stat().st_mtime_ns == stamp
+
+
+def test_report_aggregates_seeds_and_writes_table_plot_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    runs = [_run("hvqvae", 0), _run("hvqvae", 1), _run("mvqvae", 0, j=4), _run("mvqvae", 1, j=4),
+            _run("mvqvae", 0, j=8)]
+    plan = _plan(runs)
+    out = tmp_path / "rep"
+    execute(plan, out, progress=False)
+    records, missing = collect(plan, out, None)
+    assert missing == [] and len(records) == 5
+    cells = aggregate(plan, records)
+    by = {(c["labels"]["model"], c["labels"].get("J")): c for c in cells}
+    assert set(by) == {("hvqvae", None), ("mvqvae", 4), ("mvqvae", 8)}
+    base = by[("hvqvae", None)]
+    mses = [r["metrics"]["mse"] for r in records if r["labels"]["model"] == "hvqvae"]
+    assert base["seeds"] == 2
+    assert base["stats"]["mse"]["mean"] == pytest.approx(sum(mses) / 2)
+    assert base["stats"]["mse"]["std"] == pytest.approx(abs(mses[0] - mses[1]) / 2 ** 0.5)
+    assert by[("mvqvae", 8)]["stats"]["mse"]["std"] is None  # one seed: no spread
+    # honest rate per J: log2(J) mask bits on top of 2 x log2(8)
+    assert by[("mvqvae", 4)]["stats"]["bits_per_image"]["mean"] == 6 + 2
+    assert by[("mvqvae", 8)]["stats"]["bits_per_image"]["mean"] == 6 + 3
+
+    from mvq.reproduce.report import write_report
+
+    data = write_report(plan, records, out / "fig5", missing)
+    folder = out / "fig5"
+    assert json.loads((folder / "results.json").read_text()) == json.loads(json.dumps(data))
+    assert all("config" in r and r["config"]["model"]["type"] == r["labels"]["model"]
+               for r in data["runs"])
+    md = (folder / "report.md").read_text()
+    assert "| 1+1 | 16 | hvqvae |" in md and " ± " in md and "fig5.png" in md
+    assert (folder / "fig5.png").stat().st_size > 1000
+    assert any(line.startswith("- mvqvae J=4 vs hvqvae") and "MSE" in line
+               for line in data["comparisons"])
+
+
+def test_report_only_marks_missing_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    runs = [_run("hvqvae", 0), _run("mvqvae", 0, j=4)]
+    plan = _plan(runs)
+    out = tmp_path / "rep"
+    execute(_plan(runs[:1]), out, progress=False)
+    records, missing = collect(plan, out, None)
+    assert [r["name"] for r in records] == [runs[0].name] and missing == [runs[1].name]
+
+
+def test_plan_refuses_a_folder_with_other_settings(tmp_path):
+    out = tmp_path / "rep"
+    run = _run("hvqvae", 0)
+    mvq.train.train(_run("hvqvae", 0, steps=2).config(None, out / "runs" / run.name), progress=False)
+    other = Run(run.name, run.preset, run.overrides + ("model.dim=4",), run.labels, 0)
+    with pytest.raises(MvqError, match="other model settings"):
+        inspect(_plan([other]), out, None)
+
+
+def test_quick_plans_fit_their_claims():
+    fig5 = build_plan("fig5", "quick")
+    names = [r.name for r in fig5.runs]
+    assert len(names) == len(set(names)) == 18  # 2 factors x (3 baseline + 3 J=128 + 3 other J)
+    per = {}
+    for r in fig5.runs:
+        per.setdefault((r.label["F"], r.label["model"], r.label.get("J")), []).append(r.seed)
+    assert per[(28, "hvqvae", None)] == [0, 1, 2] and per[(14, "mvqvae", 128)] == [0, 1, 2]
+    assert per[(28, "mvqvae", 1024)] == [0]
+    cfg = fig5.runs[0].config(None, "x")
+    assert (cfg.model.factor, cfg.model.codebook_size, cfg.train.steps) == (28, 16, 1200)
+    # two-vs-five reuses fig5's runs: the same names, so the same folders
+    assert {r.name for r in build_plan("two-vs-five", "quick").runs} <= set(names)
+    t1 = build_plan("table1", "quick", seeds=1)
+    assert sorted((r.label["model"], r.label["F"], r.label["K"]) for r in t1.runs) == sorted(
+        (m, f, k) for m in ("hvqgan", "mvqgan") for f in (28, 14) for k in (16, 256))
+    t5 = build_plan("table5", "quick", seeds=1)
+    assert [r.name for r in t5.runs] == [r.name for r in t1.runs] and all(r.prior for r in t5.runs)
+    movq = build_plan("movq-ablation", "quick", seeds=1)
+    cfgs = [r.config(None, "x").model for r in movq.runs]
+    assert {c.num_channels * c.code_dim for c in cfgs} == {64}  # c splits the same latent
+    assert {c.f0 for c in cfgs} >= {"fourier", "sinusoidal", "constant"}
+
+
+def test_paper_scale_plans_use_the_papers_settings():
+    fig5 = build_plan("fig5", "paper", seeds=1)
+    cfg = fig5.runs[-1].config(None, "x")
+    assert cfg.train.steps == 350 * 60_000 // 32 and cfg.model.num_masks == 2048
+    t1 = build_plan("table1", "paper", seeds=1, dataset="cifar10")
+    cfgs = [r.config("/data/cifar", "x") for r in t1.runs]
+    assert {c.model.factor for c in cfgs} == {32, 16, 8}  # 1+1, 4+1, 16+1 tokens at 32 px
+    assert {(c.model.image_size, c.model.channels, c.model.dim, c.data.name) for c in cfgs} == \
+        {(32, 3, 96, "cifar10")}
+    assert {c.train.steps for c in cfgs} == {650 * 50_000 // 32}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reproduce", "fig5", "--dataset", "cifar10"], "FashionMNIST only"),
+    (["reproduce", "table1", "--scale", "paper", "--dataset", "mnist"], "--dataset must be one of"),
+    (["reproduce", "fig5", "--seeds", "0"], "--seeds must be >= 1"),
+    (["reproduce", "fig5", "--report-only", "--out", "{tmp}"], "no finished run"),
+])
+def test_cli_errors(argv, message, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_cli_dry_run_prints_plan_and_estimate(tmp_path, capsys):
+    assert main(["reproduce", "fig5", "--dry-run", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "18 runs" in err and "estimated 1 h" in err and "to train" in err
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
