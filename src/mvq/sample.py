@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mvq.errors import MvqError
-from mvq.images import save_grid
+from mvq.images import check_grid_size, save_grid
 
 PER_ROW = 8
 
@@ -75,6 +75,10 @@ def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
 
     The MVQ mask bits are drawn at random from the same seeded generator (MVQPrior.sample).
     """
+    from mvq.checkpoint import read_info
+
+    size = int(read_info(tokenizer_dir)["config"]["model"]["image_size"])
+    check_grid_size(*grid_shape(max(n, 1)), size, scale, "lower --n or --scale")
     _, images = sample_codes_and_images(tokenizer_dir, prior_dir, n, temperature, top_k, seed,
                                         device)
     return save_grid(grid_rows(images), out, scale=scale)
