@@ -219,7 +219,8 @@ def cmd_sample(args) -> int:
     return 0
 
 
-BENCHMARKS = {"mh-dropout": "mh_dropout.py", "quantizer": "quantizer.py", "sampling": "sampling.py"}
+BENCHMARKS = {"mh-dropout": "mh_dropout.py", "quantizer": "quantizer.py", "sampling": "sampling.py",
+              "concurrent-train": "concurrent_train.py"}
 
 
 def _add_bench(sub) -> None:
