@@ -166,6 +166,23 @@ def test_cli_train_refuses_an_unwritable_out_dir(tmp_path, capsys):
     assert blocker.read_text() == "not a folder"
 
 
+def test_configs_built_in_python_get_the_same_checks(tmp_path):
+    from mvq.config import check_ready
+    from mvq.train import train
+
+    with pytest.raises(MvqError, match="model.codebook_size must be >= 1"):
+        build_model(tiny_model_config(codebook_size=0))
+    with pytest.raises(MvqError, match="model.ch_mult must be >= 1"):
+        build_model(MoVQConfig(**{**TINY_MOVQ, "ch_mult": (1, 0)}))
+    cfg = Config(model=tiny_model_config(), data=DataConfig(name="shapes"),
+                 train=TrainConfig(batch_size=-3, out_dir=str(tmp_path / "run")))
+    with pytest.raises(MvqError, match="train.batch_size must be >= 1"):
+        check_ready(cfg)
+    with pytest.raises(MvqError, match="train.batch_size must be >= 1"):
+        train(cfg, progress=False)  # refused at once: no hang, nothing written
+    assert not (tmp_path / "run").exists()
+
+
 def test_check_writable_probes_without_leaving_files(tmp_path):
     from mvq.config import check_writable
 
@@ -205,6 +222,8 @@ def tokenizer_dir(tmp_path_factory):
     (["train-prior", "tok.safetensors", "--val-fraction", "0"], "argument --val-fraction"),
     (["demo", "--steps", "0"], "argument --steps"),
     (["--threads", "0", "compare", "x.json"], "argument --threads"),
+    (["evaluate", "--device", "gpu"], "argument --device: unknown device 'gpu'"),
+    (["encode-dataset", "--device", "cuda:99"], "argument --device"),
 ])
 def test_bad_arguments_are_one_line_and_nonzero(tmp_path, capsys, argv, fragment):
     required = {"sample": ["--tokenizer", "t", "--prior", "p"], "evaluate": ["--checkpoint", "c"],

@@ -73,3 +73,15 @@ def threads(text: str) -> int:
                                          f"(4x the {cores} cores here), found {value}")
     return value
 
+
+
+def device_name(text: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps, and present on this machine."""
+    from mvq.config import check_device
+    from mvq.errors import MvqError
+
+    try:
+        check_device(text)
+    except MvqError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text

@@ -8,7 +8,14 @@ import warnings
 from pathlib import Path
 
 import mvq
-from mvq.argtypes import OneLineParser, open_fraction, positive_float, positive_int, threads
+from mvq.argtypes import (
+    OneLineParser,
+    device_name,
+    open_fraction,
+    positive_float,
+    positive_int,
+    threads,
+)
 from mvq.errors import MvqError
 
 EPILOG = """examples:
@@ -62,7 +69,8 @@ def _add_reconstruct(sub) -> None:
 
 
 def _add_device_and_progress(p) -> None:
-    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", type=device_name,
+                   help="auto (default: cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -166,6 +166,12 @@ def config_from_dict(data: dict) -> Config:
     return Config(**{name: _build(cls, data.get(name) or {}, name) for name, cls in classes.items()})
 
 
+def check_section(section, where: str):
+    """A config section built in Python (``ModelConfig(...)``, ``MoVQConfig(...)``, ...) coerced
+    and range-checked exactly as a loaded one is; returns the checked copy, or MvqError."""
+    return _build(type(section), json.loads(json.dumps(asdict(section))), where)
+
+
 def config_to_dict(cfg: Config) -> dict:
     """Plain JSON-able dict (tuples become lists)."""
     return json.loads(json.dumps(asdict(cfg)))
@@ -251,10 +257,12 @@ def check_writable(folder: str | Path, what: str = "output folder") -> None:
 
 
 def check_ready(cfg: Config) -> None:
-    """Checks that need this machine, run before training writes anything: the device exists,
-    the data set name is known and ``train.out_dir`` is writable."""
+    """Checks run before training writes anything: every key's type and range (also for a
+    Config built in Python), the device exists, the data set name is known and
+    ``train.out_dir`` is writable."""
     from mvq.data import canonical_name
 
+    config_from_dict(config_to_dict(cfg))  # a Config built in Python gets the loaded one's checks
     check_device(cfg.train.device)
     canonical_name(cfg.data.name)
     if not cfg.train.out_dir.strip():

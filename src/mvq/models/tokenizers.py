@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.codes import Codes
-from mvq.config import ModelConfig, model_hash
+from mvq.config import ModelConfig, check_section, model_hash
 from mvq.errors import MvqError
 from mvq.models.inputs import CodeLayout, check_codes, check_images
 from mvq.nn.vqvae2 import build_networks, geometry
@@ -294,7 +294,9 @@ MODELS: dict[str, type[Tokenizer]] = {"vqvae": VQVAE, "hvqvae": HVQVAE, "mvqvae"
 
 
 def build_model(cfg) -> Tokenizer:
-    """Tokenizer for a ModelConfig (or a MoVQConfig when cfg.type == 'movq')."""
+    """Tokenizer for a ModelConfig (or a MoVQConfig when cfg.type == 'movq'); its keys are
+    checked against the config's types and ranges first."""
+    check_section(cfg, "model")
     if cfg.type == "movq":
         from mvq.models.movq import build_movq
 
