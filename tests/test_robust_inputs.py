@@ -233,6 +233,20 @@ def test_bad_arguments_are_one_line_and_nonzero(tmp_path, capsys, argv, fragment
     assert_one_line_error(rc, err, fragment)
 
 
+@pytest.mark.parametrize("temperature, top_k, fragment", [
+    (float("nan"), None, "temperature must be a finite number >= 0"),
+    (-1.0, None, "temperature"),
+    (1.0, 0, "top_k must be None or an integer >= 1, got 0"),
+    (1.0, 2.5, "top_k"),
+])
+def test_sampling_api_refuses_bad_settings(tmp_path, temperature, top_k, fragment):
+    from mvq.sample import sample_images
+
+    with pytest.raises(MvqError, match=fragment):  # checked before any checkpoint is read
+        sample_images(tmp_path / "no-tokenizer", tmp_path / "no-prior", n=4,
+                      temperature=temperature, top_k=top_k)
+
+
 def test_sample_refuses_a_png_no_viewer_opens(tokenizer_dir, tmp_path, capsys):
     out = tmp_path / "s.png"
     rc, err = run_cli(["sample", "--tokenizer", str(tokenizer_dir), "--prior",

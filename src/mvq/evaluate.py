@@ -339,13 +339,12 @@ def evaluate_samples(
     nll: the prior's mean NLL on the tokens of those real images, primary and secondary,
     in nats and bits per token. Returns a JSON-serialisable dict like `evaluate_checkpoint`.
     """
-    from mvq.sample import check_same_tokenizer, sample_batches
+    from mvq.sample import check_same_tokenizer, check_sampling, sample_batches
     from mvq.train.prior import load_prior, validate_prior
 
     t0 = time.time()
     chosen = _check_metrics(metrics, SAMPLE_METRICS, "sample metric")
-    if temperature < 0:
-        raise MvqError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    check_sampling(temperature, top_k)
     inception = "fid" in chosen or "prd" in chosen
     run = _open_run(checkpoint, split, n, batch_size, device, data_root, chosen, inception,
                     "samples", progress)
