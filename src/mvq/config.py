@@ -7,8 +7,8 @@ is saved as JSON beside every checkpoint.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
