@@ -8,6 +8,14 @@ import warnings
 from pathlib import Path
 
 import mvq
+from mvq.argtypes import (
+    OneLineParser,
+    device_name,
+    open_fraction,
+    positive_float,
+    positive_int,
+    threads,
+)
 from mvq.errors import MvqError
 
 EPILOG = """examples:
@@ -54,14 +62,16 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (OUT_DIR/checkpoint)")
     p.add_argument("--images", nargs="*", help="image files or folders (default: the first "
                    "--n test images of the checkpoint's data set)")
-    p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    p.add_argument("--n", type=positive_int, default=16, help="number of images (default 16)")
     p.add_argument("--out", default="reconstruction.png", help="output PNG path")
     p.add_argument("--codes", help="also save the codes as .safetensors here")
-    p.add_argument("--scale", type=int, default=3, help="integer upscaling of the PNG (default 3)")
+    p.add_argument("--scale", type=positive_int, default=3,
+                   help="integer upscaling of the PNG (default 3)")
 
 
 def _add_device_and_progress(p) -> None:
-    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", type=device_name,
+                   help="auto (default: cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -72,8 +82,9 @@ def _add_demo(sub) -> None:
         "budget (1 primary + 1 secondary token, K=16) and prints a comparison table. Falls back "
         "to the procedural shapes set (with a message) when FashionMNIST is not installed.",
     )
-    p.add_argument("--steps", type=int, default=None, help="training steps per model (default: preset)")
-    p.add_argument("--num-masks", type=int, default=None, help="J for MVQ (default: preset)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="training steps per model (default: preset)")
+    p.add_argument("--num-masks", type=positive_int, default=None, help="J for MVQ (default: preset)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--data-root", help="folder with the FashionMNIST idx files")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -95,16 +106,19 @@ def _add_evaluate(sub) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (OUT_DIR/checkpoint)")
     p.add_argument("--split", default="test", help="data split (default test)")
-    p.add_argument("--n", type=int, default=1000, help="images, the first N of the split (default 1000)")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--n", type=positive_int, default=1000,
+                   help="images, the first N of the split (default 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--metrics", help="comma-separated subset of mse,psnr,ssim,lpips,rfid,prd,usage "
                    "(default all); with --prior of fid,prd,nll (default all)")
     p.add_argument("--prior", help="prior checkpoint folder trained on this tokenizer's tokens: "
                    "evaluate its samples instead (FID*, F_8 / F_1/8 of N samples vs the N real "
                    "images, and the prior's primary / secondary NLL on their tokens)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed with --prior (default 0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="with --prior (default 1.0)")
-    p.add_argument("--top-k", type=int, help="with --prior: sample from the k most likely ids")
+    p.add_argument("--temperature", type=positive_float, default=1.0,
+                   help="with --prior (default 1.0)")
+    p.add_argument("--top-k", type=positive_int,
+                   help="with --prior: sample from the k most likely ids")
     p.add_argument("--json", help="write the result here (default CHECKPOINT/eval_SPLIT_N.json, "
                    "with --prior PRIOR/eval_samples_SPLIT_N.json)")
     p.add_argument("--md", help="write a markdown table here (default beside the JSON)")
@@ -146,8 +160,8 @@ def _add_priors(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="tokenizer checkpoint folder")
     p.add_argument("--out", default="tokens.safetensors", help="token file to write")
     p.add_argument("--split", default="train", choices=["train", "test"])
-    p.add_argument("--limit", type=int, help="only the first N images")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=positive_int, help="only the first N images")
+    p.add_argument("--batch-size", type=positive_int, default=256)
     _add_device_and_progress(p)
     p = sub.add_parser("train-prior", help="train the two-stage GPT prior (MVQ Table 4 sizes) on tokens",
                        description="Train a causal transformer over primary tokens and a secondary "
@@ -156,24 +170,24 @@ def _add_priors(sub) -> None:
                        "(--batch-size is the global batch).")
     p.add_argument("tokens", help="token file from `mvq encode-dataset`")
     p.add_argument("--out", default="runs/prior", help="output folder (checkpoint in OUT/checkpoint)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--steps", type=positive_int, default=2000)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--val-fraction", type=open_fraction, default=0.05)
+    p.add_argument("--val-every", type=positive_int, default=250)
     _add_device_and_progress(p)
     p = sub.add_parser("sample", help="sample images: prior -> tokens -> tokenizer decoder",
                        description="Sample token sequences with a prior (MVQ masks drawn at random, "
                        "seeded) and decode them with the tokenizer they were trained on.")
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint folder")
     p.add_argument("--prior", required=True, help="prior checkpoint folder (OUT/checkpoint)")
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--n", type=positive_int, default=64)
     p.add_argument("--out", default="samples.png")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int)
+    p.add_argument("--temperature", type=positive_float, default=1.0)
+    p.add_argument("--top-k", type=positive_int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=int, default=3, help="integer upscaling of the PNG")
+    p.add_argument("--scale", type=positive_int, default=3, help="integer upscaling of the PNG")
 
 
 def cmd_encode_dataset(args) -> int:
@@ -238,7 +252,7 @@ def _add_reproduce(sub) -> None:
                                           "movq-ablation"])
     p.add_argument("--scale", choices=["quick", "paper"], default="quick",
                    help="quick: FashionMNIST on a CPU (default); paper: the papers' settings")
-    p.add_argument("--seeds", type=int, help="seeds per compared cell (default: 3 for fig5 and "
+    p.add_argument("--seeds", type=positive_int, help="seeds per compared cell (default: 3 for fig5 and "
                    "two-vs-five, 2 otherwise at quick scale, 1 at paper scale)")
     p.add_argument("--out", default="runs/reproduce", help="output folder (default runs/reproduce)")
     p.add_argument("--data-root", help="folder of the data set's files")
@@ -259,7 +273,8 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
-BENCHMARKS = {"mh-dropout": "mh_dropout.py", "quantizer": "quantizer.py", "sampling": "sampling.py"}
+BENCHMARKS = {"mh-dropout": "mh_dropout.py", "quantizer": "quantizer.py", "sampling": "sampling.py",
+              "concurrent-train": "concurrent_train.py"}
 
 
 def _add_bench(sub) -> None:
@@ -275,11 +290,14 @@ def _add_bench(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mvq", description="Compact discrete image tokenizers: Masked Vector Quantization "
         "(MH-Dropout) and its hierarchical VQ baselines.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"mvq {mvq.__version__}")
+    parser.add_argument("--threads", type=threads, metavar="N",
+                        help="CPU threads for torch (default: OMP_NUM_THREADS when set, else "
+                        "torch's default shared among the mvq processes running here)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_reconstruct, _add_evaluate, _add_compare, _add_priors, _add_demo,
                 _add_bench, _add_reproduce):
@@ -315,7 +333,7 @@ def cmd_reconstruct(args) -> int:
 
     from mvq.checkpoint import load_tokenizer
     from mvq.data import build_dataset
-    from mvq.images import save_grid
+    from mvq.images import check_grid_size, save_grid
 
     model, cfg, _ = load_tokenizer(args.checkpoint)
     model.eval()
@@ -325,6 +343,7 @@ def cmd_reconstruct(args) -> int:
         ds = build_dataset(cfg.data.name, root=cfg.data.root, split="test",
                            size=cfg.model.image_size, channels=cfg.model.channels, limit=args.n)
         images = torch.stack([ds[i][0] for i in range(len(ds))])
+    check_grid_size(2, len(images), cfg.model.image_size, args.scale, "lower --n or --scale")
     with torch.no_grad():
         codes = model.encode(images)
         rec = model.decode(codes).clamp(0, 1)
@@ -423,12 +442,15 @@ COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "evaluate": cmd_
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mvq.threads import configure_threads
+
     warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
+    configure_threads(args.threads)
     try:
         return COMMANDS[args.command](args)
     except MvqError as err:

@@ -6,15 +6,16 @@ is saved as JSON beside every checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
 from mvq.errors import MvqError
+from mvq.fields import ANY, Range, at_least, build_checked, one_of, positive, unit_interval
 
 MODEL_TYPES = ("vqvae", "hvqvae", "mvqvae", "hvqgan", "mvqgan", "movq")
 GAN_TYPES = ("hvqgan", "mvqgan", "movq")  # trained with the VQGAN loss (LPIPS + PatchGAN)
@@ -76,6 +77,44 @@ class TrainConfig:
     ema_decay: float = 0.0
 
 
+_COMMON_MODEL = {
+    "image_size": at_least(1), "channels": at_least(1), "codebook_size": at_least(1),
+    "beta": at_least(0), "decay": unit_interval(), "type": one_of(*MODEL_TYPES),
+}
+
+# Every int/float key of every section has an entry (tests/test_robust_inputs.py checks it);
+# ANY marks keys where every value of the type is valid (seeds).
+RANGES: dict[str, dict[str, Range]] = {
+    "ModelConfig": {
+        **_COMMON_MODEL, "factor": at_least(1), "dim": at_least(1), "dim2": at_least(1),
+        "hidden": at_least(1), "res_blocks": at_least(0), "res_channels": at_least(1),
+        "num_masks": at_least(1), "eval_masks": at_least(0), "chunk_size": at_least(1),
+        "search_seed": ANY,
+    },
+    "MoVQConfig": {
+        **_COMMON_MODEL, "ch": at_least(1), "ch_mult": at_least(1), "num_res_blocks": at_least(1),
+        "attn_resolutions": at_least(1), "dropout": unit_interval(), "num_groups": at_least(1),
+        "z_channels": at_least(1), "code_dim": at_least(1), "num_channels": at_least(1),
+        "fourier_frequencies": at_least(1), "fourier_sigma": positive(),
+    },
+    "DataConfig": {"train_limit": at_least(1), "val_limit": at_least(0)},  # val_limit 0 = all
+    "TrainConfig": {
+        "steps": at_least(1), "batch_size": at_least(1), "lr": positive(),
+        "betas": unit_interval(), "seed": ANY, "grad_clip": at_least(0), "num_workers": at_least(0),
+        "log_every": at_least(1), "val_every": at_least(1), "ckpt_every": at_least(1),
+        "grid_images": at_least(1), "disc_lr": at_least(0), "ema_decay": unit_interval(),
+    },
+    "VQGANLossConfig": {
+        "disc_start": at_least(0), "disc_weight": at_least(0), "disc_factor": at_least(0),
+        "disc_layers": at_least(1), "disc_channels": at_least(1), "disc_norm": one_of("batch", "none"),
+        "disc_loss": one_of("hinge", "vanilla"), "perceptual_weight": at_least(0),
+        "lpips_net": one_of("alex", "vgg"), "lpips_min_size": at_least(1),
+        "rec_loss": one_of("l1", "l2"), "rec_weight": at_least(0), "quant_weight": at_least(0),
+        "max_adaptive_weight": positive(), "adaptive_eps": positive(),
+    },
+}
+
+
 def _loss_config_cls():
     from mvq.losses.vqgan import VQGANLossConfig
 
@@ -101,29 +140,13 @@ class Config:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "loss": None}
 
 
+def _ranges(cls) -> dict[str, Range]:
+    """The range table of a config class (by name: MoVQConfig and VQGANLossConfig live elsewhere)."""
+    return RANGES[cls.__name__]
+
+
 def _build(cls, values: dict, where: str):
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise MvqError(
-            f"unknown config key {where}.{unknown[0]}: valid keys in '{where}' are "
-            f"{', '.join(sorted(names))}"
-        )
-    out = cls()
-    for key, value in values.items():
-        default = getattr(out, key)
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise MvqError(f"{where}.{key} must be true or false, got {value!r}")
-        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
-            if value != int(value):
-                raise MvqError(f"{where}.{key} must be an integer, got {value!r}")
-            value = int(value)
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        setattr(out, key, value)
-    return out
+    return build_checked(cls, values, where, _ranges(cls))
 
 
 def config_from_dict(data: dict) -> Config:
@@ -136,7 +159,17 @@ def config_from_dict(data: dict) -> Config:
     if model_type not in MODEL_TYPES:
         raise MvqError(f"model.type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
     classes = {**_SECTIONS, "model": _model_config_cls(model_type), "loss": _loss_config_cls()}
+    for name in classes:
+        if not isinstance(data.get(name) or {}, dict):
+            raise MvqError(f"config section '{name}' must be a mapping of key: value, found "
+                           f"{data[name]!r}; write it as {name}: {{key: value, ...}}")
     return Config(**{name: _build(cls, data.get(name) or {}, name) for name, cls in classes.items()})
+
+
+def check_section(section, where: str):
+    """A config section built in Python (``ModelConfig(...)``, ``MoVQConfig(...)``, ...) coerced
+    and range-checked exactly as a loaded one is; returns the checked copy, or MvqError."""
+    return _build(type(section), json.loads(json.dumps(asdict(section))), where)
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -178,3 +211,60 @@ def model_hash(model: ModelConfig) -> str:
     """Short hash of the architecture config (tags codes and token files)."""
     blob = json.dumps(asdict(model), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def check_device(name: str) -> None:
+    """MvqError unless ``name`` (auto, cpu, cuda, cuda:N, mps) names a device this machine has."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise MvqError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise MvqError(f"device {name!r} requested but this machine has no usable CUDA GPU; "
+                           "use device auto or cpu")
+        if dev.index is not None and dev.index >= count:
+            raise MvqError(f"device {name!r} requested but this machine has {count} CUDA "
+                           f"GPU(s) (cuda:0..cuda:{count - 1}); pick one of those")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise MvqError(f"device {name!r} requested but MPS is not available; use auto or cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise MvqError(f"unsupported device {name!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def check_writable(folder: str | Path, what: str = "output folder") -> None:
+    """MvqError unless files can be created in ``folder`` (or, when it does not exist yet, in the
+    nearest existing folder above it). Probes with a temporary file, removed at once; creates
+    nothing that stays (os.access is no test for root)."""
+    path = Path(folder).absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MvqError(f"{what} {path} cannot be created: {probe} is a file, not a folder; "
+                       "choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise MvqError(f"{what} {path} is not writable ({err.strerror} in {probe}); choose a "
+                       "folder you can write to") from None
+
+
+def check_ready(cfg: Config) -> None:
+    """Checks run before training writes anything: every key's type and range (also for a
+    Config built in Python), the device exists, the data set name is known and
+    ``train.out_dir`` is writable."""
+    from mvq.data import canonical_name
+
+    config_from_dict(config_to_dict(cfg))  # a Config built in Python gets the loaded one's checks
+    check_device(cfg.train.device)
+    canonical_name(cfg.data.name)
+    if not cfg.train.out_dir.strip():
+        raise MvqError("train.out_dir is empty: set train.out_dir=FOLDER")
+    check_writable(cfg.train.out_dir, "train.out_dir")

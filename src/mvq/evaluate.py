@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import mvq
 from mvq.checkpoint import load_tokenizer
@@ -41,6 +40,7 @@ from mvq.metrics import (
     usage,
 )
 from mvq.metrics.fid import default_stats_dir, frechet_distance, mean_cov, stats_cache_path
+from mvq.metrics.perceptual import lpips_resize
 from mvq.metrics.weights import weights_sha256
 from mvq.train.loop import pick_device
 
@@ -48,7 +48,6 @@ METRICS = ("mse", "psnr", "ssim", "lpips", "rfid", "prd", "usage")
 FEATURE_EXTRACTOR = "pytorch-fid FIDInceptionV3 pool3 2048-d"
 INCEPTION_RESIZE = "bilinear to 299 (pytorch-fid convention), gray repeated to RGB"
 LPIPS_NET = "alex"
-LPIPS_MIN_SIDE = 32  # AlexNet's pooling stack collapses to 0x0 below 32 px
 PRD_CLUSTERS = 20
 DATA_SEED = 0  # only the procedural shapes set uses it
 MSE_FLOOR = 1e-10  # PSNR of an exact reconstruction is capped at 100 dB (as in training)
@@ -107,17 +106,6 @@ def _dataset_key(name: str, root: str | None, channels: int) -> str:
     if name == "folder" and root:
         key += "-" + hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
     return key
-
-
-def _lpips_input(x: torch.Tensor) -> tuple[torch.Tensor, str]:
-    h, w = x.shape[-2:]
-    if min(h, w) >= LPIPS_MIN_SIDE:
-        return x, "none"
-    scale = LPIPS_MIN_SIDE / min(h, w)
-    size = (round(h * scale), round(w * scale))
-    note = (f"bilinear {h}x{w} -> {size[0]}x{size[1]} "
-            f"(AlexNet LPIPS needs >= {LPIPS_MIN_SIDE} px)")
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1), note
 
 
 def _check_inception_n(n: int, what: str) -> None:
@@ -284,7 +272,7 @@ def evaluate_checkpoint(
             if "ssim" in chosen:
                 per_image["ssim"].append(ssim(x, rec).double().cpu())
             if "lpips" in chosen:
-                (xl, note), (rl, _) = _lpips_input(x), _lpips_input(rec)
+                (xl, note), (rl, _) = lpips_resize(x), lpips_resize(rec)
                 result["lpips_resize"] = note
                 lp = lpips_distance(xl, rl, LPIPS_NET, batch_size)
                 per_image["lpips"].append(lp.double().cpu())
@@ -351,13 +339,12 @@ def evaluate_samples(
     nll: the prior's mean NLL on the tokens of those real images, primary and secondary,
     in nats and bits per token. Returns a JSON-serialisable dict like `evaluate_checkpoint`.
     """
-    from mvq.sample import check_same_tokenizer, sample_batches
+    from mvq.sample import check_same_tokenizer, check_sampling, sample_batches
     from mvq.train.prior import load_prior, validate_prior
 
     t0 = time.time()
     chosen = _check_metrics(metrics, SAMPLE_METRICS, "sample metric")
-    if temperature < 0:
-        raise MvqError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    check_sampling(temperature, top_k)
     inception = "fid" in chosen or "prd" in chosen
     run = _open_run(checkpoint, split, n, batch_size, device, data_root, chosen, inception,
                     "samples", progress)

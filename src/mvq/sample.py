@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mvq.errors import MvqError
-from mvq.images import save_grid
+from mvq.images import check_grid_size, save_grid
 
 PER_ROW = 8
 
@@ -20,6 +20,15 @@ def check_same_tokenizer(prior_info: dict, tokenizer_hash: str, prior_dir: str |
         raise MvqError(f"prior {prior_dir} was trained on codes of tokenizer {have}, this "
                        f"tokenizer is {tokenizer_hash}; train a prior on its tokens "
                        "(mvq encode-dataset, then mvq train-prior)")
+
+
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    """MvqError unless temperature is finite and >= 0 (0: greedy) and top_k is None or >= 1."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise MvqError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise MvqError(f"top_k must be None or an integer >= 1, got {top_k!r}")
 
 
 def grid_rows(images: torch.Tensor, per_row: int = PER_ROW) -> list[torch.Tensor]:
@@ -56,8 +65,7 @@ def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n:
 
     if n < 1:
         raise MvqError(f"n must be >= 1, got {n}")
-    if temperature < 0:
-        raise MvqError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    check_sampling(temperature, top_k)
     model, cfg, _ = load_tokenizer(tokenizer_dir, device=device)
     model.eval()
     prior, info = load_prior(prior_dir, device=device)
@@ -75,6 +83,11 @@ def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
 
     The MVQ mask bits are drawn at random from the same seeded generator (MVQPrior.sample).
     """
+    from mvq.checkpoint import read_info
+
+    check_sampling(temperature, top_k)
+    size = int(read_info(tokenizer_dir)["config"]["model"]["image_size"])
+    check_grid_size(*grid_shape(max(n, 1)), size, scale, "lower --n or --scale")
     _, images = sample_codes_and_images(tokenizer_dir, prior_dir, n, temperature, top_k, seed,
                                         device)
     return save_grid(grid_rows(images), out, scale=scale)

@@ -54,22 +54,51 @@ def _probe(path: str) -> str | None:
         return None
 
 
-def load_image(path: str, size: int, channels: int) -> torch.Tensor:
-    """Decode ``path``: shorter side resized to ``size`` (bilinear, antialiased by PIL), then
-    center-cropped; returns float32 ``(channels, size, size)`` in ``[0, 1]``."""
-    with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
+_HIGH_BIT_RANGE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0,
+                   "I": 65535.0, "F": 255.0}  # what PIL's 32-bit 'I' holds from a 16-bit PNG
+_ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
+
+
+def _flatten_alpha(im: Image.Image) -> Image.Image:
+    """Transparent pixels over white (what a viewer shows), as RGB."""
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _fit(im: Image.Image, size: int) -> Image.Image:
+    """Shorter side resized to ``size`` (bilinear, antialiased by PIL), then center-cropped."""
     w, h = im.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
     if (new_w, new_h) != (w, h):
         im = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    im = im.crop((left, top, left + size, top + size))
-    arr = np.asarray(im, dtype=np.uint8)
+    return im.crop((left, top, left + size, top + size))
+
+
+def load_image(path: str, size: int, channels: int) -> torch.Tensor:
+    """Decode ``path``: shorter side resized to ``size`` (bilinear, antialiased by PIL), then
+    center-cropped; returns float32 ``(channels, size, size)`` in ``[0, 1]``.
+
+    Every PIL mode is scaled by its own range: 16-bit ('I;16') and 32-bit ('I') integer images
+    by 65535 and resized as floats (PIL's 'L' conversion would clip them near white), 'F' by 255
+    as PIL does; alpha ('LA', 'RGBA', 'PA', 'P' with transparency) is composited over white;
+    palette, CMYK, '1' and the rest go through PIL's L / RGB conversion."""
+    with Image.open(path) as im:
+        mode = im.mode
+        if mode in _HIGH_BIT_RANGE:
+            im = im.convert("F")
+        elif mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info):
+            im = _flatten_alpha(im).convert("L" if channels == 1 else "RGB")
+        else:
+            im = im.convert("L" if channels == 1 else "RGB")
+        im = _fit(im, size)
+    arr = np.asarray(im, dtype=np.float32) / _HIGH_BIT_RANGE.get(mode, 255.0)
+    arr = np.clip(arr, 0.0, 1.0)
     if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+        arr = np.repeat(arr[:, :, None], channels, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 
 
 _WARNED: set[str] = set()

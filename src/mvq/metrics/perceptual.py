@@ -11,6 +11,7 @@ import os
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mvq.errors import MvqError
@@ -20,6 +21,24 @@ from mvq.metrics.weights import (
     load_state_dict_file,
     lpips_backbone_path,
 )
+
+
+LPIPS_MIN_SIDE = 32  # AlexNet's pooling stack collapses to 0x0 below ~31 px
+_NET_MIN_SIDE = {"alex": 31, "vgg": 16}  # smallest side each trunk accepts
+
+
+def lpips_resize(x: torch.Tensor, min_side: int = LPIPS_MIN_SIDE) -> tuple[torch.Tensor, str]:
+    """(x bilinearly resized so its shorter side is ``min_side`` and clamped to [0, 1], a note
+    saying so), or (x, "none") when it is large enough. ``mvq evaluate`` and
+    :func:`lpips_distance` resize small images this one way."""
+    h, w = x.shape[-2:]
+    if min(h, w) >= min_side:
+        return x, "none"
+    scale = min_side / min(h, w)
+    size = (round(h * scale), round(w * scale))
+    note = (f"bilinear {h}x{w} -> {size[0]}x{size[1]} "
+            f"(AlexNet LPIPS needs >= {min_side} px)")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1), note
 
 
 def load_lpips_backbone(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -81,6 +100,12 @@ class LPIPS(nn.Module):
                 f"LPIPS: expected two image batches of one shape (B, 1|3, H, W), found "
                 f"{tuple(x.shape)} and {tuple(y.shape)}. Match the shapes."
             )
+        need = _NET_MIN_SIDE[self.net_name]
+        if min(x.shape[-2:]) < need:
+            raise MvqError(
+                f"LPIPS ({self.net_name}): expected images of at least {need} px a side, found "
+                f"{tuple(x.shape[-2:])}. Resize them first (mvq.metrics.lpips_distance does)."
+            )
         if x.shape[1] == 1:
             x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
         return self.model(2 * x.float() - 1, 2 * y.float() - 1).flatten()
@@ -92,7 +117,16 @@ _CACHE: dict[tuple[str, str], LPIPS] = {}
 def lpips_distance(
     x: torch.Tensor, y: torch.Tensor, net: str = "alex", batch_size: int = 64
 ) -> torch.Tensor:
-    """Per-image LPIPS (B,) with a shared, memoised module on the inputs' device (no grad)."""
+    """Per-image LPIPS (B,) with a shared, memoised module on the inputs' device (no grad).
+
+    Images under :data:`LPIPS_MIN_SIDE` px are resized up first, as ``mvq evaluate`` does
+    (:func:`lpips_resize`), with a warning that says so.
+    """
+    if x.ndim == 4 and x.shape == y.shape:
+        (x, note), (y, _) = lpips_resize(x), lpips_resize(y)
+        if note != "none":
+            warnings.warn(f"lpips_distance: images resized {note}, as mvq evaluate does",
+                          stacklevel=2)
     key = (_canonical_net(net), str(x.device))
     if key not in _CACHE:
         _CACHE[key] = LPIPS(net).to(x.device)

@@ -32,6 +32,7 @@ from torch import nn
 
 from mvq.codes import Codes
 from mvq.errors import MvqError
+from mvq.models.inputs import CodeLayout
 from mvq.models.tokenizers import Tokenizer, TokenizerOutput
 from mvq.nn.spatial_norm import F0_KINDS, build_f0
 from mvq.nn.taming import SPATIAL_NORM_KINDS, Decoder, Encoder, decoder_norm_factory, spatial_blocks
@@ -158,10 +159,12 @@ class MoVQ(Tokenizer):
         return self._output(x, self._decode(q.quantized), {"vq": q.loss}, codes,
                             [(q.indices, self.cfg.codebook_size)])
 
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> Codes:
+    @property
+    def code_layout(self) -> CodeLayout:
+        return CodeLayout(self.latent_shape, self.cfg.codebook_size)
+
+    def _encode_batch(self, x: torch.Tensor) -> Codes:
         """Deterministic (dropout off, no codebook update): primary ids (B, h, w, c)."""
-        self._check_input(x)
         was_training = self.training
         self.eval()
         try:
@@ -170,12 +173,8 @@ class MoVQ(Tokenizer):
             self.train(was_training)
         return Codes(ids, meta=self._meta())
 
-    def decode(self, codes: Codes) -> torch.Tensor:
-        ids = codes.primary
-        if ids.dim() != 4 or tuple(ids.shape[1:]) != self.latent_shape:
-            raise MvqError(f"MoVQ codes must be (B, {', '.join(map(str, self.latent_shape))}) "
-                           f"ids, got {tuple(ids.shape)}")
-        return (self._decode(self.quantizer.lookup(ids)) + 1) / 2
+    def _decode_codes(self, codes: Codes) -> torch.Tensor:
+        return (self._decode(self.quantizer.lookup(codes.primary)) + 1) / 2
 
 
 def build_movq(cfg: MoVQConfig) -> MoVQ:

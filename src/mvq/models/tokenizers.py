@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.codes import Codes
-from mvq.config import ModelConfig, model_hash
+from mvq.config import ModelConfig, check_section, model_hash
 from mvq.errors import MvqError
+from mvq.models.inputs import CodeLayout, check_codes, check_images
 from mvq.nn.vqvae2 import build_networks, geometry
 from mvq.quantize.masked import MaskedQuantizer
 from mvq.quantize.vq import VectorQuantizer, code_stats
@@ -72,13 +73,44 @@ class Tokenizer(nn.Module):
         return bits + self.mask_bits
 
     # helpers ---------------------------------------------------------------
-    def _check_input(self, x: torch.Tensor) -> None:
-        c, s = self.cfg.channels, self.cfg.image_size
-        if x.dim() != 4 or x.shape[1] != c or x.shape[2] != s or x.shape[3] != s:
-            raise MvqError(
-                f"this {self.cfg.type} tokenizer expects images of shape (B, {c}, {s}, {s}), "
-                f"got {tuple(x.shape)}: set data/model channels and image_size to match"
-            )
+    @property
+    def code_layout(self) -> CodeLayout:
+        """Per-image shapes of the codes and their codebook sizes (what ``decode`` accepts)."""
+        raise NotImplementedError
+
+    def _check_input(self, x: torch.Tensor, values: bool = False) -> None:
+        """Shape and dtype (``forward``: no pass over the values, no device sync per step);
+        with ``values`` also finite and in [0, 1] (``encode``)."""
+        check_images(x, self.cfg.channels, self.cfg.image_size, self.cfg.type, values)
+
+    def _param(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> Codes:
+        """Images (B, C, H, W), float in [0, 1] -> Codes (deterministic). Any float dtype and
+        device are accepted (moved to the model's); an empty batch gives empty codes."""
+        self._check_input(x, values=True)
+        p = self._param()
+        x = x.to(device=p.device, dtype=p.dtype)
+        if len(x) == 0:  # the codes of one blank image, sliced to none: right shapes and meta
+            return self._encode_batch(x.new_zeros(1, *x.shape[1:]))[:0]
+        return self._encode_batch(x)
+
+    def decode(self, codes: Codes) -> torch.Tensor:
+        """Codes (ids within the codebooks, masks bool or 0/1, per ``code_layout``) -> images
+        (B, C, H, W) on the [0, 1] scale (not clamped)."""
+        codes = check_codes(codes, self.code_layout, self.cfg.type).to(self._param().device)
+        if len(codes) == 0:
+            s = self.cfg.image_size
+            return self._param().new_zeros(0, self.cfg.channels, s, s)
+        return self._decode_codes(codes)
+
+    def _encode_batch(self, x: torch.Tensor) -> Codes:
+        raise NotImplementedError
+
+    def _decode_codes(self, codes: Codes) -> torch.Tensor:
+        raise NotImplementedError
 
     def _meta(self) -> dict:
         return {"model": self.cfg.type, "config_hash": model_hash(self.cfg),
@@ -127,15 +159,18 @@ class VQVAE(Tokenizer):
         return self._output(x, self.decoder(q.quantized), {"vq": q.loss}, codes,
                             [(q.indices, self.cfg.codebook_size)])
 
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> Codes:
-        self._check_input(x)
+    @property
+    def code_layout(self) -> CodeLayout:
+        g = self.geo.grid
+        return CodeLayout((g, g), self.cfg.codebook_size)
+
+    def _encode_batch(self, x: torch.Tensor) -> Codes:
         z = self.encoder(x * 2 - 1)
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         ids = self.quantizer.nearest(flat).view(z.shape[0], z.shape[2], z.shape[3])
         return Codes(ids, meta=self._meta())
 
-    def decode(self, codes: Codes) -> torch.Tensor:
+    def _decode_codes(self, codes: Codes) -> torch.Tensor:
         return (self.decoder(self.quantizer.lookup(codes.primary)) + 1) / 2
 
 
@@ -181,15 +216,18 @@ class HVQVAE(Tokenizer):
                             {"vq": q1.loss, "vq2": q2.loss}, codes,
                             [(q1.indices, k), (q2.indices, k)])
 
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> Codes:
-        self._check_input(x)
+    @property
+    def code_layout(self) -> CodeLayout:
+        g, g2, half = self.geo.grid, self.geo.grid2, self.cfg.codebook_size // 2
+        return CodeLayout((g, g), half, (g2, g2), half)
+
+    def _encode_batch(self, x: torch.Tensor) -> Codes:
         y, y2 = self._encode(x)
         ids = [q.nearest(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])).view(z.shape[0], *z.shape[2:])
                for q, z in ((self.quantizer, y), (self.quantizer2, y2))]
         return Codes(ids[0], ids[1], meta=self._meta())
 
-    def decode(self, codes: Codes) -> torch.Tensor:
+    def _decode_codes(self, codes: Codes) -> torch.Tensor:
         e, e2 = self.quantizer.lookup(codes.primary), self.quantizer2.lookup(codes.secondary)
         return (self._decode(e, e2) + 1) / 2
 
@@ -232,8 +270,12 @@ class MVQVAE(Tokenizer):
         return self._output(x, self.decoder(out.y_hat), losses, codes,
                             [(out.primary.indices, k), (out.secondary.indices, k)])
 
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> Codes:
+    @property
+    def code_layout(self) -> CodeLayout:
+        g, g2, half = self.geo.grid, self.geo.grid2, self.cfg.codebook_size // 2
+        return CodeLayout((g, g), half, (g2, g2), half, (g2, g2, self.cfg.dim2))
+
+    def _encode_batch(self, x: torch.Tensor) -> Codes:
         """Deterministic: the mask is searched over the seeded bank of ``eval_masks`` masks."""
         was_training = self.training
         self.eval()
@@ -242,9 +284,7 @@ class MVQVAE(Tokenizer):
         finally:
             self.train(was_training)
 
-    def decode(self, codes: Codes) -> torch.Tensor:
-        if codes.mask is None or codes.secondary is None:
-            raise MvqError("MVQ codes need secondary ids and mask bits; these codes have none")
+    def _decode_codes(self, codes: Codes) -> torch.Tensor:
         return (self.decoder(self.mvq.decode_codes(codes.primary, codes.secondary, codes.mask)) + 1) / 2
 
 
@@ -254,7 +294,9 @@ MODELS: dict[str, type[Tokenizer]] = {"vqvae": VQVAE, "hvqvae": HVQVAE, "mvqvae"
 
 
 def build_model(cfg) -> Tokenizer:
-    """Tokenizer for a ModelConfig (or a MoVQConfig when cfg.type == 'movq')."""
+    """Tokenizer for a ModelConfig (or a MoVQConfig when cfg.type == 'movq'); its keys are
+    checked against the config's types and ranges first."""
+    check_section(cfg, "model")
     if cfg.type == "movq":
         from mvq.models.movq import build_movq
 

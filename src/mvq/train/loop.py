@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from mvq import distributed
 from mvq.checkpoint import load_tokenizer, load_train_state, read_info, save_checkpoint
-from mvq.config import GAN_TYPES, Config
+from mvq.config import GAN_TYPES, Config, check_ready
 from mvq.data import build_dataset
 from mvq.errors import MvqError
 from mvq.images import save_grid
@@ -118,6 +118,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
     from the same weights and optimizer state; exactly the same trajectory is guaranteed for
     one process only (ranks above 0 re-seed their random draws, e.g. MH-Dropout masks).
     """
+    check_ready(cfg)  # device, data set name, writable out_dir: before anything is written
     tc = cfg.train
     out = Path(tc.out_dir)
     ckpt = out / "checkpoint"
