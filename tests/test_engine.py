@@ -89,3 +89,51 @@ def test_prior_losses_pinned(tmp_path):
         ["3", "4.182155609130859", "", "4.020831346511841"],
         ["4", "4.071605682373047", "2.0109410285949707", ""],
         ["6", "4.0546875", "2.0598316192626953", "4.0378910303115845"]])
+
+
+def _assert_same_files(a: Path, b: Path, names=("model.safetensors", "train_state.safetensors")):
+    from safetensors.torch import load_file
+
+    for name in names:
+        x, y = load_file(str(a / name)), load_file(str(b / name))
+        assert x.keys() == y.keys()
+        for k in x:
+            assert torch.equal(x[k], y[k]), (name, k)
+
+
+def test_prior_resumes_exactly_and_a_finished_run_is_not_retrained(tmp_path):
+    tokens = toy_tokens(tmp_path / "tokens.safetensors")
+    kw = dict(batch_size=8, lr=3e-3, val_fraction=0.25, sizes=TINY_PRIOR, val_every=3,
+              log_every=1, progress=False, device="cpu")
+    full = train_prior(tokens, tmp_path / "full", steps=6, **kw)
+    train_prior(tokens, tmp_path / "part", steps=3, **kw)
+    resumed = train_prior(tokens, tmp_path / "part", steps=6, resume=True, **kw)
+    _assert_same_files(full["checkpoint"], resumed["checkpoint"])
+    assert resumed["metrics"] == full["metrics"] and resumed["initial"] == full["initial"]
+    assert _logged(tmp_path / "part", ["step", "loss"]) == _logged(tmp_path / "full",
+                                                                   ["step", "loss"])
+    again = train_prior(tokens, tmp_path / "part", steps=6, resume=True, **kw)
+    assert again["finished_before"] and again["metrics"] == full["metrics"]
+    from mvq.errors import MvqError
+    import pytest
+
+    with pytest.raises(MvqError, match="already holds a prior run .* --resume"):
+        train_prior(tokens, tmp_path / "part", steps=6, **kw)
+
+
+def test_resume_of_a_finished_run_prints_its_metrics(tmp_path, capsys):
+    from mvq.cli import main
+
+    out = tmp_path / "tok"
+    over = ["model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",
+            "model.dim2=8", "model.num_masks=8", "data.name=shapes", "data.train_limit=16",
+            "data.val_limit=4", "train.steps=2", "train.batch_size=4", "train.grid_images=2",
+            f"train.out_dir={out}"]
+    assert main(["train", *over, "--no-progress"]) == 0
+    first = capsys.readouterr().out
+    mtime = (out / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+    assert main(["train", *over, "--resume", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "had already finished 2 steps (nothing trained)" in said
+    assert "nan" not in said and first.split("val MSE")[1] == said.split("val MSE")[1]
+    assert (out / "checkpoint" / "model.safetensors").stat().st_mtime_ns == mtime

@@ -161,6 +161,9 @@ def _add_priors(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again over a run already in OUT (without it, mvq refuses)")
     _add_device_and_progress(p)
     p = sub.add_parser("sample", help="sample images: prior -> tokens -> tokenizer decoder",
                        description="Sample token sequences with a prior (MVQ masks drawn at random, "
@@ -191,12 +194,15 @@ def cmd_train_prior(args) -> int:
 
     r = train_prior(args.tokens, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     seed=args.seed, val_fraction=args.val_fraction, progress=not args.no_progress,
-                    device=args.device, val_every=args.val_every)
+                    device=args.device, val_every=args.val_every, resume=args.resume,
+                    overwrite=args.overwrite)
     if distributed.launched_rank():
         return 0  # under torchrun only rank 0 reports
     m = r["metrics"]
     second = m.get("val_secondary_bits")
-    print(f"trained prior for {r['step']} steps in {r['seconds']:.0f}s: val NLL {m['val_nll']:.4f} nats "
+    done = (f"the prior in {args.out} had already finished {r['step']} steps (nothing trained)"
+            if r["finished_before"] else f"trained prior for {r['step']} steps in {r['seconds']:.0f}s")
+    print(f"{done}: val NLL {m['val_nll']:.4f} nats "
           f"(primary {m['val_primary_bits']:.3f}"
           + (f", secondary {second:.3f}" if second is not None else "")
           + f" bits/token); checkpoint in {r['checkpoint']}")
@@ -258,8 +264,10 @@ def cmd_train(args) -> int:
     if distributed.launched_rank():
         return 0  # under torchrun only rank 0 reports
     m = result.metrics
-    print(f"trained {cfg.model.type} for {result.step} steps in {result.seconds:.0f}s: "
-          f"val MSE {m.get('val_mse', float('nan')):.4f}, PSNR {m.get('val_psnr', float('nan')):.2f} dB; "
+    done = (f"{result.out_dir} had already finished {result.step} steps (nothing trained)"
+            if result.finished_before else
+            f"trained {cfg.model.type} for {result.step} steps in {result.seconds:.0f}s")
+    print(f"{done}: val MSE {m.get('val_mse', float('nan')):.4f}, PSNR {m.get('val_psnr', float('nan')):.2f} dB; "
           f"checkpoint in {result.out_dir / 'checkpoint'}")
     return 0
 
