@@ -169,8 +169,6 @@ def writing(target: str | Path, step: int, keep: int = 1):
     try:
         yield tmp
         _write_manifest(tmp, step)
-        if os.environ.get(SLOW_WRITE_ENV):
-            time.sleep(float(os.environ[SLOW_WRITE_ENV]))
         if target.exists():
             old = _step_of(target)
             if old is None:  # never made by this module: not ours to replace
@@ -178,6 +176,8 @@ def writing(target: str | Path, step: int, keep: int = 1):
             gone = target.with_name(f"{target.name}-{old:06d}")
             _remove(gone)  # the same step saved again (e.g. a resumed run)
             os.rename(target, gone)
+        if os.environ.get(SLOW_WRITE_ENV):  # the widest gap: no folder named `target` now
+            time.sleep(float(os.environ[SLOW_WRITE_ENV]))
         os.rename(tmp, target)
         _fsync_dir(target.parent)
     except BaseException:

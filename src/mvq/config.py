@@ -68,6 +68,7 @@ class TrainConfig:
     log_every: int = 50
     val_every: int = 500
     ckpt_every: int = 1000
+    keep_checkpoints: int = 1  # the newest N checkpoints stay (older: OUT_DIR/checkpoint-NNNNNN)
     grid_images: int = 16
     out_dir: str = "runs/train"
     disc_lr: float = 0.0  # discriminator learning rate of GAN models; 0 = train.lr

@@ -184,6 +184,9 @@ def fit(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device: tor
     """Train ``trainee`` from step 0, or from the checkpoint ``resume_from``, to
     ``schedule.steps``; rank 0 validates, logs and writes ``out_dir/checkpoint``."""
     main = launch.rank == 0
+    if schedule.keep_checkpoints < 1:
+        raise MvqError(f"keep_checkpoints must be >= 1 (the newest N checkpoints are kept), "
+                       f"got {schedule.keep_checkpoints}")
     if launch.world > 1 and trainee.size < schedule.batch_size:
         raise MvqError(f"{trainee.size} training items, fewer than one global batch of "
                        f"{schedule.batch_size}: lower {schedule.batch_option}")

@@ -103,7 +103,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
 
         check_decay(tc.ema_decay)  # on every rank, before any process group
     schedule = Schedule(tc.steps, tc.batch_size, tc.seed, tc.log_every, tc.val_every,
-                        tc.ckpt_every, getattr(tc, "keep_checkpoints", 1))
+                        tc.ckpt_every, tc.keep_checkpoints)
 
     def run(launch, device) -> TrainResult:
         trainee = TokenizerTrainee(cfg, launch, device, source if resume else None, data)
