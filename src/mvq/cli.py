@@ -57,6 +57,12 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--out", default="reconstruction.png", help="output PNG path")
     p.add_argument("--codes", help="also save the codes as .safetensors here")
     p.add_argument("--scale", type=int, default=3, help="integer upscaling of the PNG (default 3)")
+    _add_overwrite(p)
+
+
+def _add_overwrite(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that exist (without it, mvq refuses)")
 
 
 def _add_device_and_progress(p) -> None:
@@ -108,6 +114,7 @@ def _add_evaluate(sub) -> None:
                    "with --prior PRIOR/eval_samples_SPLIT_N.json)")
     p.add_argument("--md", help="write a markdown table here (default beside the JSON)")
     p.add_argument("--data-root", help="override the checkpoint's data root")
+    _add_overwrite(p)
     _add_device_and_progress(p)
 
 
@@ -122,11 +129,15 @@ def _add_compare(sub) -> None:
     p.add_argument("results", nargs="+", help="JSON files written by `mvq evaluate`")
     p.add_argument("--names", help="comma-separated row names (default: each run's folder)")
     p.add_argument("--out", help="also write the table to this file")
+    _add_overwrite(p)
 
 
 def cmd_compare(args) -> int:
     from mvq.evaluate import format_comparison, load_result
 
+    from mvq.outputs import check_output, write_text
+
+    check_output(args.out, args.overwrite, "--out")
     results = [load_result(p) for p in args.results]
     names = args.names.split(",") if args.names else None
     if names is not None and len(names) != len(results):
@@ -134,7 +145,7 @@ def cmd_compare(args) -> int:
     table = format_comparison(results, names)
     print(table)
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        write_text(args.out, table + "\n")
     return 0
 
 
@@ -147,6 +158,7 @@ def _add_priors(sub) -> None:
     p.add_argument("--split", default="train", choices=["train", "test"])
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--batch-size", type=int, default=256)
+    _add_overwrite(p)
     _add_device_and_progress(p)
     p = sub.add_parser("train-prior", help="train the two-stage GPT prior (MVQ Table 4 sizes) on tokens",
                        description="Train a causal transformer over primary tokens and a secondary "
@@ -176,13 +188,14 @@ def _add_priors(sub) -> None:
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=3, help="integer upscaling of the PNG")
+    _add_overwrite(p)
 
 
 def cmd_encode_dataset(args) -> int:
     from mvq.tokens import encode_dataset, load_tokens
 
     path = encode_dataset(args.checkpoint, args.out, args.split, args.limit, args.batch_size,
-                          args.device, not args.no_progress)
+                          args.device, not args.no_progress, overwrite=args.overwrite)
     meta = load_tokens(path)[2]
     print(f"{meta['n']} images -> {path} ({meta['model']}, tokenizer {meta['config_hash']})")
     return 0
@@ -214,7 +227,7 @@ def cmd_sample(args) -> int:
 
     path = sample_images(args.tokenizer, args.prior, n=args.n, out=args.out,
                          temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                         scale=args.scale)
+                         scale=args.scale, overwrite=args.overwrite)
     print(f"{args.n} samples -> {path}")
     return 0
 
@@ -279,6 +292,10 @@ def cmd_reconstruct(args) -> int:
     from mvq.data import build_dataset
     from mvq.images import save_grid
 
+    from mvq.outputs import check_output
+
+    check_output(args.out, args.overwrite, "--out")  # before any work
+    check_output(args.codes, args.overwrite, "--codes")
     model, cfg, _ = load_tokenizer(args.checkpoint)
     model.eval()
     if args.images:
@@ -336,19 +353,26 @@ def cmd_evaluate(args) -> int:
         format_table,
         write_reports,
     )
+    from mvq.outputs import check_output
 
+    def reports(n: int) -> tuple[Path, Path]:  # checked before any work and again when written
+        stem = f"eval_samples_{args.split}_{n}" if args.prior else f"eval_{args.split}_{n}"
+        json_path = Path(args.json or Path(args.prior or args.checkpoint) / f"{stem}.json")
+        md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
+        for path, option in ((json_path, "--json"), (md_path, "--md")):
+            check_output(path, args.overwrite, option, beside_checkpoint=True)
+        return json_path, md_path
+
+    reports(args.n)
     common = dict(split=args.split, n=args.n, batch_size=args.batch_size, device=args.device,
                   progress=not args.no_progress, data_root=args.data_root)
     if args.prior:
         result = evaluate_samples(args.checkpoint, args.prior, metrics=args.metrics or
                                   SAMPLE_METRICS, seed=args.seed, temperature=args.temperature,
                                   top_k=args.top_k, **common)
-        default = Path(args.prior) / f"eval_samples_{args.split}_{result['n']}.json"
     else:
         result = evaluate_checkpoint(args.checkpoint, metrics=args.metrics or METRICS, **common)
-        default = Path(args.checkpoint) / f"eval_{args.split}_{result['n']}.json"
-    json_path = Path(args.json) if args.json else default
-    md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
+    json_path, md_path = reports(result["n"])
     write_reports(result, json_path, md_path)
     print(format_table(result))
     print(f"\nwritten: {json_path}, {md_path}")

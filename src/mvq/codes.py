@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mvq.errors import MvqError
+from mvq.outputs import atomic_write
 
 
 @dataclass
@@ -57,8 +58,9 @@ class Codes:
             tensors["secondary"] = self.secondary.contiguous().cpu()
         if self.mask is not None:
             tensors["mask"] = self.mask.to(torch.uint8).contiguous().cpu()
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path),
-                  metadata={"mvq_codes": json.dumps(self.meta), **(metadata or {})})
+        meta = {"mvq_codes": json.dumps(self.meta), **(metadata or {})}
+        atomic_write(path, lambda tmp: save_file(
+            {k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta))
 
     @classmethod
     def read(cls, path: str | Path, what: str = "codes") -> tuple[Codes, dict, dict]:

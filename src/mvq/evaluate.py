@@ -42,6 +42,7 @@ from mvq.metrics import (
 )
 from mvq.metrics.fid import default_stats_dir, frechet_distance, mean_cov, stats_cache_path
 from mvq.metrics.weights import weights_sha256
+from mvq.outputs import write_text
 from mvq.train.loop import pick_device
 
 METRICS = ("mse", "psnr", "ssim", "lpips", "rfid", "prd", "usage")
@@ -475,9 +476,4 @@ def write_reports(result: dict, json_path: Path | None, md_path: Path | None) ->
                        (md_path, lambda: format_table(result) + "\n")):
         if path is None:
             continue
-        path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text())
-        except OSError as err:
-            raise MvqError(f"cannot write {path}: {err.strerror or err}") from None
+        write_text(path, text())

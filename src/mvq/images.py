@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mvq.outputs import atomic_write
+
 
 def grid_array(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
     """rows: list of (N, C, H, W) in [0, 1] (same N, C, H, W) -> uint8 (H', W', 3) grid."""
@@ -28,7 +30,4 @@ def save_grid(rows: list[torch.Tensor], path: str | Path, scale: int = 1) -> Pat
     img = Image.fromarray(grid_array(rows))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))

@@ -70,11 +70,15 @@ def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n:
 def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
                   out: str | Path = "samples.png", temperature: float = 1.0,
                   top_k: int | None = None, seed: int = 0, device: str = "cpu",
-                  scale: int = 1) -> Path:
+                  scale: int = 1, overwrite: bool = False) -> Path:
     """Sample n images (seeded: same seed, same PNG) and write them 8 per row; returns the path.
 
     The MVQ mask bits are drawn at random from the same seeded generator (MVQPrior.sample).
+    An existing ``out`` is replaced only with ``overwrite``.
     """
+    from mvq.outputs import check_output
+
+    check_output(out, overwrite, "--out")
     _, images = sample_codes_and_images(tokenizer_dir, prior_dir, n, temperature, top_k, seed,
                                         device)
     return save_grid(grid_rows(images), out, scale=scale)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from mvq import checkpoint, distributed
 from mvq.errors import MvqError
+from mvq.outputs import atomic_write
 
 
 def pick_device(name: str) -> torch.device:
@@ -133,11 +134,16 @@ class CsvLog:
         if resume_step is not None and path.is_file():
             with open(path, newline="") as fh:
                 kept = [r for r in csv.DictReader(fh) if _int(r.get("step")) <= resume_step]
-        self.file = open(path, "w", newline="")
+
+        def start(tmp: Path) -> None:  # whole, or the old log stays
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(kept)
+
+        atomic_write(path, start)
+        self.file = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
-        self.writer.writeheader()
-        self.writer.writerows(kept)
-        self.file.flush()
 
     def write(self, row: dict) -> None:
         self.writer.writerow(row)
