@@ -54,8 +54,7 @@ def save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> Non
     for k, v in tensors.items():
         v = v.detach().contiguous().cpu()
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise NonFiniteError(f"non-finite values in {k}: not writing {path.name} (training "
-                           "diverged; the previous checkpoint is kept)")
+            raise NonFiniteError(f"non-finite values in {k}: {path.name} not written")
         out[k] = v
     save_file(out, str(path), metadata=metadata)
 
@@ -282,9 +281,12 @@ def load_tokenizer(directory: str | Path, expect_type: str | None = None, device
     return model.to(device), cfg, info
 
 
-def weights_sha256(directory: str | Path) -> str:
-    """sha256 of a checkpoint's model.safetensors: names the exact weights (priors record it)."""
-    return _sha256(Path(directory) / "model.safetensors")
+def tensors_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a module's tensors (names, dtypes, shapes, values): names the exact tokenizer
+    weights a token file and the prior trained on it came from."""
+    from mvq.metrics.weights import state_dict_sha256
+
+    return state_dict_sha256(module.state_dict())
 
 
 # --- training state: optimizers, extra modules, RNG ----------------------------------------

@@ -60,6 +60,11 @@ def _add_reconstruct(sub) -> None:
     _add_overwrite(p)
 
 
+def _add_force(p) -> None:
+    p.add_argument("--force", action="store_true", help="sample through tokenizer weights other "
+                   "than those the prior was trained on (same architecture)")
+
+
 def _add_overwrite(p) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace output files that exist (without it, mvq refuses)")
@@ -110,6 +115,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed with --prior (default 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="with --prior (default 1.0)")
     p.add_argument("--top-k", type=int, help="with --prior: sample from the k most likely ids")
+    _add_force(p)
     p.add_argument("--json", help="write the result here (default CHECKPOINT/eval_SPLIT_N.json, "
                    "with --prior PRIOR/eval_samples_SPLIT_N.json)")
     p.add_argument("--md", help="write a markdown table here (default beside the JSON)")
@@ -188,6 +194,7 @@ def _add_priors(sub) -> None:
     p.add_argument("--top-k", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=3, help="integer upscaling of the PNG")
+    _add_force(p)
     _add_overwrite(p)
 
 
@@ -227,7 +234,7 @@ def cmd_sample(args) -> int:
 
     path = sample_images(args.tokenizer, args.prior, n=args.n, out=args.out,
                          temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                         scale=args.scale, overwrite=args.overwrite)
+                         scale=args.scale, overwrite=args.overwrite, force=args.force)
     print(f"{args.n} samples -> {path}")
     return 0
 
@@ -369,7 +376,7 @@ def cmd_evaluate(args) -> int:
     if args.prior:
         result = evaluate_samples(args.checkpoint, args.prior, metrics=args.metrics or
                                   SAMPLE_METRICS, seed=args.seed, temperature=args.temperature,
-                                  top_k=args.top_k, **common)
+                                  top_k=args.top_k, force=args.force, **common)
     else:
         result = evaluate_checkpoint(args.checkpoint, metrics=args.metrics or METRICS, **common)
     json_path, md_path = reports(result["n"])

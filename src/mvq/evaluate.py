@@ -343,6 +343,7 @@ def evaluate_samples(
     seed: int = 0,
     temperature: float = 1.0,
     top_k: int | None = None,
+    force: bool = False,
 ) -> dict:
     """Second-stage metrics of a prior on ``checkpoint``'s tokens (MVQ paper Table 5).
 
@@ -364,7 +365,7 @@ def evaluate_samples(
                     "samples", progress)
     model, dev = run.model, run.dev
     prior_model, prior_info = load_prior(prior, device=str(dev))
-    check_same_tokenizer(prior_info, run.result["config_hash"], prior)
+    check_same_tokenizer(prior_info, run.result["config_hash"], prior, model, force)
     run.result.update(kind="samples", prior=str(Path(prior).resolve()),
                       prior_step=prior_info.get("step"), sample_seed=seed,
                       temperature=temperature, top_k=top_k)

@@ -35,7 +35,7 @@ def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "t
     from mvq.outputs import check_output
 
     out_path = check_output(out_path, overwrite, "--out")
-    from mvq.checkpoint import load_tokenizer
+    from mvq.checkpoint import load_tokenizer, tensors_sha256
     from mvq.data import build_dataset
     from mvq.train.loop import pick_device
 
@@ -66,7 +66,8 @@ def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "t
     token_meta = {"format": TOKENS_FORMAT, "model": codes.meta.get("model", cfg.model.type),
                   "config_hash": codes.meta.get("config_hash"),
                   "checkpoint": str(Path(checkpoint)), "data": cfg.data.name, "split": split,
-                  "n": n, "step": info.get("step")}
+                  "n": n, "step": info.get("step"),
+                  "weights_sha256": tensors_sha256(model)}
     codes.save(out_path, extra={"labels": torch.cat(labels)},
                metadata={"mvq_tokens": json.dumps(token_meta)})
     return out_path

@@ -276,8 +276,8 @@ def _loop(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device, s
                         checkpoint.save_train_state(folder, trainee.optimizer,
                                                     trainee.aux_state())
                 except checkpoint.NonFiniteError as err:
-                    raise MvqError(f"{trainee.what} diverged by step {step}: {err}. "
-                                   f"{_kept(out_dir, saved)}") from None
+                    raise MvqError(f"{trainee.what} diverged by step {step} ({err}); "
+                                   f"{trainee.lower_lr}. {_kept(out_dir, saved)}") from None
                 saved = step
     finally:
         bar.close()

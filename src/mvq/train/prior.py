@@ -122,6 +122,8 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
         raise MvqError(f"{tokens_path} has {n} items: too few to hold out {n_val} for validation")
     info = {"tokens": {**tmeta, "path": str(tokens_path)},
             "tokenizer_config_hash": codes.meta.get("config_hash"),
+            # the exact tokenizer weights (None: a token file from before mvq recorded them)
+            "tokenizer_weights_sha256": tmeta.get("weights_sha256"),
             "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                       "val_fraction": val_fraction, "n_train": n - n_val, "n_val": n_val}}
     schedule = Schedule(steps, batch_size, seed, log_every, val_every, ckpt_every=val_every,
