@@ -137,3 +137,20 @@ def test_resume_of_a_finished_run_prints_its_metrics(tmp_path, capsys):
     assert "had already finished 2 steps (nothing trained)" in said
     assert "nan" not in said and first.split("val MSE")[1] == said.split("val MSE")[1]
     assert (out / "checkpoint" / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_tensorboard_events_mirror_the_csv(tmp_path):
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tokenizer_config(tmp_path / "tok"), progress=False)
+    events = EventAccumulator(str(tmp_path / "tok" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    rows = _logged(tmp_path / "tok", ["step", "loss", "val_mse"])
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == [int(r[0]) for r in rows]
+    assert [e.value for e in loss] == [float(torch.tensor(float(r[1]))) for r in rows]
+    assert [e.step for e in events.Scalars("val/mse")] == [2, 4]
+    assert [e.step for e in events.Images("val/reconstructions")] == [2, 4]

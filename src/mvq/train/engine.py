@@ -12,7 +12,6 @@ tests/test_faults.py).
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import math
 import os
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from mvq import checkpoint, distributed
 from mvq.errors import MvqError
-from mvq.outputs import atomic_write
+from mvq.train.logs import RunLog
 
 
 def pick_device(name: str) -> torch.device:
@@ -91,6 +90,7 @@ class Trainee:
     what = "training"  # "training diverged ..."
     fields: list[str] = []  # CSV columns after step and loss
     validate_first = False  # validate (and log a step-0 row) before the first step
+    grids: dict = {}  # name -> uint8 (H, W, 3) images of the last validation, for TensorBoard
     lower_lr = "lower train.lr"
     model: torch.nn.Module
     net: torch.nn.Module
@@ -105,7 +105,7 @@ class Trainee:
         raise NotImplementedError
 
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
-        """Rank 0 only; may also write images into ``out_dir``."""
+        """Rank 0 only; may also write images into ``out_dir`` (and set ``grids``)."""
         raise NotImplementedError
 
     def write(self, directory: Path, step: int, metrics: dict[str, float]) -> None:
@@ -123,41 +123,6 @@ class FitResult:
     seconds: float
     initial: dict[str, float] = field(default_factory=dict)
     finished_before: bool = False  # resumed a run that had already reached its last step
-
-
-class CsvLog:
-    """metrics.csv. On resume, rows past the resumed step (logged by a run killed after its
-    last checkpoint) are dropped, so the log matches the trajectory that continues."""
-
-    def __init__(self, path: Path, fields: list[str], resume_step: int | None) -> None:
-        kept = []
-        if resume_step is not None and path.is_file():
-            with open(path, newline="") as fh:
-                kept = [r for r in csv.DictReader(fh) if _int(r.get("step")) <= resume_step]
-
-        def start(tmp: Path) -> None:  # whole, or the old log stays
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(kept)
-
-        atomic_write(path, start)
-        self.file = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _int(value) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return sys.maxsize
 
 
 @contextmanager
@@ -221,7 +186,7 @@ def fit(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device: tor
         if resume_from is None:
             checkpoint.remove_all(target)  # a run started over: its old checkpoints go
         checkpoint.remove_unfinished(target)
-        log = CsvLog(out_dir / "metrics.csv", ["step", "loss", *trainee.fields],
+        log = RunLog(out_dir, ["step", "loss", *trainee.fields],
                      None if resume_from is None else step)
         try:
             if trainee.validate_first and resume_from is None:
@@ -235,7 +200,7 @@ def fit(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device: tor
 
 
 def _loop(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device, step: int,
-          metrics: dict, initial: dict, log: CsvLog | None, progress: bool) -> FitResult:
+          metrics: dict, initial: dict, log: RunLog | None, progress: bool) -> FitResult:
     main = log is not None
     batches = StepBatches(trainee.size, schedule.batch_size, schedule.seed,
                           (launch.rank, launch.world))
@@ -266,6 +231,7 @@ def _loop(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device, s
             if step % schedule.val_every == 0 or step == schedule.steps:
                 metrics = trainee.validate(step, out_dir)
                 row = {**(row or {"step": step, "loss": loss}), **metrics}
+                log.images(step, trainee.grids)
             if row is not None:
                 log.write(row)
             if step % schedule.ckpt_every == 0 or step == schedule.steps:

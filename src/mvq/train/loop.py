@@ -13,7 +13,7 @@ from mvq import checkpoint, distributed
 from mvq.config import GAN_TYPES, Config
 from mvq.data import build_dataset
 from mvq.errors import MvqError
-from mvq.images import save_grid
+from mvq.images import grid_array, save_grid
 from mvq.models import Tokenizer, build_model
 from mvq.train.engine import Schedule, StepOutput, Trainee, fit, pick_device
 
@@ -220,8 +220,9 @@ class TokenizerTrainee(Trainee):
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
         used = self.published()
         metrics = validate(used, self.val_images, device=self.device)
-        write_recon_grid(used, self.val_images[: self.tc.grid_images],
-                         out_dir / f"recon_{step:06d}.png", self.device)
+        grid = write_recon_grid(used, self.val_images[: self.tc.grid_images],
+                                out_dir / f"recon_{step:06d}.png", self.device)
+        self.grids = {"reconstructions": grid}
         return metrics
 
     def write(self, directory: Path, step: int, metrics: dict[str, float]) -> None:
@@ -239,10 +240,12 @@ class TokenizerTrainee(Trainee):
 
 
 @torch.no_grad()
-def write_recon_grid(model: Tokenizer, images: torch.Tensor, path: Path, device) -> None:
-    """Originals (top row) over reconstructions from the codes (bottom row)."""
+def write_recon_grid(model: Tokenizer, images: torch.Tensor, path: Path, device):
+    """Originals (top row) over reconstructions from the codes (bottom row); returns the grid
+    as a uint8 (H, W, 3) array."""
     was = model.training
     model.eval()
     rec = model.reconstruct(images.to(device)).cpu()
     model.train(was)
     save_grid([images, rec], path)
+    return grid_array([images, rec])
