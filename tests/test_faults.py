@@ -129,3 +129,30 @@ def test_keep_checkpoints_and_a_damaged_checkpoint(tmp_path):
     weights.write_bytes(bytes(data[: len(data) // 2]))  # truncated
     with pytest.raises(MvqError, match="model.safetensors is damaged"):
         checkpoint.load_tokenizer(ckpt)
+
+
+def test_train_prior_refuses_a_held_folder(tmp_path):
+    from test_engine import TINY_PRIOR, toy_tokens
+
+    from mvq.train.engine import locked
+    from mvq.train.prior import train_prior
+
+    tokens = toy_tokens(tmp_path / "tokens.safetensors")
+    out = tmp_path / "prior"
+    kw = dict(steps=2, batch_size=8, val_fraction=0.25, sizes=TINY_PRIOR, val_every=2,
+              progress=False, device="cpu")
+    with locked(out):  # as another process would hold it (flock: per open file)
+        with pytest.raises(MvqError, match="is in use by another mvq run"):
+            train_prior(tokens, out, **kw)
+        assert not (out / "metrics.csv").exists() and not (out / "checkpoint").exists()
+    assert train_prior(tokens, out, **kw)["step"] == 2
+
+
+def test_a_foreign_checkpoint_folder_is_never_deleted(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / "notes.txt").write_text("mine")
+    with pytest.raises(MvqError, match="is not an mvq checkpoint; move it away"):
+        train(load_config(None, [*OVER, "train.steps=1", f"train.out_dir={out}"]),
+              progress=False)
+    assert (out / "checkpoint" / "notes.txt").read_text() == "mine"

@@ -140,6 +140,8 @@ def latest(target: str | Path) -> Path | None:
 def remove_all(target: str | Path) -> None:
     """Delete ``target``, its retired copies and unfinished writes (a run started over)."""
     target = Path(target)
+    if target.exists() and _step_of(target) is None:  # someone else's folder: not ours to delete
+        raise MvqError(f"{target} exists but is not an mvq checkpoint; move it away")
     for p in [target, *retired(target), *target.parent.glob(f".{target.name}.tmp-*")]:
         _remove(p)
 
