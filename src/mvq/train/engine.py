@@ -161,6 +161,19 @@ def fit(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device: tor
     if launch.world > 1 and trainee.size < schedule.batch_size:
         raise MvqError(f"{trainee.size} training items, fewer than one global batch of "
                        f"{schedule.batch_size}: lower {schedule.batch_option}")
+    if not main:
+        return _run(trainee, schedule, out_dir, launch, device, resume_from, None, progress)
+    with locked(out_dir):  # before the training state is read: no other run swaps it meanwhile
+        target = out_dir / "checkpoint"
+        if resume_from is None:
+            checkpoint.remove_all(target)  # a run started over: its old checkpoints go
+        checkpoint.remove_unfinished(target)
+        return _run(trainee, schedule, out_dir, launch, device, resume_from, target, progress)
+
+
+def _run(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device,
+         resume_from: Path | None, target: Path | None, progress: bool) -> FitResult:
+    """Resume (or not), wrap for DDP, open the logs (rank 0: ``target`` is set) and loop."""
     step, metrics, initial = 0, {}, {}
     if resume_from is not None:
         info = checkpoint.read_json(resume_from / "config.json")
@@ -178,25 +191,20 @@ def fit(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device: tor
         trainee.net = torch.nn.parallel.DistributedDataParallel(
             trainee.model, device_ids=[device.index] if device.type == "cuda" else None,
             forward_sync_buffers=False)
-    if not main:
+    if target is None:
         return _loop(trainee, schedule, out_dir, launch, device, step, metrics, initial,
                      None, progress)
-    with locked(out_dir):
-        target = out_dir / "checkpoint"
-        if resume_from is None:
-            checkpoint.remove_all(target)  # a run started over: its old checkpoints go
-        checkpoint.remove_unfinished(target)
-        log = RunLog(out_dir, ["step", "loss", *trainee.fields],
-                     None if resume_from is None else step)
-        try:
-            if trainee.validate_first and resume_from is None:
-                initial = trainee.validate(0, out_dir)
-                metrics = dict(initial)
-                log.write({"step": 0, **initial})
-            return _loop(trainee, schedule, out_dir, launch, device, step, metrics, initial,
-                         log, progress)
-        finally:
-            log.close()
+    log = RunLog(out_dir, ["step", "loss", *trainee.fields],
+                 None if resume_from is None else step)
+    try:
+        if trainee.validate_first and resume_from is None:
+            initial = trainee.validate(0, out_dir)
+            metrics = dict(initial)
+            log.write({"step": 0, **initial})
+        return _loop(trainee, schedule, out_dir, launch, device, step, metrics, initial, log,
+                     progress)
+    finally:
+        log.close()
 
 
 def _loop(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device, step: int,
