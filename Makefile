@@ -34,16 +34,11 @@ bench: setup
 	$(PY) benchmarks/quantizer.py
 	$(PY) benchmarks/mh_dropout.py
 
-# MoVQ's ablation at CPU size (its Fig. 6): VQGAN, + multichannel x4, + SpatialNorm (MoVQ), all
-# with one 256-entry codebook; train 800 steps each, evaluate on 1000 test images, one table.
-MOVQ_ABLATION := vqgan multichannel movq
+# MoVQ's ablation at CPU size (its Fig. 6): `mvq reproduce movq-ablation` (resumable; report in
+# runs/reproduce/movq-ablation/). SEEDS=N repeats every variant N times (default 2).
+SEEDS ?= 2
 movq-ablation: setup
-	@set -e; for v in $(MOVQ_ABLATION); do \
-	  $(VENV)/bin/mvq train --config configs/movq_fmnist_$${v}_quick.yaml --overwrite; \
-	  $(VENV)/bin/mvq evaluate --checkpoint runs/movq_fmnist_$${v}_quick/checkpoint --n 1000; \
-	done
-	$(VENV)/bin/mvq compare $(foreach v,$(MOVQ_ABLATION),runs/movq_fmnist_$(v)_quick/checkpoint/eval_test_1000.json) \
-	  --names "VQGAN,+ multichannel x4,+ SpatialNorm (MoVQ)" --out runs/movq_ablation.md
+	$(VENV)/bin/mvq reproduce movq-ablation --scale quick --seeds $(SEEDS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,12 +1,25 @@
-"""Checkpoints: a folder of config.json + model.safetensors (+ train_state.safetensors).
+"""Checkpoints: a folder of config.json + model.safetensors (+ train_state.safetensors) +
+manifest.json.
+
+All-or-nothing: a checkpoint is written into a fresh hidden folder beside its target, its
+manifest (step, size and sha256 of every file) is written last, and only then is the folder
+renamed into place. A folder named ``checkpoint`` is therefore always complete; a kill leaves at
+worst a hidden ``.checkpoint.tmp-*`` folder (removed by the next run) or, between the two
+renames of a swap, the previous checkpoint under its retired name ``checkpoint-NNNNNN``, which
+:func:`latest` finds. Loading checks the manifest, so a damaged file is named, not used.
 
 Nothing here unpickles: tensors go through safetensors, everything else through JSON.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,46 +30,207 @@ from mvq.config import Config, config_from_dict, config_to_dict
 from mvq.errors import MvqError
 
 FORMAT = "mvq-checkpoint-v1"
+MANIFEST = "manifest.json"
+# test-only: seconds to sleep inside a checkpoint write, so a test can kill the writer there
+SLOW_WRITE_ENV = "MVQ_TEST_CHECKPOINT_SLEEP"
 
 
-def _atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class NonFiniteError(MvqError):
+    """Weights or optimizer state hold NaN or Inf: the model diverged."""
+
+
+def save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """Write ``tensors`` as safetensors, refusing non-finite floats (a diverged model is never
+    written: the last finite checkpoint stays the one that is kept)."""
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().contiguous().cpu()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise NonFiniteError(f"non-finite values in {k}: {path.name} not written")
+        out[k] = v
+    save_file(out, str(path), metadata=metadata)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path, step: int) -> None:
+    files = {}
+    for p in sorted(folder.iterdir()):
+        with open(p, "rb") as fh:  # on disk before the manifest names them
+            os.fsync(fh.fileno())
+        files[p.name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    (folder / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
+    _fsync_dir(folder)
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The folder's manifest, or None for a folder written before manifests (or not a checkpoint)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        int(manifest["step"]), dict(manifest["files"])
+    except (ValueError, KeyError, TypeError):
+        raise MvqError(f"{path} is damaged (not a checkpoint manifest); use an earlier "
+                       "checkpoint or train again") from None
+    return manifest
+
+
+def verify(folder: str | Path) -> None:
+    """MvqError naming the file unless every file the manifest lists is whole and unchanged."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return  # written by mvq before manifests: nothing to check against
+    for name, want in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise MvqError(f"{path} is missing: the checkpoint is incomplete")
+        if path.stat().st_size != want["bytes"] or _sha256(path) != want["sha256"]:
+            raise MvqError(f"{path} is damaged (size or sha256 differs from {MANIFEST}, which "
+                           "was written with it); use an earlier checkpoint or train again")
+
+
+def _step_of(folder: Path) -> int | None:
+    """The step of a complete checkpoint folder, None for anything else."""
+    try:
+        manifest = read_manifest(folder)
+    except MvqError:
+        return None
+    if manifest is not None:
+        files = manifest["files"]
+        whole = all((folder / n).is_file() and (folder / n).stat().st_size == f["bytes"]
+                    for n, f in files.items())
+        return int(manifest["step"]) if whole else None
+    try:  # a checkpoint from before manifests
+        return int(json.loads((folder / "config.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def retired(target: Path) -> list[Path]:
+    """Earlier checkpoints kept beside ``target`` as ``target-NNNNNN`` (NNNNNN: their step)."""
+    return sorted(p for p in target.parent.glob(f"{target.name}-*")
+                  if p.is_dir() and p.name[len(target.name) + 1:].isdigit())
+
+
+def latest(target: str | Path) -> Path | None:
+    """The newest complete checkpoint among ``target`` and its retired copies (None: none)."""
+    target = Path(target)
+    found = [(step, i, p) for i, p in enumerate([*retired(target), target])
+             if p.is_dir() and (step := _step_of(p)) is not None]
+    return max(found)[2] if found else None
+
+
+def remove_all(target: str | Path) -> None:
+    """Delete ``target``, its retired copies and unfinished writes (a run started over)."""
+    target = Path(target)
+    if target.exists() and _step_of(target) is None:  # someone else's folder: not ours to delete
+        raise MvqError(f"{target} exists but is not an mvq checkpoint; move it away")
+    for p in [target, *retired(target), *target.parent.glob(f".{target.name}.tmp-*")]:
+        _remove(p)
+
+
+def remove_unfinished(target: str | Path) -> None:
+    """Delete the hidden folders of checkpoint writes that a killed run left behind."""
+    for p in Path(target).parent.glob(f".{Path(target).name}.tmp-*"):
+        _remove(p)
+
+
+def _remove(folder: Path) -> None:
+    if folder.is_dir():
+        (folder / MANIFEST).unlink(missing_ok=True)  # first: a half-deleted folder is incomplete
+        shutil.rmtree(folder)
+
+
+@contextmanager
+def writing(target: str | Path, step: int, keep: int = 1):
+    """Yield a fresh empty folder; after the block, seal it (manifest) and swap it in as
+    ``target``. The previous ``target`` is retired as ``target-<its step>``; the ``keep`` newest
+    checkpoints stay, older ones are deleted. On any error the new folder is removed and
+    ``target`` is as before."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        _write_manifest(tmp, step)
+        if target.exists():
+            old = _step_of(target)
+            if old is None:  # never made by this module: not ours to replace
+                raise MvqError(f"{target} exists but is not an mvq checkpoint; move it away")
+            gone = target.with_name(f"{target.name}-{old:06d}")
+            _remove(gone)  # the same step saved again (e.g. a resumed run)
+            os.rename(target, gone)
+        if os.environ.get(SLOW_WRITE_ENV):  # the widest gap: no folder named `target` now
+            time.sleep(float(os.environ[SLOW_WRITE_ENV]))
+        os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in retired(target)[: max(0, len(retired(target)) - (keep - 1))]:
+        _remove(old)
+
+
+# --- tokenizer checkpoints -----------------------------------------------------------------
+
+def write_tokenizer(directory: Path, model: torch.nn.Module, cfg: Config, step: int,
+                    extra: dict | None = None) -> None:
+    """model.safetensors + config.json of a tokenizer into ``directory`` (no swap, no manifest)."""
+    save_tensors(model.state_dict(), directory / "model.safetensors")
+    info = {"format": FORMAT, "mvq_version": mvq.__version__, "kind": "tokenizer",
+            "model_type": cfg.model.type, "step": step, "config": config_to_dict(cfg),
+            **(extra or {})}
+    (directory / "config.json").write_text(json.dumps(info, indent=2))
 
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, cfg: Config, step: int,
                     optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
-                    aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]] | None = None
-                    ) -> Path:
-    """Write model (and optionally optimizer + RNG state) to ``directory``.
+                    aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]] | None = None,
+                    keep: int = 1) -> Path:
+    """Write model (and optionally optimizer + RNG state) as the checkpoint ``directory``.
 
     ``aux``: other modules with their optimizers (e.g. the GAN discriminator; None for a module
     without one, e.g. the raw weights behind EMA weights), kept in the training state so that
     a resumed run continues exactly.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    _atomic_save(model.state_dict(), directory / "model.safetensors")
-    if optimizer is not None:
-        tensors, meta = _flatten_optimizer(optimizer)
-        tensors["rng.torch"] = torch.get_rng_state()
-        metadata = {"optimizer": json.dumps(meta)}
-        for name, (module, opt) in (aux or {}).items():
-            tensors.update({f"aux.{name}.{k}": v for k, v in module.state_dict().items()})
-            metadata[f"module.{name}"] = "1"
-            if opt is not None:
-                opt_tensors, opt_meta = _flatten_optimizer(opt)
-                tensors.update({f"auxopt.{name}.{k}": v for k, v in opt_tensors.items()})
-                metadata[f"optimizer.{name}"] = json.dumps(opt_meta)
-        _atomic_save(tensors, directory / "train_state.safetensors", metadata=metadata)
-    info = {"format": FORMAT, "mvq_version": mvq.__version__, "kind": "tokenizer",
-            "model_type": cfg.model.type, "step": step, "config": config_to_dict(cfg),
-            **(extra or {})}
-    tmp = directory / "config.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, directory / "config.json")
+    with writing(directory, step, keep) as tmp:
+        write_tokenizer(tmp, model, cfg, step, extra)
+        if optimizer is not None:
+            save_train_state(tmp, optimizer, aux)
     return directory
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; MvqError naming the file when it is not one."""
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MvqError(f"{path} is missing") from None
+    except json.JSONDecodeError as err:
+        raise MvqError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise MvqError(f"{path} is not a text file: the checkpoint is damaged") from None
+    if not isinstance(info, dict):
+        raise MvqError(f"{path} holds {type(info).__name__}, expected a JSON object")
+    return info
 
 
 def read_info(directory: str | Path) -> dict:
@@ -66,13 +240,32 @@ def read_info(directory: str | Path) -> dict:
     path = directory / "config.json"
     if not path.is_file() or not (directory / "model.safetensors").is_file():
         raise MvqError(f"{directory} is not an mvq checkpoint: it needs config.json and model.safetensors")
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise MvqError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    info = read_json(path)
     if info.get("format") != FORMAT:
         raise MvqError(f"{path} has format {info.get('format')!r}, expected {FORMAT!r}")
     return info
+
+
+def load_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; MvqError naming the file when it is not one."""
+    try:
+        return load_file(str(path), device=device)
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise MvqError(f"{path} is damaged or not a safetensors file ({err})") from None
+
+
+def fit_weights(module: torch.nn.Module, state: dict, directory: Path, what: str) -> None:
+    """Load ``state`` into ``module``; MvqError when names or shapes do not fit its config."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} (config: {tuple(v.shape)})" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise MvqError(f"{directory}: weights do not fit a {what} built from its config "
+                       f"(missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                       f"other shape {wrong[:3]})")
+    module.load_state_dict(state)
 
 
 def load_tokenizer(directory: str | Path, expect_type: str | None = None, device: str = "cpu"):
@@ -80,16 +273,46 @@ def load_tokenizer(directory: str | Path, expect_type: str | None = None, device
     from mvq.models import build_model
 
     info = read_info(directory)
+    verify(directory)
     if expect_type is not None and info["model_type"] != expect_type:
         raise MvqError(f"{directory} holds a {info['model_type']} checkpoint, expected {expect_type}")
     cfg = config_from_dict(info["config"])
     model = build_model(cfg.model)
-    state = load_file(str(Path(directory) / "model.safetensors"), device=device)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise MvqError(f"{directory}: weights do not fit a {cfg.model.type} built from its config "
-                       f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    state = load_weights(Path(directory) / "model.safetensors", device)
+    fit_weights(model, state, Path(directory), cfg.model.type)
     return model.to(device), cfg, info
+
+
+def tensors_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a module's tensors (names, dtypes, shapes, values): names the exact tokenizer
+    weights a token file and the prior trained on it came from."""
+    from mvq.metrics.weights import state_dict_sha256
+
+    return state_dict_sha256(module.state_dict())
+
+
+# --- training state: optimizers, extra modules, RNG ----------------------------------------
+
+def save_train_state(directory: Path, optimizer: torch.optim.Optimizer,
+                     aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]] | None
+                     = None) -> None:
+    """train_state.safetensors: the optimizer, ``aux`` modules + optimizers, and the RNG states
+    (CPU, and every CUDA device when CUDA is in use: MH-Dropout masks and code restarts draw
+    from them, so a resumed run draws the same)."""
+    tensors, meta = _flatten_optimizer(optimizer)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    metadata = {"optimizer": json.dumps(meta)}
+    for name, (module, opt) in (aux or {}).items():
+        tensors.update({f"aux.{name}.{k}": v for k, v in module.state_dict().items()})
+        metadata[f"module.{name}"] = "1"
+        if opt is not None:
+            opt_tensors, opt_meta = _flatten_optimizer(opt)
+            tensors.update({f"auxopt.{name}.{k}": v for k, v in opt_tensors.items()})
+            metadata[f"optimizer.{name}"] = json.dumps(opt_meta)
+    save_tensors(tensors, directory / "train_state.safetensors", metadata=metadata)
 
 
 def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
@@ -100,10 +323,14 @@ def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
         raise MvqError(f"cannot resume: {path} is missing (the checkpoint has no training state)")
     from safetensors import safe_open
 
+    tensors = load_weights(path)
     with safe_open(str(path), framework="pt") as fh:
-        metadata = fh.metadata()
-    tensors = load_file(str(path))
+        metadata = fh.metadata() or {}
     torch.set_rng_state(tensors.pop("rng.torch"))
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))
+    if cuda and torch.cuda.is_available():
+        for key in cuda[: torch.cuda.device_count()]:
+            torch.cuda.set_rng_state(tensors[key], int(key[9:]))
     for name, (module, opt) in (aux or {}).items():
         if f"optimizer.{name}" not in metadata and (opt is not None
                                                      or f"module.{name}" not in metadata):

@@ -67,6 +67,17 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--codes", help="also save the codes as .safetensors here")
     p.add_argument("--scale", type=positive_int, default=3,
                    help="integer upscaling of the PNG (default 3)")
+    _add_overwrite(p)
+
+
+def _add_force(p) -> None:
+    p.add_argument("--force", action="store_true", help="sample through tokenizer weights other "
+                   "than those the prior was trained on (same architecture)")
+
+
+def _add_overwrite(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that exist (without it, mvq refuses)")
 
 
 def _add_device_and_progress(p) -> None:
@@ -119,10 +130,12 @@ def _add_evaluate(sub) -> None:
                    help="with --prior (default 1.0)")
     p.add_argument("--top-k", type=positive_int,
                    help="with --prior: sample from the k most likely ids")
+    _add_force(p)
     p.add_argument("--json", help="write the result here (default CHECKPOINT/eval_SPLIT_N.json, "
                    "with --prior PRIOR/eval_samples_SPLIT_N.json)")
     p.add_argument("--md", help="write a markdown table here (default beside the JSON)")
     p.add_argument("--data-root", help="override the checkpoint's data root")
+    _add_overwrite(p)
     _add_device_and_progress(p)
 
 
@@ -137,11 +150,15 @@ def _add_compare(sub) -> None:
     p.add_argument("results", nargs="+", help="JSON files written by `mvq evaluate`")
     p.add_argument("--names", help="comma-separated row names (default: each run's folder)")
     p.add_argument("--out", help="also write the table to this file")
+    _add_overwrite(p)
 
 
 def cmd_compare(args) -> int:
     from mvq.evaluate import format_comparison, load_result
 
+    from mvq.outputs import check_output, write_text
+
+    check_output(args.out, args.overwrite, "--out")
     results = [load_result(p) for p in args.results]
     names = args.names.split(",") if args.names else None
     if names is not None and len(names) != len(results):
@@ -149,7 +166,7 @@ def cmd_compare(args) -> int:
     table = format_comparison(results, names)
     print(table)
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        write_text(args.out, table + "\n")
     return 0
 
 
@@ -162,6 +179,7 @@ def _add_priors(sub) -> None:
     p.add_argument("--split", default="train", choices=["train", "test"])
     p.add_argument("--limit", type=positive_int, help="only the first N images")
     p.add_argument("--batch-size", type=positive_int, default=256)
+    _add_overwrite(p)
     _add_device_and_progress(p)
     p = sub.add_parser("train-prior", help="train the two-stage GPT prior (MVQ Table 4 sizes) on tokens",
                        description="Train a causal transformer over primary tokens and a secondary "
@@ -176,6 +194,9 @@ def _add_priors(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=open_fraction, default=0.05)
     p.add_argument("--val-every", type=positive_int, default=250)
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again over a run already in OUT (without it, mvq refuses)")
     _add_device_and_progress(p)
     p = sub.add_parser("sample", help="sample images: prior -> tokens -> tokenizer decoder",
                        description="Sample token sequences with a prior (MVQ masks drawn at random, "
@@ -188,13 +209,15 @@ def _add_priors(sub) -> None:
     p.add_argument("--top-k", type=positive_int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=positive_int, default=3, help="integer upscaling of the PNG")
+    _add_force(p)
+    _add_overwrite(p)
 
 
 def cmd_encode_dataset(args) -> int:
     from mvq.tokens import encode_dataset, load_tokens
 
     path = encode_dataset(args.checkpoint, args.out, args.split, args.limit, args.batch_size,
-                          args.device, not args.no_progress)
+                          args.device, not args.no_progress, overwrite=args.overwrite)
     meta = load_tokens(path)[2]
     print(f"{meta['n']} images -> {path} ({meta['model']}, tokenizer {meta['config_hash']})")
     return 0
@@ -206,12 +229,15 @@ def cmd_train_prior(args) -> int:
 
     r = train_prior(args.tokens, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     seed=args.seed, val_fraction=args.val_fraction, progress=not args.no_progress,
-                    device=args.device, val_every=args.val_every)
+                    device=args.device, val_every=args.val_every, resume=args.resume,
+                    overwrite=args.overwrite)
     if distributed.launched_rank():
         return 0  # under torchrun only rank 0 reports
     m = r["metrics"]
     second = m.get("val_secondary_bits")
-    print(f"trained prior for {r['step']} steps in {r['seconds']:.0f}s: val NLL {m['val_nll']:.4f} nats "
+    done = (f"the prior in {args.out} had already finished {r['step']} steps (nothing trained)"
+            if r["finished_before"] else f"trained prior for {r['step']} steps in {r['seconds']:.0f}s")
+    print(f"{done}: val NLL {m['val_nll']:.4f} nats "
           f"(primary {m['val_primary_bits']:.3f}"
           + (f", secondary {second:.3f}" if second is not None else "")
           + f" bits/token); checkpoint in {r['checkpoint']}")
@@ -223,7 +249,7 @@ def cmd_sample(args) -> int:
 
     path = sample_images(args.tokenizer, args.prior, n=args.n, out=args.out,
                          temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                         scale=args.scale)
+                         scale=args.scale, overwrite=args.overwrite, force=args.force)
     print(f"{args.n} samples -> {path}")
     return 0
 
@@ -322,8 +348,10 @@ def cmd_train(args) -> int:
     if distributed.launched_rank():
         return 0  # under torchrun only rank 0 reports
     m = result.metrics
-    print(f"trained {cfg.model.type} for {result.step} steps in {result.seconds:.0f}s: "
-          f"val MSE {m.get('val_mse', float('nan')):.4f}, PSNR {m.get('val_psnr', float('nan')):.2f} dB; "
+    done = (f"{result.out_dir} had already finished {result.step} steps (nothing trained)"
+            if result.finished_before else
+            f"trained {cfg.model.type} for {result.step} steps in {result.seconds:.0f}s")
+    print(f"{done}: val MSE {m.get('val_mse', float('nan')):.4f}, PSNR {m.get('val_psnr', float('nan')):.2f} dB; "
           f"checkpoint in {result.out_dir / 'checkpoint'}")
     return 0
 
@@ -335,6 +363,10 @@ def cmd_reconstruct(args) -> int:
     from mvq.data import build_dataset
     from mvq.images import check_grid_size, save_grid
 
+    from mvq.outputs import check_output
+
+    check_output(args.out, args.overwrite, "--out")  # before any work
+    check_output(args.codes, args.overwrite, "--codes")
     model, cfg, _ = load_tokenizer(args.checkpoint)
     model.eval()
     if args.images:
@@ -393,19 +425,26 @@ def cmd_evaluate(args) -> int:
         format_table,
         write_reports,
     )
+    from mvq.outputs import check_output
 
+    def reports(n: int) -> tuple[Path, Path]:  # checked before any work and again when written
+        stem = f"eval_samples_{args.split}_{n}" if args.prior else f"eval_{args.split}_{n}"
+        json_path = Path(args.json or Path(args.prior or args.checkpoint) / f"{stem}.json")
+        md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
+        for path, option in ((json_path, "--json"), (md_path, "--md")):
+            check_output(path, args.overwrite, option, beside_checkpoint=True)
+        return json_path, md_path
+
+    reports(args.n)
     common = dict(split=args.split, n=args.n, batch_size=args.batch_size, device=args.device,
                   progress=not args.no_progress, data_root=args.data_root)
     if args.prior:
         result = evaluate_samples(args.checkpoint, args.prior, metrics=args.metrics or
                                   SAMPLE_METRICS, seed=args.seed, temperature=args.temperature,
-                                  top_k=args.top_k, **common)
-        default = Path(args.prior) / f"eval_samples_{args.split}_{result['n']}.json"
+                                  top_k=args.top_k, force=args.force, **common)
     else:
         result = evaluate_checkpoint(args.checkpoint, metrics=args.metrics or METRICS, **common)
-        default = Path(args.checkpoint) / f"eval_{args.split}_{result['n']}.json"
-    json_path = Path(args.json) if args.json else default
-    md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
+    json_path, md_path = reports(result["n"])
     write_reports(result, json_path, md_path)
     print(format_table(result))
     print(f"\nwritten: {json_path}, {md_path}")

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mvq.errors import MvqError
+from mvq.outputs import atomic_write
 
 
 @dataclass
@@ -57,8 +58,9 @@ class Codes:
             tensors["secondary"] = self.secondary.contiguous().cpu()
         if self.mask is not None:
             tensors["mask"] = self.mask.to(torch.uint8).contiguous().cpu()
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path),
-                  metadata={"mvq_codes": json.dumps(self.meta), **(metadata or {})})
+        meta = {"mvq_codes": json.dumps(self.meta), **(metadata or {})}
+        atomic_write(path, lambda tmp: save_file(
+            {k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta))
 
     @classmethod
     def read(cls, path: str | Path, what: str = "codes") -> tuple[Codes, dict, dict]:
@@ -76,11 +78,53 @@ class Codes:
             raise MvqError(f"{path} is not a safetensors {what} file ({err})") from None
         if "mvq_codes" not in header or "primary" not in tensors:
             raise MvqError(f"{path} holds no mvq codes (no 'mvq_codes' metadata / 'primary' ids)")
+        try:
+            meta = json.loads(header["mvq_codes"])
+        except json.JSONDecodeError:
+            raise MvqError(f"{path}: its 'mvq_codes' header is not JSON (a damaged file)") from None
+        _check_stored(tensors, meta if isinstance(meta, dict) else {}, path)
         mask = tensors.pop("mask", None)
         codes = cls(tensors.pop("primary"), tensors.pop("secondary", None),
-                    None if mask is None else mask.bool(), json.loads(header["mvq_codes"]))
+                    None if mask is None else mask.bool(), meta)
         return codes, tensors, header
 
     @classmethod
     def load(cls, path: str | Path) -> Codes:
         return cls.read(path)[0]
+
+
+def _check_stored(tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
+    """MvqError naming ``path`` unless the stored codes are what `Codes.save` writes: integer
+    ids of one batch size within the codebook sizes in ``meta``, 0/1 mask bits (uint8 or bool)
+    shaped (N, H', W', D') over the secondary grid, one label per item."""
+    def bad(problem: str) -> MvqError:
+        return MvqError(f"{path}: {problem}; the file is damaged or not written by mvq")
+
+    primary, secondary, mask = tensors["primary"], tensors.get("secondary"), tensors.get("mask")
+    n = primary.shape[0] if primary.dim() else 0
+    sizes = meta.get("codebook_sizes") or []
+    for i, (name, ids) in enumerate((("primary", primary), ("secondary", secondary))):
+        if ids is None:
+            continue
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dtype.is_complex:
+            raise bad(f"{name} ids are {ids.dtype}, expected integers")
+        if ids.dim() not in (3, 4) or ids.shape[0] != n:
+            raise bad(f"{name} ids have shape {tuple(ids.shape)}, expected (N={n}, H, W[, c])")
+        if ids.numel() and i < len(sizes):
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= int(sizes[i]):
+                raise bad(f"{name} ids span [{lo}, {hi}], outside the codebook [0, {sizes[i]})")
+    if mask is not None:
+        if mask.dtype not in (torch.uint8, torch.bool):
+            raise bad(f"mask is {mask.dtype}, expected uint8 or bool bits")
+        if mask.numel() and int(mask.max()) > 1:
+            raise bad("mask holds values other than 0 and 1")
+        grid = None if secondary is None else tuple(secondary.shape[:3])
+        if secondary is None or mask.dim() != 4 or tuple(mask.shape[:3]) != grid:
+            raise bad(f"mask has shape {tuple(mask.shape)}, expected (N, H', W', D') over the "
+                      f"secondary grid {grid}")
+    labels = tensors.get("labels")
+    if labels is not None and (labels.dim() != 1 or labels.shape[0] != n
+                               or labels.dtype.is_floating_point):
+        raise bad(f"labels have shape {tuple(labels.shape)} and dtype {labels.dtype}, expected "
+                  f"({n},) integers")

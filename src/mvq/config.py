@@ -69,6 +69,7 @@ class TrainConfig:
     log_every: int = 50
     val_every: int = 500
     ckpt_every: int = 1000
+    keep_checkpoints: int = 1  # the newest N checkpoints stay (older: OUT_DIR/checkpoint-NNNNNN)
     grid_images: int = 16
     out_dir: str = "runs/train"
     disc_lr: float = 0.0  # discriminator learning rate of GAN models; 0 = train.lr
@@ -103,6 +104,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "betas": unit_interval(), "seed": ANY, "grad_clip": at_least(0), "num_workers": at_least(0),
         "log_every": at_least(1), "val_every": at_least(1), "ckpt_every": at_least(1),
         "grid_images": at_least(1), "disc_lr": at_least(0), "ema_decay": unit_interval(),
+        "keep_checkpoints": at_least(1),
     },
     "VQGANLossConfig": {
         "disc_start": at_least(0), "disc_weight": at_least(0), "disc_factor": at_least(0),

@@ -11,6 +11,7 @@ import torch
 from mvq.config import load_config
 from mvq.data import default_fashion_mnist_root, fashion_mnist_available
 from mvq.images import save_grid
+from mvq.outputs import write_text
 from mvq.train import train
 
 PRESET = Path(__file__).resolve().parents[2] / "configs" / "fmnist_f28_k16_quick.yaml"
@@ -88,7 +89,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
     with torch.no_grad():
         recs = [models[t].reconstruct(images) for t in MODELS]
     grid = save_grid([images, *recs], out_dir / "comparison.png", scale=3)
-    (out_dir / "summary.json").write_text(json.dumps(rows, indent=2))
+    write_text(out_dir / "summary.json", json.dumps(rows, indent=2))
     print(format_table(rows))
     print(f"\ngrid (rows: original, {', '.join(MODELS)}): {grid}\nsummary: {out_dir / 'summary.json'}")
     return rows

@@ -42,6 +42,7 @@ from mvq.metrics import (
 from mvq.metrics.fid import default_stats_dir, frechet_distance, mean_cov, stats_cache_path
 from mvq.metrics.perceptual import lpips_resize
 from mvq.metrics.weights import weights_sha256
+from mvq.outputs import write_text
 from mvq.train.loop import pick_device
 
 METRICS = ("mse", "psnr", "ssim", "lpips", "rfid", "prd", "usage")
@@ -330,6 +331,7 @@ def evaluate_samples(
     seed: int = 0,
     temperature: float = 1.0,
     top_k: int | None = None,
+    force: bool = False,
 ) -> dict:
     """Second-stage metrics of a prior on ``checkpoint``'s tokens (MVQ paper Table 5).
 
@@ -350,7 +352,7 @@ def evaluate_samples(
                     "samples", progress)
     model, dev = run.model, run.dev
     prior_model, prior_info = load_prior(prior, device=str(dev))
-    check_same_tokenizer(prior_info, run.result["config_hash"], prior)
+    check_same_tokenizer(prior_info, run.result["config_hash"], prior, model, force)
     run.result.update(kind="samples", prior=str(Path(prior).resolve()),
                       prior_step=prior_info.get("step"), sample_seed=seed,
                       temperature=temperature, top_k=top_k)
@@ -462,9 +464,4 @@ def write_reports(result: dict, json_path: Path | None, md_path: Path | None) ->
                        (md_path, lambda: format_table(result) + "\n")):
         if path is None:
             continue
-        path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text())
-        except OSError as err:
-            raise MvqError(f"cannot write {path}: {err.strerror or err}") from None
+        write_text(path, text())

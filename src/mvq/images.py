@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 from mvq.errors import MvqError
+from mvq.outputs import atomic_write
+
 
 MAX_PNG_SIDE = 16384  # pixels; many viewers and browsers open nothing wider or taller
 PAD = 2  # pixels between the images of a grid
@@ -44,7 +46,4 @@ def save_grid(rows: list[torch.Tensor], path: str | Path, scale: int = 1) -> Pat
     img = Image.fromarray(grid_array(rows))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))

@@ -13,13 +13,27 @@ from mvq.images import check_grid_size, save_grid
 PER_ROW = 8
 
 
-def check_same_tokenizer(prior_info: dict, tokenizer_hash: str, prior_dir: str | Path) -> None:
-    """MvqError unless the prior at ``prior_dir`` was trained on this tokenizer's codes."""
+def check_same_tokenizer(prior_info: dict, tokenizer_hash: str, prior_dir: str | Path,
+                         model=None, force: bool = False) -> None:
+    """MvqError unless the prior at ``prior_dir`` was trained on this tokenizer's codes: the
+    same architecture (config hash) and, where the prior recorded them, the same weights
+    (``model``'s tensors). ``force`` lets other weights of the same architecture through."""
     have = prior_info.get("tokenizer_config_hash") or prior_info["prior"]["meta"].get("config_hash")
     if have != tokenizer_hash:
         raise MvqError(f"prior {prior_dir} was trained on codes of tokenizer {have}, this "
                        f"tokenizer is {tokenizer_hash}; train a prior on its tokens "
                        "(mvq encode-dataset, then mvq train-prior)")
+    trained_on = prior_info.get("tokenizer_weights_sha256")
+    if model is None or trained_on is None:
+        return
+    from mvq.checkpoint import tensors_sha256
+
+    these = tensors_sha256(model)
+    if these != trained_on and not force:
+        raise MvqError(f"prior {prior_dir} was trained on tokens of other weights of this "
+                       f"tokenizer (sha256 {trained_on[:12]}, these are {these[:12]}): its "
+                       "samples would decode wrongly; pass --force to sample anyway, or "
+                       "train a prior on this checkpoint's tokens")
 
 
 def check_sampling(temperature: float, top_k: int | None) -> None:
@@ -56,7 +70,7 @@ def sample_batches(model, prior, n: int, batch_size: int, generator: torch.Gener
 
 def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
                             temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
-                            device: str = "cpu", batch_size: int = 256):
+                            device: str = "cpu", batch_size: int = 256, force: bool = False):
     """(Codes of n samples, images (n, C, H, W) in [0, 1]) from the prior, decoded."""
     from mvq.checkpoint import load_tokenizer
     from mvq.codes import Codes
@@ -69,7 +83,7 @@ def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n:
     model, cfg, _ = load_tokenizer(tokenizer_dir, device=device)
     model.eval()
     prior, info = load_prior(prior_dir, device=device)
-    check_same_tokenizer(info, model_hash(cfg.model), prior_dir)
+    check_same_tokenizer(info, model_hash(cfg.model), prior_dir, model, force)
     gen = torch.Generator(device=device).manual_seed(seed)
     parts = list(sample_batches(model, prior, n, batch_size, gen, temperature, top_k))
     return Codes.cat([c for c, _ in parts]), torch.cat([im.cpu() for _, im in parts])
@@ -78,18 +92,21 @@ def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n:
 def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
                   out: str | Path = "samples.png", temperature: float = 1.0,
                   top_k: int | None = None, seed: int = 0, device: str = "cpu",
-                  scale: int = 1) -> Path:
+                  scale: int = 1, overwrite: bool = False, force: bool = False) -> Path:
     """Sample n images (seeded: same seed, same PNG) and write them 8 per row; returns the path.
 
     The MVQ mask bits are drawn at random from the same seeded generator (MVQPrior.sample).
+    An existing ``out`` is replaced only with ``overwrite``.
     """
     from mvq.checkpoint import read_info
+    from mvq.outputs import check_output
 
     check_sampling(temperature, top_k)
     size = int(read_info(tokenizer_dir)["config"]["model"]["image_size"])
     check_grid_size(*grid_shape(max(n, 1)), size, scale, "lower --n or --scale")
+    check_output(out, overwrite, "--out")
     _, images = sample_codes_and_images(tokenizer_dir, prior_dir, n, temperature, top_k, seed,
-                                        device)
+                                        device, force=force)
     return save_grid(grid_rows(images), out, scale=scale)
 
 

@@ -10,7 +10,6 @@ set, split, N), so a prior can refuse tokens made by another tokenizer.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,13 +25,17 @@ TOKENS_FORMAT = "mvq-tokens-v1"
 @torch.no_grad()
 def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "train",
                    limit: int | None = None, batch_size: int = 256, device: str = "auto",
-                   progress: bool = True) -> Path:
+                   progress: bool = True, overwrite: bool = False) -> Path:
     """Encode the checkpoint's data set (``cfg.data``) with its tokenizer into one token file.
 
     Images are (B, C, S, S) at ``cfg.model.image_size`` / ``cfg.model.channels``; the tokenizer
-    runs in eval mode (deterministic codes). Returns the path of the written file.
+    runs in eval mode (deterministic codes). Returns the path of the written file. An existing
+    file is replaced only with ``overwrite``; a path inside a checkpoint folder is refused.
     """
-    from mvq.checkpoint import load_tokenizer
+    from mvq.outputs import check_output
+
+    out_path = check_output(out_path, overwrite, "--out")
+    from mvq.checkpoint import load_tokenizer, tensors_sha256
     from mvq.data import build_dataset
     from mvq.train.loop import pick_device
 
@@ -63,13 +66,10 @@ def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "t
     token_meta = {"format": TOKENS_FORMAT, "model": codes.meta.get("model", cfg.model.type),
                   "config_hash": codes.meta.get("config_hash"),
                   "checkpoint": str(Path(checkpoint)), "data": cfg.data.name, "split": split,
-                  "n": n, "step": info.get("step")}
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    codes.save(tmp, extra={"labels": torch.cat(labels)},
+                  "n": n, "step": info.get("step"),
+                  "weights_sha256": tensors_sha256(model)}
+    codes.save(out_path, extra={"labels": torch.cat(labels)},
                metadata={"mvq_tokens": json.dumps(token_meta)})
-    os.replace(tmp, out_path)
     return out_path
 
 

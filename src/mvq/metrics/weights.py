@@ -27,15 +27,15 @@ import importlib.util
 import os
 import pickle
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
 
 from mvq.errors import MvqError
+from mvq.outputs import atomic_write
 
 INCEPTION_FILES = (
     "pt_inception-2015-12-05-6726825d.pth",  # pytorch-fid, clean-fid
@@ -105,19 +105,8 @@ def _user_path(kind: str, path: str | os.PathLike | None) -> Path | None:
     return p
 
 
-def _atomic_write(target: Path, write: Callable[[Path], None]) -> Path:
-    """Write through ``write(tmp_path)`` into a temp file beside ``target``, then rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches are ordinary readable files
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+# one helper for every file mvq writes (kept under its old name for the metric caches)
+_atomic_write = atomic_write
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mvq.errors import MvqError
+from mvq.outputs import write_text
 from mvq.reproduce.plan import EXPERIMENTS, SCALES, Plan, build_plan
 from mvq.reproduce.report import write_report
 from mvq.reproduce.runner import collect, execute
@@ -67,8 +68,6 @@ def _table6(scale: str, folder: Path, dry_run: bool) -> dict | None:
         raise MvqError(f"the sampling benchmark failed: {done.stderr.strip().splitlines()[-1:]}")
     text = (f"# MVQ paper Table 6: token sampling times\n\n`{' '.join(args[1:])}`\n\n"
             f"```\n{done.stdout.rstrip()}\n```\n")
-    tmp = folder / "report.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(folder / "report.md")
+    write_text(folder / "report.md", text)
     print(text)
     return {"experiment": "table6", "scale": scale, "output": done.stdout}

@@ -8,6 +8,7 @@ import math
 import statistics
 from pathlib import Path
 
+from mvq.outputs import atomic_write, write_text
 from mvq.reproduce.plan import Plan
 
 LABEL_ORDER = ("variant", "tokens", "K", "model", "J", "f0", "c")
@@ -163,11 +164,8 @@ def plot(plan: Plan, cells: list[dict], path: Path) -> Path | None:
             if row == 0 and col == 0:
                 ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -195,8 +193,6 @@ def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[st
     data = {"experiment": plan.experiment, "scale": plan.scale, "title": plan.title,
             "eval_n": plan.eval_n, "metrics": list(plan.metrics), "notes": plan.notes,
             "cells": cells, "comparisons": comp, "runs": records, "missing": missing}
-    for name, text in (("results.json", json.dumps(data, indent=2) + "\n"), ("report.md", md)):
-        tmp = folder / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(folder / name)
+    write_text(folder / "results.json", json.dumps(data, indent=2) + "\n")
+    write_text(folder / "report.md", md)
     return data

@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mvq.errors import MvqError
+from mvq.outputs import write_text
 from mvq.reproduce.plan import Plan, Run
 
 # Seconds per training step of batch 32 on this project's 2-core CPU (measured with the quick
@@ -48,15 +49,17 @@ class RunState:
         return f"resume at {self.step}" if self.step else "to train"
 
 
-def _checkpoint_step(ckpt: Path) -> int:
-    from mvq.checkpoint import read_info
+def _checkpoint(target: Path) -> tuple[Path | None, int]:
+    """The newest complete checkpoint of a run (training keeps it all-or-nothing) and its step."""
+    from mvq import checkpoint
 
-    if not (ckpt / "config.json").is_file():
-        return 0
+    found = checkpoint.latest(target)
+    if found is None:
+        return None, 0
     try:
-        return int(read_info(ckpt).get("step", 0))
+        return found, int(checkpoint.read_info(found).get("step", 0))
     except MvqError:
-        return 0
+        return None, 0
 
 
 def _eval_matches(path: Path, plan: Plan, step: int, key: str = "metrics") -> bool:
@@ -76,8 +79,7 @@ def inspect(plan: Plan, out: Path, data_root: str | None) -> list[RunState]:
     for run in plan.runs:
         out_dir = out / "runs" / run.name
         cfg = run.config(data_root, out_dir)
-        ckpt = out_dir / "checkpoint"
-        step = _checkpoint_step(ckpt)
+        ckpt, step = _checkpoint(out_dir / "checkpoint")
         if step:
             saved = json.loads((ckpt / "config.json").read_text()).get("config", {}).get("model")
             from mvq.config import config_to_dict
@@ -198,14 +200,13 @@ def _do_prior(plan: Plan, st: RunState, data_root, progress: bool, device: str) 
     if _eval_matches(path, plan, st.steps, "samples"):
         return
     tokens = st.out_dir / "tokens_train.safetensors"
-    if not tokens.is_file():
-        tmp = tokens.with_suffix(".partial.safetensors")
-        encode_dataset(ckpt, tmp, "train", device=device, progress=progress)
-        tmp.replace(tokens)
+    if not tokens.is_file():  # written atomically: present means complete
+        encode_dataset(ckpt, tokens, "train", device=device, progress=progress)
     prior_dir = st.out_dir / "prior"
-    if _checkpoint_step_prior(prior_dir / "checkpoint") < st.run.prior:
+    step = _checkpoint(prior_dir / "checkpoint")[1]
+    if step < st.run.prior:
         train_prior(tokens, prior_dir, steps=st.run.prior, seed=st.run.seed, progress=progress,
-                    device=device)
+                    device=device, resume=step > 0)
     result = evaluate_samples(ckpt, prior_dir / "checkpoint", n=plan.eval_n,
                               metrics=plan.sample_metrics, progress=progress, device=device,
                               data_root=data_root, seed=st.run.seed)
@@ -214,9 +215,6 @@ def _do_prior(plan: Plan, st: RunState, data_root, progress: bool, device: str) 
     _write_json(path, result)
 
 
-def _checkpoint_step_prior(ckpt: Path) -> int:
-    info = _read_json(ckpt / "config.json")
-    return int(info.get("step", 0)) if (ckpt / "model.safetensors").is_file() else 0
 
 
 def _read_json(path: Path) -> dict:
@@ -227,10 +225,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Temporary file + rename: a kill leaves the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=2) + "\n")  # a kill leaves old or new, never half
 
 
 def _merge_json(path: Path, values: dict) -> None:

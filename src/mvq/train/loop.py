@@ -1,39 +1,23 @@
-"""One training loop for tokenizers: seeds, progress bar, validation, grids, CSV log, resume,
-data-parallel (DDP) under torchrun.
-
-Batches are a pure function of (seed, step), and the RNG state is checkpointed, so a resumed
-run continues the exact trajectory of an uninterrupted one (tests/test_train.py).
-"""
+"""Tokenizer training: what a tokenizer hands the shared engine (mvq.train.engine) — its step
+(with the VQGAN loss and EMA weights when configured), its validation and grids, and the
+contents of its checkpoint folder."""
 
 from __future__ import annotations
 
-import csv
-import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from mvq import distributed
-from mvq.checkpoint import load_tokenizer, load_train_state, read_info, save_checkpoint
+from mvq import checkpoint, distributed
 from mvq.config import GAN_TYPES, Config, check_ready
 from mvq.data import build_dataset
 from mvq.errors import MvqError
-from mvq.images import save_grid
+from mvq.images import grid_array, save_grid
 from mvq.models import Tokenizer, build_model
+from mvq.train.engine import Schedule, StepOutput, Trainee, fit, pick_device
 
-
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as torch names it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise MvqError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+__all__ = ["TrainResult", "build_data", "pick_device", "stack_images", "train", "validate"]
 
 
 def build_data(cfg: Config):
@@ -43,26 +27,6 @@ def build_data(cfg: Config):
     train_set = build_dataset(cfg.data.name, split="train", limit=cfg.data.train_limit, **kw)
     val_set = build_dataset(cfg.data.name, split="test", limit=cfg.data.val_limit or None, **kw)
     return train_set, val_set
-
-
-class StepBatches:
-    """Batch for step s = a slice of a per-epoch permutation seeded by (seed, epoch)."""
-
-    def __init__(self, dataset, batch_size: int, seed: int, shard: tuple[int, int] = (0, 1)
-                 ) -> None:
-        """shard (rank, world): this rank's share of every batch, items rank, rank + world, ..."""
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.rank, self.world = shard
-        self.per_epoch = max(1, len(dataset) // batch_size)
-        self._epoch, self._perm = -1, None
-
-    def __call__(self, step: int) -> torch.Tensor:
-        epoch, i = divmod(step, self.per_epoch)
-        if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(len(self.dataset), generator=gen)
-        idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size][self.rank :: self.world]
-        return torch.stack([self.dataset[int(j)][0] for j in idx])
 
 
 def stack_images(dataset, n: int | None = None) -> torch.Tensor:
@@ -102,6 +66,7 @@ class TrainResult:
     metrics: dict[str, float]
     out_dir: Path
     seconds: float
+    finished_before: bool = False  # --resume of a run that had already reached train.steps
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | None = None,
@@ -109,7 +74,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
     """Train the tokenizer of ``cfg`` into ``cfg.train.out_dir``; returns final validation metrics.
 
     A finished or interrupted run already in ``out_dir`` is never replaced silently: pass
-    ``resume=True`` to continue it or ``overwrite=True`` to start again over it.
+    ``resume=True`` to continue it or ``overwrite=True`` to start again over it. Resuming a
+    run that has reached ``train.steps`` trains nothing and returns its final metrics.
 
     Under ``torchrun --nproc_per_node N`` the N processes train one model with DDP: each takes
     1/N of every batch (train.batch_size stays the global batch), the EMA codebooks and the
@@ -121,171 +87,166 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
     check_ready(cfg)  # device, data set name, writable out_dir: before anything is written
     tc = cfg.train
     out = Path(tc.out_dir)
-    ckpt = out / "checkpoint"
-    if not resume and not overwrite and (ckpt / "config.json").is_file():
+    target = out / "checkpoint"
+    source = checkpoint.latest(target)
+    if not resume and not overwrite and source is not None:
         try:
-            at = f"checkpoint at step {read_info(ckpt).get('step', '?')}"
+            at = f"checkpoint at step {checkpoint.read_info(source).get('step', '?')}"
         except MvqError:
             at = "an unreadable checkpoint"
         raise MvqError(f"{out} already holds a run ({at}); pass --resume to continue it, "
                        "--overwrite to start again over it, or train.out_dir=NEW_DIR")
+    if resume and source is None:
+        checkpoint.read_info(target)  # says what is missing
+        raise MvqError(f"{target} holds no complete checkpoint to resume")
     if tc.ema_decay:
         from mvq.train.ema import check_decay
 
         check_decay(tc.ema_decay)  # on every rank, before any process group
-    return distributed.run(
-        pick_device(tc.device), tc.batch_size, "train.batch_size",
-        lambda launch, device: _train(cfg, launch, device, resume, progress, desc, data))
+    schedule = Schedule(tc.steps, tc.batch_size, tc.seed, tc.log_every, tc.val_every,
+                        tc.ckpt_every, tc.keep_checkpoints)
+
+    def run(launch, device) -> TrainResult:
+        trainee = TokenizerTrainee(cfg, launch, device, source if resume else None, data)
+        trainee.name = desc or cfg.model.type
+        r = fit(trainee, schedule, out, launch, device, source if resume else None, progress)
+        return TrainResult(r.step, r.metrics, out, r.seconds, r.finished_before)
+
+    return distributed.run(pick_device(tc.device), tc.batch_size, "train.batch_size", run)
 
 
-def _train(cfg: Config, launch, device: torch.device, resume: bool, progress: bool,
-           desc: str | None, data) -> TrainResult:
-    tc = cfg.train
-    out = Path(tc.out_dir)
-    ckpt = out / "checkpoint"
-    main = launch.rank == 0
-    torch.manual_seed(tc.seed)
-    train_set, val_set = data if data is not None else build_data(cfg)
-    if launch.world > 1 and len(train_set) < tc.batch_size:
-        raise MvqError(f"{len(train_set)} training images, fewer than one global batch of "
-                       f"{tc.batch_size}: lower train.batch_size")
-    if train_set.channels != cfg.model.channels:
-        raise MvqError(f"data has {train_set.channels} channels, model.channels is {cfg.model.channels}")
-    step = 0
-    if resume:
-        info = read_info(ckpt)
-        model, saved, _ = load_tokenizer(ckpt, expect_type=cfg.model.type, device=str(device))
+@dataclass
+class GanParts:
+    """The VQGAN loss's pieces beside the tokenizer: the loss (with its PatchGAN), the
+    discriminator's own optimizer, and the decoder's last layer for the adaptive weight."""
+
+    loss: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    last_layer: torch.Tensor
+
+
+class TokenizerTrainee(Trainee):
+    """A tokenizer (plus VQGAN loss and EMA weights when configured) for the engine."""
+
+    what = "training"
+    lower_lr = "lower train.lr or keep model.ema=true"
+
+    def __init__(self, cfg: Config, launch, device: torch.device, resume_from: Path | None,
+                 data=None) -> None:
+        tc = self.tc = cfg.train
+        self.cfg, self.device = cfg, device
+        main = launch.rank == 0
+        torch.manual_seed(tc.seed)
+        train_set, val_set = data if data is not None else build_data(cfg)
+        if train_set.channels != cfg.model.channels:
+            raise MvqError(f"data has {train_set.channels} channels, model.channels is "
+                           f"{cfg.model.channels}")
+        self.train_set, self.size = train_set, len(train_set)
+        if resume_from is not None:
+            model = self._resumed_model(resume_from)
+        else:
+            model = build_model(cfg.model).to(device)
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=tc.lr, betas=tuple(tc.betas))
+        self.gan = None
+        if cfg.model.type in GAN_TYPES:  # L1 + LPIPS + PatchGAN with its own optimizer
+            from mvq.losses.vqgan import VQGANLoss, find_last_layer
+
+            loss = VQGANLoss(cfg.model.channels, cfg.loss).to(device)
+            d_opt = torch.optim.Adam(loss.discriminator.parameters(), lr=tc.disc_lr or tc.lr,
+                                     betas=tuple(tc.betas))
+            self.gan = GanParts(loss, d_opt, find_last_layer(model))
+        self.ema = None
+        if tc.ema_decay and main:  # model.safetensors: the average; train_state: the trained
+            from mvq.train.ema import WeightEMA
+
+            self.ema = WeightEMA(model, tc.ema_decay)  # (resumed: from the average)
+        self.val_images = stack_images(val_set) if main else None
+
+    def _resumed_model(self, source: Path) -> Tokenizer:
+        cfg, tc = self.cfg, self.tc
+        model, saved, _ = checkpoint.load_tokenizer(source, expect_type=cfg.model.type,
+                                                    device=str(self.device))
         if saved.model != cfg.model:
             diff = [k for k in vars(cfg.model) if getattr(cfg.model, k) != getattr(saved.model, k)]
-            raise MvqError(f"cannot resume {ckpt}: its model was trained with other settings "
+            raise MvqError(f"cannot resume {source}: its model was trained with other settings "
                            f"({', '.join(f'model.{k}' for k in diff)}); drop those overrides")
-        step = int(info["step"])
         if saved.train.ema_decay != tc.ema_decay:
-            raise MvqError(f"cannot resume {ckpt}: it was trained with train.ema_decay="
+            raise MvqError(f"cannot resume {source}: it was trained with train.ema_decay="
                            f"{saved.train.ema_decay}, not {tc.ema_decay}; resume with the same")
-    else:
-        model = build_model(cfg.model).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=tc.lr, betas=tuple(tc.betas))
-    gan, aux = None, None
-    if cfg.model.type in GAN_TYPES:  # VQGAN loss: L1 + LPIPS + PatchGAN with its own optimizer
-        from mvq.losses.vqgan import VQGANLoss, find_last_layer
+        return model
 
-        loss_fn = VQGANLoss(cfg.model.channels, cfg.loss).to(device)
-        d_opt = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=tc.disc_lr or tc.lr,
-                                 betas=tuple(tc.betas))
-        gan = (loss_fn, d_opt, find_last_layer(model))
-        aux = {"discriminator": (loss_fn.discriminator, d_opt)}
-    ema = None
-    if tc.ema_decay:  # model.safetensors holds the average, train_state the trained weights
-        from mvq.train.ema import WeightEMA
+    def aux_state(self) -> dict:
+        aux = {}
+        if self.gan is not None:
+            aux["discriminator"] = (self.gan.loss.discriminator, self.gan.optimizer)
+        if self.tc.ema_decay:
+            aux["trained"] = (self.model, None)
+        return aux
 
-        ema = WeightEMA(model, tc.ema_decay) if main else None  # (resumed: from the average)
-        aux = {**(aux or {}), "trained": (model, None)}
-    if resume:
-        load_train_state(ckpt, opt, aux)
-    net = model
-    if launch.world > 1:
-        if launch.rank:  # own random draws (MH-Dropout masks) per rank; rank 0 as alone
-            torch.manual_seed(tc.seed + 7919 * launch.rank + step)
-        # buffers are not synced by DDP: the quantizers keep theirs in step (mvq.distributed);
-        # BatchNorm statistics stay per rank, the checkpoint holds rank 0's
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            forward_sync_buffers=False)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    batches = StepBatches(train_set, tc.batch_size, tc.seed, (launch.rank, launch.world))
-    val_images = stack_images(val_set) if main else None
-    grid_images = val_images[: tc.grid_images] if main else None
-    log_path = out / "metrics.csv"
-    log_file = open(log_path, "a" if resume else "w", newline="") if main else None
-    writer = None
-    metrics: dict[str, float] = {}
-    t0 = time.time()
-    bar = tqdm(total=tc.steps, initial=step, desc=desc or cfg.model.type,
-               disable=not (progress and main),
-               file=sys.stderr, dynamic_ncols=True, leave=True,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # logs: a line per 30 s
-    model.train()
-    try:
-        while step < tc.steps:
-            x = batches(step).to(device)
-            with torch.autocast(device.type, enabled=tc.amp and device.type == "cuda"):
-                result = net(x)
-            logs: dict = {}
-            total = result.loss
-            if gan:
-                total, logs = gan[0].tokenizer_loss(x, result, step, gan[2])
-                logs = {f"gan_{k}": v for k, v in logs.items()}
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            opt.step()
-            if ema is not None:
-                ema.update(step)
-            if gan:
-                d_loss, d_logs = gan[0].discriminator_step(x, result.recon.detach(), step)
-                gan[1].zero_grad(set_to_none=True)
-                if d_loss.requires_grad:
-                    d_loss.backward()
-                    distributed.average_gradients_(gan[0].discriminator.parameters())
-                    gan[1].step()
-                logs.update(d_logs)
-            step += 1
-            loss = distributed.mean_over_ranks({"loss": total.detach()}, device)["loss"]
-            if not math.isfinite(loss):
-                raise MvqError(f"training diverged at step {step} (loss {loss}); lower train.lr "
-                               "or keep model.ema=true")
-            bar.update(1)
-            log_now = step % tc.log_every == 0 or step == tc.steps
-            if log_now:  # on every rank: the logged terms are means over the ranks' shares
-                terms = distributed.mean_over_ranks(
-                    {**{k: v.detach() for k, v in result.losses.items()}, **result.stats, **logs},
-                    device)
-            if not main:
-                continue
-            row = None
-            if log_now:
-                row = {"step": step, "loss": loss, **terms}
-                bar.set_postfix(loss=f"{loss:.4f}", usage=f"{terms.get('usage', 0):.2f}")
-            val_now = step % tc.val_every == 0 or step == tc.steps
-            save_now = step % tc.ckpt_every == 0 or step == tc.steps
-            # what validation and users see: the EMA weights when there are some
-            used = ema.synced(model) if ema is not None and (val_now or save_now) else model
-            if val_now:
-                metrics = validate(used, val_images, device=device)
-                row = {**(row or {"step": step, "loss": loss}), **metrics}
-                write_recon_grid(used, grid_images, out / f"recon_{step:06d}.png", device)
-            if row is not None:
-                if writer is None:
-                    writer = csv.DictWriter(log_file, fieldnames=_FIELDS, extrasaction="ignore")
-                    if not resume:
-                        writer.writeheader()
-                writer.writerow(row)
-                log_file.flush()
-            if save_now:
-                save_checkpoint(ckpt, used, cfg, step, opt, extra={"metrics": metrics}, aux=aux)
-    finally:
-        bar.close()
-        if log_file is not None:
-            log_file.close()
-    return TrainResult(step, metrics, out, time.time() - t0)
+    def step(self, step: int, indices: torch.Tensor) -> StepOutput:
+        x = torch.stack([self.train_set[int(j)][0] for j in indices]).to(self.device)
+        amp = self.tc.amp and self.device.type == "cuda"
+        with torch.autocast(self.device.type, enabled=amp):
+            result = self.net(x)
+        logs: dict = {}
+        total = result.loss
+        gan = self.gan
+        if gan is not None:
+            total, logs = gan.loss.tokenizer_loss(x, result, step, gan.last_layer)
+            logs = {f"gan_{k}": v for k, v in logs.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.tc.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(step)
+        if gan is not None:
+            d_loss, d_logs = gan.loss.discriminator_step(x, result.recon.detach(), step)
+            gan.optimizer.zero_grad(set_to_none=True)
+            if d_loss.requires_grad:
+                d_loss.backward()
+                distributed.average_gradients_(gan.loss.discriminator.parameters())
+                gan.optimizer.step()
+            logs.update(d_logs)
+        terms = {**{k: v.detach() for k, v in result.losses.items()}, **result.stats, **logs}
+        return StepOutput(total, terms)
 
+    def published(self) -> Tokenizer:
+        """What validation and users see: the EMA weights when there are some."""
+        return self.ema.synced(self.model) if self.ema is not None else self.model
 
-_FIELDS = ["step", "loss", "rec", "vq", "vq2", "mhd", "usage", "perplexity", "usage2",
-           "perplexity2", "val_mse", "val_psnr", "val_usage", "val_usage2",
-           # GAN models (VQGAN loss): its own reconstruction term (L1 on [-1, 1]) and the rest
-           "gan_rec", "gan_perceptual", "gan_nll", "gan_g_adv", "gan_d_weight", "gan_disc_factor",
-           "d_loss", "logits_real", "logits_fake"]
+    def validate(self, step: int, out_dir: Path) -> dict[str, float]:
+        used = self.published()
+        metrics = validate(used, self.val_images, device=self.device)
+        grid = write_recon_grid(used, self.val_images[: self.tc.grid_images],
+                                out_dir / f"recon_{step:06d}.png", self.device)
+        self.grids = {"reconstructions": grid}
+        return metrics
+
+    def write(self, directory: Path, step: int, metrics: dict[str, float]) -> None:
+        checkpoint.write_tokenizer(directory, self.published(), self.cfg, step,
+                                   extra={"metrics": metrics})
+
+    def postfix(self, loss: float, terms: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{loss:.4f}", "usage": f"{terms.get('usage', 0):.2f}"}
+
+    fields = ["rec", "vq", "vq2", "mhd", "usage", "perplexity", "usage2", "perplexity2",
+              "val_mse", "val_psnr", "val_usage", "val_usage2",
+              # GAN models (VQGAN loss): its own reconstruction term (L1 on [-1, 1]), the rest
+              "gan_rec", "gan_perceptual", "gan_nll", "gan_g_adv", "gan_d_weight",
+              "gan_disc_factor", "d_loss", "logits_real", "logits_fake"]
 
 
 @torch.no_grad()
-def write_recon_grid(model: Tokenizer, images: torch.Tensor, path: Path, device) -> None:
-    """Originals (top row) over reconstructions from the codes (bottom row)."""
+def write_recon_grid(model: Tokenizer, images: torch.Tensor, path: Path, device):
+    """Originals (top row) over reconstructions from the codes (bottom row); returns the grid
+    as a uint8 (H, W, 3) array."""
     was = model.training
     model.eval()
     rec = model.reconstruct(images.to(device)).cpu()
     model.train(was)
     save_grid([images, rec], path)
+    return grid_array([images, rec])

@@ -1,36 +1,30 @@
-"""Train the two-stage MVQ prior (`MVQPrior`, kind "gpt") on a token file.
+"""Train the two-stage MVQ prior (`MVQPrior`, kind "gpt") on a token file, with the shared
+engine (mvq.train.engine): this file supplies the prior's step, validation and checkpoint.
 
-Batches are a pure function of (seed, step); validation is the mean NLL over a fixed held-out
-slice of the token file, in nats and bits per token for the primary and secondary ids.
-The checkpoint folder ``out_dir/checkpoint`` holds config.json (format "mvq-prior-v1") and
-model.safetensors.
+Validation is the mean NLL over a fixed held-out slice of the token file, in nats and bits per
+token for the primary and secondary ids. The checkpoint folder ``out_dir/checkpoint`` holds
+config.json (format "mvq-prior-v1"), model.safetensors, train_state.safetensors (resume) and
+manifest.json.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import sys
-import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 import mvq
-from mvq import distributed
+from mvq import checkpoint, distributed
 from mvq.codes import Codes
 from mvq.errors import MvqError
 from mvq.priors.two_stage import MVQPrior
 from mvq.tokens import load_tokens
+from mvq.train.engine import Schedule, StepOutput, Trainee, fit, pick_device
 
 PRIOR_FORMAT = "mvq-prior-v1"
 KINDS = ("gpt",)
-_FIELDS = ["step", "loss", "primary", "secondary", "val_nll", "val_primary_nll",
-           "val_secondary_nll", "val_primary_bits", "val_secondary_bits"]
 
 
 @torch.no_grad()
@@ -52,28 +46,19 @@ def validate_prior(prior: MVQPrior, codes: Codes, batch_size: int = 256) -> dict
     return out
 
 
-def _batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
-    """(batch_size,) indices in [0, n) for ``step``: a slice of a per-epoch permutation seeded
-    by (seed, epoch)."""
-    per_epoch = max(1, n // batch_size)
-    epoch, i = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return perm[i * batch_size : (i + 1) * batch_size]
+def write_prior(directory: Path, prior: MVQPrior, info: dict) -> None:
+    """model.safetensors + config.json (format mvq-prior-v1, prior config) into ``directory``."""
+    checkpoint.save_tensors(prior.state_dict(), directory / "model.safetensors")
+    full = {"format": PRIOR_FORMAT, "mvq_version": mvq.__version__, "kind": "prior",
+            "prior": prior.config(), **info}
+    (directory / "config.json").write_text(json.dumps(full, indent=2))
 
 
 def save_prior(directory: str | Path, prior: MVQPrior, info: dict) -> Path:
-    """Write ``directory``/model.safetensors + config.json (format mvq-prior-v1, prior config)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "model.safetensors.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in prior.state_dict().items()}, str(tmp))
-    os.replace(tmp, directory / "model.safetensors")
-    full = {"format": PRIOR_FORMAT, "mvq_version": mvq.__version__, "kind": "prior",
-            "prior": prior.config(), **info}
-    tmp = directory / "config.json.tmp"
-    tmp.write_text(json.dumps(full, indent=2))
-    os.replace(tmp, directory / "config.json")
-    return directory
+    """Write a prior checkpoint folder (all or nothing; ``info`` must hold its step)."""
+    with checkpoint.writing(Path(directory), int(info.get("step", 0))) as tmp:
+        write_prior(tmp, prior, info)
+    return Path(directory)
 
 
 def load_prior(directory: str | Path, device: str = "cpu") -> tuple[MVQPrior, dict]:
@@ -84,19 +69,16 @@ def load_prior(directory: str | Path, device: str = "cpu") -> tuple[MVQPrior, di
     if not directory.is_dir() or not path.is_file() or not weights.is_file():
         raise MvqError(f"{directory} is not an mvq prior checkpoint: it needs config.json and "
                        "model.safetensors (written by `mvq train-prior`)")
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise MvqError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    info = checkpoint.read_json(path)
     if info.get("format") != PRIOR_FORMAT:
         raise MvqError(f"{path} has format {info.get('format')!r}, expected {PRIOR_FORMAT!r} "
                        "(a prior written by `mvq train-prior`)")
-    prior = MVQPrior(**info["prior"])
-    state = load_file(str(weights), device=device)
-    missing, unexpected = prior.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise MvqError(f"{directory}: weights do not fit the prior built from its config "
-                       f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    checkpoint.verify(directory)
+    try:
+        prior = MVQPrior(**info["prior"])
+    except (KeyError, TypeError) as err:
+        raise MvqError(f"{path}: the prior's config does not build a prior ({err})") from None
+    checkpoint.fit_weights(prior, checkpoint.load_weights(weights, device), directory, "prior")
     return prior.to(device).eval(), info
 
 
@@ -104,102 +86,102 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
                 batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
                 val_fraction: float = 0.05, kind: str = "gpt", progress: bool = True,
                 device: str = "auto", sizes: dict | None = None, val_every: int = 250,
-                log_every: int = 10) -> dict:
+                log_every: int = 10, resume: bool = False, overwrite: bool = False,
+                keep_checkpoints: int = 1) -> dict:
     """Train a prior on a token file into ``out_dir`` (metrics.csv, checkpoint/).
 
     ``sizes``: GPT sizes {"primary": {n_layer, n_head, n_embd}, "secondary": {...}}; None uses
     MVQ Table 4 for the token grid. Returns {"step", "metrics" (final val), "initial"
-    (val at step 0), "checkpoint" (Path), "seconds"}.
+    (val at step 0), "checkpoint" (Path), "seconds", "finished_before"}. A run already in
+    ``out_dir`` is continued with ``resume`` (exactly, from its last checkpoint), replaced with
+    ``overwrite``, and otherwise refused.
 
     Under ``torchrun --nproc_per_node N`` the N processes train one prior with DDP, each on
     1/N of every batch (batch_size stays the global batch); rank 0 validates, logs and saves.
     """
-    from mvq.train.loop import pick_device
-
     if kind not in KINDS:
         raise MvqError(f"unknown prior kind {kind!r}: expected one of {', '.join(KINDS)}")
     if steps < 1 or batch_size < 1 or val_every < 1 or log_every < 1:
         raise MvqError("steps, batch_size, val_every and log_every must be >= 1")
     if not 0 < val_fraction < 1:
         raise MvqError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    out = Path(out_dir)
+    target = out / "checkpoint"
+    source = checkpoint.latest(target)
+    if source is not None and not resume and not overwrite:
+        raise MvqError(f"{out} already holds a prior run (checkpoint at step "
+                       f"{checkpoint.read_json(source / 'config.json').get('step', '?')}); pass "
+                       "--resume to continue it, --overwrite to start again over it, or "
+                       "another --out")
+    if resume and source is None:
+        raise MvqError(f"nothing to resume: {target} holds no complete prior checkpoint")
     codes, _, tmeta = load_tokens(tokens_path)
     n = len(codes)
     n_val = max(1, round(n * val_fraction))
     if n - n_val < 1:
         raise MvqError(f"{tokens_path} has {n} items: too few to hold out {n_val} for validation")
-    return distributed.run(
-        pick_device(device), batch_size, "--batch-size",
-        lambda launch, dev: _train_prior(codes, tmeta, tokens_path, n_val, launch, dev, out_dir,
-                                         steps, batch_size, lr, seed, val_fraction, kind,
-                                         progress, sizes, val_every, log_every))
+    info = {"tokens": {**tmeta, "path": str(tokens_path)},
+            "tokenizer_config_hash": codes.meta.get("config_hash"),
+            # the exact tokenizer weights (None: a token file from before mvq recorded them)
+            "tokenizer_weights_sha256": tmeta.get("weights_sha256"),
+            "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+                      "val_fraction": val_fraction, "n_train": n - n_val, "n_val": n_val}}
+    schedule = Schedule(steps, batch_size, seed, log_every, val_every, ckpt_every=val_every,
+                        keep_checkpoints=keep_checkpoints, batch_option="--batch-size")
+    resume_from = source if resume else None
+
+    def run(launch, dev) -> dict:
+        trainee = PriorTrainee(codes, n_val, info, seed, lr, sizes, dev, resume_from)
+        r = fit(trainee, schedule, out, launch, dev, resume_from, progress)
+        return {"step": r.step, "metrics": r.metrics, "initial": r.initial,
+                "checkpoint": target, "seconds": r.seconds, "finished_before": r.finished_before}
+
+    return distributed.run(pick_device(device), batch_size, "--batch-size", run)
 
 
-def _train_prior(codes, tmeta, tokens_path, n_val, launch, dev, out_dir, steps, batch_size, lr,
-                 seed, val_fraction, kind, progress, sizes, val_every, log_every) -> dict:
-    n = len(codes)
-    main = launch.rank == 0
-    torch.manual_seed(seed)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_codes = codes[perm[:n_val]].to(dev)
-    train_codes = codes[perm[n_val:]].to(dev)
-    prior = MVQPrior.from_codes(codes, sizes=sizes).to(dev)
-    opt = torch.optim.Adam(prior.parameters(), lr=lr)
-    if launch.world > 1 and len(train_codes) < batch_size:
-        raise MvqError(f"{len(train_codes)} training items, fewer than one global batch of "
-                       f"{batch_size}: lower --batch-size")
-    net = prior if launch.world == 1 else torch.nn.parallel.DistributedDataParallel(prior)
-    out = Path(out_dir)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint"
-    base_info = {"tokens": {**tmeta, "path": str(tokens_path)},
-                 "tokenizer_config_hash": codes.meta.get("config_hash"),
-                 "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-                           "val_fraction": val_fraction, "n_train": n - n_val, "n_val": n_val}}
-    initial = validate_prior(prior, val_codes) if main else {}
-    metrics = dict(initial)
-    t0 = time.time()
-    bar = tqdm(total=steps, desc=f"prior {kind}", disable=not (progress and main),
-               file=sys.stderr, dynamic_ncols=True, leave=True,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)
-    step = 0
-    with open(out / "metrics.csv", "w", newline="") if main else open(os.devnull, "w") as log_file:
-        writer = csv.DictWriter(log_file, fieldnames=_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerow({"step": 0, **initial})
-        prior.train()
-        try:
-            while step < steps:
-                idx = _batch_indices(len(train_codes), batch_size, seed, step)
-                loss, parts = net(train_codes[idx[launch.rank :: launch.world].to(dev)])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                value = distributed.mean_over_ranks({"loss": loss.detach()}, dev)["loss"]
-                if not math.isfinite(value):
-                    raise MvqError(f"prior training diverged at step {step} (loss {value}); "
-                                   "lower --lr")
-                bar.update(1)
-                log_now = step % log_every == 0 or step == steps
-                if log_now:  # on every rank: the parts are means over the ranks' shares
-                    terms = distributed.mean_over_ranks(
-                        {k: v.detach() for k, v in parts.items()}, dev)
-                if not main:
-                    continue
-                row = None
-                if log_now:
-                    row = {"step": step, "loss": value, **terms}
-                    bar.set_postfix(loss=f"{value:.4f}")
-                if step % val_every == 0 or step == steps:
-                    metrics = validate_prior(prior, val_codes)
-                    row = {**(row or {"step": step, "loss": value}), **metrics}
-                    save_prior(ckpt, prior, {**base_info, "step": step, "metrics": metrics,
-                                             "initial_metrics": initial})
-                if row is not None:
-                    writer.writerow(row)
-                    log_file.flush()
-        finally:
-            bar.close()
-    return {"step": step, "metrics": metrics, "initial": initial, "checkpoint": ckpt,
-            "seconds": time.time() - t0}
+class PriorTrainee(Trainee):
+    """The two-stage GPT prior on a token file for the engine: items are code sequences, a
+    seeded slice of them is held out for the validation NLL."""
+
+    name = "prior gpt"
+    what = "prior training"
+    lower_lr = "lower --lr"
+    validate_first = True
+    fields = ["primary", "secondary", "val_nll", "val_primary_nll", "val_secondary_nll",
+              "val_primary_bits", "val_secondary_bits"]
+
+    def __init__(self, codes: Codes, n_val: int, info: dict, seed: int, lr: float,
+                 sizes: dict | None, device: torch.device, resume_from: Path | None) -> None:
+        self.info, self.device = info, device
+        torch.manual_seed(seed)
+        perm = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))
+        self.val_codes = codes[perm[:n_val]].to(device)
+        self.train_codes = codes[perm[n_val:]].to(device)
+        self.size = len(self.train_codes)
+        self.model = MVQPrior.from_codes(codes, sizes=sizes).to(device)
+        self.initial: dict[str, float] = {}
+        if resume_from is not None:
+            saved, saved_info = load_prior(resume_from, device=str(device))
+            if saved.config() != self.model.config():
+                raise MvqError(f"cannot resume {resume_from}: it holds a prior of other sizes "
+                               "or codes; resume with the same token file and sizes")
+            self.model.load_state_dict(saved.state_dict())
+            self.initial = dict(saved_info.get("initial_metrics") or {})
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+
+    def step(self, step: int, indices: torch.Tensor) -> StepOutput:
+        loss, parts = self.net(self.train_codes[indices.to(self.device)])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return StepOutput(loss, {k: v.detach() for k, v in parts.items()})
+
+    def validate(self, step: int, out_dir: Path) -> dict[str, float]:
+        metrics = validate_prior(self.model, self.val_codes)
+        if step == 0:
+            self.initial = metrics
+        return metrics
+
+    def write(self, directory: Path, step: int, metrics: dict[str, float]) -> None:
+        write_prior(directory, self.model, {**self.info, "step": step, "metrics": metrics,
+                                            "initial_metrics": self.initial})

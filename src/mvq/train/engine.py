@@ -1,0 +1,264 @@
+"""One training engine for tokenizers and priors.
+
+A model supplies a :class:`Trainee` (its step, its validation, the contents of its checkpoint);
+:func:`fit` supplies everything around it: step-seeded batches, exact resume, the validation
+and checkpoint cadence, the CSV log, the progress bar, DDP under torchrun, the divergence stop
+and the lock on the output folder.
+
+Batches are a pure function of (seed, step), and the RNG state is checkpointed, so a resumed
+run continues the exact trajectory of an uninterrupted one (tests/test_train.py,
+tests/test_faults.py).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mvq import checkpoint, distributed
+from mvq.errors import MvqError
+from mvq.train.logs import RunLog
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as torch names it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise MvqError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
+class StepBatches:
+    """Item indices for step s: a slice of a per-epoch permutation seeded by (seed, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shard: tuple[int, int] = (0, 1)
+                 ) -> None:
+        """shard (rank, world): this rank's share of every batch, items rank, rank + world, ..."""
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world = shard
+        self.per_epoch = max(1, n // batch_size)
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
+        return self._perm[i * self.batch_size : (i + 1) * self.batch_size][self.rank :: self.world]
+
+
+@dataclass
+class Schedule:
+    """How long and how often; ``batch_size`` is the global batch (split over DDP ranks)."""
+
+    steps: int
+    batch_size: int
+    seed: int = 0
+    log_every: int = 50
+    val_every: int = 500
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 1
+    batch_option: str = "train.batch_size"  # how the user sets batch_size, for messages
+
+
+@dataclass
+class StepOutput:
+    """One optimizer step: the total loss (checked for divergence, logged as ``loss``) and its
+    named parts, logged at log steps as means over the ranks."""
+
+    loss: torch.Tensor
+    terms: dict = field(default_factory=dict)
+
+
+class Trainee:
+    """What a model hands the engine. Subclasses set ``model`` (the module DDP wraps),
+    ``optimizer``, ``size`` (training items, indexed by the batches) and implement the methods;
+    the engine sets ``net`` (``model`` or its DDP wrapper) for the step to call."""
+
+    name = "train"  # progress bar label
+    what = "training"  # "training diverged ..."
+    fields: list[str] = []  # CSV columns after step and loss
+    validate_first = False  # validate (and log a step-0 row) before the first step
+    grids: dict = {}  # name -> uint8 (H, W, 3) images of the last validation, for TensorBoard
+    lower_lr = "lower train.lr"
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    size: int
+
+    def aux_state(self) -> dict:
+        """{name: (module, optimizer or None)} kept in the training state besides optimizer."""
+        return {}
+
+    def step(self, step: int, indices: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+    def validate(self, step: int, out_dir: Path) -> dict[str, float]:
+        """Rank 0 only; may also write images into ``out_dir`` (and set ``grids``)."""
+        raise NotImplementedError
+
+    def write(self, directory: Path, step: int, metrics: dict[str, float]) -> None:
+        """Write the model's files (weights, config.json) into the new checkpoint folder."""
+        raise NotImplementedError
+
+    def postfix(self, loss: float, terms: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{loss:.4f}"}
+
+
+@dataclass
+class FitResult:
+    step: int
+    metrics: dict[str, float]
+    seconds: float
+    initial: dict[str, float] = field(default_factory=dict)
+    finished_before: bool = False  # resumed a run that had already reached its last step
+
+
+@contextmanager
+def locked(out_dir: Path):
+    """Hold an exclusive lock on ``out_dir`` (a run's folder) for the block. The OS releases it
+    when the process dies, so a killed run never leaves a stale lock."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ".lock"
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise MvqError(f"{out_dir} is in use by another mvq run (pid {holder}); wait for it to "
+                       "finish or choose another output folder") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
+def fit(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device: torch.device,
+        resume_from: Path | None = None, progress: bool = True) -> FitResult:
+    """Train ``trainee`` from step 0, or from the checkpoint ``resume_from``, to
+    ``schedule.steps``; rank 0 validates, logs and writes ``out_dir/checkpoint``."""
+    main = launch.rank == 0
+    if schedule.keep_checkpoints < 1:
+        raise MvqError(f"keep_checkpoints must be >= 1 (the newest N checkpoints are kept), "
+                       f"got {schedule.keep_checkpoints}")
+    if launch.world > 1 and trainee.size < schedule.batch_size:
+        raise MvqError(f"{trainee.size} training items, fewer than one global batch of "
+                       f"{schedule.batch_size}: lower {schedule.batch_option}")
+    if not main:
+        return _run(trainee, schedule, out_dir, launch, device, resume_from, None, progress)
+    with locked(out_dir):  # before the training state is read: no other run swaps it meanwhile
+        target = out_dir / "checkpoint"
+        if resume_from is None:
+            checkpoint.remove_all(target)  # a run started over: its old checkpoints go
+        checkpoint.remove_unfinished(target)
+        return _run(trainee, schedule, out_dir, launch, device, resume_from, target, progress)
+
+
+def _run(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device,
+         resume_from: Path | None, target: Path | None, progress: bool) -> FitResult:
+    """Resume (or not), wrap for DDP, open the logs (rank 0: ``target`` is set) and loop."""
+    step, metrics, initial = 0, {}, {}
+    if resume_from is not None:
+        info = checkpoint.read_json(resume_from / "config.json")
+        step, metrics = int(info["step"]), dict(info.get("metrics") or {})
+        initial = dict(info.get("initial_metrics") or {})
+        if step >= schedule.steps:
+            return FitResult(step, metrics, 0.0, initial, finished_before=True)
+        checkpoint.load_train_state(resume_from, trainee.optimizer, trainee.aux_state())
+    trainee.net = trainee.model
+    if launch.world > 1:
+        if launch.rank:  # own random draws (MH-Dropout masks) per rank; rank 0 as alone
+            torch.manual_seed(schedule.seed + 7919 * launch.rank + step)
+        # buffers are not synced by DDP: the quantizers keep theirs in step (mvq.distributed);
+        # BatchNorm statistics stay per rank, the checkpoint holds rank 0's
+        trainee.net = torch.nn.parallel.DistributedDataParallel(
+            trainee.model, device_ids=[device.index] if device.type == "cuda" else None,
+            forward_sync_buffers=False)
+    if target is None:
+        return _loop(trainee, schedule, out_dir, launch, device, step, metrics, initial,
+                     None, progress)
+    log = RunLog(out_dir, ["step", "loss", *trainee.fields],
+                 None if resume_from is None else step)
+    try:
+        if trainee.validate_first and resume_from is None:
+            initial = trainee.validate(0, out_dir)
+            metrics = dict(initial)
+            log.write({"step": 0, **initial})
+        return _loop(trainee, schedule, out_dir, launch, device, step, metrics, initial, log,
+                     progress)
+    finally:
+        log.close()
+
+
+def _loop(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device, step: int,
+          metrics: dict, initial: dict, log: RunLog | None, progress: bool) -> FitResult:
+    main = log is not None
+    batches = StepBatches(trainee.size, schedule.batch_size, schedule.seed,
+                          (launch.rank, launch.world))
+    t0 = time.time()
+    bar = tqdm(total=schedule.steps, initial=step, desc=trainee.name,
+               disable=not (progress and main), file=sys.stderr, dynamic_ncols=True, leave=True,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # logs: a line per 30 s
+    trainee.model.train()
+    saved = step
+    try:
+        while step < schedule.steps:
+            out = trainee.step(step, batches(step))
+            step += 1
+            loss = distributed.mean_over_ranks({"loss": out.loss.detach()}, device)["loss"]
+            if not math.isfinite(loss):
+                raise MvqError(f"{trainee.what} diverged at step {step} (loss {loss}); "
+                               f"{trainee.lower_lr}. {_kept(out_dir, saved)}")
+            bar.update(1)
+            log_now = step % schedule.log_every == 0 or step == schedule.steps
+            if log_now:  # on every rank: the logged terms are means over the ranks' shares
+                terms = distributed.mean_over_ranks(out.terms, device)
+            if not main:
+                continue
+            row = None
+            if log_now:
+                row = {"step": step, "loss": loss, **terms}
+                bar.set_postfix(trainee.postfix(loss, terms))
+            if step % schedule.val_every == 0 or step == schedule.steps:
+                metrics = trainee.validate(step, out_dir)
+                row = {**(row or {"step": step, "loss": loss}), **metrics}
+                log.images(step, trainee.grids)
+            if row is not None:
+                log.write(row)
+            if step % schedule.ckpt_every == 0 or step == schedule.steps:
+                try:
+                    with checkpoint.writing(out_dir / "checkpoint", step,
+                                            schedule.keep_checkpoints) as folder:
+                        trainee.write(folder, step, metrics)
+                        checkpoint.save_train_state(folder, trainee.optimizer,
+                                                    trainee.aux_state())
+                except checkpoint.NonFiniteError as err:
+                    raise MvqError(f"{trainee.what} diverged by step {step} ({err}); "
+                                   f"{trainee.lower_lr}. {_kept(out_dir, saved)}") from None
+                saved = step
+    finally:
+        bar.close()
+    return FitResult(step, metrics, time.time() - t0, initial)
+
+
+def _kept(out_dir: Path, saved: int) -> str:
+    if saved == 0:
+        return "No checkpoint was written."
+    return f"The last finite checkpoint (step {saved}) is kept in {out_dir / 'checkpoint'}."
