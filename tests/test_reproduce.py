@@ -192,3 +192,23 @@ def test_cli_dry_run_prints_plan_and_estimate(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "18 runs" in err and "estimated 1 h" in err and "to train" in err
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_two_processes_share_the_runs(tmp_path, monkeypatch, counted_train):
+    """A run whose reproduce lock another process holds is left to it; the next one is taken."""
+    import fcntl
+
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    runs = [_run("hvqvae", 0), _run("mvqvae", 0, j=4)]
+    plan = _plan(runs)
+    out = tmp_path / "rep"
+    held = out / "runs" / runs[0].name
+    held.mkdir(parents=True)
+    with open(held / ".reproduce.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "the other process"
+        records = execute(plan, out, progress=False)
+    assert [r["name"] for r in records] == [runs[1].name]
+    assert [p.split("/")[-1] for p, _ in counted_train] == [runs[1].name]
+    assert collect(plan, out, None)[1] == [runs[0].name]
+    execute(plan, out, progress=False)  # released: now it is done here
+    assert collect(plan, out, None)[1] == []

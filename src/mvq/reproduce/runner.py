@@ -9,10 +9,12 @@ same N and metrics on that checkpoint's step.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,23 +77,25 @@ def _eval_matches(path: Path, plan: Plan, step: int, key: str = "metrics") -> bo
 
 def inspect(plan: Plan, out: Path, data_root: str | None) -> list[RunState]:
     """Where each run of the plan stands on disk."""
-    states = []
-    for run in plan.runs:
-        out_dir = out / "runs" / run.name
-        cfg = run.config(data_root, out_dir)
-        ckpt, step = _checkpoint(out_dir / "checkpoint")
-        if step:
-            saved = json.loads((ckpt / "config.json").read_text()).get("config", {}).get("model")
-            from mvq.config import config_to_dict
+    return [state(plan, run, out / "runs" / run.name, data_root) for run in plan.runs]
 
-            if saved is not None and saved != config_to_dict(cfg)["model"]:
-                raise MvqError(f"{out_dir} holds a run with other model settings than the plan "
-                               f"for {run.name}: move it away or pick another --out")
-        states.append(RunState(run, out_dir, step, cfg.train.steps,
-                               _eval_matches(out_dir / "eval.json", plan, cfg.train.steps),
-                               not run.prior or _eval_matches(out_dir / "samples.json", plan,
-                                                              cfg.train.steps, "samples")))
-    return states
+
+def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None) -> RunState:
+    """Where one run stands on disk; MvqError if its folder holds a different model."""
+    from mvq.config import config_to_dict
+
+    cfg = run.config(data_root, out_dir)
+    ckpt, step = _checkpoint(out_dir / "checkpoint")
+    if step:
+        saved = json.loads((ckpt / "config.json").read_text()).get("config", {}).get("model")
+        if saved is not None and saved != config_to_dict(cfg)["model"]:
+            raise MvqError(f"{out_dir} holds a run with other model settings than the plan "
+                           f"for {run.name}: move it away or pick another --out")
+    steps = cfg.train.steps
+    return RunState(run, out_dir, step, steps,
+                    _eval_matches(out_dir / "eval.json", plan, steps),
+                    not run.prior or _eval_matches(out_dir / "samples.json", plan, steps,
+                                                   "samples"))
 
 
 def estimate_seconds(plan: Plan, states: list[RunState], data_root: str | None) -> float:
@@ -136,14 +140,36 @@ def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool 
     print(describe(plan, states, estimate_seconds(plan, states, data_root)), file=sys.stderr)
     if dry_run:
         return []
-    records = []
+    records, elsewhere = [], []
     bar = tqdm(states, desc=f"{plan.experiment} runs", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     for st in bar:
         bar.set_postfix_str(st.run.name)
-        records.append(_do_run(plan, st, data_root, progress, device))
+        with _claim(st.out_dir) as mine:
+            if not mine:  # another `mvq reproduce` has it: share the work, do the next run
+                elsewhere.append(st.run.name)
+                continue
+            now = state(plan, st.run, st.out_dir, data_root)  # another process may have run it
+            records.append(_do_run(plan, now, data_root, progress, device))
     bar.close()
+    if elsewhere:
+        print(f"{len(elsewhere)} runs were in progress in another process: "
+              f"{', '.join(elsewhere)}", file=sys.stderr)
     return records
+
+
+@contextmanager
+def _claim(out_dir: Path):
+    """True while this process holds the run's reproduce lock (train + evaluate); False when
+    another process holds it. The OS releases it when a process dies."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".reproduce.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> dict:
