@@ -188,10 +188,10 @@ def test_cli_errors(argv, message, tmp_path, capsys):
 
 
 def test_cli_dry_run_prints_plan_and_estimate(tmp_path, capsys):
-    assert main(["reproduce", "fig5", "--dry-run", "--out", str(tmp_path)]) == 0
+    assert main(["reproduce", "fig5", "--dry-run", "--out", str(tmp_path / "new")]) == 0
     err = capsys.readouterr().err
     assert "18 runs" in err and "estimated 1 h" in err and "to train" in err
-    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+    assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
 
 
 def test_two_processes_share_the_runs(tmp_path, monkeypatch, counted_train):
@@ -212,3 +212,13 @@ def test_two_processes_share_the_runs(tmp_path, monkeypatch, counted_train):
     assert collect(plan, out, None)[1] == [runs[0].name]
     execute(plan, out, progress=False)  # released: now it is done here
     assert collect(plan, out, None)[1] == []
+
+
+def test_out_must_be_a_writable_folder(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    for out in (blocker, blocker / "below"):
+        assert main(["reproduce", "fig5", "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is a file, expected a folder" in err[0]
+    assert blocker.read_text() == "keep me"

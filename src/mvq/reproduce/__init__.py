@@ -29,7 +29,7 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
               dry_run: bool = False, report_only: bool = False) -> dict | None:
     """Carry out ``experiment`` at ``scale`` and write its report; returns the report's JSON
     (None for a dry run)."""
-    out = Path(out)
+    out = _check_out(Path(out), create=not dry_run)
     if experiment == "table6":
         return _table6(scale, out / "table6", dry_run)
     plan = build_plan(experiment, scale, seeds, dataset)
@@ -48,6 +48,28 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
     print((folder / "report.md").read_text())
     print(f"written: {folder / 'report.md'}, {folder / 'results.json'}", file=sys.stderr)
     return result
+
+
+def _check_out(out: Path, create: bool = True) -> Path:
+    """The output folder must be a folder (new, or an earlier reproduce's) that can be written
+    (``create``: made and probed now; a dry run only checks that no file stands in the way)."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise MvqError(f"--out {out}: {folder} is a file, expected a folder; pass a new "
+                               "folder or the one an earlier `mvq reproduce` used")
+            break
+    if not create:
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise MvqError(f"--out {out} cannot be written ({err.strerror or err}); pass a folder "
+                       "you can write") from None
+    return out
 
 
 def _table6(scale: str, folder: Path, dry_run: bool) -> dict | None:
