@@ -5,7 +5,9 @@ Procedure (as the paper's reference code): cluster the union of real and generat
 k-means (20 clusters), take each set's normalised cluster histogram, compute the PRD curve over
 ``num_angles`` slopes lambda = tan(angle), average the curves over ``num_runs`` clusterings, and
 report max F_beta and max F_{1/beta} along the curve. F_8 weighs recall (coverage of the real
-distribution), F_1/8 weighs precision (sample quality). k-means is our own (seeded, k-means++).
+distribution), F_1/8 weighs precision (sample quality). The clustering is scikit-learn's
+MiniBatchKMeans, as in the reference code (seeded here, so a result repeats exactly);
+tests/test_metrics.py checks the scores against a re-implementation of the reference procedure.
 """
 
 from __future__ import annotations
@@ -18,69 +20,26 @@ import torch
 from mvq.errors import MvqError
 
 
-def kmeans(
-    x: torch.Tensor, k: int, n_init: int = 3, max_iter: int = 50, tol: float = 1e-4, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means with k-means++ seeding; best of ``n_init`` by inertia.
-
-    x: (N, D) float. Returns labels (N,) int64 and centers (k, D).
-    """
-    x = x.float()
-    n = x.shape[0]
-    if n < k:
-        raise MvqError(
-            f"k-means: expected at least {k} points for {k} clusters, found {n}. "
-            "Use fewer clusters or more features."
-        )
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    sq = x.pow(2).sum(1)
-    scale = float(sq.mean()) + 1e-12
-
-    def dist(c: torch.Tensor) -> torch.Tensor:  # (N, k) squared distances, clamped at 0
-        return (sq[:, None] - 2 * x @ c.T + c.pow(2).sum(1)[None]).clamp_min(0)
-
-    best: tuple[float, torch.Tensor, torch.Tensor] | None = None
-    for _ in range(n_init):
-        centers = x[torch.randint(n, (1,), generator=gen).to(x.device)]
-        closest = dist(centers)[:, 0]
-        for _ in range(1, k):  # k-means++: sample proportional to squared distance
-            total = float(closest.sum())
-            p = closest.cpu() / total if total > 0 else torch.full((n,), 1.0 / n)
-            idx = torch.multinomial(p, 1, generator=gen).to(x.device)
-            centers = torch.cat([centers, x[idx]])
-            closest = torch.minimum(closest, dist(x[idx])[:, 0])
-        for _ in range(max_iter):
-            d = dist(centers)
-            labels = d.argmin(1)
-            new = torch.zeros_like(centers).index_add_(0, labels, x)
-            counts = torch.bincount(labels, minlength=k)
-            new = new / counts.clamp_min(1)[:, None].to(x.dtype)
-            empty = (counts == 0).nonzero().flatten()
-            if len(empty):  # re-seed empty clusters at the worst-fitted points
-                far = d.gather(1, labels[:, None])[:, 0].topk(len(empty)).indices
-                new[empty] = x[far]
-            shift = float((new - centers).pow(2).sum(1).max())
-            centers = new
-            if shift <= tol * scale:
-                break
-        d = dist(centers)
-        labels = d.argmin(1)
-        inertia = float(d.gather(1, labels[:, None]).sum())
-        if best is None or inertia < best[0]:
-            best = (inertia, labels, centers)
-    assert best is not None
-    return best[1], best[2]
-
-
 def cluster_histograms(
-    real: torch.Tensor, fake: torch.Tensor, num_clusters: int = 20, seed: int = 0, **kmeans_kw: int
+    real: torch.Tensor, fake: torch.Tensor, num_clusters: int = 20, seed: int = 0,
+    n_init: int = 10,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster the union; return (real_hist, fake_hist), each (num_clusters,) summing to 1."""
-    labels, _ = kmeans(torch.cat([real, fake]), num_clusters, seed=seed, **kmeans_kw)
-    lr, lf = labels[: len(real)], labels[len(real):]
+    """Cluster the union with mini-batch k-means (scikit-learn's ``MiniBatchKMeans``, as the
+    reference code does, ``n_init`` = 10 there too); return (real_hist, fake_hist), each
+    (num_clusters,) summing to 1."""
+    from sklearn.cluster import MiniBatchKMeans
 
-    def hist(lab: torch.Tensor) -> np.ndarray:
-        return (torch.bincount(lab, minlength=num_clusters).double() / len(lab)).cpu().numpy()
+    # generated rows first, as the reference stacks them (mini-batch k-means sees rows in order)
+    data = torch.cat([fake, real]).detach().cpu().double().numpy()
+    if len(data) < num_clusters:
+        raise MvqError(f"PRD: expected at least {num_clusters} features for {num_clusters} "
+                       f"clusters, found {len(data)}. Use more images.")
+    labels = MiniBatchKMeans(n_clusters=num_clusters, n_init=n_init, random_state=seed).fit(
+        data).labels_
+    lf, lr = labels[: len(fake)], labels[len(fake):]
+
+    def hist(lab: np.ndarray) -> np.ndarray:
+        return np.bincount(lab, minlength=num_clusters).astype(np.float64) / len(lab)
 
     return hist(lr), hist(lf)
 
@@ -119,14 +78,13 @@ def prd_from_features(
     num_runs: int = 10,
     enforce_balance: bool = True,
     seed: int = 0,
-    **kmeans_kw: int,
+    n_init: int = 10,
 ) -> tuple[np.ndarray, np.ndarray]:
     """PRD curve (precision, recall), each (num_angles,), averaged over ``num_runs`` clusterings.
 
     real: (N, D) reference features; fake: (M, D) generated features (N == M unless
     ``enforce_balance=False``; the paper warns that unbalanced sets bias the curve).
     """
-    # torch tensors stay on their device (k-means runs there); arrays become CPU tensors
     r, f = (t.detach().float() if isinstance(t, torch.Tensor) else
             torch.from_numpy(np.asarray(t, np.float32)) for t in (real, fake))
     if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
@@ -141,7 +99,7 @@ def prd_from_features(
         )
     curves = []
     for run in range(num_runs):
-        hists = cluster_histograms(r, f, num_clusters, seed=seed + run, **kmeans_kw)
+        hists = cluster_histograms(r, f, num_clusters, seed=seed + run, n_init=n_init)
         curves.append(prd_curve(*hists, num_angles=num_angles))
     return np.mean([c[0] for c in curves], axis=0), np.mean([c[1] for c in curves], axis=0)
 
