@@ -222,3 +222,52 @@ def test_out_must_be_a_writable_folder(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "is a file, expected a folder" in err[0]
     assert blocker.read_text() == "keep me"
+
+
+def _tiny_cifar(root):
+    import pickle
+
+    import numpy as np
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+        with open(root / name, "wb") as fh:
+            pickle.dump(batch, fh)
+
+
+def _tiny_folder(root):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for i in range(4):
+            path = root / split / "class_a" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (80, 72, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("dataset, write", [("cifar10", _tiny_cifar), ("celeba64", _tiny_folder),
+                                            ("imagenet64", _tiny_folder)])
+def test_paper_scale_reads_the_users_files(dataset, write, tmp_path, monkeypatch):
+    """The paper plans' data wiring on tiny files in each data set's on-disk format: the first
+    table1 run (its real model and data settings; one step, batch 2) trains and is evaluated."""
+    import dataclasses
+
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    write(root)
+    plan = build_plan("table1", "paper", seeds=1, dataset=dataset)
+    first = plan.runs[0]
+    tiny = dataclasses.replace(first, overrides=first.overrides + (
+        "train.steps=1", "train.batch_size=2", "train.val_every=1", "train.ckpt_every=1",
+        "train.grid_images=2", "data.val_limit=2", "model.num_masks=4", "loss.disc_start=0"))
+    plan = dataclasses.replace(plan, runs=[tiny], eval_n=2, metrics=("mse", "psnr"))
+    records = execute(plan, tmp_path / "rep", data_root=str(root), progress=False)
+    (rec,) = records
+    size = {"cifar10": 32}.get(dataset, 64)
+    assert rec["config"]["data"]["root"] == str(root)
+    assert (rec["config"]["model"]["image_size"], rec["config"]["model"]["channels"]) == (size, 3)
+    assert 0 < rec["metrics"]["mse"] < 1
