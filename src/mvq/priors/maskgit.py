@@ -12,7 +12,8 @@ cross entropy over the masked entries only.
 Decoding: T fixed steps on a cosine schedule; each step samples every masked entry, scores it by
 its log-probability plus Gumbel noise annealed as ``choice_temperature * (1 - t/T)``, keeps the
 most confident and re-masks the rest so exactly `mask_schedule(t, T, L * c)` stay masked: at
-least one entry is revealed per step (so T <= L * c) and none is masked after step T.
+least one entry is revealed per step while any is masked (the prior takes T <= L * c) and none
+is masked after step T.
 
 `MaskGITPrior` puts the network behind the prior interface (mvq.priors.base): codes (B, H, W)
 or MoVQ's (B, H, W, c) are read as L = H * W positions of c ids.
@@ -130,12 +131,11 @@ class MaskGIT(nn.Module):
 
         choice_temperature scales the confidence noise (default: `temperature`; MaskGIT used
         4.5). return_history=True also returns the (n, L, c) ids after every step. top_k /
-        top_p filter each draw as in the GPT.
+        top_p filter each draw as in the GPT. Steps beyond L * c find nothing left to reveal
+        (the sampling benchmark times such passes); `MaskGITPrior.sample` refuses them.
         """
-        total = self.cfg.seq_len * self.cfg.channels
-        if not 1 <= steps <= total:
-            raise MvqError(f"MaskGIT steps must be in [1, {total}] (L * c = {total} tokens, at "
-                           f"least one revealed per step), got {steps}")
+        if steps < 1:
+            raise MvqError(f"MaskGIT steps must be >= 1, got {steps}")
         was = self.training
         self.eval()
         try:
@@ -257,6 +257,9 @@ class MaskGITPrior(Prior):
         cond = self.check_labels(labels, n)
         total = math.prod(self.shape)
         steps = min(self.DEFAULT_STEPS, total) if steps is None else steps
+        if not 1 <= steps <= total:
+            raise MvqError(f"MaskGIT steps must be in [1, {total}] ({total} tokens per item, "
+                           f"at least one revealed per step), got {steps}")
         choice = self.CHOICE_TEMPERATURE if choice_temperature is None else choice_temperature
         ids = self.net.generate(n, steps, temperature, choice, cond, self.new_generator(generator),
                                 top_k=top_k, top_p=top_p)
