@@ -89,6 +89,12 @@ def test_prior_trains_samples_decodable_codes_and_resumes_exactly(tokens, kind, 
                                            cfg.model.image_size)
     got, images = sample_codes_and_images(files["tokenizer"], full["checkpoint"], n=3, seed=2)
     assert images.shape[0] == 3 and torch.isfinite(images).all()
+    from mvq.evaluate import evaluate_samples  # evaluate --prior: the NLL of every prior type
+
+    res = evaluate_samples(files["tokenizer"], full["checkpoint"], n=4, metrics="nll",
+                           progress=False, device="cpu")
+    stages = {k[4:] for k in res["metrics"] if not k.endswith("_bits")}
+    assert stages == set(a.nll(codes[:2])) and res["prior_type"] == kind
 
 
 @pytest.mark.parametrize("kind,tok,layout", [("pixelcnn", "movq", "multichannel"),
