@@ -175,3 +175,21 @@ def test_interface_refuses_bad_labels_and_options():
         decoding_options(plain, steps=4)
     with pytest.raises(MvqError, match="top_p must be None or a number in \\(0, 1\\]"):
         decoding_options(plain, top_p=1.5)
+
+
+def test_pixelcnn_spatial_condition_keeps_raster_causality():
+    from mvq.priors import PixelCNN
+
+    model = PixelCNN(5, channels=8, n_layers=3, spatial=True).double().eval()
+    ids = torch.randint(0, 5, (1, 3, 4))
+    where = torch.randn(1, 8, 3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        base = model(ids, where=where).flatten(2)
+        for t in range(12):
+            changed = ids.clone().view(-1)
+            changed[t] = (changed[t] + 1) % 5
+            out = model(changed.view(1, 3, 4), where=where).flatten(2)
+            assert torch.equal(out[..., : t + 1], base[..., : t + 1]), t
+        assert not torch.allclose(model(ids, where=where + 1), model(ids, where=where))
+    with pytest.raises(MvqError, match="spatially conditioned: pass where"):
+        model(ids)
