@@ -88,6 +88,10 @@ def test_movq_codes_with_gpt_and_pixelcnn(movq, capsys):
                                  "--out", str(root / "pix"), *FAST])
     assert code == 2 and "cannot model multichannel codes" in err and "--type gpt or maskgit" in err
     assert not (root / "pix").exists()
+    code, _, err = _run(capsys, ["train-prior", str(movq["tokens"]), "--type", "vqgan",
+                                 "--out", str(root / "bad"), *FAST])
+    assert code == 2 and "unknown prior type 'vqgan': expected one of gpt, maskgit" in err
+    assert not (root / "bad").exists()
 
 
 def test_class_conditional_prior_from_the_cli(movq, capsys):

@@ -196,8 +196,9 @@ def _add_priors(sub) -> None:
                        "under `torchrun --nproc_per_node N -m mvq train-prior ...` "
                        "(--batch-size is the global batch).")
     p.add_argument("tokens", help="token file from `mvq encode-dataset`")
-    p.add_argument("--type", dest="prior_type", choices=["gpt", "maskgit", "pixelcnn"],
-                   help="the prior (default: maskgit for multichannel MoVQ codes, else gpt)")
+    p.add_argument("--type", dest="prior_type", metavar="TYPE",  # checked by the registry
+                   help="the prior, a name in mvq.priors.PRIORS: gpt, maskgit or pixelcnn "
+                   "(default: maskgit for multichannel MoVQ codes, else gpt)")
     p.add_argument("--class-conditional", action="store_true",
                    help="condition the prior on the token file's class labels (sample with "
                    "--class)")
