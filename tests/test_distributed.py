@@ -159,7 +159,7 @@ def test_torchrun_prior_training_matches_one_process(tmp_path):
                           "--master_port", str(_free_port()), "-m", "mvq", *args, "--out",
                           str(two)], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("trained prior for 1 steps") == 1
+    assert run.stdout.count("trained gpt prior for 1 steps") == 1
     run = subprocess.run([sys.executable, "-m", "mvq", *args, "--out", str(one)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

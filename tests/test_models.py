@@ -98,7 +98,8 @@ def test_a_few_steps_lower_the_loss(kind):
 
 
 def test_mvq_latents_stay_bounded_over_training():
-    """DESIGN.md: gradient codebooks let MVQ latents grow without bound; EMA keeps them bounded."""
+    """docs/architecture.md: gradient codebooks let MVQ latents grow without bound; EMA keeps
+    them bounded."""
     from mvq.data import build_dataset
 
     ds = build_dataset("shapes", split="train", size=28, channels=1, limit=256)

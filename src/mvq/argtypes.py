@@ -85,3 +85,23 @@ def device_name(text: str) -> str:
     except MvqError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
+
+
+def top_p_fraction(text: str) -> float:
+    """A nucleus mass in (0, 1] (--top-p; 1 keeps every id)."""
+    value = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], found {text}")
+    return value
+
+
+def class_list(text: str) -> list[int]:
+    """One class id or a comma list of them, each >= 0 (--class 3, --class 0,1,2)."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a class id or a comma list of them (0,1,2), found {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected class ids >= 0, found {text}")
+    return values

@@ -10,11 +10,13 @@ from pathlib import Path
 import mvq
 from mvq.argtypes import (
     OneLineParser,
+    class_list,
     device_name,
     open_fraction,
     positive_float,
     positive_int,
     threads,
+    top_p_fraction,
 )
 from mvq.errors import MvqError
 
@@ -130,6 +132,7 @@ def _add_evaluate(sub) -> None:
                    help="with --prior (default 1.0)")
     p.add_argument("--top-k", type=positive_int,
                    help="with --prior: sample from the k most likely ids")
+    _add_decoding(p, "with --prior: ")
     _add_force(p)
     p.add_argument("--json", help="write the result here (default CHECKPOINT/eval_SPLIT_N.json, "
                    "with --prior PRIOR/eval_samples_SPLIT_N.json)")
@@ -181,12 +184,24 @@ def _add_priors(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256)
     _add_overwrite(p)
     _add_device_and_progress(p)
-    p = sub.add_parser("train-prior", help="train the two-stage GPT prior (MVQ Table 4 sizes) on tokens",
-                       description="Train a causal transformer over primary tokens and a secondary "
-                       "transformer conditioned on them; logs validation NLL (nats, bits/token). "
-                       "Data-parallel under `torchrun --nproc_per_node N -m mvq train-prior ...` "
+    p = sub.add_parser("train-prior", help="train a prior (two-stage GPT, MaskGIT or PixelCNN) "
+                       "on a token file",
+                       description="Train a prior over a token file's codes and log its "
+                       "validation NLL (nats, bits/token). --type gpt: a causal transformer over "
+                       "the primary tokens and a secondary one conditioned on them (MVQ Table 4 "
+                       "sizes; MoVQ's h*w*c ids as one sequence); maskgit: a bidirectional "
+                       "transformer over (h, w[, c]) ids (MoVQ 3.2); pixelcnn: gated PixelCNNs, "
+                       "the secondary one conditioned on the primary ids (VQ-VAE-2). Default: "
+                       "maskgit for MoVQ's multichannel codes, gpt otherwise. Data-parallel "
+                       "under `torchrun --nproc_per_node N -m mvq train-prior ...` "
                        "(--batch-size is the global batch).")
     p.add_argument("tokens", help="token file from `mvq encode-dataset`")
+    p.add_argument("--type", dest="prior_type", metavar="TYPE",  # checked by the registry
+                   help="the prior, a name in mvq.priors.PRIORS: gpt, maskgit or pixelcnn "
+                   "(default: maskgit for multichannel MoVQ codes, else gpt)")
+    p.add_argument("--class-conditional", action="store_true",
+                   help="condition the prior on the token file's class labels (sample with "
+                   "--class)")
     p.add_argument("--out", default="runs/prior", help="output folder (checkpoint in OUT/checkpoint)")
     p.add_argument("--steps", type=positive_int, default=2000)
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -200,17 +215,37 @@ def _add_priors(sub) -> None:
     _add_device_and_progress(p)
     p = sub.add_parser("sample", help="sample images: prior -> tokens -> tokenizer decoder",
                        description="Sample token sequences with a prior (MVQ masks drawn at random, "
-                       "seeded) and decode them with the tokenizer they were trained on.")
+                       "seeded) and decode them with the tokenizer they were trained on.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  mvq sample --tokenizer TOK --prior PRIOR --n 80 "
+                       "--class 0,1,2,3,4,5,6,7,8,9   # a row per class\n"
+                       "  mvq sample --tokenizer MOVQ --prior MASKGIT --steps 8 "
+                       "--choice-temperature 4.5")
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint folder")
     p.add_argument("--prior", required=True, help="prior checkpoint folder (OUT/checkpoint)")
     p.add_argument("--n", type=positive_int, default=64)
     p.add_argument("--out", default="samples.png")
     p.add_argument("--temperature", type=positive_float, default=1.0)
     p.add_argument("--top-k", type=positive_int)
+    _add_decoding(p, "")
+    p.add_argument("--class", dest="classes", type=class_list, metavar="K[,K...]",
+                   help="class-conditional priors: sample these classes, in equal consecutive "
+                   "blocks (default: every class)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=positive_int, default=3, help="integer upscaling of the PNG")
     _add_force(p)
     _add_overwrite(p)
+
+
+def _add_decoding(p, prefix: str) -> None:
+    """--top-p and MaskGIT's --steps / --choice-temperature (sample, evaluate --prior)."""
+    p.add_argument("--top-p", type=top_p_fraction,
+                   help=prefix + "sample from the smallest set of ids with this probability mass")
+    p.add_argument("--steps", type=positive_int,
+                   help=prefix + "MaskGIT decoding steps (default 12; at least one token "
+                   "revealed per step)")
+    p.add_argument("--choice-temperature", type=positive_float,
+                   help=prefix + "MaskGIT confidence noise, annealed to 0 (default 4.5)")
 
 
 def cmd_encode_dataset(args) -> int:
@@ -230,17 +265,18 @@ def cmd_train_prior(args) -> int:
     r = train_prior(args.tokens, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     seed=args.seed, val_fraction=args.val_fraction, progress=not args.no_progress,
                     device=args.device, val_every=args.val_every, resume=args.resume,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, kind=args.prior_type,
+                    class_conditional=args.class_conditional)
     if distributed.launched_rank():
         return 0  # under torchrun only rank 0 reports
     m = r["metrics"]
-    second = m.get("val_secondary_bits")
-    done = (f"the prior in {args.out} had already finished {r['step']} steps (nothing trained)"
-            if r["finished_before"] else f"trained prior for {r['step']} steps in {r['seconds']:.0f}s")
-    print(f"{done}: val NLL {m['val_nll']:.4f} nats "
-          f"(primary {m['val_primary_bits']:.3f}"
-          + (f", secondary {second:.3f}" if second is not None else "")
-          + f" bits/token); checkpoint in {r['checkpoint']}")
+    stages = [k[4:-5] for k in m if k.startswith("val_") and k.endswith("_bits")]
+    done = (f"the {r['kind']} prior in {args.out} had already finished {r['step']} steps "
+            "(nothing trained)" if r["finished_before"] else
+            f"trained {r['kind']} prior for {r['step']} steps in {r['seconds']:.0f}s")
+    bits = ", ".join(f"{s} {m[f'val_{s}_bits']:.3f}" for s in stages)
+    print(f"{done}: val NLL {m['val_nll']:.4f} nats ({bits} bits/token); checkpoint in "
+          f"{r['checkpoint']}")
     return 0
 
 
@@ -249,7 +285,9 @@ def cmd_sample(args) -> int:
 
     path = sample_images(args.tokenizer, args.prior, n=args.n, out=args.out,
                          temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                         scale=args.scale, overwrite=args.overwrite, force=args.force)
+                         scale=args.scale, overwrite=args.overwrite, force=args.force,
+                         classes=args.classes, top_p=args.top_p, steps=args.steps,
+                         choice_temperature=args.choice_temperature)
     print(f"{args.n} samples -> {path}")
     return 0
 
@@ -441,7 +479,9 @@ def cmd_evaluate(args) -> int:
     if args.prior:
         result = evaluate_samples(args.checkpoint, args.prior, metrics=args.metrics or
                                   SAMPLE_METRICS, seed=args.seed, temperature=args.temperature,
-                                  top_k=args.top_k, force=args.force, **common)
+                                  top_k=args.top_k, force=args.force, top_p=args.top_p,
+                                  steps=args.steps, choice_temperature=args.choice_temperature,
+                                  **common)
     else:
         result = evaluate_checkpoint(args.checkpoint, metrics=args.metrics or METRICS, **common)
     json_path, md_path = reports(result["n"])

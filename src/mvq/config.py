@@ -37,7 +37,7 @@ class ModelConfig:
     res_blocks: int = 2
     res_channels: int = 64
     beta: float = 0.25
-    ema: bool = True  # EMA codebooks: gradient codebooks make MVQ diverge (DESIGN.md)
+    ema: bool = True  # EMA codebooks: gradient codebooks make MVQ diverge (docs/architecture.md)
     decay: float = 0.99
     restart_dead: bool = True
     kmeans_init: bool = False

@@ -67,6 +67,9 @@ _LABELS = {
     "nll_primary_bits": ("NLL primary (bits/token)", "{:.4f}"),
     "nll_secondary": ("NLL secondary (nats/token)", "{:.4f}"),
     "nll_secondary_bits": ("NLL secondary (bits/token)", "{:.4f}"),
+    "nll_masked": ("NLL masked tokens, MaskGIT at a fixed 50% mask (nats/token)", "{:.4f}"),
+    "nll_masked_bits": ("NLL masked tokens, MaskGIT at a fixed 50% mask (bits/token)",
+                        "{:.4f}"),
 }
 
 
@@ -332,30 +335,46 @@ def evaluate_samples(
     temperature: float = 1.0,
     top_k: int | None = None,
     force: bool = False,
+    top_p: float | None = None,
+    steps: int | None = None,
+    choice_temperature: float | None = None,
 ) -> dict:
     """Second-stage metrics of a prior on ``checkpoint``'s tokens (MVQ paper Table 5).
 
     fid: FID* between ``n`` samples (prior -> codes -> decoder, seeded, MVQ masks random) and
     the first ``n`` real images of ``split`` (the same cached real statistics as rFID);
     prd: F_8 (recall) / F_1/8 (precision) of the samples against those real images;
-    nll: the prior's mean NLL on the tokens of those real images, primary and secondary,
-    in nats and bits per token. Returns a JSON-serialisable dict like `evaluate_checkpoint`.
+    nll: the prior's mean NLL on the tokens of those real images, per stage it reports (GPT
+    and PixelCNN: primary and secondary; MaskGIT: 'masked', its masked-token NLL at a fixed
+    mask, not a likelihood), in nats and bits per token. A class-conditional prior samples every
+    class in equal blocks and scores the real tokens given their labels. ``steps`` and
+    ``choice_temperature`` are MaskGIT's (refused by the other priors). Returns a
+    JSON-serialisable dict like `evaluate_checkpoint`.
     """
-    from mvq.sample import check_same_tokenizer, check_sampling, sample_batches
+    from mvq.sample import (
+        check_same_tokenizer,
+        check_sampling,
+        class_labels,
+        decoding_options,
+        sample_batches,
+    )
     from mvq.train.prior import load_prior, validate_prior
 
     t0 = time.time()
     chosen = _check_metrics(metrics, SAMPLE_METRICS, "sample metric")
-    check_sampling(temperature, top_k)
+    check_sampling(temperature, top_k, top_p)
     inception = "fid" in chosen or "prd" in chosen
     run = _open_run(checkpoint, split, n, batch_size, device, data_root, chosen, inception,
                     "samples", progress)
     model, dev = run.model, run.dev
     prior_model, prior_info = load_prior(prior, device=str(dev))
     check_same_tokenizer(prior_info, run.result["config_hash"], prior, model, force)
+    decoding = decoding_options(prior_model, temperature, top_k, top_p, steps,
+                                choice_temperature)
     run.result.update(kind="samples", prior=str(Path(prior).resolve()),
-                      prior_step=prior_info.get("step"), sample_seed=seed,
-                      temperature=temperature, top_k=top_k)
+                      prior_step=prior_info.get("step"), prior_type=prior_model.kind,
+                      sample_seed=seed, temperature=temperature, top_k=top_k,
+                      decoding=decoding, num_classes=prior_model.num_classes)
     out = run.result["metrics"]
     from tqdm.auto import tqdm
 
@@ -366,8 +385,9 @@ def evaluate_samples(
             bar = tqdm(total=run.n_used, desc="sample", unit="img", file=sys.stderr,
                        disable=not progress, dynamic_ncols=True)
             feats = []
+            labels = class_labels(prior_model, run.n_used)
             for _, images in sample_batches(model, prior_model, run.n_used, batch_size, gen,
-                                            temperature, top_k):
+                                            labels, **decoding):
                 feats.append(extract_features(images, batch_size, dev, False, extractor))
                 bar.update(len(images))
             bar.close()
@@ -378,8 +398,12 @@ def evaluate_samples(
             codes = Codes.cat([model.encode(x.to(dev)) for x in tqdm(
                 run.batches, desc="nll", disable=not progress, file=sys.stderr,
                 dynamic_ncols=True)])
-            val = validate_prior(prior_model, codes, batch_size)
-            for stage in ("primary", "secondary"):
+            real_labels = None
+            if prior_model.num_classes:  # the real images' classes
+                ds = run.batches.dataset
+                real_labels = torch.tensor([int(ds[i][1]) for i in range(run.n_used)]).to(dev)
+            val = validate_prior(prior_model, codes, batch_size, real_labels)
+            for stage in prior_model.stages:
                 if f"val_{stage}_nll" in val:
                     out[f"nll_{stage}"] = val[f"val_{stage}_nll"]
                     out[f"nll_{stage}_bits"] = val[f"val_{stage}_bits"]
@@ -401,8 +425,9 @@ def format_table(result: dict) -> str:
     head = (f"**{r('model_type')}** `{r('checkpoint')}` (step {r('step')}) - N={r('n')} "
             f"{r('split')} images of {r('dataset')} ({r('image_size')} px, {r('channels')} ch)")
     if r("kind") == "samples":
-        head += (f"; samples of prior `{r('prior')}` (step {r('prior_step')}), seed "
-                 f"{r('sample_seed')}, temperature {r('temperature')}, top-k {r('top_k')}")
+        head += (f"; samples of {r('prior_type') or 'gpt'} prior `{r('prior')}` (step "
+                 f"{r('prior_step')}), seed {r('sample_seed')}, decoding "
+                 f"{r('decoding') or {'temperature': r('temperature'), 'top_k': r('top_k')}}")
     rows = [head, "", "| metric | value |", "| --- | --- |"]
     for key, value in (r("metrics") or {}).items():
         rows.append(f"| {_LABELS.get(key, (key, ''))[0]} | {_cell(key, value)} |")

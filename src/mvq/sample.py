@@ -36,13 +36,48 @@ def check_same_tokenizer(prior_info: dict, tokenizer_hash: str, prior_dir: str |
                        "train a prior on this checkpoint's tokens")
 
 
-def check_sampling(temperature: float, top_k: int | None) -> None:
-    """MvqError unless temperature is finite and >= 0 (0: greedy) and top_k is None or >= 1."""
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None = None) -> None:
+    """MvqError unless temperature is finite and >= 0 (0: greedy), top_k is None or >= 1 and
+    top_p is None or in (0, 1]."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
             or not math.isfinite(temperature) or temperature < 0:
         raise MvqError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise MvqError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
+        raise MvqError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+
+
+def decoding_options(prior, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None, steps: int | None = None,
+                     choice_temperature: float | None = None) -> dict:
+    """The decoding keywords for ``prior.sample`` (unset ones left out), checked: an option the
+    prior does not take (``steps`` for a GPT) is refused naming the options it does take."""
+    check_sampling(temperature, top_k, top_p)
+    opts = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "steps": steps,
+            "choice_temperature": choice_temperature}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    prior.check_decoding(opts)
+    return opts
+
+
+def class_labels(prior, n: int, classes: list[int] | None = None) -> torch.Tensor | None:
+    """(n,) class ids for n samples: ``classes`` in contiguous blocks (sample i gets
+    classes[i * len(classes) // n], so 8 * len(classes) samples fill one grid row per class),
+    every class of a class-conditional prior when None, None for an unconditional prior."""
+    if classes is not None and not prior.num_classes:
+        raise MvqError(f"--class needs a class-conditional prior; this {prior.kind} prior is "
+                       "unconditional (train one with mvq train-prior --class-conditional)")
+    if not prior.num_classes:
+        return None
+    classes = list(range(prior.num_classes)) if classes is None else list(classes)
+    bad = [k for k in classes if not 0 <= k < prior.num_classes]
+    if not classes or bad:
+        raise MvqError(f"--class {bad[0] if bad else '(none)'}: this prior knows classes "
+                       f"0..{prior.num_classes - 1}")
+    pick = torch.arange(n) * len(classes) // n
+    return torch.tensor(classes, dtype=torch.long)[pick]
 
 
 def grid_rows(images: torch.Tensor, per_row: int = PER_ROW) -> list[torch.Tensor]:
@@ -59,19 +94,26 @@ def grid_rows(images: torch.Tensor, per_row: int = PER_ROW) -> list[torch.Tensor
 
 @torch.no_grad()
 def sample_batches(model, prior, n: int, batch_size: int, generator: torch.Generator,
-                   temperature: float = 1.0, top_k: int | None = None):
+                   labels: torch.Tensor | None = None, **decoding):
     """Yield (Codes, images (b, C, H, W) in [0, 1]) for n samples, batch_size at a time: the
-    prior's codes (drawn from ``generator``) decoded by the tokenizer ``model``."""
+    prior's codes (drawn from ``generator``, sample i of class labels[i] if given) decoded by
+    the tokenizer ``model``. ``decoding``: the prior's options (`decoding_options`)."""
     for start in range(0, n, batch_size):
-        codes = prior.sample(min(batch_size, n - start), temperature=temperature, top_k=top_k,
-                             generator=generator)
+        b = min(batch_size, n - start)
+        lab = None if labels is None else labels[start : start + b]
+        codes = prior.sample(b, lab, generator, **decoding)
         yield codes, model.decode(codes).clamp(0, 1)
 
 
 def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
                             temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
-                            device: str = "cpu", batch_size: int = 256, force: bool = False):
-    """(Codes of n samples, images (n, C, H, W) in [0, 1]) from the prior, decoded."""
+                            device: str = "cpu", batch_size: int = 256, force: bool = False,
+                            classes: list[int] | None = None, top_p: float | None = None,
+                            steps: int | None = None, choice_temperature: float | None = None):
+    """(Codes of n samples, images (n, C, H, W) in [0, 1]) from the prior, decoded.
+
+    classes: class ids for a class-conditional prior (`class_labels`); steps and
+    choice_temperature: MaskGIT's decoding (refused by the other priors)."""
     from mvq.checkpoint import load_tokenizer
     from mvq.codes import Codes
     from mvq.config import model_hash
@@ -79,34 +121,40 @@ def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n:
 
     if n < 1:
         raise MvqError(f"n must be >= 1, got {n}")
-    check_sampling(temperature, top_k)
+    check_sampling(temperature, top_k, top_p)
     model, cfg, _ = load_tokenizer(tokenizer_dir, device=device)
     model.eval()
     prior, info = load_prior(prior_dir, device=device)
     check_same_tokenizer(info, model_hash(cfg.model), prior_dir, model, force)
+    decoding = decoding_options(prior, temperature, top_k, top_p, steps, choice_temperature)
+    labels = class_labels(prior, n, classes)
     gen = torch.Generator(device=device).manual_seed(seed)
-    parts = list(sample_batches(model, prior, n, batch_size, gen, temperature, top_k))
+    parts = list(sample_batches(model, prior, n, batch_size, gen, labels, **decoding))
     return Codes.cat([c for c, _ in parts]), torch.cat([im.cpu() for _, im in parts])
 
 
 def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
                   out: str | Path = "samples.png", temperature: float = 1.0,
                   top_k: int | None = None, seed: int = 0, device: str = "cpu",
-                  scale: int = 1, overwrite: bool = False, force: bool = False) -> Path:
+                  scale: int = 1, overwrite: bool = False, force: bool = False,
+                  classes: list[int] | None = None, top_p: float | None = None,
+                  steps: int | None = None, choice_temperature: float | None = None) -> Path:
     """Sample n images (seeded: same seed, same PNG) and write them 8 per row; returns the path.
 
-    The MVQ mask bits are drawn at random from the same seeded generator (MVQPrior.sample).
-    An existing ``out`` is replaced only with ``overwrite``.
+    The MVQ mask bits are drawn at random from the same seeded generator (the prior's sample).
+    An existing ``out`` is replaced only with ``overwrite``. classes / top_p / steps /
+    choice_temperature: as `sample_codes_and_images`.
     """
     from mvq.checkpoint import read_info
     from mvq.outputs import check_output
 
-    check_sampling(temperature, top_k)
+    check_sampling(temperature, top_k, top_p)
     size = int(read_info(tokenizer_dir)["config"]["model"]["image_size"])
     check_grid_size(*grid_shape(max(n, 1)), size, scale, "lower --n or --scale")
     check_output(out, overwrite, "--out")
     _, images = sample_codes_and_images(tokenizer_dir, prior_dir, n, temperature, top_k, seed,
-                                        device, force=force)
+                                        device, force=force, classes=classes, top_p=top_p,
+                                        steps=steps, choice_temperature=choice_temperature)
     return save_grid(grid_rows(images), out, scale=scale)
 
 

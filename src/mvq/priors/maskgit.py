@@ -11,7 +11,12 @@ Training: r ~ U(0, 1) per sequence, ceil(cos(pi/2 * r) * L * c) entries masked a
 cross entropy over the masked entries only.
 Decoding: T fixed steps on a cosine schedule; each step samples every masked entry, scores it by
 its log-probability plus Gumbel noise annealed as ``choice_temperature * (1 - t/T)``, keeps the
-most confident and re-masks the rest so exactly `mask_schedule(t, T, L * c)` stay masked.
+most confident and re-masks the rest so exactly `mask_schedule(t, T, L * c)` stay masked: at
+least one entry is revealed per step while any is masked (the prior takes T <= L * c) and none
+is masked after step T.
+
+`MaskGITPrior` puts the network behind the prior interface (mvq.priors.base): codes (B, H, W)
+or MoVQ's (B, H, W, c) are read as L = H * W positions of c ids.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvq.codes import Codes
 from mvq.errors import MvqError
+from mvq.priors.base import Prior
 from mvq.priors.gpt import Block, check_sizes, init_weights, sample_logits
 
 
@@ -47,11 +54,13 @@ class MaskGITConfig:
 def mask_schedule(step: int, total: int, n_tokens: int) -> int:
     """Entries still masked after decoding step `step` of `total` (step 0: all of them).
 
-    floor(n_tokens * cos(pi/2 * step/total)): non-increasing, n_tokens at 0, exactly 0 at total.
+    min(floor(n_tokens * cos(pi/2 * step/total)), n_tokens - step): the cosine schedule, made to
+    reveal at least one entry per step (needs total <= n_tokens); n_tokens at 0, 0 at total.
     """
     if step >= total:
         return 0
-    return min(n_tokens, math.floor(n_tokens * math.cos(math.pi / 2 * step / total)))
+    cosine = math.floor(n_tokens * math.cos(math.pi / 2 * step / total))
+    return max(0, min(n_tokens - step, cosine))
 
 
 def training_mask(batch: int, n_tokens: int, generator: torch.Generator | None = None,
@@ -116,21 +125,27 @@ class MaskGIT(nn.Module):
     @torch.no_grad()
     def generate(self, n: int, steps: int = 12, temperature: float = 1.0,
                  choice_temperature: float | None = None, cond: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, return_history: bool = False):
+                 generator: torch.Generator | None = None, return_history: bool = False,
+                 top_k: int | None = None, top_p: float | None = None):
         """Decode n sequences in `steps` parallel steps -> (n, L, c) ids in [0, K).
 
         choice_temperature scales the confidence noise (default: `temperature`; MaskGIT used
-        4.5). return_history=True also returns the (n, L, c) ids after every step.
+        4.5). return_history=True also returns the (n, L, c) ids after every step. top_k /
+        top_p filter each draw as in the GPT. Steps beyond L * c find nothing left to reveal
+        (the sampling benchmark times such passes); `MaskGITPrior.sample` refuses them.
         """
+        if steps < 1:
+            raise MvqError(f"MaskGIT steps must be >= 1, got {steps}")
         was = self.training
         self.eval()
         try:
             return self._generate(n, steps, temperature, choice_temperature, cond, generator,
-                                  return_history)
+                                  return_history, (top_k, top_p))
         finally:
             self.train(was)
 
-    def _generate(self, n, steps, temperature, choice_temperature, cond, generator, history):
+    def _generate(self, n, steps, temperature, choice_temperature, cond, generator, history,
+                  filters):
         cfg = self.cfg
         total = cfg.seq_len * cfg.channels
         noise_t = temperature if choice_temperature is None else choice_temperature
@@ -140,7 +155,8 @@ class MaskGIT(nn.Module):
         for step in range(1, steps + 1):
             masked = ids == self.mask_id
             logits = self(ids.view(n, cfg.seq_len, cfg.channels), cond).view(n * total, -1)
-            drawn = sample_logits(logits, temperature, generator=generator).view(n, total)
+            drawn = sample_logits(logits, temperature, *filters, generator=generator)
+            drawn = drawn.view(n, total)
             logp = logits.log_softmax(-1).gather(1, drawn.view(-1, 1)).view(n, total)
             u = torch.rand(n, total, generator=generator, device=device)
             gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
@@ -155,3 +171,96 @@ class MaskGIT(nn.Module):
                 seen.append(ids.view(n, cfg.seq_len, cfg.channels).clone())
         out = ids.view(n, cfg.seq_len, cfg.channels)
         return (out, seen) if history else out
+
+
+class MaskGITPrior(Prior):
+    """MaskGIT behind the prior interface (registry name "maskgit").
+
+    shape: ids per item, (H, W) single-channel or (H, W, c) multichannel: L = H * W positions
+    of c ids; vocab_size: K (the one codebook MoVQ's channels share); sizes: {n_layer, n_head,
+    n_embd}.
+    nll reports {'masked': nats/token}: the mean cross entropy of the hidden entries when
+    `NLL_MASK_RATIO` of them are masked by one fixed seeded pattern (the same for every item,
+    so it does not depend on batching). It is not a likelihood of the codes, and not comparable
+    with the GPT's or PixelCNN's exact per-token NLL.
+    """
+
+    kind = "maskgit"
+    layouts = ("single-channel", "multichannel")
+    stages = ("masked",)
+    decoding = ("temperature", "top_k", "top_p", "steps", "choice_temperature")
+    NLL_MASK_RATIO = 0.5
+    DEFAULT_STEPS = 12
+    CHOICE_TEMPERATURE = 4.5  # MaskGIT's default
+
+    def __init__(self, shape: tuple[int, ...], vocab_size: int, sizes: dict | None = None,
+                 num_classes: int = 0, dropout: float = 0.0, meta: dict | None = None) -> None:
+        super().__init__()
+        if len(shape) not in (2, 3):
+            raise MvqError(f"MaskGIT models (H, W) or (H, W, c) ids per item, got {shape}")
+        self.shape = tuple(int(d) for d in shape)
+        self.channels = self.shape[2] if len(self.shape) == 3 else 1
+        self.num_classes, self.meta = num_classes, dict(meta or {})
+        self._kwargs = dict(shape=list(self.shape), vocab_size=vocab_size,
+                            sizes=dict(sizes or {}), num_classes=num_classes, dropout=dropout,
+                            meta=dict(meta or {}))
+        self.net = MaskGIT(MaskGITConfig(vocab_size, self.shape[0] * self.shape[1],
+                                         self.channels, num_classes=num_classes,
+                                         dropout=dropout, **(sizes or {})))
+
+    @classmethod
+    def from_codes(cls, codes: Codes, num_classes: int = 0, sizes: dict | None = None
+                   ) -> MaskGITPrior:
+        from mvq.priors.two_stage import codebook_sizes
+
+        cls.check_layout(codes)
+        return cls(tuple(codes.primary.shape[1:]), codebook_sizes(codes)[0], sizes,
+                   num_classes, meta=codes.meta)
+
+    def config(self) -> dict:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._kwargs.items()}
+
+    def _ids(self, codes: Codes) -> torch.Tensor:
+        have = tuple(codes.primary.shape[1:])
+        if have != self.shape or codes.secondary is not None:
+            raise MvqError(f"this MaskGIT prior models ids of shape {self.shape} per item, the "
+                           f"codes have {have}" + (" and secondary ids" if codes.secondary
+                                                   is not None else ""))
+        return codes.primary.reshape(len(codes), -1, self.channels)
+
+    def loss(self, codes: Codes, labels: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training: masked-token cross entropy at a random cosine-schedule ratio (torch's global
+        RNG, checkpointed by the engine); in eval mode the fixed `nll` mask."""
+        ids = self._ids(codes)
+        cond = self.check_labels(labels, len(codes))
+        mask = None if self.training else self._nll_mask(ids)
+        loss, _ = self.net.loss(ids, cond, mask=mask)
+        return loss, {"masked": loss.detach() if self.training else loss}
+
+    def _nll_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        b, n, c = ids.shape
+        count = max(1, round(self.NLL_MASK_RATIO * n * c))
+        order = torch.randperm(n * c, generator=torch.Generator().manual_seed(0))
+        pattern = torch.zeros(n * c, dtype=torch.bool)
+        pattern[order[:count]] = True
+        return pattern.view(1, n, c).expand(b, n, c).to(ids.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None,
+               steps: int | None = None, choice_temperature: float | None = None) -> Codes:
+        """n codes, primary (n, H, W) or (n, H, W, c), decoded in `steps` parallel steps
+        (default 12, capped at the token count) with confidence noise `choice_temperature`
+        (default 4.5)."""
+        cond = self.check_labels(labels, n)
+        total = math.prod(self.shape)
+        steps = min(self.DEFAULT_STEPS, total) if steps is None else steps
+        if not 1 <= steps <= total:
+            raise MvqError(f"MaskGIT steps must be in [1, {total}] ({total} tokens per item, "
+                           f"at least one revealed per step), got {steps}")
+        choice = self.CHOICE_TEMPERATURE if choice_temperature is None else choice_temperature
+        ids = self.net.generate(n, steps, temperature, choice, cond, self.new_generator(generator),
+                                top_k=top_k, top_p=top_p)
+        return Codes(ids.reshape(n, *self.shape), meta=dict(self.meta))

@@ -6,9 +6,13 @@ of K1 + K2 ids); its loss and its samples use only the secondary positions and t
 slice of the vocabulary, so the primary ids act as a fully visible context.
 MVQ mask bits are not modelled: `sample` draws them from Bernoulli(0.5) with a seeded
 generator (MVQ paper 3.4: no distribution over masks is learned).
+MoVQ's multichannel codes (B, H, W, c) are modelled as one raster sequence of H * W * c ids
+(channels innermost), so autoregressive decoding can be compared with MaskGIT on them.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -16,24 +20,31 @@ from torch import nn
 
 from mvq.codes import Codes
 from mvq.errors import MvqError
+from mvq.priors.base import LAYOUTS, Prior
 from mvq.priors.gpt import GPT, GPTConfig, table4_size
 
 
-class MVQPrior(nn.Module):
-    """Primary GPT + secondary GPT conditioned on the primary ids.
+class MVQPrior(Prior):
+    """Primary GPT + secondary GPT conditioned on the primary ids (registry name "gpt").
 
-    primary_shape: (H, W) primary grid, S = H * W tokens with ids in [0, K1).
+    primary_shape: (H, W) primary grid, S = H * W tokens with ids in [0, K1); or (H, W, c)
+        multichannel ids, S = H * W * c.
     secondary_shape: (H', W') secondary grid (S' tokens, ids in [0, K2)), or None for one-level
         codes. mask_dim: D' mask bits per secondary token (0: no mask, e.g. hierarchical VQ).
     sizes: {"primary": {n_layer, n_head, n_embd}, "secondary": {...}}; default Table 4 for S.
     """
+
+    kind = "gpt"
+    layouts = tuple(LAYOUTS)
+    stages = ("primary", "secondary")
+    decoding = ("temperature", "top_k", "top_p", "use_cache", "seed")
 
     def __init__(self, primary_shape: tuple[int, int], codebook_sizes: list[int],
                  secondary_shape: tuple[int, int] | None = None, mask_dim: int = 0,
                  sizes: dict | None = None, num_classes: int = 0, dropout: float = 0.0,
                  meta: dict | None = None) -> None:
         super().__init__()
-        sizes = sizes or table4_size(primary_shape[0] * primary_shape[1])
+        sizes = sizes or table4_size(math.prod(primary_shape))
         self._kwargs = dict(primary_shape=list(primary_shape), codebook_sizes=list(codebook_sizes),
                             secondary_shape=None if secondary_shape is None
                             else list(secondary_shape), mask_dim=mask_dim, sizes=sizes,
@@ -41,7 +52,8 @@ class MVQPrior(nn.Module):
         self.primary_shape = tuple(primary_shape)
         self.secondary_shape = None if secondary_shape is None else tuple(secondary_shape)
         self.mask_dim, self.meta = mask_dim, dict(meta or {})
-        self.s1 = self.primary_shape[0] * self.primary_shape[1]
+        self.num_classes = num_classes
+        self.s1 = math.prod(self.primary_shape)
         self.s2 = 0 if secondary_shape is None else secondary_shape[0] * secondary_shape[1]
         if self.s2 and len(codebook_sizes) < 2:
             raise MvqError("two-level codes need two codebook sizes [K1, K2], got "
@@ -63,14 +75,17 @@ class MVQPrior(nn.Module):
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._kwargs.items()}
 
     @classmethod
-    def from_codes(cls, codes: Codes, **kw) -> MVQPrior:
-        """Shapes from a batch of codes, codebook sizes from codes.meta['codebook_sizes']."""
-        sizes = codes.meta.get("codebook_sizes")
-        if not sizes:
-            raise MvqError("codes.meta has no 'codebook_sizes': encode them with an mvq tokenizer")
-        return cls(tuple(codes.primary.shape[1:]), list(sizes),
+    def from_codes(cls, codes: Codes, num_classes: int = 0, sizes: dict | None = None,
+                   **kw) -> MVQPrior:
+        """Shapes from a batch of codes, codebook sizes from codes.meta['codebook_sizes'].
+
+        sizes: {"primary": {n_layer, n_head, n_embd}, "secondary": {...}} (default Table 4).
+        """
+        cls.check_layout(codes)
+        return cls(tuple(codes.primary.shape[1:]), codebook_sizes(codes),
                    None if codes.secondary is None else tuple(codes.secondary.shape[1:]),
-                   0 if codes.mask is None else codes.mask.shape[-1], meta=codes.meta, **kw)
+                   0 if codes.mask is None else codes.mask.shape[-1], sizes=sizes,
+                   num_classes=num_classes, meta=codes.meta, **kw)
 
     # training / likelihood --------------------------------------------------------------
     def _check(self, codes: Codes) -> None:
@@ -83,10 +98,15 @@ class MVQPrior(nn.Module):
             raise MvqError(f"this prior models secondary grids {self.secondary_shape}, codes "
                            f"have {found}")
 
-    def forward(self, codes: Codes, cond: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training loss (sum of the per-stage mean NLLs), {'primary', 'secondary'} nats/token."""
+    def loss(self, codes: Codes, labels: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss (sum of the per-stage mean NLLs), {'primary', 'secondary'} nats/token.
+
+        `nll` reports the same parts: 'secondary' only for two-level codes; mask bits carry no
+        likelihood.
+        """
         self._check(codes)
+        cond = self.check_labels(labels, len(codes))
         p = codes.primary.reshape(len(codes), -1)
         _, loss1 = self.primary(p, targets=p, cond=cond)
         parts = {"primary": loss1}
@@ -97,34 +117,20 @@ class MVQPrior(nn.Module):
             parts["secondary"] = F.cross_entropy(sec.reshape(-1, self.k2), s.reshape(-1))
         return sum(parts.values()), parts
 
-    @torch.no_grad()
-    def nll(self, codes: Codes, cond: torch.Tensor | None = None) -> dict[str, float]:
-        """Mean negative log-likelihood in nats/token: {'primary': .., 'secondary': ..}.
-
-        'secondary' is present only for two-level codes; mask bits carry no likelihood.
-        """
-        was = self.training
-        self.eval()
-        try:
-            _, parts = self.forward(codes, cond)
-        finally:
-            self.train(was)
-        return {k: float(v) for k, v in parts.items()}
-
     # sampling ----------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, cond: torch.Tensor | None = None,
-               use_cache: bool = True, seed: int | None = 0,
-               generator: torch.Generator | None = None) -> Codes:
-        """n codes: primary (n, H, W), secondary (n, H', W') or None, mask (n, H', W', D') or None.
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
+               seed: int | None = 0) -> Codes:
+        """n codes: primary (n, H, W[, c]), secondary (n, H', W') or None, mask
+        (n, H', W', D') or None.
 
         Tokens and masks come from one torch.Generator (seeded by `seed` unless given), so the
         same seed reproduces the same codes.
         """
-        if generator is None:
-            generator = torch.Generator(device=self.primary.wte.weight.device)
-            generator.manual_seed(0 if seed is None else seed)
+        cond = self.check_labels(labels, n)
+        generator = self.new_generator(generator, 0 if seed is None else seed)
         was = self.training
         self.eval()
         try:
@@ -142,3 +148,11 @@ class MVQPrior(nn.Module):
         finally:
             self.train(was)
         return Codes(p.view(n, *self.primary_shape), secondary, mask, dict(self.meta))
+
+
+def codebook_sizes(codes: Codes) -> list[int]:
+    """codes.meta['codebook_sizes'] (what the tokenizer writes); MvqError without them."""
+    sizes = codes.meta.get("codebook_sizes")
+    if not sizes:
+        raise MvqError("codes.meta has no 'codebook_sizes': encode them with an mvq tokenizer")
+    return [int(k) for k in sizes]

@@ -8,7 +8,8 @@ The loss follows the VQ-VAE paper (and MVQ eq. 2) exactly:
 Several public implementations swap the two terms (taming's ``legacy=True``); the tests check
 which parameters each term moves. With ``ema=True`` the codebook is updated by exponential
 moving averages of assigned encoder outputs instead of the first term, which keeps MVQ stable
-(see DESIGN.md: gradient codebooks diverged on FashionMNIST, EMA ones did not).
+(docs/architecture.md, "Measured design decisions": gradient codebooks diverged on
+FashionMNIST, EMA ones did not).
 """
 
 from __future__ import annotations

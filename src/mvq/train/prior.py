@@ -1,10 +1,13 @@
-"""Train the two-stage MVQ prior (`MVQPrior`, kind "gpt") on a token file, with the shared
-engine (mvq.train.engine): this file supplies the prior's step, validation and checkpoint.
+"""Train any registered prior (mvq.priors.registry: "gpt", "maskgit", "pixelcnn") on a token
+file, with the shared engine (mvq.train.engine): this file supplies the prior's step,
+validation and checkpoint.
 
-Validation is the mean NLL over a fixed held-out slice of the token file, in nats and bits per
-token for the primary and secondary ids. The checkpoint folder ``out_dir/checkpoint`` holds
-config.json (format "mvq-prior-v1"), model.safetensors, train_state.safetensors (resume) and
-manifest.json.
+Validation is the prior's `nll` over a fixed held-out slice of the token file, per stage, in
+nats and bits per token (GPT / PixelCNN: primary and secondary ids; MaskGIT: the masked-token
+NLL at a fixed mask, see MaskGITPrior). The checkpoint folder ``out_dir/checkpoint`` holds
+config.json (format "mvq-prior-v1": the prior's registry name as "prior_type" and its
+constructor arguments as "prior"), model.safetensors, train_state.safetensors (resume) and
+manifest.json. One format for every prior: `load_prior` rebuilds whichever it names.
 """
 
 from __future__ import annotations
@@ -19,24 +22,28 @@ import mvq
 from mvq import checkpoint, distributed
 from mvq.codes import Codes
 from mvq.errors import MvqError
-from mvq.priors.two_stage import MVQPrior
+from mvq.priors.base import Prior
+from mvq.priors.registry import PRIORS, build_prior, default_kind, prior_class
 from mvq.tokens import load_tokens
 from mvq.train.engine import Schedule, StepOutput, Trainee, fit, pick_device
 
 PRIOR_FORMAT = "mvq-prior-v1"
-KINDS = ("gpt",)
+KINDS = tuple(PRIORS)
 
 
 @torch.no_grad()
-def validate_prior(prior: MVQPrior, codes: Codes, batch_size: int = 256) -> dict[str, float]:
-    """Mean NLL over ``codes`` (N items): val_{primary,secondary}_{nll (nats),bits} per token.
+def validate_prior(prior: Prior, codes: Codes, batch_size: int = 256,
+                   labels: torch.Tensor | None = None) -> dict[str, float]:
+    """Mean NLL over ``codes`` (N items): val_{stage}_{nll (nats),bits} per token for each
+    stage the prior reports. ``val_nll`` is the sum of the per-stage means.
 
-    ``val_nll`` is the sum of the per-stage means (the training loss).
+    labels: (N,) class ids, needed by (only) a class-conditional prior.
     """
     sums: dict[str, float] = {}
     for start in range(0, len(codes), batch_size):
         chunk = codes[start : start + batch_size]
-        for k, v in prior.nll(chunk).items():
+        lab = None if labels is None else labels[start : start + batch_size]
+        for k, v in prior.nll(chunk, lab).items():
             sums[k] = sums.get(k, 0.0) + v * len(chunk)
     out: dict[str, float] = {}
     for k, s in sums.items():
@@ -46,22 +53,23 @@ def validate_prior(prior: MVQPrior, codes: Codes, batch_size: int = 256) -> dict
     return out
 
 
-def write_prior(directory: Path, prior: MVQPrior, info: dict) -> None:
-    """model.safetensors + config.json (format mvq-prior-v1, prior config) into ``directory``."""
+def write_prior(directory: Path, prior: Prior, info: dict) -> None:
+    """model.safetensors + config.json (format mvq-prior-v1, prior type and config) into
+    ``directory``."""
     checkpoint.save_tensors(prior.state_dict(), directory / "model.safetensors")
     full = {"format": PRIOR_FORMAT, "mvq_version": mvq.__version__, "kind": "prior",
-            "prior": prior.config(), **info}
+            "prior_type": prior.kind, "prior": prior.config(), **info}
     (directory / "config.json").write_text(json.dumps(full, indent=2))
 
 
-def save_prior(directory: str | Path, prior: MVQPrior, info: dict) -> Path:
+def save_prior(directory: str | Path, prior: Prior, info: dict) -> Path:
     """Write a prior checkpoint folder (all or nothing; ``info`` must hold its step)."""
     with checkpoint.writing(Path(directory), int(info.get("step", 0))) as tmp:
         write_prior(tmp, prior, info)
     return Path(directory)
 
 
-def load_prior(directory: str | Path, device: str = "cpu") -> tuple[MVQPrior, dict]:
+def load_prior(directory: str | Path, device: str = "cpu") -> tuple[Prior, dict]:
     """Rebuild a prior saved by `train_prior`; returns (prior in eval mode, config.json dict)."""
     directory = Path(directory)
     path = directory / "config.json"
@@ -74,8 +82,9 @@ def load_prior(directory: str | Path, device: str = "cpu") -> tuple[MVQPrior, di
         raise MvqError(f"{path} has format {info.get('format')!r}, expected {PRIOR_FORMAT!r} "
                        "(a prior written by `mvq train-prior`)")
     checkpoint.verify(directory)
+    kind = info.get("prior_type", "gpt")  # priors saved before the registry were all GPTs
     try:
-        prior = MVQPrior(**info["prior"])
+        prior = build_prior(kind, info["prior"])
     except (KeyError, TypeError) as err:
         raise MvqError(f"{path}: the prior's config does not build a prior ({err})") from None
     checkpoint.fit_weights(prior, checkpoint.load_weights(weights, device), directory, "prior")
@@ -84,23 +93,28 @@ def load_prior(directory: str | Path, device: str = "cpu") -> tuple[MVQPrior, di
 
 def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
                 batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
-                val_fraction: float = 0.05, kind: str = "gpt", progress: bool = True,
+                val_fraction: float = 0.05, kind: str | None = None, progress: bool = True,
                 device: str = "auto", sizes: dict | None = None, val_every: int = 250,
                 log_every: int = 10, resume: bool = False, overwrite: bool = False,
-                keep_checkpoints: int = 1) -> dict:
+                keep_checkpoints: int = 1, class_conditional: bool = False) -> dict:
     """Train a prior on a token file into ``out_dir`` (metrics.csv, checkpoint/).
 
-    ``sizes``: GPT sizes {"primary": {n_layer, n_head, n_embd}, "secondary": {...}}; None uses
-    MVQ Table 4 for the token grid. Returns {"step", "metrics" (final val), "initial"
-    (val at step 0), "checkpoint" (Path), "seconds", "finished_before"}. A run already in
+    ``kind``: a registry name ("gpt", "maskgit", "pixelcnn"); None picks the default for the
+    tokens' layout (MaskGIT for multichannel MoVQ codes, the two-stage GPT otherwise). A prior
+    that cannot model the layout is refused before anything is written. ``class_conditional``
+    conditions it on the token file's labels (classes 0..max label).
+    ``sizes``: the prior's sizes (GPT: {"primary": {n_layer, n_head, n_embd}, "secondary":
+    {...}}, None: MVQ Table 4; MaskGIT: {n_layer, n_head, n_embd}; PixelCNN: {channels,
+    n_layers, kernel_size}). Returns {"step", "metrics" (final val), "initial"
+    (val at step 0), "checkpoint" (Path), "seconds", "finished_before", "kind"}. A run already in
     ``out_dir`` is continued with ``resume`` (exactly, from its last checkpoint), replaced with
     ``overwrite``, and otherwise refused.
 
     Under ``torchrun --nproc_per_node N`` the N processes train one prior with DDP, each on
     1/N of every batch (batch_size stays the global batch); rank 0 validates, logs and saves.
     """
-    if kind not in KINDS:
-        raise MvqError(f"unknown prior kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if kind is not None:
+        prior_class(kind)  # an unknown name is refused before any work
     if steps < 1 or batch_size < 1 or val_every < 1 or log_every < 1:
         raise MvqError("steps, batch_size, val_every and log_every must be >= 1")
     if not 0 < val_fraction < 1:
@@ -115,12 +129,15 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
                        "another --out")
     if resume and source is None:
         raise MvqError(f"nothing to resume: {target} holds no complete prior checkpoint")
-    codes, _, tmeta = load_tokens(tokens_path)
+    codes, labels, tmeta = load_tokens(tokens_path)
+    kind = kind or default_kind(codes)
+    prior_class(kind).check_layout(codes)
+    num_classes = _num_classes(labels, tokens_path) if class_conditional else 0
     n = len(codes)
     n_val = max(1, round(n * val_fraction))
     if n - n_val < 1:
         raise MvqError(f"{tokens_path} has {n} items: too few to hold out {n_val} for validation")
-    info = {"tokens": {**tmeta, "path": str(tokens_path)},
+    info = {"tokens": {**tmeta, "path": str(tokens_path)}, "num_classes": num_classes,
             "tokenizer_config_hash": codes.meta.get("config_hash"),
             # the exact tokenizer weights (None: a token file from before mvq recorded them)
             "tokenizer_weights_sha256": tmeta.get("weights_sha256"),
@@ -131,53 +148,71 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
     resume_from = source if resume else None
 
     def run(launch, dev) -> dict:
-        trainee = PriorTrainee(codes, n_val, info, seed, lr, sizes, dev, resume_from)
+        torch.manual_seed(seed)  # the prior's initial weights
+        model = prior_class(kind).from_codes(codes, num_classes, sizes)
+        trainee = PriorTrainee(model, codes, labels, n_val, info, seed, lr, dev, resume_from)
         r = fit(trainee, schedule, out, launch, dev, resume_from, progress)
-        return {"step": r.step, "metrics": r.metrics, "initial": r.initial,
+        return {"step": r.step, "metrics": r.metrics, "initial": r.initial, "kind": kind,
                 "checkpoint": target, "seconds": r.seconds, "finished_before": r.finished_before}
 
     return distributed.run(pick_device(device), batch_size, "--batch-size", run)
 
 
-class PriorTrainee(Trainee):
-    """The two-stage GPT prior on a token file for the engine: items are code sequences, a
-    seeded slice of them is held out for the validation NLL."""
+def _num_classes(labels: torch.Tensor, path) -> int:
+    """Classes of a class-conditional prior: 0..max label; MvqError when there is one class."""
+    k = int(labels.max()) + 1 if len(labels) else 0
+    if k < 2:
+        raise MvqError(f"{path} holds labels of {k} class(es): a class-conditional prior needs "
+                       "at least two; drop --class-conditional")
+    return k
 
-    name = "prior gpt"
+
+class PriorTrainee(Trainee):
+    """A prior on a token file for the engine: items are codes (with their labels), a seeded
+    slice of them is held out for the validation NLL."""
+
     what = "prior training"
     lower_lr = "lower --lr"
     validate_first = True
-    fields = ["primary", "secondary", "val_nll", "val_primary_nll", "val_secondary_nll",
-              "val_primary_bits", "val_secondary_bits"]
 
-    def __init__(self, codes: Codes, n_val: int, info: dict, seed: int, lr: float,
-                 sizes: dict | None, device: torch.device, resume_from: Path | None) -> None:
+    def __init__(self, model: Prior, codes: Codes, labels: torch.Tensor, n_val: int,
+                 info: dict, seed: int, lr: float, device: torch.device,
+                 resume_from: Path | None) -> None:
         self.info, self.device = info, device
-        torch.manual_seed(seed)
+        self.name = f"prior {model.kind}"
+        self.fields = [*model.stages, "val_nll"] + [f"val_{s}_{u}" for u in ("nll", "bits")
+                                                     for s in model.stages]
         perm = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))
         self.val_codes = codes[perm[:n_val]].to(device)
         self.train_codes = codes[perm[n_val:]].to(device)
+        conditional = bool(model.num_classes)
+        self.val_labels = labels[perm[:n_val]].to(device) if conditional else None
+        self.train_labels = labels[perm[n_val:]].to(device) if conditional else None
         self.size = len(self.train_codes)
-        self.model = MVQPrior.from_codes(codes, sizes=sizes).to(device)
+        self.model = model.to(device)
         self.initial: dict[str, float] = {}
         if resume_from is not None:
             saved, saved_info = load_prior(resume_from, device=str(device))
-            if saved.config() != self.model.config():
-                raise MvqError(f"cannot resume {resume_from}: it holds a prior of other sizes "
-                               "or codes; resume with the same token file and sizes")
+            if saved.kind != model.kind or saved.config() != self.model.config():
+                raise MvqError(f"cannot resume {resume_from}: it holds a {saved.kind} prior of "
+                               f"other sizes, codes or classes than this {model.kind} prior; "
+                               "resume with the same token file, --type, sizes and "
+                               "--class-conditional")
             self.model.load_state_dict(saved.state_dict())
             self.initial = dict(saved_info.get("initial_metrics") or {})
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
 
     def step(self, step: int, indices: torch.Tensor) -> StepOutput:
-        loss, parts = self.net(self.train_codes[indices.to(self.device)])
+        idx = indices.to(self.device)
+        labels = None if self.train_labels is None else self.train_labels[idx]
+        loss, parts = self.net(self.train_codes[idx], labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return StepOutput(loss, {k: v.detach() for k, v in parts.items()})
 
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
-        metrics = validate_prior(self.model, self.val_codes)
+        metrics = validate_prior(self.model, self.val_codes, labels=self.val_labels)
         if step == 0:
             self.initial = metrics
         return metrics

@@ -1,0 +1,140 @@
+"""The one interface every prior answers (docs/architecture.md, "Priors").
+
+A prior is an ``nn.Module`` over `Codes`:
+
+- ``loss(codes, labels=None) -> (loss, parts)``: the training loss and its named parts
+  (``forward`` is the same call, so DDP can wrap a prior);
+- ``nll(codes, labels=None) -> {stage: nats/token}``: what the prior reports as likelihood;
+- ``sample(n, labels=None, generator=None, **decoding) -> Codes`` that its tokenizer decodes;
+- ``config()`` / ``from_codes(codes, num_classes, sizes)``: rebuild it, or size it from codes.
+
+A prior declares the code layouts it models (`LAYOUTS`) and the decoding options it takes;
+anything else is refused with an `MvqError` before any work.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from mvq.codes import Codes
+from mvq.errors import MvqError
+
+# The layouts of `Codes` a tokenizer produces, by name.
+LAYOUTS: dict[str, str] = {
+    "single-channel": "primary ids (B, H, W) only (vqvae, vqgan)",
+    "two-level": "primary (B, H, W) + secondary (B, H', W') ids (hvqvae, hvqgan)",
+    "two-level+mask": "primary + secondary ids + mask bits (B, H', W', D') (mvqvae, mvqgan)",
+    "multichannel": "primary ids (B, H, W, c), c channel ids per position (movq)",
+}
+
+
+def layout_of(codes: Codes) -> str:
+    """The `LAYOUTS` name of ``codes``; MvqError for a shape no tokenizer makes."""
+    p = codes.primary
+    if p.dim() == 4 and codes.secondary is None and codes.mask is None:
+        return "multichannel"
+    if p.dim() != 3:
+        raise MvqError(f"codes with primary ids {tuple(p.shape)} fit no known layout: expected "
+                       "(B, H, W) or (B, H, W, c) (multichannel, then without secondary ids)")
+    if codes.secondary is None:
+        if codes.mask is not None:
+            raise MvqError("codes carry mask bits without secondary ids: no known layout")
+        return "single-channel"
+    return "two-level" if codes.mask is None else "two-level+mask"
+
+
+class Prior(nn.Module):
+    """Base class of the priors; subclasses set the class attributes and implement the calls."""
+
+    kind: ClassVar[str] = ""  # the registry name ("gpt", "maskgit", ...)
+    layouts: ClassVar[tuple[str, ...]] = ()  # `LAYOUTS` names it models
+    stages: ClassVar[tuple[str, ...]] = ()  # keys of nll(), in order
+    decoding: ClassVar[tuple[str, ...]] = ()  # keyword options sample() takes
+    num_classes: int = 0
+
+    @classmethod
+    def check_layout(cls, codes: Codes) -> str:
+        """The layout of ``codes`` if this prior models it; MvqError naming it otherwise."""
+        layout = layout_of(codes)
+        if layout not in cls.layouts:
+            fits = [k for k, c in _fitting(layout)]
+            raise MvqError(
+                f"the {cls.kind} prior cannot model {layout} codes ({LAYOUTS[layout]}); it "
+                f"models {', '.join(cls.layouts)}. Use --type {' or '.join(fits) or '?'} "
+                "for these tokens")
+        return layout
+
+    @classmethod
+    def from_codes(cls, codes: Codes, num_classes: int = 0, sizes: dict | None = None) -> Prior:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """JSON-able constructor arguments: ``type(prior)(**prior.config())`` rebuilds it."""
+        raise NotImplementedError
+
+    def forward(self, codes: Codes, labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.loss(codes, labels)
+
+    def loss(self, codes: Codes, labels: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def nll(self, codes: Codes, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """{stage: mean NLL in nats/token} of ``codes`` (eval mode; `stages` names the keys)."""
+        was = self.training
+        self.eval()
+        try:
+            _, parts = self.loss(codes, labels)
+        finally:
+            self.train(was)
+        return {k: float(v) for k, v in parts.items()}
+
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, **decoding) -> Codes:
+        raise NotImplementedError
+
+    # helpers for subclasses ------------------------------------------------------------
+    def check_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """(n,) int64 class ids on the prior's device, or None for an unconditional prior."""
+        if not self.num_classes:
+            if labels is not None:
+                raise MvqError(f"this {self.kind} prior is unconditional (trained without "
+                               "--class-conditional): it takes no class labels")
+            return None
+        if labels is None:
+            raise MvqError(f"this {self.kind} prior is class conditional ({self.num_classes} "
+                           "classes): pass one class label per item")
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if len(labels) != n:
+            raise MvqError(f"{len(labels)} class labels for {n} items: expected one per item")
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise MvqError(f"class labels span [{int(labels.min())}, {int(labels.max())}], "
+                           f"this prior knows classes 0..{self.num_classes - 1}")
+        return labels.to(self.device)
+
+    def check_decoding(self, options: dict) -> None:
+        unknown = sorted(set(options) - set(self.decoding))
+        if unknown:
+            raise MvqError(f"the {self.kind} prior has no decoding option "
+                           f"{', '.join(map(repr, unknown))}; it takes "
+                           f"{', '.join(self.decoding)}")
+
+    def new_generator(self, generator: torch.Generator | None, seed: int = 0
+                      ) -> torch.Generator:
+        return generator or torch.Generator(device=self.device).manual_seed(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def _fitting(layout: str):
+    """(kind, class) of the registered priors that model ``layout``."""
+    from mvq.priors.registry import PRIORS
+
+    return [(k, c) for k, c in PRIORS.items() if layout in c.layouts]
