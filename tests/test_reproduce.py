@@ -271,3 +271,24 @@ def test_paper_scale_reads_the_users_files(dataset, write, tmp_path, monkeypatch
     assert rec["config"]["data"]["root"] == str(root)
     assert (rec["config"]["model"]["image_size"], rec["config"]["model"]["channels"]) == (size, 3)
     assert 0 < rec["metrics"]["mse"] < 1
+
+
+def test_a_run_with_a_prior_trains_it_and_evaluates_its_samples(tmp_path, monkeypatch):
+    """table5's path: tokens of the training split, a GPT prior, sample metrics (NLL here, to
+    stay fast); a second call reuses all of it."""
+    import dataclasses
+
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    run = dataclasses.replace(_run("mvqvae", 0, j=4), prior=3)
+    plan = dataclasses.replace(_plan([run]), sample_metrics=("nll",))
+    out = tmp_path / "rep"
+    (rec,) = execute(plan, out, progress=False)
+    folder = out / "runs" / run.name
+    assert (folder / "tokens_train.safetensors").is_file()
+    assert (folder / "prior" / "checkpoint" / "config.json").is_file()
+    assert rec["samples"]["nll_primary"] > 0 and rec["samples"]["nll_secondary"] > 0
+    stamp = (folder / "samples.json").stat().st_mtime_ns
+    execute(plan, out, progress=False)
+    assert (folder / "samples.json").stat().st_mtime_ns == stamp
+    cells = aggregate(plan, collect(plan, out, None)[0])
+    assert cells[0]["stats"]["nll_primary"]["n"] == 1
