@@ -135,6 +135,8 @@ def _add_evaluate(sub) -> None:
                    "with --prior PRIOR/eval_samples_SPLIT_N.json)")
     p.add_argument("--md", help="write a markdown table here (default beside the JSON)")
     p.add_argument("--data-root", help="override the checkpoint's data root")
+    p.add_argument("--refine", action="store_true", help="MVQ only: refine each bank mask by "
+                   "greedy single-bit flips at encode time (D' mask bits per secondary token)")
     _add_overwrite(p)
     _add_device_and_progress(p)
 
@@ -429,12 +431,16 @@ def cmd_evaluate(args) -> int:
 
     def reports(n: int) -> tuple[Path, Path]:  # checked before any work and again when written
         stem = f"eval_samples_{args.split}_{n}" if args.prior else f"eval_{args.split}_{n}"
+        stem += "_refine" if args.refine and not args.prior else ""
         json_path = Path(args.json or Path(args.prior or args.checkpoint) / f"{stem}.json")
         md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
         for path, option in ((json_path, "--json"), (md_path, "--md")):
             check_output(path, args.overwrite, option, beside_checkpoint=True)
         return json_path, md_path
 
+    if args.refine and args.prior:
+        raise MvqError("--refine changes how images are encoded; --prior evaluates samples, "
+                       "which are not encoded: drop one of them")
     reports(args.n)
     common = dict(split=args.split, n=args.n, batch_size=args.batch_size, device=args.device,
                   progress=not args.no_progress, data_root=args.data_root)
@@ -443,7 +449,8 @@ def cmd_evaluate(args) -> int:
                                   SAMPLE_METRICS, seed=args.seed, temperature=args.temperature,
                                   top_k=args.top_k, force=args.force, **common)
     else:
-        result = evaluate_checkpoint(args.checkpoint, metrics=args.metrics or METRICS, **common)
+        result = evaluate_checkpoint(args.checkpoint, metrics=args.metrics or METRICS,
+                                     refine=args.refine, **common)
     json_path, md_path = reports(result["n"])
     write_reports(result, json_path, md_path)
     print(format_table(result))
