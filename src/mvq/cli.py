@@ -305,6 +305,45 @@ BENCHMARKS = {"mh-dropout": "mh_dropout.py", "quantizer": "quantizer.py", "sampl
               "concurrent-train": "concurrent_train.py"}
 
 
+def _add_analyze(sub) -> None:
+    from mvq.analysis import ANALYSES, DEFAULT_IMAGES
+
+    p = sub.add_parser(
+        "analyze", help="labelled grids of what MVQ's mask dimensions learned (paper Figs. 2, 6, 8)",
+        description="From an MVQ checkpoint (mvqvae or mvqgan), write OUT/<what>.png for each "
+        "analysis: dims (each mask dimension on / off, Fig. 2), transfer (masked configurations "
+        "of one primary code on others, Fig. 6a / 9), compose (3x3 additive composition, Fig. "
+        "6b), diversity (random masks of one (e, e'), Fig. 8).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  mvq analyze --checkpoint runs/demo/mvqvae/checkpoint "
+        "--what dims transfer compose diversity --out docs/analysis",
+    )
+    p.add_argument("--checkpoint", required=True, help="MVQ checkpoint folder")
+    p.add_argument("--what", nargs="+", required=True, choices=ANALYSES, metavar="WHAT",
+                   help=f"one or more of {', '.join(ANALYSES)}")
+    p.add_argument("--images", type=positive_int, help="test images per grid (default: "
+                   + ", ".join(f"{k} {v}" for k, v in DEFAULT_IMAGES.items()) + ")")
+    p.add_argument("--masks", type=positive_int, default=8,
+                   help="random masks in transfer / diversity (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random masks (default 0)")
+    p.add_argument("--sum", default="codes", choices=("codes", "outputs"),
+                   help="compose's corners: sum the masked secondary codes before f (codes, "
+                   "default) or f's outputs (outputs)")
+    p.add_argument("--scale", type=positive_int, default=3, help="integer upscaling (default 3)")
+    p.add_argument("--out", default="runs/analyze", help="output folder (default runs/analyze)")
+    _add_overwrite(p)
+
+
+def cmd_analyze(args) -> int:
+    from mvq.analysis import analyze
+
+    for path in analyze(args.checkpoint, args.what, out=args.out, images=args.images,
+                        masks=args.masks, seed=args.seed, sum_mode=args.sum, scale=args.scale,
+                        overwrite=args.overwrite):
+        print(f"written: {path}")
+    return 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: MH-Dropout efficient vs naive, VQ vs "
                        "vector-quantize-pytorch, token sampling times (MVQ Table 6)",
@@ -328,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "torch's default shared among the mvq processes running here)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_reconstruct, _add_evaluate, _add_compare, _add_priors, _add_demo,
-                _add_bench, _add_reproduce):
+                _add_bench, _add_reproduce, _add_analyze):
         add(sub)
     return parser
 
@@ -484,7 +523,7 @@ COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "evaluate": cmd_
             "compare": cmd_compare,
             "encode-dataset": cmd_encode_dataset, "train-prior": cmd_train_prior,
             "sample": cmd_sample, "demo": cmd_demo, "bench": cmd_bench,
-            "reproduce": cmd_reproduce}
+            "reproduce": cmd_reproduce, "analyze": cmd_analyze}
 
 
 def main(argv: list[str] | None = None) -> int:
