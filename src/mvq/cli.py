@@ -344,6 +344,35 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _add_explore(sub) -> None:
+    p = sub.add_parser(
+        "explore", help="a local web page to toggle an MVQ code's mask bits and see the decode",
+        description="Serve a page on http://127.0.0.1:PORT/ (this machine only): pick a test "
+        "image, toggle each mask bit of its code and see the decoded image update, apply the "
+        "mask to other primary codes, save the grid as PNG. Needs an MVQ checkpoint.",
+    )
+    p.add_argument("--checkpoint", required=True, help="MVQ checkpoint folder")
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; "
+                   "0: any free port)")
+    p.add_argument("--images", type=positive_int, default=64,
+                   help="test images to choose from (default 64)")
+
+
+def cmd_explore(args) -> int:
+    from mvq.analysis.explore import make_server
+
+    if not 0 <= args.port <= 65535:
+        raise MvqError(f"--port expects 0..65535, found {args.port}")
+    server = make_server(args.checkpoint, args.port, args.images)
+    print(f"mvq explore: open http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)",
+          flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: MH-Dropout efficient vs naive, VQ vs "
                        "vector-quantize-pytorch, token sampling times (MVQ Table 6)",
@@ -367,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "torch's default shared among the mvq processes running here)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_reconstruct, _add_evaluate, _add_compare, _add_priors, _add_demo,
-                _add_bench, _add_reproduce, _add_analyze):
+                _add_bench, _add_reproduce, _add_analyze, _add_explore):
         add(sub)
     return parser
 
@@ -523,7 +552,7 @@ COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "evaluate": cmd_
             "compare": cmd_compare,
             "encode-dataset": cmd_encode_dataset, "train-prior": cmd_train_prior,
             "sample": cmd_sample, "demo": cmd_demo, "bench": cmd_bench,
-            "reproduce": cmd_reproduce, "analyze": cmd_analyze}
+            "reproduce": cmd_reproduce, "analyze": cmd_analyze, "explore": cmd_explore}
 
 
 def main(argv: list[str] | None = None) -> int:
