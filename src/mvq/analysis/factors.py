@@ -18,6 +18,7 @@ import json
 
 import torch
 
+from mvq.data import canonical_name
 from mvq.errors import MvqError
 
 
@@ -82,7 +83,7 @@ def score_checkpoint(checkpoint: str, n: int = 2000, bins: int = 8) -> dict:
     from mvq.checkpoint import load_tokenizer
 
     model, cfg, info = load_tokenizer(checkpoint)
-    if canonical(cfg.data.name) != "shapes":
+    if canonical_name(cfg.data.name) != "shapes":
         raise MvqError(f"{checkpoint} was trained on {cfg.data.name}; the factor scores need a "
                        "model trained on the shapes set (data.name=shapes)")
     x, factors = shapes_factors(n, cfg.model.image_size, cfg.model.channels, bins)
@@ -92,12 +93,6 @@ def score_checkpoint(checkpoint: str, n: int = 2000, bins: int = 8) -> dict:
     dims = code_dimensions(codes, model.codebook_sizes[-1])
     return {"checkpoint": checkpoint, "model": info["model_type"], "n": len(x),
             "dimensions": int(dims.shape[1]), "scores": factor_scores(dims, factors)}
-
-
-def canonical(name: str) -> str:
-    from mvq.data import canonical_name
-
-    return canonical_name(name)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
