@@ -5,9 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mvq-installed
 
-.PHONY: setup data weights demo test bench movq-ablation clean
+.PHONY: setup data browser weights demo test bench movq-ablation clean
 
-setup: $(STAMP) data
+setup: $(STAMP) data browser
 
 # Virtual environment with the pinned dependencies (torch first: a CPU wheel, no CUDA pulled).
 $(STAMP): pyproject.toml requirements.txt
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml requirements.txt
 # FashionMNIST from Debian's dataset-fashion-mnist (root only); otherwise a clear message.
 data:
 	@bash scripts/install-data.sh
+
+# Chromium + chromedriver for the browser test of `mvq explore` (root only); otherwise a message.
+browser:
+	@bash scripts/install-browser.sh
 
 demo: setup
 	$(VENV)/bin/mvq demo

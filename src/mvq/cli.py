@@ -138,6 +138,8 @@ def _add_evaluate(sub) -> None:
                    "with --prior PRIOR/eval_samples_SPLIT_N.json)")
     p.add_argument("--md", help="write a markdown table here (default beside the JSON)")
     p.add_argument("--data-root", help="override the checkpoint's data root")
+    p.add_argument("--refine", action="store_true", help="MVQ only: refine each bank mask by "
+                   "greedy single-bit flips at encode time (D' mask bits per secondary token)")
     _add_overwrite(p)
     _add_device_and_progress(p)
 
@@ -341,6 +343,74 @@ BENCHMARKS = {"mh-dropout": "mh_dropout.py", "quantizer": "quantizer.py", "sampl
               "concurrent-train": "concurrent_train.py"}
 
 
+def _add_analyze(sub) -> None:
+    from mvq.analysis import ANALYSES, DEFAULT_IMAGES
+
+    p = sub.add_parser(
+        "analyze", help="labelled grids of what MVQ's mask dimensions learned (paper Figs. 2, 6, 8)",
+        description="From an MVQ checkpoint (mvqvae or mvqgan), write OUT/<what>.png for each "
+        "analysis: dims (each mask dimension on / off, Fig. 2), transfer (masked configurations "
+        "of one primary code on others, Fig. 6a / 9), compose (3x3 additive composition, Fig. "
+        "6b), diversity (random masks of one (e, e'), Fig. 8).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  mvq analyze --checkpoint runs/demo/mvqvae/checkpoint "
+        "--what dims transfer compose diversity --out docs/analysis",
+    )
+    p.add_argument("--checkpoint", required=True, help="MVQ checkpoint folder")
+    p.add_argument("--what", nargs="+", required=True, choices=ANALYSES, metavar="WHAT",
+                   help=f"one or more of {', '.join(ANALYSES)}")
+    p.add_argument("--images", type=positive_int, help="test images per grid (default: "
+                   + ", ".join(f"{k} {v}" for k, v in DEFAULT_IMAGES.items()) + ")")
+    p.add_argument("--masks", type=positive_int, default=8,
+                   help="random masks in transfer / diversity (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random masks (default 0)")
+    p.add_argument("--sum", default="codes", choices=("codes", "outputs"),
+                   help="compose's corners: sum the masked secondary codes before f (codes, "
+                   "default) or f's outputs (outputs)")
+    p.add_argument("--scale", type=positive_int, default=3, help="integer upscaling (default 3)")
+    p.add_argument("--out", default="runs/analyze", help="output folder (default runs/analyze)")
+    _add_overwrite(p)
+
+
+def cmd_analyze(args) -> int:
+    from mvq.analysis import analyze
+
+    for path in analyze(args.checkpoint, args.what, out=args.out, images=args.images,
+                        masks=args.masks, seed=args.seed, sum_mode=args.sum, scale=args.scale,
+                        overwrite=args.overwrite):
+        print(f"written: {path}")
+    return 0
+
+
+def _add_explore(sub) -> None:
+    p = sub.add_parser(
+        "explore", help="a local web page to toggle an MVQ code's mask bits and see the decode",
+        description="Serve a page on http://127.0.0.1:PORT/ (this machine only): pick a test "
+        "image, toggle each mask bit of its code and see the decoded image update, apply the "
+        "mask to other primary codes, save the grid as PNG. Needs an MVQ checkpoint.",
+    )
+    p.add_argument("--checkpoint", required=True, help="MVQ checkpoint folder")
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; "
+                   "0: any free port)")
+    p.add_argument("--images", type=positive_int, default=64,
+                   help="test images to choose from (default 64)")
+
+
+def cmd_explore(args) -> int:
+    from mvq.analysis.explore import make_server
+
+    if not 0 <= args.port <= 65535:
+        raise MvqError(f"--port expects 0..65535, found {args.port}")
+    server = make_server(args.checkpoint, args.port, args.images)
+    print(f"mvq explore: open http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)",
+          flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: MH-Dropout efficient vs naive, VQ vs "
                        "vector-quantize-pytorch, token sampling times (MVQ Table 6)",
@@ -364,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "torch's default shared among the mvq processes running here)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_reconstruct, _add_evaluate, _add_compare, _add_priors, _add_demo,
-                _add_bench, _add_reproduce):
+                _add_bench, _add_reproduce, _add_analyze, _add_explore):
         add(sub)
     return parser
 
@@ -467,12 +537,16 @@ def cmd_evaluate(args) -> int:
 
     def reports(n: int) -> tuple[Path, Path]:  # checked before any work and again when written
         stem = f"eval_samples_{args.split}_{n}" if args.prior else f"eval_{args.split}_{n}"
+        stem += "_refine" if args.refine and not args.prior else ""
         json_path = Path(args.json or Path(args.prior or args.checkpoint) / f"{stem}.json")
         md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
         for path, option in ((json_path, "--json"), (md_path, "--md")):
             check_output(path, args.overwrite, option, beside_checkpoint=True)
         return json_path, md_path
 
+    if args.refine and args.prior:
+        raise MvqError("--refine changes how images are encoded; --prior evaluates samples, "
+                       "which are not encoded: drop one of them")
     reports(args.n)
     common = dict(split=args.split, n=args.n, batch_size=args.batch_size, device=args.device,
                   progress=not args.no_progress, data_root=args.data_root)
@@ -483,7 +557,8 @@ def cmd_evaluate(args) -> int:
                                   steps=args.steps, choice_temperature=args.choice_temperature,
                                   **common)
     else:
-        result = evaluate_checkpoint(args.checkpoint, metrics=args.metrics or METRICS, **common)
+        result = evaluate_checkpoint(args.checkpoint, metrics=args.metrics or METRICS,
+                                     refine=args.refine, **common)
     json_path, md_path = reports(result["n"])
     write_reports(result, json_path, md_path)
     print(format_table(result))
@@ -517,7 +592,7 @@ COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "evaluate": cmd_
             "compare": cmd_compare,
             "encode-dataset": cmd_encode_dataset, "train-prior": cmd_train_prior,
             "sample": cmd_sample, "demo": cmd_demo, "bench": cmd_bench,
-            "reproduce": cmd_reproduce}
+            "reproduce": cmd_reproduce, "analyze": cmd_analyze, "explore": cmd_explore}
 
 
 def main(argv: list[str] | None = None) -> int:

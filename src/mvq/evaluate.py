@@ -240,8 +240,12 @@ def evaluate_checkpoint(
     progress: bool = True,
     data_root: str | None = None,
     cache_dir: str | None = None,
+    refine: bool = False,
 ) -> dict:
     """Evaluate the reconstructions of ``checkpoint`` on the first ``n`` images of ``split``.
+
+    ``refine``: MVQ models only, encode with inference-time mask refinement
+    (:mod:`mvq.quantize.refine`); bits_per_image then counts D' mask bits per secondary token.
 
     Returns a JSON-serialisable dict: the metric values under ``"metrics"`` and, top level, what
     makes them comparable (checkpoint, model, step, data set, split, n, sizes, extractor hashes,
@@ -253,7 +257,13 @@ def evaluate_checkpoint(
     run = _open_run(checkpoint, split, n, batch_size, device, data_root, chosen, inception,
                     "reconstructions", progress)
     model, dev, result = run.model, run.dev, run.result
-    result.update(lpips_net=None, lpips_backbone_sha256=None, lpips_resize=None)
+    if refine:
+        if not hasattr(model, "refine"):
+            raise MvqError(f"mask refinement needs an MVQ checkpoint (mvqvae or mvqgan); "
+                           f"{checkpoint} holds a {result['model_type']}: drop --refine")
+        model.refine = True
+    result.update(lpips_net=None, lpips_backbone_sha256=None, lpips_resize=None,
+                  mask_refine=refine, encode_seconds=0.0)
     extractor, real_stats = None, None
     if inception:
         extractor, real_stats = _real_features(run, cache_dir, need_features="prd" in chosen)
@@ -270,7 +280,9 @@ def evaluate_checkpoint(
     with torch.no_grad():
         for x in run.batches:
             x = x.to(dev)
+            t_enc = time.perf_counter()
             codes = model.encode(x)
+            result["encode_seconds"] += time.perf_counter() - t_enc
             rec = model.decode(codes).clamp(0, 1)
             per_image["mse"].append((rec.double() - x.double()).pow(2).flatten(1).mean(1).cpu())
             if "ssim" in chosen:

@@ -20,6 +20,7 @@ from mvq.errors import MvqError
 from mvq.models.inputs import CodeLayout, check_codes, check_images
 from mvq.nn.vqvae2 import build_networks, geometry
 from mvq.quantize.masked import MaskedQuantizer
+from mvq.quantize.refine import refine_masks
 from mvq.quantize.vq import VectorQuantizer, code_stats
 
 
@@ -243,6 +244,9 @@ class MVQVAE(Tokenizer):
         self.mvq = MaskedQuantizer(_vq(cfg, half, cfg.dim), _vq(cfg, half, cfg.dim2), nets["f"],
                                    num_masks=cfg.num_masks, eval_masks=cfg.eval_masks or None,
                                    chunk_size=cfg.chunk_size, search_seed=cfg.search_seed)
+        # encode's default: refine the bank's mask bit by bit (mvq.quantize.refine); a refined
+        # mask is free, so mask_bits then counts D' bits per secondary token
+        self.refine = False
 
     codebook_sizes = property(lambda self: [self.cfg.codebook_size // 2] * 2)
     tokens = property(lambda self: (self.geo.tokens, self.geo.tokens2))
@@ -251,16 +255,33 @@ class MVQVAE(Tokenizer):
     def mask_bits(self) -> float:
         """Mask information the code really carries. ``encode`` picks each secondary token's
         mask from a fixed bank of J_eval masks, so the mask is a bank index: log2(J_eval) bits
-        per secondary token (at most D', the bits of a freely chosen mask)."""
+        per secondary token (at most D', the bits of a freely chosen mask). With ``refine`` on,
+        the mask is any of the 2^D' masks: D' bits per secondary token."""
+        if self.refine:
+            return float(self.geo.tokens2 * self.cfg.dim2)
         per_token = min(math.log2(self.mvq.eval_masks), float(self.cfg.dim2))
         return self.geo.tokens2 * per_token
+
+    def encode(self, x: torch.Tensor, refine: bool | None = None) -> Codes:
+        """As :meth:`Tokenizer.encode`; ``refine`` (default: the model's ``refine``) improves
+        each bank mask by greedy single-bit flips (never a larger distance to E's output)."""
+        if refine is None or refine == self.refine:
+            return super().encode(x)
+        self.refine = refine
+        try:
+            return super().encode(x)
+        finally:
+            self.refine = not refine
 
     def _quantize(self, x: torch.Tensor, masks: torch.Tensor | None = None):
         self._check_input(x)
         y = self.encoder(x * 2 - 1)
         out = self.mvq(y, self.encoder2(y), masks=masks)
+        mask = out.mask
+        if self.refine and not self.training:
+            mask = refine_masks(self.mvq, out.primary.codes, out.secondary.codes, y, mask)[0]
         codes = Codes(out.primary.indices, out.secondary.indices,
-                      out.mask.permute(0, 2, 3, 1).contiguous(), meta=self._meta())
+                      mask.permute(0, 2, 3, 1).contiguous(), meta=self._meta())
         return out, codes
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> TokenizerOutput:
