@@ -292,3 +292,20 @@ def test_a_run_with_a_prior_trains_it_and_evaluates_its_samples(tmp_path, monkey
     assert (folder / "samples.json").stat().st_mtime_ns == stamp
     cells = aggregate(plan, collect(plan, out, None)[0])
     assert cells[0]["stats"]["nll_primary"]["n"] == 1
+
+
+def test_two_vs_five_compares_across_token_counts():
+    """MVQ at 1+1 is set against the baseline at 1+1 and at 4+1 (same K), not only its own."""
+    from mvq.reproduce.report import comparisons
+
+    plan = build_plan("two-vs-five", "quick")
+
+    def cell(model, tokens, mse, j=None):
+        labels = {"tokens": tokens, "K": 16, "model": model, **({"J": j} if j else {})}
+        return {"labels": labels, "stats": {"mse": {"mean": mse, "std": 0.001, "n": 3}}}
+
+    lines = comparisons(plan, [cell("hvqvae", "1+1", 0.036), cell("hvqvae", "4+1", 0.020),
+                               cell("mvqvae", "1+1", 0.030, 128)])
+    assert len(lines) == 2
+    assert "tokens=1+1" in lines[0] and "-16.7% better" in lines[0]
+    assert "tokens=4+1" in lines[1] and "+50.0% worse (beyond the seeds' spread)" in lines[1]

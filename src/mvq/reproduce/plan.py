@@ -93,6 +93,7 @@ class Plan:
     baseline: dict = field(default_factory=dict)  # labels of the baseline rows (drawn as bands)
     sample_metrics: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
+    match: tuple[str, ...] = ("tokens", "K")  # labels a model shares with its baseline rows
 
 
 def _run(data: Dataset, preset: str, model: str, factor: int, k: int, steps: int, seed: int,
@@ -168,7 +169,8 @@ def two_vs_five(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     return Plan("two-vs-five", scale, "MVQ paper 4.2: MVQVAE with 2 tokens (1+1) against the "
                 "VQ-VAE-2 baseline with 2 and 5 tokens (1+1, 4+1), FashionMNIST", runs,
                 base.eval_n, base.metrics, ("tokens", "K", "model", "J"),
-                baseline={"model": "hvqvae"}, notes=base.notes + ["the same runs as fig5"])
+                baseline={"model": "hvqvae"}, notes=base.notes + ["the same runs as fig5"],
+                match=("K",))  # MVQ's 1+1 against the baseline at 1+1 and at 4+1
 
 
 def table1(scale: str, seeds: int, dataset: str | None = None, prior_steps: int = 0) -> Plan:

@@ -86,40 +86,45 @@ def markdown_table(plan: Plan, cells: list[dict]) -> str:
 
 
 def comparisons(plan: Plan, cells: list[dict]) -> list[str]:
-    """Each non-baseline cell against the baseline cell of the same tokens and K: the change of
-    every lower-is-better metric, and whether it exceeds the two cells' seed spread."""
+    """Each non-baseline cell against each baseline cell that shares its ``plan.match`` labels
+    (the same tokens and K by default): the change of every metric, better or worse, and
+    whether it exceeds the two cells' seed spread."""
     if not plan.baseline:
         return []
+
     def is_base(c):
         return all(c["labels"].get(k) == v for k, v in plan.baseline.items())
     lines = []
     for c in cells:
         if is_base(c):
             continue
-        match = [b for b in cells if is_base(b) and all(
-            b["labels"].get(k) == c["labels"].get(k) for k in ("tokens", "K"))]
-        if not match:
-            continue
-        b = match[0]
-        parts = []
-        for m in columns([c, b]):
-            sc, sb = c["stats"].get(m), b["stats"].get(m)
-            if not sc or not sb or sc["mean"] is None or sb["mean"] is None or sb["mean"] == 0:
-                continue
-            change = (sc["mean"] - sb["mean"]) / abs(sb["mean"])
-            spread = (sc["std"] or 0) + (sb["std"] or 0)
-            clear = abs(sc["mean"] - sb["mean"]) > spread if spread else None
-            better = (sc["mean"] < sb["mean"]) == (m in LOWER_IS_BETTER)
-            verdict = "" if clear is None else (" (beyond the seeds' spread)" if clear
-                                                else " (within the seeds' spread)")
-            parts.append(f"{METRIC_NAMES[m]} {change:+.1%} {'better' if better else 'worse'}"
-                         f"{verdict}")
-        def own(cell):
-            return " ".join(f"{k}={v}" if k != "model" else str(v)
-                            for k, v in cell["labels"].items() if k not in ("tokens", "K"))
-        where = ", ".join(f"{k} {c['labels'][k]}" for k in ("tokens", "K") if k in c["labels"])
-        lines.append(f"- {own(c)} vs {own(b)} ({where}): " + "; ".join(parts))
+        for b in cells:
+            if is_base(b) and all(b["labels"].get(k) == c["labels"].get(k) for k in plan.match):
+                lines.append(_compare(c, b, plan.match))
     return lines
+
+
+def _compare(c: dict, b: dict, shared: tuple[str, ...]) -> str:
+    """One line: cell c against baseline cell b, metric by metric."""
+    parts = []
+    for m in columns([c, b]):
+        sc, sb = c["stats"].get(m), b["stats"].get(m)
+        if not sc or not sb or sc["mean"] is None or sb["mean"] is None or sb["mean"] == 0:
+            continue
+        change = (sc["mean"] - sb["mean"]) / abs(sb["mean"])
+        spread = (sc["std"] or 0) + (sb["std"] or 0)
+        better = (sc["mean"] < sb["mean"]) == (m in LOWER_IS_BETTER)
+        verdict = "" if not spread else (" (beyond the seeds' spread)"
+                                         if abs(sc["mean"] - sb["mean"]) > spread
+                                         else " (within the seeds' spread)")
+        parts.append(f"{METRIC_NAMES[m]} {change:+.1%} {'better' if better else 'worse'}{verdict}")
+
+    def own(cell):
+        return " ".join(f"{k}={v}" if k != "model" else str(v)
+                        for k, v in cell["labels"].items() if k not in shared)
+
+    where = ", ".join(f"{k} {c['labels'][k]}" for k in shared if k in c["labels"])
+    return f"- {own(c)} vs {own(b)} ({where}): " + "; ".join(parts)
 
 
 def plot(plan: Plan, cells: list[dict], path: Path) -> Path | None:
