@@ -187,7 +187,8 @@ def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[st
              f"N = {plan.eval_n} evaluation images; mean ± std over seeds (sample std).", "",
              table, ""]
     if comp:
-        lines += ["Against the baseline with the same tokens and K:", "", *comp, ""]
+        lines += [f"Against the baseline rows with the same {' and '.join(plan.match)}:", "",
+                  *comp, ""]
     if png:
         lines += [f"![{plan.experiment}]({png.name})", ""]
     lines += [f"- {n}" for n in plan.notes]
