@@ -314,8 +314,9 @@ def _add_reproduce(sub) -> None:
         "  mvq reproduce fig5 --scale quick\n"
         "  mvq reproduce table1 --scale paper --dataset cifar10 --data-root /data/cifar-10-batches-py",
     )
-    p.add_argument("experiment", choices=["fig5", "two-vs-five", "table1", "table5", "table6",
-                                          "movq-ablation"])
+    from mvq.reproduce.plan import EXPERIMENTS  # light: the plans only, no torch
+
+    p.add_argument("experiment", choices=list(EXPERIMENTS))
     p.add_argument("--scale", choices=["quick", "paper"], default="quick",
                    help="quick: FashionMNIST on a CPU (default); paper: the papers' settings")
     p.add_argument("--seeds", type=positive_int, help="seeds per compared cell (default: 3 for fig5 and "
