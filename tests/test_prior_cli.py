@@ -155,6 +155,9 @@ def test_evaluate_samples_against_hand_computation(run, tmp_path):
     f8, f1_8 = prd_f_scores(real, fake, num_clusters=20)
     assert m["prd_f8"] == pytest.approx(f8, abs=1e-6)
     assert m["prd_f1_8"] == pytest.approx(f1_8, abs=1e-6)
+    # the timing covers the prior's sampling, then the decoder too: both spent, in that order
+    assert 0 < m["tokens_s_per_img"] < m["sample_s_per_img"] < res["seconds"] / n
+    assert res["prior_parameters"] == sum(p.numel() for p in load_prior(ckpt)[0].parameters())
     prior, _ = load_prior(ckpt)
     with torch.no_grad():
         want = prior.nll(model.encode(x))

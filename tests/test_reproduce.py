@@ -309,3 +309,92 @@ def test_two_vs_five_compares_across_token_counts():
     assert len(lines) == 2
     assert "tokens=1+1" in lines[0] and "-16.7% better" in lines[0]
     assert "tokens=4+1" in lines[1] and "+50.0% worse (beyond the seeds' spread)" in lines[1]
+
+
+def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_path,
+                                                                           monkeypatch):
+    """The generation experiments' path (pixelcnn-vs-gpt, movq-table2, class-conditional):
+    every prior of a run is trained once on the run's tokens, each decoding is one sample
+    evaluation and one report row labelled by prior and decoding, with the prior's parameters;
+    a second call trains and evaluates nothing; the class grid has one row per class."""
+    import dataclasses
+
+    from mvq.reproduce import class_grid
+    from mvq.reproduce.plan import PriorSpec
+    from mvq.reproduce.report import write_report
+
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    specs = (PriorSpec("gpt", 2, 0, "GPT", decodes=(("t=1", (("temperature", 1.0),)),
+                                                     ("t=0.5", (("temperature", 0.5),)))),
+             PriorSpec("pixelcnn", 2, 0, "PixelCNN"),
+             PriorSpec("gpt", 2, 1, "GPT", class_conditional=True))
+    run = dataclasses.replace(_run("hvqvae", 0), priors=specs)
+    plan = dataclasses.replace(_plan([run]), metrics=(), sample_metrics=("nll",),
+                               rows="samples", cell=("tokens", "prior", "decoding"), plot=None,
+                               baseline={"prior": "GPT"}, match=("tokens",))
+    out = tmp_path / "rep"
+    rows = execute(plan, out, progress=False)
+    assert [(r["labels"]["prior"], r["labels"].get("decoding"), r["seed"]) for r in rows] == [
+        ("GPT", "t=1", 0), ("GPT", "t=0.5", 0), ("PixelCNN", None, 0), ("GPT", None, 1)]
+    folder = out / "runs" / run.name
+    assert not (folder / "eval.json").exists()  # no reconstruction metrics were planned
+    priors = sorted(p.name for p in (folder / "priors").iterdir())
+    assert priors == ["gpt-cond_2steps_s1", "gpt_2steps_s0", "pixelcnn_2steps_s0"]
+    for r in rows:
+        assert r["metrics"]["nll_primary"] > 0 and r["metrics"]["parameters"] > 0
+    gpt, pcnn = rows[0]["metrics"]["parameters"], rows[2]["metrics"]["parameters"]
+    assert gpt != pcnn  # each row carries its own prior's size
+    # the same prior and seed, two temperatures: one training, the NLL does not depend on it
+    assert rows[0]["checkpoint"] == rows[1]["checkpoint"]
+    assert rows[0]["metrics"]["nll_primary"] == rows[1]["metrics"]["nll_primary"]
+    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("samples_*.json")}
+    assert len(stamps) == 4
+    assert [s.status for s in inspect(plan, out, None)] == ["done"]
+    execute(plan, out, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("samples_*.json")} == stamps
+    records, missing = collect(plan, out, None)
+    assert len(records) == 4 and not missing
+    grid = class_grid(records, tmp_path / "grid.png", "cpu", per_class=3)
+    from PIL import Image
+
+    from mvq.train.prior import load_prior
+
+    classes = load_prior(rows[3]["checkpoint"])[0].num_classes
+    assert classes >= 2
+    side = 2 * 28  # the tiny runs' 28 px images at scale 2, plus the grid's padding
+    with Image.open(grid) as im:  # one row per class, per_class=3 images per row
+        assert classes * side <= im.height < (classes + 1) * side
+        assert 3 * side <= im.width < 4 * side
+    data = write_report(plan, records, tmp_path / "report", missing, (grid,))
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "prior params" in md and "bits/img" not in md and "grid.png" in md
+    assert len(data["cells"]) == 4
+    assert any(line.startswith("- PixelCNN vs GPT t=1 (tokens 1+1): NLL prim. bits")
+               for line in data["comparisons"])
+
+
+def test_generation_plans_share_the_tokenizer_runs():
+    """movq-table2 samples movq-ablation's MoVQ run, pixelcnn-vs-gpt fig5's hvqvae runs and
+    class-conditional fig5's J=128 run: the same folders, so no tokenizer is trained twice."""
+    ablation = {r.name for r in build_plan("movq-ablation", "quick", 1).runs}
+    fig5 = {r.name for r in build_plan("fig5", "quick", 1).runs}
+    table2 = build_plan("movq-table2", "quick", 2)
+    assert [r.name for r in table2.runs] == ["movq_quick_spatialnorm_f0-fourier_800steps_s0"]
+    assert table2.runs[0].name in ablation
+    decodes = [d for spec in table2.runs[0].priors for d, _ in spec.decodes]
+    assert decodes == ["one token per step", "4 steps", "8 steps", "12 steps", "16 steps"] * 2
+    gpt = next(s for s in table2.runs[0].priors if s.kind == "gpt")
+    assert gpt.sizes == {"primary": {"n_layer": 4, "n_head": 4, "n_embd": 64}}
+    pix = build_plan("pixelcnn-vs-gpt", "quick")
+    assert {r.name for r in pix.runs} <= fig5 and len(pix.runs) == 2
+    assert sorted({s.kind for r in pix.runs for s in r.priors}) == ["gpt", "pixelcnn"]
+    assert len(pix.runs[0].priors) == 6  # 3 seeds x 2 priors
+    cond = build_plan("class-conditional", "quick")
+    assert cond.runs[0].name in fig5 and cond.figure == "class-grid"
+    assert [s.class_conditional for s in cond.runs[0].priors] == [False, True] * 3
+
+
+def test_every_experiment_has_its_help_line():
+    from mvq.reproduce.plan import EXPERIMENTS, SUMMARIES
+
+    assert list(SUMMARIES) == list(EXPERIMENTS)

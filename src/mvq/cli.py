@@ -295,32 +295,28 @@ def cmd_sample(args) -> int:
 
 
 def _add_reproduce(sub) -> None:
+    from mvq.reproduce.plan import EXPERIMENTS, SUMMARIES  # light: the plans only, no torch
+
     p = sub.add_parser(
         "reproduce", help="run one of the papers' experiments and write its report "
-        "(fig5, table1, table5, table6, two-vs-five, movq-ablation)",
+        f"({', '.join(EXPERIMENTS)})",
         description="Plan, train, evaluate and report one experiment of the MVQ or MoVQ paper. "
         "Prints the plan and an estimated time first. Resumable: finished runs are skipped, "
         "interrupted ones resumed (run the same command again). Runs go to OUT/runs/NAME, shared "
         "between experiments; the report (report.md, results.json, plots) to OUT/EXPERIMENT/.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="experiments:\n"
-        "  fig5           MVQVAE vs the hierarchical baseline, FID against J (MVQ Fig. 5)\n"
-        "  two-vs-five    MVQVAE with 1+1 tokens vs the baseline with 4+1 (MVQ 4.2)\n"
-        "  table1         hvqgan vs mvqgan at 1+1 / 4+1 tokens, K 16 / 256 (MVQ Table 1)\n"
-        "  table5         a GPT prior on each table1 tokenizer: FID*, F-scores, NLL (Table 5)\n"
-        "  table6         token sampling times (MVQ Table 6; the sampling benchmark)\n"
-        "  movq-ablation  VQGAN / + multichannel / + SpatialNorm, F0 and c (MoVQ Fig. 6)\n\n"
+        + "".join(f"  {name:<18} {SUMMARIES[name]}\n" for name in EXPERIMENTS) + "\n"
         "examples:\n  mvq reproduce fig5 --scale quick --dry-run\n"
         "  mvq reproduce fig5 --scale quick\n"
         "  mvq reproduce table1 --scale paper --dataset cifar10 --data-root /data/cifar-10-batches-py",
     )
-    from mvq.reproduce.plan import EXPERIMENTS  # light: the plans only, no torch
-
     p.add_argument("experiment", choices=list(EXPERIMENTS))
     p.add_argument("--scale", choices=["quick", "paper"], default="quick",
                    help="quick: FashionMNIST on a CPU (default); paper: the papers' settings")
-    p.add_argument("--seeds", type=positive_int, help="seeds per compared cell (default: 3 for fig5 and "
-                   "two-vs-five, 2 otherwise at quick scale, 1 at paper scale)")
+    p.add_argument("--seeds", type=positive_int, help="seeds per compared cell (default: 3 for fig5, "
+                   "two-vs-five, pixelcnn-vs-gpt and class-conditional, 2 otherwise at quick "
+                   "scale, 1 at paper scale); the generation experiments seed their priors")
     p.add_argument("--out", default="runs/reproduce", help="output folder (default runs/reproduce)")
     p.add_argument("--data-root", help="folder of the data set's files")
     p.add_argument("--dataset", help="paper scale: fashion-mnist, cifar10, celeba64 or "

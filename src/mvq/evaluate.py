@@ -70,6 +70,8 @@ _LABELS = {
     "nll_masked": ("NLL masked tokens, MaskGIT at a fixed 50% mask (nats/token)", "{:.4f}"),
     "nll_masked_bits": ("NLL masked tokens, MaskGIT at a fixed 50% mask (bits/token)",
                         "{:.4f}"),
+    "tokens_s_per_img": ("token sampling, s / image", "{:.5f}"),
+    "sample_s_per_img": ("token sampling + decoding, s / image", "{:.5f}"),
 }
 
 
@@ -386,7 +388,9 @@ def evaluate_samples(
     run.result.update(kind="samples", prior=str(Path(prior).resolve()),
                       prior_step=prior_info.get("step"), prior_type=prior_model.kind,
                       sample_seed=seed, temperature=temperature, top_k=top_k,
-                      decoding=decoding, num_classes=prior_model.num_classes)
+                      decoding=decoding, num_classes=prior_model.num_classes,
+                      prior_parameters=sum(p.numel() for p in prior_model.parameters()),
+                      sample_batch_size=batch_size)
     out = run.result["metrics"]
     from tqdm.auto import tqdm
 
@@ -398,11 +402,16 @@ def evaluate_samples(
                        disable=not progress, dynamic_ncols=True)
             feats = []
             labels = class_labels(prior_model, run.n_used)
+            clock: dict[str, float] = {}
             for _, images in sample_batches(model, prior_model, run.n_used, batch_size, gen,
-                                            labels, **decoding):
+                                            labels, clock, **decoding):
                 feats.append(extract_features(images, batch_size, dev, False, extractor))
                 bar.update(len(images))
             bar.close()
+            # wall seconds per sample, batches of batch_size: the prior's token sampling, and
+            # with the tokenizer's decoder (Inception features not counted)
+            out["tokens_s_per_img"] = clock["tokens"] / run.n_used
+            out["sample_s_per_img"] = (clock["tokens"] + clock["decode"]) / run.n_used
             _inception_scores(run, real_stats, torch.cat(feats),
                               "fid_samples" if "fid" in chosen else None, "prd" in chosen,
                               "samples")

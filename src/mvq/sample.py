@@ -94,15 +94,34 @@ def grid_rows(images: torch.Tensor, per_row: int = PER_ROW) -> list[torch.Tensor
 
 @torch.no_grad()
 def sample_batches(model, prior, n: int, batch_size: int, generator: torch.Generator,
-                   labels: torch.Tensor | None = None, **decoding):
+                   labels: torch.Tensor | None = None, timing: dict | None = None, **decoding):
     """Yield (Codes, images (b, C, H, W) in [0, 1]) for n samples, batch_size at a time: the
     prior's codes (drawn from ``generator``, sample i of class labels[i] if given) decoded by
-    the tokenizer ``model``. ``decoding``: the prior's options (`decoding_options`)."""
+    the tokenizer ``model``. ``decoding``: the prior's options (`decoding_options`).
+    ``timing``: a dict that gets the wall seconds spent in the prior ("tokens") and in the
+    decoder ("decode"), summed over the batches."""
+    import time
+
+    clock = {"tokens": 0.0, "decode": 0.0} if timing is None else timing
+    clock.setdefault("tokens", 0.0)
+    clock.setdefault("decode", 0.0)
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         lab = None if labels is None else labels[start : start + b]
+        t0 = time.perf_counter()
         codes = prior.sample(b, lab, generator, **decoding)
-        yield codes, model.decode(codes).clamp(0, 1)
+        _sync(codes.primary.device)
+        t1 = time.perf_counter()
+        images = model.decode(codes).clamp(0, 1)
+        _sync(images.device)
+        clock["tokens"] += t1 - t0
+        clock["decode"] += time.perf_counter() - t1
+        yield codes, images
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,

@@ -44,10 +44,36 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
             return None
         records, missing = collect(plan, out, data_root)
     folder = out / experiment
-    result = write_report(plan, records, folder, missing)
+    figures = ()
+    if plan.figure == "class-grid" and records:
+        figures = (class_grid(records, folder / "class_grid.png", device),)
+    result = write_report(plan, records, folder, missing, figures)
     print((folder / "report.md").read_text())
     print(f"written: {folder / 'report.md'}, {folder / 'results.json'}", file=sys.stderr)
     return result
+
+
+def class_grid(records: list[dict], path: Path, device: str = "auto", per_class: int = 10
+               ) -> Path:
+    """One row per class: ``per_class`` samples of the first class-conditional prior among the
+    records (seed 0), decoded by its tokenizer; the row's label is its class id."""
+    from mvq.images import save_grid
+    from mvq.sample import sample_codes_and_images
+    from mvq.train.engine import pick_device
+
+    rec = next((r for r in sorted(records, key=lambda r: r["seed"])
+                if r.get("class_conditional")), None)
+    if rec is None:
+        raise MvqError("class grid: no finished class-conditional prior among the runs")
+    prior = Path(rec["checkpoint"])
+    from mvq.train.prior import load_prior
+
+    classes = load_prior(prior)[0].num_classes
+    _, images = sample_codes_and_images(
+        rec["tokenizer"], prior, n=per_class * classes, seed=0, device=str(pick_device(device)),
+        classes=list(range(classes)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_grid(list(images.split(per_class)), path, scale=2)
 
 
 def _check_out(out: Path, create: bool = True) -> Path:

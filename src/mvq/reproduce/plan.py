@@ -50,6 +50,35 @@ DATASETS = {
 
 
 @dataclass(frozen=True)
+class PriorSpec:
+    """A prior trained on a run's training-split tokens, then sampled once per decoding.
+
+    ``decodes``: (row label, ((option, value), ...)) pairs, each one sample evaluation (MaskGIT
+    at 4, 8, ... steps); ``sizes_json``: the prior's sizes as JSON ("" = its default);
+    ``label`` names the prior in the report's rows.
+    """
+
+    kind: str
+    steps: int
+    seed: int = 0
+    label: str = ""
+    class_conditional: bool = False
+    sizes_json: str = ""
+    decodes: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = (("", ()),)
+
+    @property
+    def folder(self) -> str:
+        return (f"{self.kind}{'-cond' if self.class_conditional else ''}"
+                f"{'-sized' if self.sizes_json else ''}_{self.steps}steps_s{self.seed}")
+
+    @property
+    def sizes(self) -> dict | None:
+        import json
+
+        return json.loads(self.sizes_json) if self.sizes_json else None
+
+
+@dataclass(frozen=True)
 class Run:
     """One training run: a preset plus overrides, with the labels the report groups by.
 
@@ -64,6 +93,7 @@ class Run:
     labels: tuple[tuple[str, object], ...]
     seed: int
     prior: int = 0
+    priors: tuple[PriorSpec, ...] = ()  # the generation experiments' priors (rows per decode)
 
     @property
     def label(self) -> dict:
@@ -94,6 +124,8 @@ class Plan:
     sample_metrics: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
     match: tuple[str, ...] = ("tokens", "K")  # labels a model shares with its baseline rows
+    rows: str = "runs"  # "runs": one table row per tokenizer; "samples": per prior and decoding
+    figure: str = ""  # an extra figure the report draws ("class-grid")
 
 
 def _run(data: Dataset, preset: str, model: str, factor: int, k: int, steps: int, seed: int,
@@ -252,8 +284,122 @@ def movq_ablation(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                        + f"; evaluation on the first {n} test images"])
 
 
+# --- generation: priors on shared tokenizer runs (one row per prior and decoding) ---------
+
+SAMPLE_METRICS = ("fid", "prd", "nll")
+# the GPT of movq-table2 gets MaskGIT's transformer size (4 layers, 4 heads, width 64), so the
+# comparison is one of decoding orders, not of model sizes
+MASKGIT_SIZE = {"n_layer": 4, "n_head": 4, "n_embd": 64}
+
+
+def _prior_steps(scale: str) -> int:
+    return 2000 if scale == "quick" else 100_000
+
+
+def _sample_plan(name: str, scale: str, title: str, runs: list[Run], cell: tuple[str, ...],
+                 baseline: dict, match: tuple[str, ...], notes: list[str],
+                 figure: str = "") -> Plan:
+    n = 500 if scale == "quick" else 10_000
+    return Plan(name, scale, title, runs, n, (), cell, baseline=baseline,
+                sample_metrics=SAMPLE_METRICS, match=match, rows="samples", figure=figure,
+                notes=notes + [f"each prior: {_prior_steps(scale)} steps of batch 64 on the "
+                               f"training split's tokens; {n} samples (batches of 100) against "
+                               f"the first {n} test images; prior seeds are the table's seeds; "
+                               "params: the prior's; s/img: wall seconds on this machine, "
+                               "token sampling alone and with decoding (Inception not counted)"])
+
+
+def movq_table2(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """MoVQ Table 2 at CPU scale: MaskGIT at 4/8/12/16 steps against autoregressive decoding of
+    the same MoVQ tokens by a GPT of the same size."""
+    if dataset is not None:
+        raise MvqError("movq-table2 uses movq-ablation's MoVQ tokenizer: drop --dataset")
+    import json
+    from dataclasses import replace
+
+    tok = next(r for r in movq_ablation(scale, 1).runs if r.label.get("f0") == "fourier")
+    steps = _prior_steps(scale)
+    size = json.dumps({"primary": MASKGIT_SIZE})
+    specs = []
+    for s in range(seeds):
+        specs.append(PriorSpec("gpt", steps, s, "GPT (autoregressive)", sizes_json=size,
+                               decodes=(("one token per step", ()),)))
+        specs.append(PriorSpec("maskgit", steps, s, "MaskGIT",
+                               decodes=tuple((f"{k} steps", (("steps", k),))
+                                             for k in (4, 8, 12, 16))))
+    run = replace(tok, priors=tuple(specs))
+    return _sample_plan(
+        "movq-table2", scale, "MoVQ paper Table 2 at CPU scale: MaskGIT decoding at 4 to 16 "
+        "steps against autoregressive decoding, one transformer size, MoVQ's tokens",
+        [run], ("prior", "decoding"), {"prior": "GPT (autoregressive)"}, (),
+        [f"tokenizer: movq-ablation's MoVQ run ({tok.name}); both priors are transformers of "
+         "4 layers, 4 heads, width 64 over the 7x7 grid's 4 channel ids per position"])
+
+
+def pixelcnn_vs_gpt(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """The gated PixelCNN (the prior the MVQ paper pairs with VQ-VAE-2) against the two-stage
+    GPT on the hierarchical baseline's tokens."""
+    from dataclasses import replace
+
+    base = fig5(scale, 1, dataset)
+    toks = [r for r in base.runs if r.label["model"] == "hvqvae" and r.label["K"] == 16]
+    steps = _prior_steps(scale)
+    runs = []
+    for tok in toks:
+        specs = []
+        for s in range(seeds):
+            specs.append(PriorSpec("gpt", steps, s, "GPT (two-stage)"))
+            specs.append(PriorSpec("pixelcnn", steps, s, "PixelCNN (gated)"))
+        runs.append(replace(tok, priors=tuple(specs)))
+    return _sample_plan(
+        "pixelcnn-vs-gpt", scale, "Gated PixelCNN against the two-stage GPT on the hierarchical "
+        "baseline's tokens (hvqvae, K=16): NLL and FID*", runs, ("tokens", "model", "prior"),
+        {"prior": "GPT (two-stage)"}, ("tokens",),
+        [f"tokenizers: fig5's hvqvae runs ({', '.join(r.name for r in toks)}); the 1+1 one is "
+         "the demo's configuration; default sizes (GPT: MVQ Table 4; PixelCNN: 64 channels, "
+         "6 gated layers)"])
+
+
+def class_conditional(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """A class-conditional two-stage GPT on MVQ tokens against the unconditional one."""
+    from dataclasses import replace
+
+    base = fig5(scale, 1, dataset)
+    j = 128 if scale == "quick" else 2048
+    tok = next(r for r in base.runs if r.label["model"] == "mvqvae" and r.label["F"] == 28
+               and r.label["K"] == 16 and r.label["J"] == j)
+    steps = _prior_steps(scale)
+    specs = []
+    for s in range(seeds):
+        specs.append(PriorSpec("gpt", steps, s, "GPT"))
+        specs.append(PriorSpec("gpt", steps, s, "GPT, class-conditional",
+                               class_conditional=True))
+    return _sample_plan(
+        "class-conditional", scale, "A class-conditional two-stage GPT on MVQ tokens (mvqvae, "
+        "1+1, K=16) against the unconditional one", [replace(tok, priors=tuple(specs))],
+        ("tokens", "model", "prior"), {"prior": "GPT"}, ("tokens",),
+        [f"tokenizer: fig5's {tok.name} (the demo's configuration); the conditional prior "
+         "samples every class in equal blocks; class_grid.png: one row per class, seed 0"],
+        figure="class-grid")
+
+
 EXPERIMENTS = {"fig5": fig5, "table1": table1, "table5": table5, "two-vs-five": two_vs_five,
-               "movq-ablation": movq_ablation, "table6": None}  # table6: the sampling benchmark
+               "movq-ablation": movq_ablation, "movq-table2": movq_table2,
+               "pixelcnn-vs-gpt": pixelcnn_vs_gpt, "class-conditional": class_conditional,
+               "table6": None}  # table6: the sampling benchmark
+
+# one line per experiment for `mvq reproduce --help` (in EXPERIMENTS' order)
+SUMMARIES = {
+    "fig5": "MVQVAE vs the hierarchical baseline, FID against J (MVQ Fig. 5)",
+    "table1": "hvqgan vs mvqgan at 1+1 / 4+1 tokens, K 16 / 256 (MVQ Table 1)",
+    "table5": "a GPT prior on each table1 tokenizer: FID*, F-scores, NLL (Table 5)",
+    "two-vs-five": "MVQVAE with 1+1 tokens vs the baseline with 4+1 (MVQ 4.2)",
+    "movq-ablation": "VQGAN / + multichannel / + SpatialNorm, F0 and c (MoVQ Fig. 6)",
+    "movq-table2": "MaskGIT at 4-16 steps vs autoregressive GPT on MoVQ tokens (MoVQ Table 2)",
+    "pixelcnn-vs-gpt": "gated PixelCNN vs two-stage GPT on hvqvae tokens: NLL, FID*",
+    "class-conditional": "class-conditional vs unconditional GPT on MVQ tokens, class grid",
+    "table6": "token sampling times (MVQ Table 6; the sampling benchmark)",
+}
 
 
 def build_plan(experiment: str, scale: str = "quick", seeds: int | None = None,
@@ -264,7 +410,8 @@ def build_plan(experiment: str, scale: str = "quick", seeds: int | None = None,
     if scale not in SCALES:
         raise MvqError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if seeds is None:
-        seeds = {"fig5": 3, "two-vs-five": 3}.get(experiment, 2 if scale == "quick" else 1)
+        seeds = {"fig5": 3, "two-vs-five": 3, "pixelcnn-vs-gpt": 3,
+                 "class-conditional": 3}.get(experiment, 2 if scale == "quick" else 1)
     if seeds < 1:
         raise MvqError(f"--seeds must be >= 1, got {seeds}")
     return EXPERIMENTS[experiment](scale, seeds, dataset)

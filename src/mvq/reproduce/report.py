@@ -11,12 +11,15 @@ from pathlib import Path
 from mvq.outputs import atomic_write, write_text
 from mvq.reproduce.plan import Plan
 
-LABEL_ORDER = ("variant", "tokens", "K", "model", "J", "f0", "c")
+LABEL_ORDER = ("variant", "tokens", "K", "model", "J", "f0", "c", "prior", "decoding")
 METRIC_NAMES = {"mse": "MSE", "psnr": "PSNR dB", "ssim": "SSIM", "lpips": "LPIPS",
                 "rfid": "rFID", "prd_f8": "F_8", "prd_f1_8": "F_1/8", "fid_samples": "FID*",
-                "nll_primary_bits": "NLL prim. bits", "nll_secondary_bits": "NLL sec. bits"}
+                "nll_primary_bits": "NLL prim. bits", "nll_secondary_bits": "NLL sec. bits",
+                "nll_masked_bits": "NLL masked bits (MaskGIT)",
+                "tokens_s_per_img": "s/img tokens", "sample_s_per_img": "s/img tokens+decode"}
 LOWER_IS_BETTER = {"mse", "lpips", "rfid", "fid_samples", "nll_primary_bits",
-                   "nll_secondary_bits"}
+                   "nll_secondary_bits", "nll_masked_bits", "tokens_s_per_img",
+                   "sample_s_per_img"}
 
 
 def _stats(values: list[float]) -> dict:
@@ -59,7 +62,8 @@ def _fmt(stat: dict | None, digits: int) -> str:
 
 
 _DIGITS = {"mse": 4, "psnr": 2, "ssim": 3, "lpips": 4, "rfid": 1, "prd_f8": 3, "prd_f1_8": 3,
-           "fid_samples": 1, "nll_primary_bits": 3, "nll_secondary_bits": 3}
+           "fid_samples": 1, "nll_primary_bits": 3, "nll_secondary_bits": 3,
+           "nll_masked_bits": 3, "tokens_s_per_img": 4, "sample_s_per_img": 4}
 
 
 def columns(cells: list[dict]) -> list[str]:
@@ -70,15 +74,18 @@ def columns(cells: list[dict]) -> list[str]:
 def markdown_table(plan: Plan, cells: list[dict]) -> str:
     label_keys = [k for k in LABEL_ORDER if any(k in c["labels"] for c in cells)]
     metrics = columns(cells)
-    head = label_keys + ["bits/img", "params"] + [METRIC_NAMES[m] for m in metrics] + ["seeds"]
+    samples = plan.rows == "samples"  # rows are priors: their parameters, no tokenizer bits
+    head = label_keys + ([] if samples else ["bits/img"]) + \
+        ["prior params" if samples else "params"] + [METRIC_NAMES[m] for m in metrics] + ["seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for c in cells:
         s = c["stats"]
         bits = s.get("bits_per_image", {}).get("mean")
         params = s.get("parameters", {}).get("mean")
         row = [str(c["labels"].get(k, "")) for k in label_keys]
-        row += [f"{bits:g}" if bits is not None else "n/a",
-                f"{params / 1e6:.2f} M" if params else "n/a"]
+        if not samples:
+            row.append(f"{bits:g}" if bits is not None else "n/a")
+        row.append(f"{params / 1e6:.2f} M" if params else "n/a")
         row += [_fmt(s.get(m), _DIGITS.get(m, 3)) for m in metrics]
         row.append(str(c["seeds"]))
         lines.append("| " + " | ".join(row) + " |")
@@ -120,7 +127,7 @@ def _compare(c: dict, b: dict, shared: tuple[str, ...]) -> str:
         parts.append(f"{METRIC_NAMES[m]} {change:+.1%} {'better' if better else 'worse'}{verdict}")
 
     def own(cell):
-        return " ".join(f"{k}={v}" if k != "model" else str(v)
+        return " ".join(f"{k}={v}" if k not in ("model", "prior", "decoding") else str(v)
                         for k, v in cell["labels"].items() if k not in shared)
 
     where = ", ".join(f"{k} {c['labels'][k]}" for k in shared if k in c["labels"])
@@ -140,6 +147,8 @@ def plot(plan: Plan, cells: list[dict], path: Path) -> Path | None:
     x_key, series_key = plan.plot
     series = sorted({c["labels"].get(series_key) for c in cells}, key=str)
     metrics = [m for m in ("rfid", "mse", "lpips") if m in columns(cells)]
+    if not metrics:
+        return None
     fig, axes = plt.subplots(len(metrics), len(series), figsize=(4.2 * len(series),
                              3.0 * len(metrics)), squeeze=False)
     for col, value in enumerate(series):
@@ -174,7 +183,8 @@ def plot(plan: Plan, cells: list[dict], path: Path) -> Path | None:
     return path
 
 
-def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[str]) -> dict:
+def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[str],
+                 figures: tuple[Path, ...] = ()) -> dict:
     """report.md, results.json and the plot in ``folder``; returns the JSON."""
     folder.mkdir(parents=True, exist_ok=True)
     for rec in records:  # bits and parameters travel with the metrics
@@ -189,8 +199,9 @@ def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[st
     if comp:
         lines += [f"Against the baseline rows with the same {' and '.join(plan.match)}:", "",
                   *comp, ""]
-    if png:
-        lines += [f"![{plan.experiment}]({png.name})", ""]
+    for fig in (png, *figures):
+        if fig:
+            lines += [f"![{fig.stem}]({fig.name})", ""]
     lines += [f"- {n}" for n in plan.notes]
     if missing:
         lines += ["", f"**Incomplete:** {len(missing)} planned runs are not in this report yet: "

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mvq.errors import MvqError
 from mvq.outputs import write_text
-from mvq.reproduce.plan import Plan, Run
+from mvq.reproduce.plan import Plan, PriorSpec, Run
 
 # Seconds per training step of batch 32 on this project's 2-core CPU (measured with the quick
 # presets); the plan's estimate only, the report records the real times.
@@ -31,6 +31,7 @@ _STEP_SECONDS = {"vqvae": 0.13, "hvqvae": 0.16, "mvqvae": 0.17, "hvqgan": 0.30, 
 _MASK_SECONDS = 0.00022  # per mask J per step (MH-Dropout search, F=28, batch 32)
 _INCEPTION_IMAGES_PER_S = 6.0
 _PRIOR_STEP_SECONDS = 0.045
+_PRIOR_KIND_SECONDS = {"gpt": 0.045, "maskgit": 0.15, "pixelcnn": 0.06}
 
 
 @dataclass
@@ -47,20 +48,21 @@ class RunState:
         if self.step >= self.steps and self.evaluated and self.sampled:
             return "done"
         if self.step >= self.steps:
-            return "to evaluate"
+            return "to sample" if self.evaluated else "to evaluate"
         return f"resume at {self.step}" if self.step else "to train"
 
 
 def _checkpoint(target: Path) -> tuple[Path | None, int]:
-    """The newest complete checkpoint of a run (training keeps it all-or-nothing) and its step."""
+    """The newest complete checkpoint (a tokenizer's or a prior's; training keeps it all-or-nothing)
+    and its step."""
     from mvq import checkpoint
 
     found = checkpoint.latest(target)
     if found is None:
         return None, 0
-    try:
-        return found, int(checkpoint.read_info(found).get("step", 0))
-    except MvqError:
+    try:  # a tokenizer's or a prior's checkpoint: both record their step in config.json
+        return found, int(checkpoint.read_json(found / "config.json").get("step", 0))
+    except (MvqError, TypeError, ValueError):
         return None, 0
 
 
@@ -93,9 +95,21 @@ def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None) -> RunStat
                            f"for {run.name}: move it away or pick another --out")
     steps = cfg.train.steps
     return RunState(run, out_dir, step, steps,
-                    _eval_matches(out_dir / "eval.json", plan, steps),
-                    not run.prior or _eval_matches(out_dir / "samples.json", plan, steps,
-                                                   "samples"))
+                    not plan.metrics or _eval_matches(out_dir / "eval.json", plan, steps),
+                    (not run.prior or _eval_matches(out_dir / "samples.json", plan, steps,
+                                                    "samples"))
+                    and all(_eval_matches(path, plan, steps, "samples")
+                            for _, _, path in _prior_samples(run, out_dir)))
+
+
+def _prior_samples(run: Run, out_dir: Path) -> list[tuple[PriorSpec, int, Path]]:
+    """(spec, decode index, samples JSON path) of every sample evaluation of run.priors."""
+    return [(spec, i, out_dir / "priors" / spec.folder / f"samples_{_slug(tag) or 'default'}.json")
+            for spec in run.priors for i, (tag, _) in enumerate(spec.decodes)]
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
 
 
 def estimate_seconds(plan: Plan, states: list[RunState], data_root: str | None) -> float:
@@ -112,7 +126,12 @@ def estimate_seconds(plan: Plan, states: list[RunState], data_root: str | None) 
             total += plan.eval_n / _INCEPTION_IMAGES_PER_S
         if not st.sampled:
             total += st.run.prior * _PRIOR_STEP_SECONDS + plan.eval_n / _INCEPTION_IMAGES_PER_S
-    if inception:
+            for spec, i, path in _prior_samples(st.run, st.out_dir):
+                if not _eval_matches(path, plan, st.steps, "samples"):
+                    total += plan.eval_n / _INCEPTION_IMAGES_PER_S
+                    if i == 0 and _checkpoint(path.parent / "checkpoint")[1] < spec.steps:
+                        total += spec.steps * _PRIOR_KIND_SECONDS.get(spec.kind, 0.1)
+    if inception or plan.sample_metrics:
         total += plan.eval_n / _INCEPTION_IMAGES_PER_S  # the real images' features, once
     return total
 
@@ -140,7 +159,7 @@ def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool 
     print(describe(plan, states, estimate_seconds(plan, states, data_root)), file=sys.stderr)
     if dry_run:
         return []
-    records, elsewhere = [], []
+    rows, elsewhere = [], []
     bar = tqdm(states, desc=f"{plan.experiment} runs", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     for st in bar:
@@ -150,12 +169,12 @@ def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool 
                 elsewhere.append(st.run.name)
                 continue
             now = state(plan, st.run, st.out_dir, data_root)  # another process may have run it
-            records.append(_do_run(plan, now, data_root, progress, device))
+            rows += _do_run(plan, now, data_root, progress, device)
     bar.close()
     if elsewhere:
         print(f"{len(elsewhere)} runs were in progress in another process: "
               f"{', '.join(elsewhere)}", file=sys.stderr)
-    return records
+    return rows
 
 
 @contextmanager
@@ -185,14 +204,39 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str) ->
         seconds = result.seconds + _read_json(st.out_dir / "run.json").get("train_seconds", 0.0)
         _merge_json(st.out_dir / "run.json", {"train_seconds": round(seconds, 1)})
     eval_path = st.out_dir / "eval.json"
-    if not _eval_matches(eval_path, plan, st.steps):
+    if plan.metrics and not _eval_matches(eval_path, plan, st.steps):
         result = evaluate_checkpoint(ckpt, n=plan.eval_n, metrics=plan.metrics, progress=progress,
                                      device=device, data_root=data_root)
         result["planned_metrics"] = list(plan.metrics)
         _write_json(eval_path, result)
     if st.run.prior:
         _do_prior(plan, st, data_root, progress, device)
-    return record(st)
+    if st.run.priors:
+        _do_priors(plan, st, data_root, progress, device)
+    return records(plan, st)
+
+
+def records(plan: Plan, st: RunState) -> list[dict]:
+    """The report's rows of one finished run: the run itself, or (plan.rows == "samples") one
+    per prior and decoding, labelled with the prior and the decoding on top of the run's."""
+    if plan.rows != "samples":
+        return [record(st)]
+    out = []
+    for spec, i, path in _prior_samples(st.run, st.out_dir):
+        tag = spec.decodes[i][0]
+        got = json.loads(path.read_text())
+        labels = {**st.run.label, "prior": spec.label or spec.kind}
+        if tag:
+            labels["decoding"] = tag
+        metrics = {**got["metrics"], "parameters": got.get("prior_parameters")}
+        out.append({"name": f"{st.run.name}/{spec.folder}/{_slug(tag) or 'default'}",
+                    "labels": labels, "seed": spec.seed, "checkpoint": got.get("prior"),
+                    "metrics": metrics, "decoding": got.get("decoding"),
+                    "tokenizer": str(st.out_dir / "checkpoint"),
+                    "train_seconds": _read_json(path.parent / "run.json").get("train_seconds"),
+                    "prior_kind": spec.kind, "prior_sizes": spec.sizes,
+                    "class_conditional": spec.class_conditional})
+    return out
 
 
 def record(st: RunState) -> dict:
@@ -213,21 +257,19 @@ def collect(plan: Plan, out: Path, data_root: str | None) -> tuple[list[dict], l
     """Records of the runs that are done, and the names of those that are not."""
     states = inspect(plan, out, data_root)
     done = [st for st in states if st.status == "done"]
-    return [record(st) for st in done], [st.run.name for st in states if st.status != "done"]
+    return [rec for st in done for rec in records(plan, st)], \
+        [st.run.name for st in states if st.status != "done"]
 
 
 def _do_prior(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> None:
     from mvq.evaluate import evaluate_samples
-    from mvq.tokens import encode_dataset
     from mvq.train.prior import train_prior
 
     ckpt = st.out_dir / "checkpoint"
     path = st.out_dir / "samples.json"
     if _eval_matches(path, plan, st.steps, "samples"):
         return
-    tokens = st.out_dir / "tokens_train.safetensors"
-    if not tokens.is_file():  # written atomically: present means complete
-        encode_dataset(ckpt, tokens, "train", device=device, progress=progress)
+    tokens = _tokens(st, device, progress)
     prior_dir = st.out_dir / "prior"
     step = _checkpoint(prior_dir / "checkpoint")[1]
     if step < st.run.prior:
@@ -241,6 +283,48 @@ def _do_prior(plan: Plan, st: RunState, data_root, progress: bool, device: str) 
     _write_json(path, result)
 
 
+
+
+def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> None:
+    """Train each of run.priors on the run's training tokens (resuming), then evaluate its
+    samples once per decoding (FID*, PRD, NLL and the seconds per image)."""
+    from mvq.evaluate import evaluate_samples
+    from mvq.train.prior import train_prior
+
+    ckpt = st.out_dir / "checkpoint"
+    tokens = _tokens(st, device, progress)
+    for spec, i, path in _prior_samples(st.run, st.out_dir):
+        if _eval_matches(path, plan, st.steps, "samples"):
+            continue
+        prior_dir = path.parent
+        step = _checkpoint(prior_dir / "checkpoint")[1]
+        if step < spec.steps:
+            result = train_prior(tokens, prior_dir, steps=spec.steps, seed=spec.seed,
+                                 kind=spec.kind, progress=progress, device=device,
+                                 resume=step > 0, sizes=spec.sizes,
+                                 class_conditional=spec.class_conditional)
+            seconds = result["seconds"] + _read_json(prior_dir / "run.json").get(
+                "train_seconds", 0.0)
+            _merge_json(prior_dir / "run.json", {"train_seconds": round(seconds, 1)})
+        result = evaluate_samples(ckpt, prior_dir / "checkpoint", n=plan.eval_n,
+                                  metrics=plan.sample_metrics, progress=progress, device=device,
+                                  data_root=data_root, seed=spec.seed,
+                                  **dict(spec.decodes[i][1]))
+        result["planned_metrics"] = list(plan.sample_metrics)
+        result["step"] = st.steps  # the tokenizer's step, as eval.json
+        _write_json(path, result)
+
+
+def _tokens(st: RunState, device: str, progress: bool) -> Path:
+    """The run's training-split token file, encoded once (written atomically: present means
+    complete)."""
+    from mvq.tokens import encode_dataset
+
+    tokens = st.out_dir / "tokens_train.safetensors"
+    if not tokens.is_file():
+        encode_dataset(st.out_dir / "checkpoint", tokens, "train", device=device,
+                       progress=progress)
+    return tokens
 
 
 def _read_json(path: Path) -> dict:
