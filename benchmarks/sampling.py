@@ -7,7 +7,8 @@ image's codes (primary, secondary, random mask) with
   cached    KV cache (preallocated, single-token steps), batch 1
   cached/64 KV cache, batch 64, time per image
   maskgit   a bidirectional transformer with the primary stage's width/depth over the S+1
-            tokens, 8 and 12 parallel decoding steps, batch 1
+            tokens, 8 and 12 parallel decoding steps, batch 1 (skipped where S+1 is
+            fewer tokens than steps: a step that reveals nothing is no decoding step)
 All cells are measured in this one run (median of --repeats, runs interleaved, one warm-up;
 a cell whose runs already took --cell-budget seconds is not repeated further);
 the paper's CPU column (Intel i9-9900) is printed beside them for reference.
@@ -95,9 +96,10 @@ def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: in
     cells = {
         "cached": lambda: prior.sample(1, seed=0),
         f"cached_b{batch}": lambda: prior.sample(batch, seed=0),
-        "maskgit8": lambda: maskgit.generate(1, 8),
-        "maskgit12": lambda: maskgit.generate(1, 12),
     }
+    for steps in (8, 12):  # a step must reveal a token: no more steps than the S+1 tokens
+        if steps <= length + 1:
+            cells[f"maskgit{steps}"] = lambda steps=steps: maskgit.generate(1, steps)
     if length <= naive_max_len:
         cells["naive"] = lambda: prior.sample(1, seed=0, use_cache=False)
     for name, fn in cells.items():  # warm-up (allocator, kernels); a long naive one is skipped
@@ -118,7 +120,7 @@ def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: in
            "secondary_params_m": prior.secondary.num_params / 1e6,
            "naive_s": med.get("naive"), "cached_s": med["cached"],
            f"cached_b{batch}_s_per_image": med[f"cached_b{batch}"],
-           "maskgit8_s": med["maskgit8"], "maskgit12_s": med["maskgit12"]}
+           "maskgit8_s": med.get("maskgit8"), "maskgit12_s": med.get("maskgit12")}
     row["speedup_cached_vs_naive"] = (med["naive"] / med["cached"]) if "naive" in med else None
     row["runs"] = {name: len(v) for name, v in times.items()}
     row["primary_weights_mb"] = sum(w.numel() * w.element_size() for w in _linear_weights(
@@ -130,9 +132,9 @@ def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: in
     return row
 
 
-def fmt(x: float | None, width: int = 9) -> str:
+def fmt(x: float | None, width: int = 9, missing: str = "skipped") -> str:
     if x is None:
-        return f"{'skipped':>{width}}"
+        return f"{missing:>{width}}"
     return f"{x:>{width}.4f}" if x < 10 else f"{x:>{width}.2f}"
 
 
@@ -175,8 +177,10 @@ def main() -> None:
         params = f"{r['primary_params_m']:.1f}+{r['secondary_params_m']:.1f}"
         print(f"{r['tokens']:>7} | {paper} | "
               f"{fmt(r['naive_s'])} | {fmt(r['cached_s'])} | {speed_s} | "
-              f"{fmt(r[f'cached_b{b}_s_per_image'])} | {fmt(r['maskgit8_s'])} | "
-              f"{fmt(r['maskgit12_s'], 10)} | {params:>10}", flush=True)
+              f"{fmt(r[f'cached_b{b}_s_per_image'])} | {fmt(r['maskgit8_s'], 9, 'n/a')} | "
+              f"{fmt(r['maskgit12_s'], 10, 'n/a')} | {params:>10}", flush=True)
+    if any(r["maskgit12_s"] is None for r in rows):
+        print("maskgit n/a: S+1 tokens are fewer than the steps (each step reveals a token)")
     print(f"\nspeed-ups, same run: {'tokens':>7} | {'naive/cached':>12} | "
           f"{f'cached/cached b{b}':>17} | {'cached/maskgit 8':>16} | {'cached/maskgit 12':>17}")
     def ratio(a, c):

@@ -102,16 +102,21 @@ def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
 
 
 def test_bench_sampling_short_lengths(tmp_path, capsys):
-    """The sampling table on 1+1 and 4+1 tokens: every cell measured, ratios from the cells."""
+    """The sampling table on 1+1, 4+1 and 8+1 tokens: every cell measured, ratios from the
+    cells; MaskGIT only where the tokens are at least its steps (8+1: 8 steps, not 12)."""
     out = tmp_path / "sampling.json"
-    assert main(["bench", "sampling", "--lengths", "1,4", "--repeats", "1", "--batch", "4",
+    assert main(["bench", "sampling", "--lengths", "1,4,8", "--repeats", "1", "--batch", "4",
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "naive/cached" in printed and "naive / (S x floor)" in printed
+    assert "maskgit n/a: S+1 tokens are fewer than the steps" in printed
     rows = json.loads(out.read_text())["rows"]
-    assert [r["tokens"] for r in rows] == ["1+1", "4+1"]
+    assert [r["tokens"] for r in rows] == ["1+1", "4+1", "8+1"]
+    assert [(r["maskgit8_s"] is None, r["maskgit12_s"] is None) for r in rows] == [
+        (True, True), (True, True), (False, True)]
+    assert rows[2]["maskgit8_s"] > 0
     for r in rows:
-        for key in ("naive_s", "cached_s", "cached_b4_s_per_image", "maskgit8_s", "maskgit12_s",
+        for key in ("naive_s", "cached_s", "cached_b4_s_per_image",
                     "linear_floor_ms_per_token", "step_floor_ms_per_token"):
             assert r[key] > 0, key
         assert r["speedup_cached_vs_naive"] == pytest.approx(r["naive_s"] / r["cached_s"])

@@ -131,11 +131,13 @@ class MaskGIT(nn.Module):
 
         choice_temperature scales the confidence noise (default: `temperature`; MaskGIT used
         4.5). return_history=True also returns the (n, L, c) ids after every step. top_k /
-        top_p filter each draw as in the GPT. Steps beyond L * c find nothing left to reveal
-        (the sampling benchmark times such passes); `MaskGITPrior.sample` refuses them.
+        top_p filter each draw as in the GPT. Every step reveals at least one of the L * c
+        entries, so steps is at most L * c.
         """
-        if steps < 1:
-            raise MvqError(f"MaskGIT steps must be >= 1, got {steps}")
+        total = self.cfg.seq_len * self.cfg.channels
+        if not 1 <= steps <= total:
+            raise MvqError(f"MaskGIT steps must be in [1, {total}] ({total} entries per "
+                           f"sequence, at least one revealed per step), got {steps}")
         was = self.training
         self.eval()
         try:
