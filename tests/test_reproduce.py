@@ -365,9 +365,23 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
     with Image.open(grid) as im:  # one row per class, per_class=3 images per row
         assert classes * side <= im.height < (classes + 1) * side
         assert 3 * side <= im.width < 4 * side
-    data = write_report(plan, records, tmp_path / "report", missing, (grid,))
+    from mvq.reproduce import class_agreement
+
+    agree = class_agreement(records, tmp_path / "agree.json", 12, "cpu", classifier_steps=5)
+    (acc,) = agree["accuracy"].values()  # the one class-conditional prior
+    assert agree["mean"] == acc and agree["std"] is None and agree["classes"] == classes
+    assert min(abs(acc - k / 12) for k in range(13)) < 1e-6  # a fraction of the 12 samples
+    for key in ("classifier_accuracy_test", "classifier_accuracy_reconstructions"):
+        assert 0 <= agree[key] <= 1
+    stamp = (tmp_path / "agree.json").stat().st_mtime_ns
+    assert class_agreement(records, tmp_path / "agree.json", 12, "cpu", classifier_steps=5) \
+        == agree  # kept, not measured again
+    assert (tmp_path / "agree.json").stat().st_mtime_ns == stamp
+    data = write_report(plan, records, tmp_path / "report", missing, (grid,),
+                        {"class_agreement": agree})
     md = (tmp_path / "report" / "report.md").read_text()
     assert "prior params" in md and "bits/img" not in md and "grid.png" in md
+    assert f"asked for {acc:.3f} of the time" in md and data["class_agreement"] == agree
     assert len(data["cells"]) == 4
     assert any(line.startswith("- PixelCNN vs GPT t=1 (tokens 1+1): NLL prim. bits")
                for line in data["comparisons"])

@@ -44,10 +44,12 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
             return None
         records, missing = collect(plan, out, data_root)
     folder = out / experiment
-    figures = ()
+    figures, extra = (), {}
     if plan.figure == "class-grid" and records:
         figures = (class_grid(records, folder / "class_grid.png", device),)
-    result = write_report(plan, records, folder, missing, figures)
+        extra["class_agreement"] = class_agreement(records, folder / "class_agreement.json",
+                                                   plan.eval_n, device, data_root)
+    result = write_report(plan, records, folder, missing, figures, extra)
     print((folder / "report.md").read_text())
     print(f"written: {folder / 'report.md'}, {folder / 'results.json'}", file=sys.stderr)
     return result
@@ -74,6 +76,69 @@ def class_grid(records: list[dict], path: Path, device: str = "auto", per_class:
         classes=list(range(classes)))
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_grid(list(images.split(per_class)), path, scale=2)
+
+
+def class_agreement(records: list[dict], path: Path, n: int, device: str = "auto",
+                    data_root: str | None = None, classifier_steps: int = 600) -> dict:
+    """How often a class-conditional prior's samples are of the class asked for.
+
+    A small CNN (`mvq.analysis.classkeep`, seed 0, ``classifier_steps`` steps on 10000 training
+    images) classifies ``n`` samples of each class-conditional prior among the records (every
+    class in equal blocks, the record's seed); its accuracy on the first ``n`` test images and
+    on their reconstructions through the tokenizer are the ceilings. Kept in ``path`` (JSON) and
+    reused while the priors and n are the same. Returns {"classifier_accuracy_test",
+    "classifier_accuracy_reconstructions", "priors": {checkpoint: accuracy}, "mean", "std"}.
+    """
+    import json
+    import statistics
+
+    import torch
+
+    from mvq.analysis.classkeep import _split, predict, train_classifier
+    from mvq.checkpoint import load_tokenizer
+    from mvq.codes import Codes
+    from mvq.sample import class_labels, sample_codes_and_images
+    from mvq.train.engine import pick_device
+    from mvq.train.prior import load_prior
+
+    cond = [r for r in records if r.get("class_conditional")]
+    key = {"n": n, "classifier_steps": classifier_steps,
+           "priors": sorted({r["checkpoint"] for r in cond})}
+    try:
+        kept = json.loads(path.read_text())
+        if all(kept.get(k) == v for k, v in key.items()):
+            return kept
+    except (OSError, ValueError):
+        pass
+    if not cond:
+        raise MvqError("class agreement: no finished class-conditional prior among the runs")
+    dev = str(pick_device(device))
+    model, cfg, _ = load_tokenizer(cond[0]["tokenizer"], device=dev)
+    model.eval()
+    if data_root is not None:
+        cfg.data.root = data_root
+    net = train_classifier(*_split(cfg, "train", 10_000), steps=classifier_steps)
+    x, y = _split(cfg, "test", n)
+    with torch.no_grad():
+        codes = Codes.cat([model.encode(x[i : i + 250].to(dev)) for i in range(0, len(x), 250)])
+        rec = torch.cat([model.decode(codes[i : i + 250]).clamp(0, 1).cpu()
+                         for i in range(0, len(codes), 250)])
+    out = {**key, "classifier_accuracy_test": float((predict(net, x) == y).float().mean()),
+           "classifier_accuracy_reconstructions": float((predict(net, rec) == y).float().mean()),
+           "accuracy": {}}
+    for r in cond:
+        prior = load_prior(r["checkpoint"])[0]
+        out["classes"] = prior.num_classes
+        _, images = sample_codes_and_images(r["tokenizer"], r["checkpoint"], n=n, seed=r["seed"],
+                                            device=dev, batch_size=100)
+        want = class_labels(prior, n)
+        out["accuracy"][r["checkpoint"]] = float((predict(net, images) == want).float().mean())
+    values = list(out["accuracy"].values())
+    out["mean"] = statistics.fmean(values)
+    out["std"] = statistics.stdev(values) if len(values) > 1 else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(out, indent=2) + "\n")
+    return out
 
 
 def _check_out(out: Path, create: bool = True) -> Path:

@@ -184,7 +184,7 @@ def plot(plan: Plan, cells: list[dict], path: Path) -> Path | None:
 
 
 def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[str],
-                 figures: tuple[Path, ...] = ()) -> dict:
+                 figures: tuple[Path, ...] = (), extra: dict | None = None) -> dict:
     """report.md, results.json and the plot in ``folder``; returns the JSON."""
     folder.mkdir(parents=True, exist_ok=True)
     for rec in records:  # bits and parameters travel with the metrics
@@ -199,6 +199,15 @@ def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[st
     if comp:
         lines += [f"Against the baseline rows with the same {' and '.join(plan.match)}:", "",
                   *comp, ""]
+    agree = (extra or {}).get("class_agreement")
+    if agree:
+        spread = f" ± {agree['std']:.3f}" if agree.get("std") is not None else ""
+        lines += [f"Class agreement (a small CNN classifier, {agree['n']} images each): the "
+                  f"class-conditional samples are of the class asked for "
+                  f"{agree['mean']:.3f}{spread} of the time ({len(agree['accuracy'])} priors; "
+                  f"chance {1 / agree['classes']:.3g} for {agree['classes']} classes); the classifier's accuracy on the test images is "
+                  f"{agree['classifier_accuracy_test']:.3f}, on their reconstructions through "
+                  f"the tokenizer {agree['classifier_accuracy_reconstructions']:.3f}.", ""]
     for fig in (png, *figures):
         if fig:
             lines += [f"![{fig.stem}]({fig.name})", ""]
@@ -209,7 +218,8 @@ def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[st
     md = "\n".join(lines) + "\n"
     data = {"experiment": plan.experiment, "scale": plan.scale, "title": plan.title,
             "eval_n": plan.eval_n, "metrics": list(plan.metrics), "notes": plan.notes,
-            "cells": cells, "comparisons": comp, "runs": records, "missing": missing}
+            "cells": cells, "comparisons": comp, "runs": records, "missing": missing,
+            **(extra or {})}
     write_text(folder / "results.json", json.dumps(data, indent=2) + "\n")
     write_text(folder / "report.md", md)
     return data
