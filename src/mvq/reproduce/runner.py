@@ -139,8 +139,19 @@ def estimate_seconds(plan: Plan, states: list[RunState], data_root: str | None) 
 def describe(plan: Plan, states: list[RunState], seconds: float) -> str:
     lines = [f"mvq reproduce {plan.experiment} --scale {plan.scale}: {plan.title}",
              f"{len(plan.runs)} runs, evaluation on N={plan.eval_n} images "
-             f"({', '.join(plan.metrics)})"]
-    lines += [f"  {st.run.name:<58} {st.status}" for st in states]
+             f"({', '.join(plan.metrics or plan.sample_metrics)}"
+             f"{' of samples' if not plan.metrics else ''})"]
+    for st in states:
+        lines.append(f"  {st.run.name:<58} {st.status}")
+        for spec in st.run.priors:  # the generation experiments: each prior and its decodings
+            paths = [p for sp, _, p in _prior_samples(st.run, st.out_dir) if sp == spec]
+            left = sum(not _eval_matches(p, plan, st.steps, "samples") for p in paths)
+            step = _checkpoint(paths[0].parent / "checkpoint")[1]
+            where = ("trained" if step >= spec.steps else f"resume at {step}" if step
+                     else "to train")
+            lines.append(f"    prior {spec.folder:<52} {where}, "
+                         + (f"{left} of {len(paths)} decodings to sample" if left
+                            else "sampled"))
     todo = sum(st.status != "done" for st in states)
     lines.append(f"{todo} of {len(states)} runs to do; estimated {_hms(seconds)} on a 2-core CPU"
                  if todo else "every run is done: writing the report")
