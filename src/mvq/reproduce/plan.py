@@ -305,7 +305,8 @@ def _sample_plan(name: str, scale: str, title: str, runs: list[Run], cell: tuple
                 notes=notes + [f"each prior: {_prior_steps(scale)} steps of batch 64 on the "
                                f"training split's tokens; {n} samples (batches of 100) against "
                                f"the first {n} test images; prior seeds are the table's seeds; "
-                               "params: the prior's; s/img: wall seconds on this machine, "
+                               "params: the prior's; ms/img: wall milliseconds per image on this "
+                               "machine (one thread, batches of 100, shared with other jobs), "
                                "token sampling alone and with decoding (Inception not counted)"])
 
 

@@ -16,7 +16,8 @@ METRIC_NAMES = {"mse": "MSE", "psnr": "PSNR dB", "ssim": "SSIM", "lpips": "LPIPS
                 "rfid": "rFID", "prd_f8": "F_8", "prd_f1_8": "F_1/8", "fid_samples": "FID*",
                 "nll_primary_bits": "NLL prim. bits", "nll_secondary_bits": "NLL sec. bits",
                 "nll_masked_bits": "NLL masked bits (MaskGIT)",
-                "tokens_s_per_img": "s/img tokens", "sample_s_per_img": "s/img tokens+decode"}
+                "tokens_s_per_img": "ms/img tokens", "sample_s_per_img": "ms/img tokens+decode"}
+SHOWN_SCALE = {"tokens_s_per_img": 1000.0, "sample_s_per_img": 1000.0}  # seconds shown as ms
 LOWER_IS_BETTER = {"mse", "lpips", "rfid", "fid_samples", "nll_primary_bits",
                    "nll_secondary_bits", "nll_masked_bits", "tokens_s_per_img",
                    "sample_s_per_img"}
@@ -52,18 +53,18 @@ def aggregate(plan: Plan, records: list[dict]) -> list[dict]:
     return out
 
 
-def _fmt(stat: dict | None, digits: int) -> str:
+def _fmt(stat: dict | None, digits: int, scale: float = 1.0) -> str:
     if not stat or stat["mean"] is None:
         return "n/a"
-    text = f"{stat['mean']:.{digits}f}"
+    text = f"{stat['mean'] * scale:.{digits}f}"
     if stat["std"] is not None:
-        text += f" ± {stat['std']:.{digits}f}"
+        text += f" ± {stat['std'] * scale:.{digits}f}"
     return text
 
 
 _DIGITS = {"mse": 4, "psnr": 2, "ssim": 3, "lpips": 4, "rfid": 1, "prd_f8": 3, "prd_f1_8": 3,
            "fid_samples": 1, "nll_primary_bits": 3, "nll_secondary_bits": 3,
-           "nll_masked_bits": 3, "tokens_s_per_img": 4, "sample_s_per_img": 4}
+           "nll_masked_bits": 3, "tokens_s_per_img": 3, "sample_s_per_img": 3}
 
 
 def columns(cells: list[dict]) -> list[str]:
@@ -86,7 +87,7 @@ def markdown_table(plan: Plan, cells: list[dict]) -> str:
         if not samples:
             row.append(f"{bits:g}" if bits is not None else "n/a")
         row.append(f"{params / 1e6:.2f} M" if params else "n/a")
-        row += [_fmt(s.get(m), _DIGITS.get(m, 3)) for m in metrics]
+        row += [_fmt(s.get(m), _DIGITS.get(m, 3), SHOWN_SCALE.get(m, 1.0)) for m in metrics]
         row.append(str(c["seeds"]))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
