@@ -132,7 +132,7 @@ def _compare(c: dict, b: dict, shared: tuple[str, ...]) -> str:
                         for k, v in cell["labels"].items() if k not in shared)
 
     where = ", ".join(f"{k} {c['labels'][k]}" for k in shared if k in c["labels"])
-    return f"- {own(c)} vs {own(b)} ({where}): " + "; ".join(parts)
+    return f"- {own(c)} vs {own(b)}" + (f" ({where})" if where else "") + ": " + "; ".join(parts)
 
 
 def plot(plan: Plan, cells: list[dict], path: Path) -> Path | None:
@@ -198,8 +198,8 @@ def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[st
              f"N = {plan.eval_n} evaluation images; mean ± std over seeds (sample std).", "",
              table, ""]
     if comp:
-        lines += [f"Against the baseline rows with the same {' and '.join(plan.match)}:", "",
-                  *comp, ""]
+        lines += [f"Against the baseline rows with the same {' and '.join(plan.match)}:"
+                  if plan.match else "Against the baseline rows:", "", *comp, ""]
     agree = (extra or {}).get("class_agreement")
     if agree:
         spread = f" ± {agree['std']:.3f}" if agree.get("std") is not None else ""
