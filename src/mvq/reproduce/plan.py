@@ -342,7 +342,9 @@ def pixelcnn_vs_gpt(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     GPT on the hierarchical baseline's tokens."""
     from dataclasses import replace
 
-    base = fig5(scale, 1, dataset)
+    if dataset not in (None, "fashion-mnist"):
+        raise MvqError("pixelcnn-vs-gpt uses fig5's FashionMNIST tokenizers: drop --dataset")
+    base = fig5(scale, 1)
     toks = [r for r in base.runs if r.label["model"] == "hvqvae" and r.label["K"] == 16]
     steps = _prior_steps(scale)
     runs = []
@@ -365,7 +367,9 @@ def class_conditional(scale: str, seeds: int, dataset: str | None = None) -> Pla
     """A class-conditional two-stage GPT on MVQ tokens against the unconditional one."""
     from dataclasses import replace
 
-    base = fig5(scale, 1, dataset)
+    if dataset not in (None, "fashion-mnist"):
+        raise MvqError("class-conditional uses fig5's FashionMNIST tokenizers: drop --dataset")
+    base = fig5(scale, 1)
     j = 128 if scale == "quick" else 2048
     tok = next(r for r in base.runs if r.label["model"] == "mvqvae" and r.label["F"] == 28
                and r.label["K"] == 16 and r.label["J"] == j)
