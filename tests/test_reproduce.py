@@ -151,7 +151,8 @@ def test_quick_plans_fit_their_claims():
     assert sorted((r.label["model"], r.label["F"], r.label["K"]) for r in t1.runs) == sorted(
         (m, f, k) for m in ("hvqgan", "mvqgan") for f in (28, 14) for k in (16, 256))
     t5 = build_plan("table5", "quick", seeds=1)
-    assert [r.name for r in t5.runs] == [r.name for r in t1.runs] and all(r.prior for r in t5.runs)
+    assert [r.name for r in t5.runs] == [r.name for r in t1.runs] and all(
+        [s.kind for s in r.priors] == ["gpt"] for r in t5.runs)
     movq = build_plan("movq-ablation", "quick", seeds=1)
     cfgs = [r.config(None, "x").model for r in movq.runs]
     assert {c.num_channels * c.code_dim for c in cfgs} == {64}  # c splits the same latent
@@ -279,17 +280,20 @@ def test_a_run_with_a_prior_trains_it_and_evaluates_its_samples(tmp_path, monkey
     import dataclasses
 
     monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
-    run = dataclasses.replace(_run("mvqvae", 0, j=4), prior=3)
+    from mvq.reproduce.plan import PriorSpec
+
+    run = dataclasses.replace(_run("mvqvae", 0, j=4), priors=(PriorSpec("gpt", 3, 0),))
     plan = dataclasses.replace(_plan([run]), sample_metrics=("nll",))
     out = tmp_path / "rep"
     (rec,) = execute(plan, out, progress=False)
     folder = out / "runs" / run.name
     assert (folder / "tokens_train.safetensors").is_file()
-    assert (folder / "prior" / "checkpoint" / "config.json").is_file()
+    prior = folder / "priors" / "gpt_3steps_s0"
+    assert (prior / "checkpoint" / "config.json").is_file()
     assert rec["samples"]["nll_primary"] > 0 and rec["samples"]["nll_secondary"] > 0
-    stamp = (folder / "samples.json").stat().st_mtime_ns
+    stamp = (prior / "samples_default.json").stat().st_mtime_ns
     execute(plan, out, progress=False)
-    assert (folder / "samples.json").stat().st_mtime_ns == stamp
+    assert (prior / "samples_default.json").stat().st_mtime_ns == stamp
     cells = aggregate(plan, collect(plan, out, None)[0])
     assert cells[0]["stats"]["nll_primary"]["n"] == 1
 

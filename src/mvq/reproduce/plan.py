@@ -83,8 +83,8 @@ class Run:
     """One training run: a preset plus overrides, with the labels the report groups by.
 
     ``labels`` name the cell of the result table ("model", "F", "J", ...); ``seed`` is the
-    repetition within the cell. ``prior`` > 0 also trains a GPT prior for that many steps on the
-    run's tokens and evaluates its samples (MVQ Table 5).
+    repetition within the cell. ``priors`` are trained on the run's tokens and their samples
+    evaluated (MVQ Table 5 and the generation experiments).
     """
 
     name: str
@@ -92,8 +92,7 @@ class Run:
     overrides: tuple[str, ...]
     labels: tuple[tuple[str, object], ...]
     seed: int
-    prior: int = 0
-    priors: tuple[PriorSpec, ...] = ()  # the generation experiments' priors (rows per decode)
+    priors: tuple[PriorSpec, ...] = ()  # priors trained on its tokens (table5, generation)
 
     @property
     def label(self) -> dict:
@@ -129,8 +128,8 @@ class Plan:
 
 
 def _run(data: Dataset, preset: str, model: str, factor: int, k: int, steps: int, seed: int,
-         j: int | None = None, extra: tuple[str, ...] = (), prior: int = 0,
-         tag: str = "", **labels) -> Run:
+         j: int | None = None, extra: tuple[str, ...] = (),
+         priors: tuple[PriorSpec, ...] = (), tag: str = "", **labels) -> Run:
     side = data.image_size // factor
     name = f"{data.key}_f{factor}_k{k}_{model}" + (f"_j{j}" if j is not None else "") \
         + (f"_{tag}" if tag else "") + f"_{steps}steps_s{seed}"
@@ -143,7 +142,7 @@ def _run(data: Dataset, preset: str, model: str, factor: int, k: int, steps: int
     cell = {"model": model, "tokens": f"{side * side}+1", "F": factor, "K": k, **labels}
     if j is not None:
         cell["J"] = j
-    return Run(name, preset, tuple(overrides) + tuple(extra), tuple(cell.items()), seed, prior)
+    return Run(name, preset, tuple(overrides) + tuple(extra), tuple(cell.items()), seed, priors)
 
 
 def _cadence(steps: int) -> tuple[str, ...]:
@@ -221,10 +220,11 @@ def table1(scale: str, seeds: int, dataset: str | None = None, prior_steps: int 
         factor = data.factor(s_tokens)
         for k in (16, 256):
             for s in range(seeds):
+                gpt = (PriorSpec("gpt", prior_steps, s),) if prior_steps else ()
                 runs.append(_run(data, preset, "hvqgan", factor, k, steps, s,
-                                 extra=extra + _cadence(steps), prior=prior_steps))
+                                 extra=extra + _cadence(steps), priors=gpt))
                 runs.append(_run(data, preset, "mvqgan", factor, k, steps, s, j,
-                                 extra=extra + _cadence(steps), prior=prior_steps))
+                                 extra=extra + _cadence(steps), priors=gpt))
     name = "table5" if prior_steps else "table1"
     title = ("MVQ paper Table 5: a two-stage GPT prior on each table1 tokenizer: sample FID*, "
              "F_8 / F_1/8, NLL" if prior_steps else

@@ -2,7 +2,8 @@
 evaluate every run on the same images, then write the report.
 
 Each run lives in ``OUT/runs/NAME`` (shared by the experiments that need it); its evaluation in
-``OUT/runs/NAME/eval.json`` (and ``samples.json`` for runs with a prior). A finished run is one
+``OUT/runs/NAME/eval.json``; each prior of a run (`PriorSpec`) in ``priors/FOLDER/``, with one
+``samples_DECODING.json`` per decoding (table5: one GPT, one decoding). A finished run is one
 whose checkpoint reached the planned steps; an evaluation is reused only if it was made with the
 same N and metrics on that checkpoint's step.
 """
@@ -30,7 +31,6 @@ _STEP_SECONDS = {"vqvae": 0.13, "hvqvae": 0.16, "mvqvae": 0.17, "hvqgan": 0.30, 
                  "movq": 0.55}
 _MASK_SECONDS = 0.00022  # per mask J per step (MH-Dropout search, F=28, batch 32)
 _INCEPTION_IMAGES_PER_S = 6.0
-_PRIOR_STEP_SECONDS = 0.045
 _PRIOR_KIND_SECONDS = {"gpt": 0.045, "maskgit": 0.15, "pixelcnn": 0.06}
 
 
@@ -96,10 +96,8 @@ def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None) -> RunStat
     steps = cfg.train.steps
     return RunState(run, out_dir, step, steps,
                     not plan.metrics or _eval_matches(out_dir / "eval.json", plan, steps),
-                    (not run.prior or _eval_matches(out_dir / "samples.json", plan, steps,
-                                                    "samples"))
-                    and all(_eval_matches(path, plan, steps, "samples")
-                            for _, _, path in _prior_samples(run, out_dir)))
+                    all(_eval_matches(path, plan, steps, "samples")
+                        for _, _, path in _prior_samples(run, out_dir)))
 
 
 def _prior_samples(run: Run, out_dir: Path) -> list[tuple[PriorSpec, int, Path]]:
@@ -125,7 +123,6 @@ def estimate_seconds(plan: Plan, states: list[RunState], data_root: str | None) 
         if not st.evaluated and inception:
             total += plan.eval_n / _INCEPTION_IMAGES_PER_S
         if not st.sampled:
-            total += st.run.prior * _PRIOR_STEP_SECONDS + plan.eval_n / _INCEPTION_IMAGES_PER_S
             for spec, i, path in _prior_samples(st.run, st.out_dir):
                 if not _eval_matches(path, plan, st.steps, "samples"):
                     total += plan.eval_n / _INCEPTION_IMAGES_PER_S
@@ -220,8 +217,6 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str) ->
                                      device=device, data_root=data_root)
         result["planned_metrics"] = list(plan.metrics)
         _write_json(eval_path, result)
-    if st.run.prior:
-        _do_prior(plan, st, data_root, progress, device)
     if st.run.priors:
         _do_priors(plan, st, data_root, progress, device)
     return records(plan, st)
@@ -245,6 +240,7 @@ def records(plan: Plan, st: RunState) -> list[dict]:
                     "metrics": metrics, "decoding": got.get("decoding"),
                     "tokenizer": str(st.out_dir / "checkpoint"),
                     "train_seconds": _read_json(path.parent / "run.json").get("train_seconds"),
+                    "eval_seconds": got.get("seconds"),
                     "prior_kind": spec.kind, "prior_sizes": spec.sizes,
                     "class_conditional": spec.class_conditional})
     return out
@@ -258,9 +254,11 @@ def record(st: RunState) -> dict:
            "checkpoint": str(ckpt), "metrics": evaluation["metrics"],
            "mask_bits": evaluation.get("mask_bits"),
            "train_seconds": _read_json(st.out_dir / "run.json").get("train_seconds"),
+           "eval_seconds": evaluation.get("seconds"),
            "config": json.loads((ckpt / "config.json").read_text())["config"]}
-    if st.run.prior:
-        rec["samples"] = json.loads((st.out_dir / "samples.json").read_text())["metrics"]
+    samples = _prior_samples(st.run, st.out_dir)
+    if samples:  # table5: the run's one prior, its samples' metrics in the run's row
+        rec["samples"] = json.loads(samples[0][2].read_text())["metrics"]
     return rec
 
 
@@ -270,30 +268,6 @@ def collect(plan: Plan, out: Path, data_root: str | None) -> tuple[list[dict], l
     done = [st for st in states if st.status == "done"]
     return [rec for st in done for rec in records(plan, st)], \
         [st.run.name for st in states if st.status != "done"]
-
-
-def _do_prior(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> None:
-    from mvq.evaluate import evaluate_samples
-    from mvq.train.prior import train_prior
-
-    ckpt = st.out_dir / "checkpoint"
-    path = st.out_dir / "samples.json"
-    if _eval_matches(path, plan, st.steps, "samples"):
-        return
-    tokens = _tokens(st, device, progress)
-    prior_dir = st.out_dir / "prior"
-    step = _checkpoint(prior_dir / "checkpoint")[1]
-    if step < st.run.prior:
-        train_prior(tokens, prior_dir, steps=st.run.prior, seed=st.run.seed, progress=progress,
-                    device=device, resume=step > 0)
-    result = evaluate_samples(ckpt, prior_dir / "checkpoint", n=plan.eval_n,
-                              metrics=plan.sample_metrics, progress=progress, device=device,
-                              data_root=data_root, seed=st.run.seed)
-    result["planned_metrics"] = list(plan.sample_metrics)
-    result["step"] = st.steps  # the tokenizer's step, as eval.json
-    _write_json(path, result)
-
-
 
 
 def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> None:
