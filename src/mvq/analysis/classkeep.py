@@ -64,24 +64,39 @@ def targets_of(labels: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _decode_all(model, codes: Codes, batch: int) -> torch.Tensor:
+    return torch.cat([C.decode(model, codes[i : i + batch]).cpu()
+                      for i in range(0, len(codes), batch)])
+
+
+@torch.no_grad()
+def ceilings(model, net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             batch: int = 250) -> tuple[dict, Codes]:
+    """The classifier's accuracy on ``images`` and on their reconstructions through the
+    tokenizer ``model`` (what anything decoded from its codes can reach); returns them and the
+    images' codes."""
+    dev = next(model.parameters()).device
+    codes = Codes.cat([model.encode(images[i : i + batch].to(dev))
+                       for i in range(0, len(images), batch)])
+    rec = _decode_all(model, codes, batch)
+    return {"classifier_accuracy_test": float((predict(net, images) == labels).float().mean()),
+            "classifier_accuracy_reconstructions": float(
+                (predict(net, rec) == labels).float().mean())}, codes
+
+
 @torch.no_grad()
 def class_keeping(model, net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                   targets: torch.Tensor, batch: int = 250) -> dict:
     """Rates over the test images (see the module docstring); ``targets``: t(i) per image."""
-    codes = Codes.cat([model.encode(images[i : i + batch]) for i in range(0, len(images), batch)])
+    tops, codes = ceilings(model, net, images, labels, batch)
     moved = Codes(codes.primary[targets], codes.secondary, codes.mask, codes.meta)
-    rec = torch.cat([C.decode(model, codes[i : i + batch]) for i in range(0, len(codes), batch)])
-    out = torch.cat([C.decode(model, moved[i : i + batch]) for i in range(0, len(moved), batch)])
-    pred = predict(net, out)
-    return {"n": len(images),
-            "classifier_accuracy_test": float((predict(net, images) == labels).float().mean()),
-            "classifier_accuracy_reconstructions": float(
-                (predict(net, rec) == labels).float().mean()),
+    pred = predict(net, _decode_all(model, moved, batch))
+    return {"n": len(images), **tops,
             "transfer_keeps_target_class": float((pred == labels[targets]).float().mean()),
             "transfer_takes_source_class": float((pred == labels).float().mean())}
 
 
-def _split(cfg, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_images(cfg, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     from mvq.data import build_dataset
 
     ds = build_dataset(cfg.data.name, root=cfg.data.root, split=split, size=cfg.model.image_size,
@@ -99,8 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=600, help="classifier steps (default 600)")
     args = p.parse_args(argv)
     model, cfg = C.load_mvq(args.checkpoint)
-    net = train_classifier(*_split(cfg, "train", args.train), steps=args.steps)
-    x, y = _split(cfg, "test", args.n)
+    net = train_classifier(*split_images(cfg, "train", args.train), steps=args.steps)
+    x, y = split_images(cfg, "test", args.n)
     result = {"checkpoint": args.checkpoint, "train_images": args.train,
               "classifier_steps": args.steps, **class_keeping(model, net, x, y, targets_of(y))}
     print(json.dumps(result, indent=1))

@@ -92,11 +92,8 @@ def class_agreement(records: list[dict], path: Path, n: int, device: str = "auto
     import json
     import statistics
 
-    import torch
-
-    from mvq.analysis.classkeep import _split, predict, train_classifier
+    from mvq.analysis.classkeep import ceilings, predict, split_images, train_classifier
     from mvq.checkpoint import load_tokenizer
-    from mvq.codes import Codes
     from mvq.sample import class_labels, sample_codes_and_images
     from mvq.train.engine import pick_device
     from mvq.train.prior import load_prior
@@ -117,15 +114,9 @@ def class_agreement(records: list[dict], path: Path, n: int, device: str = "auto
     model.eval()
     if data_root is not None:
         cfg.data.root = data_root
-    net = train_classifier(*_split(cfg, "train", 10_000), steps=classifier_steps)
-    x, y = _split(cfg, "test", n)
-    with torch.no_grad():
-        codes = Codes.cat([model.encode(x[i : i + 250].to(dev)) for i in range(0, len(x), 250)])
-        rec = torch.cat([model.decode(codes[i : i + 250]).clamp(0, 1).cpu()
-                         for i in range(0, len(codes), 250)])
-    out = {**key, "classifier_accuracy_test": float((predict(net, x) == y).float().mean()),
-           "classifier_accuracy_reconstructions": float((predict(net, rec) == y).float().mean()),
-           "accuracy": {}}
+    net = train_classifier(*split_images(cfg, "train", 10_000), steps=classifier_steps)
+    x, y = split_images(cfg, "test", n)
+    out = {**key, **ceilings(model, net, x, y)[0], "accuracy": {}}
     for r in cond:
         prior = load_prior(r["checkpoint"])[0]
         out["classes"] = prior.num_classes
