@@ -386,6 +386,7 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
     md = (tmp_path / "report" / "report.md").read_text()
     assert "prior params" in md and "bits/img" not in md and "grid.png" in md
     assert f"asked for {acc:.3f} of the time" in md and data["class_agreement"] == agree
+    assert "- wall time of the 4 rows above, as recorded: " in md
     assert len(data["cells"]) == 4
     assert any(line.startswith("- PixelCNN vs GPT t=1 (tokens 1+1): NLL prim. bits")
                for line in data["comparisons"])

@@ -295,7 +295,11 @@ def cmd_sample(args) -> int:
 
 
 def _add_reproduce(sub) -> None:
-    from mvq.reproduce.plan import EXPERIMENTS, SUMMARIES  # light: the plans only, no torch
+    from mvq.reproduce.plan import (  # light: the plans only, no torch
+        EXPERIMENTS,
+        SUMMARIES,
+        THREE_SEEDS,
+    )
 
     p = sub.add_parser(
         "reproduce", help="run one of the papers' experiments and write its report "
@@ -314,9 +318,9 @@ def _add_reproduce(sub) -> None:
     p.add_argument("experiment", choices=list(EXPERIMENTS))
     p.add_argument("--scale", choices=["quick", "paper"], default="quick",
                    help="quick: FashionMNIST on a CPU (default); paper: the papers' settings")
-    p.add_argument("--seeds", type=positive_int, help="seeds per compared cell (default: 3 for fig5, "
-                   "two-vs-five, pixelcnn-vs-gpt and class-conditional, 2 otherwise at quick "
-                   "scale, 1 at paper scale); the generation experiments seed their priors")
+    p.add_argument("--seeds", type=positive_int, help="seeds per compared cell (default: 3 for "
+                   f"{', '.join(THREE_SEEDS)}; 2 otherwise at quick scale, 1 at paper scale); "
+                   "the generation experiments seed their priors")
     p.add_argument("--out", default="runs/reproduce", help="output folder (default runs/reproduce)")
     p.add_argument("--data-root", help="folder of the data set's files")
     p.add_argument("--dataset", help="paper scale: fashion-mnist, cifar10, celeba64 or "

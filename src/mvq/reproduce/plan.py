@@ -407,6 +407,14 @@ SUMMARIES = {
 }
 
 
+THREE_SEEDS = ("fig5", "two-vs-five", "pixelcnn-vs-gpt", "class-conditional")
+
+
+def default_seeds(experiment: str, scale: str) -> int:
+    """Seeds per compared cell without --seeds: 3 for THREE_SEEDS, else 2 quick / 1 paper."""
+    return 3 if experiment in THREE_SEEDS else 2 if scale == "quick" else 1
+
+
 def build_plan(experiment: str, scale: str = "quick", seeds: int | None = None,
                dataset: str | None = None) -> Plan:
     if experiment not in EXPERIMENTS or EXPERIMENTS[experiment] is None:
@@ -415,8 +423,7 @@ def build_plan(experiment: str, scale: str = "quick", seeds: int | None = None,
     if scale not in SCALES:
         raise MvqError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if seeds is None:
-        seeds = {"fig5": 3, "two-vs-five": 3, "pixelcnn-vs-gpt": 3,
-                 "class-conditional": 3}.get(experiment, 2 if scale == "quick" else 1)
+        seeds = default_seeds(experiment, scale)
     if seeds < 1:
         raise MvqError(f"--seeds must be >= 1, got {seeds}")
     return EXPERIMENTS[experiment](scale, seeds, dataset)

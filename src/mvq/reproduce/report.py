@@ -213,6 +213,9 @@ def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[st
         if fig:
             lines += [f"![{fig.stem}]({fig.name})", ""]
     lines += [f"- {n}" for n in plan.notes]
+    spent = [sum(r.get(k) or 0.0 for r in records) / 60 for k in ("train_seconds", "eval_seconds")]
+    lines.append(f"- wall time of the {len(records)} rows above, as recorded: {spent[0]:.0f} min "
+                 f"training, {spent[1]:.0f} min evaluation")
     if missing:
         lines += ["", f"**Incomplete:** {len(missing)} planned runs are not in this report yet: "
                   + ", ".join(missing)]
