@@ -358,6 +358,16 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("samples_*.json")} == stamps
     records, missing = collect(plan, out, None)
     assert len(records) == 4 and not missing
+    # a prior folder holding another kind of prior is refused, not resumed or sampled
+    other = dataclasses.replace(plan, runs=[dataclasses.replace(run, priors=(
+        PriorSpec("gpt", 3, 0, "GPT"),))])
+    import shutil
+
+    shutil.copytree(folder / "priors" / "pixelcnn_2steps_s0", folder / "priors" / "gpt_3steps_s0")
+    with pytest.raises(MvqError, match="holds a prior with other settings"):
+        execute(other, out, progress=False)
+    copied = folder / "priors" / "gpt_3steps_s0" / "samples_default.json"
+    assert json.loads(copied.read_text())["prior_type"] == "pixelcnn"  # nothing written over
     grid = class_grid(records, tmp_path / "grid.png", "cpu", per_class=3)
     from PIL import Image
 

@@ -279,10 +279,12 @@ def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str)
     ckpt = st.out_dir / "checkpoint"
     tokens = _tokens(st, device, progress)
     for spec, i, path in _prior_samples(st.run, st.out_dir):
+        prior_dir = path.parent
+        found, step = _checkpoint(prior_dir / "checkpoint")
+        if found is not None:
+            _check_prior(found, spec)
         if _eval_matches(path, plan, st.steps, "samples"):
             continue
-        prior_dir = path.parent
-        step = _checkpoint(prior_dir / "checkpoint")[1]
         if step < spec.steps:
             result = train_prior(tokens, prior_dir, steps=spec.steps, seed=spec.seed,
                                  kind=spec.kind, progress=progress, device=device,
@@ -298,6 +300,18 @@ def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str)
         result["planned_metrics"] = list(plan.sample_metrics)
         result["step"] = st.steps  # the tokenizer's step, as eval.json
         _write_json(path, result)
+
+
+def _check_prior(found: Path, spec: PriorSpec) -> None:
+    """MvqError unless the prior checkpoint in a spec's folder is of the spec's kind, class
+    conditioning and (where the spec sets them) sizes: never resume or sample someone else's."""
+    info = _read_json(found / "config.json")
+    have = (info.get("prior_type", "gpt"), bool(info.get("num_classes")),
+            (info.get("prior") or {}).get("sizes") if spec.sizes else None)
+    if have != (spec.kind, spec.class_conditional, spec.sizes):
+        raise MvqError(f"{found.parent} holds a prior with other settings than the plan's "
+                       f"{spec.folder} (type, class conditioning or sizes): move it away or "
+                       "pick another --out")
 
 
 def _tokens(st: RunState, device: str, progress: bool) -> Path:
