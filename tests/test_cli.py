@@ -39,7 +39,9 @@ def test_unknown_config_key(capsys):
 
 def test_missing_config_file(capsys):
     assert main(["train", "--config", "nope.yaml"]) == 2
-    assert "config file not found: nope.yaml" in _err_line(capsys)
+    assert "config 'nope.yaml' is neither a file nor a preset" in _err_line(capsys)
+    assert main(["train", "--config", "configs/shapes_f8_k16_quick.yaml"]) == 2  # the old path
+    assert "use --config shapes_f8_k16_quick" in _err_line(capsys)
 
 
 def test_missing_data_path(capsys, tmp_path):
@@ -90,7 +92,7 @@ def test_train_reconstruct_and_wrong_checkpoint(capsys, tmp_path):
     assert "holds a mvqvae checkpoint, expected hvqvae" in _err_line(capsys)
     # a folder that is not a checkpoint
     assert main(["reconstruct", "--checkpoint", str(tmp_path)]) == 2
-    assert "not an mvq checkpoint" in _err_line(capsys)
+    assert "holds no mvq model" in _err_line(capsys)
 
 
 def test_bench_quick_runs_and_writes_json(tmp_path, capsys):

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model_config
 
 import mvq.metrics.fid as fid_module
-from mvq.checkpoint import load_tokenizer
+from mvq.pretrained import load_tokenizer
 from mvq.config import Config, DataConfig, TrainConfig
 from mvq.data import build_dataset
 from mvq.errors import MvqError
@@ -119,7 +119,7 @@ def test_errors(checkpoint, tmp_path):
         evaluate_checkpoint(checkpoint, n=1, metrics=("rfid",), progress=False)
     with pytest.raises(MvqError, match="unknown metric 'fid'"):
         evaluate_checkpoint(checkpoint, metrics=("fid",), progress=False)
-    with pytest.raises(MvqError, match="checkpoint folder not found"):
+    with pytest.raises(MvqError, match="missing not found: expected a model folder"):
         evaluate_checkpoint(tmp_path / "missing", n=4, metrics=("mse",), progress=False)
     one = evaluate_checkpoint(checkpoint, n=1, metrics=("mse",), progress=False, device="cpu")
     assert one["n"] == 1 and "mse" in one["metrics"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mvq import checkpoint
+from mvq import checkpoint, pretrained
 from mvq.config import load_config
 from mvq.errors import MvqError
 from mvq.train import train
@@ -125,10 +125,10 @@ def test_keep_checkpoints_and_a_damaged_checkpoint(tmp_path):
     data[-5] ^= 0xFF  # one flipped byte inside a tensor: safetensors alone would not notice
     weights.write_bytes(bytes(data))
     with pytest.raises(MvqError, match="model.safetensors is damaged"):
-        checkpoint.load_tokenizer(ckpt)
+        pretrained.load_tokenizer(ckpt)
     weights.write_bytes(bytes(data[: len(data) // 2]))  # truncated
     with pytest.raises(MvqError, match="model.safetensors is damaged"):
-        checkpoint.load_tokenizer(ckpt)
+        pretrained.load_tokenizer(ckpt)
 
 
 def test_train_prior_refuses_a_held_folder(tmp_path):

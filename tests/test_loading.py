@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_model_config
 from safetensors.torch import load_file, save_file
 
-from mvq import checkpoint
+from mvq import checkpoint, pretrained
 from mvq.cli import main
 from mvq.config import Config, DataConfig, TrainConfig, load_config
 from mvq.errors import MvqError
@@ -95,10 +95,10 @@ def test_damaged_checkpoints_are_named(run, tmp_path, capsys):
     info["config"]["model"]["dim"] = 12
     (ck / "config.json").write_text(json.dumps(info))
     with pytest.raises(MvqError, match=r"weights do not fit .* other shape"):
-        checkpoint.load_tokenizer(ck)
+        pretrained.load_tokenizer(ck)
     (ck / "config.json").write_text("{not json")
     with pytest.raises(MvqError, match="config.json is not valid JSON"):
-        checkpoint.load_tokenizer(ck)
+        pretrained.load_tokenizer(ck)
     shutil.copy(run["tok"] / "config.json", ck / "config.json")
     data = (ck / "model.safetensors").read_bytes()
     (ck / "model.safetensors").write_bytes(data[:100])
@@ -136,7 +136,7 @@ def test_a_prior_samples_only_through_its_own_tokenizer_weights(run, tmp_path, c
                         val_fraction=0.25, sizes=TINY, val_every=2, progress=False,
                         device="cpu")["checkpoint"]
     info = json.loads((prior / "config.json").read_text())
-    model, cfg, _ = checkpoint.load_tokenizer(run["tok"])
+    model, cfg, _ = pretrained.load_tokenizer(run["tok"])
     assert info["tokenizer_weights_sha256"] == checkpoint.tensors_sha256(model)
     other = tmp_path / "other" / "checkpoint"  # same architecture, other weights
     torch.manual_seed(5)

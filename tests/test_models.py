@@ -4,7 +4,8 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from mvq.checkpoint import load_tokenizer, save_checkpoint
+from mvq.checkpoint import save_checkpoint
+from mvq.pretrained import load_tokenizer
 from mvq.codes import Codes
 from mvq.config import Config
 from mvq.errors import MvqError
@@ -143,15 +144,16 @@ def test_wrong_channel_count_is_a_clear_error():
 
 
 def test_every_preset_loads_and_builds():
-    """Each configs/*.yaml parses strictly; the CPU presets also build their model."""
-    from pathlib import Path
-
+    """Each shipped preset parses strictly, by name and by its file's path; the CPU presets
+    also build their model."""
+    from mvq import presets
     from mvq.config import load_config
 
-    presets = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-    assert len(presets) >= 20
-    for path in presets:
-        cfg = load_config(path)
-        if "quick" in path.name:
+    names = presets.names()
+    assert len(names) >= 20
+    for name in names:
+        cfg = load_config(name)
+        assert cfg == load_config(presets.path(name)) == load_config(f"{name}.yaml")
+        if "quick" in name:
             model = build_model(cfg.model)
-            assert model.bits_per_image > 0, path.name
+            assert model.bits_per_image > 0, name

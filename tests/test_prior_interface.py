@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from mvq.checkpoint import load_tokenizer, save_checkpoint
+from mvq.checkpoint import save_checkpoint
+from mvq.pretrained import load_tokenizer
 from mvq.codes import Codes
 from mvq.config import Config, DataConfig, TrainConfig
 from mvq.errors import MvqError

@@ -33,5 +33,7 @@ def test_readme_commands_exist():
     text = README.read_text()
     for cmd in set(re.findall(r"^mvq ([a-z-]+)", text, flags=re.M)):
         assert cmd in COMMANDS, cmd
-    for cfg in set(re.findall(r"configs/([\w]+\.yaml)", text)):
-        assert (README.parent / "configs" / cfg).is_file(), cfg
+    from mvq import presets
+
+    for cfg in set(re.findall(r"--config ([a-z0-9_]+)", text)):  # NAME: a placeholder
+        assert presets.is_preset(cfg), cfg

@@ -9,9 +9,12 @@ Import this module before anything that imports torchvision (torchmetrics, lpips
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import torch
+
+from mvq.errors import MvqError
 
 _LIBRARY = None  # keep the Library object alive, or the schemas are unregistered
 
@@ -42,6 +45,19 @@ def ensure_torchvision() -> bool:
     import torchvision  # noqa: F401,F811
 
     return True
+
+
+def require(module: str, extra: str = "metrics"):
+    """``import module``, or MvqError naming the extra of mvq that installs it (the optional
+    dependencies: metrics, explore, bench, hub)."""
+    try:
+        if module == "torchvision" or module.startswith("torchvision."):
+            ensure_torchvision()
+        return importlib.import_module(module)
+    except ImportError:
+        top = module.split(".")[0]
+        raise MvqError(f"{top} is not installed: this needs mvq's `{extra}` extra, "
+                       f"`pip install 'mvq[{extra}]'` (or `pip install 'mvq[all]'`)") from None
 
 
 ensure_torchvision()

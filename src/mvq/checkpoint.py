@@ -29,7 +29,9 @@ import mvq
 from mvq.config import Config, config_from_dict, config_to_dict
 from mvq.errors import MvqError
 
-FORMAT = "mvq-checkpoint-v1"
+FORMAT = "mvq-checkpoint-v1"  # tokenizers
+PRIOR_FORMAT = "mvq-prior-v1"  # priors
+CARD = "README.md"  # the model card beside the weights
 MANIFEST = "manifest.json"
 # test-only: seconds to sleep inside a checkpoint write, so a test can kill the writer there
 SLOW_WRITE_ENV = "MVQ_TEST_CHECKPOINT_SLEEP"
@@ -190,14 +192,61 @@ def writing(target: str | Path, step: int, keep: int = 1):
 
 # --- tokenizer checkpoints -----------------------------------------------------------------
 
+def write_model(directory: Path, model: torch.nn.Module, info: dict) -> None:
+    """The one writer of a model folder's contents (no swap, no manifest: see ``writing``):
+    model.safetensors, config.json (``info``) and the model card README.md."""
+    save_tensors(model.state_dict(), directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps(info, indent=2))
+    (directory / CARD).write_text(model_card(info))
+
+
 def write_tokenizer(directory: Path, model: torch.nn.Module, cfg: Config, step: int,
                     extra: dict | None = None) -> None:
-    """model.safetensors + config.json of a tokenizer into ``directory`` (no swap, no manifest)."""
-    save_tensors(model.state_dict(), directory / "model.safetensors")
-    info = {"format": FORMAT, "mvq_version": mvq.__version__, "kind": "tokenizer",
+    """A tokenizer's model.safetensors + config.json + card into ``directory``."""
+    write_model(directory, model, tokenizer_info(cfg, step, extra))
+
+
+def tokenizer_info(cfg: Config, step: int, extra: dict | None = None) -> dict:
+    """config.json of a tokenizer: what it is, the config that rebuilds it, its step."""
+    return {"format": FORMAT, "mvq_version": mvq.__version__, "kind": "tokenizer",
             "model_type": cfg.model.type, "step": step, "config": config_to_dict(cfg),
             **(extra or {})}
-    (directory / "config.json").write_text(json.dumps(info, indent=2))
+
+
+def _table(rows: dict) -> str:
+    lines = ["| | |", "|---|---|"]
+    return "\n".join(lines + [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                              for k, v in rows.items()])
+
+
+def model_card(info: dict) -> str:
+    """The model card (README.md) of a saved model: what it is, how to load it, its config, the
+    data and steps it was trained on and the metrics measured then."""
+    kind = info.get("kind", "tokenizer")
+    what = info.get("model_type") or info.get("prior_type", "")
+    lines = ["---", "library_name: mvq", f"tags: [mvq, {kind}, {what}]", "---", "",
+             f"# mvq {kind}: {what}", "",
+             "Load it with mvq (`pip install mvq`):", "", "```python", "import mvq",
+             'model = mvq.load("THIS_FOLDER")  # eval mode', "```", ""]
+    config = info.get("config") or info.get("prior") or {}
+    train = (config.get("train") or {}) if kind == "tokenizer" else (info.get("train") or {})
+    if kind == "tokenizer":
+        data = config.get("data") or {}
+        lines += ["## Training", "", f"- data: {data.get('name', '?')} at "
+                  f"{config.get('model', {}).get('image_size', '?')} px",
+                  f"- steps: {info.get('step', 0)} (batch {train.get('batch_size', '?')}, "
+                  f"seed {train.get('seed', '?')})", ""]
+    else:
+        tokens = info.get("tokens") or {}
+        lines += ["## Training", "", f"- tokens: {tokens.get('path', '?')}",
+                  f"- tokenizer config hash: {info.get('tokenizer_config_hash', '?')}",
+                  f"- steps: {info.get('step', 0)} (batch {train.get('batch_size', '?')}, "
+                  f"seed {train.get('seed', '?')})", ""]
+    metrics = info.get("metrics") or {}
+    lines += ["## Metrics at this step (validation split)", "",
+              _table(metrics) if metrics else "none recorded (not trained by mvq)", "",
+              "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
+    return "\n".join(lines)
 
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, cfg: Config, step: int,
@@ -256,6 +305,8 @@ def load_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
 
 def fit_weights(module: torch.nn.Module, state: dict, directory: Path, what: str) -> None:
     """Load ``state`` into ``module``; MvqError when names or shapes do not fit its config."""
+    if hasattr(module, "upgrade_state_dict"):  # names of weights saved by earlier versions
+        state = module.upgrade_state_dict(state)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -266,21 +317,6 @@ def fit_weights(module: torch.nn.Module, state: dict, directory: Path, what: str
                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}, "
                        f"other shape {wrong[:3]})")
     module.load_state_dict(state)
-
-
-def load_tokenizer(directory: str | Path, expect_type: str | None = None, device: str = "cpu"):
-    """Rebuild the tokenizer of a checkpoint; returns (model, cfg, info)."""
-    from mvq.models import build_model
-
-    info = read_info(directory)
-    verify(directory)
-    if expect_type is not None and info["model_type"] != expect_type:
-        raise MvqError(f"{directory} holds a {info['model_type']} checkpoint, expected {expect_type}")
-    cfg = config_from_dict(info["config"])
-    model = build_model(cfg.model)
-    state = load_weights(Path(directory) / "model.safetensors", device)
-    fit_weights(model, state, Path(directory), cfg.model.type)
-    return model.to(device), cfg, info
 
 
 def tensors_sha256(module: torch.nn.Module) -> str:
@@ -342,6 +378,20 @@ def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
             opt.load_state_dict(_unflatten_optimizer(opt_tensors, json.loads(metadata[f"optimizer.{name}"])))
     own = {k: v for k, v in tensors.items() if k.startswith("state.")}
     optimizer.load_state_dict(_unflatten_optimizer(own, json.loads(metadata["optimizer"])))
+    _check_optimizer_fits(optimizer, path)
+
+
+def _check_optimizer_fits(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """MvqError when restored per-parameter state does not match its parameter's shape (a
+    training state written for another arrangement of the model's parameters)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise MvqError(f"cannot resume: {path} holds optimizer state {key} of shape "
+                                   f"{tuple(value.shape)} for a parameter of shape "
+                                   f"{tuple(p.shape)} (written by another mvq version); load "
+                                   "the weights with mvq.load or train again")
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict, dict]:

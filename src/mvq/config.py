@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from mvq import presets
 from mvq.errors import MvqError
 from mvq.fields import ANY, Range, at_least, build_checked, one_of, positive, unit_interval
 
@@ -55,6 +56,9 @@ class DataConfig:
     val_limit: int = 1000  # fixed validation subset (first N test images)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 3000
@@ -63,7 +67,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     seed: int = 0
     grad_clip: float = 0.0  # 0 = off
-    amp: bool = False
+    # autocast of the networks: fp32 (off), bf16 (CPU or GPU), fp16 (GPU only, with a gradient
+    # scaler); the quantizers' distances, codebooks and losses stay fp32 whatever is chosen
+    precision: str = "fp32"
     device: str = "auto"
     num_workers: int = 0
     log_every: int = 50
@@ -104,7 +110,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "betas": unit_interval(), "seed": ANY, "grad_clip": at_least(0), "num_workers": at_least(0),
         "log_every": at_least(1), "val_every": at_least(1), "ckpt_every": at_least(1),
         "grid_images": at_least(1), "disc_lr": at_least(0), "ema_decay": unit_interval(),
-        "keep_checkpoints": at_least(1),
+        "keep_checkpoints": at_least(1), "precision": one_of(*PRECISIONS),
     },
     "VQGANLossConfig": {
         "disc_start": at_least(0), "disc_weight": at_least(0), "disc_factor": at_least(0),
@@ -161,11 +167,28 @@ def config_from_dict(data: dict) -> Config:
     if model_type not in MODEL_TYPES:
         raise MvqError(f"model.type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
     classes = {**_SECTIONS, "model": _model_config_cls(model_type), "loss": _loss_config_cls()}
+    data = _upgrade(data)
     for name in classes:
         if not isinstance(data.get(name) or {}, dict):
             raise MvqError(f"config section '{name}' must be a mapping of key: value, found "
                            f"{data[name]!r}; write it as {name}: {{key: value, ...}}")
     return Config(**{name: _build(cls, data.get(name) or {}, name) for name, cls in classes.items()})
+
+
+def _upgrade(data: dict) -> dict:
+    """Configs written by earlier versions: ``train.amp`` (true: fp16 autocast on CUDA) became
+    ``train.precision``."""
+    train = data.get("train")
+    if not isinstance(train, dict) or "amp" not in train:
+        return data
+    train = dict(train)
+    amp = train.pop("amp")
+    if amp is True and "precision" not in train:
+        train["precision"] = "fp16"
+    elif amp not in (True, False, None):
+        raise MvqError(f"train.amp is {amp!r}: it is replaced by train.precision "
+                       f"({', '.join(PRECISIONS)})")
+    return {**data, "train": train}
 
 
 def check_section(section, where: str):
@@ -194,14 +217,28 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def resolve_config(ref: str | Path) -> Path:
+    """The YAML file that ``ref`` names: an existing file, else a shipped preset (``NAME`` or
+    ``NAME.yaml``, see ``mvq presets``); MvqError naming both choices otherwise."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    if path.name == str(ref) and presets.is_preset(path.name):
+        return presets.path(path.name)
+    if presets.is_preset(path.stem):
+        raise MvqError(f"config file not found: {ref}; the preset of that name is shipped with "
+                       f"mvq: use --config {path.stem}")
+    near = [n for n in presets.names() if n.startswith(path.stem.split("_")[0])] or presets.names()
+    raise MvqError(f"config {str(ref)!r} is neither a file nor a preset; presets "
+                   f"(`mvq presets`): {', '.join(near)}")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """A checked Config from a preset name or YAML file (``None``: the defaults), then
+    ``section.key=value`` overrides."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            presets = sorted(p.name for p in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
-            hint = f"; presets here: {', '.join(presets)}" if presets else ""
-            raise MvqError(f"config file not found: {path}{hint}")
+        path = resolve_config(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

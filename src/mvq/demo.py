@@ -14,7 +14,7 @@ from mvq.images import save_grid
 from mvq.outputs import write_text
 from mvq.train import train
 
-PRESET = Path(__file__).resolve().parents[2] / "configs" / "fmnist_f28_k16_quick.yaml"
+PRESET = "fmnist_f28_k16_quick"
 MODELS = ("hvqvae", "mvqvae")
 EVAL_N = 256  # fixed subset (first N test images) for LPIPS and rFID, the same for both models
 
@@ -29,7 +29,7 @@ def demo_config(model_type: str, out: Path, steps: int | None, num_masks: int | 
         overrides += [f"train.steps={steps}", f"train.val_every={steps}", f"train.ckpt_every={steps}"]
     if num_masks is not None:
         overrides.append(f"model.num_masks={num_masks}")
-    return load_config(PRESET if PRESET.is_file() else None, overrides)
+    return load_config(PRESET, overrides)
 
 
 def pick_data(data_root: str | None) -> tuple[str, str | None]:
@@ -62,7 +62,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
             print(f"mvq demo: {data[0].describe()}; validation: first {len(data[1])} test images",
                   file=sys.stderr)
         result = train(cfg, progress=progress, desc=f"{model_type}", data=data, overwrite=True)
-        from mvq.checkpoint import load_tokenizer
+        from mvq.pretrained import load_tokenizer
 
         from mvq.evaluate import evaluate_checkpoint
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import mvq
-from mvq.checkpoint import load_tokenizer
+from mvq.pretrained import load_tokenizer
 from mvq.codes import Codes
 from mvq.config import model_hash
 from mvq.data import build_dataset, canonical_name

@@ -133,7 +133,7 @@ def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n:
 
     classes: class ids for a class-conditional prior (`class_labels`); steps and
     choice_temperature: MaskGIT's decoding (refused by the other priors)."""
-    from mvq.checkpoint import load_tokenizer
+    from mvq.pretrained import load_tokenizer
     from mvq.codes import Codes
     from mvq.config import model_hash
     from mvq.train.prior import load_prior

@@ -4,7 +4,7 @@
 (one thread per physical core) shared fairly among the mvq processes already running here.
 Two runs that each take every core make both wait on each other's threads: on a 2-core machine
 two default ``mvq train`` runs took 3.3x the time of one alone with 2 threads each, 1.6x with one
-thread each (benchmarks/concurrent_train.py measures it).
+thread each (`mvq bench concurrent-train` measures it).
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "t
     from mvq.outputs import check_output
 
     out_path = check_output(out_path, overwrite, "--out")
-    from mvq.checkpoint import load_tokenizer, tensors_sha256
+    from mvq.checkpoint import tensors_sha256
+    from mvq.pretrained import load_tokenizer
     from mvq.data import build_dataset
     from mvq.train.loop import pick_device
 

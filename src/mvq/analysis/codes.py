@@ -20,7 +20,8 @@ SUM_MODES = ("codes", "outputs")
 
 def load_mvq(checkpoint: str | Path, device: str = "cpu") -> tuple[MVQVAE, object]:
     """(model in eval mode, config) of an MVQ checkpoint; MvqError for any other tokenizer."""
-    from mvq.checkpoint import load_tokenizer, read_info
+    from mvq.checkpoint import read_info
+    from mvq.pretrained import load_tokenizer
 
     kind = read_info(checkpoint).get("model_type")
     if kind not in ("mvqvae", "mvqgan"):

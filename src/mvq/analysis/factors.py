@@ -80,7 +80,7 @@ def shapes_factors(n: int, size: int, channels: int, bins: int = 8):
 
 
 def score_checkpoint(checkpoint: str, n: int = 2000, bins: int = 8) -> dict:
-    from mvq.checkpoint import load_tokenizer
+    from mvq.pretrained import load_tokenizer
 
     model, cfg, info = load_tokenizer(checkpoint)
     if canonical_name(cfg.data.name) != "shapes":

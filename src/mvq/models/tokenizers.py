@@ -14,14 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvq import checkpoint
 from mvq.codes import Codes
-from mvq.config import ModelConfig, check_section, model_hash
+from mvq.config import Config, ModelConfig, check_section, config_from_dict, model_hash
 from mvq.errors import MvqError
 from mvq.models.inputs import CodeLayout, check_codes, check_images
 from mvq.nn.vqvae2 import build_networks, geometry
-from mvq.quantize.masked import MaskedQuantizer
+from mvq.pretrained import Pretrained
+from mvq.quantize.layers import MaskedVectorQuantize, VectorQuantize
 from mvq.quantize.refine import refine_masks
-from mvq.quantize.vq import VectorQuantizer, code_stats
+from mvq.quantize.vq import code_stats
 
 
 @dataclass
@@ -37,8 +39,29 @@ class TokenizerOutput:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-class Tokenizer(nn.Module):
-    """Base class: holds the config and the image-scale conversions."""
+class Tokenizer(Pretrained, nn.Module):
+    """Base class: holds the config and the image-scale conversions.
+
+    ``Tokenizer.from_pretrained(folder)`` / ``model.save_pretrained(folder)`` (or ``mvq.load``)
+    load and save any tokenizer; loading gives eval mode."""
+
+    saved_kind = "tokenizer"
+
+    @classmethod
+    def _from_checkpoint(cls, folder, info: dict, device: str) -> Tokenizer:
+        if info.get("format") != checkpoint.FORMAT:
+            raise MvqError(f"{folder / 'config.json'} has format {info.get('format')!r}, "
+                           f"expected {checkpoint.FORMAT!r}")
+        cfg = config_from_dict(info.get("config"))
+        model = build_model(cfg.model)
+        state = checkpoint.load_weights(folder / "model.safetensors", device)
+        checkpoint.fit_weights(model, state, folder, cfg.model.type)
+        return model
+
+    def _checkpoint_info(self) -> dict:
+        if self.checkpoint_info is not None:  # loaded: keep its training record
+            return dict(self.checkpoint_info)
+        return checkpoint.tokenizer_info(Config(model=self.cfg), 0)
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -131,9 +154,13 @@ class Tokenizer(nn.Module):
         return self.decode(self.encode(x)).clamp(0, 1)
 
 
-def _vq(cfg: ModelConfig, k: int, dim: int) -> VectorQuantizer:
-    return VectorQuantizer(k, dim, beta=cfg.beta, ema=cfg.ema, decay=cfg.decay,
-                           restart_dead=cfg.restart_dead, kmeans_init=cfg.kmeans_init)
+def _vq_settings(cfg: ModelConfig) -> dict:
+    return dict(beta=cfg.beta, ema=cfg.ema, decay=cfg.decay, restart_dead=cfg.restart_dead,
+                kmeans_init=cfg.kmeans_init)
+
+
+def _vq(cfg: ModelConfig, k: int, dim: int) -> VectorQuantize:
+    return VectorQuantize(dim, k, channel_first=True, **_vq_settings(cfg))
 
 
 def _nets(cfg: ModelConfig, **kw) -> dict[str, nn.Module]:
@@ -155,7 +182,7 @@ class VQVAE(Tokenizer):
 
     def forward(self, x: torch.Tensor) -> TokenizerOutput:
         self._check_input(x)
-        q = self.quantizer(self.encoder(x * 2 - 1))
+        q = self.quantizer.quantize(self.encoder(x * 2 - 1))
         codes = Codes(q.indices, meta=self._meta())
         return self._output(x, self.decoder(q.quantized), {"vq": q.loss}, codes,
                             [(q.indices, self.cfg.codebook_size)])
@@ -210,7 +237,7 @@ class HVQVAE(Tokenizer):
     def forward(self, x: torch.Tensor) -> TokenizerOutput:
         self._check_input(x)
         y, y2 = self._encode(x)
-        q1, q2 = self.quantizer(y), self.quantizer2(y2)
+        q1, q2 = self.quantizer.quantize(y), self.quantizer2.quantize(y2)
         codes = Codes(q1.indices, q2.indices, meta=self._meta())
         k = self.cfg.codebook_size // 2
         return self._output(x, self._decode(q1.quantized, q2.quantized),
@@ -239,17 +266,27 @@ class MVQVAE(Tokenizer):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         nets = _nets(cfg)
-        self.encoder, self.encoder2, self.decoder = nets["E"], nets["E2"], nets["D"]
+        self.encoder, self.decoder = nets["E"], nets["D"]
         half = cfg.codebook_size // 2
-        self.mvq = MaskedQuantizer(_vq(cfg, half, cfg.dim), _vq(cfg, half, cfg.dim2), nets["f"],
-                                   num_masks=cfg.num_masks, eval_masks=cfg.eval_masks or None,
-                                   chunk_size=cfg.chunk_size, search_seed=cfg.search_seed)
+        # the layer owns E' (y -> y', onto the secondary grid) and f (masked e' -> primary grid)
+        self.mvq = MaskedVectorQuantize(
+            cfg.dim, half, dim2=cfg.dim2, codebook_size2=half, num_masks=cfg.num_masks,
+            eval_masks=cfg.eval_masks or None, secondary_encoder=nets["E2"], f=nets["f"],
+            channel_first=True, chunk_size=cfg.chunk_size, search_seed=cfg.search_seed,
+            **_vq_settings(cfg))
         # encode's default: refine the bank's mask bit by bit (mvq.quantize.refine); a refined
         # mask is free, so mask_bits then counts D' bits per secondary token
         self.refine = False
 
     codebook_sizes = property(lambda self: [self.cfg.codebook_size // 2] * 2)
     tokens = property(lambda self: (self.geo.tokens, self.geo.tokens2))
+    encoder2 = property(lambda self: self.mvq.secondary_encoder, doc="E': y -> y' (in the layer)")
+
+    def upgrade_state_dict(self, state: dict) -> dict:
+        """Weights saved before E' moved into the MVQ layer name it ``encoder2.*``."""
+        old = "encoder2."
+        return {("mvq.secondary_encoder." + k[len(old):] if k.startswith(old) else k): v
+                for k, v in state.items()}
 
     @property
     def mask_bits(self) -> float:
@@ -276,12 +313,14 @@ class MVQVAE(Tokenizer):
     def _quantize(self, x: torch.Tensor, masks: torch.Tensor | None = None):
         self._check_input(x)
         y = self.encoder(x * 2 - 1)
-        out = self.mvq(y, self.encoder2(y), masks=masks)
-        mask = out.mask
+        out = self.mvq.quantize(y, masks=masks)
+        mask = out.mask  # (B, H', W', D')
         if self.refine and not self.training:
-            mask = refine_masks(self.mvq, out.primary.codes, out.secondary.codes, y, mask)[0]
-        codes = Codes(out.primary.indices, out.secondary.indices,
-                      mask.permute(0, 2, 3, 1).contiguous(), meta=self._meta())
+            start = mask.permute(0, 3, 1, 2)
+            mask = refine_masks(self.mvq, out.primary.codes, out.secondary.codes, y, start)[0]
+            mask = mask.permute(0, 2, 3, 1)
+        codes = Codes(out.primary.indices, out.secondary.indices, mask.contiguous(),
+                      meta=self._meta())
         return out, codes
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> TokenizerOutput:

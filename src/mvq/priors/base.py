@@ -19,8 +19,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+import mvq
+from mvq import checkpoint
 from mvq.codes import Codes
 from mvq.errors import MvqError
+from mvq.pretrained import Pretrained
 
 # The layouts of `Codes` a tokenizer produces, by name.
 LAYOUTS: dict[str, str] = {
@@ -46,9 +49,13 @@ def layout_of(codes: Codes) -> str:
     return "two-level" if codes.mask is None else "two-level+mask"
 
 
-class Prior(nn.Module):
-    """Base class of the priors; subclasses set the class attributes and implement the calls."""
+class Prior(Pretrained, nn.Module):
+    """Base class of the priors; subclasses set the class attributes and implement the calls.
 
+    ``Prior.from_pretrained(folder)`` / ``prior.save_pretrained(folder)`` (or ``mvq.load``)
+    load and save any prior; loading gives eval mode."""
+
+    saved_kind = "prior"
     kind: ClassVar[str] = ""  # the registry name ("gpt", "maskgit", ...)
     layouts: ClassVar[tuple[str, ...]] = ()  # `LAYOUTS` names it models
     stages: ClassVar[tuple[str, ...]] = ()  # keys of nll(), in order
@@ -66,6 +73,30 @@ class Prior(nn.Module):
                 f"models {', '.join(cls.layouts)}. Use --type {' or '.join(fits) or '?'} "
                 "for these tokens")
         return layout
+
+    @classmethod
+    def _from_checkpoint(cls, folder, info: dict, device: str) -> Prior:
+        path = folder / "config.json"
+        if info.get("format") != checkpoint.PRIOR_FORMAT:
+            raise MvqError(f"{path} has format {info.get('format')!r}, expected "
+                           f"{checkpoint.PRIOR_FORMAT!r} (a prior written by `mvq train-prior`)")
+        kind = info.get("prior_type", "gpt")  # priors saved before the registry were all GPTs
+        classes = {c.kind: c for c in _subclasses(Prior) if c.kind}
+        if kind not in classes:
+            raise MvqError(f"{path} names prior type {kind!r}: expected one of "
+                           f"{', '.join(sorted(classes))}")
+        try:
+            prior = classes[kind](**info["prior"])
+        except (KeyError, TypeError) as err:
+            raise MvqError(f"{path}: the prior's config does not build a prior ({err})") from None
+        state = checkpoint.load_weights(folder / "model.safetensors", device)
+        checkpoint.fit_weights(prior, state, folder, "prior")
+        return prior
+
+    def _checkpoint_info(self) -> dict:
+        saved = dict(self.checkpoint_info or {"step": 0})
+        return {**saved, "format": checkpoint.PRIOR_FORMAT, "mvq_version": mvq.__version__,
+                "kind": "prior", "prior_type": self.kind, "prior": self.config()}
 
     @classmethod
     def from_codes(cls, codes: Codes, num_classes: int = 0, sizes: dict | None = None) -> Prior:
@@ -131,6 +162,10 @@ class Prior(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
 
 
 def _fitting(layout: str):

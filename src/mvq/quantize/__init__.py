@@ -1,6 +1,13 @@
-"""Quantizers: VectorQuantizer and MaskedQuantizer (MVQ + MH-Dropout)."""
+"""Quantizers. The drop-in layers (``quantized, indices, loss = vq(x)``) are
+:class:`VectorQuantize`, :class:`MaskedVectorQuantize` (MVQ + MH-Dropout) and
+:class:`MultiChannelVectorQuantize` (MoVQ); the engines under them are :class:`VectorQuantizer`,
+:class:`MaskedQuantizer` and :class:`MultiChannelQuantizer`."""
 
+from mvq.quantize.layers import MaskedVectorQuantize, MultiChannelVectorQuantize, VectorQuantize
 from mvq.quantize.masked import MaskedOutput, MaskedQuantizer
+from mvq.quantize.multichannel import MultiChannelQuantizer
 from mvq.quantize.vq import QuantizeOutput, VectorQuantizer, code_stats
 
-__all__ = ["MaskedOutput", "MaskedQuantizer", "QuantizeOutput", "VectorQuantizer", "code_stats"]
+__all__ = ["MaskedOutput", "MaskedQuantizer", "MaskedVectorQuantize", "MultiChannelQuantizer",
+           "MultiChannelVectorQuantize", "QuantizeOutput", "VectorQuantize", "VectorQuantizer",
+           "code_stats"]

@@ -24,7 +24,7 @@ class MaskedOutput:
     """Result of :class:`MaskedQuantizer`.
 
     y_hat: (B, D, H, W) representation fed to the decoder (straight-through to the encoders).
-    mask: (B, D', H', W') bool, the winning mask.
+    mask: (B, H', W', D') bool, the winning mask (bits last, as in :class:`mvq.codes.Codes`).
     primary, secondary: the two :class:`QuantizeOutput`.
     mhd_loss: ||y_hat_j* - y||^2 (mean over elements).
     """
@@ -140,7 +140,8 @@ class MaskedQuantizer(nn.Module):
             mask = self.best_masks(q1.codes.detach(), q2.codes.detach(), y.detach(), masks)
             y_hat = self.combine(e, e2, mask)
         mhd = F.mse_loss(y_hat.float(), y.float())
-        return MaskedOutput(y_hat=y_hat, mask=mask, primary=q1, secondary=q2, mhd_loss=mhd)
+        return MaskedOutput(y_hat=y_hat, mask=mask.permute(0, 2, 3, 1), primary=q1, secondary=q2,
+                            mhd_loss=mhd)
 
     def _naive(self, e, e2, y, masks):
         """All J hypotheses with autograd; the loss weight of every loser is zero (eq. 6)."""

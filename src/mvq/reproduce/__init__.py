@@ -93,7 +93,7 @@ def class_agreement(records: list[dict], path: Path, n: int, device: str = "auto
     import statistics
 
     from mvq.analysis.classkeep import ceilings, predict, split_images, train_classifier
-    from mvq.checkpoint import load_tokenizer
+    from mvq.pretrained import load_tokenizer
     from mvq.sample import class_labels, sample_codes_and_images
     from mvq.train.engine import pick_device
     from mvq.train.prior import load_prior
@@ -155,11 +155,8 @@ def _check_out(out: Path, create: bool = True) -> Path:
 
 
 def _table6(scale: str, folder: Path, dry_run: bool) -> dict | None:
-    """MVQ Table 6: the token sampling benchmark (benchmarks/sampling.py), its output kept."""
-    script = Path(__file__).resolve().parents[3] / "benchmarks" / "sampling.py"
-    if not script.is_file():
-        raise MvqError(f"benchmark script not found: {script} (run from a source checkout)")
-    args = [sys.executable, str(script), "--json", str(folder / "results.json")]
+    """MVQ Table 6: the token sampling benchmark (mvq.bench.sampling), its output kept."""
+    args = [sys.executable, "-m", "mvq.bench.sampling", "--json", str(folder / "results.json")]
     args += ["--quick"] if scale == "quick" else ["--threads", "1"]
     print(f"mvq reproduce table6 --scale {scale}: {' '.join(args[1:])}\n"
           f"estimated {'1 min' if scale == 'quick' else '15-25 min'} on a 2-core CPU",
@@ -170,7 +167,7 @@ def _table6(scale: str, folder: Path, dry_run: bool) -> dict | None:
     done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode != 0:
         raise MvqError(f"the sampling benchmark failed: {done.stderr.strip().splitlines()[-1:]}")
-    text = (f"# MVQ paper Table 6: token sampling times\n\n`{' '.join(args[1:])}`\n\n"
+    text = (f"# MVQ paper Table 6: token sampling times\n\n`python {' '.join(args[1:])}`\n\n"
             f"```\n{done.stdout.rstrip()}\n```\n")
     write_text(folder / "report.md", text)
     print(text)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from mvq.errors import MvqError
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 SCALES = ("quick", "paper")
 
 
@@ -104,7 +103,7 @@ class Run:
         extra = [f"train.seed={self.seed}", f"train.out_dir={out_dir}"]
         if data_root:
             extra.append(f"data.root={data_root}")
-        return load_config(CONFIGS / self.preset, [*self.overrides, *extra])
+        return load_config(self.preset, [*self.overrides, *extra])
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from mvq import checkpoint, distributed
+from mvq import checkpoint, distributed, pretrained
 from mvq.config import GAN_TYPES, Config, check_ready
 from mvq.data import build_dataset
 from mvq.errors import MvqError
@@ -115,6 +115,17 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
     return distributed.run(pick_device(tc.device), tc.batch_size, "train.batch_size", run)
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` on ``device`` (None: fp32, no autocast);
+    MvqError for fp16 on a CPU (no fp16 training there: use bf16)."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise MvqError(f"train.precision=fp16 needs a CUDA GPU, this run is on {device.type}; "
+                       "use train.precision=bf16 (or fp32) on a CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
 @dataclass
 class GanParts:
     """The VQGAN loss's pieces beside the tokenizer: the loss (with its PatchGAN), the
@@ -148,6 +159,9 @@ class TokenizerTrainee(Trainee):
             model = build_model(cfg.model).to(device)
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.autocast = autocast_dtype(tc.precision, device)
+        # fp16 gradients underflow without loss scaling; a disabled scaler is a plain step
+        self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
         self.optimizer = torch.optim.Adam(self.params, lr=tc.lr, betas=tuple(tc.betas))
         self.gan = None
         if cfg.model.type in GAN_TYPES:  # L1 + LPIPS + PatchGAN with its own optimizer
@@ -166,7 +180,7 @@ class TokenizerTrainee(Trainee):
 
     def _resumed_model(self, source: Path) -> Tokenizer:
         cfg, tc = self.cfg, self.tc
-        model, saved, _ = checkpoint.load_tokenizer(source, expect_type=cfg.model.type,
+        model, saved, _ = pretrained.load_tokenizer(source, expect_type=cfg.model.type,
                                                     device=str(self.device))
         if saved.model != cfg.model:
             diff = [k for k in vars(cfg.model) if getattr(cfg.model, k) != getattr(saved.model, k)]
@@ -187,8 +201,7 @@ class TokenizerTrainee(Trainee):
 
     def step(self, step: int, indices: torch.Tensor) -> StepOutput:
         x = torch.stack([self.train_set[int(j)][0] for j in indices]).to(self.device)
-        amp = self.tc.amp and self.device.type == "cuda"
-        with torch.autocast(self.device.type, enabled=amp):
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
             result = self.net(x)
         logs: dict = {}
         total = result.loss
@@ -197,10 +210,12 @@ class TokenizerTrainee(Trainee):
             total, logs = gan.loss.tokenizer_loss(x, result, step, gan.last_layer)
             logs = {f"gan_{k}": v for k, v in logs.items()}
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        self.scaler.scale(total).backward()
         if self.tc.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.tc.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         if self.ema is not None:
             self.ema.update(step)
         if gan is not None:

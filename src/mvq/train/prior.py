@@ -12,7 +12,6 @@ manifest.json. One format for every prior: `load_prior` rebuilds whichever it na
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -27,8 +26,6 @@ from mvq.priors.registry import PRIORS, build_prior, default_kind, prior_class
 from mvq.tokens import load_tokens
 from mvq.train.engine import Schedule, StepOutput, Trainee, fit, pick_device
 
-PRIOR_FORMAT = "mvq-prior-v1"
-KINDS = tuple(PRIORS)
 
 
 @torch.no_grad()
@@ -54,41 +51,17 @@ def validate_prior(prior: Prior, codes: Codes, batch_size: int = 256,
 
 
 def write_prior(directory: Path, prior: Prior, info: dict) -> None:
-    """model.safetensors + config.json (format mvq-prior-v1, prior type and config) into
+    """model.safetensors + config.json (format mvq-prior-v1, prior type and config) + card into
     ``directory``."""
-    checkpoint.save_tensors(prior.state_dict(), directory / "model.safetensors")
-    full = {"format": PRIOR_FORMAT, "mvq_version": mvq.__version__, "kind": "prior",
-            "prior_type": prior.kind, "prior": prior.config(), **info}
-    (directory / "config.json").write_text(json.dumps(full, indent=2))
-
-
-def save_prior(directory: str | Path, prior: Prior, info: dict) -> Path:
-    """Write a prior checkpoint folder (all or nothing; ``info`` must hold its step)."""
-    with checkpoint.writing(Path(directory), int(info.get("step", 0))) as tmp:
-        write_prior(tmp, prior, info)
-    return Path(directory)
+    checkpoint.write_model(directory, prior, {
+        "format": checkpoint.PRIOR_FORMAT, "mvq_version": mvq.__version__, "kind": "prior",
+        "prior_type": prior.kind, "prior": prior.config(), **info})
 
 
 def load_prior(directory: str | Path, device: str = "cpu") -> tuple[Prior, dict]:
-    """Rebuild a prior saved by `train_prior`; returns (prior in eval mode, config.json dict)."""
-    directory = Path(directory)
-    path = directory / "config.json"
-    weights = directory / "model.safetensors"
-    if not directory.is_dir() or not path.is_file() or not weights.is_file():
-        raise MvqError(f"{directory} is not an mvq prior checkpoint: it needs config.json and "
-                       "model.safetensors (written by `mvq train-prior`)")
-    info = checkpoint.read_json(path)
-    if info.get("format") != PRIOR_FORMAT:
-        raise MvqError(f"{path} has format {info.get('format')!r}, expected {PRIOR_FORMAT!r} "
-                       "(a prior written by `mvq train-prior`)")
-    checkpoint.verify(directory)
-    kind = info.get("prior_type", "gpt")  # priors saved before the registry were all GPTs
-    try:
-        prior = build_prior(kind, info["prior"])
-    except (KeyError, TypeError) as err:
-        raise MvqError(f"{path}: the prior's config does not build a prior ({err})") from None
-    checkpoint.fit_weights(prior, checkpoint.load_weights(weights, device), directory, "prior")
-    return prior.to(device).eval(), info
+    """(prior in eval mode, its config.json) of a prior folder (`mvq.load` underneath)."""
+    prior = Prior.from_pretrained(directory, device)
+    return prior, prior.checkpoint_info
 
 
 def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,

@@ -6,7 +6,7 @@ search and f — on encoder outputs of a batch of 32, in the FashionMNIST set-up
 fresh subprocess so peak memory is the step's own: peak RSS growth on CPU,
 torch.cuda.max_memory_allocated on GPU.
 
-    python benchmarks/mh_dropout.py [--factor 28] [--masks 16 128 1024 2048] [--json out.json]
+    python -m mvq.bench.mh_dropout [--factor 28] [--masks 16 128 1024 2048] [--json out.json]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def worker(factor: int, j: int, naive: bool, batch: int, repeats: int, device: s
     return {"seconds": times[len(times) // 2], "peak_mb": max(peak, 0.0)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--factor", type=int, default=28, help="Table 3 factor (28: 1+1 tokens at 28px)")
     p.add_argument("--masks", type=int, nargs="+", default=[16, 128, 1024, 2048])
@@ -81,7 +81,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="J in {16, 128} only, 2 repeats")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--worker", nargs=2, metavar=("J", "NAIVE"), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.worker:
         j, naive = int(args.worker[0]), args.worker[1] == "1"
         print(json.dumps(worker(args.factor, j, naive, args.batch, args.repeats, args.device, args.chunk)))
@@ -96,7 +96,7 @@ def main() -> None:
     for j in masks:
         res = {}
         for naive in (False, True):
-            cmd = [sys.executable, __file__, "--worker", str(j), str(int(naive)), "--factor",
+            cmd = [sys.executable, "-m", "mvq.bench.mh_dropout", "--worker", str(j), str(int(naive)), "--factor",
                    str(args.factor), "--batch", str(args.batch), "--repeats", str(repeats),
                    "--device", args.device, "--chunk", str(args.chunk)]
             out = subprocess.run(cmd, capture_output=True, text=True)

@@ -7,7 +7,7 @@ prints each concurrent run's time over the lone run's. The goal (issue 13): ever
 at most 2.5x the lone one on a 2-core machine. --threads N passes `mvq --threads N` to every run
 instead, to compare a fixed policy.
 
-    python benchmarks/concurrent_train.py [--quick] [--steps 150] [--jobs 2] [--json out.json]
+    python -m mvq.bench.concurrent_train [--quick] [--steps 150] [--jobs 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "shapes_f8_k16_quick.yaml"  # needs no data set installed
+CONFIG = "shapes_f8_k16_quick"  # a shipped preset that needs no data set installed
 GOAL = 2.5
 
 
 def train_command(out_dir: Path, steps: int, threads: int | None) -> list[str]:
     """One short CPU training run that validates and checkpoints once, at the end."""
     cmd = [sys.executable, "-m", "mvq"] + (["--threads", str(threads)] if threads else [])
-    return cmd + ["train", "--config", str(CONFIG), "--no-progress", f"train.out_dir={out_dir}",
+    return cmd + ["train", "--config", CONFIG, "--no-progress", f"train.out_dir={out_dir}",
                   f"train.steps={steps}", f"train.val_every={steps}", f"train.ckpt_every={steps}",
                   f"train.log_every={steps}", "data.val_limit=64", "data.train_limit=512",
                   "train.device=cpu"]
@@ -40,8 +39,6 @@ def run_together(commands: list[list[str]]) -> list[tuple[float, float]]:
     when runs share the machine means threads spinning against each other; wall time alone
     growing means waiting for a core."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    src = str(ROOT / "src")
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
         procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -60,14 +57,14 @@ def run_together(commands: list[list[str]]) -> list[tuple[float, float]]:
     return [times[p.pid] for p in procs]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=150, help="training steps of each run")
     ap.add_argument("--jobs", type=int, default=2, help="runs started together")
     ap.add_argument("--threads", type=int, help="give every run `mvq --threads N`")
     ap.add_argument("--quick", action="store_true", help="20 steps")
     ap.add_argument("--json", help="also write the results here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     steps = 20 if args.quick else args.steps
     with tempfile.TemporaryDirectory(prefix="mvq-concurrent-") as tmp:
         (alone, alone_cpu), = run_together([train_command(Path(tmp, "alone"), steps, args.threads)])

@@ -5,7 +5,7 @@ k-means init, straight-through gradients, fp32, the same input tensor (B, N, D) 
 channel-first maps to ours and channel-last sequences to theirs (that layout change is counted
 in our time). Runs alternate between the two, in one process, and the median is reported.
 
-    python benchmarks/quantizer.py [--quick] [--json out.json]
+    python -m mvq.bench.quantizer [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -64,12 +64,12 @@ def run(case, repeats: int) -> dict:
             "theirs_ms": med["theirs"] * 1e3, "speedup": med["theirs"] / med["ours"]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="two small cases, 5 repeats")
     p.add_argument("--json", help="write the results here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cases = CASES[:2] if args.quick else CASES
     repeats = 5 if args.quick else args.repeats
     from importlib.metadata import version

@@ -13,7 +13,7 @@ All cells are measured in this one run (median of --repeats, runs interleaved, o
 a cell whose runs already took --cell-budget seconds is not repeated further);
 the paper's CPU column (Intel i9-9900) is printed beside them for reference.
 
-    python benchmarks/sampling.py [--quick] [--lengths 1,4,16,64,256,1024] [--json out.json]
+    python -m mvq.bench.sampling [--quick] [--lengths 1,4,16,64,256,1024] [--json out.json]
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def fmt(x: float | None, width: int = 9, missing: str = "skipped") -> str:
     return f"{x:>{width}.4f}" if x < 10 else f"{x:>{width}.2f}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", default="1,4,16,64,256,1024",
                    help="primary token counts S (each gets +1 secondary token)")
@@ -152,7 +152,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="S = 1, 4, 16 and 1 repeat (seconds)")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths = [1, 4, 16] if args.quick else [int(x) for x in args.lengths.split(",")]

@@ -1,0 +1,147 @@
+"""Save and load in one line, the hub convention: ``mvq.load(path)``, ``save_pretrained(folder)``,
+``from_pretrained(path_or_repo_id)``.
+
+A saved folder is the same all-or-nothing checkpoint folder training writes (checkpoint.py):
+``config.json`` (what it is and the config that rebuilds it), ``model.safetensors``, a model card
+``README.md`` and ``manifest.json``. So a training checkpoint (``OUT/checkpoint``, or the run
+folder ``OUT``), a folder written by ``save_pretrained`` and one downloaded from a hub repository
+all load through :func:`load`, which returns whatever the folder holds (a tokenizer or a prior)
+in eval mode on the device asked for.
+
+huggingface_hub's ``ModelHubMixin`` is not used: it would write a second config format beside
+the checkpoint one, and loading a local folder (the common case, offline) needs none of it. A
+repository id (``owner/name``) is downloaded with huggingface_hub when it is installed
+(``pip install mvq[hub]``); local folders never touch the network.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from mvq import checkpoint
+from mvq.config import check_device, config_from_dict
+from mvq.errors import MvqError
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+class Pretrained:
+    """Mixin of the loadable models (:class:`~mvq.models.Tokenizer`, :class:`~mvq.priors.Prior`).
+
+    A subclass that is a base of one kind sets ``saved_kind`` (the ``kind`` in config.json) and
+    implements ``_from_checkpoint`` and ``_checkpoint_info``.
+    """
+
+    saved_kind: ClassVar[str] = ""
+    _loaders: ClassVar[dict[str, type]] = {}
+    #: the config.json of the folder this model was loaded from (None: built in Python)
+    checkpoint_info: dict | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("saved_kind"):
+            Pretrained._loaders[cls.saved_kind] = cls
+
+    # --------------------------------------------------------------- hooks
+    @classmethod
+    def _from_checkpoint(cls, folder: Path, info: dict, device: str):
+        raise NotImplementedError
+
+    def _checkpoint_info(self) -> dict:
+        """config.json's content for this model (format, kind, the config that rebuilds it)."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- API
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``folder`` (config.json, model.safetensors, README.md model card, manifest),
+        all or nothing. An existing mvq checkpoint folder there is replaced (kept as
+        ``FOLDER-STEP`` until the swap is done); any other existing folder is refused."""
+        info = self._checkpoint_info()
+        folder = Path(folder)
+        with checkpoint.writing(folder, int(info.get("step", 0))) as tmp:
+            checkpoint.write_model(tmp, self, info)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | Path, device: str = "cpu"):
+        """The model saved in a folder (or a run folder holding ``checkpoint/``, or a hub
+        repository id), in eval mode on ``device``; MvqError when it holds another kind."""
+        model = load(path_or_repo_id, device)
+        if not isinstance(model, cls):
+            raise MvqError(f"{path_or_repo_id} holds a {type(model).__name__}, not a "
+                           f"{cls.__name__}; load it with mvq.load()")
+        return model
+
+
+def resolve(path_or_repo_id: str | Path) -> Path:
+    """The checkpoint folder that ``path_or_repo_id`` names: the folder itself when it holds
+    config.json, else its ``checkpoint/`` (a training run's folder), else a hub repository."""
+    path = Path(path_or_repo_id)
+    for folder in (path, path / "checkpoint"):
+        if (folder / "config.json").is_file():
+            return folder
+    if path.exists():
+        raise MvqError(f"{path} holds no mvq model: expected config.json and model.safetensors "
+                       "(a folder written by save_pretrained, `mvq train` or `mvq train-prior`), "
+                       "or a run folder with checkpoint/ inside")
+    if not REPO_ID.fullmatch(str(path_or_repo_id)):
+        raise MvqError(f"{path} not found: expected a model folder or a hub repository id "
+                       "(owner/name)")
+    return _download(str(path_or_repo_id))
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download  # optional: only for repository ids
+    except ImportError:
+        raise MvqError(f"{repo_id} is not a local folder, and downloading a hub repository "
+                       "needs huggingface_hub: `pip install mvq[hub]`") from None
+    try:
+        return resolve(snapshot_download(repo_id))
+    except MvqError:
+        raise
+    except Exception as err:  # noqa: BLE001 - offline, unknown repository, no permission, ...
+        raise MvqError(f"cannot download {repo_id} ({type(err).__name__}: {err}); check the "
+                       "id and the network, or pass a local folder") from None
+
+
+def load(path_or_repo_id: str | Path, device: str = "cpu"):
+    """Whatever the folder holds — a :class:`~mvq.models.Tokenizer` or a
+    :class:`~mvq.priors.Prior` — rebuilt from its config, its weights checked against the
+    manifest, in eval mode on ``device``. ``model.checkpoint_info`` is its config.json."""
+    check_device(device)  # before reading: a missing GPU is no damaged checkpoint
+    dev = str(_auto() if device == "auto" else torch.device(device))
+    folder = resolve(path_or_repo_id)
+    info = checkpoint.read_json(folder / "config.json")
+    kind = info.get("kind")
+    if kind is None and info.get("format") == checkpoint.PRIOR_FORMAT:
+        kind = "prior"  # priors saved before config.json named their kind
+    if kind not in Pretrained._loaders:
+        raise MvqError(f"{folder / 'config.json'} holds kind {kind!r}: expected one of "
+                       f"{', '.join(sorted(Pretrained._loaders))} (a folder written by mvq)")
+    if not (folder / "model.safetensors").is_file():
+        raise MvqError(f"{folder} is not a complete mvq model: model.safetensors is missing")
+    checkpoint.verify(folder)
+    model = Pretrained._loaders[kind]._from_checkpoint(folder, info, dev)
+    model.checkpoint_info = info
+    return model.to(dev).eval()
+
+
+def load_tokenizer(path: str | Path, expect_type: str | None = None, device: str = "cpu"):
+    """(tokenizer in eval mode, its full Config, its config.json) — for the commands that need
+    the training config too; ``expect_type`` refuses another model type."""
+    model = load(path, device)
+    if model.checkpoint_info.get("kind") != "tokenizer":
+        raise MvqError(f"{path} holds a {type(model).__name__}, not a tokenizer")
+    info = model.checkpoint_info
+    if expect_type is not None and info["model_type"] != expect_type:
+        raise MvqError(f"{path} holds a {info['model_type']} checkpoint, expected {expect_type}")
+    return model, config_from_dict(info["config"]), info
+
+
+def _auto() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

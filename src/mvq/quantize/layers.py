@@ -1,0 +1,232 @@
+"""Drop-in quantizer layers: ``quantized, indices, loss = vq(x)``.
+
+Each layer is an ``nn.Module`` that takes tokens ``(B, N, D)`` (any ``(B, ..., D)``, channels
+last) or, with ``channel_first=True``, feature maps ``(B, D, H, W)`` (any ``(B, D, ...)``);
+returns the straight-through quantized tensor in the input's layout, the ids and the layer's
+whole loss (its codebook / commitment / MH-Dropout terms already summed: add it to yours); and
+maps ids back to vectors with ``get_output_from_indices``. The tokenizers are built on these
+same layers; ``quantize(...)`` gives the detailed output they use (every loss term, the raw
+codes) on channel-first maps.
+
+One layout for everything that is not a feature map: ids are ``(B, *grid)``, multichannel ids
+``(B, *grid, c)`` and MVQ masks ``(B, *grid, D')``, the per-position axis last, as in
+:class:`mvq.codes.Codes`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mvq.errors import MvqError
+from mvq.quantize.masked import MaskedOutput, MaskedQuantizer
+from mvq.quantize.multichannel import MultiChannelQuantizer
+from mvq.quantize.vq import QuantizeOutput, VectorQuantizer
+
+Restore = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _check_input(x: object, dim: int, channel_first: bool, layer: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        found = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise MvqError(f"{layer} takes a float tensor, found {found}")
+    axis = 1 if channel_first else -1
+    layout = f"(B, {dim}, H, W)" if channel_first else f"(B, N, {dim})"
+    if x.dim() < 3 or x.shape[axis] != dim:
+        hint = "" if channel_first else "; pass channel_first=True for (B, D, H, W) maps"
+        raise MvqError(f"{layer} expects {layout}, found shape {tuple(x.shape)}{hint}")
+    return x
+
+
+def to_columns(x: torch.Tensor, channel_first: bool) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Any ``(B, ..., D)`` (or channel-first ``(B, D, ...)``) as a ``(B, D, N, 1)`` map whose
+    N positions are the input's, in order; also returns the grid ``...``."""
+    if channel_first:
+        return x.flatten(2).unsqueeze(-1), tuple(x.shape[2:])
+    grid = tuple(x.shape[1:-1])
+    return x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2).unsqueeze(-1), grid
+
+
+def from_columns(z: torch.Tensor, grid: tuple[int, ...], channel_first: bool) -> torch.Tensor:
+    """Inverse of :func:`to_columns`: ``(B, D, N, 1)`` back to the input's layout."""
+    b, d = z.shape[:2]
+    z = z.squeeze(-1)
+    return z.reshape(b, d, *grid) if channel_first else z.transpose(1, 2).reshape(b, *grid, d)
+
+
+class VectorQuantize(VectorQuantizer):
+    """Nearest-code VQ with a straight-through gradient, EMA codebook by default.
+
+    ``quantized, indices, loss = vq(x)``: x ``(B, N, D)`` (or ``(B, D, H, W)`` with
+    ``channel_first``); quantized has x's shape, indices ``(B, N)`` (``(B, H, W)``), loss the
+    commitment term ``beta * ||x - sg[e]||^2`` (plus ``||sg[x] - e||^2`` when ``ema=False``).
+
+    Args:
+        dim: vector size D. codebook_size: entries K.
+        channel_first: inputs are ``(B, D, ...)`` feature maps.
+        beta, ema, decay, restart_dead, dead_threshold, kmeans_init: see
+            :class:`~mvq.quantize.vq.VectorQuantizer`.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, *, channel_first: bool = False,
+                 **kwargs) -> None:
+        super().__init__(codebook_size, dim, **kwargs)
+        self.channel_first = channel_first
+
+    def quantize(self, z: torch.Tensor) -> QuantizeOutput:
+        """The detailed output on a ``(B, D, H, W)`` map (every loss term, the raw codes)."""
+        return VectorQuantizer.forward(self, z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = _check_input(x, self.dim, self.channel_first, "VectorQuantize")
+        z, grid = to_columns(x, self.channel_first)
+        out = self.quantize(z)
+        return (from_columns(out.quantized, grid, self.channel_first),
+                out.indices.reshape(x.shape[0], *grid), out.loss)
+
+    def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code vectors for ids ``(B, *grid)``, in the layer's layout."""
+        grid = tuple(indices.shape[1:])
+        codes = self.lookup(indices.reshape(indices.shape[0], -1, 1))  # (B, D, N, 1)
+        return from_columns(codes, grid, self.channel_first)
+
+
+class MultiChannelVectorQuantize(MultiChannelQuantizer):
+    """MoVQ's multichannel VQ: each D-vector is cut into ``channels`` chunks of D / channels,
+    all quantized by one shared codebook.
+
+    ``quantized, indices, loss = vq(x)``: x ``(B, N, D)`` (or ``(B, D, H, W)``), indices
+    ``(B, N, channels)`` (``(B, H, W, channels)``), loss as :class:`VectorQuantize`'s.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, *, channels: int = 4,
+                 channel_first: bool = False, **kwargs) -> None:
+        if channels < 1 or dim % channels:
+            raise MvqError(f"MultiChannelVectorQuantize: dim={dim} must split into channels="
+                           f"{channels} equal chunks; pick a divisor of dim")
+        super().__init__(codebook_size, dim, channels, **kwargs)
+        self.channel_first = channel_first
+
+    def quantize(self, z: torch.Tensor) -> QuantizeOutput:
+        """The detailed output on a ``(B, D, H, W)`` map; indices ``(B, H, W, channels)``."""
+        return MultiChannelQuantizer.forward(self, z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = _check_input(x, self.dim_total, self.channel_first, "MultiChannelVectorQuantize")
+        z, grid = to_columns(x, self.channel_first)
+        out = self.quantize(z)
+        ids = out.indices.reshape(x.shape[0], *grid, self.channels)
+        return from_columns(out.quantized, grid, self.channel_first), ids, out.loss
+
+    def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Vectors for ids ``(B, *grid, channels)``, in the layer's layout."""
+        grid = tuple(indices.shape[1:-1])
+        flat = indices.reshape(indices.shape[0], -1, 1, self.channels)
+        return from_columns(self.lookup(flat), grid, self.channel_first)
+
+
+def pointwise_mlp(dim_in: int, dim_out: int, hidden: int) -> nn.Module:
+    """Two 1x1 convolutions: a per-position MLP on ``(B, C, H, W)`` maps."""
+    return nn.Sequential(nn.Conv2d(dim_in, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim_out, 1))
+
+
+class MaskedVectorQuantize(MaskedQuantizer):
+    """Masked VQ with Multiple Hypotheses Dropout (MVQ paper, section 3) as one layer.
+
+    Each position gets a primary code e, a secondary code e' of the secondary projection
+    y' = E'(x), and a mask m over e''s D' channels; the output is ``e + f(e' * m)`` (eq. 5).
+    Training searches ``num_masks`` random masks per position and keeps the nearest to x
+    (winner takes all); at inference the search runs over a fixed seeded bank, so codes are
+    deterministic.
+
+    ``quantized, (indices, indices2), loss, mask = mvq(x)``: x ``(B, N, D)`` (or
+    ``(B, D, H, W)``); ids ``(B, N)`` each; mask ``(B, N, D')`` bool; loss = primary VQ +
+    secondary VQ + MH-Dropout terms.
+
+    The layer owns E' and f. By default both are per position (a 1x1 convolution and a
+    two-layer 1x1 MLP), so every position is an independent instance of the search. Give your
+    own ``secondary_encoder`` ((B, D, H, W) -> (B, D', H', W'), e.g. a downsampling network)
+    and ``f`` ((B, D', H', W') -> (B, D, H, W)) for a coarser secondary grid (VQ-VAE-2 style,
+    as the tokenizers do); then inputs must be ``channel_first`` maps, each image is one
+    instance, and ids / mask follow the two grids: ``(B, H, W)``, ``(B, H', W')``,
+    ``(B, H', W', D')``.
+
+    Args:
+        dim: D. codebook_size: K of the primary codebook (the paper gives each codebook K/2).
+        dim2: D' (default D). codebook_size2: K' (default K).
+        num_masks: J, hypotheses per instance while training. eval_masks: the bank size at
+            inference (default J). hidden: width of the default f.
+        chunk_size, search_seed, naive: see :class:`~mvq.quantize.masked.MaskedQuantizer`.
+        beta, ema, decay, restart_dead, dead_threshold, kmeans_init: both codebooks' settings.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, *, dim2: int | None = None,
+                 codebook_size2: int | None = None, num_masks: int = 64,
+                 eval_masks: int | None = None, secondary_encoder: nn.Module | None = None,
+                 f: nn.Module | None = None, hidden: int | None = None,
+                 channel_first: bool = False, chunk_size: int = 256, search_seed: int = 0,
+                 naive: bool = False, **vq_kwargs) -> None:
+        dim2 = dim2 or dim
+        custom = secondary_encoder is not None or f is not None
+        if custom and (secondary_encoder is None or f is None):
+            raise MvqError("MaskedVectorQuantize: give both secondary_encoder and f, or neither "
+                           "(the per-position defaults)")
+        if custom and not channel_first:
+            raise MvqError("MaskedVectorQuantize: a custom secondary_encoder / f works on "
+                           "feature maps; pass channel_first=True and (B, D, H, W) inputs")
+        primary = VectorQuantizer(codebook_size, dim, **vq_kwargs)
+        secondary = VectorQuantizer(codebook_size2 or codebook_size, dim2, **vq_kwargs)
+        width = hidden or 2 * max(dim, dim2)
+        super().__init__(primary, secondary, f if custom else pointwise_mlp(dim2, dim, width),
+                         num_masks=num_masks, eval_masks=eval_masks, chunk_size=chunk_size,
+                         search_seed=search_seed, naive=naive)
+        self.secondary_encoder = secondary_encoder if custom else nn.Conv2d(dim, dim2, 1)
+        self.per_position = not custom
+        self.channel_first = channel_first
+        self.dim, self.dim2 = dim, dim2
+
+    def quantize(self, y: torch.Tensor, masks: torch.Tensor | None = None) -> MaskedOutput:
+        """The detailed output on a ``(B, D, H, W)`` map (each image one instance)."""
+        return MaskedQuantizer.forward(self, y, self.secondary_encoder(y), masks)
+
+    def _instances(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Per-position: (B*N, D, 1, 1) instances; custom modules: the map as it is."""
+        if not self.per_position:
+            if x.dim() != 4:
+                raise MvqError(f"MaskedVectorQuantize with custom modules expects (B, {self.dim}, "
+                               f"H, W), found shape {tuple(x.shape)}")
+            return x, tuple(x.shape[2:])
+        z, grid = to_columns(x, self.channel_first)  # (B, D, N, 1)
+        return z.permute(0, 2, 1, 3).reshape(-1, self.dim, 1, 1), grid
+
+    def _restore(self, y: torch.Tensor, batch: int, grid: tuple[int, ...]) -> torch.Tensor:
+        if not self.per_position:
+            return y
+        cols = y.reshape(batch, -1, self.dim, 1).permute(0, 2, 1, 3)  # (B, D, N, 1)
+        return from_columns(cols, grid, self.channel_first)
+
+    def forward(self, x: torch.Tensor):
+        """x -> (quantized, (ids, ids2), loss, mask); see the class docstring for shapes."""
+        x = _check_input(x, self.dim, self.channel_first, "MaskedVectorQuantize")
+        z, grid = self._instances(x)
+        out = self.quantize(z)
+        loss = out.primary.loss + out.secondary.loss + out.mhd_loss
+        b = x.shape[0]
+        if self.per_position:
+            ids = out.primary.indices.reshape(b, *grid)
+            return (self._restore(out.y_hat, b, grid),
+                    (ids, out.secondary.indices.reshape(b, *grid)), loss,
+                    out.mask.reshape(b, *grid, self.dim2))
+        return out.y_hat, (out.primary.indices, out.secondary.indices), loss, out.mask
+
+    def get_output_from_indices(self, indices: torch.Tensor, indices2: torch.Tensor,
+                                mask: torch.Tensor) -> torch.Tensor:
+        """``e + f(e' * m)`` for ids and mask in the layouts ``forward`` returns."""
+        if not self.per_position:
+            return self.decode_codes(indices, indices2, mask)
+        b, grid = indices.shape[0], tuple(indices.shape[1:])
+        flat = (indices.reshape(-1, 1, 1), indices2.reshape(-1, 1, 1),
+                mask.reshape(-1, 1, 1, self.dim2))
+        return self._restore(self.decode_codes(*flat), b, grid)

@@ -1,0 +1,151 @@
+"""Save and load in one line: save_pretrained -> a fresh process -> mvq.load decodes
+bit-identically; training checkpoints and run folders load in eval mode; the old weight names
+still load; errors are one line."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import tiny_model_config
+from safetensors.torch import load_file, save_file
+
+import mvq
+from mvq import checkpoint
+from mvq.codes import Codes
+from mvq.config import Config, DataConfig, TrainConfig
+from mvq.errors import MvqError
+from mvq.models import Tokenizer, build_model
+from mvq.priors import Prior, prior_class
+from mvq.train import train
+
+
+def _all_eval(module: torch.nn.Module) -> bool:
+    return not any(m.training for m in module.modules())
+
+
+@pytest.mark.parametrize("kind", ["mvqvae", "hvqvae", "vqvae"])
+def test_saved_model_decodes_bit_identically_in_a_fresh_process(kind, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(type=kind)).eval()
+    x = torch.rand(5, 1, 28, 28)
+    codes = model.encode(x)
+    with torch.no_grad():
+        want = model.decode(codes)
+    folder = model.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "config.json", "manifest.json", "model.safetensors"]
+    codes.save(tmp_path / "codes.safetensors")
+    script = textwrap.dedent(f"""
+        import torch, mvq
+        from mvq.codes import Codes
+        from safetensors.torch import save_file
+        model = mvq.load({str(folder)!r})
+        assert not any(m.training for m in model.modules()), "not in eval mode"
+        with torch.no_grad():
+            out = model.decode(Codes.load({str(tmp_path / 'codes.safetensors')!r}))
+        save_file({{"x": out}}, {str(tmp_path / 'out.safetensors')!r})
+    """)
+    outside = tmp_path / "elsewhere"  # no presets, no checkout around
+    outside.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=outside, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = load_file(str(tmp_path / "out.safetensors"))["x"]
+    assert torch.equal(got, want)
+
+
+def test_training_checkpoint_and_run_folder_load_in_eval_mode(tmp_path):
+    out = tmp_path / "run"
+    cfg = Config(model=tiny_model_config(image_size=32, channels=3, factor=8),
+                 data=DataConfig(name="shapes", train_limit=16, val_limit=4),
+                 train=TrainConfig(steps=2, batch_size=4, val_every=2, ckpt_every=2, log_every=1,
+                                   grid_images=2, out_dir=str(out), device="cpu"))
+    train(cfg, progress=False)
+    for path in (out, out / "checkpoint"):
+        model = mvq.load(path)
+        assert isinstance(model, Tokenizer) and _all_eval(model)
+        assert model.checkpoint_info["step"] == 2
+    model = Tokenizer.from_pretrained(out)
+    card = (out / "checkpoint" / "README.md").read_text()
+    assert "steps: 2" in card and "shapes" in card and "val_mse" in card and '"num_masks"' in card
+    # a loaded model saved again keeps its training record
+    again = model.save_pretrained(tmp_path / "again")
+    assert json.loads((again / "config.json").read_text())["metrics"] == model.checkpoint_info["metrics"]
+    with pytest.raises(MvqError, match="not a Prior"):
+        Prior.from_pretrained(out)
+
+
+def test_prior_round_trip_and_kind_checks(tmp_path):
+    model = build_model(tiny_model_config()).eval()
+    codes = model.encode(torch.rand(6, 1, 28, 28))
+    prior = prior_class("pixelcnn").from_codes(codes, sizes={"channels": 8, "n_layers": 2}).eval()
+    folder = prior.save_pretrained(tmp_path / "prior")
+    loaded = mvq.load(folder)
+    assert isinstance(loaded, Prior) and loaded.kind == "pixelcnn" and _all_eval(loaded)
+    assert loaded.nll(codes) == prior.nll(codes)
+    assert Prior.from_pretrained(folder).config() == prior.config()
+    with pytest.raises(MvqError, match="not a Tokenizer"):
+        Tokenizer.from_pretrained(folder)
+    assert "# mvq prior: pixelcnn" in (folder / "README.md").read_text()
+
+
+def test_weights_saved_with_the_old_names_still_load(tmp_path):
+    """Before E' moved into the MVQ layer the weights named it encoder2.*."""
+    model = build_model(tiny_model_config()).eval()
+    folder = model.save_pretrained(tmp_path / "new")
+    state = load_file(str(folder / "model.safetensors"))
+    old = {k.replace("mvq.secondary_encoder.", "encoder2."): v for k, v in state.items()}
+    assert any(k.startswith("encoder2.") for k in old)
+    save_file(old, str(folder / "model.safetensors"))
+    (folder / "manifest.json").unlink()  # as written before manifests: nothing to check against
+    x = torch.rand(3, 1, 28, 28)
+    loaded = mvq.load(folder)
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(model.encode(x)), model.decode(model.encode(x)))
+
+
+def test_load_errors_are_one_line(tmp_path, monkeypatch):
+    with pytest.raises(MvqError, match="not found"):
+        mvq.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MvqError, match="holds no mvq model"):
+        mvq.load(tmp_path / "empty")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed
+    with pytest.raises(MvqError, match=r"mvq\[hub\]"):
+        mvq.load("someone/some-tokenizer")
+    folder = build_model(tiny_model_config()).save_pretrained(tmp_path / "m")
+    if not torch.cuda.is_available():
+        with pytest.raises(MvqError, match="no usable CUDA GPU") as err:
+            mvq.load(folder, device="cuda")
+        assert "damaged" not in str(err.value)
+    info = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**info, "kind": "banana"}))
+    with pytest.raises(MvqError, match="kind 'banana'"):
+        mvq.load(folder)
+
+
+def test_save_pretrained_never_replaces_a_folder_it_did_not_write(tmp_path):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(MvqError, match="not an mvq checkpoint"):
+        build_model(tiny_model_config()).save_pretrained(mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes"]  # no temp folder left behind
+
+
+def test_codes_survive_save_and_load_with_the_model(tmp_path):
+    """Codes made before saving decode with the loaded model (ids and mask layout agree)."""
+    model = build_model(tiny_model_config()).eval()
+    codes = model.encode(torch.rand(2, 1, 28, 28))
+    assert codes.mask.shape == (2, 1, 1, 8)  # (B, H', W', D'): the one mask layout
+    loaded = mvq.load(model.save_pretrained(tmp_path / "m"))
+    assert isinstance(codes, Codes)
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(codes), model.decode(codes))
+    assert checkpoint.read_manifest(tmp_path / "m") is not None
