@@ -137,3 +137,25 @@ def test_tokenizers_are_built_on_the_layers():
                                   attn_resolutions=(8,), z_channels=8, codebook_size=8, code_dim=4,
                                   num_channels=2, fourier_frequencies=4, num_groups=4))
     assert isinstance(movq.quantizer, MultiChannelVectorQuantize)
+
+
+def test_layers_refuse_bad_arguments_and_take_empty_batches():
+    for make in (lambda: VectorQuantize(0, 8), lambda: VectorQuantize("a", 8),
+                 lambda: MultiChannelVectorQuantize(8, 6, channels=0),
+                 lambda: MaskedVectorQuantize(4, 8, num_masks=0),
+                 lambda: MaskedVectorQuantize(4, 8, dim2=True)):
+        with pytest.raises(MvqError, match="must be an integer >= 1"):
+            make()
+    vq, mvq = VectorQuantize(4, 8), MaskedVectorQuantize(4, 8, dim2=3)
+    assert vq(torch.randn(0, 5, 4))[1].shape == (0, 5)
+    assert mvq(torch.randn(0, 5, 4))[3].shape == (0, 5, 3)
+    ids = torch.zeros(1, 3, dtype=torch.long)
+    bad = [(lambda: vq.get_output_from_indices(torch.full((1, 3), 8)), r"lie in \[0, 8\)"),
+           (lambda: vq.get_output_from_indices(torch.zeros(1, 3)), "integer tensor"),
+           (lambda: mvq.get_output_from_indices(ids, ids, torch.zeros(1, 3, 5, dtype=torch.bool)),
+            r"mask has shape \(1, 3, 5\), expected \(1, 3, 3\)"),
+           (lambda: mvq.get_output_from_indices(ids, ids[:, :2], torch.zeros(1, 3, 3)),
+            "indices2 has shape")]
+    for call, message in bad:
+        with pytest.raises(MvqError, match=message):
+            call()

@@ -149,3 +149,19 @@ def test_codes_survive_save_and_load_with_the_model(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.decode(codes), model.decode(codes))
     assert checkpoint.read_manifest(tmp_path / "m") is not None
+
+
+def test_save_refuses_a_folder_of_another_kind_and_load_checks_types(tmp_path):
+    model = build_model(tiny_model_config()).eval()
+    codes = model.encode(torch.rand(4, 1, 28, 28))
+    prior = prior_class("pixelcnn").from_codes(codes, sizes={"channels": 8, "n_layers": 2})
+    prior.save_pretrained(tmp_path / "p")
+    with pytest.raises(MvqError, match="holds a prior model, not a tokenizer"):
+        model.save_pretrained(tmp_path / "p")
+    assert isinstance(mvq.load(tmp_path / "p"), Prior)  # untouched
+    model.save_pretrained(tmp_path / "t")
+    model.save_pretrained(tmp_path / "t")  # the same kind: replaced, all or nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "t"]
+    for bad in (None, 3, ["a"]):
+        with pytest.raises(MvqError, match="expected a folder path"):
+            mvq.load(bad)

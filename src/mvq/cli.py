@@ -462,7 +462,10 @@ def _add_bench(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="mvq", description="Compact discrete image tokenizers: Masked Vector Quantization "
-        "(MH-Dropout) and its hierarchical VQ baselines.",
+        "(MH-Dropout), its hierarchical VQ baselines, and MoVQ. In Python: `mvq.load(FOLDER)` "
+        "returns a saved tokenizer or prior (eval mode); `mvq.VectorQuantize`, "
+        "`mvq.MaskedVectorQuantize` and `mvq.MultiChannelVectorQuantize` drop into your own "
+        "model.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"mvq {mvq.__version__}")
     parser.add_argument("--threads", type=threads, metavar="N",

@@ -16,6 +16,7 @@ repository id (``owner/name``) is downloaded with huggingface_hub when it is ins
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import ClassVar
@@ -62,6 +63,11 @@ class Pretrained:
         ``FOLDER-STEP`` until the swap is done); any other existing folder is refused."""
         info = self._checkpoint_info()
         folder = Path(folder)
+        if (folder / "config.json").is_file():  # replace only a model of the same kind
+            held = checkpoint.read_json(folder / "config.json").get("kind")
+            if held != info["kind"]:
+                raise MvqError(f"{folder} holds a {held or 'non-mvq'} model, not a "
+                               f"{info['kind']}; save to another folder or delete that one")
         with checkpoint.writing(folder, int(info.get("step", 0))) as tmp:
             checkpoint.write_model(tmp, self, info)
         return folder
@@ -80,6 +86,9 @@ class Pretrained:
 def resolve(path_or_repo_id: str | Path) -> Path:
     """The checkpoint folder that ``path_or_repo_id`` names: the folder itself when it holds
     config.json, else its ``checkpoint/`` (a training run's folder), else a hub repository."""
+    if not isinstance(path_or_repo_id, (str, os.PathLike)):
+        raise MvqError(f"expected a folder path or a hub repository id (owner/name), found "
+                       f"{type(path_or_repo_id).__name__}")
     path = Path(path_or_repo_id)
     for folder in (path, path / "checkpoint"):
         if (folder / "config.json").is_file():

@@ -15,6 +15,7 @@ One layout for everything that is not a feature map: ids are ``(B, *grid)``, mul
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -40,13 +41,29 @@ def _check_input(x: object, dim: int, channel_first: bool, layer: str) -> torch.
     return x
 
 
+def _check_sizes(layer: str, **sizes) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MvqError(f"{layer}: {name} must be an integer >= 1, found {value!r}")
+
+
+def _check_ids(ids: object, name: str, shape: tuple | None = None) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool:
+        found = f"a {ids.dtype} tensor" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise MvqError(f"{name} must be an integer tensor of code ids, found {found}")
+    if shape is not None and tuple(ids.shape) != tuple(shape):
+        raise MvqError(f"{name} has shape {tuple(ids.shape)}, expected {tuple(shape)}")
+    return ids
+
+
 def to_columns(x: torch.Tensor, channel_first: bool) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Any ``(B, ..., D)`` (or channel-first ``(B, D, ...)``) as a ``(B, D, N, 1)`` map whose
     N positions are the input's, in order; also returns the grid ``...``."""
     if channel_first:
-        return x.flatten(2).unsqueeze(-1), tuple(x.shape[2:])
+        grid = tuple(x.shape[2:])
+        return x.reshape(*x.shape[:2], math.prod(grid), 1), grid
     grid = tuple(x.shape[1:-1])
-    return x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2).unsqueeze(-1), grid
+    return x.reshape(x.shape[0], math.prod(grid), x.shape[-1]).transpose(1, 2).unsqueeze(-1), grid
 
 
 def from_columns(z: torch.Tensor, grid: tuple[int, ...], channel_first: bool) -> torch.Tensor:
@@ -72,6 +89,7 @@ class VectorQuantize(VectorQuantizer):
 
     def __init__(self, dim: int, codebook_size: int, *, channel_first: bool = False,
                  **kwargs) -> None:
+        _check_sizes("VectorQuantize", dim=dim, codebook_size=codebook_size)
         super().__init__(codebook_size, dim, **kwargs)
         self.channel_first = channel_first
 
@@ -88,8 +106,9 @@ class VectorQuantize(VectorQuantizer):
 
     def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Code vectors for ids ``(B, *grid)``, in the layer's layout."""
+        _check_ids(indices, "indices")
         grid = tuple(indices.shape[1:])
-        codes = self.lookup(indices.reshape(indices.shape[0], -1, 1))  # (B, D, N, 1)
+        codes = self.lookup(indices.reshape(indices.shape[0], math.prod(grid), 1))  # (B, D, N, 1)
         return from_columns(codes, grid, self.channel_first)
 
 
@@ -103,7 +122,9 @@ class MultiChannelVectorQuantize(MultiChannelQuantizer):
 
     def __init__(self, dim: int, codebook_size: int, *, channels: int = 4,
                  channel_first: bool = False, **kwargs) -> None:
-        if channels < 1 or dim % channels:
+        _check_sizes("MultiChannelVectorQuantize", dim=dim, codebook_size=codebook_size,
+                     channels=channels)
+        if dim % channels:
             raise MvqError(f"MultiChannelVectorQuantize: dim={dim} must split into channels="
                            f"{channels} equal chunks; pick a divisor of dim")
         super().__init__(codebook_size, dim, channels, **kwargs)
@@ -122,8 +143,12 @@ class MultiChannelVectorQuantize(MultiChannelQuantizer):
 
     def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Vectors for ids ``(B, *grid, channels)``, in the layer's layout."""
+        _check_ids(indices, "indices")
+        if indices.dim() < 2 or indices.shape[-1] != self.channels:
+            raise MvqError(f"indices must be (B, *grid, {self.channels}), found shape "
+                           f"{tuple(indices.shape)}")
         grid = tuple(indices.shape[1:-1])
-        flat = indices.reshape(indices.shape[0], -1, 1, self.channels)
+        flat = indices.reshape(indices.shape[0], math.prod(grid), 1, self.channels)
         return from_columns(self.lookup(flat), grid, self.channel_first)
 
 
@@ -169,6 +194,9 @@ class MaskedVectorQuantize(MaskedQuantizer):
                  channel_first: bool = False, chunk_size: int = 256, search_seed: int = 0,
                  naive: bool = False, **vq_kwargs) -> None:
         dim2 = dim2 or dim
+        _check_sizes("MaskedVectorQuantize", dim=dim, codebook_size=codebook_size, dim2=dim2,
+                     codebook_size2=codebook_size2 or codebook_size, num_masks=num_masks,
+                     eval_masks=eval_masks or num_masks, chunk_size=chunk_size)
         custom = secondary_encoder is not None or f is not None
         if custom and (secondary_encoder is None or f is None):
             raise MvqError("MaskedVectorQuantize: give both secondary_encoder and f, or neither "
@@ -204,7 +232,7 @@ class MaskedVectorQuantize(MaskedQuantizer):
     def _restore(self, y: torch.Tensor, batch: int, grid: tuple[int, ...]) -> torch.Tensor:
         if not self.per_position:
             return y
-        cols = y.reshape(batch, -1, self.dim, 1).permute(0, 2, 1, 3)  # (B, D, N, 1)
+        cols = y.reshape(batch, math.prod(grid), self.dim, 1).permute(0, 2, 1, 3)  # (B, D, N, 1)
         return from_columns(cols, grid, self.channel_first)
 
     def forward(self, x: torch.Tensor):
@@ -224,8 +252,15 @@ class MaskedVectorQuantize(MaskedQuantizer):
     def get_output_from_indices(self, indices: torch.Tensor, indices2: torch.Tensor,
                                 mask: torch.Tensor) -> torch.Tensor:
         """``e + f(e' * m)`` for ids and mask in the layouts ``forward`` returns."""
+        _check_ids(indices, "indices"), _check_ids(indices2, "indices2")
+        if not isinstance(mask, torch.Tensor):
+            raise MvqError(f"mask must be a bool tensor, found {type(mask).__name__}")
         if not self.per_position:
             return self.decode_codes(indices, indices2, mask)
+        _check_ids(indices2, "indices2", indices.shape)
+        if tuple(mask.shape) != (*indices.shape, self.dim2):
+            raise MvqError(f"mask has shape {tuple(mask.shape)}, expected "
+                           f"{(*indices.shape, self.dim2)} (the ids' shape, then D')")
         b, grid = indices.shape[0], tuple(indices.shape[1:])
         flat = (indices.reshape(-1, 1, 1), indices2.reshape(-1, 1, 1),
                 mask.reshape(-1, 1, 1, self.dim2))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq import distributed
+from mvq.errors import MvqError
 
 
 @dataclass
@@ -94,8 +95,8 @@ class VectorQuantizer(nn.Module):
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Code vectors for ids. indices: (B, H, W) -> (B, D, H, W)."""
-        if indices.min() < 0 or indices.max() >= self.num_codes:
-            raise ValueError(
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codes):
+            raise MvqError(
                 f"code ids must lie in [0, {self.num_codes}), found "
                 f"[{int(indices.min())}, {int(indices.max())}]"
             )
