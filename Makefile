@@ -35,9 +35,11 @@ weights: $(STAMP)
 demo: setup
 	$(VENV)/bin/mvq demo
 
-# deptry: every import of src/ declared in pyproject.toml, nothing declared unused
+# deptry: every import of src/ declared in pyproject.toml, nothing declared unused;
+# mkdocs: the docs and the API reference build without a warning
 test: setup
 	$(VENV)/bin/deptry src
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .cache/site
 	$(PY) -m pytest -q
 
 bench: setup

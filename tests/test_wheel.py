@@ -23,7 +23,7 @@ from mvq.data import fashion_mnist_available
 from mvq.metrics.weights import install_offline_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+README = ROOT / "README.md"  # its Python examples and the docs' drop-in example run there
 # torch, torchvision and what they import, as installed beside the test suite
 PINNED = ["torch", "torchvision", "typing-extensions", "sympy", "mpmath", "networkx", "jinja2",
           "MarkupSafe", "fsspec", "filelock"]
@@ -47,11 +47,13 @@ def _link_pinned(into: Path) -> None:
                 dst.symlink_to(src)
 
 
-def _drop_in_example() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    found = [b for b in blocks if "MaskedVectorQuantize" in b and "class" in b]
-    assert found, "the README's drop-in example (a class using MaskedVectorQuantize) is missing"
-    return found[0]
+def _examples() -> str:
+    """The README's Python blocks and the drop-in autoencoder of docs/python-api.md."""
+    readme = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    api = re.findall(r"```python\n(.*?)```", (ROOT / "docs/python-api.md").read_text(), flags=re.S)
+    found = [b for b in api if "MaskedVectorQuantize" in b and "class" in b]
+    assert readme and found, "the README's examples or the drop-in autoencoder are missing"
+    return "\n".join([*readme, found[0]])
 
 
 @pytest.mark.slow
@@ -87,7 +89,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     state = _run([str(py), "-c", "import mvq; m = mvq.load('run'); "
                   "print(type(m).__name__, m.training, m.checkpoint_info['step'])"], work, env)
     assert state.split()[1:] == ["False", "4"], state
-    (work / "example.py").write_text(_drop_in_example())
+    (work / "example.py").write_text(_examples())
     _run([str(py), "example.py"], work, env)
     # the metrics need the `all` extra; a missing one is named with how to get it
     core_only = subprocess.run([str(mvq), "evaluate", "--checkpoint", "run", "--n", "8",

@@ -9,7 +9,6 @@ Import this module before anything that imports torchvision (torchmetrics, lpips
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import torch
@@ -47,17 +46,11 @@ def ensure_torchvision() -> bool:
     return True
 
 
-def require(module: str, extra: str = "metrics"):
-    """``import module``, or MvqError naming the extra of mvq that installs it (the optional
-    dependencies: metrics, explore, bench, hub)."""
-    try:
-        if module == "torchvision" or module.startswith("torchvision."):
-            ensure_torchvision()
-        return importlib.import_module(module)
-    except ImportError:
-        top = module.split(".")[0]
-        raise MvqError(f"{top} is not installed: this needs mvq's `{extra}` extra, "
-                       f"`pip install 'mvq[{extra}]'` (or `pip install 'mvq[all]'`)") from None
+def missing(package: str, extra: str = "metrics") -> MvqError:
+    """The error for an optional dependency that is not installed: it names the extra of mvq
+    that installs it. Use as ``except ImportError: raise missing("lpips") from None``."""
+    return MvqError(f"{package} is not installed: this needs mvq's `{extra}` extra, "
+                    f"`pip install 'mvq[{extra}]'` (or `pip install 'mvq[all]'`)")
 
 
 ensure_torchvision()

@@ -29,7 +29,7 @@ EPILOG = """examples:
   mvq reconstruct --checkpoint runs/fmnist_f28_k16_quick/checkpoint --out recon.png
   mvq evaluate --checkpoint runs/demo/mvqvae/checkpoint --n 1000
   mvq evaluate --checkpoint runs/demo/mvqvae/checkpoint --prior runs/priordemo/mvq_prior/checkpoint
-  mvq compare runs/*/checkpoint/eval_test_1000.json
+  mvq compare runs/*/eval_test_1000.json
   mvq bench sampling --threads 1 --lengths 256,1024
   mvq reproduce fig5 --scale quick --dry-run
 """
@@ -173,8 +173,9 @@ def _add_evaluate(sub) -> None:
                    help="with --prior: sample from the k most likely ids")
     _add_decoding(p, "with --prior: ")
     _add_force(p)
-    p.add_argument("--json", help="write the result here (default CHECKPOINT/eval_SPLIT_N.json, "
-                   "with --prior PRIOR/eval_samples_SPLIT_N.json)")
+    p.add_argument("--json", help="write the result here (default: the run folder, "
+                   "OUT_DIR/eval_SPLIT_N.json for OUT_DIR/checkpoint; with --prior "
+                   "PRIOR_RUN/eval_samples_SPLIT_N.json)")
     p.add_argument("--md", help="write a markdown table here (default beside the JSON)")
     p.add_argument("--data-root", help="override the checkpoint's data root")
     p.add_argument("--refine", action="store_true", help="MVQ only: refine each bank mask by "
@@ -189,7 +190,7 @@ def _add_compare(sub) -> None:
         description="Print a markdown table with a row per evaluation result and a column per "
         "metric; warns when the results differ in data set, split or N.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  mvq compare runs/movq_fmnist_*_quick/checkpoint/eval_test_1000.json",
+        epilog="example:\n  mvq compare runs/movq_fmnist_*_quick/eval_test_1000.json",
     )
     p.add_argument("results", nargs="+", help="JSON files written by `mvq evaluate`")
     p.add_argument("--names", help="comma-separated row names (default: each run's folder)")
@@ -577,7 +578,9 @@ def cmd_evaluate(args) -> int:
     def reports(n: int) -> tuple[Path, Path]:  # checked before any work and again when written
         stem = f"eval_samples_{args.split}_{n}" if args.prior else f"eval_{args.split}_{n}"
         stem += "_refine" if args.refine and not args.prior else ""
-        json_path = Path(args.json or Path(args.prior or args.checkpoint) / f"{stem}.json")
+        base = Path(args.prior or args.checkpoint)
+        base = base.parent if base.name == "checkpoint" else base  # the run folder, not the
+        json_path = Path(args.json or base / f"{stem}.json")  # checkpoint training replaces
         md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
         for path, option in ((json_path, "--json"), (md_path, "--md")):
             check_output(path, args.overwrite, option, beside_checkpoint=True)

@@ -166,9 +166,10 @@ def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
     """
     from mvq.checkpoint import read_info
     from mvq.outputs import check_output
+    from mvq.pretrained import resolve
 
     check_sampling(temperature, top_k, top_p)
-    size = int(read_info(tokenizer_dir)["config"]["model"]["image_size"])
+    size = int(read_info(resolve(tokenizer_dir))["config"]["model"]["image_size"])
     check_grid_size(*grid_shape(max(n, 1)), size, scale, "lower --n or --scale")
     check_output(out, overwrite, "--out")
     _, images = sample_codes_and_images(tokenizer_dir, prior_dir, n, temperature, top_k, seed,

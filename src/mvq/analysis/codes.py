@@ -21,9 +21,9 @@ SUM_MODES = ("codes", "outputs")
 def load_mvq(checkpoint: str | Path, device: str = "cpu") -> tuple[MVQVAE, object]:
     """(model in eval mode, config) of an MVQ checkpoint; MvqError for any other tokenizer."""
     from mvq.checkpoint import read_info
-    from mvq.pretrained import load_tokenizer
+    from mvq.pretrained import load_tokenizer, resolve
 
-    kind = read_info(checkpoint).get("model_type")
+    kind = read_info(resolve(checkpoint)).get("model_type")
     if kind not in ("mvqvae", "mvqgan"):
         raise MvqError(f"{checkpoint} holds a {kind} checkpoint; the mask analyses need an MVQ "
                        "tokenizer (mvqvae or mvqgan), whose codes carry a mask: pass one of those")

@@ -18,6 +18,7 @@ import warnings
 import torch
 
 import mvq  # noqa: F401
+from mvq._compat import missing
 from mvq.quantize import VectorQuantizer
 
 warnings.filterwarnings("ignore")
@@ -31,7 +32,10 @@ CASES = [  # (batch, tokens, dim, codebook size)
 
 
 def run(case, repeats: int) -> dict:
-    from vector_quantize_pytorch import VectorQuantize
+    try:
+        from vector_quantize_pytorch import VectorQuantize
+    except ImportError:  # an optional dependency
+        raise missing("vector-quantize-pytorch", "bench") from None
 
     b, n, d, k = case
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq._compat import require
+from mvq._compat import missing
 from mvq.errors import MvqError
 from mvq.metrics.weights import (
     _atomic_write,
@@ -37,7 +37,10 @@ def build_fid_inception(state_dict: dict[str, torch.Tensor] | None) -> nn.Module
     Mirrors ``pytorch_fid.inception.fid_inception_v3`` but takes the state dict instead of
     downloading it. ``state_dict=None`` returns the uninitialised skeleton.
     """
-    pfi = require("pytorch_fid.inception")
+    try:
+        from pytorch_fid import inception as pfi
+    except ImportError:  # an optional dependency
+        raise missing("pytorch-fid", "metrics") from None
 
     net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
     net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
@@ -216,7 +219,10 @@ def frechet_distance(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
 ) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), computed as pytorch-fid does (scipy sqrtm)."""
-    linalg = require("scipy.linalg")
+    try:
+        from scipy import linalg
+    except ImportError:  # an optional dependency
+        raise missing("scipy", "metrics") from None
 
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)

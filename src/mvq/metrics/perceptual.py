@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq._compat import require
+from mvq._compat import missing
 from mvq.errors import MvqError
 from mvq.metrics.weights import (
     _canonical_net,
@@ -74,7 +74,10 @@ class LPIPS(nn.Module):
         self, net: str = "alex", weights: str | os.PathLike | None = None, version: str = "0.1"
     ) -> None:
         super().__init__()
-        lpips = require("lpips")
+        try:
+            import lpips
+        except ImportError:  # an optional dependency
+            raise missing("lpips", "metrics") from None
 
         self.net_name = _canonical_net(net)
         path = lpips_backbone_path(self.net_name, weights)

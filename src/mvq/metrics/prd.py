@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from mvq._compat import require
+from mvq._compat import missing
 from mvq.errors import MvqError
 
 
@@ -28,7 +28,10 @@ def cluster_histograms(
     """Cluster the union with mini-batch k-means (scikit-learn's ``MiniBatchKMeans``, as the
     reference code does, ``n_init`` = 10 there too); return (real_hist, fake_hist), each
     (num_clusters,) summing to 1."""
-    MiniBatchKMeans = require("sklearn.cluster").MiniBatchKMeans  # noqa: N806
+    try:
+        from sklearn.cluster import MiniBatchKMeans
+    except ImportError:  # an optional dependency
+        raise missing("scikit-learn", "metrics") from None
 
     # generated rows first, as the reference stacks them (mini-batch k-means sees rows in order)
     data = torch.cat([fake, real]).detach().cpu().double().numpy()

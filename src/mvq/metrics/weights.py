@@ -34,7 +34,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from mvq._compat import require
+from mvq._compat import missing
 from mvq.errors import MvqError
 from mvq.outputs import atomic_write
 
@@ -149,7 +149,10 @@ def convert_inception_carrier(src: Path) -> dict[str, torch.Tensor]:
     bn.weight = 1, bn.bias = beta, bn.running_mean/var = mean/var. ``fc`` (1008 logits, absent
     from the carrier) is zero-filled so the file loads strictly into pytorch-fid.
     """
-    BasicConv2d = require("torchvision.models.inception").BasicConv2d  # noqa: N806
+    try:
+        from torchvision.models.inception import BasicConv2d
+    except ImportError:  # an optional dependency
+        raise missing("torchvision", "metrics") from None
 
     from mvq.metrics.fid import build_fid_inception
 
@@ -247,7 +250,10 @@ def load_numpy_pickle(path: str | os.PathLike) -> dict:
 
 
 def _torchvision_conv_indices(net: str) -> list[int]:
-    models = require("torchvision.models")
+    try:
+        from torchvision import models
+    except ImportError:  # an optional dependency
+        raise missing("torchvision", "metrics") from None
 
     feats = (models.alexnet if net == "alex" else models.vgg16)(weights=None).features
     return [i for i, m in enumerate(feats) if isinstance(m, torch.nn.Conv2d)]

@@ -81,14 +81,15 @@ class VectorQuantize(VectorQuantizer):
     commitment term ``beta * ||x - sg[e]||^2`` (plus ``||sg[x] - e||^2`` when ``ema=False``).
 
     Args:
-        dim: vector size D. codebook_size: entries K.
+        dim: vector size D.
+        codebook_size: entries K.
         channel_first: inputs are ``(B, D, ...)`` feature maps.
-        beta, ema, decay, restart_dead, dead_threshold, kmeans_init: see
-            :class:`~mvq.quantize.vq.VectorQuantizer`.
+        **kwargs: ``beta``, ``ema``, ``decay``, ``restart_dead``, ``dead_threshold``,
+            ``kmeans_init`` of :class:`~mvq.quantize.vq.VectorQuantizer`.
     """
 
     def __init__(self, dim: int, codebook_size: int, *, channel_first: bool = False,
-                 **kwargs) -> None:
+                 **kwargs: object) -> None:
         _check_sizes("VectorQuantize", dim=dim, codebook_size=codebook_size)
         super().__init__(codebook_size, dim, **kwargs)
         self.channel_first = channel_first
@@ -179,12 +180,21 @@ class MaskedVectorQuantize(MaskedQuantizer):
     ``(B, H', W', D')``.
 
     Args:
-        dim: D. codebook_size: K of the primary codebook (the paper gives each codebook K/2).
-        dim2: D' (default D). codebook_size2: K' (default K).
-        num_masks: J, hypotheses per instance while training. eval_masks: the bank size at
-            inference (default J). hidden: width of the default f.
-        chunk_size, search_seed, naive: see :class:`~mvq.quantize.masked.MaskedQuantizer`.
-        beta, ema, decay, restart_dead, dead_threshold, kmeans_init: both codebooks' settings.
+        dim: D, the input's vector size.
+        codebook_size: K of the primary codebook (the paper gives each codebook K/2).
+        dim2: D', the secondary code's size and the mask's bits (default D).
+        codebook_size2: K' of the secondary codebook (default K).
+        num_masks: J, hypotheses per instance while training.
+        eval_masks: the size of the seeded bank searched at inference (default J).
+        secondary_encoder: E', (B, D, H, W) -> (B, D', H', W') (default: a 1x1 convolution).
+        f: (B, D', H', W') -> (B, D, H, W) (default: a 1x1 two-layer MLP).
+        hidden: width of the default f (default 2 max(D, D')).
+        channel_first: inputs are ``(B, D, ...)`` feature maps.
+        chunk_size: hypotheses scored at once in the search (memory bound, not a result).
+        search_seed: seed of the inference bank.
+        naive: score all J hypotheses with autograd (a reference; slower, same gradients).
+        **vq_kwargs: both codebooks' ``beta``, ``ema``, ``decay``, ``restart_dead``,
+            ``dead_threshold``, ``kmeans_init``.
     """
 
     def __init__(self, dim: int, codebook_size: int, *, dim2: int | None = None,
@@ -192,7 +202,7 @@ class MaskedVectorQuantize(MaskedQuantizer):
                  eval_masks: int | None = None, secondary_encoder: nn.Module | None = None,
                  f: nn.Module | None = None, hidden: int | None = None,
                  channel_first: bool = False, chunk_size: int = 256, search_seed: int = 0,
-                 naive: bool = False, **vq_kwargs) -> None:
+                 naive: bool = False, **vq_kwargs: object) -> None:
         dim2 = dim2 or dim
         _check_sizes("MaskedVectorQuantize", dim=dim, codebook_size=codebook_size, dim2=dim2,
                      codebook_size2=codebook_size2 or codebook_size, num_masks=num_masks,

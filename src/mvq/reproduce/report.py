@@ -8,7 +8,7 @@ import math
 import statistics
 from pathlib import Path
 
-from mvq._compat import require
+from mvq._compat import missing
 from mvq.outputs import atomic_write, write_text
 from mvq.reproduce.plan import Plan
 
@@ -141,8 +141,13 @@ def plot(plan: Plan, cells: list[dict], path: Path) -> Path | None:
     horizontal band (mean ± std)."""
     if plan.plot is None:
         return None
-    require("matplotlib", "explore").use("Agg")
-    plt = require("matplotlib.pyplot", "explore")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # an optional dependency
+        raise missing("matplotlib", "explore") from None
 
     x_key, series_key = plan.plot
     series = sorted({c["labels"].get(series_key) for c in cells}, key=str)

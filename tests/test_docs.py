@@ -1,0 +1,109 @@
+"""The README's and docs/'s examples run as written (docs cannot rot): every Python block runs
+(a `print(...)  # shown` line prints what its comment shows), every `mvq ...` command line in a
+shell block is accepted by the CLI's parser, every relative link points at a file, and the
+README stays short."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from mvq import presets
+from mvq.cli import COMMANDS, build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = {page: re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S) for page in PAGES}
+CASES = [(page, i) for page, blocks in BLOCKS.items() for i in range(len(blocks))]
+
+
+def _name(case) -> str:
+    return f"{case[0].relative_to(ROOT)}-{case[1]}" if isinstance(case, tuple) else str(case)
+
+
+def test_docs_have_python_examples():
+    assert len(BLOCKS[ROOT / "README.md"]) >= 1 and len(BLOCKS[ROOT / "docs/python-api.md"]) >= 3
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_name(c) for c in CASES])
+def test_python_block_runs(case, tmp_path, monkeypatch, capsys):
+    """Each block runs after the earlier blocks of its page (they may define names)."""
+    page, index = case
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in BLOCKS[page][:index]:
+        exec(compile(block, f"{page.name} block", "exec"), namespace)
+    capsys.readouterr()
+    exec(compile(BLOCKS[page][index], f"{page.name} block {index}", "exec"), namespace)
+    shown = [c.strip() for c in re.findall(r"^print\(.*\)[ \t]*#(.*)$", BLOCKS[page][index],
+                                            flags=re.M)]
+    assert capsys.readouterr().out.splitlines() == shown
+
+
+def _fenced(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced block, fences paired in order."""
+    blocks, lang, body = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if lang is None:
+                lang, body = line[3:].strip(), []
+            else:
+                blocks.append((lang, "\n".join(body)))
+                lang = None
+        elif lang is not None:
+            body.append(line)
+    return blocks
+
+
+def _command_lines(text: str) -> list[str]:
+    """`mvq ...` lines of the shell blocks, continuation lines joined, comments dropped."""
+    lines = []
+    for lang, block in _fenced(text):
+        if lang not in ("", "bash", "sh", "console"):
+            continue
+        for line in block.replace("\\\n", " ").splitlines():
+            if line[:1].isspace():  # an indented line: part of a diagram, not a command
+                continue
+            line = line.split(" #")[0].strip()
+            for prefix in (".venv/bin/", "OMP_NUM_THREADS=1 "):
+                line = line.removeprefix(prefix)
+            if line.startswith("mvq "):
+                lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_shell_commands_parse(page, capsys):
+    """Every `mvq` command shown is a real subcommand whose options the parser accepts, and
+    every preset named exists."""
+    parser = build_parser()
+    text = page.read_text()
+    for line in _command_lines(text):
+        argv = shlex.split(line)[1:]
+        assert argv[0].startswith("-") or argv[0] in COMMANDS, line
+        if "--help" in argv or "-h" in argv:
+            continue
+        try:
+            parser.parse_args(argv)
+        except SystemExit as stop:
+            pytest.fail(f"{page.name}: `{line}` is refused by the CLI: "
+                        f"{capsys.readouterr().err.strip().splitlines()[-1:]} ({stop.code})")
+    for name in set(re.findall(r"--config ([a-z0-9_]+)", text)):  # NAME: a placeholder
+        assert presets.is_preset(name), f"{page.name}: preset {name}"
+
+
+def test_relative_links_point_at_files():
+    for page in [*PAGES, ROOT / "RESULTS.md"]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to {target}"
+
+
+def test_readme_is_short_and_points_at_every_page():
+    text = (ROOT / "README.md").read_text()
+    assert text.count("\n") < 200
+    for page in PAGES[1:]:
+        if page.name != "index.md":
+            assert f"docs/{page.name}" in text, page.name
