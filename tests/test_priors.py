@@ -97,6 +97,9 @@ def test_cached_and_naive_generation_agree():
     a = model.generate(4, 12, generator=torch.Generator().manual_seed(3))
     b = model.generate(4, 12, generator=torch.Generator().manual_seed(3), use_cache=False)
     assert a.shape == (4, 12) and torch.equal(a, b)
+    model.fused_decode = False  # the cached steps through Block, not the fused single-token step
+    c = model.generate(4, 12, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, c)
 
 
 def test_gpt_is_causal():

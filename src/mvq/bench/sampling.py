@@ -6,6 +6,8 @@ image's codes (primary, secondary, random mask) with
   naive     full recompute of the whole prefix for every token, batch 1
   cached    KV cache (preallocated, single-token steps), batch 1
   cached/64 KV cache, batch 64, time per image
+  unfused   the cached sampler with each step through the transformer Block (the training
+            code) instead of the fused single-token step: what the fused step buys
   maskgit   a bidirectional transformer with the primary stage's width/depth over the S+1
             tokens, 8 and 12 parallel decoding steps, batch 1 (skipped where S+1 is
             fewer tokens than steps: a step that reveals nothing is no decoding step)
@@ -93,8 +95,18 @@ def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: in
     sizes = table4_size(length)
     prior = MVQPrior(grid(length), [vocab, vocab], (1, 1), mask_dim=MASK_DIM, sizes=sizes).eval()
     maskgit = MaskGIT(MaskGITConfig(vocab, length + 1, 1, **sizes["primary"])).eval()
+    def unfused():  # the same cached sampler with every step through `Block.forward`
+        for gpt in (prior.primary, prior.secondary):
+            gpt.fused_decode = False
+        try:
+            prior.sample(1, seed=0)
+        finally:
+            for gpt in (prior.primary, prior.secondary):
+                gpt.fused_decode = True
+
     cells = {
         "cached": lambda: prior.sample(1, seed=0),
+        "unfused": unfused,
         f"cached_b{batch}": lambda: prior.sample(batch, seed=0),
     }
     for steps in (8, 12):  # a step must reveal a token: no more steps than the S+1 tokens
@@ -119,6 +131,7 @@ def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: in
            "primary_params_m": prior.primary.num_params / 1e6,
            "secondary_params_m": prior.secondary.num_params / 1e6,
            "naive_s": med.get("naive"), "cached_s": med["cached"],
+           "unfused_s": med["unfused"], "speedup_fused": med["unfused"] / med["cached"],
            f"cached_b{batch}_s_per_image": med[f"cached_b{batch}"],
            "maskgit8_s": med.get("maskgit8"), "maskgit12_s": med.get("maskgit12")}
     row["speedup_cached_vs_naive"] = (med["naive"] / med["cached"]) if "naive" in med else None
@@ -182,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     if any(r["maskgit12_s"] is None for r in rows):
         print("maskgit n/a: S+1 tokens are fewer than the steps (each step reveals a token)")
     print(f"\nspeed-ups, same run: {'tokens':>7} | {'naive/cached':>12} | "
-          f"{f'cached/cached b{b}':>17} | {'cached/maskgit 8':>16} | {'cached/maskgit 12':>17}")
+          f"{f'cached/cached b{b}':>17} | {'cached/maskgit 8':>16} | {'cached/maskgit 12':>17} | "
+          f"{'unfused/cached':>14}")
     def ratio(a, c):
         return f"{a / c:.1f}x" if a is not None and c else "-"
 
@@ -190,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'':21} {r['tokens']:>7} | {ratio(r['naive_s'], r['cached_s']):>12} | "
               f"{ratio(r['cached_s'], r[f'cached_b{b}_s_per_image']):>17} | "
               f"{ratio(r['cached_s'], r['maskgit8_s']):>16} | "
-              f"{ratio(r['cached_s'], r['maskgit12_s']):>17}")
+              f"{ratio(r['cached_s'], r['maskgit12_s']):>17} | "
+              f"{ratio(r['unfused_s'], r['cached_s']):>14}")
     print(f"\nbound: a batch-1 cached step reads every primary weight once and the cached keys "
           f"and values; those reads alone take (median of 20, this run; cache at the mean "
           f"length (S + 1) / 2):")

@@ -189,6 +189,9 @@ def init_weights(module: nn.Module, n_layer: int) -> None:
 class GPT(nn.Module):
     """Causal transformer over (B, T) token ids, T <= block_size, optional class condition."""
 
+    #: eval-mode single-token steps take `_decode_one` (off: through `Block`, as in training)
+    fused_decode: bool = True
+
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -279,44 +282,34 @@ class GPT(nn.Module):
             if idx is not None and idx.shape[1]:
                 x = torch.cat([x, self._embed(idx, 1)], 1)
         else:
-            if idx.shape[1] == 1 and not self.training:
+            if idx.shape[1] == 1 and not self.training and self.fused_decode:
                 return self._decode_one(idx[:, 0], cache)
             x = self._embed(idx, cache.pos)
         return self.head(self._trunk(x, cache)[:, -1])
 
+    @torch.no_grad()
     def _decode_weights(self) -> tuple:
-        """The weights of the single-token step: linear weights transposed to (in, out).
-
-        A one-row ``x @ W`` reads W (in, out) row by row; the query rows of the qkv projection
-        carry the attention scale 1/sqrt(head_dim), so the step needs no separate multiply.
-        The copy is made once and rebuilt only when a parameter changed (optimizer step,
-        ``load_state_dict``, ``.to()``): the key is every parameter's storage and version. A
-        KVCache takes them at its first single-token step, so the key is checked once per
-        sequence.
-        """
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
-        cached = self.__dict__.get("_packed")
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        """The weights of the single-token step, packed once per sequence (a KVCache keeps
+        them): linear weights transposed to (in, out), so a one-row ``x @ W`` reads W row by
+        row; the query rows of the qkv projection carry the attention scale 1/sqrt(head_dim) and
+        the MLP weights GELU's 1/sqrt(2), so the step needs no separate multiplies."""
         c = self.cfg.n_embd
         scale = 1.0 / math.sqrt(c // self.cfg.n_head)
-        with torch.no_grad():
-            def t(w: torch.Tensor) -> torch.Tensor:
-                return w.detach().t().contiguous()
 
-            blocks = []
-            for b in self.blocks:
-                wqkv, bqkv = t(b.attn.qkv.weight), b.attn.qkv.bias.detach().clone()
-                wqkv[:, :c] *= scale
-                bqkv[:c] *= scale
-                blocks.append((b.ln1.weight.detach(), b.ln1.bias.detach(), b.ln1.eps, wqkv, bqkv,
-                               t(b.attn.proj.weight), b.attn.proj.bias.detach(),
-                               b.ln2.weight.detach(), b.ln2.bias.detach(), b.ln2.eps,
-                               t(b.mlp[0].weight) * _INV_SQRT2, b.mlp[0].bias.detach() * _INV_SQRT2,
-                               t(b.mlp[2].weight) * _INV_SQRT2, b.mlp[2].bias.detach()))
-            packed = (tuple(blocks), t(self.head.weight))
-        self.__dict__["_packed"] = (key, packed)
-        return packed
+        def t(w: torch.Tensor) -> torch.Tensor:
+            return w.detach().t().contiguous()
+
+        blocks = []
+        for b in self.blocks:
+            wqkv, bqkv = t(b.attn.qkv.weight), b.attn.qkv.bias.detach().clone()
+            wqkv[:, :c] *= scale
+            bqkv[:c] *= scale
+            blocks.append((b.ln1.weight.detach(), b.ln1.bias.detach(), b.ln1.eps, wqkv, bqkv,
+                           t(b.attn.proj.weight), b.attn.proj.bias.detach(),
+                           b.ln2.weight.detach(), b.ln2.bias.detach(), b.ln2.eps,
+                           t(b.mlp[0].weight) * _INV_SQRT2, b.mlp[0].bias.detach() * _INV_SQRT2,
+                           t(b.mlp[2].weight) * _INV_SQRT2, b.mlp[2].bias.detach()))
+        return tuple(blocks), t(self.head.weight)
 
     @torch.no_grad()
     def _decode_one(self, tok: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -327,7 +320,11 @@ class GPT(nn.Module):
         attention scale folded in and GELU's 1/sqrt(2) folded into the MLP (`_decode_weights`),
         writes the new key/value rows straight into the cache and attends with two bmm calls
         over the filled part (one query row needs no causal mask). Inference only:
-        `step_logits` takes it in eval mode.
+        `step_logits` takes it in eval mode unless ``fused_decode`` is off.
+
+        It repeats `Block.forward`'s maths on purpose: `mvq bench sampling` measures what it
+        buys against the same cached sampler through `Block` (column "unfused"), and a test
+        keeps both paths' tokens equal (tests/test_priors.py).
         """
         b, c, pos = tok.shape[0], self.cfg.n_embd, cache.pos
         nh = self.cfg.n_head
