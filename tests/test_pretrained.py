@@ -165,3 +165,16 @@ def test_save_refuses_a_folder_of_another_kind_and_load_checks_types(tmp_path):
     for bad in (None, 3, ["a"]):
         with pytest.raises(MvqError, match="expected a folder path"):
             mvq.load(bad)
+
+
+def test_weights_hash_is_the_one_recorded_before_the_rename():
+    """Token files and priors record the tokenizer weights' sha256; the hash is taken under the
+    names of before E' moved into the MVQ layer, so they still match."""
+    from mvq.metrics.weights import state_dict_sha256
+
+    model = build_model(tiny_model_config())
+    old = {k.replace("mvq.secondary_encoder.", "encoder2."): v for k, v in model.state_dict().items()}
+    assert any(k.startswith("encoder2.") for k in old)
+    assert checkpoint.tensors_sha256(model) == state_dict_sha256(old)
+    other = build_model(tiny_model_config(type="hvqvae"))
+    assert checkpoint.tensors_sha256(other) == state_dict_sha256(other.state_dict())

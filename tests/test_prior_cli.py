@@ -17,7 +17,9 @@ from mvq.models import build_model
 from mvq.sample import grid_shape, sample_images
 from mvq.tokens import encode_dataset, load_tokens
 from mvq.train import train
-from mvq.train.prior import load_prior, train_prior, validate_prior
+from mvq.pretrained import load_prior
+from mvq.priors.base import validate_prior
+from mvq.train.prior import train_prior
 
 TINY = {"primary": dict(n_layer=1, n_head=2, n_embd=16),
         "secondary": dict(n_layer=1, n_head=2, n_embd=16)}

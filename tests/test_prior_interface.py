@@ -18,7 +18,8 @@ from mvq.priors import PRIORS, MaskGITPrior, default_kind, layout_of, prior_clas
 from mvq.sample import sample_codes_and_images
 from mvq.tokens import encode_dataset, load_tokens
 from mvq.train import train
-from mvq.train.prior import load_prior, train_prior
+from mvq.pretrained import load_prior
+from mvq.train.prior import train_prior
 
 SIZES = {"gpt": {"primary": dict(n_layer=1, n_head=2, n_embd=16),
                  "secondary": dict(n_layer=1, n_head=2, n_embd=16)},

@@ -371,7 +371,7 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
     grid = class_grid(records, tmp_path / "grid.png", "cpu", per_class=3)
     from PIL import Image
 
-    from mvq.train.prior import load_prior
+    from mvq.pretrained import load_prior
 
     classes = load_prior(rows[3]["checkpoint"])[0].num_classes
     assert classes >= 2

@@ -77,7 +77,7 @@ def threads(text: str) -> int:
 
 def device_name(text: str) -> str:
     """auto, cpu, cuda, cuda:N or mps, and present on this machine."""
-    from mvq.config import check_device
+    from mvq.devices import check_device
     from mvq.errors import MvqError
 
     try:

@@ -324,7 +324,10 @@ def tensors_sha256(module: torch.nn.Module) -> str:
     weights a token file and the prior trained on it came from."""
     from mvq.metrics.weights import state_dict_sha256
 
-    return state_dict_sha256(module.state_dict())
+    # under the names the weights had when the hash was first recorded, so a rename of a
+    # module (E' moving into the MVQ layer) does not orphan token files and priors
+    legacy = getattr(module, "legacy_state_dict", None)
+    return state_dict_sha256(legacy() if legacy else module.state_dict())
 
 
 # --- training state: optimizers, extra modules, RNG ----------------------------------------

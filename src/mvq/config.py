@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from mvq import presets
+from mvq.devices import check_device
 from mvq.errors import MvqError
 from mvq.fields import ANY, Range, at_least, build_checked, one_of, positive, unit_interval
 
@@ -250,30 +251,6 @@ def model_hash(model: ModelConfig) -> str:
     """Short hash of the architecture config (tags codes and token files)."""
     blob = json.dumps(asdict(model), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def check_device(name: str) -> None:
-    """MvqError unless ``name`` (auto, cpu, cuda, cuda:N, mps) names a device this machine has."""
-    import torch
-
-    if name == "auto":
-        return
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise MvqError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise MvqError(f"device {name!r} requested but this machine has no usable CUDA GPU; "
-                           "use device auto or cpu")
-        if dev.index is not None and dev.index >= count:
-            raise MvqError(f"device {name!r} requested but this machine has {count} CUDA "
-                           f"GPU(s) (cuda:0..cuda:{count - 1}); pick one of those")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise MvqError(f"device {name!r} requested but MPS is not available; use auto or cpu")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise MvqError(f"unsupported device {name!r}: expected auto, cpu, cuda or cuda:N")
 
 
 def check_writable(folder: str | Path, what: str = "output folder") -> None:

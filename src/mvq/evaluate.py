@@ -43,7 +43,7 @@ from mvq.metrics.fid import default_stats_dir, frechet_distance, mean_cov, stats
 from mvq.metrics.perceptual import lpips_resize
 from mvq.metrics.weights import weights_sha256
 from mvq.outputs import write_text
-from mvq.train.loop import pick_device
+from mvq.devices import pick_device
 
 METRICS = ("mse", "psnr", "ssim", "lpips", "rfid", "prd", "usage")
 FEATURE_EXTRACTOR = "pytorch-fid FIDInceptionV3 pool3 2048-d"
@@ -372,7 +372,8 @@ def evaluate_samples(
         decoding_options,
         sample_batches,
     )
-    from mvq.train.prior import load_prior, validate_prior
+    from mvq.pretrained import load_prior
+    from mvq.priors.base import validate_prior
 
     t0 = time.time()
     chosen = _check_metrics(metrics, SAMPLE_METRICS, "sample metric")

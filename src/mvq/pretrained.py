@@ -21,10 +21,9 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
-import torch
-
 from mvq import checkpoint
-from mvq.config import check_device, config_from_dict
+from mvq.config import config_from_dict
+from mvq.devices import pick_device
 from mvq.errors import MvqError
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -122,8 +121,7 @@ def load(path_or_repo_id: str | Path, device: str = "cpu"):
     """Whatever the folder holds — a :class:`~mvq.models.Tokenizer` or a
     :class:`~mvq.priors.Prior` — rebuilt from its config, its weights checked against the
     manifest, in eval mode on ``device``. ``model.checkpoint_info`` is its config.json."""
-    check_device(device)  # before reading: a missing GPU is no damaged checkpoint
-    dev = str(_auto() if device == "auto" else torch.device(device))
+    dev = str(pick_device(device))  # checked before reading: no GPU is no damaged checkpoint
     folder = resolve(path_or_repo_id)
     info = checkpoint.read_json(folder / "config.json")
     kind = info.get("kind")
@@ -152,5 +150,9 @@ def load_tokenizer(path: str | Path, expect_type: str | None = None, device: str
     return model, config_from_dict(info["config"]), info
 
 
-def _auto() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def load_prior(path: str | Path, device: str = "cpu"):
+    """(prior in eval mode, its config.json) — for the commands that need its training record."""
+    model = load(path, device)
+    if model.checkpoint_info.get("kind") != "prior":
+        raise MvqError(f"{path} holds a {type(model).__name__}, not a Prior")
+    return model, model.checkpoint_info

@@ -136,7 +136,7 @@ def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n:
     from mvq.pretrained import load_tokenizer
     from mvq.codes import Codes
     from mvq.config import model_hash
-    from mvq.train.prior import load_prior
+    from mvq.pretrained import load_prior
 
     if n < 1:
         raise MvqError(f"n must be >= 1, got {n}")

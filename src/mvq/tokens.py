@@ -38,7 +38,7 @@ def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "t
     from mvq.checkpoint import tensors_sha256
     from mvq.pretrained import load_tokenizer
     from mvq.data import build_dataset
-    from mvq.train.loop import pick_device
+    from mvq.devices import pick_device
 
     if batch_size < 1:
         raise MvqError(f"batch_size must be >= 1, got {batch_size}")

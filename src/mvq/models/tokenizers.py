@@ -282,11 +282,19 @@ class MVQVAE(Tokenizer):
     tokens = property(lambda self: (self.geo.tokens, self.geo.tokens2))
     encoder2 = property(lambda self: self.mvq.secondary_encoder, doc="E': y -> y' (in the layer)")
 
+    _E2_OLD, _E2_NEW = "encoder2.", "mvq.secondary_encoder."
+
     def upgrade_state_dict(self, state: dict) -> dict:
         """Weights saved before E' moved into the MVQ layer name it ``encoder2.*``."""
-        old = "encoder2."
-        return {("mvq.secondary_encoder." + k[len(old):] if k.startswith(old) else k): v
-                for k, v in state.items()}
+        old, new = self._E2_OLD, self._E2_NEW
+        return {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
+
+    def legacy_state_dict(self) -> dict:
+        """The state dict under its names before E' moved into the MVQ layer (what token
+        files and priors recorded the weights' sha256 of)."""
+        old, new = self._E2_OLD, self._E2_NEW
+        return {(old + k[len(new):] if k.startswith(new) else k): v
+                for k, v in self.state_dict().items()}
 
     @property
     def mask_bits(self) -> float:

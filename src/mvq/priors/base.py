@@ -14,6 +14,7 @@ anything else is refused with an `MvqError` before any work.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -162,6 +163,28 @@ class Prior(Pretrained, nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+@torch.no_grad()
+def validate_prior(prior: Prior, codes: Codes, batch_size: int = 256,
+                   labels: torch.Tensor | None = None) -> dict[str, float]:
+    """Mean NLL over ``codes`` (N items): val_{stage}_{nll (nats),bits} per token for each
+    stage the prior reports. ``val_nll`` is the sum of the per-stage means.
+
+    labels: (N,) class ids, needed by (only) a class-conditional prior.
+    """
+    sums: dict[str, float] = {}
+    for start in range(0, len(codes), batch_size):
+        chunk = codes[start : start + batch_size]
+        lab = None if labels is None else labels[start : start + batch_size]
+        for k, v in prior.nll(chunk, lab).items():
+            sums[k] = sums.get(k, 0.0) + v * len(chunk)
+    out: dict[str, float] = {}
+    for k, s in sums.items():
+        out[f"val_{k}_nll"] = s / len(codes)
+        out[f"val_{k}_bits"] = out[f"val_{k}_nll"] / math.log(2)
+    out["val_nll"] = sum(out[f"val_{k}_nll"] for k in sums)
+    return out
 
 
 def _subclasses(cls: type) -> list[type]:

@@ -61,14 +61,14 @@ def class_grid(records: list[dict], path: Path, device: str = "auto", per_class:
     records (seed 0), decoded by its tokenizer; the row's label is its class id."""
     from mvq.images import save_grid
     from mvq.sample import sample_codes_and_images
-    from mvq.train.engine import pick_device
+    from mvq.devices import pick_device
 
     rec = next((r for r in sorted(records, key=lambda r: r["seed"])
                 if r.get("class_conditional")), None)
     if rec is None:
         raise MvqError("class grid: no finished class-conditional prior among the runs")
     prior = Path(rec["checkpoint"])
-    from mvq.train.prior import load_prior
+    from mvq.pretrained import load_prior
 
     classes = load_prior(prior)[0].num_classes
     _, images = sample_codes_and_images(
@@ -95,8 +95,8 @@ def class_agreement(records: list[dict], path: Path, n: int, device: str = "auto
     from mvq.analysis.classkeep import ceilings, predict, split_images, train_classifier
     from mvq.pretrained import load_tokenizer
     from mvq.sample import class_labels, sample_codes_and_images
-    from mvq.train.engine import pick_device
-    from mvq.train.prior import load_prior
+    from mvq.devices import pick_device
+    from mvq.pretrained import load_prior
 
     cond = [r for r in records if r.get("class_conditional")]
     key = {"n": n, "classifier_steps": classifier_steps,

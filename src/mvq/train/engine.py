@@ -29,16 +29,6 @@ from mvq.errors import MvqError
 from mvq.train.logs import RunLog
 
 
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as torch names it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise MvqError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-
-
 class StepBatches:
     """Item indices for step s: a slice of a per-epoch permutation seeded by (seed, epoch)."""
 

@@ -15,9 +15,10 @@ from mvq.data import build_dataset
 from mvq.errors import MvqError
 from mvq.images import grid_array, save_grid
 from mvq.models import Tokenizer, build_model
-from mvq.train.engine import Schedule, StepOutput, Trainee, fit, pick_device
+from mvq.devices import pick_device
+from mvq.train.engine import Schedule, StepOutput, Trainee, fit
 
-__all__ = ["TrainResult", "build_data", "pick_device", "stack_images", "train", "validate"]
+__all__ = ["TrainResult", "build_data", "stack_images", "train", "validate"]
 
 
 def build_data(cfg: Config):

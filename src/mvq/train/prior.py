@@ -7,12 +7,11 @@ nats and bits per token (GPT / PixelCNN: primary and secondary ids; MaskGIT: the
 NLL at a fixed mask, see MaskGITPrior). The checkpoint folder ``out_dir/checkpoint`` holds
 config.json (format "mvq-prior-v1": the prior's registry name as "prior_type" and its
 constructor arguments as "prior"), model.safetensors, train_state.safetensors (resume) and
-manifest.json. One format for every prior: `load_prior` rebuilds whichever it names.
+manifest.json. One format for every prior: `mvq.load` rebuilds whichever it names.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -21,33 +20,12 @@ import mvq
 from mvq import checkpoint, distributed
 from mvq.codes import Codes
 from mvq.errors import MvqError
-from mvq.priors.base import Prior
-from mvq.priors.registry import PRIORS, build_prior, default_kind, prior_class
+from mvq.priors.base import Prior, validate_prior
+from mvq.devices import pick_device
+from mvq.priors.registry import default_kind, prior_class
 from mvq.tokens import load_tokens
-from mvq.train.engine import Schedule, StepOutput, Trainee, fit, pick_device
+from mvq.train.engine import Schedule, StepOutput, Trainee, fit
 
-
-
-@torch.no_grad()
-def validate_prior(prior: Prior, codes: Codes, batch_size: int = 256,
-                   labels: torch.Tensor | None = None) -> dict[str, float]:
-    """Mean NLL over ``codes`` (N items): val_{stage}_{nll (nats),bits} per token for each
-    stage the prior reports. ``val_nll`` is the sum of the per-stage means.
-
-    labels: (N,) class ids, needed by (only) a class-conditional prior.
-    """
-    sums: dict[str, float] = {}
-    for start in range(0, len(codes), batch_size):
-        chunk = codes[start : start + batch_size]
-        lab = None if labels is None else labels[start : start + batch_size]
-        for k, v in prior.nll(chunk, lab).items():
-            sums[k] = sums.get(k, 0.0) + v * len(chunk)
-    out: dict[str, float] = {}
-    for k, s in sums.items():
-        out[f"val_{k}_nll"] = s / len(codes)
-        out[f"val_{k}_bits"] = out[f"val_{k}_nll"] / math.log(2)
-    out["val_nll"] = sum(out[f"val_{k}_nll"] for k in sums)
-    return out
 
 
 def write_prior(directory: Path, prior: Prior, info: dict) -> None:
@@ -56,12 +34,6 @@ def write_prior(directory: Path, prior: Prior, info: dict) -> None:
     checkpoint.write_model(directory, prior, {
         "format": checkpoint.PRIOR_FORMAT, "mvq_version": mvq.__version__, "kind": "prior",
         "prior_type": prior.kind, "prior": prior.config(), **info})
-
-
-def load_prior(directory: str | Path, device: str = "cpu") -> tuple[Prior, dict]:
-    """(prior in eval mode, its config.json) of a prior folder (`mvq.load` underneath)."""
-    prior = Prior.from_pretrained(directory, device)
-    return prior, prior.checkpoint_info
 
 
 def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
@@ -165,7 +137,8 @@ class PriorTrainee(Trainee):
         self.model = model.to(device)
         self.initial: dict[str, float] = {}
         if resume_from is not None:
-            saved, saved_info = load_prior(resume_from, device=str(device))
+            saved = Prior.from_pretrained(resume_from, device=str(device))
+            saved_info = saved.checkpoint_info
             if saved.kind != model.kind or saved.config() != self.model.config():
                 raise MvqError(f"cannot resume {resume_from}: it holds a {saved.kind} prior of "
                                f"other sizes, codes or classes than this {model.kind} prior; "
