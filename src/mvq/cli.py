@@ -509,8 +509,8 @@ def cmd_reconstruct(args) -> int:
 
     from mvq.pretrained import load_tokenizer
     from mvq.data import build_dataset
-    from mvq.images import check_grid_size, save_grid
-
+    from mvq.figures import Figure
+    from mvq.images import check_grid_size
     from mvq.outputs import check_output
 
     check_output(args.out, args.overwrite, "--out")  # before any work
@@ -528,10 +528,14 @@ def cmd_reconstruct(args) -> int:
         codes = model.encode(images)
         rec = model.decode(codes).clamp(0, 1)
     mse = float((rec - images).pow(2).mean())
-    path = save_grid([images, rec], args.out, scale=args.scale)
+    psnr = 10 * torch.log10(1 / (rec - images).pow(2).flatten(1).mean(1)).mean()
+    s, s2 = model.tokens
+    figure = Figure([images, rec], f"mvq reconstruct: {cfg.model.type} ({s}+{s2} tokens, "
+                    f"K={cfg.model.codebook_size}), MSE {mse:.4f}, PSNR {float(psnr):.2f} dB",
+                    ["original", "reconstruction\n(from the codes)"])
+    path = figure.save(args.out, args.scale, "lower --n or --scale")
     if args.codes:
         codes.save(args.codes)
-    psnr = 10 * torch.log10(1 / (rec - images).pow(2).flatten(1).mean(1)).mean()
     print(f"{len(images)} images -> {path}: MSE {mse:.4f}, PSNR {float(psnr):.2f} dB")
     return 0
 

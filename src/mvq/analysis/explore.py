@@ -28,9 +28,9 @@ from PIL import Image
 from mvq.analysis import codes as C
 from mvq.analysis import pick_distinct
 from mvq.analysis.explore_page import PAGE
-from mvq.analysis.labels import labelled_grid
 from mvq.codes import Codes
 from mvq.errors import MvqError
+from mvq.figures import Figure, png_bytes
 from mvq.images import grid_array
 from mvq.models.tokenizers import MVQVAE
 
@@ -72,10 +72,7 @@ class Explorer:
         dec = self.decode(i, mask, targets)
         row = torch.cat([self.images[self._index(i)].unsqueeze(0).to(dec), dec])
         labels = ["input", f"img {i}"] + [f"on img {t}" for t in targets]
-        img = labelled_grid([row], [""], labels, f"mask {mask} of img {i}", scale=3)
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return buf.getvalue()
+        return png_bytes(Figure([row], f"mask {mask} of img {i}", col_labels=labels).render())
 
     def _index(self, i: int) -> int:
         if not 0 <= i < len(self.images):
