@@ -423,9 +423,14 @@ def _add_explore(sub) -> None:
     p = sub.add_parser(
         "explore", help="a local web page to toggle an MVQ code's mask bits and see the decode",
         description="Serve a page on http://127.0.0.1:PORT/ (this machine only): pick a test "
-        "image, toggle each mask bit of its code and see the decoded image update, apply the "
-        "mask to other primary codes, save the grid as PNG. Needs an MVQ checkpoint.",
+        "image, toggle each mask bit of its code and see the decoded image update, see every "
+        "single-bit flip at once (the bit atlas), apply the mask to other primary codes, save "
+        "the grid as PNG. With --prior: draw codes from a prior, keep one's primary and "
+        "secondary codes and redraw its mask. Needs an MVQ checkpoint.",
     )
+    p.add_argument("--prior", help="a prior checkpoint folder trained on this tokenizer's "
+                   "codes (mvq train-prior): adds the sampling panel")
+    _add_force(p)
     p.add_argument("--checkpoint", required=True, help="MVQ checkpoint folder")
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; "
                    "0: any free port)")
@@ -438,7 +443,7 @@ def cmd_explore(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise MvqError(f"--port expects 0..65535, found {args.port}")
-    server = make_server(args.checkpoint, args.port, args.images)
+    server = make_server(args.checkpoint, args.port, args.images, args.prior, args.force)
     print(f"mvq explore: open http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)",
           flush=True)
     try:
