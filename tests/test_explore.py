@@ -4,6 +4,7 @@ import io
 import json
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -198,7 +199,7 @@ def test_a_client_that_goes_away_is_logged_as_one_line(capsys):
     assert "Traceback" not in err
 
 
-def test_a_client_that_resets_mid_answer_leaves_the_server_serving(server):
+def test_a_client_that_resets_mid_answer_leaves_the_server_serving(server, capsys):
     port = server.server_address[1]
     mask = _api(server, "/api/image/0")["mask"]
     s = socket.create_connection(("127.0.0.1", port))
@@ -207,6 +208,13 @@ def test_a_client_that_resets_mid_answer_leaves_the_server_serving(server):
               .encode())
     s.close()  # RST before the answer
     assert _api(server, "/api/info")["images"] == 8
+    err = ""
+    for _ in range(100):  # the atlas' thread finds the client gone when it writes
+        err += capsys.readouterr().err
+        if err:
+            break
+        time.sleep(0.1)
+    assert err.count("\n") == 1 and "went away" in err and "Traceback" not in err
 
 
 def test_prior_panel_draws_samples_and_redraws_the_mask_of_a_fixed_code(prior_server):

@@ -14,6 +14,7 @@ kbd { border: 1px solid var(--line); border-radius: 3px; padding: 0 4px; backgro
 main { display: grid; grid-template-columns: 372px 1fr; gap: 12px; padding: 12px 16px; }
 section { border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; }
 h2 { font-size: 15px; margin: 0 0 6px; }
+#editor h2 { margin-top: 12px; }
 .row { display: flex; gap: 8px; align-items: center; flex-wrap: wrap; margin-bottom: 8px; }
 input[type=number] { width: 4.5em; }
 button, input, select { font: inherit; }
@@ -51,7 +52,8 @@ img { image-rendering: pixelated; display: block; background: #eee; }
 .pick[aria-pressed="true"] img { outline: 3px solid var(--accent); }
 .pick { padding: 2px; }
 #error { color: #b00020; min-height: 1.2em; margin: 0 16px; }
-#prior { margin: 0 16px 16px; }
+#editor { grid-row: span 2; align-self: start; }
+#atlas, #prior { grid-column: 2; }
 """
 
 BODY = """
@@ -86,7 +88,6 @@ BODY = """
   encoded mask. Click or <kbd>Space</kbd> a card to apply its flip.</p>
   <ol id="flips"></ol>
 </section>
-</main>
 <section id="prior" hidden aria-label="prior samples">
   <h2>samples from the prior <span id="priorkind" class="legend"></span></h2>
   <div class="row"><label>seed <input id="seed" type="number" value="0" min="0"></label>
@@ -99,6 +100,7 @@ BODY = """
   not model masks: MVQ 3.4)</span></div>
   <div id="masked" class="strip"></div>
 </section>
+</main>
 """
 
 SCRIPT = """
@@ -116,6 +118,7 @@ function show(err) { $("error").textContent = err ? String(err.message || err) :
 function index() { return Math.max(0, Math.min(info.images - 1, parseInt($("image").value) || 0)); }
 function targets() { return $("targets").value.split(/[ ,]+/).filter((t) => t !== "").join(","); }
 function query() { return `image=${index()}&mask=${mask}&targets=${targets()}`; }
+function fmt(x) { return x >= 0.001 || x === 0 ? x.toFixed(4) : x.toExponential(1); }
 function bitName(k) { return `t${Math.floor(k / info.bits)} d${k % info.bits}`; }
 function renderBits() {
   const box = $("bits");
@@ -148,17 +151,17 @@ function toggle(k) {
 function renderAtlas(a, focusBit) {
   const list = $("flips"), max = a.flips.length ? a.flips[0].change || 1 : 1;
   list.textContent = "";
-  $("top").textContent = a.top.toFixed(3);
+  $("top").textContent = fmt(a.top);
   a.flips.forEach((f, rank) => {
     const b = el("button", {className: "flip" + (f.edited ? " edited" : ""), id: `flip-${f.bit}`},
       el("span", {className: "name", textContent: `#${rank + 1} ${bitName(f.bit)} \u2192 ${f.on ? "on" : "off"}`}),
       el("span", {className: "pair"},
         el("img", {src: f.image, alt: `decode with ${bitName(f.bit)} ${f.on ? "on" : "off"}`}),
         el("img", {src: f.heat, alt: `where it changes`, className: "heat"})),
-      el("span", {className: "size", textContent: `\u0394 ${f.change.toFixed(4)}`}),
+      el("span", {className: "size", textContent: `\u0394 ${fmt(f.change)}`}),
       el("div", {className: "bar", style: `width: ${Math.round(100 * f.change / max)}%`}));
     b.dataset.bit = f.bit; b.dataset.change = f.change;
-    b.setAttribute("aria-label", `flip ${bitName(f.bit)} to ${f.on ? "on" : "off"}, change ${f.change.toFixed(4)}` + (f.edited ? ", differs from the encoded mask" : ""));
+    b.setAttribute("aria-label", `flip ${bitName(f.bit)} to ${f.on ? "on" : "off"}, change ${fmt(f.change)}` + (f.edited ? ", differs from the encoded mask" : ""));
     b.addEventListener("click", () => toggle(f.bit).then(() => { const n = $(`flip-${f.bit}`); if (n) n.focus(); }));
     list.append(el("li", {}, b));
   });
