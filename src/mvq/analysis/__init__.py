@@ -1,7 +1,8 @@
 """`mvq analyze`: see what the masked secondary codes of an MVQ tokenizer learned.
 
-:func:`analyze` writes one labelled figure (:mod:`mvq.figures`) per analysis (``OUT/dims.png`` ...); the analyses are
-in :mod:`mvq.analysis.figures`, the code operations in :mod:`mvq.analysis.codes`.
+:func:`analyze` writes one labelled figure (:mod:`mvq.figures`) per analysis
+(``OUT/dims.png`` ...); the analyses are in :mod:`mvq.analysis.figures`, the code operations
+in :mod:`mvq.analysis.codes`.
 """
 
 from __future__ import annotations
