@@ -21,7 +21,7 @@ button, input, select { font: inherit; }
 button { border: 1px solid var(--line); border-radius: 4px; background: #fff; cursor: pointer;
          padding: 2px 8px; color: var(--ink); }
 button:hover { border-color: var(--accent); }
-:focus-visible, button:focus { outline: 3px solid #f5a623; outline-offset: 1px; }
+:focus-visible, button:focus { outline: 3px solid var(--accent); outline-offset: 1px; }
 figure { margin: 0; text-align: center; font-size: 12px; color: var(--soft); }
 img { image-rendering: pixelated; display: block; background: #eee; }
 .big img { width: 128px; height: 128px; border: 1px solid var(--line); }
@@ -83,8 +83,8 @@ BODY = """
   <h2>bit atlas: every single-bit flip of the current mask, largest change first</h2>
   <p class="legend">Each card: the decode with that one bit flipped (left) and where it differs
   from the current decode (right): <span class="ramp"></span> white = no change, dark red = the
-  largest change among these flips (<span id="top"></span> mean |&Delta;| per pixel at most);
-  &Delta; = the mean |change| per pixel. <span class="dot"></span> = the bit differs from the
+  largest change of a pixel among these flips (|&Delta;| = <span id="top"></span>);
+  &Delta; under a card = its mean |change| per pixel. <span class="dot"></span> = the bit differs from the
   encoded mask. Click or <kbd>Space</kbd> a card to apply its flip.</p>
   <ol id="flips"></ol>
 </section>
