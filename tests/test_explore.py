@@ -47,8 +47,8 @@ def server(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def prior_server(tokenizer, tmp_path_factory):
-    """The same tokenizer with a class-conditional prior trained 2 steps on 16 of its codes."""
+def prior_dir(tokenizer, tmp_path_factory):
+    """A class-conditional prior trained 2 steps on 16 codes of the tokenizer."""
     root = tmp_path_factory.mktemp("prior")
     tokens = encode_dataset(tokenizer, root / "tokens.safetensors", limit=16, batch_size=16,
                             device="cpu", progress=False)
@@ -57,7 +57,12 @@ def prior_server(tokenizer, tmp_path_factory):
     prior = train_prior(tokens, root / "prior", steps=2, batch_size=8, sizes=sizes,
                         val_fraction=0.25, val_every=2, progress=False, device="cpu",
                         class_conditional=True)["checkpoint"]
-    srv = _serve(make_server(tokenizer, port=0, images=8, prior=prior))
+    return prior
+
+
+@pytest.fixture(scope="module")
+def prior_server(tokenizer, prior_dir):
+    srv = _serve(make_server(tokenizer, port=0, images=8, prior=prior_dir))
     yield srv
     srv.shutdown()
     srv.server_close()
@@ -233,3 +238,11 @@ def test_prior_panel_draws_samples_and_redraws_the_mask_of_a_fixed_code(prior_se
 def test_without_a_prior_the_prior_api_says_how_to_get_one(server):
     status, _, body = get(server, "/api/prior/samples?seed=0&n=2")
     assert status == 400 and "--prior" in json.loads(body)["error"]
+
+
+def test_a_prior_of_another_tokenizer_is_refused_before_serving(prior_dir, tmp_path, capsys):
+    other = _checkpoint(tmp_path / "other" / "checkpoint", codebook_size=32)
+    assert main(["explore", "--checkpoint", str(other), "--prior", str(prior_dir),
+                 "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on codes of tokenizer" in err and err.count("\n") == 1
