@@ -514,8 +514,7 @@ def cmd_reconstruct(args) -> int:
 
     from mvq.pretrained import load_tokenizer
     from mvq.data import build_dataset
-    from mvq.figures import Figure
-    from mvq.images import check_grid_size
+    from mvq.figures import Figure, check_grid_size
     from mvq.outputs import check_output
 
     check_output(args.out, args.overwrite, "--out")  # before any work

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from mvq.images import check_grid_size
+from mvq.errors import MvqError
 from mvq.outputs import atomic_write
 
 TEXT_PX = 13  # label text height
@@ -31,6 +31,7 @@ MARGIN = 8  # pixels around the figure and between its bands
 INK, SOFT, FRAME = (20, 20, 20), (90, 90, 90), (200, 200, 200)
 BACKGROUND = (255, 255, 255)
 HEAT = (0.45, 0.0, 0.05)  # the colour of the largest change in a heatmap (white: none)
+MAX_PNG_SIDE = 16384  # pixels; many viewers and browsers open nothing wider or taller
 HEAT_LEGEND = "heatmaps: white = no change, dark red = the largest change in the figure"
 
 
@@ -66,6 +67,17 @@ def wrap(text: str, width: int, px: int = TEXT_PX) -> str:
                 line = word
         lines.append(line)
     return "\n".join(lines)
+
+
+def check_grid_size(rows: int, cols: int, size: int, scale: int, fix: str) -> None:
+    """MvqError before any work when rows x cols images of ``size`` px, upscaled by ``scale``,
+    would make a figure wider or taller than :data:`MAX_PNG_SIDE` (labels not counted);
+    ``fix`` says what to lower."""
+    height, width = (rows * (size * scale + GAP), cols * (size * scale + GAP))
+    if max(height, width) > MAX_PNG_SIDE:
+        raise MvqError(f"the PNG would be over {width} x {height} px ({rows} x {cols} images "
+                       f"of {size} px, scale {scale}); expected at most {MAX_PNG_SIDE} px a "
+                       f"side, which viewers open: {fix}")
 
 
 def readable_scale(size: int, minimum: int = MIN_CELL) -> int:

@@ -9,8 +9,7 @@ import torch
 
 from mvq.errors import MvqError
 from mvq.data import class_names
-from mvq.figures import Figure, readable_scale
-from mvq.images import check_grid_size
+from mvq.figures import Figure, check_grid_size, readable_scale
 
 PER_ROW = 8
 
