@@ -30,7 +30,7 @@ def assert_labelled(path, row_labels: bool = True) -> None:
     """A PNG written through mvq.figures: a title's ink in the top band and, with
     ``row_labels``, text (dark pixels on a mostly white band) left of the images."""
     img = np.asarray(Image.open(path).convert("L"))
-    assert (img[: MARGIN + TITLE_PX] < 128).any(), f"{path}: no title"
+    assert (img[MARGIN : MARGIN + TITLE_PX // 2 + 2] < 128).any(), f"{path}: no title"
     if row_labels:
         band = img[MARGIN + TITLE_PX :, MARGIN : MARGIN + 12]
-        assert (band < 128).any() and (band == 255).mean() > 0.8, f"{path}: no row labels"
+        assert (band < 128).any() and (band == 255).mean() > 0.5, f"{path}: no row labels"

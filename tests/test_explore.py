@@ -119,8 +119,9 @@ def test_other_hosts_are_403(server, host):
 @pytest.mark.parametrize("query, fragment", [
     ("image=99&mask=0", "outside [0, 8)"), ("image=x&mask=0", "integer"),
     ("image=0&mask=012", "characters 0/1")])
-def test_bad_requests_say_what_is_wrong(server, query, fragment):
-    status, _, body = get(server, f"/api/decode?{query}")
+@pytest.mark.parametrize("api", ["decode", "atlas"])
+def test_bad_requests_say_what_is_wrong(server, query, fragment, api):
+    status, _, body = get(server, f"/api/{api}?{query}")
     assert status == 400 and fragment in json.loads(body)["error"]
 
 

@@ -3,9 +3,11 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import assert_labelled
 from mvq.errors import MvqError
 from mvq.figures import (GAP, HEAT, MARGIN, Figure, change_heatmap, change_size, readable_scale,
                          text_size, wrap)
+from mvq.sample import sample_figure
 
 
 def _rows(n_rows=2, n=3, size=10, channels=1):
@@ -93,3 +95,24 @@ def test_long_titles_wrap_at_the_grid_width():
     long = "word " * 60
     img = Figure(_rows(1, 8, size=28), long).render()
     assert img.width < text_size(long, 16)[0]  # wrapped, not one line across
+
+
+def test_class_conditional_samples_get_one_block_of_rows_per_class_named():
+    images = torch.arange(5).float().view(5, 1, 1, 1).expand(5, 1, 4, 4) / 10
+    fig = sample_figure(images, "t", torch.tensor([0, 0, 3, 3, 3]), ("a", "b", "c", "d"), per_row=2)
+    assert [r[:, 0, 0, 0].mul(10).round().tolist() for r in fig.rows] == [[0, 1], [2, 3], [4]]
+    assert fig.row_labels == ["a (0)", "d (3)", ""]
+    assert sample_figure(images, "t", torch.tensor([7] * 5), ("a",)).row_labels == ["class 7 (7)"]
+    assert sample_figure(images, "t", per_row=4).row_labels == []  # unconditional: no labels
+
+
+def test_the_label_check_of_the_command_tests_can_fail(tmp_path):
+    grey = [torch.full((3, 1, 28, 28), 0.4)] * 2
+    bare = Figure(grey, "").save(tmp_path / "bare.png")
+    titled = Figure(grey, "a title").save(tmp_path / "titled.png")
+    labelled = Figure(grey, "a title", ["original", "model"]).save(tmp_path / "labelled.png")
+    with pytest.raises(AssertionError, match="no title"):
+        assert_labelled(bare, row_labels=False)
+    with pytest.raises(AssertionError, match="no row labels"):
+        assert_labelled(titled)
+    assert_labelled(labelled)
