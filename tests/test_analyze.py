@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_model_config
+from conftest import assert_labelled, tiny_model_config
 from mvq.analysis import analyze, figures, pick_distinct
 from mvq.analysis import codes as C
 from mvq.checkpoint import save_checkpoint
@@ -113,6 +113,7 @@ def test_cli_writes_labelled_grids_and_refuses_to_overwrite(mvq_dir, tmp_path, c
     for name in ("dims", "transfer", "compose", "diversity"):
         img = Image.open(out / f"{name}.png")
         assert img.mode == "RGB" and img.width > 3 * 28
+        assert_labelled(out / f"{name}.png")
     assert Image.open(out / "diversity.png").height > 2 * 3 * 28  # two rows of images + labels
     before = (out / "dims.png").read_bytes()
     assert main(argv) == 2
