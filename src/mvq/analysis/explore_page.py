@@ -69,8 +69,10 @@ BODY = """
   <button id="next" aria-label="next image">&rsaquo;</button>
   <button id="reset">encoded mask (r)</button>
   <a id="save" download href="#">save PNG (s)</a></div>
-  <div class="row big"><figure><img id="input" alt="input image"><figcaption>input</figcaption></figure>
-  <figure><img id="recon" alt="decoded with the current mask"><figcaption>decoded, current mask</figcaption></figure></div>
+  <div class="row big">
+  <figure><img id="input" alt="input image"><figcaption>input</figcaption></figure>
+  <figure><img id="recon" alt="decoded with the current mask">
+  <figcaption>decoded, current mask</figcaption></figure></div>
   <h2>mask bits <span id="nbits" class="legend"></span></h2>
   <p class="legend"><span class="swatch" style="background: var(--ink)"></span> on
   <span class="swatch"></span> off <span class="dot"></span> differs from the encoded mask</p>
@@ -84,8 +86,8 @@ BODY = """
   <p class="legend">Each card: the decode with that one bit flipped (left) and where it differs
   from the current decode (right): <span class="ramp"></span> white = no change, dark red = the
   largest change of a pixel among these flips (|&Delta;| = <span id="top"></span>);
-  &Delta; under a card = its mean |change| per pixel. <span class="dot"></span> = the bit differs from the
-  encoded mask. Click or <kbd>Space</kbd> a card to apply its flip.</p>
+  &Delta; under a card = its mean |change| per pixel. <span class="dot"></span> = the bit differs
+  from the encoded mask. Click or <kbd>Space</kbd> a card to apply its flip.</p>
   <ol id="flips"></ol>
 </section>
 <section id="prior" hidden aria-label="prior samples">
@@ -107,8 +109,11 @@ SCRIPT = """
 "use strict";
 let info = null, mask = "", encoded = "", busy = Promise.resolve(), pick = -1, draw = 0;
 const $ = (id) => document.getElementById(id);
-const el = (tag, props = {}, ...kids) => { const e = Object.assign(document.createElement(tag), props);
-  e.append(...kids); return e; };
+const el = (tag, props = {}, ...kids) => {
+  const e = Object.assign(document.createElement(tag), props);
+  e.append(...kids);
+  return e;
+};
 async function get(url) {
   const r = await fetch(url), body = await r.json();
   if (!r.ok) throw new Error(body.error || r.statusText);
@@ -154,15 +159,20 @@ function renderAtlas(a, focusBit) {
   $("top").textContent = fmt(a.top);
   a.flips.forEach((f, rank) => {
     const b = el("button", {className: "flip" + (f.edited ? " edited" : ""), id: `flip-${f.bit}`},
-      el("span", {className: "name", textContent: `#${rank + 1} ${bitName(f.bit)} \u2192 ${f.on ? "on" : "off"}`}),
+      el("span", {className: "name",
+                  textContent: `#${rank + 1} ${bitName(f.bit)} \u2192 ${f.on ? "on" : "off"}`}),
       el("span", {className: "pair"},
         el("img", {src: f.image, alt: `decode with ${bitName(f.bit)} ${f.on ? "on" : "off"}`}),
         el("img", {src: f.heat, alt: `where it changes`, className: "heat"})),
       el("span", {className: "size", textContent: `\u0394 ${fmt(f.change)}`}),
       el("div", {className: "bar", style: `width: ${Math.round(100 * f.change / max)}%`}));
     b.dataset.bit = f.bit; b.dataset.change = f.change;
-    b.setAttribute("aria-label", `flip ${bitName(f.bit)} to ${f.on ? "on" : "off"}, change ${fmt(f.change)}` + (f.edited ? ", differs from the encoded mask" : ""));
-    b.addEventListener("click", () => toggle(f.bit).then(() => { const n = $(`flip-${f.bit}`); if (n) n.focus(); }));
+    b.setAttribute("aria-label", `flip ${bitName(f.bit)} to ${f.on ? "on" : "off"}, change `
+      + fmt(f.change) + (f.edited ? ", differs from the encoded mask" : ""));
+    b.addEventListener("click", () => toggle(f.bit).then(() => {
+      const again = $(`flip-${f.bit}`);  // the card moved: keep the keyboard focus on it
+      if (again) again.focus();
+    }));
     list.append(el("li", {}, b));
   });
 }
@@ -175,7 +185,8 @@ function redraw() {
       const box = $("transfer"), names = targets().split(",").filter((t) => t);
       box.textContent = "";
       d.images.slice(1).forEach((src, j) => box.append(el("figure", {},
-        el("img", {src, alt: `on image ${names[j]}`}), el("figcaption", {textContent: `on img ${names[j]}`}))));
+        el("img", {src, alt: `on image ${names[j]}`}),
+        el("figcaption", {textContent: `on img ${names[j]}`}))));
       renderAtlas(a);
       $("save").href = `/api/grid.png?${query()}`;
       document.body.dataset.ready = mask;
@@ -192,7 +203,10 @@ async function load() {
     await redraw();
   } catch (err) { show(err); }
 }
-function step(by) { $("image").value = Math.max(0, Math.min(info.images - 1, index() + by)); load(); }
+function step(by) {
+  $("image").value = Math.max(0, Math.min(info.images - 1, index() + by));
+  load();
+}
 function priorQuery() {
   const c = $("class").value;
   return `seed=${parseInt($("seed").value) || 0}&n=8` + (c === "" ? "" : `&class=${c}`);
@@ -200,7 +214,8 @@ function priorQuery() {
 async function drawSamples() {
   try {
     const s = await get(`/api/prior/samples?${priorQuery()}`), box = $("samples");
-    box.textContent = ""; pick = -1; draw = 0; $("masked").textContent = ""; $("remask").disabled = true;
+    box.textContent = ""; $("masked").textContent = "";
+    pick = -1; draw = 0; $("remask").disabled = true;
     s.images.forEach((src, j) => {
       const b = el("button", {className: "pick", id: `sample-${j}`},
         el("img", {src, alt: `sample ${j}, primary ${s.primary[j]}`}));
@@ -215,7 +230,8 @@ async function drawSamples() {
 }
 async function choose(j) {
   pick = j;
-  document.querySelectorAll(".pick").forEach((b) => b.setAttribute("aria-pressed", b.id === `sample-${j}` ? "true" : "false"));
+  document.querySelectorAll(".pick").forEach(
+    (b) => b.setAttribute("aria-pressed", b.id === `sample-${j}` ? "true" : "false"));
   $("remask").disabled = false;
   await remask(0);
 }
@@ -235,7 +251,8 @@ async function remask(by) {
   } catch (err) { show(err); }
 }
 document.addEventListener("keydown", (ev) => {
-  if (["INPUT", "SELECT"].includes(ev.target.tagName) || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (["INPUT", "SELECT"].includes(ev.target.tagName)) return;
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
   if (ev.key === "n" || ev.key === "p") step(ev.key === "n" ? 1 : -1);
   else if (ev.key === "r") { mask = encoded; markBits(); redraw(); }
   else if (ev.key === "s") $("save").click();
@@ -254,7 +271,8 @@ $("remask").addEventListener("click", () => remask(1));
   $("image").max = info.images - 1;
   $("targets").value = info.targets.join(",");
   $("nbits").textContent = `(${info.tokens2} secondary token(s) x ${info.bits} bits)`;
-  $("about").textContent = `${info.model || "MVQ"} tokenizer, ${info.images} test images of ${info.size} px`;
+  $("about").textContent =
+    `${info.model || "MVQ"} tokenizer, ${info.images} test images of ${info.size} px`;
   if (info.prior) {
     $("prior").hidden = false;
     $("priorkind").textContent = `(${info.prior.kind} prior)`;
