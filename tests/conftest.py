@@ -1,10 +1,13 @@
 import warnings
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import mvq  # noqa: F401  (torchvision compat shim first)
 from mvq.config import ModelConfig
+from mvq.figures import MARGIN, TITLE_PX
 
 warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")
 
@@ -21,3 +24,13 @@ def tiny_model_config(**kw) -> ModelConfig:
                 dim2=8, hidden=16, res_blocks=1, res_channels=8, num_masks=16, chunk_size=8)
     base.update(kw)
     return ModelConfig(**base)
+
+
+def assert_labelled(path, row_labels: bool = True) -> None:
+    """A PNG written through mvq.figures: a title's ink in the top band and, with
+    ``row_labels``, text (dark pixels on a mostly white band) left of the images."""
+    img = np.asarray(Image.open(path).convert("L"))
+    assert (img[MARGIN : MARGIN + TITLE_PX // 2 + 2] < 128).any(), f"{path}: no title"
+    if row_labels:
+        band = img[MARGIN + TITLE_PX :, MARGIN : MARGIN + 12]
+        assert (band < 128).any() and (band == 255).mean() > 0.5, f"{path}: no row labels"

@@ -2,13 +2,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_model_config
+from conftest import assert_labelled, tiny_model_config
 from mvq.analysis import analyze, figures, pick_distinct
 from mvq.analysis import codes as C
 from mvq.checkpoint import save_checkpoint
 from mvq.cli import main
 from mvq.config import Config, DataConfig
 from mvq.errors import MvqError
+from mvq.figures import HEAT
 from mvq.models import build_model
 
 
@@ -48,24 +49,36 @@ def test_decode_sum_of_one_configuration_is_the_decode_and_sums_follow_the_formu
     assert (want_codes - want_out).abs().max() > 1e-6  # the two modes differ (f is not linear)
 
 
-def test_dims_sets_one_dimension_per_column(loaded):
+def test_dims_sets_one_dimension_per_column_and_maps_the_change(loaded):
     model, _, codes = loaded
-    rows, labels, cols, _ = figures.dims(model, codes[:1], [0])
+    fig = figures.dims(model, codes[:1], [0])
+    rows, cols = fig.rows, fig.col_labels
     d2 = codes.mask.shape[-1]
-    assert len(rows) == 2 and len(cols) == d2 + 1 and rows[0].shape[0] == d2 + 1
+    assert len(rows) == 3 and len(cols) == d2 + 1 and rows[0].shape[0] == d2 + 1
     mask = codes.mask[:1].clone()
     mask[..., 3] = False
-    assert torch.allclose(rows[1][4:5], C.decode(model, C.with_masks(codes[:1], mask)))
+    off = C.decode(model, C.with_masks(codes[:1], mask))
+    assert torch.allclose(rows[1][4:5], off)
     assert torch.allclose(rows[0][0:1], C.decode(model, codes[:1]))
+    # the heatmap row: white where on == off, darkest where |on - off| is largest in the figure
+    diff = (rows[0] - rows[1]).abs().mean(1)
+    heat = rows[2]
+    assert diff[0].max() == 0 and (heat[0] == 1).all()  # column m*: on and off are both m*
+    peak = diff.flatten().argmax()
+    n, h, w = diff.shape
+    assert torch.allclose(heat[peak // (h * w), :, (peak % (h * w)) // w, peak % w],
+                          torch.tensor(HEAT))
+    sizes = [float(t) for t in fig.captions[2][1:]]
+    assert sizes == pytest.approx(diff[1:].flatten(1).mean(1).tolist(), abs=6e-4)
 
 
 def test_transfer_keeps_the_configuration_and_swaps_the_primary(loaded):
     model, _, codes = loaded
     masks = C.random_masks(codes, 3, seed=0)
-    rows, _, cols, _ = figures.transfer(model, codes[:2], [0, 1], masks)
+    fig = figures.transfer(model, codes[:2], [0, 1], masks)
     want = Codes_on(codes, masks[2:3])
-    assert torch.allclose(rows[1][4:5], C.decode(model, want))
-    assert cols[:2] == ["m*", "none"]
+    assert torch.allclose(fig.rows[1][4:5], C.decode(model, want))
+    assert fig.col_labels[:2] == ["encoded\nmask", "no mask"]
 
 
 def Codes_on(codes, mask):
@@ -78,11 +91,13 @@ def Codes_on(codes, mask):
 def test_compose_centre_is_the_primary_code_alone(loaded):
     model, _, codes = loaded
     masks = C.random_masks(codes, 4, seed=0)
-    rows, labels, _, title = figures.compose(model, codes[:1], [0], masks)
+    fig = figures.compose(model, codes[:1], [0], masks)
+    rows = fig.rows
     assert len(rows) == 3 and all(r.shape[0] == 3 for r in rows)
     zero = C.with_masks(codes[:1], torch.zeros_like(masks[:1]))
     assert torch.allclose(rows[1][1:2], C.decode(model, zero), atol=1e-7)
-    assert "before f" in title
+    assert fig.captions[1] == ["mask B", "no mask", "mask C"] and fig.captions[0][0] == "A and B"
+    assert "added before f" in fig.note
 
 
 def test_pick_distinct_puts_new_primary_codes_first():
@@ -98,6 +113,7 @@ def test_cli_writes_labelled_grids_and_refuses_to_overwrite(mvq_dir, tmp_path, c
     for name in ("dims", "transfer", "compose", "diversity"):
         img = Image.open(out / f"{name}.png")
         assert img.mode == "RGB" and img.width > 3 * 28
+        assert_labelled(out / f"{name}.png")
     assert Image.open(out / "diversity.png").height > 2 * 3 * 28  # two rows of images + labels
     before = (out / "dims.png").read_bytes()
     assert main(argv) == 2

@@ -7,6 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
+from conftest import assert_labelled
 from mvq.cli import main
 
 TINY = ["model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",
@@ -85,7 +86,8 @@ def test_train_reconstruct_and_wrong_checkpoint(capsys, tmp_path):
     out = tmp_path / "rec.png"
     assert main(["reconstruct", "--checkpoint", str(ck), "--n", "4", "--out", str(out),
                  "--codes", str(tmp_path / "codes.safetensors")]) == 0
-    assert Image.open(out).size[0] > 0 and (tmp_path / "codes.safetensors").is_file()
+    assert (tmp_path / "codes.safetensors").is_file()
+    assert_labelled(out)
     capsys.readouterr()
     # resuming with another model type refuses the checkpoint
     assert main(["train", *TINY, "model.type=hvqvae", f"train.out_dir={run}", "--resume"]) == 2
@@ -141,7 +143,7 @@ def test_prior_commands_end_to_end(capsys, tmp_path):
     png = tmp_path / "s.png"
     assert main(["sample", "--tokenizer", str(ck), "--prior", str(prior / "checkpoint"), "--n", "4",
                  "--out", str(png)]) == 0
-    assert Image.open(png).size[0] > 0
+    assert_labelled(png, row_labels=False)  # unconditional: rows of samples, no classes
     # a prior refuses a tokenizer it was not trained on
     other = tmp_path / "other"
     assert main(["train", *TINY, "model.factor=7", "model.codebook_size=32",

@@ -1,5 +1,6 @@
 import json
 
+from conftest import assert_labelled
 from mvq.demo import run_demo
 
 TINY = ["model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",
@@ -20,6 +21,6 @@ def test_demo_writes_table_summary_and_grid(tmp_path, capsys, monkeypatch):
         assert 0 < r["val_mse"] < 1 and r["rfid"] >= 0 and 0 <= r["lpips"] <= 1
     # 2 x log2(8) (+ log2(J) = 3 bits: the mask is an index into a bank of J = 8 masks)
     assert rows[0]["bits_per_image"] == 6 and rows[1]["bits_per_image"] == 6 + 3
-    assert (tmp_path / "demo" / "comparison.png").is_file()
+    assert_labelled(tmp_path / "demo" / "comparison.png")
     out = capsys.readouterr().out
     assert "| hvqvae | 1+1 |" in out and "| mvqvae | 1+1 |" in out

@@ -1,15 +1,26 @@
+import base64
 import http.client
+import io
 import json
+import socket
 import threading
+import time
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from conftest import tiny_model_config
-from mvq.analysis.explore import make_server
+from mvq.analysis import codes as C
+from mvq.analysis.explore import ExploreServer, make_server
 from mvq.checkpoint import save_checkpoint
 from mvq.cli import main
+from mvq.codes import Codes
 from mvq.config import Config, DataConfig
 from mvq.models import build_model
+from mvq.tokens import encode_dataset
+from mvq.train.prior import train_prior
 
 
 def _checkpoint(path, **kw):
@@ -18,13 +29,48 @@ def _checkpoint(path, **kw):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = make_server(_checkpoint(tmp_path_factory.mktemp("mvq") / "checkpoint"), port=0, images=8)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
+def tokenizer(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("mvq") / "checkpoint")
+
+
+def _serve(srv):
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(tokenizer):
+    srv = _serve(make_server(tokenizer, port=0, images=8, timeout=1.0))
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tokenizer, tmp_path_factory):
+    """A class-conditional prior trained 2 steps on 16 codes of the tokenizer."""
+    root = tmp_path_factory.mktemp("prior")
+    tokens = encode_dataset(tokenizer, root / "tokens.safetensors", limit=16, batch_size=16,
+                            device="cpu", progress=False)
+    sizes = {"primary": dict(n_layer=1, n_head=2, n_embd=16),
+             "secondary": dict(n_layer=1, n_head=2, n_embd=16)}
+    prior = train_prior(tokens, root / "prior", steps=2, batch_size=8, sizes=sizes,
+                        val_fraction=0.25, val_every=2, progress=False, device="cpu",
+                        class_conditional=True)["checkpoint"]
+    return prior
+
+
+@pytest.fixture(scope="module")
+def prior_server(tokenizer, prior_dir):
+    srv = _serve(make_server(tokenizer, port=0, images=8, prior=prior_dir))
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _pixels(data_url):
+    raw = base64.b64decode(data_url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
 
 
 def get(server, path, host=None):
@@ -73,8 +119,9 @@ def test_other_hosts_are_403(server, host):
 @pytest.mark.parametrize("query, fragment", [
     ("image=99&mask=0", "outside [0, 8)"), ("image=x&mask=0", "integer"),
     ("image=0&mask=012", "characters 0/1")])
-def test_bad_requests_say_what_is_wrong(server, query, fragment):
-    status, _, body = get(server, f"/api/decode?{query}")
+@pytest.mark.parametrize("api", ["decode", "atlas"])
+def test_bad_requests_say_what_is_wrong(server, query, fragment, api):
+    status, _, body = get(server, f"/api/{api}?{query}")
     assert status == 400 and fragment in json.loads(body)["error"]
 
 
@@ -82,3 +129,121 @@ def test_non_mvq_checkpoint_gets_a_clear_message(tmp_path, capsys):
     hvq = _checkpoint(tmp_path / "h" / "checkpoint", type="hvqvae")
     assert main(["explore", "--checkpoint", str(hvq), "--port", "0"]) == 2
     assert "holds a hvqvae checkpoint" in capsys.readouterr().err
+
+
+def _api(server, path):
+    status, _, body = get(server, path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_atlas_shows_every_single_bit_flip_against_the_decoder(server, tokenizer):
+    model, cfg = C.load_mvq(tokenizer)
+    x = C.load_test_images(cfg, 8)
+    codes = model.encode(x)[3:4]
+    encoded = _api(server, "/api/image/3")["mask"]
+    mask = ("1" if encoded[0] == "0" else "0") + encoded[1:]  # bit 0 already edited
+    atlas = _api(server, f"/api/atlas?image=3&mask={mask}")
+    flips = atlas["flips"]
+    n, bits = len(mask), _api(server, "/api/info")["bits"]
+    assert sorted(f["bit"] for f in flips) == list(range(n))
+    changes = [f["change"] for f in flips]
+    assert changes == sorted(changes, reverse=True)  # largest change first
+    flat = torch.tensor([c == "1" for c in mask])
+    base = C.decode(model, C.with_masks(codes, flat.view(1, *codes.mask.shape[1:])))
+    for f in flips:
+        k = f["bit"]
+        m = flat.clone()
+        m[k] = ~m[k]
+        want = C.decode(model, Codes(codes.primary, codes.secondary,
+                                     m.view(1, *codes.mask.shape[1:]), codes.meta))
+        want8 = (want[0].permute(1, 2, 0).repeat(1, 1, 3 // want.shape[1]) * 255 + 0.5).byte()
+        assert np.abs(_pixels(f["image"]).astype(int) - want8.numpy()).max() <= 1
+        assert f["change"] == pytest.approx(float((want - base).abs().mean()), abs=1e-6)
+        assert f["on"] == (mask[k] == "0") and f["edited"] == (k == 0)
+        assert (f["token"], f["dim"]) == divmod(k, bits)
+    assert atlas["top"] >= flips[0]["change"] > 0
+    # the darkest pixel over all heatmaps has the colour of the largest change (HEAT, red)
+    darkest = min((_pixels(f["heat"]).sum(-1).min(), f["heat"]) for f in flips)[1]
+    assert tuple(_pixels(darkest).reshape(-1, 3).min(0)) == (115, 0, 13)
+
+
+def test_atlas_thumbnail_is_what_the_decode_of_the_flipped_mask_serves(server):
+    mask = _api(server, "/api/image/1")["mask"]
+    for f in _api(server, f"/api/atlas?image=1&mask={mask}")["flips"][:3]:
+        k = f["bit"]
+        flipped = mask[:k] + ("0" if mask[k] == "1" else "1") + mask[k + 1:]
+        shown = _api(server, f"/api/decode?image=1&mask={flipped}&targets=0,2")["images"][0]
+        assert shown == f["image"]
+
+
+def test_an_idle_or_half_sent_connection_does_not_block_other_requests(server):
+    port = server.server_address[1]
+    idle = socket.create_connection(("127.0.0.1", port))
+    half = socket.create_connection(("127.0.0.1", port))
+    half.sendall(f"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+        conn.request("GET", "/api/info", headers={"Host": f"127.0.0.1:{port}"})
+        assert conn.getresponse().status == 200  # answered while both others hang
+        conn.close()
+        idle.settimeout(10)
+        assert idle.recv(1) == b""  # the server closes the idle one after its timeout (1 s)
+    finally:
+        idle.close()
+        half.close()
+
+
+def test_a_client_that_goes_away_is_logged_as_one_line(capsys):
+    srv = ExploreServer.__new__(ExploreServer)  # handle_error needs no socket
+    try:
+        raise BrokenPipeError(32, "Broken pipe")
+    except BrokenPipeError:
+        srv.handle_error(None, ("127.0.0.1", 5555))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "went away" in err and "BrokenPipeError" in err
+    assert "Traceback" not in err
+
+
+def test_a_client_that_resets_mid_answer_leaves_the_server_serving(server, capsys):
+    port = server.server_address[1]
+    mask = _api(server, "/api/image/0")["mask"]
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.sendall(f"GET /api/atlas?image=0&mask={mask} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+              .encode())
+    s.close()  # RST before the answer
+    assert _api(server, "/api/info")["images"] == 8
+    err = ""
+    for _ in range(100):  # the atlas' thread finds the client gone when it writes
+        err += capsys.readouterr().err
+        if err:
+            break
+        time.sleep(0.1)
+    assert err.count("\n") == 1 and "went away" in err and "Traceback" not in err
+
+
+def test_prior_panel_draws_samples_and_redraws_the_mask_of_a_fixed_code(prior_server):
+    info = _api(prior_server, "/api/info")
+    assert info["prior"]["kind"] and info["prior"]["classes"][:2] == ["circle", "square"]
+    a = _api(prior_server, "/api/prior/samples?seed=3&n=4&class=1")
+    assert len(a["images"]) == 4 and a == _api(prior_server, "/api/prior/samples?seed=3&n=4&class=1")
+    m0 = _api(prior_server, "/api/prior/masks?seed=3&n=4&class=1&pick=2&draw=0&count=5")
+    m1 = _api(prior_server, "/api/prior/masks?seed=3&n=4&class=1&pick=2&draw=1&count=5")
+    assert len(m0["images"]) == 5 and len(set(m0["masks"])) > 1 and m0["masks"] != m1["masks"]
+    assert all(len(b) == info["tokens2"] * info["bits"] for b in m0["masks"])
+    status, _, body = get(prior_server, "/api/prior/masks?seed=3&n=4&pick=9")
+    assert status == 400 and "pick 9 is outside" in json.loads(body)["error"]
+
+
+def test_without_a_prior_the_prior_api_says_how_to_get_one(server):
+    status, _, body = get(server, "/api/prior/samples?seed=0&n=2")
+    assert status == 400 and "--prior" in json.loads(body)["error"]
+
+
+def test_a_prior_of_another_tokenizer_is_refused_before_serving(prior_dir, tmp_path, capsys):
+    other = _checkpoint(tmp_path / "other" / "checkpoint", codebook_size=32)
+    assert main(["explore", "--checkpoint", str(other), "--prior", str(prior_dir),
+                 "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on codes of tokenizer" in err and err.count("\n") == 1

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_labelled
 from test_prior_interface import tiny_movq_config
 
 from mvq.cli import main
@@ -106,6 +107,7 @@ def test_class_conditional_prior_from_the_cli(movq, capsys):
                                  "4", "--class", "0,3", "--steps", "2", "--out",
                                  str(root / "cond.png"), "--scale", "1"])
     assert code == 0, err
+    assert_labelled(root / "cond.png")  # rows named by class
     code, _, err = _run(capsys, ["sample", "--tokenizer", tok, "--prior", str(prior), "--n",
                                  "2", "--class", "7", "--out", str(root / "no.png")])
     assert code == 2 and "knows classes 0..4" in err

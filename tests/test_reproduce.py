@@ -4,9 +4,11 @@ import json
 
 import pytest
 
+from conftest import assert_labelled
 import mvq.train
 from mvq.cli import main
 from mvq.errors import MvqError
+from mvq.figures import GAP
 from mvq.reproduce import build_plan
 from mvq.reproduce.plan import Plan, Run
 from mvq.reproduce.report import aggregate
@@ -375,10 +377,11 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
 
     classes = load_prior(rows[3]["checkpoint"])[0].num_classes
     assert classes >= 2
-    side = 2 * 28  # the tiny runs' 28 px images at scale 2, plus the grid's padding
+    side = 3 * 28 + GAP  # the tiny runs' 28 px images at the readable scale 3, plus the gap
     with Image.open(grid) as im:  # one row per class, per_class=3 images per row
         assert classes * side <= im.height < (classes + 1) * side
-        assert 3 * side <= im.width < 4 * side
+        assert im.width > 3 * side  # the images, the class names left of them
+    assert_labelled(grid)  # the classes' names
     from mvq.reproduce import class_agreement
 
     agree = class_agreement(records, tmp_path / "agree.json", 12, "cpu", classifier_steps=5)

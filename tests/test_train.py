@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import tiny_model_config
+from conftest import assert_labelled, tiny_model_config
 from safetensors.torch import load_file
 
 from mvq.config import Config, DataConfig, TrainConfig
@@ -40,7 +40,7 @@ def test_outputs_written(tmp_path):
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[2]["val_mse"] and rows[5]["val_psnr"]
-    assert (out / "recon_000006.png").is_file()
+    assert_labelled(out / "recon_000006.png")
     for name in ("config.json", "model.safetensors", "train_state.safetensors"):
         assert (out / "checkpoint" / name).is_file()
     assert 0 < result.metrics["val_mse"] < 1

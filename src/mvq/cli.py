@@ -423,9 +423,14 @@ def _add_explore(sub) -> None:
     p = sub.add_parser(
         "explore", help="a local web page to toggle an MVQ code's mask bits and see the decode",
         description="Serve a page on http://127.0.0.1:PORT/ (this machine only): pick a test "
-        "image, toggle each mask bit of its code and see the decoded image update, apply the "
-        "mask to other primary codes, save the grid as PNG. Needs an MVQ checkpoint.",
+        "image, toggle each mask bit of its code and see the decoded image update, see every "
+        "single-bit flip at once (the bit atlas), apply the mask to other primary codes, save "
+        "the grid as PNG. With --prior: draw codes from a prior, keep one's primary and "
+        "secondary codes and redraw its mask. Needs an MVQ checkpoint.",
     )
+    p.add_argument("--prior", help="a prior checkpoint folder trained on this tokenizer's "
+                   "codes (mvq train-prior): adds the sampling panel")
+    _add_force(p)
     p.add_argument("--checkpoint", required=True, help="MVQ checkpoint folder")
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; "
                    "0: any free port)")
@@ -438,7 +443,7 @@ def cmd_explore(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise MvqError(f"--port expects 0..65535, found {args.port}")
-    server = make_server(args.checkpoint, args.port, args.images)
+    server = make_server(args.checkpoint, args.port, args.images, args.prior, args.force)
     print(f"mvq explore: open http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)",
           flush=True)
     try:
@@ -509,8 +514,7 @@ def cmd_reconstruct(args) -> int:
 
     from mvq.pretrained import load_tokenizer
     from mvq.data import build_dataset
-    from mvq.images import check_grid_size, save_grid
-
+    from mvq.figures import Figure, check_grid_size
     from mvq.outputs import check_output
 
     check_output(args.out, args.overwrite, "--out")  # before any work
@@ -528,10 +532,14 @@ def cmd_reconstruct(args) -> int:
         codes = model.encode(images)
         rec = model.decode(codes).clamp(0, 1)
     mse = float((rec - images).pow(2).mean())
-    path = save_grid([images, rec], args.out, scale=args.scale)
+    psnr = 10 * torch.log10(1 / (rec - images).pow(2).flatten(1).mean(1)).mean()
+    s, s2 = model.tokens
+    figure = Figure([images, rec], f"mvq reconstruct: {cfg.model.type} ({s}+{s2} tokens, "
+                    f"K={cfg.model.codebook_size}), MSE {mse:.4f}, PSNR {float(psnr):.2f} dB",
+                    ["original", "reconstruction\n(from the codes)"])
+    path = figure.save(args.out, args.scale, "lower --n or --scale")
     if args.codes:
         codes.save(args.codes)
-    psnr = 10 * torch.log10(1 / (rec - images).pow(2).flatten(1).mean(1)).mean()
     print(f"{len(images)} images -> {path}: MSE {mse:.4f}, PSNR {float(psnr):.2f} dB")
     return 0
 

@@ -10,7 +10,7 @@ import torch
 
 from mvq.config import load_config
 from mvq.data import default_fashion_mnist_root, fashion_mnist_available
-from mvq.images import save_grid
+from mvq.figures import Figure
 from mvq.outputs import write_text
 from mvq.train import train
 
@@ -88,11 +88,22 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
     images = torch.stack([data[1][i][0] for i in range(min(16, len(data[1])))])
     with torch.no_grad():
         recs = [models[t].reconstruct(images) for t in MODELS]
-    grid = save_grid([images, *recs], out_dir / "comparison.png", scale=3)
+    grid = comparison_figure(images, recs, rows).save(out_dir / "comparison.png")
     write_text(out_dir / "summary.json", json.dumps(rows, indent=2))
     print(format_table(rows))
     print(f"\ngrid (rows: original, {', '.join(MODELS)}): {grid}\nsummary: {out_dir / 'summary.json'}")
     return rows
+
+
+def comparison_figure(images: torch.Tensor, recs: list[torch.Tensor], rows: list[dict]
+                      ) -> Figure:
+    """The demo's figure: ``images`` (N, C, H, W) over each model's reconstructions (from the
+    codes; ``recs[k]`` of the model of summary row ``rows[k]``), each row labelled with the
+    model, its tokens and its validation PSNR."""
+    labels = ["original"] + [f"{r['model']}\n{r['tokens']} tokens, K={r['codebook_entries']}\n"
+                             f"PSNR {r['val_psnr']:.2f} dB" for r in rows]
+    return Figure([images, *recs], f"mvq demo: the first {len(images)} test images "
+                  "and their reconstructions through the discrete codes", labels)
 
 
 def format_table(rows: list[dict]) -> str:

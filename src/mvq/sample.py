@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from mvq.errors import MvqError
-from mvq.images import check_grid_size, save_grid
+from mvq.data import class_names
+from mvq.figures import Figure, check_grid_size, readable_scale
 
 PER_ROW = 8
 
@@ -80,18 +81,6 @@ def class_labels(prior, n: int, classes: list[int] | None = None) -> torch.Tenso
     return torch.tensor(classes, dtype=torch.long)[pick]
 
 
-def grid_rows(images: torch.Tensor, per_row: int = PER_ROW) -> list[torch.Tensor]:
-    """(N, C, H, W) -> rows of (min(N, per_row), C, H, W); the last row is padded with white."""
-    cols = min(per_row, len(images))
-    rows = []
-    for start in range(0, len(images), cols):
-        row = images[start : start + cols]
-        if len(row) < cols:
-            row = torch.cat([row, row.new_ones(cols - len(row), *row.shape[1:])])
-        rows.append(row)
-    return rows
-
-
 @torch.no_grad()
 def sample_batches(model, prior, n: int, batch_size: int, generator: torch.Generator,
                    labels: torch.Tensor | None = None, timing: dict | None = None, **decoding):
@@ -128,11 +117,13 @@ def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n:
                             temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                             device: str = "cpu", batch_size: int = 256, force: bool = False,
                             classes: list[int] | None = None, top_p: float | None = None,
-                            steps: int | None = None, choice_temperature: float | None = None):
+                            steps: int | None = None, choice_temperature: float | None = None,
+                            class_ids: list[int] | None = None):
     """(Codes of n samples, images (n, C, H, W) in [0, 1]) from the prior, decoded.
 
     classes: class ids for a class-conditional prior (`class_labels`); steps and
-    choice_temperature: MaskGIT's decoding (refused by the other priors)."""
+    choice_temperature: MaskGIT's decoding (refused by the other priors); ``class_ids``: a
+    list that gets each sample's class (nothing for an unconditional prior)."""
     from mvq.pretrained import load_tokenizer
     from mvq.codes import Codes
     from mvq.config import model_hash
@@ -149,16 +140,20 @@ def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n:
     labels = class_labels(prior, n, classes)
     gen = torch.Generator(device=device).manual_seed(seed)
     parts = list(sample_batches(model, prior, n, batch_size, gen, labels, **decoding))
+    if class_ids is not None:
+        class_ids.extend([] if labels is None else labels.tolist())
     return Codes.cat([c for c, _ in parts]), torch.cat([im.cpu() for _, im in parts])
 
 
 def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
                   out: str | Path = "samples.png", temperature: float = 1.0,
                   top_k: int | None = None, seed: int = 0, device: str = "cpu",
-                  scale: int = 1, overwrite: bool = False, force: bool = False,
+                  scale: int | None = None, overwrite: bool = False, force: bool = False,
                   classes: list[int] | None = None, top_p: float | None = None,
                   steps: int | None = None, choice_temperature: float | None = None) -> Path:
-    """Sample n images (seeded: same seed, same PNG) and write them 8 per row; returns the path.
+    """Sample n images (seeded: same seed, same PNG) and write them 8 per row, one block of rows
+    per class for a class-conditional prior, as a labelled figure (``scale``: the images'
+    upscale, default :func:`mvq.figures.readable_scale`); returns the path.
 
     The MVQ mask bits are drawn at random from the same seeded generator (the prior's sample).
     An existing ``out`` is replaced only with ``overwrite``. classes / top_p / steps /
@@ -169,13 +164,44 @@ def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
     from mvq.pretrained import resolve
 
     check_sampling(temperature, top_k, top_p)
-    size = int(read_info(resolve(tokenizer_dir))["config"]["model"]["image_size"])
+    config = read_info(resolve(tokenizer_dir))["config"]
+    size = int(config["model"]["image_size"])
+    scale = readable_scale(size) if scale is None else scale
     check_grid_size(*grid_shape(max(n, 1)), size, scale, "lower --n or --scale")
     check_output(out, overwrite, "--out")
-    _, images = sample_codes_and_images(tokenizer_dir, prior_dir, n, temperature, top_k, seed,
-                                        device, force=force, classes=classes, top_p=top_p,
-                                        steps=steps, choice_temperature=choice_temperature)
-    return save_grid(grid_rows(images), out, scale=scale)
+    sampled: list[int] = []
+    _, images = sample_codes_and_images(
+        tokenizer_dir, prior_dir, n, temperature, top_k, seed, device, force=force,
+        classes=classes, top_p=top_p, steps=steps, choice_temperature=choice_temperature,
+        class_ids=sampled)
+    title = (f"mvq sample: {n} samples of the prior {_run_name(prior_dir)} decoded by "
+             f"{config['model'].get('type', 'the tokenizer')}, temperature {temperature:g}, "
+             f"seed {seed}")
+    figure = sample_figure(images, title, torch.tensor(sampled) if sampled else None,
+                           class_names(config.get("data", {}).get("name", "folder")))
+    return figure.save(out, scale, "lower --n or --scale")
+
+
+def _run_name(folder: str | Path) -> str:
+    """'runs/x/prior' for 'runs/x/prior/checkpoint': the folder that names the run."""
+    folder = Path(folder)
+    return str(folder.parent if folder.name == "checkpoint" else folder)
+
+
+def sample_figure(images: torch.Tensor, title: str, labels: torch.Tensor | None = None,
+                  names: tuple[str, ...] = (), per_row: int = PER_ROW) -> Figure:
+    """Samples (N, C, H, W) as a labelled figure, ``per_row`` a row; with class ``labels``
+    (N,) one block of rows per class (in order of first appearance), labelled with its name
+    from ``names`` (or its id)."""
+    if labels is None:
+        return Figure(list(images.split(per_row)), title)
+    rows, row_labels = [], []
+    for k in dict.fromkeys(labels.tolist()):
+        mine = list(images[labels == k].split(per_row))
+        name = names[k] if 0 <= k < len(names) else f"class {k}"
+        rows += mine
+        row_labels += [f"{name} ({k})"] + [""] * (len(mine) - 1)
+    return Figure(rows, title, row_labels)
 
 
 def grid_shape(n: int, per_row: int = PER_ROW) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """`mvq analyze`: see what the masked secondary codes of an MVQ tokenizer learned.
 
-:func:`analyze` writes one labelled PNG per analysis (``OUT/dims.png`` ...); the analyses are
-in :mod:`mvq.analysis.figures`, the code operations in :mod:`mvq.analysis.codes`.
+:func:`analyze` writes one labelled figure (:mod:`mvq.figures`) per analysis
+(``OUT/dims.png`` ...); the analyses are in :mod:`mvq.analysis.figures`, the code operations
+in :mod:`mvq.analysis.codes`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ def analyze(checkpoint: str | Path, what: list[str], out: str | Path = "runs/ana
     transfer and diversity (compose uses the first 4 of the same seeded draw)."""
     from mvq.analysis import codes as C
     from mvq.analysis import figures
-    from mvq.analysis.labels import save_labelled_grid
     from mvq.outputs import check_output
 
     bad = [w for w in what if w not in ANALYSES]
@@ -62,6 +62,5 @@ def analyze(checkpoint: str | Path, what: list[str], out: str | Path = "runs/ana
             fig = figures.compose(model, sub, idx, drawn[:4], sum_mode)
         else:
             fig = figures.diversity(model, x, sub, idx, drawn[:masks])
-        rows, row_labels, col_labels, title = fig
-        written.append(save_labelled_grid(rows, paths[w], row_labels, col_labels, title, scale))
+        written.append(fig.save(paths[w], scale, "lower --images or --scale"))
     return written

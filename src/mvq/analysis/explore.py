@@ -2,7 +2,9 @@
 
 The server listens on 127.0.0.1 only, answers its page and a small JSON API, and refuses
 any other path (404) and any Host header but 127.0.0.1:PORT / localhost:PORT (403: a page on
-another site cannot reach it through DNS rebinding).
+another site cannot reach it through DNS rebinding). Each connection has its own thread and a
+socket timeout, so an idle or half-sent connection holds up no other request; a client that
+goes away mid-answer is logged as one line.
 
 API (GET; BITS is the mask as '0'/'1', secondary token by token, D' bits each):
   /                               the page
@@ -10,15 +12,21 @@ API (GET; BITS is the mask as '0'/'1', secondary token by token, D' bits each):
   /api/image/I                    test image I: its input and encoded mask
   /api/decode?image=I&mask=BITS&targets=J,K   (e, e', BITS) of image I decoded on its own
                                   primary code and on those of images J, K (data-URL PNGs)
+  /api/atlas?image=I&mask=BITS    every single-bit flip of BITS: its decode, a heatmap of
+                                  where it differs from BITS' decode, the mean change; largest first
   /api/grid.png?image=I&mask=BITS&targets=J,K   the same as one labelled PNG (a download)
+  /api/prior/samples?seed=S&n=N   (with --prior) N codes drawn from the prior, decoded
+  /api/prior/masks?seed=S&n=N&pick=J&draw=R&count=M   sample J of that draw with its primary
+                                  and secondary codes fixed under M fresh masks (seed R)
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import json
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,20 +36,29 @@ from PIL import Image
 from mvq.analysis import codes as C
 from mvq.analysis import pick_distinct
 from mvq.analysis.explore_page import PAGE
-from mvq.analysis.labels import labelled_grid
 from mvq.codes import Codes
+from mvq.config import model_hash
+from mvq.data import class_names
 from mvq.errors import MvqError
-from mvq.images import grid_array
+from mvq.figures import Figure, change_heatmap, change_size, png_bytes, to_uint8
 from mvq.models.tokenizers import MVQVAE
+from mvq.sample import check_same_tokenizer, class_labels
+from mvq.pretrained import load_prior
 
 MAX_TARGETS = 16
+MAX_SAMPLES = 32  # prior samples or masks per request
+SOCKET_TIMEOUT = 10.0  # seconds a connection may sit idle or half-sent before it is closed
 
 
 class Explorer:
-    """The model, the test images and their codes, and the decoding the API needs."""
+    """The model, the test images and their codes, and the decoding the API needs.
+
+    Every decode is of one code at a time (:meth:`decode_each`), so an image shows the same
+    pixels whichever request computed it (the atlas' thumbnail and the toggled bit agree)."""
 
     def __init__(self, model: MVQVAE, images: torch.Tensor) -> None:
         self.model, self.images = model, images
+        self.lock = threading.Lock()  # one forward pass at a time; I/O stays concurrent
         with torch.no_grad():
             self.codes = model.encode(images)
         self.tokens2, self.bits = self.codes.mask.shape[1] * self.codes.mask.shape[2], \
@@ -57,6 +74,11 @@ class Explorer:
         i = self._index(i)
         return {"index": i, "input": _png(self.images[i]), "mask": _bits(self.codes.mask[i])}
 
+    def decode_each(self, codes: Codes) -> torch.Tensor:
+        """(N, C, H, W) in [0, 1]: each of the N codes decoded on its own (batch of one)."""
+        with self.lock:
+            return torch.cat([C.decode(self.model, codes[k : k + 1]) for k in range(len(codes))])
+
     def decode(self, i: int, mask: str, targets: list[int]) -> torch.Tensor:
         """(1 + len(targets), C, H, W): image i's (e', mask) on its own and the targets' e."""
         i, targets = self._index(i), [self._index(t) for t in targets]
@@ -66,16 +88,36 @@ class Explorer:
         rows = [i] + targets
         config = Codes(self.codes.primary[rows], self.codes.secondary[[i] * len(rows)],
                        m.unsqueeze(0).expand(len(rows), *m.shape), self.codes.meta)
-        return C.decode(self.model, config)
+        return self.decode_each(config)
+
+    def atlas(self, i: int, mask: str) -> dict:
+        """Every single-bit flip of ``mask`` on image i: per bit its decode, a heatmap of
+        |decode(flipped) - decode(mask)| (white: none, dark: the largest over all flips, ``top``)
+        and the mean change per pixel; the flips sorted by that change, largest first."""
+        i, m = self._index(i), self._mask(mask)
+        n = self.tokens2 * self.bits
+        flips = m.flatten().unsqueeze(0).repeat(n + 1, 1)
+        flips[1:] ^= torch.eye(n, dtype=torch.bool)
+        masks = flips.view(n + 1, *m.shape)
+        dec = self.decode_each(C.with_masks(self.codes[i : i + 1], masks))
+        base, flipped = dec[:1], dec[1:]
+        sizes = change_size(flipped, base.expand_as(flipped))
+        top = float((flipped - base).abs().mean(1).max())
+        heat = change_heatmap(flipped, base.expand_as(flipped), top)
+        encoded = _bits(self.codes.mask[i])
+        order = sorted(range(n), key=lambda k: (-float(sizes[k]), k))
+        return {"top": top, "flips": [
+            {"bit": k, "token": k // self.bits, "dim": k % self.bits, "on": mask[k] == "0",
+             "edited": mask[k] != encoded[k], "change": float(sizes[k]),
+             "image": _png(flipped[k]), "heat": _png(heat[k])} for k in order]}
 
     def grid(self, i: int, mask: str, targets: list[int]) -> bytes:
         dec = self.decode(i, mask, targets)
         row = torch.cat([self.images[self._index(i)].unsqueeze(0).to(dec), dec])
         labels = ["input", f"img {i}"] + [f"on img {t}" for t in targets]
-        img = labelled_grid([row], [""], labels, f"mask {mask} of img {i}", scale=3)
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return buf.getvalue()
+        return png_bytes(Figure([row], f"mvq explore: image {i}'s secondary code under mask "
+                                f"{mask}, on its own and on other images' primary codes",
+                                col_labels=labels).render())
 
     def _index(self, i: int) -> int:
         if not 0 <= i < len(self.images):
@@ -91,22 +133,107 @@ class Explorer:
         return flat.view(*self.codes.mask.shape[1:])
 
 
+class PriorPanel:
+    """A prior trained on the explorer's tokenizer: draw codes, then keep one's primary and
+    secondary codes and draw fresh masks for it (the prior does not model masks: MVQ 3.4)."""
+
+    def __init__(self, explorer: Explorer, prior, names: tuple[str, ...]) -> None:
+        self.explorer, self.prior, self.names = explorer, prior, names
+
+    def info(self) -> dict:
+        return {"kind": self.prior.kind, "classes": list(self.names[: self.prior.num_classes])
+                or [f"class {k}" for k in range(self.prior.num_classes)]}
+
+    def draw(self, seed: int, n: int, cls: int | None = None) -> Codes:
+        """n codes from the prior, seeded (the same seed draws the same codes)."""
+        _count(n)
+        labels = class_labels(self.prior, n, None if cls is None else [cls])
+        with self.explorer.lock, torch.no_grad():
+            return self.prior.sample(n, labels, torch.Generator().manual_seed(seed))
+
+    def samples(self, seed: int, n: int, cls: int | None = None) -> dict:
+        codes = self.draw(seed, n, cls)
+        images = self.explorer.decode_each(codes)
+        return {"images": [_png(x) for x in images],
+                "primary": [" ".join(map(str, p.flatten().tolist())) for p in codes.primary]}
+
+    def masks(self, seed: int, n: int, pick: int, draw: int, count: int,
+              cls: int | None = None) -> dict:
+        """Sample ``pick`` of the draw (seed, n) under ``count`` masks drawn from ``draw``."""
+        _count(count)
+        if not 0 <= pick < n:
+            raise MvqError(f"pick {pick} is outside the {n} samples drawn; pick one of 0..{n - 1}")
+        one = self.draw(seed, n, cls)[pick : pick + 1]
+        masks = C.random_masks(one, count, draw)
+        images = self.explorer.decode_each(C.with_masks(one, masks))
+        return {"images": [_png(x) for x in images], "masks": [_bits(m) for m in masks]}
+
+
+def _count(n: int) -> None:
+    if not 1 <= n <= MAX_SAMPLES:
+        raise MvqError(f"expected 1..{MAX_SAMPLES} samples or masks, found {n}")
+
+
 def _png(img: torch.Tensor) -> str:
     """(C, H, W) in [0, 1] -> a data URL of a PNG without padding."""
-    buf = io.BytesIO()
-    Image.fromarray(grid_array([img.unsqueeze(0)], pad=0)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    data = png_bytes(Image.fromarray(to_uint8(img.unsqueeze(0))[0]))
+    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 def _bits(mask: torch.Tensor) -> str:
     return "".join("1" if b else "0" for b in mask.flatten().tolist())
 
 
-def make_handler(explorer: Explorer):
-    """A request handler bound to ``explorer`` (the port is read from the server)."""
+def _routes(explorer: Explorer, panel: PriorPanel | None):
+    """path -> function(query dict) -> (status, body bytes, content type, extra headers)."""
+    def js(obj: dict) -> tuple:
+        return 200, json.dumps(obj).encode(), "application/json", {}
+
+    def mask_query(q: dict) -> tuple[int, str, list[int]]:
+        targets = [_int(t) for t in q.get("targets", "").split(",") if t]
+        return _int(q.get("image", "")), q.get("mask", ""), targets
+
+    def grid(q: dict) -> tuple:
+        i, mask, targets = mask_query(q)
+        return 200, explorer.grid(i, mask, targets), "image/png", {
+            "Content-Disposition": f'attachment; filename="mvq-mask-img{i}.png"'}
+
+    def need_panel() -> PriorPanel:
+        if panel is None:
+            raise MvqError("no prior loaded: start mvq explore with --prior PRIOR_DIR")
+        return panel
+
+    def cls(q: dict) -> int | None:
+        return _int(q["class"]) if q.get("class", "") != "" else None
+
+    return {
+        "/": lambda q: (200, PAGE.encode(), "text/html; charset=utf-8", {}),
+        "/api/info": lambda q: js({**explorer.info(),
+                                   "prior": panel.info() if panel else None}),
+        "/api/decode": lambda q: js({"images": [_png(d) for d in
+                                                explorer.decode(*mask_query(q))]}),
+        "/api/atlas": lambda q: js(explorer.atlas(*mask_query(q)[:2])),
+        "/api/grid.png": grid,
+        "/api/prior/samples": lambda q: js(need_panel().samples(
+            _int(q.get("seed", "0")), _int(q.get("n", "8")), cls(q))),
+        "/api/prior/masks": lambda q: js(need_panel().masks(
+            _int(q.get("seed", "0")), _int(q.get("n", "8")), _int(q.get("pick", "0")),
+            _int(q.get("draw", "0")), _int(q.get("count", "8")), cls(q))),
+    }
+
+
+def make_handler(explorer: Explorer, panel: PriorPanel | None = None,
+                 timeout: float = SOCKET_TIMEOUT):
+    """A request handler bound to ``explorer`` (and a prior ``panel``); ``timeout``: seconds a
+    connection may stay idle or half-sent (the port is read from the server)."""
+    routes = _routes(explorer, panel)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "mvq-explore"
+
+        def setup(self) -> None:
+            self.timeout = timeout  # StreamRequestHandler sets it on the socket
+            super().setup()
 
         def log_message(self, *args) -> None:  # quiet: the terminal shows the URL only
             pass
@@ -132,41 +259,59 @@ def make_handler(explorer: Explorer):
                                         f"{port} or localhost:{port}"})
             url = urlsplit(self.path)
             q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            path = "/api/image" if url.path.startswith("/api/image/") else url.path
             try:
-                if url.path == "/":
-                    return self._send(200, PAGE.encode(), "text/html; charset=utf-8")
-                if url.path == "/api/info":
-                    return self._json(200, explorer.info())
-                if url.path.startswith("/api/image/"):
+                if path == "/api/image":
                     return self._json(200, explorer.image(_int(url.path.rsplit("/", 1)[1])))
-                if url.path in ("/api/decode", "/api/grid.png"):
-                    i, mask = _int(q.get("image", "")), q.get("mask", "")
-                    targets = [_int(t) for t in q.get("targets", "").split(",") if t]
-                    if url.path == "/api/grid.png":
-                        return self._send(200, explorer.grid(i, mask, targets), "image/png", {
-                            "Content-Disposition": f'attachment; filename="mvq-mask-img{i}.png"'})
-                    dec = explorer.decode(i, mask, targets)
-                    return self._json(200, {"images": [_png(d) for d in dec]})
+                if path in routes:
+                    return self._send(*routes[path](q))
             except MvqError as err:
                 return self._json(400, {"error": str(err)})
+            except (ConnectionError, TimeoutError):
+                raise  # the client went away: ExploreServer logs one line
+            except Exception as err:  # a bug: the page and the terminal get one line each
+                self._json(500, {"error": f"internal error: {type(err).__name__}: {err}"})
+                raise
             self._json(404, {"error": f"no such page: {url.path}"})
 
     return Handler
+
+
+class ExploreServer(ThreadingHTTPServer):
+    """A thread per connection (daemon threads: Ctrl-C is not held up by open connections);
+    a connection's failure is logged as one line on stderr, not a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        err = sys.exc_info()[1]
+        what = ("went away" if isinstance(err, (ConnectionError, TimeoutError))
+                else "failed")
+        print(f"mvq explore: request from {client_address[0]}:{client_address[1]} {what}: "
+              f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
 
 
 def _int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise MvqError(f"expected an integer image index, found {text[:20]!r}") from None
+        raise MvqError(f"expected an integer, found {text[:20]!r}") from None
 
 
-def make_server(checkpoint: str | Path, port: int = 8765, images: int = 64) -> HTTPServer:
-    """An HTTPServer on 127.0.0.1:port (0: any free port) for an MVQ checkpoint."""
+def make_server(checkpoint: str | Path, port: int = 8765, images: int = 64,
+                prior: str | Path | None = None, force: bool = False,
+                timeout: float = SOCKET_TIMEOUT) -> ExploreServer:
+    """An :class:`ExploreServer` on 127.0.0.1:port (0: any free port) for an MVQ checkpoint and,
+    optionally, a prior trained on its codes (``force``: other weights of the same tokenizer)."""
     model, cfg = C.load_mvq(checkpoint)
     explorer = Explorer(model, C.load_test_images(cfg, images))
+    panel = None
+    if prior is not None:
+        loaded, info = load_prior(prior)
+        check_same_tokenizer(info, model_hash(cfg.model), prior, model, force)
+        panel = PriorPanel(explorer, loaded, class_names(cfg.data.name))
     try:
-        return HTTPServer(("127.0.0.1", port), make_handler(explorer))
+        return ExploreServer(("127.0.0.1", port), make_handler(explorer, panel, timeout))
     except OSError as err:
         raise MvqError(f"cannot listen on 127.0.0.1:{port} ({err.strerror or err}); "
                        "pass another --port") from None

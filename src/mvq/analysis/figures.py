@@ -1,9 +1,10 @@
-"""The four mask analyses of the MVQ paper as labelled grids (`mvq analyze`).
+"""The four mask analyses of the MVQ paper as labelled figures (`mvq analyze`).
 
-Each function takes an MVQ model and the Codes of some test images and returns
-``(rows, row_labels, col_labels, title)`` for :func:`mvq.analysis.labels.save_labelled_grid`:
+Each function takes an MVQ model and the Codes of some test images and returns a
+:class:`mvq.figures.Figure`:
 
-- :func:`dims` (Fig. 2): each single mask dimension switched on and off in one image's code;
+- :func:`dims` (Fig. 2): each single mask dimension switched on and off in one image's code,
+  with a heatmap of where the two decodes differ;
 - :func:`transfer` (Fig. 6a / 9): masked configurations of one primary code on other primaries;
 - :func:`compose` (Fig. 6b): 3x3, e alone in the centre, one configuration on each side, the
   corners the sum of their two neighbours' configurations (see ``codes.decode_sum``);
@@ -16,9 +17,8 @@ import torch
 
 from mvq.analysis import codes as C
 from mvq.codes import Codes
+from mvq.figures import HEAT_LEGEND, Figure, change_heatmap, change_size
 from mvq.models.tokenizers import MVQVAE
-
-Figure = tuple[list[torch.Tensor], list[str], list[str], str]
 
 
 def _name(codes: Codes, i: int, index: int) -> str:
@@ -28,19 +28,29 @@ def _name(codes: Codes, i: int, index: int) -> str:
 
 
 def dims(model: MVQVAE, codes: Codes, indices: list[int]) -> Figure:
-    """Per image two rows: its encoded mask m* with dimension d forced on, and forced off (at
-    every secondary token); column 0 is m* itself, then one column per dimension."""
+    """Per image three rows: its encoded mask m* with dimension d forced on (at every secondary
+    token), forced off, and a heatmap of |on - off| captioned with its mean; column 0 is m*
+    itself, then one column per dimension."""
     d2 = codes.mask.shape[-1]
-    rows, labels = [], []
-    for i, index in enumerate(indices):
+    decoded = []
+    for i in range(len(indices)):
+        pair = []
         for on in (True, False):
             masks = codes.mask[i].unsqueeze(0).repeat(d2 + 1, 1, 1, 1)
             for d in range(d2):
                 masks[d + 1, ..., d] = on
-            rows.append(C.decode(model, C.with_masks(codes[i : i + 1], masks)))
-            labels.append(f"{_name(codes, i, index)}: dim on" if on else "dim off")
-    cols = ["m*"] + [f"d{d}" for d in range(d2)]
-    return rows, labels, cols, "dims: encoded mask m* with one mask dimension set on / off"
+            pair.append(C.decode(model, C.with_masks(codes[i : i + 1], masks)))
+        decoded.append(pair)
+    top = max(float((on - off).abs().mean(1).max()) for on, off in decoded)
+    rows, labels, captions = [], [], []
+    for i, (index, (on, off)) in enumerate(zip(indices, decoded)):
+        rows += [on, off, change_heatmap(on, off, top)]
+        labels += [f"{_name(codes, i, index)}\ndimension on", "dimension off", "change"]
+        captions += [[], [], [""] + [f"{v:.3f}" for v in change_size(on, off)[1:].tolist()]]
+    cols = ["encoded\nmask"] + [f"dim {d}" for d in range(d2)]
+    return Figure(rows, "dims: the encoded mask with one mask dimension switched on / off "
+                  "(Fig. 2)", labels, cols, captions,
+                  f"{HEAT_LEGEND}; numbers: mean |on - off| per pixel")
 
 
 def transfer(model: MVQVAE, codes: Codes, indices: list[int], masks: torch.Tensor) -> Figure:
@@ -51,10 +61,12 @@ def transfer(model: MVQVAE, codes: Codes, indices: list[int], masks: torch.Tenso
     configs = C.with_masks(codes[:1], torch.cat([codes.mask[:1], none, masks.bool()]))
     rows = [C.decode(model, C.transfer(configs, C.repeat(codes, i, len(configs))))
             for i in range(len(codes))]
-    labels = [("e_1 " if i == 0 else "on ") + _name(codes, i, index)
+    labels = [("own codes: " if i == 0 else "on the primary of\n") + _name(codes, i, index)
               for i, index in enumerate(indices)]
-    cols = ["m*", "none"] + [f"m{j}" for j in range(len(masks))]
-    return rows, labels, cols, "transfer: (e'_1, m) of row 1 on other primary codes"
+    cols = ["encoded\nmask", "no mask"] + [f"mask {j + 1}" for j in range(len(masks))]
+    return Figure(rows, f"transfer: {_name(codes, 0, indices[0])}'s secondary code under each "
+                  "mask (columns), decoded on other images' primary codes (rows) (Fig. 6a, 9)",
+                  labels, cols)
 
 
 def compose(model: MVQVAE, codes: Codes, indices: list[int], masks: torch.Tensor,
@@ -66,7 +78,9 @@ def compose(model: MVQVAE, codes: Codes, indices: list[int], masks: torch.Tensor
     layout = [[(top, left), (top,), (top, right)],
               [(left,), (), (right,)],
               [(bottom, left), (bottom,), (bottom, right)]]
-    rows, labels = [], []
+    names = [["A and B", "mask A", "A and C"], ["mask B", "no mask", "mask C"],
+             ["D and B", "mask D", "D and C"]]
+    rows, labels, captions = [], [], []
     for i, index in enumerate(indices):
         one = codes[i : i + 1]
         for cells in layout:
@@ -74,9 +88,13 @@ def compose(model: MVQVAE, codes: Codes, indices: list[int], masks: torch.Tensor
                                    [C.with_masks(one, masks[k : k + 1]) for k in cell], mode)
                       for cell in cells]
             rows.append(torch.cat(images))
-        labels += [f"{_name(codes, i, index)}: A+B | A | A+C", "B | e alone | C", "D+B | D | D+C"]
-    summed = "e'*m summed before f" if mode == "codes" else "f(e'*m) - f(0) summed"
-    return rows, labels, [], f"compose: masks A top, B left, C right, D bottom; corners: {summed}"
+        labels += [_name(codes, i, index), "", ""]
+        captions += names
+    summed = ("the masked secondary codes added before f" if mode == "codes"
+              else "what each configuration adds through f, added")
+    return Figure(rows, "compose: four masks A-D of one secondary code, alone (sides) and "
+                  "two at a time (corners) (Fig. 6b)", labels, [], captions,
+                  f"centre: the primary code alone (mask all zero); corners: {summed}")
 
 
 def diversity(model: MVQVAE, images: torch.Tensor, codes: Codes, indices: list[int],
@@ -89,5 +107,6 @@ def diversity(model: MVQVAE, images: torch.Tensor, codes: Codes, indices: list[i
         rec = C.decode(model, codes[i : i + 1])
         rows.append(torch.cat([images[i : i + 1].to(dec), rec, dec]))
     labels = [_name(codes, i, index) for i, index in enumerate(indices)]
-    cols = ["input", "m*"] + [f"m{j}" for j in range(len(masks))]
-    return rows, labels, cols, "diversity: random masks of the same (e, e')"
+    cols = ["input", "encoded\nmask"] + [f"mask {j + 1}" for j in range(len(masks))]
+    return Figure(rows, "diversity: the same primary and secondary code under random masks "
+                  "(Fig. 8)", labels, cols)

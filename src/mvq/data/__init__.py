@@ -55,6 +55,14 @@ def canonical_name(name: str) -> str:
     return _ALIASES[key]
 
 
+def class_names(name: str) -> tuple[str, ...]:
+    """The class names of a built-in data set, by label id; () for ``folder`` (its classes are
+    its sub-folders, known only once read)."""
+    kind = canonical_name(name)
+    return {"fashion-mnist": FashionMNIST.classes, "cifar10": CIFAR10.classes,
+            "shapes": Shapes.classes}.get(kind, ())
+
+
 def build_dataset(
     name: str,
     root: str | None = None,

@@ -58,24 +58,32 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
 def class_grid(records: list[dict], path: Path, device: str = "auto", per_class: int = 10
                ) -> Path:
     """One row per class: ``per_class`` samples of the first class-conditional prior among the
-    records (seed 0), decoded by its tokenizer; the row's label is its class id."""
-    from mvq.images import save_grid
-    from mvq.sample import sample_codes_and_images
+    records (seed 0), decoded by its tokenizer; the row's label is its class name and id."""
+    import torch
+
+    from mvq.checkpoint import read_info
+    from mvq.data import class_names
     from mvq.devices import pick_device
+    from mvq.pretrained import load_prior
+    from mvq.sample import sample_codes_and_images, sample_figure
 
     rec = next((r for r in sorted(records, key=lambda r: r["seed"])
                 if r.get("class_conditional")), None)
     if rec is None:
         raise MvqError("class grid: no finished class-conditional prior among the runs")
     prior = Path(rec["checkpoint"])
-    from mvq.pretrained import load_prior
-
     classes = load_prior(prior)[0].num_classes
+    sampled: list[int] = []
     _, images = sample_codes_and_images(
         rec["tokenizer"], prior, n=per_class * classes, seed=0, device=str(pick_device(device)),
-        classes=list(range(classes)))
+        classes=list(range(classes)), class_ids=sampled)
+    model = read_info(rec["tokenizer"])["config"]
+    title = (f"class-conditional samples: {per_class} per class, {rec.get('prior_kind', 'prior')}"
+             f" on {model['model']['type']} codes, seed 0")
+    figure = sample_figure(images, title, torch.tensor(sampled),
+                           class_names(model.get("data", {}).get("name", "folder")), per_class)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save_grid(list(images.split(per_class)), path, scale=2)
+    return figure.save(path)
 
 
 def class_agreement(records: list[dict], path: Path, n: int, device: str = "auto",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import textwrap
 from pathlib import Path
 
 from mvq._compat import missing
@@ -182,6 +183,9 @@ def plot(plan: Plan, cells: list[dict], path: Path) -> Path | None:
             ax.grid(alpha=0.3)
             if row == 0 and col == 0:
                 ax.legend(fontsize=8)
+    fig.suptitle(textwrap.fill(f"{plan.title}: mean ± std over seeds (mvq reproduce "
+                               f"{plan.experiment} --scale {plan.scale})", 60 * len(series)),
+                 fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)

@@ -7,13 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mvq import checkpoint, distributed, pretrained
 from mvq.config import GAN_TYPES, Config, check_ready
 from mvq.data import build_dataset
 from mvq.errors import MvqError
-from mvq.images import grid_array, save_grid
+from mvq.figures import Figure, save_png
 from mvq.models import Tokenizer, build_model
 from mvq.devices import pick_device
 from mvq.train.engine import Schedule, StepOutput, Trainee, fit
@@ -238,7 +239,9 @@ class TokenizerTrainee(Trainee):
         used = self.published()
         metrics = validate(used, self.val_images, device=self.device)
         grid = write_recon_grid(used, self.val_images[: self.tc.grid_images],
-                                out_dir / f"recon_{step:06d}.png", self.device)
+                                out_dir / f"recon_{step:06d}.png", self.device,
+                                f"{self.cfg.model.type} at step {step}: validation images "
+                                f"(MSE {metrics['val_mse']:.4f}, PSNR {metrics['val_psnr']:.2f} dB)")
         self.grids = {"reconstructions": grid}
         return metrics
 
@@ -257,12 +260,13 @@ class TokenizerTrainee(Trainee):
 
 
 @torch.no_grad()
-def write_recon_grid(model: Tokenizer, images: torch.Tensor, path: Path, device):
-    """Originals (top row) over reconstructions from the codes (bottom row); returns the grid
-    as a uint8 (H, W, 3) array."""
+def write_recon_grid(model: Tokenizer, images: torch.Tensor, path: Path, device, title: str):
+    """A labelled figure of the originals (top row) over reconstructions from the codes (bottom
+    row), titled ``title``; returns it as a uint8 (H, W, 3) array (for TensorBoard)."""
     was = model.training
     model.eval()
     rec = model.reconstruct(images.to(device)).cpu()
     model.train(was)
-    save_grid([images, rec], path)
-    return grid_array([images, rec])
+    img = Figure([images, rec], title, ["original", "reconstruction"]).render()
+    save_png(img, path)
+    return np.asarray(img)
