@@ -39,14 +39,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def nonnegative_int(text: str) -> int:
-    """An integer >= 0 (seeds)."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text}")
-    return value
-
-
 def positive_float(text: str) -> float:
     """A finite number > 0 (learning rates, temperatures)."""
     value = _number(text, float)

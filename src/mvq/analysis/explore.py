@@ -283,7 +283,7 @@ class ExploreServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, _request, client_address) -> None:
         err = sys.exc_info()[1]
         what = ("went away" if isinstance(err, (ConnectionError, TimeoutError))
                 else "failed")

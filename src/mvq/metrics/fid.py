@@ -28,7 +28,6 @@ from mvq.metrics.weights import (
     state_dict_sha256,
 )
 
-FEATURE_DIM = 2048
 
 
 def build_fid_inception(state_dict: dict[str, torch.Tensor] | None) -> nn.Module:

@@ -9,7 +9,6 @@ reflect-pads and averages the whole image, and sizes its gaussian from sigma (ig
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -158,8 +157,3 @@ def ms_ssim_or_none(
     if reason is not None:
         return None, reason
     return ms_ssim(x, y, data_range, kernel_size, sigma, betas), None
-
-
-def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
-    """PSNR in dB for a given mean squared error."""
-    return math.inf if mse <= 0 else 10 * math.log10(data_range**2 / mse)

@@ -16,7 +16,6 @@ One layout for everything that is not a feature map: ids are ``(B, *grid)``, mul
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import nn
@@ -25,8 +24,6 @@ from mvq.errors import MvqError
 from mvq.quantize.masked import MaskedOutput, MaskedQuantizer
 from mvq.quantize.multichannel import MultiChannelQuantizer
 from mvq.quantize.vq import QuantizeOutput, VectorQuantizer
-
-Restore = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _check_input(x: object, dim: int, channel_first: bool, layer: str) -> torch.Tensor:
