@@ -9,7 +9,6 @@ reflect-pads and averages the whole image, and sizes its gaussian from sigma (ig
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
