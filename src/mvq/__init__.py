@@ -10,17 +10,15 @@ The library's front door:
 """
 
 from mvq import _compat  # noqa: F401  (must run before anything imports torchvision)
-
-__version__ = "0.2.0"
-
-from mvq.quantize.layers import (  # noqa: E402
+from mvq._version import __version__
+from mvq.models import Tokenizer  # registers the tokenizer loader
+from mvq.pretrained import load
+from mvq.priors import Prior  # registers the prior loader
+from mvq.quantize.layers import (
     MaskedVectorQuantize,
     MultiChannelVectorQuantize,
     VectorQuantize,
 )
-from mvq.pretrained import load  # noqa: E402
-from mvq.models import Tokenizer  # noqa: E402,I001  (registers the tokenizer loader)
-from mvq.priors import Prior  # noqa: E402  (registers the prior loader)
 
 __all__ = ["MaskedVectorQuantize", "MultiChannelVectorQuantize", "Prior", "Tokenizer",
            "VectorQuantize", "__version__", "load"]

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-import mvq
-from mvq.config import Config, config_from_dict, config_to_dict
+from mvq._version import __version__
+from mvq.config import Config, config_to_dict
 from mvq.errors import MvqError
 
 FORMAT = "mvq-checkpoint-v1"  # tokenizers
@@ -208,7 +208,7 @@ def write_tokenizer(directory: Path, model: torch.nn.Module, cfg: Config, step: 
 
 def tokenizer_info(cfg: Config, step: int, extra: dict | None = None) -> dict:
     """config.json of a tokenizer: what it is, the config that rebuilds it, its step."""
-    return {"format": FORMAT, "mvq_version": mvq.__version__, "kind": "tokenizer",
+    return {"format": FORMAT, "mvq_version": __version__, "kind": "tokenizer",
             "model_type": cfg.model.type, "step": step, "config": config_to_dict(cfg),
             **(extra or {})}
 

@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-import mvq
+from mvq._version import __version__
 from mvq.argtypes import (
     OneLineParser,
     class_list,
@@ -200,7 +200,6 @@ def _add_compare(sub) -> None:
 
 def cmd_compare(args) -> int:
     from mvq.evaluate import format_comparison, load_result
-
     from mvq.outputs import check_output, write_text
 
     check_output(args.out, args.overwrite, "--out")
@@ -473,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`mvq.MaskedVectorQuantize` and `mvq.MultiChannelVectorQuantize` drop into your own "
         "model.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    parser.add_argument("--version", action="version", version=f"mvq {mvq.__version__}")
+    parser.add_argument("--version", action="version", version=f"mvq {__version__}")
     parser.add_argument("--threads", type=threads, metavar="N",
                         help="CPU threads for torch (default: OMP_NUM_THREADS when set, else "
                         "torch's default shared among the mvq processes running here)")
@@ -512,10 +511,10 @@ def cmd_train(args) -> int:
 def cmd_reconstruct(args) -> int:
     import torch
 
-    from mvq.pretrained import load_tokenizer
     from mvq.data import build_dataset
     from mvq.figures import Figure, check_grid_size
     from mvq.outputs import check_output
+    from mvq.pretrained import load_tokenizer
 
     check_output(args.out, args.overwrite, "--out")  # before any work
     check_output(args.codes, args.overwrite, "--codes")

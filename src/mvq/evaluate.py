@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-import mvq
-from mvq.pretrained import load_tokenizer
+from mvq._version import __version__
 from mvq.codes import Codes
 from mvq.config import model_hash
 from mvq.data import build_dataset, canonical_name
+from mvq.devices import pick_device
 from mvq.errors import MvqError
 from mvq.metrics import (
     FeatureStats,
@@ -43,7 +43,7 @@ from mvq.metrics.fid import default_stats_dir, frechet_distance, mean_cov, stats
 from mvq.metrics.perceptual import lpips_resize
 from mvq.metrics.weights import weights_sha256
 from mvq.outputs import write_text
-from mvq.devices import pick_device
+from mvq.pretrained import load_tokenizer
 
 METRICS = ("mse", "psnr", "ssim", "lpips", "rfid", "prd", "usage")
 FEATURE_EXTRACTOR = "pytorch-fid FIDInceptionV3 pool3 2048-d"
@@ -176,7 +176,7 @@ def _open_run(checkpoint, split: str, n: int, batch_size: int, device: str, data
         "metrics_requested": list(chosen),
         "feature_extractor": None, "feature_extractor_sha256": None, "inception_resize": None,
         "fid_stats_cache": None, "fid_stats_cache_hit": None, "prd": None,
-        "device": str(dev), "batch_size": batch_size, "mvq_version": mvq.__version__,
+        "device": str(dev), "batch_size": batch_size, "mvq_version": __version__,
         "torch_version": torch.__version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": None,
         "notes": [], "metrics": {},
@@ -365,6 +365,8 @@ def evaluate_samples(
     ``choice_temperature`` are MaskGIT's (refused by the other priors). Returns a
     JSON-serialisable dict like `evaluate_checkpoint`.
     """
+    from mvq.pretrained import load_prior
+    from mvq.priors.base import validate_prior
     from mvq.sample import (
         check_same_tokenizer,
         check_sampling,
@@ -372,8 +374,6 @@ def evaluate_samples(
         decoding_options,
         sample_batches,
     )
-    from mvq.pretrained import load_prior
-    from mvq.priors.base import validate_prior
 
     t0 = time.time()
     chosen = _check_metrics(metrics, SAMPLE_METRICS, "sample metric")

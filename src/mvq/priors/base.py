@@ -20,8 +20,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-import mvq
 from mvq import checkpoint
+from mvq._version import __version__
 from mvq.codes import Codes
 from mvq.errors import MvqError
 from mvq.pretrained import Pretrained
@@ -96,7 +96,7 @@ class Prior(Pretrained, nn.Module):
 
     def _checkpoint_info(self) -> dict:
         saved = dict(self.checkpoint_info or {"step": 0})
-        return {**saved, "format": checkpoint.PRIOR_FORMAT, "mvq_version": mvq.__version__,
+        return {**saved, "format": checkpoint.PRIOR_FORMAT, "mvq_version": __version__,
                 "kind": "prior", "prior_type": self.kind, "prior": self.config()}
 
     @classmethod

@@ -16,23 +16,22 @@ from pathlib import Path
 
 import torch
 
-import mvq
 from mvq import checkpoint, distributed
+from mvq._version import __version__
 from mvq.codes import Codes
+from mvq.devices import pick_device
 from mvq.errors import MvqError
 from mvq.priors.base import Prior, validate_prior
-from mvq.devices import pick_device
 from mvq.priors.registry import default_kind, prior_class
 from mvq.tokens import load_tokens
 from mvq.train.engine import Schedule, StepOutput, Trainee, fit
-
 
 
 def write_prior(directory: Path, prior: Prior, info: dict) -> None:
     """model.safetensors + config.json (format mvq-prior-v1, prior type and config) + card into
     ``directory``."""
     checkpoint.write_model(directory, prior, {
-        "format": checkpoint.PRIOR_FORMAT, "mvq_version": mvq.__version__, "kind": "prior",
+        "format": checkpoint.PRIOR_FORMAT, "mvq_version": __version__, "kind": "prior",
         "prior_type": prior.kind, "prior": prior.config(), **info})
 
 
