@@ -107,6 +107,12 @@ class Prior(Pretrained, nn.Module):
         """JSON-able constructor arguments: ``type(prior)(**prior.config())`` rebuilds it."""
         raise NotImplementedError
 
+    @classmethod
+    def upgrade_config(cls, config: dict) -> dict:
+        """A `config()` saved by an earlier mvq, in today's form (what its keys' absence meant
+        then); `mvq.priors.build_prior` rebuilds checkpoints through it."""
+        return config
+
     def forward(self, codes: Codes, labels: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.loss(codes, labels)
