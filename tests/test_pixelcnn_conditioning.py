@@ -12,6 +12,7 @@ from mvq.codes import Codes
 from mvq.errors import MvqError
 from mvq.priors import PixelCNNPrior, build_prior
 from mvq.priors.pixelcnn import fold, unfold
+from mvq.pretrained import load_prior
 
 SIZES = dict(channels=8, n_layers=2)
 
@@ -74,11 +75,11 @@ def test_layout_conditioning_learns_what_the_average_cannot():
     got = {}
     for kind in ("average", "layout"):
         torch.manual_seed(0)
-        prior = PixelCNNPrior.from_codes(codes, sizes=dict(channels=16, n_layers=2,
+        prior = PixelCNNPrior.from_codes(codes, sizes=dict(channels=16, n_layers=1,
                                                            conditioning=kind))
         opt = torch.optim.Adam(prior.parameters(), lr=1e-2)
-        for _ in range(150):
-            loss = prior.loss(codes)[1]["secondary"]
+        for _ in range(100):  # the secondary stage only
+            loss = prior.secondary.loss(codes.secondary, where=prior.condition(codes.primary))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -135,3 +136,21 @@ def test_config_records_the_conditioning_and_old_configs_are_the_average_kind():
 def test_unknown_conditioning_refused():
     with pytest.raises(MvqError, match="conditioning must be one of layout, average, got 'x'"):
         _prior((2, 2), (1, 1), "x")
+
+
+def test_a_checkpoint_saved_before_the_conditioning_loads_as_the_average_kind(tmp_path,
+                                                                               monkeypatch):
+    """A prior folder whose config.json has no 'conditioning' (as mvq wrote them before) loads
+    as the averaging kind with its weights; today's folders record 'layout'."""
+    old = _prior((2, 2), (1, 1), "average").float()
+    legacy = old.config()
+    del legacy["sizes"]["conditioning"]
+    monkeypatch.setattr(old, "config", lambda: legacy)
+    old.save_pretrained(tmp_path / "old")
+    got, info = load_prior(tmp_path / "old")
+    assert "conditioning" not in info["prior"]["sizes"] and got.conditioning == "average"
+    codes = Codes(torch.randint(0, 4, (3, 2, 2)), torch.randint(0, 5, (3, 1, 1)),
+                  meta={"codebook_sizes": [4, 5]})
+    assert got.nll(codes) == old.nll(codes)
+    _prior((2, 2), (1, 1)).float().save_pretrained(tmp_path / "new")
+    assert load_prior(tmp_path / "new")[0].conditioning == "layout"

@@ -167,13 +167,13 @@ class PrimaryContext(nn.Module):
     def __init__(self, vocab_size: int, channels: int, primary_shape: tuple[int, int],
                  secondary_shape: tuple[int, int], layers: int = 2) -> None:
         super().__init__()
-        self.pre, down, up = [], [], []
+        pre, down, up = [], [], []
         for a, b in zip(primary_shape, secondary_shape):
             a = a if a % b == 0 or b % a == 0 else b  # neither divides: pool this side to b
-            self.pre.append(a)
+            pre.append(a)
             down.append(max(1, a // b))
             up.append(max(1, b // a))
-        self.down, self.up = tuple(down), tuple(up)
+        self.pre, self.down, self.up = tuple(pre), tuple(down), tuple(up)
         self.embed = nn.Embedding(vocab_size, channels)
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1)
                                    for _ in range(layers))
@@ -183,8 +183,8 @@ class PrimaryContext(nn.Module):
         x = self.embed(ids).permute(0, 3, 1, 2)
         for conv in self.convs:
             x = x + conv(F.relu(x))
-        if tuple(x.shape[2:]) != tuple(self.pre):
-            x = F.adaptive_avg_pool2d(x, tuple(self.pre))
+        if tuple(x.shape[2:]) != self.pre:
+            x = F.adaptive_avg_pool2d(x, self.pre)
         return unfold(self.proj(fold(x, *self.down)), *self.up)
 
 
@@ -250,8 +250,10 @@ class PixelCNNPrior(Prior):
     @classmethod
     def upgrade_config(cls, config: dict) -> dict:
         """A config saved before the conditioning was recorded is the "average" kind."""
-        sizes = dict(config.get("sizes") or {})
-        return {**config, "sizes": {"conditioning": "average", **sizes}}
+        sizes = config.get("sizes") if isinstance(config, dict) else None
+        if not isinstance(sizes or {}, dict) or "conditioning" in (sizes or {}):
+            return config  # today's form, or not a config at all (the constructor says why)
+        return {**config, "sizes": {"conditioning": "average", **(sizes or {})}}
 
     def config(self) -> dict:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._kwargs.items()}
