@@ -11,8 +11,9 @@ from test_reproduce import _plan, _run
 
 from mvq.config import config_to_dict
 from mvq.reproduce.plan import Plan, PriorSpec
-from mvq.reproduce.runner import describe, estimate, inspect
-from mvq.reproduce.timing import MEASURED, MODEL, Measured, model_step_seconds
+from mvq.reproduce.report import write_report
+from mvq.reproduce.runner import collect, describe, estimate, execute, inspect
+from mvq.reproduce.timing import MEASURED, MODEL, Measured, model_step_seconds, read_estimates
 
 
 def _write(path, data):
@@ -94,3 +95,21 @@ def test_prior_steps_and_samples_from_earlier_priors(tmp_path):
     assert got[("maskgit_10steps_s0", "prior training")][1] == MODEL
     assert got[("maskgit_10steps_s0", "samples_default.json")][1] == MODEL
     assert got[("", "the real images' Inception features, once")][1] == MODEL
+
+
+def test_the_estimate_printed_at_each_start_goes_into_the_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    plan = Plan("fig5", "quick", "tiny", [_run("hvqvae", 0)], 12, ("mse",), ("model",))
+    out = tmp_path / "rep"
+    execute(plan, out, progress=False)
+    printed = capsys.readouterr().err
+    [entry] = read_estimates(out / "fig5")
+    assert entry["runs_to_do"] == 1 and entry["model_seconds"] == entry["seconds"] > 0
+    assert f"estimated {-(-entry['seconds'] // 60)} min on this machine" in printed
+    execute(plan, out, progress=False)  # nothing left to do: nothing logged
+    assert read_estimates(out / "fig5") == [entry]
+    records, missing = collect(plan, out, None)
+    data = write_report(plan, records, out / "fig5", missing)
+    assert data["estimates"] == [entry]
+    line = (out / "fig5" / "report.md").read_text().splitlines()[-1]
+    assert line.startswith("- estimated when it started") and "1 runs to do" in line

@@ -31,6 +31,7 @@ from mvq.reproduce.timing import (
     Estimate,
     Measured,
     latest_checkpoint,
+    log_estimate,
     model_inception_seconds,
     model_prior_step_seconds,
     model_step_seconds,
@@ -186,6 +187,9 @@ def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool 
     print(describe(plan, states, est), file=sys.stderr)
     if dry_run:
         return []
+    todo = sum(st.status != "done" for st in states)
+    if todo:
+        log_estimate(out / plan.experiment, est, todo)
     rows, elsewhere = [], []
     bar = tqdm(states, desc=f"{plan.experiment} runs", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)

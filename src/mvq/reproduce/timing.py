@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvq import checkpoint
 from mvq.errors import MvqError
+from mvq.outputs import write_text
 
 MEASURED, MODEL = "measured", "model"
 
@@ -173,3 +175,26 @@ def model_prior_step_seconds(kind: str) -> float:
 def model_inception_seconds(n: int) -> float:
     """The model's seconds for Inception features of ``n`` images."""
     return n / _INCEPTION_IMAGES_PER_S
+
+
+ESTIMATES = "estimates.json"  # in the report folder OUT/EXPERIMENT
+
+
+def log_estimate(folder: Path, est: Estimate, runs_to_do: int) -> None:
+    """Append the estimate printed as work starts to ``folder/estimates.json`` (a JSON list, one
+    entry per start), so the report can set it beside the wall time the runs took."""
+    split = est.by_source()
+    entry = {"date": time.strftime("%Y-%m-%d %H:%M"), "runs_to_do": runs_to_do,
+             "seconds": round(est.seconds), "measured_seconds": round(split[MEASURED]),
+             "model_seconds": round(split[MODEL])}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / ESTIMATES, json.dumps([*read_estimates(folder), entry], indent=2) + "\n")
+
+
+def read_estimates(folder: Path) -> list[dict]:
+    """The entries of ``folder/estimates.json`` ([] when there is none or it is unreadable)."""
+    try:
+        got = json.loads((folder / ESTIMATES).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    return [e for e in got if isinstance(e, dict)] if isinstance(got, list) else []
