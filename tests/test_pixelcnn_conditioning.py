@@ -10,9 +10,9 @@ import torch
 
 from mvq.codes import Codes
 from mvq.errors import MvqError
+from mvq.pretrained import load_prior
 from mvq.priors import PixelCNNPrior, build_prior
 from mvq.priors.pixelcnn import fold, unfold
-from mvq.pretrained import load_prior
 
 SIZES = dict(channels=8, n_layers=2)
 

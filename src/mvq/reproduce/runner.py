@@ -41,6 +41,7 @@ from mvq.reproduce.timing import (
     tokenizer_key,
 )
 
+
 @dataclass
 class RunState:
     run: Run
