@@ -420,7 +420,11 @@ def test_generation_plans_share_the_tokenizer_runs():
     pix = build_plan("pixelcnn-vs-gpt", "quick")
     assert {r.name for r in pix.runs} <= fig5 and len(pix.runs) == 2
     assert sorted({s.kind for r in pix.runs for s in r.priors}) == ["gpt", "pixelcnn"]
-    assert len(pix.runs[0].priors) == 6  # 3 seeds x 2 priors
+    assert len(pix.runs[0].priors) == 9  # 3 seeds x (GPT, PixelCNN averaged / layout)
+    pixel = [s for s in pix.runs[0].priors if s.kind == "pixelcnn" and s.seed == 0]
+    assert [(s.folder, s.sizes) for s in pixel] == [
+        ("pixelcnn-average_2000steps_s0", {"conditioning": "average"}),
+        ("pixelcnn-layout_2000steps_s0", {"conditioning": "layout"})]
     cond = build_plan("class-conditional", "quick")
     assert cond.runs[0].name in fig5 and cond.figure == "class-grid"
     assert [s.class_conditional for s in cond.runs[0].priors] == [False, True] * 3

@@ -86,8 +86,8 @@ class Prior(Pretrained, nn.Module):
         if kind not in classes:
             raise MvqError(f"{path} names prior type {kind!r}: expected one of "
                            f"{', '.join(sorted(classes))}")
-        try:
-            prior = classes[kind](**info["prior"])
+        try:  # a config an earlier mvq saved is upgraded to today's form first
+            prior = classes[kind](**classes[kind].upgrade_config(info["prior"]))
         except (KeyError, TypeError) as err:
             raise MvqError(f"{path}: the prior's config does not build a prior ({err})") from None
         state = checkpoint.load_weights(folder / "model.safetensors", device)
@@ -106,6 +106,12 @@ class Prior(Pretrained, nn.Module):
     def config(self) -> dict:
         """JSON-able constructor arguments: ``type(prior)(**prior.config())`` rebuilds it."""
         raise NotImplementedError
+
+    @classmethod
+    def upgrade_config(cls, config: dict) -> dict:
+        """A `config()` saved by an earlier mvq, in today's form (what its keys' absence meant
+        then); loading a checkpoint and `mvq.priors.build_prior` rebuild priors through it."""
+        return config
 
     def forward(self, codes: Codes, labels: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -13,8 +13,8 @@ way through a 1x1 conv; it depends on no id of this grid, so causality is untouc
 
 `PixelCNNPrior` puts it behind the prior interface (mvq.priors.base): one PixelCNN over the
 primary grid and, for two-level codes, a second one over the secondary grid conditioned on the
-primary ids (VQ-VAE-2's top and bottom priors). MVQ mask bits are drawn at random, as the GPT
-prior does.
+whole primary grid (VQ-VAE-2's top and bottom priors; `PrimaryContext`). MVQ mask bits are
+drawn at random, as the GPT prior does.
 """
 
 from __future__ import annotations
@@ -128,13 +128,75 @@ class PixelCNN(nn.Module):
             self.train(was)
 
 
+CONDITIONINGS = {
+    "layout": "the whole primary grid through a learned projection (PrimaryContext)",
+    "average": "the primary ids' embedding averaged onto the secondary grid (the first kind: it "
+               "loses which id sits where; a prior saved without 'conditioning' is of this kind)",
+}
+
+
+def fold(x: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
+    """Space to depth: (B, C, H, W) -> (B, C*fh*fw, H/fh, W/fw), each fh x fw block's positions
+    kept apart in channels (channel c*fh*fw + a*fw + b holds block position (a, b))."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // fh, fh, w // fw, fw).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, c * fh * fw, h // fh, w // fw)
+
+
+def unfold(x: torch.Tensor, uh: int, uw: int) -> torch.Tensor:
+    """Depth to space, the inverse of `fold`: (B, C*uh*uw, H, W) -> (B, C, H*uh, W*uw)."""
+    b, cu, h, w = x.shape
+    x = x.reshape(b, cu // (uh * uw), uh, uw, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, cu // (uh * uw), h * uh, w * uw)
+
+
+class PrimaryContext(nn.Module):
+    """The secondary PixelCNN's condition from the whole primary grid (VQ-VAE-2's bottom prior
+    conditions on the top codes): primary ids (B, H, W) -> (B, channels, H', W').
+
+    The ids' embedding goes through ``layers`` residual 3x3 convolutions at the primary grid's
+    size, then to the secondary grid without mixing positions away: along a side where the
+    primary grid is r times the secondary one, each r primary positions are folded into channels
+    (space to depth) and a 1x1 convolution projects them, a learned map of every id in the block
+    (the presets' secondary grid is 1x1: a projection of the whole primary grid); where the
+    secondary side is r times the primary one, the projection gives r x channels per primary
+    position, unfolded onto the r secondary positions it covers. A side that divides neither way
+    (no tokenizer here makes one) is average-pooled to the secondary size first.
+    """
+
+    def __init__(self, vocab_size: int, channels: int, primary_shape: tuple[int, int],
+                 secondary_shape: tuple[int, int], layers: int = 2) -> None:
+        super().__init__()
+        pre, down, up = [], [], []
+        for a, b in zip(primary_shape, secondary_shape):
+            a = a if a % b == 0 or b % a == 0 else b  # neither divides: pool this side to b
+            pre.append(a)
+            down.append(max(1, a // b))
+            up.append(max(1, b // a))
+        self.pre, self.down, self.up = tuple(pre), tuple(down), tuple(up)
+        self.embed = nn.Embedding(vocab_size, channels)
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1)
+                                   for _ in range(layers))
+        self.proj = nn.Conv2d(channels * down[0] * down[1], channels * up[0] * up[1], 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids).permute(0, 3, 1, 2)
+        for conv in self.convs:
+            x = x + conv(F.relu(x))
+        if tuple(x.shape[2:]) != self.pre:
+            x = F.adaptive_avg_pool2d(x, self.pre)
+        return unfold(self.proj(fold(x, *self.down)), *self.up)
+
+
 class PixelCNNPrior(Prior):
     """Gated PixelCNN prior over single- and two-level codes (registry name "pixelcnn").
 
     primary_shape (H, W), codebook_sizes [K1] or [K1, K2], secondary_shape (H', W') or None,
     mask_dim D' (mask bits drawn at random when sampling); sizes: {channels, n_layers,
-    kernel_size} of both PixelCNNs. The secondary PixelCNN sees the primary ids as a spatial
-    condition: their embedding, average-pooled (or repeated) to the secondary grid.
+    kernel_size} of both PixelCNNs, plus how the secondary one sees the primary ids:
+    ``conditioning`` (a `CONDITIONINGS` name, default "layout") and ``context_layers`` (the
+    `PrimaryContext`'s convolutions, default 2). `config()` records the conditioning; a config
+    without it (saved before it existed) is the "average" kind, which still loads.
     nll: {'primary', 'secondary'} exact mean NLL in nats/token, as the GPT prior reports.
     """
 
@@ -148,11 +210,16 @@ class PixelCNNPrior(Prior):
                  sizes: dict | None = None, num_classes: int = 0,
                  meta: dict | None = None) -> None:
         super().__init__()
-        sizes = dict(sizes or {})
+        sizes = {"conditioning": "layout", **(sizes or {})}
         self._kwargs = dict(primary_shape=list(primary_shape), codebook_sizes=list(codebook_sizes),
                             secondary_shape=None if secondary_shape is None
-                            else list(secondary_shape), mask_dim=mask_dim, sizes=sizes,
+                            else list(secondary_shape), mask_dim=mask_dim, sizes=dict(sizes),
                             num_classes=num_classes, meta=dict(meta or {}))
+        self.conditioning = sizes.pop("conditioning")
+        if self.conditioning not in CONDITIONINGS:
+            raise MvqError(f"PixelCNN conditioning must be one of {', '.join(CONDITIONINGS)}, "
+                           f"got {self.conditioning!r}")
+        context_layers = sizes.pop("context_layers", 2)
         self.primary_shape = tuple(primary_shape)
         self.secondary_shape = None if secondary_shape is None else tuple(secondary_shape)
         self.mask_dim, self.num_classes, self.meta = mask_dim, num_classes, dict(meta or {})
@@ -164,7 +231,10 @@ class PixelCNNPrior(Prior):
         if self.secondary_shape is not None:
             self.secondary = PixelCNN(int(codebook_sizes[1]), num_classes=num_classes,
                                       spatial=True, **sizes)
-            self.context = nn.Embedding(int(codebook_sizes[0]), self.secondary.embed.embedding_dim)
+            width, k1 = self.secondary.embed.embedding_dim, int(codebook_sizes[0])
+            self.context = (PrimaryContext(k1, width, self.primary_shape, self.secondary_shape,
+                                           context_layers) if self.conditioning == "layout"
+                            else nn.Embedding(k1, width))
 
     @classmethod
     def from_codes(cls, codes: Codes, num_classes: int = 0, sizes: dict | None = None
@@ -177,11 +247,21 @@ class PixelCNNPrior(Prior):
                    0 if codes.mask is None else codes.mask.shape[-1], sizes, num_classes,
                    meta=codes.meta)
 
+    @classmethod
+    def upgrade_config(cls, config: dict) -> dict:
+        """A config saved before the conditioning was recorded is the "average" kind."""
+        sizes = config.get("sizes") if isinstance(config, dict) else None
+        if not isinstance(sizes or {}, dict) or "conditioning" in (sizes or {}):
+            return config  # today's form, or not a config at all (the constructor says why)
+        return {**config, "sizes": {"conditioning": "average", **(sizes or {})}}
+
     def config(self) -> dict:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._kwargs.items()}
 
-    def _where(self, primary: torch.Tensor) -> torch.Tensor:
+    def condition(self, primary: torch.Tensor) -> torch.Tensor:
         """(B, H, W) primary ids -> (B, C, H', W') condition of the secondary PixelCNN."""
+        if self.conditioning == "layout":
+            return self.context(primary)
         emb = self.context(primary).permute(0, 3, 1, 2)
         return F.adaptive_avg_pool2d(emb, self.secondary_shape)
 
@@ -199,7 +279,7 @@ class PixelCNNPrior(Prior):
         parts = {"primary": self.primary.loss(codes.primary, cond)}
         if self.secondary is not None:
             parts["secondary"] = self.secondary.loss(codes.secondary, cond,
-                                                     self._where(codes.primary))
+                                                     self.condition(codes.primary))
         return sum(parts.values()), parts
 
     @torch.no_grad()
@@ -214,7 +294,7 @@ class PixelCNNPrior(Prior):
         p = self.primary.sample(n, *self.primary_shape, **opts)
         secondary = mask = None
         if self.secondary is not None:
-            secondary = self.secondary.sample(n, *self.secondary_shape, where=self._where(p),
+            secondary = self.secondary.sample(n, *self.secondary_shape, where=self.condition(p),
                                               **opts)
             if self.mask_dim:
                 mask = torch.rand(n, *self.secondary_shape, self.mask_dim, generator=generator,

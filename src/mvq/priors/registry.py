@@ -32,5 +32,6 @@ def default_kind(codes: Codes) -> str:
 
 
 def build_prior(kind: str, config: dict) -> Prior:
-    """The prior ``kind`` rebuilt from its ``config()``."""
-    return prior_class(kind)(**config)
+    """The prior ``kind`` rebuilt from its ``config()`` (one an earlier mvq saved included)."""
+    cls = prior_class(kind)
+    return cls(**cls.upgrade_config(config))

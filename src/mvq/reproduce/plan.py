@@ -54,7 +54,8 @@ class PriorSpec:
 
     ``decodes``: (row label, ((option, value), ...)) pairs, each one sample evaluation (MaskGIT
     at 4, 8, ... steps); ``sizes_json``: the prior's sizes as JSON ("" = its default);
-    ``label`` names the prior in the report's rows.
+    ``label`` names the prior in the report's rows; ``tag`` names a variant in its folder (in
+    place of "-sized": two variants of one kind need two folders).
     """
 
     kind: str
@@ -64,11 +65,13 @@ class PriorSpec:
     class_conditional: bool = False
     sizes_json: str = ""
     decodes: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = (("", ()),)
+    tag: str = ""
 
     @property
     def folder(self) -> str:
+        variant = f"-{self.tag}" if self.tag else "-sized" if self.sizes_json else ""
         return (f"{self.kind}{'-cond' if self.class_conditional else ''}"
-                f"{'-sized' if self.sizes_json else ''}_{self.steps}steps_s{self.seed}")
+                f"{variant}_{self.steps}steps_s{self.seed}")
 
     @property
     def sizes(self) -> dict | None:
@@ -336,9 +339,14 @@ def movq_table2(scale: str, seeds: int, dataset: str | None = None) -> Plan:
          "4 layers, 4 heads, width 64 over the 7x7 grid's 4 channel ids per position"])
 
 
+# the PixelCNN's two ways of conditioning its secondary stage (mvq.priors.pixelcnn.CONDITIONINGS)
+PIXELCNN_CONDITIONINGS = (("average", "primary averaged"), ("layout", "primary layout"))
+
+
 def pixelcnn_vs_gpt(scale: str, seeds: int, dataset: str | None = None) -> Plan:
-    """The gated PixelCNN (the prior the MVQ paper pairs with VQ-VAE-2) against the two-stage
-    GPT on the hierarchical baseline's tokens."""
+    """The gated PixelCNN (the prior the MVQ paper pairs with VQ-VAE-2), its secondary stage
+    conditioned both ways, against the two-stage GPT on the hierarchical baseline's tokens."""
+    import json
     from dataclasses import replace
 
     if dataset not in (None, "fashion-mnist"):
@@ -351,7 +359,9 @@ def pixelcnn_vs_gpt(scale: str, seeds: int, dataset: str | None = None) -> Plan:
         specs = []
         for s in range(seeds):
             specs.append(PriorSpec("gpt", steps, s, "GPT (two-stage)"))
-            specs.append(PriorSpec("pixelcnn", steps, s, "PixelCNN (gated)"))
+            for cond, label in PIXELCNN_CONDITIONINGS:
+                specs.append(PriorSpec("pixelcnn", steps, s, f"PixelCNN (gated), {label}",
+                                       sizes_json=json.dumps({"conditioning": cond}), tag=cond))
         runs.append(replace(tok, priors=tuple(specs)))
     return _sample_plan(
         "pixelcnn-vs-gpt", scale, "Gated PixelCNN against the two-stage GPT on the hierarchical "
@@ -359,7 +369,9 @@ def pixelcnn_vs_gpt(scale: str, seeds: int, dataset: str | None = None) -> Plan:
         {"prior": "GPT (two-stage)"}, ("tokens",),
         [f"tokenizers: fig5's hvqvae runs ({', '.join(r.name for r in toks)}); the 1+1 one is "
          "the demo's configuration; default sizes (GPT: MVQ Table 4; PixelCNN: 64 channels, "
-         "6 gated layers)"])
+         "6 gated layers); the PixelCNN's secondary stage sees the primary ids averaged onto "
+         "the secondary grid (its first form) or the whole primary grid through a learned "
+         "projection (its default since issue 21)"])
 
 
 def class_conditional(scale: str, seeds: int, dataset: str | None = None) -> Plan:

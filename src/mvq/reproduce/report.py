@@ -12,6 +12,7 @@ from pathlib import Path
 from mvq._compat import missing
 from mvq.outputs import atomic_write, write_text
 from mvq.reproduce.plan import Plan
+from mvq.reproduce.timing import read_estimates
 
 LABEL_ORDER = ("variant", "tokens", "K", "model", "J", "f0", "c", "prior", "decoding")
 METRIC_NAMES = {"mse": "MSE", "psnr": "PSNR dB", "ssim": "SSIM", "lpips": "LPIPS",
@@ -224,6 +225,14 @@ def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[st
     spent = [sum(r.get(k) or 0.0 for r in records) / 60 for k in ("train_seconds", "eval_seconds")]
     lines.append(f"- wall time of the {len(records)} rows above, as recorded: {spent[0]:.0f} min "
                  f"training, {spent[1]:.0f} min evaluation")
+    estimates = read_estimates(folder)
+    if estimates:
+        lines.append("- estimated when it started (measured: from earlier runs' seconds; model: "
+                     "a quiet 2-core CPU): " + "; ".join(
+                         f"{e.get('date')}, {e.get('runs_to_do')} runs to do: "
+                         f"{_minutes(e.get('seconds'))} ({_minutes(e.get('measured_seconds'))} "
+                         f"measured, {_minutes(e.get('model_seconds'))} model)"
+                         for e in estimates))
     if missing:
         lines += ["", f"**Incomplete:** {len(missing)} planned runs are not in this report yet: "
                   + ", ".join(missing)]
@@ -231,7 +240,11 @@ def write_report(plan: Plan, records: list[dict], folder: Path, missing: list[st
     data = {"experiment": plan.experiment, "scale": plan.scale, "title": plan.title,
             "eval_n": plan.eval_n, "metrics": list(plan.metrics), "notes": plan.notes,
             "cells": cells, "comparisons": comp, "runs": records, "missing": missing,
-            **(extra or {})}
+            "estimates": estimates, **(extra or {})}
     write_text(folder / "results.json", json.dumps(data, indent=2) + "\n")
     write_text(folder / "report.md", md)
     return data
+
+
+def _minutes(seconds) -> str:
+    return f"{seconds / 60:.0f} min" if isinstance(seconds, (int, float)) else "?"

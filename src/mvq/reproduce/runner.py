@@ -21,17 +21,25 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from mvq.config import config_to_dict
 from mvq.errors import MvqError
 from mvq.outputs import write_text
 from mvq.reproduce.plan import Plan, PriorSpec, Run
-
-# Seconds per training step of batch 32 on this project's 2-core CPU (measured with the quick
-# presets); the plan's estimate only, the report records the real times.
-_STEP_SECONDS = {"vqvae": 0.13, "hvqvae": 0.16, "mvqvae": 0.17, "hvqgan": 0.30, "mvqgan": 0.31,
-                 "movq": 0.55}
-_MASK_SECONDS = 0.00022  # per mask J per step (MH-Dropout search, F=28, batch 32)
-_INCEPTION_IMAGES_PER_S = 6.0
-_PRIOR_KIND_SECONDS = {"gpt": 0.045, "maskgit": 0.15, "pixelcnn": 0.06}
+from mvq.reproduce.timing import (
+    MEASURED,
+    MODEL,
+    Estimate,
+    Measured,
+    latest_checkpoint,
+    log_estimate,
+    model_inception_seconds,
+    model_prior_step_seconds,
+    model_step_seconds,
+    part,
+    prior_variant,
+    read_json,
+    tokenizer_key,
+)
 
 
 @dataclass
@@ -52,20 +60,6 @@ class RunState:
         return f"resume at {self.step}" if self.step else "to train"
 
 
-def _checkpoint(target: Path) -> tuple[Path | None, int]:
-    """The newest complete checkpoint (a tokenizer's or a prior's; training keeps it all-or-nothing)
-    and its step."""
-    from mvq import checkpoint
-
-    found = checkpoint.latest(target)
-    if found is None:
-        return None, 0
-    try:  # a tokenizer's or a prior's checkpoint: both record their step in config.json
-        return found, int(checkpoint.read_json(found / "config.json").get("step", 0))
-    except (MvqError, TypeError, ValueError):
-        return None, 0
-
-
 def _eval_matches(path: Path, plan: Plan, step: int, key: str = "metrics") -> bool:
     if not path.is_file():
         return False
@@ -84,10 +78,8 @@ def inspect(plan: Plan, out: Path, data_root: str | None) -> list[RunState]:
 
 def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None) -> RunState:
     """Where one run stands on disk; MvqError if its folder holds a different model."""
-    from mvq.config import config_to_dict
-
     cfg = run.config(data_root, out_dir)
-    ckpt, step = _checkpoint(out_dir / "checkpoint")
+    ckpt, step = latest_checkpoint(out_dir / "checkpoint")
     if step:
         saved = json.loads((ckpt / "config.json").read_text()).get("config", {}).get("model")
         if saved is not None and saved != config_to_dict(cfg)["model"]:
@@ -110,48 +102,76 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
 
 
-def estimate_seconds(plan: Plan, states: list[RunState], data_root: str | None) -> float:
-    """Rough time left on this CPU: training steps, Inception features, prior steps."""
-    total = 0.0
-    inception = any(m in plan.metrics for m in ("rfid", "prd"))
+def estimate(plan: Plan, states: list[RunState], measured: Measured,
+             data_root: str | None) -> Estimate:
+    """The work left in ``states``, each part from the seconds earlier runs measured for the same
+    work (``measured``, mvq.reproduce.timing) where they exist, else from the model."""
+    parts = []
     for st in states:
         cfg = st.run.config(data_root, st.out_dir)
-        per_step = _STEP_SECONDS.get(cfg.model.type, 0.3)
-        if hasattr(cfg.model, "num_masks") and cfg.model.type in ("mvqvae", "mvqgan"):
-            per_step += _MASK_SECONDS * cfg.model.num_masks
-        total += max(0, st.steps - st.step) * per_step
-        if not st.evaluated and inception:
-            total += plan.eval_n / _INCEPTION_IMAGES_PER_S
-        if not st.sampled:
-            for spec, i, path in _prior_samples(st.run, st.out_dir):
-                if not _eval_matches(path, plan, st.steps, "samples"):
-                    total += plan.eval_n / _INCEPTION_IMAGES_PER_S
-                    if i == 0 and _checkpoint(path.parent / "checkpoint")[1] < spec.steps:
-                        total += spec.steps * _PRIOR_KIND_SECONDS.get(spec.kind, 0.1)
-    if inception or plan.sample_metrics:
-        total += plan.eval_n / _INCEPTION_IMAGES_PER_S  # the real images' features, once
-    return total
+        tok = tokenizer_key(config_to_dict(cfg)["model"], cfg.train.batch_size)
+        name = st.run.name
+        if st.steps > st.step:
+            masks = cfg.model.num_masks if cfg.model.type in ("mvqvae", "mvqgan") else 0
+            parts.append(part(name, "", "training", st.steps - st.step,
+                              measured.get(("train", tok)),
+                              model_step_seconds(cfg.model.type, masks)))
+        if not st.evaluated and plan.metrics:
+            inception = any(m in plan.metrics for m in ("rfid", "prd"))
+            parts.append(part(name, "", "evaluation", 1,
+                              measured.get(("eval", tok, plan.eval_n, tuple(plan.metrics))),
+                              model_inception_seconds(plan.eval_n) * inception))
+        for spec, i, path in [] if st.sampled else _prior_samples(st.run, st.out_dir):
+            variant = prior_variant(spec.folder)
+            step = latest_checkpoint(path.parent / "checkpoint")[1]
+            if i == 0 and step < spec.steps:
+                parts.append(part(name, spec.folder, "prior training", spec.steps - step,
+                                  measured.get(("prior", tok, variant)),
+                                  model_prior_step_seconds(spec.kind)))
+            if not _eval_matches(path, plan, st.steps, "samples"):
+                key = ("samples", tok, variant, path.name, plan.eval_n,
+                       tuple(plan.sample_metrics))
+                parts.append(part(name, spec.folder, path.name, 1, measured.get(key),
+                                  model_inception_seconds(plan.eval_n)))
+    if parts and (plan.sample_metrics or any(m in plan.metrics for m in ("rfid", "prd"))):
+        parts.append(part("", "", "the real images' Inception features, once", 1, None,
+                          model_inception_seconds(plan.eval_n)))
+    return Estimate(parts)
 
 
-def describe(plan: Plan, states: list[RunState], seconds: float) -> str:
+def _sources(parts) -> str:
+    """Where the figures of ``parts`` came from, in words."""
+    got = {p.source for p in parts}
+    return " + ".join(s for s in (MEASURED, MODEL) if s in got)
+
+
+def describe(plan: Plan, states: list[RunState], est: Estimate) -> str:
     lines = [f"mvq reproduce {plan.experiment} --scale {plan.scale}: {plan.title}",
              f"{len(plan.runs)} runs, evaluation on N={plan.eval_n} images "
              f"({', '.join(plan.metrics or plan.sample_metrics)}"
              f"{' of samples' if not plan.metrics else ''})"]
     for st in states:
-        lines.append(f"  {st.run.name:<58} {st.status}")
+        own = est.of(st.run.name, "")
+        left = f"  ~{_hms(sum(p.seconds for p in own))} ({_sources(own)})" if own else ""
+        lines.append(f"  {st.run.name:<58} {st.status}{left}")
         for spec in st.run.priors:  # the generation experiments: each prior and its decodings
             paths = [p for sp, _, p in _prior_samples(st.run, st.out_dir) if sp == spec]
             left = sum(not _eval_matches(p, plan, st.steps, "samples") for p in paths)
-            step = _checkpoint(paths[0].parent / "checkpoint")[1]
+            step = latest_checkpoint(paths[0].parent / "checkpoint")[1]
             where = ("trained" if step >= spec.steps else f"resume at {step}" if step
                      else "to train")
+            mine = est.of(st.run.name, spec.folder)
             lines.append(f"    prior {spec.folder:<52} {where}, "
                          + (f"{left} of {len(paths)} decodings to sample" if left
-                            else "sampled"))
+                            else "sampled")
+                         + (f"  ~{_hms(sum(p.seconds for p in mine))} ({_sources(mine)})"
+                            if mine else ""))
     todo = sum(st.status != "done" for st in states)
-    lines.append(f"{todo} of {len(states)} runs to do; estimated {_hms(seconds)} on a 2-core CPU"
-                 if todo else "every run is done: writing the report")
+    split = est.by_source()
+    lines.append(f"{todo} of {len(states)} runs to do; estimated {_hms(est.seconds)} on this "
+                 f"machine: {_hms(split[MEASURED])} from the measured seconds of earlier runs "
+                 f"of the same work in this --out, {_hms(split[MODEL])} from the model of a "
+                 "quiet 2-core CPU" if todo else "every run is done: writing the report")
     return "\n".join(lines)
 
 
@@ -164,9 +184,13 @@ def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool 
             device: str = "auto", dry_run: bool = False) -> list[dict]:
     """Run the plan (skip / resume / train, evaluate); returns one record per run."""
     states = inspect(plan, out, data_root)
-    print(describe(plan, states, estimate_seconds(plan, states, data_root)), file=sys.stderr)
+    est = estimate(plan, states, Measured.scan(out / "runs"), data_root)
+    print(describe(plan, states, est), file=sys.stderr)
     if dry_run:
         return []
+    todo = sum(st.status != "done" for st in states)
+    if todo:
+        log_estimate(out / plan.experiment, est, todo)
     rows, elsewhere = [], []
     bar = tqdm(states, desc=f"{plan.experiment} runs", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
@@ -209,7 +233,7 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str) ->
     ckpt = st.out_dir / "checkpoint"
     if st.step < st.steps:
         result = train(cfg, resume=st.step > 0, progress=progress, desc=st.run.name[:40])
-        seconds = result.seconds + _read_json(st.out_dir / "run.json").get("train_seconds", 0.0)
+        seconds = result.seconds + read_json(st.out_dir / "run.json").get("train_seconds", 0.0)
         _merge_json(st.out_dir / "run.json", {"train_seconds": round(seconds, 1)})
     eval_path = st.out_dir / "eval.json"
     if plan.metrics and not _eval_matches(eval_path, plan, st.steps):
@@ -239,7 +263,7 @@ def records(plan: Plan, st: RunState) -> list[dict]:
                     "labels": labels, "seed": spec.seed, "checkpoint": got.get("prior"),
                     "metrics": metrics, "decoding": got.get("decoding"),
                     "tokenizer": str(st.out_dir / "checkpoint"),
-                    "train_seconds": _read_json(path.parent / "run.json").get("train_seconds"),
+                    "train_seconds": read_json(path.parent / "run.json").get("train_seconds"),
                     "eval_seconds": got.get("seconds"),
                     "prior_kind": spec.kind, "prior_sizes": spec.sizes,
                     "class_conditional": spec.class_conditional})
@@ -253,7 +277,7 @@ def record(st: RunState) -> dict:
     rec = {"name": st.run.name, "labels": st.run.label, "seed": st.run.seed,
            "checkpoint": str(ckpt), "metrics": evaluation["metrics"],
            "mask_bits": evaluation.get("mask_bits"),
-           "train_seconds": _read_json(st.out_dir / "run.json").get("train_seconds"),
+           "train_seconds": read_json(st.out_dir / "run.json").get("train_seconds"),
            "eval_seconds": evaluation.get("seconds"),
            "config": json.loads((ckpt / "config.json").read_text())["config"]}
     samples = _prior_samples(st.run, st.out_dir)
@@ -280,7 +304,7 @@ def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str)
     tokens = _tokens(st, device, progress)
     for spec, i, path in _prior_samples(st.run, st.out_dir):
         prior_dir = path.parent
-        found, step = _checkpoint(prior_dir / "checkpoint")
+        found, step = latest_checkpoint(prior_dir / "checkpoint")
         if found is not None:
             _check_prior(found, spec)
         if _eval_matches(path, plan, st.steps, "samples"):
@@ -290,7 +314,7 @@ def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str)
                                  kind=spec.kind, progress=progress, device=device,
                                  resume=step > 0, sizes=spec.sizes,
                                  class_conditional=spec.class_conditional)
-            seconds = result["seconds"] + _read_json(prior_dir / "run.json").get(
+            seconds = result["seconds"] + read_json(prior_dir / "run.json").get(
                 "train_seconds", 0.0)
             _merge_json(prior_dir / "run.json", {"train_seconds": round(seconds, 1)})
         result = evaluate_samples(ckpt, prior_dir / "checkpoint", n=plan.eval_n,
@@ -305,7 +329,7 @@ def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str)
 def _check_prior(found: Path, spec: PriorSpec) -> None:
     """MvqError unless the prior checkpoint in a spec's folder is of the spec's kind, class
     conditioning and (where the spec sets them) sizes: never resume or sample someone else's."""
-    info = _read_json(found / "config.json")
+    info = read_json(found / "config.json")
     have = (info.get("prior_type", "gpt"), bool(info.get("num_classes")),
             (info.get("prior") or {}).get("sizes") if spec.sizes else None)
     if have != (spec.kind, spec.class_conditional, spec.sizes):
@@ -326,16 +350,9 @@ def _tokens(st: RunState, device: str, progress: bool) -> Path:
     return tokens
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def _write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")  # a kill leaves old or new, never half
 
 
 def _merge_json(path: Path, values: dict) -> None:
-    _write_json(path, {**_read_json(path), **values, "updated": time.strftime("%Y-%m-%d %H:%M")})
+    _write_json(path, {**read_json(path), **values, "updated": time.strftime("%Y-%m-%d %H:%M")})

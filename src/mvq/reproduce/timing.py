@@ -1,0 +1,200 @@
+"""How long the rest of a plan will take on this machine (issue 21); runner.estimate adds it up.
+
+Each piece of work left (a tokenizer's training steps, its evaluation, a prior's steps, a sample
+evaluation) is estimated from the seconds earlier runs in the same output folder measured for
+the same work where they exist: ``run.json``'s ``train_seconds`` over the checkpoint's step,
+``eval.json``'s / ``samples_*.json``'s ``seconds`` (the median over the earlier runs). Work no
+earlier run measured falls back to a model of a quiet 2-core CPU. Every estimate says which of
+the two it came from.
+
+"The same work": a tokenizer of the same model settings and batch size (any seed); its
+evaluation on the same N and metrics; a prior of the same folder variant (kind, class
+conditioning, sizes tag) on a tokenizer of the same model settings; its samples with the same
+decoding, N and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from mvq import checkpoint
+from mvq.errors import MvqError
+from mvq.outputs import write_text
+
+MEASURED, MODEL = "measured", "model"
+
+# The model: seconds per training step of batch 32 on this project's 2-core CPU (measured with
+# the quick presets on a quiet machine), per prior step of batch 64, Inception's images per s.
+_STEP_SECONDS = {"vqvae": 0.13, "hvqvae": 0.16, "mvqvae": 0.17, "hvqgan": 0.30, "mvqgan": 0.31,
+                 "movq": 0.55}
+_MASK_SECONDS = 0.00022  # per mask J per step (MH-Dropout search, F=28, batch 32)
+_INCEPTION_IMAGES_PER_S = 6.0
+_PRIOR_KIND_SECONDS = {"gpt": 0.045, "maskgit": 0.15, "pixelcnn": 0.06}
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``; {} when it is missing, unreadable or not an object."""
+    try:
+        got = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return got if isinstance(got, dict) else {}
+
+
+def latest_checkpoint(target: Path) -> tuple[Path | None, int]:
+    """The newest complete checkpoint (a tokenizer's or a prior's) under ``target`` and its
+    step; (None, 0) when there is none."""
+    found = checkpoint.latest(target)
+    if found is None:
+        return None, 0
+    try:  # a tokenizer's or a prior's checkpoint: both record their step in config.json
+        return found, int(checkpoint.read_json(found / "config.json").get("step", 0))
+    except (MvqError, TypeError, ValueError):
+        return None, 0
+
+
+def tokenizer_key(model: dict, batch_size: int) -> str:
+    """What a tokenizer's step costs depends on: its model settings and batch size."""
+    return json.dumps({"model": model, "batch_size": batch_size}, sort_keys=True)
+
+
+def prior_variant(folder: str) -> str:
+    """A prior folder's name without its steps and seed: "gpt-cond_2000steps_s1" -> "gpt-cond"."""
+    return re.sub(r"_\d+steps_s\d+$", "", folder)
+
+
+def _positive(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+class Measured:
+    """Seconds measured by the runs under one ``OUT/runs`` folder, by what they measured."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple, list[float]] = defaultdict(list)
+
+    def get(self, key: tuple) -> float | None:
+        """The median of the measurements of ``key``; None when nothing measured it."""
+        got = self.values.get(key)
+        return statistics.median(got) if got else None
+
+    @classmethod
+    def scan(cls, runs: Path) -> Measured:
+        """Read every run folder under ``runs`` (unreadable records are skipped)."""
+        found = cls()
+        for folder in sorted(runs.glob("*/")) if runs.is_dir() else []:
+            ckpt, step = latest_checkpoint(folder / "checkpoint")
+            cfg = read_json(ckpt / "config.json").get("config") if ckpt else None
+            if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+                continue
+            tok = tokenizer_key(cfg["model"], (cfg.get("train") or {}).get("batch_size"))
+            found._add(("train", tok), read_json(folder / "run.json").get("train_seconds"), step)
+            ev = read_json(folder / "eval.json")
+            found._add(("eval", tok, ev.get("n"), _metrics(ev)), ev.get("seconds"))
+            for prior in sorted((folder / "priors").glob("*/")):
+                found._add_prior(tok, prior)
+        return found
+
+    def _add_prior(self, tok: str, prior: Path) -> None:
+        variant = prior_variant(prior.name)
+        _, step = latest_checkpoint(prior / "checkpoint")
+        self._add(("prior", tok, variant), read_json(prior / "run.json").get("train_seconds"),
+                  step)
+        for path in prior.glob("samples_*.json"):
+            got = read_json(path)
+            self._add(("samples", tok, variant, path.name, got.get("n"), _metrics(got)),
+                      got.get("seconds"))
+
+    def _add(self, key: tuple, seconds, per: int = 1) -> None:
+        seconds = _positive(seconds)
+        if seconds is not None and per > 0:
+            self.values[key].append(seconds / per)
+
+
+def _metrics(result: dict) -> tuple:
+    planned = result.get("planned_metrics")
+    return tuple(planned) if isinstance(planned, list) else ()
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of work left: its run, prior folder ("" for the tokenizer's own work), what it
+    is, its estimated seconds and where that figure came from (MEASURED or MODEL)."""
+
+    run: str
+    prior: str
+    what: str
+    seconds: float
+    source: str
+
+
+@dataclass
+class Estimate:
+    parts: list[Part]
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.seconds for p in self.parts)
+
+    def of(self, run: str, prior: str | None = None) -> list[Part]:
+        """The parts of one run (``prior`` None: all of them; "": the tokenizer's own)."""
+        return [p for p in self.parts if p.run == run and (prior is None or p.prior == prior)]
+
+    def by_source(self) -> dict[str, float]:
+        out = {MEASURED: 0.0, MODEL: 0.0}
+        for p in self.parts:
+            out[p.source] += p.seconds
+        return out
+
+
+def part(run: str, prior: str, what: str, count: float, measured: float | None,
+         model: float) -> Part:
+    """``count`` units of work at the ``measured`` seconds per unit where there are some, else at
+    the ``model``'s."""
+    if measured is not None:
+        return Part(run, prior, what, count * measured, MEASURED)
+    return Part(run, prior, what, count * model, MODEL)
+
+
+def model_step_seconds(model_type: str, num_masks: int = 0) -> float:
+    """The model's seconds per tokenizer training step (batch 32)."""
+    return _STEP_SECONDS.get(model_type, 0.3) + _MASK_SECONDS * num_masks
+
+
+def model_prior_step_seconds(kind: str) -> float:
+    """The model's seconds per prior training step (batch 64)."""
+    return _PRIOR_KIND_SECONDS.get(kind, 0.1)
+
+
+def model_inception_seconds(n: int) -> float:
+    """The model's seconds for Inception features of ``n`` images."""
+    return n / _INCEPTION_IMAGES_PER_S
+
+
+ESTIMATES = "estimates.json"  # in the report folder OUT/EXPERIMENT
+
+
+def log_estimate(folder: Path, est: Estimate, runs_to_do: int) -> None:
+    """Append the estimate printed as work starts to ``folder/estimates.json`` (a JSON list, one
+    entry per start), so the report can set it beside the wall time the runs took."""
+    split = est.by_source()
+    entry = {"date": time.strftime("%Y-%m-%d %H:%M"), "runs_to_do": runs_to_do,
+             "seconds": round(est.seconds), "measured_seconds": round(split[MEASURED]),
+             "model_seconds": round(split[MODEL])}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / ESTIMATES, json.dumps([*read_estimates(folder), entry], indent=2) + "\n")
+
+
+def read_estimates(folder: Path) -> list[dict]:
+    """The entries of ``folder/estimates.json`` ([] when there is none or it is unreadable)."""
+    try:
+        got = json.loads((folder / ESTIMATES).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    return [e for e in got if isinstance(e, dict)] if isinstance(got, list) else []

@@ -1,0 +1,115 @@
+"""`mvq reproduce`'s estimates come from the seconds earlier runs in the same --out measured for
+the same work, else from the model, and say which (issue 21). Earlier runs are faked on disk:
+a checkpoint config.json with its step (the pre-manifest form), run.json, eval.json and
+samples_*.json, as the runner writes them."""
+
+import json
+from dataclasses import replace
+
+import pytest
+from test_reproduce import _plan, _run
+
+from mvq.config import config_to_dict
+from mvq.reproduce.plan import Plan, PriorSpec
+from mvq.reproduce.report import write_report
+from mvq.reproduce.runner import collect, describe, estimate, execute, inspect
+from mvq.reproduce.timing import MEASURED, MODEL, Measured, model_step_seconds, read_estimates
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+def _earlier(out, run, step, train_seconds, eval_seconds=None, n=12,
+             metrics=("mse", "psnr", "lpips")):
+    """A finished run as the runner leaves it: checkpoint step and config, run.json, eval.json."""
+    folder = out / "runs" / run.name
+    _write(folder / "checkpoint" / "config.json",
+           {"step": step, "config": config_to_dict(run.config(None, folder))})
+    _write(folder / "run.json", train_seconds if isinstance(train_seconds, str)
+           else {"train_seconds": train_seconds})
+    if eval_seconds is not None:
+        _write(folder / "eval.json", {"seconds": eval_seconds, "n": n,
+                                      "planned_metrics": list(metrics)})
+    return folder
+
+
+def _estimate(plan, out):
+    return estimate(plan, inspect(plan, out, None), Measured.scan(out / "runs"), None)
+
+
+def test_measured_seconds_of_the_same_work_win_over_the_model(tmp_path):
+    out = tmp_path / "rep"
+    _earlier(out, _run("hvqvae", 0), 4, 400.0, eval_seconds=50.0)  # 100 s per step
+    _earlier(out, _run("hvqvae", 2), 2, 400.0)  # 200 s per step: the median is 150
+    other = replace(_run("hvqvae", 3), name="tiny_other",
+                    overrides=_run("hvqvae", 3).overrides + ("model.dim=4",))
+    _earlier(out, other, 4, 4.0)  # other model settings: not the same work
+    plan = _plan([_run("hvqvae", 1), _run("mvqvae", 0, j=4)])
+    est = _estimate(plan, out)
+    hv = {p.what: (p.seconds, p.source) for p in est.of("tiny_hvqvae_s1")}
+    assert hv == {"training": (4 * 150.0, MEASURED), "evaluation": (50.0, MEASURED)}
+    mv = {p.what: (p.seconds, p.source) for p in est.of("tiny_mvqvae_j4_s0")}
+    train = 4 * model_step_seconds("mvqvae", 4)
+    assert mv == {"training": (pytest.approx(train), MODEL), "evaluation": (0.0, MODEL)}
+    assert est.by_source()[MEASURED] == 650.0 and est.seconds == pytest.approx(650 + train)
+    text = describe(plan, inspect(plan, out, None), est)
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+    assert lines["tiny_hvqvae_s1"].endswith("to train  ~11 min (measured)")
+    assert lines["tiny_mvqvae_j4_s0"].endswith("(model)")
+    assert "estimated 11 min on this machine: 11 min from the measured seconds" in text
+
+
+@pytest.mark.parametrize("record", ["not json", {"train_seconds": "fast"},
+                                    {"train_seconds": -5.0}, {"other": 1.0}])
+def test_unusable_records_fall_back_to_the_model(tmp_path, record):
+    out = tmp_path / "rep"
+    _earlier(out, _run("hvqvae", 0), 4, record if isinstance(record, str) else 0.0)
+    if not isinstance(record, str):
+        _write(out / "runs" / _run("hvqvae", 0).name / "run.json", record)
+    _earlier(out, _run("hvqvae", 2), 0, 400.0)  # step 0: nothing per step to learn
+    [part] = [p for p in _estimate(_plan([_run("hvqvae", 1)]), out).parts if p.what == "training"]
+    assert part.source == MODEL and part.seconds == pytest.approx(
+        4 * model_step_seconds("hvqvae"))
+
+
+def test_prior_steps_and_samples_from_earlier_priors(tmp_path):
+    out = tmp_path / "rep"
+    spec = PriorSpec("gpt", 10, 0, "GPT")
+    folder = _earlier(out, _run("hvqvae", 0), 4, 40.0)
+    prior = folder / "priors" / "gpt_20steps_s3"  # another seed and length: the same per step
+    _write(prior / "checkpoint" / "config.json", {"step": 20})
+    _write(prior / "run.json", {"train_seconds": 100.0})
+    _write(prior / "samples_default.json", {"seconds": 30.0, "n": 12,
+                                            "planned_metrics": ["nll"]})
+    _write(folder / "priors" / "maskgit_20steps_s0" / "run.json", {"train_seconds": 1.0})
+    plan = Plan("gen", "quick", "tiny", [replace(_run("hvqvae", 1), priors=(
+        spec, PriorSpec("maskgit", 10, 0, "MaskGIT")))], 12, (), ("model", "prior"),
+        sample_metrics=("nll",), rows="samples")
+    est = _estimate(plan, out)
+    got = {(p.prior, p.what): (p.seconds, p.source) for p in est.parts}
+    assert got[("gpt_10steps_s0", "prior training")] == (10 * 5.0, MEASURED)
+    assert got[("gpt_10steps_s0", "samples_default.json")] == (30.0, MEASURED)
+    # maskgit's earlier folder has no checkpoint: no step, no measurement
+    assert got[("maskgit_10steps_s0", "prior training")][1] == MODEL
+    assert got[("maskgit_10steps_s0", "samples_default.json")][1] == MODEL
+    assert got[("", "the real images' Inception features, once")][1] == MODEL
+
+
+def test_the_estimate_printed_at_each_start_goes_into_the_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    plan = Plan("fig5", "quick", "tiny", [_run("hvqvae", 0)], 12, ("mse",), ("model",))
+    out = tmp_path / "rep"
+    execute(plan, out, progress=False)
+    printed = capsys.readouterr().err
+    [entry] = read_estimates(out / "fig5")
+    assert entry["runs_to_do"] == 1 and entry["model_seconds"] == entry["seconds"] > 0
+    assert f"estimated {-(-entry['seconds'] // 60)} min on this machine" in printed
+    execute(plan, out, progress=False)  # nothing left to do: nothing logged
+    assert read_estimates(out / "fig5") == [entry]
+    records, missing = collect(plan, out, None)
+    data = write_report(plan, records, out / "fig5", missing)
+    assert data["estimates"] == [entry]
+    line = (out / "fig5" / "report.md").read_text().splitlines()[-1]
+    assert line.startswith("- estimated when it started") and "1 runs to do" in line
