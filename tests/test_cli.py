@@ -63,7 +63,7 @@ def test_image_folder_with_corrupt_files(capsys, tmp_path):
     assert "skipped 1 unreadable" in capsys.readouterr().err
     # the finished run is not replaced silently
     assert main(args) == 2
-    assert "already holds a run (checkpoint at step 2); pass --resume" in _err_line(capsys)
+    assert "already holds a tokenizer run (mvqvae, checkpoint at step 2); pass --resume" in _err_line(capsys)
     ckpt = (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes()
     for f in folder.glob("ok*"):
         f.write_bytes(b"broken")
@@ -91,7 +91,7 @@ def test_train_reconstruct_and_wrong_checkpoint(capsys, tmp_path):
     capsys.readouterr()
     # resuming with another model type refuses the checkpoint
     assert main(["train", *TINY, "model.type=hvqvae", f"train.out_dir={run}", "--resume"]) == 2
-    assert "holds a mvqvae checkpoint, expected hvqvae" in _err_line(capsys)
+    assert "model.type is fixed for a run's life; the run has 'mvqvae', this command gives 'hvqvae'" in _err_line(capsys)
     # a folder that is not a checkpoint
     assert main(["reconstruct", "--checkpoint", str(tmp_path)]) == 2
     assert "holds no mvq model" in _err_line(capsys)

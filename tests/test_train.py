@@ -50,7 +50,8 @@ def test_resume_refuses_another_model_type(tmp_path):
     train(_cfg(tmp_path), progress=False)
     cfg = _cfg(tmp_path)
     cfg.model = tiny_model_config(type="hvqvae")
-    with pytest.raises(MvqError, match="mvqvae checkpoint, expected hvqvae"):
+    with pytest.raises(MvqError, match="model.type is fixed for a run.s life; the run has "
+                       ".mvqvae., this command gives .hvqvae."):
         train(cfg, resume=True, progress=False)
 
 
@@ -133,7 +134,8 @@ def test_ema_weights_follow_the_recurrence_and_resume_exactly(tmp_path):
     resumed = train(replace(part, train=replace(part.train, steps=3)), resume=True,
                     progress=False)
     _assert_same_checkpoint(ema_run.out_dir, resumed.out_dir)
-    with pytest.raises(MvqError, match="ema_decay=0.2, not 0.0"):
+    with pytest.raises(MvqError, match="train.ema_decay is fixed for a run.s life; "
+                       "the run has 0.2, this command gives 0.0"):
         train(replace(part, train=replace(part.train, steps=4, ema_decay=0.0)), resume=True,
               progress=False)
     with pytest.raises(MvqError, match="must be in"):

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,11 +29,15 @@ from safetensors.torch import load_file, save_file
 from mvq._version import __version__
 from mvq.config import Config, config_to_dict
 from mvq.errors import MvqError
+from mvq.outputs import CHECKPOINT_FILES
 
 FORMAT = "mvq-checkpoint-v1"  # tokenizers
 PRIOR_FORMAT = "mvq-prior-v1"  # priors
 CARD = "README.md"  # the model card beside the weights
+KIND_OF_FORMAT = {FORMAT: "tokenizer", PRIOR_FORMAT: "prior"}  # config.json "format" -> kind
 MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "mvq-manifest-v1"  # a manifest this module sealed (with its run's id)
+WRITING = ".mvq-writing"  # marks a hidden folder this module is writing (removed when sealed)
 # test-only: seconds to sleep inside a checkpoint write, so a test can kill the writer there
 SLOW_WRITE_ENV = "MVQ_TEST_CHECKPOINT_SLEEP"
 
@@ -69,14 +74,35 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_manifest(folder: Path, step: int) -> None:
+def new_run_id() -> str:
+    """A fresh id for a run: sealed into each of its checkpoints' manifests, so that retiring
+    old checkpoints deletes only folders this run wrote."""
+    return uuid.uuid4().hex
+
+
+def _write_manifest(folder: Path, step: int, run: str) -> None:
     files = {}
     for p in sorted(folder.iterdir()):
+        if p.name == WRITING:
+            continue
         with open(p, "rb") as fh:  # on disk before the manifest names them
             os.fsync(fh.fileno())
         files[p.name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-    (folder / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
+    manifest = {"format": MANIFEST_FORMAT, "run": run, "step": step, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     _fsync_dir(folder)
+
+
+def run_of(folder: str | Path) -> str | None:
+    """The id of the run that sealed ``folder`` (None: no manifest of this module's format)."""
+    try:
+        manifest = read_manifest(Path(folder))
+    except MvqError:
+        return None
+    if manifest is None or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    run = manifest.get("run")
+    return run if isinstance(run, str) else None
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -125,10 +151,25 @@ def _step_of(folder: Path) -> int | None:
         return None
 
 
+def _retired_name(target: Path, step: int, k: int = 0) -> Path:
+    """Where ``target`` at ``step`` is retired: ``target-NNNNNN``, ``target-NNNNNN-K`` when
+    that name is taken by something mvq did not write."""
+    return target.with_name(f"{target.name}-{step:06d}" + (f"-{k}" if k else ""))
+
+
 def retired(target: Path) -> list[Path]:
-    """Earlier checkpoints kept beside ``target`` as ``target-NNNNNN`` (NNNNNN: their step)."""
-    return sorted(p for p in target.parent.glob(f"{target.name}-*")
-                  if p.is_dir() and p.name[len(target.name) + 1:].isdigit())
+    """Earlier checkpoints kept beside ``target`` as ``target-NNNNNN[-K]``: complete
+    checkpoints whose name is their own step's (a user's ``checkpoint-5`` is none of them)."""
+    found = []
+    for p in target.parent.glob(f"{target.name}-*"):
+        step_k = p.name[len(target.name) + 1:].split("-")
+        if (p.is_dir() and not p.is_symlink() and len(step_k) <= 2
+                and all(x.isdigit() for x in step_k)):
+            step = _step_of(p)
+            k = int(step_k[1]) if len(step_k) == 2 else 0
+            if step is not None and p == _retired_name(target, step, k):
+                found.append((step, k, p))
+    return [p for _, _, p in sorted(found)]
 
 
 def latest(target: str | Path) -> Path | None:
@@ -139,45 +180,104 @@ def latest(target: str | Path) -> Path | None:
     return max(found)[2] if found else None
 
 
+def describe(source: str | Path) -> tuple[str | None, str]:
+    """(kind, words) of the complete checkpoint ``source``: kind "tokenizer" or "prior" (None:
+    neither), words for messages, e.g. "a prior run (gpt, checkpoint at step 40)"."""
+    try:
+        info = read_json(Path(source) / "config.json")
+    except MvqError:
+        return None, f"an unreadable checkpoint ({Path(source) / 'config.json'})"
+    kind = KIND_OF_FORMAT.get(info.get("format"))
+    if kind is None:
+        return None, f"a checkpoint of format {info.get('format')!r}, which mvq does not write"
+    name = info.get("model_type") if kind == "tokenizer" else info.get("prior_type", "gpt")
+    return kind, f"a {kind} run ({name}, checkpoint at step {info.get('step', '?')})"
+
+
 def remove_all(target: str | Path) -> None:
-    """Delete ``target``, its retired copies and unfinished writes (a run started over)."""
+    """Delete ``target``, its retired copies and unfinished writes (a run started over): only
+    the files a checkpoint writer wrote; a folder holding anything else is refused first."""
     target = Path(target)
-    if target.exists() and _step_of(target) is None:  # someone else's folder: not ours to delete
+    if target.is_symlink() or (target.exists() and _step_of(target) is None):
         raise MvqError(f"{target} exists but is not an mvq checkpoint; move it away")
-    for p in [target, *retired(target), *target.parent.glob(f".{target.name}.tmp-*")]:
+    if target.exists() and (other := _foreign(target)):
+        raise MvqError(f"{target} holds files mvq did not write there ({', '.join(other[:3])}); "
+                       "move them out of the folder, then run again")
+    for p in [target, *retired(target)]:
         _remove(p)
+    remove_unfinished(target)
 
 
 def remove_unfinished(target: str | Path) -> None:
-    """Delete the hidden folders of checkpoint writes that a killed run left behind."""
+    """Delete the hidden folders of checkpoint writes that a killed run left behind (only
+    folders this module marked as being written or sealed)."""
     for p in Path(target).parent.glob(f".{Path(target).name}.tmp-*"):
-        _remove(p)
+        if p.is_dir() and not p.is_symlink() and ((p / WRITING).is_file() or run_of(p)
+                                                  or not any(p.iterdir())):
+            shutil.rmtree(p)  # marked while written, sealed (not yet renamed) or still empty
 
 
-def _remove(folder: Path) -> None:
-    if folder.is_dir():
-        (folder / MANIFEST).unlink(missing_ok=True)  # first: a half-deleted folder is incomplete
-        shutil.rmtree(folder)
+def _own_files(folder: Path) -> list[str]:
+    """The files a checkpoint writer put in ``folder``: its manifest's list, else the standard
+    names (a checkpoint from before manifests)."""
+    try:
+        manifest = read_manifest(folder)
+    except MvqError:
+        manifest = None
+    names = list(manifest["files"]) if manifest is not None else list(CHECKPOINT_FILES)
+    return [*names, MANIFEST]
+
+
+def _foreign(folder: Path) -> list[str]:
+    """Names in ``folder`` that no checkpoint writer put there (e.g. a user's notes)."""
+    own = set(_own_files(folder))
+    return sorted(p.name for p in folder.iterdir() if p.name not in own)
+
+
+def _remove(folder: Path) -> bool:
+    """Delete the checkpoint files in ``folder``, then the folder when nothing else is left in
+    it; returns whether the folder is gone. Files mvq did not write stay."""
+    if not folder.is_dir() or folder.is_symlink():
+        return not folder.exists()
+    own = _own_files(folder)
+    (folder / MANIFEST).unlink(missing_ok=True)  # first: a half-deleted folder is incomplete
+    for name in own:
+        path = folder / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    try:
+        folder.rmdir()
+    except OSError:  # something else lives there: not ours to delete
+        return False
+    return True
 
 
 @contextmanager
-def writing(target: str | Path, step: int, keep: int = 1):
-    """Yield a fresh empty folder; after the block, seal it (manifest) and swap it in as
-    ``target``. The previous ``target`` is retired as ``target-<its step>``; the ``keep`` newest
-    checkpoints stay, older ones are deleted. On any error the new folder is removed and
-    ``target`` is as before."""
+def writing(target: str | Path, step: int, keep: int = 1, run: str | None = None):
+    """Yield a fresh empty folder; after the block, seal it (manifest with ``run``, the writing
+    run's id) and swap it in as ``target``. The previous ``target`` is retired as
+    ``target-<its step>``; of the checkpoints ``run`` sealed, the ``keep`` newest stay and older
+    ones are deleted (folders of other runs, or of nobody, are never deleted). ``run`` None:
+    the run of the present ``target`` (a fresh id when there is none). On any error the new
+    folder is removed and ``target`` is as before."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    run = run or run_of(target) or new_run_id()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    (tmp / WRITING).touch()
     try:
         yield tmp
-        _write_manifest(tmp, step)
-        if target.exists():
-            old = _step_of(target)
+        _write_manifest(tmp, step, run)
+        (tmp / WRITING).unlink()
+        if target.exists() or target.is_symlink():
+            old = None if target.is_symlink() else _step_of(target)
             if old is None:  # never made by this module: not ours to replace
                 raise MvqError(f"{target} exists but is not an mvq checkpoint; move it away")
-            gone = target.with_name(f"{target.name}-{old:06d}")
-            _remove(gone)  # the same step saved again (e.g. a resumed run)
+            k, gone = 0, _retired_name(target, old)
+            while gone.exists() or gone.is_symlink():
+                if gone in retired(target) and run_of(gone) == run and _remove(gone):  # the same step saved again
+                    break
+                k, gone = k + 1, _retired_name(target, old, k + 1)  # a name not ours: keep it
             os.rename(target, gone)
         if os.environ.get(SLOW_WRITE_ENV):  # the widest gap: no folder named `target` now
             time.sleep(float(os.environ[SLOW_WRITE_ENV]))
@@ -186,7 +286,8 @@ def writing(target: str | Path, step: int, keep: int = 1):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in retired(target)[: max(0, len(retired(target)) - (keep - 1))]:
+    ours = [p for p in retired(target) if run_of(p) == run]
+    for old in ours[: max(0, len(ours) - (keep - 1))]:
         _remove(old)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from mvq.argtypes import (
     top_p_fraction,
 )
 from mvq.bench import BENCHMARKS
+from mvq.config import MODEL_TYPES
 from mvq.errors import MvqError
 
 EPILOG = """examples:
@@ -37,25 +39,33 @@ EPILOG = """examples:
 
 def _add_train(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a tokenizer (vqvae, hvqvae, mvqvae)",
+        "train", help=f"train a tokenizer ({', '.join(MODEL_TYPES)})",
         description="Train a tokenizer from a YAML preset plus section.key=value overrides. "
         "Writes OUT_DIR/metrics.csv, OUT_DIR/recon_*.png grids and OUT_DIR/checkpoint/ "
-        "(config.json + model.safetensors + train_state.safetensors).",
+        "(config.json + model.safetensors + train_state.safetensors). Options and overrides "
+        "may come in any order. --resume continues the run with its own config.json; only "
+        "overrides of keys that may change on resume (train.steps, train.lr, train.disc_lr, "
+        "train.grad_clip, train.*_every, train.device, data.root, ...) are applied; others are "
+        "refused.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="override keys: model.* (type, factor, codebook_size, dim, dim2, num_masks, ema, ...), "
+        epilog=f"model types: {', '.join(MODEL_TYPES)}\n\n"
+        "override keys: model.* (type, factor, codebook_size, dim, dim2, num_masks, ema, ...), "
         "data.* (name, root, train_limit, val_limit), train.* (steps, batch_size, lr, seed, "
         "val_every, out_dir, device, ...); see `mvq presets`\n\n"
         "several GPUs or processes (DDP; train.batch_size is the global batch):\n"
         "  torchrun --nproc_per_node N -m mvq train --config PRESET [overrides]",
     )
-    p.add_argument("--config", help="a preset name (`mvq presets`) or a YAML file; defaults are "
-                   "used without one")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=500")
-    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint")
+    p.add_argument("--config", help="a preset name (`mvq presets`) or a YAML file (default: "
+                   "none, the built-in defaults)")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=500 "
+                   "(anywhere on the line)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT_DIR/checkpoint with the run's own config")
     p.add_argument("--overwrite", action="store_true",
                    help="start again over a run already in OUT_DIR (without it, mvq refuses)")
-    p.add_argument("--data-root", help="shortcut for data.root=PATH")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--data-root", help="shortcut for data.root=PATH (default: the config's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar: a plain line "
+                   "every train.log_every steps (also when stderr is not a terminal)")
 
 
 def _add_presets(sub) -> None:
@@ -104,7 +114,8 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--images", nargs="*", help="image files or folders (default: the first "
                    "--n test images of the checkpoint's data set)")
     p.add_argument("--n", type=positive_int, default=16, help="number of images (default 16)")
-    p.add_argument("--out", default="reconstruction.png", help="output PNG path")
+    p.add_argument("--out", default="reconstruction.png",
+                   help="output PNG path (default reconstruction.png)")
     p.add_argument("--codes", help="also save the codes as .safetensors here")
     p.add_argument("--scale", type=positive_int, default=3,
                    help="integer upscaling of the PNG (default 3)")
@@ -124,7 +135,8 @@ def _add_overwrite(p) -> None:
 def _add_device_and_progress(p) -> None:
     p.add_argument("--device", default="auto", type=device_name,
                    help="auto (default: cuda when available), cpu, cuda or cuda:N")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars (training: "
+                   "a plain line every N steps instead)")
 
 
 def _add_demo(sub) -> None:
@@ -160,7 +172,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split", default="test", help="data split (default test)")
     p.add_argument("--n", type=positive_int, default=1000,
                    help="images, the first N of the split (default 1000)")
-    p.add_argument("--batch-size", type=positive_int, default=100)
+    p.add_argument("--batch-size", type=positive_int, default=100,
+                   help="images per forward pass (default 100)")
     p.add_argument("--metrics", help="comma-separated subset of mse,psnr,ssim,lpips,rfid,prd,usage "
                    "(default all); with --prior of fid,prd,nll (default all)")
     p.add_argument("--prior", help="prior checkpoint folder trained on this tokenizer's tokens: "
@@ -200,9 +213,9 @@ def _add_compare(sub) -> None:
 
 def cmd_compare(args) -> int:
     from mvq.evaluate import format_comparison, load_result
-    from mvq.outputs import check_output, write_text
+    from mvq.outputs import check_outputs, write_text
 
-    check_output(args.out, args.overwrite, "--out")
+    check_outputs([("--out", args.out)], args.overwrite, [("RESULTS", r) for r in args.results])
     results = [load_result(p) for p in args.results]
     names = args.names.split(",") if args.names else None
     if names is not None and len(names) != len(results):
@@ -219,10 +232,13 @@ def _add_priors(sub) -> None:
                        description="Encode a split of the checkpoint's data set into one .safetensors "
                        "token file tagged with the tokenizer's config hash (priors train on it).")
     p.add_argument("--checkpoint", required=True, help="tokenizer checkpoint folder")
-    p.add_argument("--out", default="tokens.safetensors", help="token file to write")
-    p.add_argument("--split", default="train", choices=["train", "test"])
-    p.add_argument("--limit", type=positive_int, help="only the first N images")
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--out", default="tokens.safetensors",
+                   help="token file to write (default tokens.safetensors)")
+    p.add_argument("--split", default="train", choices=["train", "test"],
+                   help="data split (default train)")
+    p.add_argument("--limit", type=positive_int, help="only the first N images (default all)")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="images per forward pass (default 256)")
     _add_overwrite(p)
     _add_device_and_progress(p)
     p = sub.add_parser("train-prior", help="train a prior (two-stage GPT, MaskGIT or PixelCNN) "
@@ -243,14 +259,23 @@ def _add_priors(sub) -> None:
     p.add_argument("--class-conditional", action="store_true",
                    help="condition the prior on the token file's class labels (sample with "
                    "--class)")
-    p.add_argument("--out", default="runs/prior", help="output folder (checkpoint in OUT/checkpoint)")
-    p.add_argument("--steps", type=positive_int, default=2000)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--lr", type=positive_float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=open_fraction, default=0.05)
-    p.add_argument("--val-every", type=positive_int, default=250)
-    p.add_argument("--resume", action="store_true", help="continue the run in OUT exactly")
+    p.add_argument("--out", default="runs/prior",
+                   help="output folder, checkpoint in OUT/checkpoint (default runs/prior)")
+    own = "; with --resume: the run's own"
+    p.add_argument("--steps", type=positive_int,
+                   help=f"training steps, the run's target (default 2000{own})")
+    p.add_argument("--batch-size", type=positive_int,
+                   help=f"token sequences per step, the global batch (default 64{own})")
+    p.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default 3e-4{own})")
+    p.add_argument("--seed", type=int,
+                   help=f"seed of the initial weights, batches and held-out split (default 0{own})")
+    p.add_argument("--val-fraction", type=open_fraction,
+                   help=f"share of the token file held out for the validation NLL (default "
+                   f"0.05{own})")
+    p.add_argument("--val-every", type=positive_int, default=250,
+                   help="validate and checkpoint every N steps (default 250)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT exactly (--steps and --lr may change)")
     p.add_argument("--overwrite", action="store_true",
                    help="start again over a run already in OUT (without it, mvq refuses)")
     _add_device_and_progress(p)
@@ -264,16 +289,19 @@ def _add_priors(sub) -> None:
                        "--choice-temperature 4.5")
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint folder")
     p.add_argument("--prior", required=True, help="prior checkpoint folder (OUT/checkpoint)")
-    p.add_argument("--n", type=positive_int, default=64)
-    p.add_argument("--out", default="samples.png")
-    p.add_argument("--temperature", type=positive_float, default=1.0)
-    p.add_argument("--top-k", type=positive_int)
+    p.add_argument("--n", type=positive_int, default=64, help="images to sample (default 64)")
+    p.add_argument("--out", default="samples.png", help="output PNG path (default samples.png)")
+    p.add_argument("--temperature", type=positive_float, default=1.0,
+                   help="softmax temperature (default 1.0)")
+    p.add_argument("--top-k", type=positive_int,
+                   help="sample from the k most likely ids (default: all ids)")
     _add_decoding(p, "")
     p.add_argument("--class", dest="classes", type=class_list, metavar="K[,K...]",
                    help="class-conditional priors: sample these classes, in equal consecutive "
                    "blocks (default: every class)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=positive_int, default=3, help="integer upscaling of the PNG")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--scale", type=positive_int, default=3,
+                   help="integer upscaling of the PNG (default 3)")
     _add_force(p)
     _add_overwrite(p)
 
@@ -301,10 +329,12 @@ def cmd_encode_dataset(args) -> int:
 
 def cmd_train_prior(args) -> int:
     from mvq import distributed
+    from mvq.train.engine import LINES
     from mvq.train.prior import train_prior
 
     r = train_prior(args.tokens, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    seed=args.seed, val_fraction=args.val_fraction, progress=not args.no_progress,
+                    seed=args.seed, val_fraction=args.val_fraction,
+                    progress=LINES if args.no_progress else True,
                     device=args.device, val_every=args.val_every, resume=args.resume,
                     overwrite=args.overwrite, kind=args.prior_type,
                     class_conditional=args.class_conditional)
@@ -354,7 +384,8 @@ def _add_reproduce(sub) -> None:
         "  mvq reproduce fig5 --scale quick\n"
         "  mvq reproduce table1 --scale paper --dataset cifar10 --data-root /data/cifar-10-batches-py",
     )
-    p.add_argument("experiment", choices=list(EXPERIMENTS))
+    p.add_argument("experiment", choices=list(EXPERIMENTS), help="which experiment (listed "
+                   "below)")
     p.add_argument("--scale", choices=["quick", "paper"], default="quick",
                    help="quick: FashionMNIST on a CPU (default); paper: the papers' settings")
     p.add_argument("--seeds", type=positive_int, help="seeds per compared cell (default: 3 for "
@@ -480,13 +511,38 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_train, _add_presets, _add_weights, _add_reconstruct, _add_evaluate, _add_compare, _add_priors, _add_demo,
                 _add_bench, _add_reproduce, _add_analyze, _add_explore):
         add(sub)
+    for name, p in sub.choices.items():  # global options after the command too
+        if name != "bench":  # bench hands what follows its name to the benchmark script
+            p.add_argument("--threads", type=threads, metavar="N", default=argparse.SUPPRESS,
+                           help="as `mvq --threads N`, here after the command")
     return parser
+
+
+OVERRIDE = re.compile(r"[A-Za-z_]\w*\.[A-Za-z_][\w.]*=")  # section.key=value
+VALUED = ("--config", "--data-root", "--threads")  # train's options that take a value
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(argv without them, overrides): ``mvq train``'s section.key=value overrides taken from
+    wherever they stand, so that options and overrides come in any order."""
+    if "train" not in argv:
+        return argv, []
+    start = argv.index("train") + 1
+    rest, overrides = list(argv[:start]), []
+    for i, arg in enumerate(argv[start:], start):
+        if OVERRIDE.match(arg) and argv[i - 1] not in VALUED:
+            overrides.append(arg)
+        else:
+            rest.append(arg)
+    return rest, overrides
 
 
 def cmd_train(args) -> int:
     from mvq import distributed
     from mvq.config import load_config
     from mvq.train import train
+    from mvq.train.engine import LINES
+    from mvq.train.loop import run_config
 
     overrides = list(args.overrides)
     if args.data_root:
@@ -495,10 +551,17 @@ def cmd_train(args) -> int:
     if args.config and not any(o.startswith("train.out_dir=") for o in overrides):
         if cfg.train.out_dir == "runs/train":
             cfg.train.out_dir = f"runs/{Path(args.config).stem}"
-    result = train(cfg, resume=args.resume, progress=not args.no_progress,
+    ignored: list[str] = []
+    if args.resume:  # the run's own config, changed only where this command line says
+        cfg, ignored = run_config(cfg, overrides)
+    result = train(cfg, resume=args.resume, progress=LINES if args.no_progress else True,
                    overwrite=args.overwrite)
     if distributed.launched_rank():
         return 0  # under torchrun only rank 0 reports
+    if ignored:  # said after the run (a refused resume stays one line)
+        print(f"mvq train: --resume kept the run's own {', '.join(ignored)} (the preset's "
+              "differ); give section.key=value to change a key that may change on resume",
+              file=sys.stderr)
     m = result.metrics
     done = (f"{result.out_dir} had already finished {result.step} steps (nothing trained)"
             if result.finished_before else
@@ -513,11 +576,12 @@ def cmd_reconstruct(args) -> int:
 
     from mvq.data import build_dataset
     from mvq.figures import Figure, check_grid_size
-    from mvq.outputs import check_output
+    from mvq.outputs import check_outputs
     from mvq.pretrained import load_tokenizer
 
-    check_output(args.out, args.overwrite, "--out")  # before any work
-    check_output(args.codes, args.overwrite, "--codes")
+    check_outputs([("--out", args.out), ("--codes", args.codes)], args.overwrite,  # before work
+                  [("--checkpoint", args.checkpoint),
+                   *(("--images", p) for p in args.images or ())])
     model, cfg, _ = load_tokenizer(args.checkpoint)
     model.eval()
     if args.images:
@@ -580,7 +644,7 @@ def cmd_evaluate(args) -> int:
         format_table,
         write_reports,
     )
-    from mvq.outputs import check_output
+    from mvq.outputs import check_outputs
 
     def reports(n: int) -> tuple[Path, Path]:  # checked before any work and again when written
         stem = f"eval_samples_{args.split}_{n}" if args.prior else f"eval_{args.split}_{n}"
@@ -589,8 +653,9 @@ def cmd_evaluate(args) -> int:
         base = base.parent if base.name == "checkpoint" else base  # the run folder, not the
         json_path = Path(args.json or base / f"{stem}.json")  # checkpoint training replaces
         md_path = Path(args.md) if args.md else json_path.with_suffix(".md")
-        for path, option in ((json_path, "--json"), (md_path, "--md")):
-            check_output(path, args.overwrite, option, beside_checkpoint=True)
+        check_outputs([("--json", json_path), ("--md", md_path)], args.overwrite,
+                      [("--checkpoint", args.checkpoint), ("--prior", args.prior)],
+                      beside_checkpoint=True)
         return json_path, md_path
 
     if args.refine and args.prior:
@@ -645,7 +710,10 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")
     parser = build_parser()
+    argv, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
+    if args.command == "train":
+        args.overrides = [*args.overrides, *overrides]
     if not args.command:
         parser.print_help()
         return 2

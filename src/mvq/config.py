@@ -247,6 +247,49 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return config_from_dict(apply_overrides(data, overrides or []))
 
 
+# Keys a resumed run may change: applied from the resumed step on (a new train.lr is set in the
+# restored optimizer) and logged. Every other key is fixed for the run's life (the model, the
+# data and its order, the seed, the loss): a different value on --resume is refused.
+RESUME_MAY_CHANGE = frozenset({
+    "train.steps", "train.lr", "train.disc_lr", "train.grad_clip", "train.precision",
+    "train.device", "train.num_workers", "train.log_every", "train.val_every", "train.ckpt_every",
+    "train.keep_checkpoints", "train.grid_images", "train.out_dir", "data.root",
+})
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(key, old value, new value) for every key of two nested config dicts that differs
+    (``prefix``: prepended to the keys), a ``type`` key first."""
+    out = []
+    for key in sorted(set(old) | set(new), key=lambda k: (k != "type", k)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) or isinstance(b, dict):
+            out += changed_keys(a or {}, b or {}, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def check_resume(changes: list[tuple[str, object, object]], may_change, where: str,
+                 fresh: str) -> list[tuple[str, object, object]]:
+    """The ``changes`` (key, run's value, new value) a resume may make (``may_change``: their
+    keys); MvqError naming the first fixed one. ``fresh``: how to start a new run instead."""
+    for key, old, new in changes:
+        if key not in may_change:
+            raise MvqError(f"cannot resume {where}: {key} is fixed for a run's life; the run has "
+                           f"{old!r}, this command gives {new!r}; drop that setting, or {fresh}")
+    return changes
+
+
+def resume_changes(saved: Config, new: Config, where: str) -> list[tuple[str, object, object]]:
+    """The keys in which ``new`` differs from the resumed run's ``saved`` config, all of them in
+    RESUME_MAY_CHANGE (MvqError naming a fixed one, with both values)."""
+    changes = [c for c in changed_keys(config_to_dict(saved), config_to_dict(new))
+               if not (c[0] == "train.out_dir" and Path(c[1] or "") == Path(c[2] or ""))]
+    return check_resume(changes, RESUME_MAY_CHANGE, where,
+                        "start a new run (--overwrite, or another train.out_dir)")
+
+
 def model_hash(model: ModelConfig) -> str:
     """Short hash of the architecture config (tags codes and token files)."""
     blob = json.dumps(asdict(model), sort_keys=True).encode()

@@ -1,10 +1,14 @@
 """Writing outputs without losing files: every file mvq writes goes through :func:`atomic_write`
 (a temporary file beside the target, renamed over it when complete, removed on failure), and
-the commands check their output paths with :func:`check_output` before any work starts."""
+the commands check their output paths with :func:`check_outputs` before any work starts: each
+against the others and against the command's inputs, then each on its own (:func:`check_output`)."""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +42,23 @@ def atomic_write(target: str | Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
+def open_lock(path: Path):
+    """Open (creating) the lock file ``path`` for reading and writing, never through a symbolic
+    link (its target would be overwritten) and only as a regular file; MvqError otherwise."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise MvqError(f"{path} is a symbolic link; mvq does not follow it (its target would "
+                           "be overwritten): remove the link and run again") from None
+        raise MvqError(f"cannot open the lock file {path}: {err.strerror}; remove it or choose "
+                       "another output folder") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise MvqError(f"{path} is not a regular file; remove it and run again")
+    return os.fdopen(fd, "r+")
+
+
 def write_text(target: str | Path, text: str) -> Path:
     return atomic_write(target, lambda tmp: tmp.write_text(text))
 
@@ -46,6 +67,17 @@ def is_checkpoint(folder: Path) -> bool:
     """A folder written by training (a tokenizer or prior checkpoint)."""
     return (folder / "manifest.json").is_file() or (
         (folder / "config.json").is_file() and (folder / "model.safetensors").is_file())
+
+
+def _sealed(folder: Path) -> set[str]:
+    """The names of a checkpoint folder's own files: those its manifest lists (a model card
+    included) and training's standard files."""
+    try:
+        listed = json.loads((folder / "manifest.json").read_text())["files"]
+        names = set(listed) if isinstance(listed, dict) else set()
+    except (OSError, ValueError, KeyError, TypeError):
+        names = set()
+    return names | set(CHECKPOINT_FILES)
 
 
 def check_output(path: str | Path | None, overwrite: bool, option: str,
@@ -58,7 +90,7 @@ def check_output(path: str | Path | None, overwrite: bool, option: str,
     path = Path(path)
     for folder in path.resolve().parents:
         if is_checkpoint(folder):
-            if not beside_checkpoint or path.name in CHECKPOINT_FILES:
+            if not beside_checkpoint or path.resolve().name in _sealed(folder):
                 raise MvqError(f"{option} {path} lies in the checkpoint folder {folder}; only "
                                "training writes there: choose a path outside it")
             break
@@ -68,3 +100,37 @@ def check_output(path: str | Path | None, overwrite: bool, option: str,
         raise MvqError(f"{option} {path} exists; pass --overwrite to replace it, or choose "
                        "another path")
     return path
+
+
+Named = tuple[str, "str | Path | None"]  # (option as the user names it, path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one file (links resolved, hard links included)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: list[Named], overwrite: bool, inputs: list[Named] = (),
+                  beside_checkpoint: bool = False) -> list[Path | None]:
+    """MvqError before any work when the files one command writes (``outputs``, (option, path)
+    pairs; None paths are skipped) could lose a file: two of them are one file, one of them is
+    an input file (``inputs``, e.g. ("--checkpoint", folder), ("--images", file)), or one fails
+    :func:`check_output`. Returns the paths (as Path, None kept) in order."""
+    given = [(opt, Path(p)) for opt, p in outputs if p is not None]
+    for i, (opt, path) in enumerate(given):
+        for other_opt, other in given[:i]:
+            if _same_file(path, other):
+                raise MvqError(f"{other_opt} {other} and {opt} {path} are the same file: one "
+                               "would replace the other; give each output its own path")
+        for in_opt, source in inputs:
+            if source is not None and _same_file(path, Path(source)):
+                raise MvqError(f"{opt} {path} is the input {in_opt} {source}: writing it would "
+                               "destroy the input; choose another output path")
+    for opt, path in given:
+        check_output(path, overwrite, opt, beside_checkpoint)
+    return [None if p is None else Path(p) for _, p in outputs]

@@ -160,7 +160,7 @@ def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
     choice_temperature: as `sample_codes_and_images`.
     """
     from mvq.checkpoint import read_info
-    from mvq.outputs import check_output
+    from mvq.outputs import check_outputs
     from mvq.pretrained import resolve
 
     check_sampling(temperature, top_k, top_p)
@@ -168,7 +168,8 @@ def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
     size = int(config["model"]["image_size"])
     scale = readable_scale(size) if scale is None else scale
     check_grid_size(*grid_shape(max(n, 1)), size, scale, "lower --n or --scale")
-    check_output(out, overwrite, "--out")
+    check_outputs([("--out", out)], overwrite,
+                  [("--tokenizer", tokenizer_dir), ("--prior", prior_dir)])
     sampled: list[int] = []
     _, images = sample_codes_and_images(
         tokenizer_dir, prior_dir, n, temperature, top_k, seed, device, force=force,

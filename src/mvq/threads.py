@@ -2,6 +2,9 @@
 
 ``mvq --threads N`` wins; otherwise ``OMP_NUM_THREADS`` when it is set; otherwise torch's default
 (one thread per physical core) shared fairly among the mvq processes already running here.
+Training results depend on the thread count (CPU kernels sum in another order), so a training
+run records its count in config.json and a resumed run takes it again (:func:`resume_threads`):
+an exact resume does not depend on what else runs on the machine.
 Two runs that each take every core make both wait on each other's threads: on a 2-core machine
 two default ``mvq train`` runs took 3.3x the time of one alone with 2 threads each, 1.6x with one
 thread each (`mvq bench concurrent-train` measures it).
@@ -60,8 +63,33 @@ def default_threads(env: dict[str, str] | None = None) -> tuple[int, str]:
     return max(1, base // runs), f"torch default {base} shared by {runs} mvq processes"
 
 
+_chosen: tuple[int, str] | None = None  # what configure_threads set, and why
+
+
 def configure_threads(requested: int | None = None) -> tuple[int, str]:
     """Set torch's intra-op threads; returns (threads, why)."""
+    global _chosen
     threads, why = (requested, "--threads") if requested else default_threads()
     torch.set_num_threads(threads)
+    _chosen = (threads, why)
     return threads, why
+
+
+def resume_threads(recorded: object) -> tuple[int, str | None]:
+    """(threads, note) for resuming a run that recorded ``recorded`` threads: the run's own
+    count, unless ``--threads`` asked for another (then the note warns that the weights will
+    differ from an uninterrupted run's); a note too when the run recorded none."""
+    now = torch.get_num_threads()
+    if isinstance(recorded, bool) or not isinstance(recorded, int) or recorded < 1:
+        return now, (f"the run did not record its thread count; resuming with {now}: if it "
+                     "trained with another count, the weights will differ from an uninterrupted "
+                     "run's (--threads N sets it)")
+    if recorded == now:
+        return now, None
+    if _chosen is not None and _chosen[1] == "--threads":
+        return now, (f"the run trained with {recorded} threads, --threads gives {now}: the "
+                     "weights will differ from an uninterrupted run's (drop --threads to resume "
+                     "exactly)")
+    why = f" ({_chosen[1]})" if _chosen is not None else ""
+    return recorded, (f"resuming with the run's own {recorded} threads, not {now}{why}, so that "
+                      "it continues exactly")

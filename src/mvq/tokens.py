@@ -32,9 +32,10 @@ def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "t
     runs in eval mode (deterministic codes). Returns the path of the written file. An existing
     file is replaced only with ``overwrite``; a path inside a checkpoint folder is refused.
     """
-    from mvq.outputs import check_output
+    from mvq.outputs import check_outputs
 
-    out_path = check_output(out_path, overwrite, "--out")
+    out_path = check_outputs([("--out", out_path)], overwrite,
+                             [("--checkpoint", checkpoint)])[0]
     from mvq.checkpoint import tensors_sha256
     from mvq.pretrained import load_tokenizer
     from mvq.data import build_dataset

@@ -37,14 +37,15 @@ def analyze(checkpoint: str | Path, what: list[str], out: str | Path = "runs/ana
     transfer and diversity (compose uses the first 4 of the same seeded draw)."""
     from mvq.analysis import codes as C
     from mvq.analysis import figures
-    from mvq.outputs import check_output
+    from mvq.outputs import check_outputs
 
     bad = [w for w in what if w not in ANALYSES]
     if bad or not what:
         raise MvqError(f"--what expects some of {', '.join(ANALYSES)}, found {bad or 'none'}")
     if sum_mode not in C.SUM_MODES:
         raise MvqError(f"--sum expects one of {', '.join(C.SUM_MODES)}, found {sum_mode!r}")
-    paths = {w: check_output(Path(out) / f"{w}.png", overwrite, "--out") for w in what}
+    paths = dict(zip(what, check_outputs([("--out", Path(out) / f"{w}.png") for w in what],
+                                         overwrite, [("--checkpoint", checkpoint)])))
     model, cfg = C.load_mvq(checkpoint)
     pool = C.load_test_images(cfg, max(POOL, images or 0))
     with torch.no_grad():

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mvq.config import config_to_dict
 from mvq.errors import MvqError
-from mvq.outputs import write_text
+from mvq.outputs import open_lock, write_text
 from mvq.reproduce.plan import Plan, PriorSpec, Run
 from mvq.reproduce.timing import (
     MEASURED,
@@ -214,7 +214,7 @@ def _claim(out_dir: Path):
     """True while this process holds the run's reproduce lock (train + evaluate); False when
     another process holds it. The OS releases it when a process dies."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".reproduce.lock", "a+") as fh:
+    with open_lock(out_dir / ".reproduce.lock") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

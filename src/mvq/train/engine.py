@@ -25,7 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from mvq import checkpoint, distributed
+from mvq.config import check_writable
 from mvq.errors import MvqError
+from mvq.outputs import is_checkpoint, open_lock
+from mvq.threads import resume_threads
 from mvq.train.logs import RunLog
 
 
@@ -82,6 +85,8 @@ class Trainee:
     validate_first = False  # validate (and log a step-0 row) before the first step
     grids: dict = {}  # name -> uint8 (H, W, 3) images of the last validation, for TensorBoard
     lower_lr = "lower train.lr"
+    run_id = ""  # set by the engine: sealed into the run's checkpoints (kept on resume)
+    changes: list = []  # (key, old, new) settings a resume changes; the engine logs them
     model: torch.nn.Module
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -90,6 +95,10 @@ class Trainee:
     def aux_state(self) -> dict:
         """{name: (module, optimizer or None)} kept in the training state besides optimizer."""
         return {}
+
+    def restored(self) -> None:
+        """Called after a resumed run's training state is loaded: apply the settings that may
+        change on resume (e.g. the learning rate) to the restored optimizers."""
 
     def step(self, step: int, indices: torch.Tensor) -> StepOutput:
         raise NotImplementedError
@@ -120,18 +129,15 @@ def locked(out_dir: Path):
     """Hold an exclusive lock on ``out_dir`` (a run's folder) for the block. The OS releases it
     when the process dies, so a killed run never leaves a stale lock."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ".lock"
-    fh = open(path, "a+")
+    fh = open_lock(out_dir / ".lock")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "?"
+        holder = fh.read(32).strip() or "?"
         fh.close()
         raise MvqError(f"{out_dir} is in use by another mvq run (pid {holder}); wait for it to "
                        "finish or choose another output folder") from None
     try:
-        fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
@@ -140,10 +146,57 @@ def locked(out_dir: Path):
         fh.close()  # releases the lock
 
 
+COMMANDS = {"tokenizer": "mvq train", "prior": "mvq train-prior"}
+LINES = "lines"  # progress=LINES: a plain line per log step instead of the bar
+
+
+def claim_run(out: Path, kind: str, resume: bool, overwrite: bool, option: str) -> Path | None:
+    """The checkpoint of ``out`` to resume (None: a fresh start), after refusing, before any
+    work, what a run of ``kind`` ("tokenizer", "prior") must not touch: ``out`` inside a
+    checkpoint folder, a run of another kind (--overwrite included), a run of its own kind
+    without --resume or --overwrite, and --resume with nothing to resume. ``option``: how the
+    user names ``out`` (train.out_dir, --out)."""
+    check_writable(out, option)  # a file, or a folder not writable, is refused here
+    here = out.resolve()
+    for folder in (here, *here.parents):
+        if is_checkpoint(folder):
+            where = "is" if folder == here else f"lies in the checkpoint folder {folder}, which is"
+            raise MvqError(f"{option} {out} {where} a checkpoint, not a run folder; give the run "
+                           f"folder that holds it ({folder.parent}) or a new folder")
+    target = out / "checkpoint"
+    source = checkpoint.latest(target)
+    if source is not None:
+        found, words = checkpoint.describe(source)
+        if found != kind:
+            raise MvqError(f"{out} holds {words}, not a {kind} run: {COMMANDS[kind]} neither "
+                           f"resumes nor overwrites it; choose another {option}")
+        if not resume and not overwrite:
+            raise MvqError(f"{out} already holds {words}; pass --resume to continue it, "
+                           f"--overwrite to start again over it, or another {option}")
+    elif resume:
+        raise MvqError(f"nothing to resume: {target} holds no complete {kind} checkpoint")
+    return source if resume else None
+
+
+def log_resume(out: Path, step: int, changes: list[tuple[str, object, object]]) -> None:
+    """Say on stderr (rank 0) which settings a resumed run changes from ``step`` on."""
+    if changes and not distributed.launched_rank():
+        said = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes)
+        print(f"mvq: resuming {out} at step {step} with {said}", file=sys.stderr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Give every parameter group of ``optimizer`` the learning rate ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def fit(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device: torch.device,
-        resume_from: Path | None = None, progress: bool = True) -> FitResult:
+        resume_from: Path | None = None, progress: bool | str = True) -> FitResult:
     """Train ``trainee`` from step 0, or from the checkpoint ``resume_from``, to
-    ``schedule.steps``; rank 0 validates, logs and writes ``out_dir/checkpoint``."""
+    ``schedule.steps``; rank 0 validates, logs and writes ``out_dir/checkpoint``. ``progress``:
+    True: a bar on a terminal, else a plain line every ``log_every`` steps; LINES: those lines;
+    False: nothing."""
     main = launch.rank == 0
     if schedule.keep_checkpoints < 1:
         raise MvqError(f"keep_checkpoints must be >= 1 (the newest N checkpoints are kept), "
@@ -162,9 +215,13 @@ def fit(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device: tor
 
 
 def _run(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device,
-         resume_from: Path | None, target: Path | None, progress: bool) -> FitResult:
-    """Resume (or not), wrap for DDP, open the logs (rank 0: ``target`` is set) and loop."""
+         resume_from: Path | None, target: Path | None, progress: bool | str) -> FitResult:
+    """Resume (or not: the training state, the settings that may change, the run's threads),
+    then :func:`_wrapped`."""
     step, metrics, initial = 0, {}, {}
+    threads = torch.get_num_threads()
+    run = checkpoint.run_of(resume_from) if resume_from is not None else None
+    trainee.run_id = run or checkpoint.new_run_id()
     if resume_from is not None:
         info = checkpoint.read_json(resume_from / "config.json")
         step, metrics = int(info["step"]), dict(info.get("metrics") or {})
@@ -172,6 +229,25 @@ def _run(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device,
         if step >= schedule.steps:
             return FitResult(step, metrics, 0.0, initial, finished_before=True)
         checkpoint.load_train_state(resume_from, trainee.optimizer, trainee.aux_state())
+        trainee.restored()
+        log_resume(out_dir, step, trainee.changes)
+        threads, note = resume_threads(info.get("threads"))
+        if note and not launch.rank:
+            print(f"mvq: {note}", file=sys.stderr)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # results depend on it: a resumed run takes its own again
+    try:
+        return _wrapped(trainee, schedule, out_dir, launch, device, resume_from, target,
+                        progress, (step, metrics, initial))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _wrapped(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device,
+             resume_from: Path | None, target: Path | None, progress, state: tuple) -> FitResult:
+    """Wrap for DDP, open the logs (rank 0: ``target`` is set) and loop from ``state`` (step,
+    metrics, initial metrics)."""
+    step, metrics, initial = state
     trainee.net = trainee.model
     if launch.world > 1:
         if launch.rank:  # own random draws (MH-Dropout masks) per rank; rank 0 as alone
@@ -198,14 +274,16 @@ def _run(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device,
 
 
 def _loop(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device, step: int,
-          metrics: dict, initial: dict, log: RunLog | None, progress: bool) -> FitResult:
+          metrics: dict, initial: dict, log: RunLog | None, progress: bool | str) -> FitResult:
     main = log is not None
     batches = StepBatches(trainee.size, schedule.batch_size, schedule.seed,
                           (launch.rank, launch.world))
     t0 = time.time()
+    tty = sys.stderr.isatty()
+    lines = main and (progress == LINES or (progress is True and not tty))
     bar = tqdm(total=schedule.steps, initial=step, desc=trainee.name,
-               disable=not (progress and main), file=sys.stderr, dynamic_ncols=True, leave=True,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # logs: a line per 30 s
+               disable=not (progress is True and main and tty), file=sys.stderr,
+               dynamic_ncols=True, leave=True, mininterval=0.1)
     trainee.model.train()
     saved = step
     try:
@@ -226,6 +304,10 @@ def _loop(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device, s
             if log_now:
                 row = {"step": step, "loss": loss, **terms}
                 bar.set_postfix(trainee.postfix(loss, terms))
+                if lines:  # no bar (--no-progress, or a log file): a plain line per log step
+                    said = ", ".join(f"{k} {v}" for k, v in trainee.postfix(loss, terms).items())
+                    print(f"{trainee.name}: step {step}/{schedule.steps}, {said}, "
+                          f"{time.time() - t0:.0f}s", file=sys.stderr, flush=True)
             if step % schedule.val_every == 0 or step == schedule.steps:
                 metrics = trainee.validate(step, out_dir)
                 row = {**(row or {"step": step, "loss": loss}), **metrics}
@@ -235,7 +317,8 @@ def _loop(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device, s
             if step % schedule.ckpt_every == 0 or step == schedule.steps:
                 try:
                     with checkpoint.writing(out_dir / "checkpoint", step,
-                                            schedule.keep_checkpoints) as folder:
+                                            schedule.keep_checkpoints,
+                                            trainee.run_id) as folder:
                         trainee.write(folder, step, metrics)
                         checkpoint.save_train_state(folder, trainee.optimizer,
                                                     trainee.aux_state())

@@ -11,13 +11,29 @@ import numpy as np
 import torch
 
 from mvq import checkpoint, distributed, pretrained
-from mvq.config import GAN_TYPES, Config, check_ready
+from mvq.config import (
+    GAN_TYPES,
+    Config,
+    apply_overrides,
+    changed_keys,
+    check_ready,
+    config_from_dict,
+    config_to_dict,
+    resume_changes,
+)
 from mvq.data import build_dataset
 from mvq.errors import MvqError
 from mvq.figures import Figure, save_png
 from mvq.models import Tokenizer, build_model
 from mvq.devices import pick_device
-from mvq.train.engine import Schedule, StepOutput, Trainee, fit
+from mvq.train.engine import (
+    Schedule,
+    StepOutput,
+    Trainee,
+    claim_run,
+    fit,
+    set_lr,
+)
 
 __all__ = ["TrainResult", "build_data", "stack_images", "train", "validate"]
 
@@ -71,13 +87,16 @@ class TrainResult:
     finished_before: bool = False  # --resume of a run that had already reached train.steps
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | None = None,
-          data=None, overwrite: bool = False) -> TrainResult:
+def train(cfg: Config, resume: bool = False, progress: bool | str = True,
+          desc: str | None = None, data=None, overwrite: bool = False) -> TrainResult:
     """Train the tokenizer of ``cfg`` into ``cfg.train.out_dir``; returns final validation metrics.
 
     A finished or interrupted run already in ``out_dir`` is never replaced silently: pass
     ``resume=True`` to continue it or ``overwrite=True`` to start again over it. Resuming a
-    run that has reached ``train.steps`` trains nothing and returns its final metrics.
+    run that has reached ``train.steps`` trains nothing and returns its final metrics. On
+    resume, ``cfg`` may differ from the run's config only in keys of
+    ``config.RESUME_MAY_CHANGE`` (applied and logged); other differences are refused.
+    ``progress``: as :func:`mvq.train.engine.fit`.
 
     Under ``torchrun --nproc_per_node N`` the N processes train one model with DDP: each takes
     1/N of every batch (train.batch_size stays the global batch), the EMA codebooks and the
@@ -89,18 +108,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
     check_ready(cfg)  # device, data set name, writable out_dir: before anything is written
     tc = cfg.train
     out = Path(tc.out_dir)
-    target = out / "checkpoint"
-    source = checkpoint.latest(target)
-    if not resume and not overwrite and source is not None:
-        try:
-            at = f"checkpoint at step {checkpoint.read_info(source).get('step', '?')}"
-        except MvqError:
-            at = "an unreadable checkpoint"
-        raise MvqError(f"{out} already holds a run ({at}); pass --resume to continue it, "
-                       "--overwrite to start again over it, or train.out_dir=NEW_DIR")
-    if resume and source is None:
-        checkpoint.read_info(target)  # says what is missing
-        raise MvqError(f"{target} holds no complete checkpoint to resume")
+    source = claim_run(out, "tokenizer", resume, overwrite, "train.out_dir")
+    changes = []
+    if source is not None:
+        changes = resume_changes(config_from_dict(checkpoint.read_info(source)["config"]), cfg,
+                                 str(out))
     if tc.ema_decay:
         from mvq.train.ema import check_decay
 
@@ -109,9 +121,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, desc: str | 
                         tc.ckpt_every, tc.keep_checkpoints)
 
     def run(launch, device) -> TrainResult:
-        trainee = TokenizerTrainee(cfg, launch, device, source if resume else None, data)
-        trainee.name = desc or cfg.model.type
-        r = fit(trainee, schedule, out, launch, device, source if resume else None, progress)
+        trainee = TokenizerTrainee(cfg, launch, device, source, data)
+        trainee.name, trainee.changes = desc or cfg.model.type, changes
+        r = fit(trainee, schedule, out, launch, device, source, progress)
         return TrainResult(r.step, r.metrics, out, r.seconds, r.finished_before)
 
     return distributed.run(pick_device(tc.device), tc.batch_size, "train.batch_size", run)
@@ -126,6 +138,26 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise MvqError(f"train.precision=fp16 needs a CUDA GPU, this run is on {device.type}; "
                        "use train.precision=bf16 (or fp32) on a CPU")
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def run_config(cfg: Config, overrides: list[str]) -> tuple[Config, list[str]]:
+    """The config a ``--resume`` of the run in ``cfg.train.out_dir`` trains with: the run's own
+    (its config.json, so its own train.steps) plus only the command line's ``overrides``; and
+    the keys in which ``cfg`` (the preset) differs from the run and which were not overridden
+    (the preset's values there are not used). ``cfg`` and no keys when there is no run."""
+    source = checkpoint.latest(Path(cfg.train.out_dir) / "checkpoint")
+    try:
+        saved = checkpoint.read_info(source)["config"] if source is not None else None
+    except MvqError:
+        saved = None  # train() names what is wrong with it
+    if not isinstance(saved, dict):
+        return cfg, []
+    saved = {**saved, "train": {**(saved.get("train") or {}), "out_dir": cfg.train.out_dir}}
+    run = config_from_dict(apply_overrides(saved, overrides))
+    given = {o.split("=", 1)[0] for o in overrides}
+    ignored = [key for key, _, _ in changed_keys(config_to_dict(run), config_to_dict(cfg))
+               if key not in given]
+    return run, ignored
 
 
 @dataclass
@@ -184,14 +216,14 @@ class TokenizerTrainee(Trainee):
         cfg, tc = self.cfg, self.tc
         model, saved, _ = pretrained.load_tokenizer(source, expect_type=cfg.model.type,
                                                     device=str(self.device))
-        if saved.model != cfg.model:
-            diff = [k for k in vars(cfg.model) if getattr(cfg.model, k) != getattr(saved.model, k)]
-            raise MvqError(f"cannot resume {source}: its model was trained with other settings "
-                           f"({', '.join(f'model.{k}' for k in diff)}); drop those overrides")
-        if saved.train.ema_decay != tc.ema_decay:
-            raise MvqError(f"cannot resume {source}: it was trained with train.ema_decay="
-                           f"{saved.train.ema_decay}, not {tc.ema_decay}; resume with the same")
+        if saved.model != cfg.model or saved.train.ema_decay != tc.ema_decay:  # train() said
+            raise MvqError(f"cannot resume {source}: its model or train.ema_decay differ")
         return model
+
+    def restored(self) -> None:
+        set_lr(self.optimizer, self.tc.lr)  # may change on resume (config.RESUME_MAY_CHANGE)
+        if self.gan is not None:
+            set_lr(self.gan.optimizer, self.tc.disc_lr or self.tc.lr)
 
     def aux_state(self) -> dict:
         aux = {}
@@ -246,8 +278,9 @@ class TokenizerTrainee(Trainee):
         return metrics
 
     def write(self, directory: Path, step: int, metrics: dict[str, float]) -> None:
-        checkpoint.write_tokenizer(directory, self.published(), self.cfg, step,
-                                   extra={"metrics": metrics})
+        checkpoint.write_tokenizer(directory, self.published(), self.cfg, step,  # threads:
+                                   extra={"metrics": metrics,  # a resume takes them again
+                                          "threads": torch.get_num_threads()})
 
     def postfix(self, loss: float, terms: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{loss:.4f}", "usage": f"{terms.get('usage', 0):.2f}"}

@@ -19,12 +19,20 @@ import torch
 from mvq import checkpoint, distributed
 from mvq._version import __version__
 from mvq.codes import Codes
+from mvq.config import check_resume
 from mvq.devices import pick_device
 from mvq.errors import MvqError
 from mvq.priors.base import Prior, validate_prior
 from mvq.priors.registry import default_kind, prior_class
 from mvq.tokens import load_tokens
-from mvq.train.engine import Schedule, StepOutput, Trainee, fit
+from mvq.train.engine import (
+    Schedule,
+    StepOutput,
+    Trainee,
+    claim_run,
+    fit,
+    set_lr,
+)
 
 
 def write_prior(directory: Path, prior: Prior, info: dict) -> None:
@@ -35,9 +43,10 @@ def write_prior(directory: Path, prior: Prior, info: dict) -> None:
         "prior_type": prior.kind, "prior": prior.config(), **info})
 
 
-def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
-                batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
-                val_fraction: float = 0.05, kind: str | None = None, progress: bool = True,
+def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int | None = None,
+                batch_size: int | None = None, lr: float | None = None, seed: int | None = None,
+                val_fraction: float | None = None, kind: str | None = None,
+                progress: bool | str = True,
                 device: str = "auto", sizes: dict | None = None, val_every: int = 250,
                 log_every: int = 10, resume: bool = False, overwrite: bool = False,
                 keep_checkpoints: int = 1, class_conditional: bool = False) -> dict:
@@ -52,27 +61,29 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
     n_layers, kernel_size}). Returns {"step", "metrics" (final val), "initial"
     (val at step 0), "checkpoint" (Path), "seconds", "finished_before", "kind"}. A run already in
     ``out_dir`` is continued with ``resume`` (exactly, from its last checkpoint), replaced with
-    ``overwrite``, and otherwise refused.
+    ``overwrite``, and otherwise refused. ``steps``, ``batch_size``, ``lr``, ``seed``,
+    ``val_fraction`` (and ``kind``): None is the resumed run's own value, PRIOR_DEFAULTS for a
+    new run; on resume only steps and lr may change (applied and logged), the others are
+    refused with both values.
 
     Under ``torchrun --nproc_per_node N`` the N processes train one prior with DDP, each on
     1/N of every batch (batch_size stays the global batch); rank 0 validates, logs and saves.
     """
     if kind is not None:
         prior_class(kind)  # an unknown name is refused before any work
-    if steps < 1 or batch_size < 1 or val_every < 1 or log_every < 1:
+    given = {"--steps": steps, "--batch-size": batch_size, "--lr": lr, "--seed": seed,
+             "--val-fraction": val_fraction}
+    if any(v is not None and v < 1 for v in (steps, batch_size)) or val_every < 1 \
+            or log_every < 1:
         raise MvqError("steps, batch_size, val_every and log_every must be >= 1")
-    if not 0 < val_fraction < 1:
+    if val_fraction is not None and not 0 < val_fraction < 1:
         raise MvqError(f"val_fraction must be in (0, 1), got {val_fraction}")
     out = Path(out_dir)
     target = out / "checkpoint"
-    source = checkpoint.latest(target)
-    if source is not None and not resume and not overwrite:
-        raise MvqError(f"{out} already holds a prior run (checkpoint at step "
-                       f"{checkpoint.read_json(source / 'config.json').get('step', '?')}); pass "
-                       "--resume to continue it, --overwrite to start again over it, or "
-                       "another --out")
-    if resume and source is None:
-        raise MvqError(f"nothing to resume: {target} holds no complete prior checkpoint")
+    resume_from = claim_run(out, "prior", resume, overwrite, "--out")
+    own, run_kind, changes = _settings(given, resume_from, out)
+    steps, batch_size, lr, seed, val_fraction = own.values()
+    kind = kind or run_kind
     codes, labels, tmeta = load_tokens(tokens_path)
     kind = kind or default_kind(codes)
     prior_class(kind).check_layout(codes)
@@ -89,17 +100,40 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int = 2000,
                       "val_fraction": val_fraction, "n_train": n - n_val, "n_val": n_val}}
     schedule = Schedule(steps, batch_size, seed, log_every, val_every, ckpt_every=val_every,
                         keep_checkpoints=keep_checkpoints, batch_option="--batch-size")
-    resume_from = source if resume else None
 
     def run(launch, dev) -> dict:
         torch.manual_seed(seed)  # the prior's initial weights
         model = prior_class(kind).from_codes(codes, num_classes, sizes)
         trainee = PriorTrainee(model, codes, labels, n_val, info, seed, lr, dev, resume_from)
+        trainee.changes = changes
         r = fit(trainee, schedule, out, launch, dev, resume_from, progress)
         return {"step": r.step, "metrics": r.metrics, "initial": r.initial, "kind": kind,
                 "checkpoint": target, "seconds": r.seconds, "finished_before": r.finished_before}
 
     return distributed.run(pick_device(device), batch_size, "--batch-size", run)
+
+
+PRIOR_DEFAULTS = {"--steps": 2000, "--batch-size": 64, "--lr": 3e-4, "--seed": 0,
+                  "--val-fraction": 0.05}
+PRIOR_MAY_CHANGE = frozenset({"--steps", "--lr"})  # on resume; the others are fixed
+_STORED = {"--steps": "steps", "--batch-size": "batch_size", "--lr": "lr", "--seed": "seed",
+           "--val-fraction": "val_fraction"}  # their names in config.json's "train"
+
+
+def _settings(given: dict, resume_from: Path | None, out: Path) -> tuple[dict, str | None, list]:
+    """The run's training settings (PRIOR_DEFAULTS' keys, in order), its prior type and the
+    changes a resume makes: the ``given`` settings (None: not given), else the resumed run's
+    own, else the defaults. A resume that changes a fixed one is refused."""
+    if resume_from is None:
+        return {k: PRIOR_DEFAULTS[k] if v is None else v for k, v in given.items()}, None, []
+    info = checkpoint.read_json(resume_from / "config.json")
+    stored = info.get("train") if isinstance(info.get("train"), dict) else {}
+    run = {k: stored.get(_STORED[k], PRIOR_DEFAULTS[k]) for k in given}
+    new = {k: run[k] if v is None else v for k, v in given.items()}
+    changes = [(k, run[k], new[k]) for k in given if new[k] != run[k]]
+    check_resume(changes, PRIOR_MAY_CHANGE, str(out), "start a new run (--overwrite, or "
+                 "another --out)")
+    return new, info.get("prior_type"), changes
 
 
 def _num_classes(labels: torch.Tensor, path) -> int:
@@ -122,7 +156,7 @@ class PriorTrainee(Trainee):
     def __init__(self, model: Prior, codes: Codes, labels: torch.Tensor, n_val: int,
                  info: dict, seed: int, lr: float, device: torch.device,
                  resume_from: Path | None) -> None:
-        self.info, self.device = info, device
+        self.info, self.device, self.lr = info, device, lr
         self.name = f"prior {model.kind}"
         self.fields = [*model.stages, "val_nll"] + [f"val_{s}_{u}" for u in ("nll", "bits")
                                                      for s in model.stages]
@@ -147,6 +181,9 @@ class PriorTrainee(Trainee):
             self.initial = dict(saved_info.get("initial_metrics") or {})
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
 
+    def restored(self) -> None:
+        set_lr(self.optimizer, self.lr)  # may change on resume (PRIOR_MAY_CHANGE)
+
     def step(self, step: int, indices: torch.Tensor) -> StepOutput:
         idx = indices.to(self.device)
         labels = None if self.train_labels is None else self.train_labels[idx]
@@ -164,4 +201,5 @@ class PriorTrainee(Trainee):
 
     def write(self, directory: Path, step: int, metrics: dict[str, float]) -> None:
         write_prior(directory, self.model, {**self.info, "step": step, "metrics": metrics,
-                                            "initial_metrics": self.initial})
+                                            "initial_metrics": self.initial,
+                                            "threads": torch.get_num_threads()})
