@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from mvq.errors import MvqError
 from mvq.quantize import VectorQuantizer, code_stats
 
 
