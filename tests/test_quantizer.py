@@ -66,7 +66,7 @@ def test_index_code_round_trip_and_straight_through():
     z = torch.randn(2, 4, 3, 3, requires_grad=True)
     vq(z).quantized.sum().backward()
     assert torch.allclose(z.grad, torch.ones_like(z))  # identity gradient
-    with pytest.raises(ValueError):
+    with pytest.raises(MvqError, match="code ids must lie in"):
         vq.lookup(torch.tensor([[[8]]]))
 
 
