@@ -183,6 +183,37 @@ def test_evaluate_samples_against_hand_computation(run, tmp_path):
     assert nll_only["metrics"]["nll_secondary"] == pytest.approx(want["secondary"], rel=1e-5)
 
 
+def test_decoding_is_checked_once_per_command(run, tmp_path, monkeypatch):
+    """`mvq sample` / `mvq evaluate --prior`: the decoding values are checked once, and the
+    prior asked once which options it takes, however many batches are drawn."""
+    import mvq.decoding
+    from mvq.cli import main
+    from mvq.priors.base import Prior
+
+    values, options = [], []
+    check, ask = mvq.decoding.check_sampling, Prior.check_decoding
+    monkeypatch.setattr(mvq.decoding, "check_sampling",
+                        lambda *a: (values.append(a), check(*a))[1])
+    monkeypatch.setattr(Prior, "check_decoding",
+                        lambda self, opts: (options.append(dict(opts)), ask(self, opts))[1])
+    ckpt = str(run["prior"]["checkpoint"])
+    assert main(["sample", "--tokenizer", str(run["tok_a"]), "--prior", ckpt, "--n", "5",
+                 "--top-k", "7", "--seed", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert values == [(1.0, 7, None)] and options == [{"temperature": 1.0, "top_k": 7}]
+    values.clear(), options.clear()
+    assert main(["evaluate", "--checkpoint", str(run["tok_a"]), "--prior", ckpt, "--n", "4",
+                 "--batch-size", "2", "--metrics", "nll", "--temperature", "0.5",
+                 "--json", str(tmp_path / "e.json"), "--no-progress", "--device", "cpu"]) == 0
+    assert values == [(0.5, None, None)] and options == [{"temperature": 0.5}]
+    values.clear(), options.clear()
+    from mvq.sample import sample_codes_and_images
+
+    codes, _ = sample_codes_and_images(run["tok_a"], ckpt, Sampling(5, Decoding(top_p=0.9),
+                                                                    batch_size=2))
+    assert len(codes) == 5  # three batches
+    assert values == [(1.0, None, 0.9)] and options == [{"temperature": 1.0, "top_p": 0.9}]
+
+
 def test_evaluate_samples_errors_and_cli(run, tmp_path, capsys):
     from mvq.cli import main
     from mvq.evaluate import EvalSettings, evaluate_samples
