@@ -71,6 +71,25 @@ def test_settings_refuse_bad_values_when_made(make, fragment):
 
 def test_sampling_keeps_classes_as_a_tuple():
     assert Sampling(n=4, classes=[1, 3]).classes == (1, 3)
+    assert Sampling(decoding=None).decoding == Decoding()
+
+
+def test_functions_refuse_settings_of_another_type(tmp_path):
+    from mvq.evaluate import evaluate_checkpoint, evaluate_samples
+    from mvq.sample import sample_codes_and_images, sample_images
+    from mvq.train.prior import train_prior
+
+    calls = [
+        lambda: evaluate_checkpoint(tmp_path, {"n": 4}),
+        lambda: evaluate_samples(tmp_path, tmp_path, EvalSettings(), decoding={"seed": 1}),
+        lambda: sample_codes_and_images(tmp_path, tmp_path, Decoding()),
+        lambda: sample_images(tmp_path, tmp_path, tmp_path / "x.png", 16),
+        lambda: train_prior(tmp_path / "t.safetensors", tmp_path / "p", {"steps": 2}),
+    ]
+    for call in calls:
+        with pytest.raises(MvqError, match="must be an mvq\\.[a-z.]+\\.[A-Za-z]+ \\(or None"):
+            call()
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 # --- the one metric table -------------------------------------------------------------------

@@ -14,7 +14,7 @@ from mvq.codes import Codes
 from mvq.config import model_hash
 from mvq.data import class_names
 from mvq.decoding import Decoding
-from mvq.errors import MvqError
+from mvq.errors import MvqError, expect_value
 from mvq.figures import Figure, check_grid_size, readable_scale
 from mvq.outputs import check_outputs
 from mvq.pretrained import load_prior, load_tokenizer, resolve
@@ -59,9 +59,7 @@ class Sampling:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MvqError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.decoding, Decoding):
-            raise MvqError(f"decoding must be an mvq.decoding.Decoding, got "
-                           f"{type(self.decoding).__name__}")
+        object.__setattr__(self, "decoding", expect_value(self.decoding, Decoding, "decoding"))
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
 
@@ -142,7 +140,8 @@ def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path,
     """(Codes of ``sampling.n`` samples, images (n, C, H, W) in [0, 1]) from the prior, decoded
     by the tokenizer it was trained on (``force``: or by other weights of its architecture).
     Seeded: the same `Sampling` gives the same codes (None: `Sampling`'s defaults)."""
-    codes, images, _ = _draw(tokenizer_dir, prior_dir, sampling or Sampling(), device, force)
+    sampling = expect_value(sampling, Sampling, "sampling")
+    codes, images, _ = _draw(tokenizer_dir, prior_dir, sampling, device, force)
     return codes, images
 
 
@@ -157,7 +156,7 @@ def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path,
     The MVQ mask bits are drawn at random from the same seeded generator (the prior's sample).
     An existing ``out`` is replaced only with ``overwrite``. None: `Sampling`'s defaults.
     """
-    sampling = sampling or Sampling()
+    sampling = expect_value(sampling, Sampling, "sampling")
     config = read_info(resolve(tokenizer_dir))["config"]
     size = int(config["model"]["image_size"])
     scale = readable_scale(size) if scale is None else scale

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mvq.errors import MvqError
+from mvq.errors import MvqError, expect_value
 from mvq.evaluation.common import (
     EvalRun,
     EvalSettings,
@@ -55,7 +55,7 @@ def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings | None = 
     makes them comparable (checkpoint, model, step, data set, split, n, sizes, extractor hashes,
     resize conventions, mvq version, seconds). Raises MvqError for anything the user can fix.
     """
-    settings = settings or EvalSettings()
+    settings = expect_value(settings, EvalSettings, "settings")
     chosen = check_metrics(metrics)
     inception = needs_features(chosen)
     run = open_run(checkpoint, settings, chosen, inception, "reconstructions")

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from mvq.codes import Codes
 from mvq.decoding import Decoding
+from mvq.errors import expect_value
 from mvq.evaluation.common import (
     EvalRun,
     EvalSettings,
@@ -43,7 +44,8 @@ def evaluate_samples(checkpoint: str | Path, prior: str | Path,
     architecture. None: `EvalSettings`' / `Decoding`'s defaults. Returns a JSON-serialisable
     dict like `evaluate_checkpoint`.
     """
-    settings, decoding = settings or EvalSettings(), decoding or Decoding()
+    settings = expect_value(settings, EvalSettings, "settings")
+    decoding = expect_value(decoding, Decoding, "decoding")
     chosen = check_metrics(metrics, SAMPLE_METRICS, "sample metric")
     inception = needs_features(chosen)
     run = open_run(checkpoint, settings, chosen, inception, "samples")

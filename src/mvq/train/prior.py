@@ -22,7 +22,7 @@ from mvq._version import __version__
 from mvq.codes import Codes
 from mvq.config import check_resume
 from mvq.devices import pick_device
-from mvq.errors import MvqError
+from mvq.errors import MvqError, expect_value
 from mvq.priors.base import Prior, validate_prior
 from mvq.priors.registry import default_kind, prior_class
 from mvq.tokens import load_tokens
@@ -98,7 +98,7 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path,
     Under ``torchrun --nproc_per_node N`` the N processes train one prior with DDP, each on
     1/N of every batch (batch_size stays the global batch); rank 0 validates, logs and saves.
     """
-    st = settings or PriorTraining()
+    st = expect_value(settings, PriorTraining, "settings")
     given = {"--steps": st.steps, "--batch-size": st.batch_size, "--lr": st.lr,
              "--seed": st.seed, "--val-fraction": st.val_fraction}
     out = Path(out_dir)
