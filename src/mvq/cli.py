@@ -23,6 +23,7 @@ from mvq.bench import BENCHMARKS
 from mvq.config import MODEL_TYPES
 from mvq.decoding import Decoding
 from mvq.errors import MvqError
+from mvq.evaluation.metrics_table import METRICS, SAMPLE_METRICS
 
 EPILOG = """examples:
   mvq demo                                   # hvqvae vs mvqvae at 1+1 tokens on FashionMNIST
@@ -175,8 +176,8 @@ def _add_evaluate(sub) -> None:
                    help="images, the first N of the split (default 1000)")
     p.add_argument("--batch-size", type=positive_int, default=100,
                    help="images per forward pass (default 100)")
-    p.add_argument("--metrics", help="comma-separated subset of mse,psnr,ssim,lpips,rfid,prd,usage "
-                   "(default all); with --prior of fid,prd,nll (default all)")
+    p.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)} (default "
+                   f"all); with --prior of {','.join(SAMPLE_METRICS)} (default all)")
     p.add_argument("--prior", help="prior checkpoint folder trained on this tokenizer's tokens: "
                    "evaluate its samples instead (FID*, F_8 / F_1/8 of N samples vs the N real "
                    "images, and the prior's primary / secondary NLL on their tokens)")
@@ -638,8 +639,6 @@ def _load_images(paths: list[str], size: int, channels: int, n: int):
 
 def cmd_evaluate(args) -> int:
     from mvq.evaluate import (
-        METRICS,
-        SAMPLE_METRICS,
         EvalSettings,
         evaluate_checkpoint,
         evaluate_samples,
