@@ -18,7 +18,7 @@ from mvq.codes import Codes
 from mvq.config import Config, DataConfig, TrainConfig, load_config
 from mvq.tokens import TOKENS_FORMAT
 from mvq.train import train
-from mvq.train.prior import train_prior
+from mvq.train.prior import PriorTraining, train_prior
 
 TINY_PRIOR = {"primary": dict(n_layer=1, n_head=2, n_embd=16),
               "secondary": dict(n_layer=1, n_head=2, n_embd=16)}
@@ -81,8 +81,9 @@ def test_gan_losses_pinned(tmp_path):
 
 def test_prior_losses_pinned(tmp_path):
     tokens = toy_tokens(tmp_path / "tokens.safetensors")
-    train_prior(tokens, tmp_path / "prior", steps=6, batch_size=8, lr=3e-3, val_fraction=0.25,
-                sizes=TINY_PRIOR, val_every=3, log_every=2, progress=False, device="cpu")
+    train_prior(tokens, tmp_path / "prior", PriorTraining(
+        steps=6, batch_size=8, lr=3e-3, val_fraction=0.25, sizes=TINY_PRIOR, val_every=3,
+        log_every=2), progress=False, device="cpu")
     _assert_rows(_logged(tmp_path / "prior", ["step", "loss", "secondary", "val_nll"]), [
         ["0", "", "", "4.120430946350098"],
         ["2", "4.124070644378662", "2.0420033931732178", ""],
@@ -103,22 +104,24 @@ def _assert_same_files(a: Path, b: Path, names=("model.safetensors", "train_stat
 
 def test_prior_resumes_exactly_and_a_finished_run_is_not_retrained(tmp_path):
     tokens = toy_tokens(tmp_path / "tokens.safetensors")
-    kw = dict(batch_size=8, lr=3e-3, val_fraction=0.25, sizes=TINY_PRIOR, val_every=3,
-              log_every=1, progress=False, device="cpu")
-    full = train_prior(tokens, tmp_path / "full", steps=6, **kw)
-    train_prior(tokens, tmp_path / "part", steps=3, **kw)
-    resumed = train_prior(tokens, tmp_path / "part", steps=6, resume=True, **kw)
+    def settings(steps):
+        return PriorTraining(steps=steps, batch_size=8, lr=3e-3, val_fraction=0.25,
+                             sizes=TINY_PRIOR, val_every=3, log_every=1)
+    kw = dict(progress=False, device="cpu")
+    full = train_prior(tokens, tmp_path / "full", settings(6), **kw)
+    train_prior(tokens, tmp_path / "part", settings(3), **kw)
+    resumed = train_prior(tokens, tmp_path / "part", settings(6), resume=True, **kw)
     _assert_same_files(full["checkpoint"], resumed["checkpoint"])
     assert resumed["metrics"] == full["metrics"] and resumed["initial"] == full["initial"]
     assert _logged(tmp_path / "part", ["step", "loss"]) == _logged(tmp_path / "full",
                                                                    ["step", "loss"])
-    again = train_prior(tokens, tmp_path / "part", steps=6, resume=True, **kw)
+    again = train_prior(tokens, tmp_path / "part", settings(6), resume=True, **kw)
     assert again["finished_before"] and again["metrics"] == full["metrics"]
     from mvq.errors import MvqError
     import pytest
 
     with pytest.raises(MvqError, match="already holds a prior run .* --resume"):
-        train_prior(tokens, tmp_path / "part", steps=6, **kw)
+        train_prior(tokens, tmp_path / "part", settings(6), **kw)
 
 
 def test_resume_of_a_finished_run_prints_its_metrics(tmp_path, capsys):

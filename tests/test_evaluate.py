@@ -12,7 +12,7 @@ from mvq.pretrained import load_tokenizer
 from mvq.config import Config, DataConfig, TrainConfig
 from mvq.data import build_dataset
 from mvq.errors import MvqError
-from mvq.evaluate import evaluate_checkpoint, format_table, write_reports
+from mvq.evaluate import EvalSettings, evaluate_checkpoint, format_table, write_reports
 from mvq.metrics import extract_features, fid_from_features, get_inception, ssim
 from mvq.train import train
 
@@ -44,8 +44,8 @@ def _by_hand(checkpoint, n):
 
 
 def test_pixel_metrics_match_hand_computation(checkpoint, tmp_path):
-    result = evaluate_checkpoint(checkpoint, n=16, batch_size=8, metrics=NO_INCEPTION,
-                                 progress=False, device="cpu")
+    result = evaluate_checkpoint(checkpoint, EvalSettings(n=16, batch_size=8, progress=False,
+                                                          device="cpu"), metrics=NO_INCEPTION)
     model, x, rec = _by_hand(checkpoint, 16)
     mse_i = (rec.double() - x.double()).pow(2).flatten(1).mean(1)
     m = result["metrics"]
@@ -89,8 +89,8 @@ def test_rfid_and_prd_with_feature_cache(checkpoint, tmp_path, monkeypatch):
 
     monkeypatch.setattr(fid_module, "extract_features", counting)
     cache = tmp_path / "stats"
-    kw = dict(n=12, batch_size=12, progress=False, device="cpu", cache_dir=str(cache))
-    first = evaluate_checkpoint(checkpoint, metrics=("rfid", "prd"), **kw)
+    kw = EvalSettings(n=12, batch_size=12, progress=False, device="cpu", cache_dir=str(cache))
+    first = evaluate_checkpoint(checkpoint, kw, metrics=("rfid", "prd"))
     assert len(calls) == 1 and first["fid_stats_cache_hit"] is False
     path = first["fid_stats_cache"]
     assert path.startswith(str(cache)) and (cache / path.rsplit("/", 1)[1]).is_file()
@@ -101,7 +101,7 @@ def test_rfid_and_prd_with_feature_cache(checkpoint, tmp_path, monkeypatch):
     for key in ("prd_f8", "prd_f1_8"):
         assert 0 <= first["metrics"][key] <= 1
 
-    second = evaluate_checkpoint(checkpoint, metrics=("prd",), **kw)  # PRD reads the cache too
+    second = evaluate_checkpoint(checkpoint, kw, metrics=("prd",))  # PRD reads the cache too
     assert len(calls) == 1 and second["fid_stats_cache_hit"] is True
     assert second["metrics"]["prd_f8"] == first["metrics"]["prd_f8"]
     assert second["metrics"]["prd_f1_8"] == first["metrics"]["prd_f1_8"]
@@ -116,12 +116,14 @@ def test_rfid_and_prd_with_feature_cache(checkpoint, tmp_path, monkeypatch):
 
 def test_errors(checkpoint, tmp_path):
     with pytest.raises(MvqError, match="FID needs at least 2 images"):
-        evaluate_checkpoint(checkpoint, n=1, metrics=("rfid",), progress=False)
+        evaluate_checkpoint(checkpoint, EvalSettings(n=1, progress=False), metrics=("rfid",))
     with pytest.raises(MvqError, match="unknown metric 'fid'"):
-        evaluate_checkpoint(checkpoint, metrics=("fid",), progress=False)
+        evaluate_checkpoint(checkpoint, EvalSettings(progress=False), metrics=("fid",))
     with pytest.raises(MvqError, match="missing not found: expected a model folder"):
-        evaluate_checkpoint(tmp_path / "missing", n=4, metrics=("mse",), progress=False)
-    one = evaluate_checkpoint(checkpoint, n=1, metrics=("mse",), progress=False, device="cpu")
+        evaluate_checkpoint(tmp_path / "missing", EvalSettings(n=4, progress=False),
+                            metrics=("mse",))
+    one = evaluate_checkpoint(checkpoint, EvalSettings(n=1, progress=False, device="cpu"),
+                              metrics=("mse",))
     assert one["n"] == 1 and "mse" in one["metrics"]
 
 

@@ -20,7 +20,7 @@ from mvq.codes import Codes
 from mvq.config import Config, DataConfig
 from mvq.models import build_model
 from mvq.tokens import encode_dataset
-from mvq.train.prior import train_prior
+from mvq.train.prior import PriorTraining, train_prior
 
 
 def _checkpoint(path, **kw):
@@ -54,9 +54,10 @@ def prior_dir(tokenizer, tmp_path_factory):
                             device="cpu", progress=False)
     sizes = {"primary": dict(n_layer=1, n_head=2, n_embd=16),
              "secondary": dict(n_layer=1, n_head=2, n_embd=16)}
-    prior = train_prior(tokens, root / "prior", steps=2, batch_size=8, sizes=sizes,
-                        val_fraction=0.25, val_every=2, progress=False, device="cpu",
-                        class_conditional=True)["checkpoint"]
+    settings = PriorTraining(steps=2, batch_size=8, sizes=sizes, val_fraction=0.25,
+                             val_every=2, class_conditional=True)
+    prior = train_prior(tokens, root / "prior", settings, progress=False,
+                        device="cpu")["checkpoint"]
     return prior
 
 

@@ -17,7 +17,7 @@ from mvq.checkpoint import save_checkpoint
 from mvq.config import Config, DataConfig
 from mvq.models import build_model
 from mvq.tokens import encode_dataset
-from mvq.train.prior import train_prior
+from mvq.train.prior import PriorTraining, train_prior
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
@@ -70,8 +70,8 @@ def prior_server(tmp_path):
                             device="cpu", progress=False)
     sizes = {"primary": dict(n_layer=1, n_head=2, n_embd=16),
              "secondary": dict(n_layer=1, n_head=2, n_embd=16)}
-    prior = train_prior(tokens, tmp_path / "prior", steps=2, batch_size=8, sizes=sizes,
-                        val_fraction=0.25, val_every=2, progress=False, device="cpu")
+    settings = PriorTraining(steps=2, batch_size=8, sizes=sizes, val_fraction=0.25, val_every=2)
+    prior = train_prior(tokens, tmp_path / "prior", settings, progress=False, device="cpu")
     srv = make_server(ck, port=0, images=8, prior=prior["checkpoint"])
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv

@@ -135,11 +135,12 @@ def test_train_prior_refuses_a_held_folder(tmp_path):
     from test_engine import TINY_PRIOR, toy_tokens
 
     from mvq.train.engine import locked
-    from mvq.train.prior import train_prior
+    from mvq.train.prior import PriorTraining, train_prior
 
     tokens = toy_tokens(tmp_path / "tokens.safetensors")
     out = tmp_path / "prior"
-    kw = dict(steps=2, batch_size=8, val_fraction=0.25, sizes=TINY_PRIOR, val_every=2,
+    kw = dict(settings=PriorTraining(steps=2, batch_size=8, val_fraction=0.25,
+                                     sizes=TINY_PRIOR, val_every=2),
               progress=False, device="cpu")
     with locked(out):  # as another process would hold it (flock: per open file)
         with pytest.raises(MvqError, match="is in use by another mvq run"):

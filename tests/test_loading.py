@@ -19,7 +19,7 @@ from mvq.errors import MvqError
 from mvq.models import build_model
 from mvq.tokens import encode_dataset, load_tokens
 from mvq.train import train
-from mvq.train.prior import train_prior
+from mvq.train.prior import PriorTraining, train_prior
 
 TINY = {"primary": dict(n_layer=1, n_head=2, n_embd=16),
         "secondary": dict(n_layer=1, n_head=2, n_embd=16)}
@@ -132,8 +132,8 @@ def test_divergence_keeps_the_last_finite_checkpoint(tmp_path):
 
 
 def test_a_prior_samples_only_through_its_own_tokenizer_weights(run, tmp_path, capsys):
-    prior = train_prior(run["tokens"], tmp_path / "prior", steps=2, batch_size=8,
-                        val_fraction=0.25, sizes=TINY, val_every=2, progress=False,
+    settings = PriorTraining(steps=2, batch_size=8, val_fraction=0.25, sizes=TINY, val_every=2)
+    prior = train_prior(run["tokens"], tmp_path / "prior", settings, progress=False,
                         device="cpu")["checkpoint"]
     info = json.loads((prior / "config.json").read_text())
     model, cfg, _ = pretrained.load_tokenizer(run["tok"])

@@ -18,13 +18,13 @@ from mvq.errors import MvqError
 from mvq.outputs import check_outputs
 from mvq.train import train
 from mvq.train.engine import locked
-from mvq.train.prior import train_prior
+from mvq.train.prior import PriorTraining, train_prior
 
 TINY = ["model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",
         "model.dim2=8", "model.num_masks=8", "data.name=shapes", "data.train_limit=8",
         "data.val_limit=2", "train.steps=1", "train.batch_size=4", "train.grid_images=2"]
-PRIOR_KW = dict(batch_size=8, val_fraction=0.25, sizes=TINY_PRIOR, val_every=2, log_every=1,
-                progress=False, device="cpu")
+PRIOR_SETTINGS = PriorTraining(steps=2, batch_size=8, val_fraction=0.25, sizes=TINY_PRIOR,
+                               val_every=2, log_every=1)
 
 
 def _tokenizer_run(out: Path, steps: int = 2, keep: int = 1, resume: bool = False):
@@ -141,7 +141,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     _tokenizer_run(root / "tok", steps=2)
     tokens = toy_tokens(root / "tokens.safetensors")
-    train_prior(tokens, root / "prior", steps=2, **PRIOR_KW)
+    train_prior(tokens, root / "prior", PRIOR_SETTINGS, progress=False, device="cpu")
     return root
 
 

@@ -14,12 +14,13 @@ from mvq.config import Config, DataConfig, TrainConfig
 from mvq.data import build_dataset
 from mvq.errors import MvqError
 from mvq.models import build_model
-from mvq.sample import grid_shape, sample_images
+from mvq.decoding import Decoding
+from mvq.sample import Sampling, grid_shape, sample_images
 from mvq.tokens import encode_dataset, load_tokens
 from mvq.train import train
 from mvq.pretrained import load_prior
 from mvq.priors.base import validate_prior
-from mvq.train.prior import train_prior
+from mvq.train.prior import PriorTraining, train_prior
 
 TINY = {"primary": dict(n_layer=1, n_head=2, n_embd=16),
         "secondary": dict(n_layer=1, n_head=2, n_embd=16)}
@@ -43,9 +44,9 @@ def run(tmp_path_factory):
     tok_b = save_checkpoint(root / "tok_b" / "checkpoint", build_model(cfg_b.model), cfg_b, 0)
     tokens = encode_dataset(tok_a, root / "tokens.safetensors", limit=N_IMAGES, batch_size=24,
                             device="cpu", progress=False)
-    result = train_prior(tokens, root / "prior", steps=30, batch_size=16, lr=3e-3,
-                         val_fraction=0.25, sizes=TINY, val_every=15, log_every=5,
-                         progress=False, device="cpu")
+    settings = PriorTraining(steps=30, batch_size=16, lr=3e-3, val_fraction=0.25, sizes=TINY,
+                             val_every=15, log_every=5)
+    result = train_prior(tokens, root / "prior", settings, progress=False, device="cpu")
     return {"root": root, "tok_a": tok_a, "tok_b": tok_b, "tokens": tokens, "prior": result}
 
 
@@ -114,9 +115,10 @@ def test_load_prior_refuses_a_tokenizer_folder(run):
 
 def test_sample_images_png_and_reproducible(run, tmp_path):
     ckpt = run["prior"]["checkpoint"]
-    a = sample_images(run["tok_a"], ckpt, n=10, out=tmp_path / "a.png", seed=3)
-    b = sample_images(run["tok_a"], ckpt, n=10, out=tmp_path / "b.png", seed=3, top_k=50)
-    c = sample_images(run["tok_a"], ckpt, n=10, out=tmp_path / "c.png", seed=4)
+    a = sample_images(run["tok_a"], ckpt, tmp_path / "a.png", Sampling(10, Decoding(seed=3)))
+    b = sample_images(run["tok_a"], ckpt, tmp_path / "b.png",
+                      Sampling(10, Decoding(seed=3, top_k=50)))
+    c = sample_images(run["tok_a"], ckpt, tmp_path / "c.png", Sampling(10, Decoding(seed=4)))
     img_a = Image.open(a)
     rows, cols = grid_shape(10)
     assert (rows, cols) == (2, 8)
@@ -128,7 +130,7 @@ def test_sample_images_png_and_reproducible(run, tmp_path):
 
 def test_sample_refuses_a_prior_of_another_tokenizer(run, tmp_path):
     with pytest.raises(MvqError, match="trained on codes of tokenizer .* this tokenizer is"):
-        sample_images(run["tok_b"], run["prior"]["checkpoint"], n=2, out=tmp_path / "x.png")
+        sample_images(run["tok_b"], run["prior"]["checkpoint"], tmp_path / "x.png", Sampling(2))
     assert not (tmp_path / "x.png").exists()
 
 
@@ -136,13 +138,14 @@ def test_sample_refuses_a_prior_of_another_tokenizer(run, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # 12 images: rank-deficient covariances
 def test_evaluate_samples_against_hand_computation(run, tmp_path):
-    from mvq.evaluate import evaluate_samples, format_table
+    from mvq.evaluate import EvalSettings, evaluate_samples, format_table
     from mvq.metrics import extract_features, fid_from_features, get_inception, prd_f_scores
     from mvq.sample import sample_codes_and_images
 
     n, ckpt = 12, run["prior"]["checkpoint"]
-    res = evaluate_samples(run["tok_a"], ckpt, n=n, batch_size=n, seed=5, progress=False,
-                           device="cpu", cache_dir=str(tmp_path / "stats"))
+    res = evaluate_samples(run["tok_a"], ckpt, EvalSettings(
+        n=n, batch_size=n, progress=False, device="cpu", cache_dir=str(tmp_path / "stats")),
+        decoding=Decoding(seed=5))
     m = res["metrics"]
     assert res["kind"] == "samples" and res["n"] == n and res["prior_step"] == 30
     # by hand: the same seeded samples, the first n real test images, their tokens
@@ -151,7 +154,8 @@ def test_evaluate_samples_against_hand_computation(run, tmp_path):
     ds = build_dataset("shapes", split="test", size=cfg.model.image_size,
                        channels=cfg.model.channels, limit=n, seed=0)
     x = torch.stack([ds[i][0] for i in range(n)])
-    _, samples = sample_codes_and_images(run["tok_a"], ckpt, n=n, seed=5, batch_size=n)
+    _, samples = sample_codes_and_images(run["tok_a"], ckpt,
+                                         Sampling(n, Decoding(seed=5), batch_size=n))
     ext = get_inception(device="cpu")
     real = extract_features(x, batch_size=n, progress=False, extractor=ext)
     fake = extract_features(samples, batch_size=n, progress=False, extractor=ext)
@@ -171,23 +175,56 @@ def test_evaluate_samples_against_hand_computation(run, tmp_path):
     assert "FID* (samples)" in format_table(res)
 
     # NLL over uneven batches (5 + 5 + 2 images) is the same per-token mean
-    nll_only = evaluate_samples(run["tok_a"], ckpt, n=n, batch_size=5, metrics="nll",
-                                progress=False, device="cpu")
+    nll_only = evaluate_samples(run["tok_a"], ckpt, EvalSettings(
+        n=n, batch_size=5, progress=False, device="cpu"), metrics="nll")
     assert set(nll_only["metrics"]) == {"nll_primary", "nll_primary_bits", "nll_secondary",
                                         "nll_secondary_bits"}
     assert nll_only["metrics"]["nll_primary"] == pytest.approx(want["primary"], rel=1e-5)
     assert nll_only["metrics"]["nll_secondary"] == pytest.approx(want["secondary"], rel=1e-5)
 
 
+def test_decoding_is_checked_once_per_command(run, tmp_path, monkeypatch):
+    """`mvq sample` / `mvq evaluate --prior`: the decoding values are checked once, and the
+    prior asked once which options it takes, however many batches are drawn."""
+    import mvq.decoding
+    from mvq.cli import main
+    from mvq.priors.base import Prior
+
+    values, options = [], []
+    check, ask = mvq.decoding.check_sampling, Prior.check_decoding
+    monkeypatch.setattr(mvq.decoding, "check_sampling",
+                        lambda *a: (values.append(a), check(*a))[1])
+    monkeypatch.setattr(Prior, "check_decoding",
+                        lambda self, opts: (options.append(dict(opts)), ask(self, opts))[1])
+    ckpt = str(run["prior"]["checkpoint"])
+    assert main(["sample", "--tokenizer", str(run["tok_a"]), "--prior", ckpt, "--n", "5",
+                 "--top-k", "7", "--seed", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert values == [(1.0, 7, None)] and options == [{"temperature": 1.0, "top_k": 7}]
+    values.clear(), options.clear()
+    assert main(["evaluate", "--checkpoint", str(run["tok_a"]), "--prior", ckpt, "--n", "4",
+                 "--batch-size", "2", "--metrics", "nll", "--temperature", "0.5",
+                 "--json", str(tmp_path / "e.json"), "--no-progress", "--device", "cpu"]) == 0
+    assert values == [(0.5, None, None)] and options == [{"temperature": 0.5}]
+    values.clear(), options.clear()
+    from mvq.sample import sample_codes_and_images
+
+    codes, _ = sample_codes_and_images(run["tok_a"], ckpt, Sampling(5, Decoding(top_p=0.9),
+                                                                    batch_size=2))
+    assert len(codes) == 5  # three batches
+    assert values == [(1.0, None, 0.9)] and options == [{"temperature": 1.0, "top_p": 0.9}]
+
+
 def test_evaluate_samples_errors_and_cli(run, tmp_path, capsys):
     from mvq.cli import main
-    from mvq.evaluate import evaluate_samples
+    from mvq.evaluate import EvalSettings, evaluate_samples
 
     ckpt = run["prior"]["checkpoint"]
     with pytest.raises(MvqError, match="trained on codes of tokenizer .* this tokenizer is"):
-        evaluate_samples(run["tok_b"], ckpt, n=4, metrics="nll", progress=False, device="cpu")
+        evaluate_samples(run["tok_b"], ckpt, EvalSettings(n=4, progress=False, device="cpu"),
+                         metrics="nll")
     with pytest.raises(MvqError, match="unknown sample metric 'rfid'"):
-        evaluate_samples(run["tok_a"], ckpt, n=4, metrics="rfid", progress=False, device="cpu")
+        evaluate_samples(run["tok_a"], ckpt, EvalSettings(n=4, progress=False, device="cpu"),
+                         metrics="rfid")
     out = tmp_path / "s.json"
     code = main(["evaluate", "--checkpoint", str(run["tok_a"]), "--prior", str(ckpt), "--n", "6",
                  "--metrics", "nll", "--json", str(out), "--no-progress", "--device", "cpu"])

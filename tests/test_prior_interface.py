@@ -15,11 +15,12 @@ from mvq.losses.vqgan import VQGANLossConfig
 from mvq.models import build_model
 from mvq.models.movq import MoVQConfig
 from mvq.priors import PRIORS, MaskGITPrior, default_kind, layout_of, prior_class
-from mvq.sample import sample_codes_and_images
+from mvq.decoding import Decoding
+from mvq.sample import Sampling, sample_codes_and_images
 from mvq.tokens import encode_dataset, load_tokens
 from mvq.train import train
 from mvq.pretrained import load_prior
-from mvq.train.prior import train_prior
+from mvq.train.prior import PriorTraining, train_prior
 
 SIZES = {"gpt": {"primary": dict(n_layer=1, n_head=2, n_embd=16),
                  "secondary": dict(n_layer=1, n_head=2, n_embd=16)},
@@ -58,9 +59,9 @@ def tokens(tmp_path_factory):
 
 
 def _train(tokens, out, kind, steps, **kw):
-    return train_prior(tokens, out, steps=steps, batch_size=8, lr=3e-3, val_fraction=0.25,
-                       kind=kind, sizes=SIZES[kind], val_every=2, log_every=1,
-                       progress=False, device="cpu", **kw)
+    settings = PriorTraining(steps=steps, batch_size=8, lr=3e-3, val_fraction=0.25, kind=kind,
+                             sizes=SIZES[kind], val_every=2, log_every=1)
+    return train_prior(tokens, out, settings, progress=False, device="cpu", **kw)
 
 
 def test_cases_cover_the_registry():
@@ -89,12 +90,16 @@ def test_prior_trains_samples_decodable_codes_and_resumes_exactly(tokens, kind, 
     model, cfg, _ = load_tokenizer(files["tokenizer"])
     assert model.decode(sampled).shape == (3, cfg.model.channels, cfg.model.image_size,
                                            cfg.model.image_size)
-    got, images = sample_codes_and_images(files["tokenizer"], full["checkpoint"], n=3, seed=2)
+    got, images = sample_codes_and_images(files["tokenizer"], full["checkpoint"],
+                                          Sampling(3, Decoding(seed=2)))
     assert images.shape[0] == 3 and torch.isfinite(images).all()
-    from mvq.evaluate import evaluate_samples  # evaluate --prior: the NLL of every prior type
+    from mvq.evaluate import (  # evaluate --prior: the NLL of every prior type
+        EvalSettings,
+        evaluate_samples,
+    )
 
-    res = evaluate_samples(files["tokenizer"], full["checkpoint"], n=4, metrics="nll",
-                           progress=False, device="cpu")
+    res = evaluate_samples(files["tokenizer"], full["checkpoint"],
+                           EvalSettings(n=4, progress=False, device="cpu"), metrics="nll")
     stages = {k[4:] for k in res["metrics"] if not k.endswith("_bits")}
     assert stages == set(a.nll(codes[:2])) and res["prior_type"] == kind
 
@@ -171,12 +176,10 @@ def test_interface_refuses_bad_labels_and_options():
         cond.sample(2, torch.tensor([0, 2]))
     with pytest.raises(MvqError, match="3 class labels for 2 items"):
         cond.nll(codes, torch.tensor([0, 1, 1]))
-    from mvq.sample import decoding_options
-
     with pytest.raises(MvqError, match="gpt prior has no decoding option 'steps'; it takes"):
-        decoding_options(plain, steps=4)
+        Decoding(steps=4).for_prior(plain)
     with pytest.raises(MvqError, match="top_p must be None or a number in \\(0, 1\\]"):
-        decoding_options(plain, top_p=1.5)
+        Decoding(top_p=1.5).for_prior(plain)
 
 
 def test_pixelcnn_spatial_condition_keeps_raster_causality():

@@ -62,21 +62,21 @@ def test_evaluate_refine_counts_bits_and_refuses_other_models(tmp_path):
     from mvq.checkpoint import save_checkpoint
     from mvq.config import Config, DataConfig
     from mvq.errors import MvqError
-    from mvq.evaluate import evaluate_checkpoint
+    from mvq.evaluate import EvalSettings, evaluate_checkpoint
 
     def ck(name, **kw):
         cfg = Config(model=tiny_model_config(factor=14, eval_masks=4, **kw), data=DataConfig(name="shapes"))
         return save_checkpoint(tmp_path / name, build_model(cfg.model), cfg, step=0)
 
     mvq_dir = ck("mvq")
-    plain = evaluate_checkpoint(mvq_dir, n=8, batch_size=4, device="cpu", metrics=("mse",), progress=False)
-    refined = evaluate_checkpoint(mvq_dir, n=8, batch_size=4, device="cpu", metrics=("mse",),
-                                  progress=False, refine=True)
+    settings = EvalSettings(n=8, batch_size=4, device="cpu", progress=False)
+    plain = evaluate_checkpoint(mvq_dir, settings, metrics=("mse",))
+    refined = evaluate_checkpoint(mvq_dir, settings, metrics=("mse",), refine=True)
     s2, d2 = plain["tokens_secondary"], 8  # D' = 8 in the tiny config; the bank: log2(4) = 2 bits
     assert refined["mask_refine"] and not plain["mask_refine"]
     assert refined["metrics"]["bits_per_image"] - plain["metrics"]["bits_per_image"] == pytest.approx(
         s2 * d2 - s2 * 2)
     assert refined["encode_seconds"] > 0
     with pytest.raises(MvqError, match="needs an MVQ checkpoint"):
-        evaluate_checkpoint(ck("h", type="hvqvae"), n=4, device="cpu", metrics=("mse",),
-                            progress=False, refine=True)
+        evaluate_checkpoint(ck("h", type="hvqvae"), EvalSettings(n=4, device="cpu", progress=False),
+                            metrics=("mse",), refine=True)

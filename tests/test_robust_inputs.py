@@ -241,11 +241,12 @@ def test_bad_arguments_are_one_line_and_nonzero(tmp_path, capsys, argv, fragment
     (1.0, 2.5, "top_k"),
 ])
 def test_sampling_api_refuses_bad_settings(tmp_path, temperature, top_k, fragment):
-    from mvq.sample import sample_images
+    from mvq.decoding import Decoding
+    from mvq.sample import Sampling, sample_images
 
     with pytest.raises(MvqError, match=fragment):  # checked before any checkpoint is read
-        sample_images(tmp_path / "no-tokenizer", tmp_path / "no-prior", n=4,
-                      temperature=temperature, top_k=top_k)
+        sample_images(tmp_path / "no-tokenizer", tmp_path / "no-prior",
+                      sampling=Sampling(4, Decoding(temperature=temperature, top_k=top_k)))
 
 
 def test_sample_refuses_a_png_no_viewer_opens(tokenizer_dir, tmp_path, capsys):

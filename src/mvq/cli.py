@@ -21,7 +21,9 @@ from mvq.argtypes import (
 )
 from mvq.bench import BENCHMARKS
 from mvq.config import MODEL_TYPES
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
+from mvq.evaluation.metrics_table import METRICS, SAMPLE_METRICS
 
 EPILOG = """examples:
   mvq demo                                   # hvqvae vs mvqvae at 1+1 tokens on FashionMNIST
@@ -174,16 +176,12 @@ def _add_evaluate(sub) -> None:
                    help="images, the first N of the split (default 1000)")
     p.add_argument("--batch-size", type=positive_int, default=100,
                    help="images per forward pass (default 100)")
-    p.add_argument("--metrics", help="comma-separated subset of mse,psnr,ssim,lpips,rfid,prd,usage "
-                   "(default all); with --prior of fid,prd,nll (default all)")
+    p.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)} (default "
+                   f"all); with --prior of {','.join(SAMPLE_METRICS)} (default all)")
     p.add_argument("--prior", help="prior checkpoint folder trained on this tokenizer's tokens: "
                    "evaluate its samples instead (FID*, F_8 / F_1/8 of N samples vs the N real "
                    "images, and the prior's primary / secondary NLL on their tokens)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed with --prior (default 0)")
-    p.add_argument("--temperature", type=positive_float, default=1.0,
-                   help="with --prior (default 1.0)")
-    p.add_argument("--top-k", type=positive_int,
-                   help="with --prior: sample from the k most likely ids")
     _add_decoding(p, "with --prior: ")
     _add_force(p)
     p.add_argument("--json", help="write the result here (default: the run folder, "
@@ -291,10 +289,6 @@ def _add_priors(sub) -> None:
     p.add_argument("--prior", required=True, help="prior checkpoint folder (OUT/checkpoint)")
     p.add_argument("--n", type=positive_int, default=64, help="images to sample (default 64)")
     p.add_argument("--out", default="samples.png", help="output PNG path (default samples.png)")
-    p.add_argument("--temperature", type=positive_float, default=1.0,
-                   help="softmax temperature (default 1.0)")
-    p.add_argument("--top-k", type=positive_int,
-                   help="sample from the k most likely ids (default: all ids)")
     _add_decoding(p, "")
     p.add_argument("--class", dest="classes", type=class_list, metavar="K[,K...]",
                    help="class-conditional priors: sample these classes, in equal consecutive "
@@ -307,7 +301,12 @@ def _add_priors(sub) -> None:
 
 
 def _add_decoding(p, prefix: str) -> None:
-    """--top-p and MaskGIT's --steps / --choice-temperature (sample, evaluate --prior)."""
+    """The decoding options (`mvq.decoding.Decoding` but its seed) of sample and evaluate
+    --prior: --temperature, --top-k, --top-p and MaskGIT's --steps / --choice-temperature."""
+    p.add_argument("--temperature", type=positive_float, default=1.0,
+                   help=prefix + "softmax temperature (default 1.0)")
+    p.add_argument("--top-k", type=positive_int,
+                   help=prefix + "sample from the k most likely ids (default: all ids)")
     p.add_argument("--top-p", type=top_p_fraction,
                    help=prefix + "sample from the smallest set of ids with this probability mass")
     p.add_argument("--steps", type=positive_int,
@@ -315,6 +314,12 @@ def _add_decoding(p, prefix: str) -> None:
                    "revealed per step)")
     p.add_argument("--choice-temperature", type=positive_float,
                    help=prefix + "MaskGIT confidence noise, annealed to 0 (default 4.5)")
+
+
+def _decoding(args) -> Decoding:
+    """The `Decoding` of sample / evaluate --prior's options (checked once, here)."""
+    return Decoding(args.temperature, args.top_k, args.top_p, args.steps,
+                    args.choice_temperature, args.seed)
 
 
 def cmd_encode_dataset(args) -> int:
@@ -330,14 +335,13 @@ def cmd_encode_dataset(args) -> int:
 def cmd_train_prior(args) -> int:
     from mvq import distributed
     from mvq.train.engine import LINES
-    from mvq.train.prior import train_prior
+    from mvq.train.prior import PriorTraining, train_prior
 
-    r = train_prior(args.tokens, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    seed=args.seed, val_fraction=args.val_fraction,
-                    progress=LINES if args.no_progress else True,
-                    device=args.device, val_every=args.val_every, resume=args.resume,
-                    overwrite=args.overwrite, kind=args.prior_type,
-                    class_conditional=args.class_conditional)
+    settings = PriorTraining(kind=args.prior_type, steps=args.steps, batch_size=args.batch_size,
+                             lr=args.lr, seed=args.seed, val_fraction=args.val_fraction,
+                             val_every=args.val_every, class_conditional=args.class_conditional)
+    r = train_prior(args.tokens, args.out, settings, progress=LINES if args.no_progress else True,
+                    device=args.device, resume=args.resume, overwrite=args.overwrite)
     if distributed.launched_rank():
         return 0  # under torchrun only rank 0 reports
     m = r["metrics"]
@@ -352,13 +356,11 @@ def cmd_train_prior(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from mvq.sample import sample_images
+    from mvq.sample import Sampling, sample_images
 
-    path = sample_images(args.tokenizer, args.prior, n=args.n, out=args.out,
-                         temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                         scale=args.scale, overwrite=args.overwrite, force=args.force,
-                         classes=args.classes, top_p=args.top_p, steps=args.steps,
-                         choice_temperature=args.choice_temperature)
+    sampling = Sampling(n=args.n, decoding=_decoding(args), classes=args.classes)
+    path = sample_images(args.tokenizer, args.prior, args.out, sampling, scale=args.scale,
+                         overwrite=args.overwrite, force=args.force)
     print(f"{args.n} samples -> {path}")
     return 0
 
@@ -637,8 +639,7 @@ def _load_images(paths: list[str], size: int, channels: int, n: int):
 
 def cmd_evaluate(args) -> int:
     from mvq.evaluate import (
-        METRICS,
-        SAMPLE_METRICS,
+        EvalSettings,
         evaluate_checkpoint,
         evaluate_samples,
         format_table,
@@ -662,17 +663,15 @@ def cmd_evaluate(args) -> int:
         raise MvqError("--refine changes how images are encoded; --prior evaluates samples, "
                        "which are not encoded: drop one of them")
     reports(args.n)
-    common = dict(split=args.split, n=args.n, batch_size=args.batch_size, device=args.device,
-                  progress=not args.no_progress, data_root=args.data_root)
+    settings = EvalSettings(split=args.split, n=args.n, batch_size=args.batch_size,
+                            device=args.device, progress=not args.no_progress,
+                            data_root=args.data_root)
     if args.prior:
-        result = evaluate_samples(args.checkpoint, args.prior, metrics=args.metrics or
-                                  SAMPLE_METRICS, seed=args.seed, temperature=args.temperature,
-                                  top_k=args.top_k, force=args.force, top_p=args.top_p,
-                                  steps=args.steps, choice_temperature=args.choice_temperature,
-                                  **common)
+        result = evaluate_samples(args.checkpoint, args.prior, settings,
+                                  args.metrics or SAMPLE_METRICS, _decoding(args), args.force)
     else:
-        result = evaluate_checkpoint(args.checkpoint, metrics=args.metrics or METRICS,
-                                     refine=args.refine, **common)
+        result = evaluate_checkpoint(args.checkpoint, settings, args.metrics or METRICS,
+                                     args.refine)
     json_path, md_path = reports(result["n"])
     write_reports(result, json_path, md_path)
     print(format_table(result))

@@ -62,17 +62,16 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
             print(f"mvq demo: {data[0].describe()}; validation: first {len(data[1])} test images",
                   file=sys.stderr)
         result = train(cfg, progress=progress, desc=f"{model_type}", data=data, overwrite=True)
+        from mvq.evaluate import EvalSettings, evaluate_checkpoint
         from mvq.pretrained import load_tokenizer
-
-        from mvq.evaluate import evaluate_checkpoint
 
         ckpt = result.out_dir / "checkpoint"
         model, _, _ = load_tokenizer(ckpt)
         models[model_type] = model.eval()
         s, s2 = model.tokens
         m = result.metrics
-        ev = evaluate_checkpoint(ckpt, n=eval_n, metrics=("lpips", "rfid"), progress=progress,
-                                 data_root=root)["metrics"]
+        settings = EvalSettings(n=eval_n, progress=progress, data_root=root)
+        ev = evaluate_checkpoint(ckpt, settings, metrics=("lpips", "rfid"))["metrics"]
         rows.append({
             "model": model_type, "tokens": f"{s}+{s2}", "tokens_per_image": s + s2,
             "codebook_entries": cfg.model.codebook_size, "bits_per_image": round(model.bits_per_image, 2),

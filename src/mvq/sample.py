@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from mvq.errors import MvqError
+from mvq.checkpoint import read_info, tensors_sha256
+from mvq.codes import Codes
+from mvq.config import model_hash
 from mvq.data import class_names
+from mvq.decoding import Decoding
+from mvq.errors import MvqError, expect_value
 from mvq.figures import Figure, check_grid_size, readable_scale
+from mvq.outputs import check_outputs
+from mvq.pretrained import load_prior, load_tokenizer, resolve
 
 PER_ROW = 8
 
@@ -27,8 +35,6 @@ def check_same_tokenizer(prior_info: dict, tokenizer_hash: str, prior_dir: str |
     trained_on = prior_info.get("tokenizer_weights_sha256")
     if model is None or trained_on is None:
         return
-    from mvq.checkpoint import tensors_sha256
-
     these = tensors_sha256(model)
     if these != trained_on and not force:
         raise MvqError(f"prior {prior_dir} was trained on tokens of other weights of this "
@@ -37,30 +43,25 @@ def check_same_tokenizer(prior_info: dict, tokenizer_hash: str, prior_dir: str |
                        "train a prior on this checkpoint's tokens")
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None = None) -> None:
-    """MvqError unless temperature is finite and >= 0 (0: greedy), top_k is None or >= 1 and
-    top_p is None or in (0, 1]."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature < 0:
-        raise MvqError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise MvqError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0 < top_p <= 1):
-        raise MvqError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+@dataclass(frozen=True)
+class Sampling:
+    """What to sample: ``n`` images, drawn with ``decoding`` (its seed included), of the
+    ``classes`` of a class-conditional prior in equal blocks (None: every class), and
+    ``batch_size`` at a time. MvqError for a bad n or batch size when it is made."""
 
+    n: int = 64
+    decoding: Decoding = field(default_factory=Decoding)
+    classes: tuple[int, ...] | None = None
+    batch_size: int = 256
 
-def decoding_options(prior, temperature: float = 1.0, top_k: int | None = None,
-                     top_p: float | None = None, steps: int | None = None,
-                     choice_temperature: float | None = None) -> dict:
-    """The decoding keywords for ``prior.sample`` (unset ones left out), checked: an option the
-    prior does not take (``steps`` for a GPT) is refused naming the options it does take."""
-    check_sampling(temperature, top_k, top_p)
-    opts = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "steps": steps,
-            "choice_temperature": choice_temperature}
-    opts = {k: v for k, v in opts.items() if v is not None}
-    prior.check_decoding(opts)
-    return opts
+    def __post_init__(self) -> None:
+        for name in ("n", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MvqError(f"{name} must be an integer >= 1, got {value!r}")
+        object.__setattr__(self, "decoding", expect_value(self.decoding, Decoding, "decoding"))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
 
 
 def class_labels(prior, n: int, classes: list[int] | None = None) -> torch.Tensor | None:
@@ -82,15 +83,15 @@ def class_labels(prior, n: int, classes: list[int] | None = None) -> torch.Tenso
 
 
 @torch.no_grad()
-def sample_batches(model, prior, n: int, batch_size: int, generator: torch.Generator,
-                   labels: torch.Tensor | None = None, timing: dict | None = None, **decoding):
+def sample_batches(model, prior, n: int, batch_size: int, decoding: Decoding,
+                   labels: torch.Tensor | None = None, timing: dict | None = None):
     """Yield (Codes, images (b, C, H, W) in [0, 1]) for n samples, batch_size at a time: the
-    prior's codes (drawn from ``generator``, sample i of class labels[i] if given) decoded by
-    the tokenizer ``model``. ``decoding``: the prior's options (`decoding_options`).
-    ``timing``: a dict that gets the wall seconds spent in the prior ("tokens") and in the
-    decoder ("decode"), summed over the batches."""
-    import time
-
+    prior's codes (drawn from one generator seeded with ``decoding.seed``, sample i of class
+    labels[i] if given) decoded by the tokenizer ``model``. ``decoding`` is checked against
+    the prior here, once, before any work. ``timing``: a dict that gets the wall seconds spent
+    in the prior ("tokens") and in the decoder ("decode"), summed over the batches."""
+    options = decoding.for_prior(prior)
+    generator = torch.Generator(device=prior.device).manual_seed(decoding.seed)
     clock = {"tokens": 0.0, "decode": 0.0} if timing is None else timing
     clock.setdefault("tokens", 0.0)
     clock.setdefault("decode", 0.0)
@@ -98,7 +99,7 @@ def sample_batches(model, prior, n: int, batch_size: int, generator: torch.Gener
         b = min(batch_size, n - start)
         lab = None if labels is None else labels[start : start + b]
         t0 = time.perf_counter()
-        codes = prior.sample(b, lab, generator, **decoding)
+        codes = prior.sample(b, lab, generator, **options)
         _sync(codes.primary.device)
         t1 = time.perf_counter()
         images = model.decode(codes).clamp(0, 1)
@@ -113,72 +114,61 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
-                            temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
-                            device: str = "cpu", batch_size: int = 256, force: bool = False,
-                            classes: list[int] | None = None, top_p: float | None = None,
-                            steps: int | None = None, choice_temperature: float | None = None,
-                            class_ids: list[int] | None = None):
-    """(Codes of n samples, images (n, C, H, W) in [0, 1]) from the prior, decoded.
-
-    classes: class ids for a class-conditional prior (`class_labels`); steps and
-    choice_temperature: MaskGIT's decoding (refused by the other priors); ``class_ids``: a
-    list that gets each sample's class (nothing for an unconditional prior)."""
-    from mvq.pretrained import load_tokenizer
-    from mvq.codes import Codes
-    from mvq.config import model_hash
-    from mvq.pretrained import load_prior
-
-    if n < 1:
-        raise MvqError(f"n must be >= 1, got {n}")
-    check_sampling(temperature, top_k, top_p)
+def _load_pair(tokenizer_dir: str | Path, prior_dir: str | Path, device: str = "cpu",
+              force: bool = False):
+    """(tokenizer in eval mode, its config, prior, the prior's info): MvqError unless the
+    prior was trained on this tokenizer's codes (`check_same_tokenizer`)."""
     model, cfg, _ = load_tokenizer(tokenizer_dir, device=device)
     model.eval()
     prior, info = load_prior(prior_dir, device=device)
     check_same_tokenizer(info, model_hash(cfg.model), prior_dir, model, force)
-    decoding = decoding_options(prior, temperature, top_k, top_p, steps, choice_temperature)
-    labels = class_labels(prior, n, classes)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    parts = list(sample_batches(model, prior, n, batch_size, gen, labels, **decoding))
-    if class_ids is not None:
-        class_ids.extend([] if labels is None else labels.tolist())
-    return Codes.cat([c for c, _ in parts]), torch.cat([im.cpu() for _, im in parts])
+    return model, cfg, prior, info
 
 
-def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path, n: int = 64,
-                  out: str | Path = "samples.png", temperature: float = 1.0,
-                  top_k: int | None = None, seed: int = 0, device: str = "cpu",
-                  scale: int | None = None, overwrite: bool = False, force: bool = False,
-                  classes: list[int] | None = None, top_p: float | None = None,
-                  steps: int | None = None, choice_temperature: float | None = None) -> Path:
-    """Sample n images (seeded: same seed, same PNG) and write them 8 per row, one block of rows
-    per class for a class-conditional prior, as a labelled figure (``scale``: the images'
-    upscale, default :func:`mvq.figures.readable_scale`); returns the path.
+def _draw(tokenizer_dir, prior_dir, sampling: Sampling, device: str, force: bool):
+    """(Codes, images (n, C, H, W) on the CPU, (n,) class labels or None) of ``sampling``."""
+    model, _, prior, _ = _load_pair(tokenizer_dir, prior_dir, device, force)
+    labels = class_labels(prior, sampling.n, sampling.classes)
+    parts = list(sample_batches(model, prior, sampling.n, sampling.batch_size,
+                                sampling.decoding, labels))
+    return Codes.cat([c for c, _ in parts]), torch.cat([im.cpu() for _, im in parts]), labels
+
+
+def sample_codes_and_images(tokenizer_dir: str | Path, prior_dir: str | Path,
+                            sampling: Sampling | None = None, device: str = "cpu",
+                            force: bool = False):
+    """(Codes of ``sampling.n`` samples, images (n, C, H, W) in [0, 1]) from the prior, decoded
+    by the tokenizer it was trained on (``force``: or by other weights of its architecture).
+    Seeded: the same `Sampling` gives the same codes (None: `Sampling`'s defaults)."""
+    sampling = expect_value(sampling, Sampling, "sampling")
+    codes, images, _ = _draw(tokenizer_dir, prior_dir, sampling, device, force)
+    return codes, images
+
+
+def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path,
+                  out: str | Path = "samples.png", sampling: Sampling | None = None,
+                  device: str = "cpu", scale: int | None = None, overwrite: bool = False,
+                  force: bool = False) -> Path:
+    """Sample ``sampling.n`` images (seeded: same seed, same PNG) and write them 8 per row, one
+    block of rows per class for a class-conditional prior, as a labelled figure (``scale``: the
+    images' upscale, default :func:`mvq.figures.readable_scale`); returns the path.
 
     The MVQ mask bits are drawn at random from the same seeded generator (the prior's sample).
-    An existing ``out`` is replaced only with ``overwrite``. classes / top_p / steps /
-    choice_temperature: as `sample_codes_and_images`.
+    An existing ``out`` is replaced only with ``overwrite``. None: `Sampling`'s defaults.
     """
-    from mvq.checkpoint import read_info
-    from mvq.outputs import check_outputs
-    from mvq.pretrained import resolve
-
-    check_sampling(temperature, top_k, top_p)
+    sampling = expect_value(sampling, Sampling, "sampling")
     config = read_info(resolve(tokenizer_dir))["config"]
     size = int(config["model"]["image_size"])
     scale = readable_scale(size) if scale is None else scale
-    check_grid_size(*grid_shape(max(n, 1)), size, scale, "lower --n or --scale")
+    check_grid_size(*grid_shape(sampling.n), size, scale, "lower --n or --scale")
     check_outputs([("--out", out)], overwrite,
                   [("--tokenizer", tokenizer_dir), ("--prior", prior_dir)])
-    sampled: list[int] = []
-    _, images = sample_codes_and_images(
-        tokenizer_dir, prior_dir, n, temperature, top_k, seed, device, force=force,
-        classes=classes, top_p=top_p, steps=steps, choice_temperature=choice_temperature,
-        class_ids=sampled)
-    title = (f"mvq sample: {n} samples of the prior {_run_name(prior_dir)} decoded by "
-             f"{config['model'].get('type', 'the tokenizer')}, temperature {temperature:g}, "
-             f"seed {seed}")
-    figure = sample_figure(images, title, torch.tensor(sampled) if sampled else None,
+    _, images, labels = _draw(tokenizer_dir, prior_dir, sampling, device, force)
+    d = sampling.decoding
+    title = (f"mvq sample: {sampling.n} samples of the prior {_run_name(prior_dir)} decoded by "
+             f"{config['model'].get('type', 'the tokenizer')}, temperature {d.temperature:g}, "
+             f"seed {d.seed}")
+    figure = sample_figure(images, title, labels,
                            class_names(config.get("data", {}).get("name", "folder")))
     return figure.save(out, scale, "lower --n or --scale")
 

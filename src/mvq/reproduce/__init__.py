@@ -59,28 +59,26 @@ def class_grid(records: list[dict], path: Path, device: str = "auto", per_class:
                ) -> Path:
     """One row per class: ``per_class`` samples of the first class-conditional prior among the
     records (seed 0), decoded by its tokenizer; the row's label is its class name and id."""
-    import torch
-
     from mvq.checkpoint import read_info
     from mvq.data import class_names
     from mvq.devices import pick_device
     from mvq.pretrained import load_prior
-    from mvq.sample import sample_codes_and_images, sample_figure
+    from mvq.sample import Sampling, class_labels, sample_codes_and_images, sample_figure
 
     rec = next((r for r in sorted(records, key=lambda r: r["seed"])
                 if r.get("class_conditional")), None)
     if rec is None:
         raise MvqError("class grid: no finished class-conditional prior among the runs")
     prior = Path(rec["checkpoint"])
-    classes = load_prior(prior)[0].num_classes
-    sampled: list[int] = []
-    _, images = sample_codes_and_images(
-        rec["tokenizer"], prior, n=per_class * classes, seed=0, device=str(pick_device(device)),
-        classes=list(range(classes)), class_ids=sampled)
+    prior_model = load_prior(prior)[0]
+    classes = tuple(range(prior_model.num_classes))
+    sampling = Sampling(n=per_class * len(classes), classes=classes)
+    _, images = sample_codes_and_images(rec["tokenizer"], prior, sampling,
+                                        str(pick_device(device)))
     model = read_info(rec["tokenizer"])["config"]
     title = (f"class-conditional samples: {per_class} per class, {rec.get('prior_kind', 'prior')}"
              f" on {model['model']['type']} codes, seed 0")
-    figure = sample_figure(images, title, torch.tensor(sampled),
+    figure = sample_figure(images, title, class_labels(prior_model, sampling.n, classes),
                            class_names(model.get("data", {}).get("name", "folder")), per_class)
     path.parent.mkdir(parents=True, exist_ok=True)
     return figure.save(path)
@@ -101,10 +99,10 @@ def class_agreement(records: list[dict], path: Path, n: int, device: str = "auto
     import statistics
 
     from mvq.analysis.classkeep import ceilings, predict, split_images, train_classifier
-    from mvq.pretrained import load_tokenizer
-    from mvq.sample import class_labels, sample_codes_and_images
+    from mvq.decoding import Decoding
     from mvq.devices import pick_device
-    from mvq.pretrained import load_prior
+    from mvq.pretrained import load_prior, load_tokenizer
+    from mvq.sample import Sampling, class_labels, sample_codes_and_images
 
     cond = [r for r in records if r.get("class_conditional")]
     key = {"n": n, "classifier_steps": classifier_steps,
@@ -128,8 +126,8 @@ def class_agreement(records: list[dict], path: Path, n: int, device: str = "auto
     for r in cond:
         prior = load_prior(r["checkpoint"])[0]
         out["classes"] = prior.num_classes
-        _, images = sample_codes_and_images(r["tokenizer"], r["checkpoint"], n=n, seed=r["seed"],
-                                            device=dev, batch_size=100)
+        sampling = Sampling(n=n, decoding=Decoding(seed=r["seed"]), batch_size=100)
+        _, images = sample_codes_and_images(r["tokenizer"], r["checkpoint"], sampling, dev)
         want = class_labels(prior, n)
         out["accuracy"][r["checkpoint"]] = float((predict(net, images) == want).float().mean())
     values = list(out["accuracy"].values())

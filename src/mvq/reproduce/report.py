@@ -10,20 +10,13 @@ import textwrap
 from pathlib import Path
 
 from mvq._compat import missing
+from mvq.evaluation.metrics_table import BY_KEY, lower_is_better, report_columns
 from mvq.outputs import atomic_write, write_text
 from mvq.reproduce.plan import Plan
 from mvq.reproduce.timing import read_estimates
 
 LABEL_ORDER = ("variant", "tokens", "K", "model", "J", "f0", "c", "prior", "decoding")
-METRIC_NAMES = {"mse": "MSE", "psnr": "PSNR dB", "ssim": "SSIM", "lpips": "LPIPS",
-                "rfid": "rFID", "prd_f8": "F_8", "prd_f1_8": "F_1/8", "fid_samples": "FID*",
-                "nll_primary_bits": "NLL prim. bits", "nll_secondary_bits": "NLL sec. bits",
-                "nll_masked_bits": "NLL masked bits (MaskGIT)",
-                "tokens_s_per_img": "ms/img tokens", "sample_s_per_img": "ms/img tokens+decode"}
-SHOWN_SCALE = {"tokens_s_per_img": 1000.0, "sample_s_per_img": 1000.0}  # seconds shown as ms
-LOWER_IS_BETTER = {"mse", "lpips", "rfid", "fid_samples", "nll_primary_bits",
-                   "nll_secondary_bits", "nll_masked_bits", "tokens_s_per_img",
-                   "sample_s_per_img"}
+METRIC_NAMES = report_columns()  # {key: column header}, from the one metric table
 
 
 def _stats(values: list[float]) -> dict:
@@ -65,11 +58,6 @@ def _fmt(stat: dict | None, digits: int, scale: float = 1.0) -> str:
     return text
 
 
-_DIGITS = {"mse": 4, "psnr": 2, "ssim": 3, "lpips": 4, "rfid": 1, "prd_f8": 3, "prd_f1_8": 3,
-           "fid_samples": 1, "nll_primary_bits": 3, "nll_secondary_bits": 3,
-           "nll_masked_bits": 3, "tokens_s_per_img": 3, "sample_s_per_img": 3}
-
-
 def columns(cells: list[dict]) -> list[str]:
     present = {m for c in cells for m in c["stats"]}
     return [m for m in METRIC_NAMES if m in present]
@@ -90,7 +78,7 @@ def markdown_table(plan: Plan, cells: list[dict]) -> str:
         if not samples:
             row.append(f"{bits:g}" if bits is not None else "n/a")
         row.append(f"{params / 1e6:.2f} M" if params else "n/a")
-        row += [_fmt(s.get(m), _DIGITS.get(m, 3), SHOWN_SCALE.get(m, 1.0)) for m in metrics]
+        row += [_fmt(s.get(m), BY_KEY[m].digits, BY_KEY[m].scale) for m in metrics]
         row.append(str(c["seeds"]))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -124,7 +112,7 @@ def _compare(c: dict, b: dict, shared: tuple[str, ...]) -> str:
             continue
         change = (sc["mean"] - sb["mean"]) / abs(sb["mean"])
         spread = (sc["std"] or 0) + (sb["std"] or 0)
-        better = (sc["mean"] < sb["mean"]) == (m in LOWER_IS_BETTER)
+        better = (sc["mean"] < sb["mean"]) == lower_is_better(m)
         verdict = "" if not spread else (" (beyond the seeds' spread)"
                                          if abs(sc["mean"] - sb["mean"]) > spread
                                          else " (within the seeds' spread)")

@@ -224,7 +224,7 @@ def _claim(out_dir: Path):
 
 
 def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> dict:
-    from mvq.evaluate import evaluate_checkpoint
+    from mvq.evaluate import EvalSettings, evaluate_checkpoint
     from mvq.train import train
 
     cfg = st.run.config(data_root, st.out_dir)
@@ -237,8 +237,9 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str) ->
         _merge_json(st.out_dir / "run.json", {"train_seconds": round(seconds, 1)})
     eval_path = st.out_dir / "eval.json"
     if plan.metrics and not _eval_matches(eval_path, plan, st.steps):
-        result = evaluate_checkpoint(ckpt, n=plan.eval_n, metrics=plan.metrics, progress=progress,
-                                     device=device, data_root=data_root)
+        settings = EvalSettings(n=plan.eval_n, device=device, progress=progress,
+                                data_root=data_root)
+        result = evaluate_checkpoint(ckpt, settings, metrics=plan.metrics)
         result["planned_metrics"] = list(plan.metrics)
         _write_json(eval_path, result)
     if st.run.priors:
@@ -297,8 +298,9 @@ def collect(plan: Plan, out: Path, data_root: str | None) -> tuple[list[dict], l
 def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> None:
     """Train each of run.priors on the run's training tokens (resuming), then evaluate its
     samples once per decoding (FID*, PRD, NLL and the seconds per image)."""
-    from mvq.evaluate import evaluate_samples
-    from mvq.train.prior import train_prior
+    from mvq.decoding import Decoding
+    from mvq.evaluate import EvalSettings, evaluate_samples
+    from mvq.train.prior import PriorTraining, train_prior
 
     ckpt = st.out_dir / "checkpoint"
     tokens = _tokens(st, device, progress)
@@ -310,17 +312,18 @@ def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str)
         if _eval_matches(path, plan, st.steps, "samples"):
             continue
         if step < spec.steps:
-            result = train_prior(tokens, prior_dir, steps=spec.steps, seed=spec.seed,
-                                 kind=spec.kind, progress=progress, device=device,
-                                 resume=step > 0, sizes=spec.sizes,
-                                 class_conditional=spec.class_conditional)
+            settings = PriorTraining(kind=spec.kind, steps=spec.steps, seed=spec.seed,
+                                     sizes=spec.sizes, class_conditional=spec.class_conditional)
+            result = train_prior(tokens, prior_dir, settings, progress=progress, device=device,
+                                 resume=step > 0)
             seconds = result["seconds"] + read_json(prior_dir / "run.json").get(
                 "train_seconds", 0.0)
             _merge_json(prior_dir / "run.json", {"train_seconds": round(seconds, 1)})
-        result = evaluate_samples(ckpt, prior_dir / "checkpoint", n=plan.eval_n,
-                                  metrics=plan.sample_metrics, progress=progress, device=device,
-                                  data_root=data_root, seed=spec.seed,
-                                  **dict(spec.decodes[i][1]))
+        settings = EvalSettings(n=plan.eval_n, device=device, progress=progress,
+                                data_root=data_root)
+        decoding = Decoding(seed=spec.seed, **dict(spec.decodes[i][1]))
+        result = evaluate_samples(ckpt, prior_dir / "checkpoint", settings,
+                                  plan.sample_metrics, decoding)
         result["planned_metrics"] = list(plan.sample_metrics)
         result["step"] = st.steps  # the tokenizer's step, as eval.json
         _write_json(path, result)

@@ -12,6 +12,7 @@ manifest.json. One format for every prior: `mvq.load` rebuilds whichever it name
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from mvq._version import __version__
 from mvq.codes import Codes
 from mvq.config import check_resume
 from mvq.devices import pick_device
-from mvq.errors import MvqError
+from mvq.errors import MvqError, expect_value
 from mvq.priors.base import Prior, validate_prior
 from mvq.priors.registry import default_kind, prior_class
 from mvq.tokens import load_tokens
@@ -43,51 +44,74 @@ def write_prior(directory: Path, prior: Prior, info: dict) -> None:
         "prior_type": prior.kind, "prior": prior.config(), **info})
 
 
-def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int | None = None,
-                batch_size: int | None = None, lr: float | None = None, seed: int | None = None,
-                val_fraction: float | None = None, kind: str | None = None,
-                progress: bool | str = True,
-                device: str = "auto", sizes: dict | None = None, val_every: int = 250,
-                log_every: int = 10, resume: bool = False, overwrite: bool = False,
-                keep_checkpoints: int = 1, class_conditional: bool = False) -> dict:
-    """Train a prior on a token file into ``out_dir`` (metrics.csv, checkpoint/).
+@dataclass(frozen=True)
+class PriorTraining:
+    """How to train a prior (`train_prior`); MvqError for a bad value when it is made.
 
     ``kind``: a registry name ("gpt", "maskgit", "pixelcnn"); None picks the default for the
-    tokens' layout (MaskGIT for multichannel MoVQ codes, the two-stage GPT otherwise). A prior
-    that cannot model the layout is refused before anything is written. ``class_conditional``
-    conditions it on the token file's labels (classes 0..max label).
+    tokens' layout (MaskGIT for multichannel MoVQ codes, the two-stage GPT otherwise).
+    ``steps``, ``batch_size``, ``lr``, ``seed``, ``val_fraction`` (and ``kind``): None is the
+    resumed run's own value, PRIOR_DEFAULTS for a new run; on resume only steps and lr may
+    change (applied and logged), the others are refused with both values.
     ``sizes``: the prior's sizes (GPT: {"primary": {n_layer, n_head, n_embd}, "secondary":
     {...}}, None: MVQ Table 4; MaskGIT: {n_layer, n_head, n_embd}; PixelCNN: {channels,
-    n_layers, kernel_size}). Returns {"step", "metrics" (final val), "initial"
-    (val at step 0), "checkpoint" (Path), "seconds", "finished_before", "kind"}. A run already in
-    ``out_dir`` is continued with ``resume`` (exactly, from its last checkpoint), replaced with
-    ``overwrite``, and otherwise refused. ``steps``, ``batch_size``, ``lr``, ``seed``,
-    ``val_fraction`` (and ``kind``): None is the resumed run's own value, PRIOR_DEFAULTS for a
-    new run; on resume only steps and lr may change (applied and logged), the others are
-    refused with both values.
+    n_layers, kernel_size}). ``class_conditional`` conditions it on the token file's labels
+    (classes 0..max label). ``val_fraction`` of the token file is held out for the validation
+    NLL, computed (and checkpointed) every ``val_every`` steps; ``keep_checkpoints``: how many
+    checkpoints the run keeps.
+    """
+
+    kind: str | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    val_fraction: float | None = None
+    val_every: int = 250
+    log_every: int = 10
+    keep_checkpoints: int = 1
+    sizes: dict | None = None
+    class_conditional: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind is not None:
+            prior_class(self.kind)  # an unknown name is refused before any work
+        if any(v is not None and v < 1 for v in (self.steps, self.batch_size)) \
+                or self.val_every < 1 or self.log_every < 1:
+            raise MvqError("steps, batch_size, val_every and log_every must be >= 1")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise MvqError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+def train_prior(tokens_path: str | Path, out_dir: str | Path,
+                settings: PriorTraining | None = None, progress: bool | str = True,
+                device: str = "auto", resume: bool = False, overwrite: bool = False) -> dict:
+    """Train a prior on a token file into ``out_dir`` (metrics.csv, checkpoint/), as
+    ``settings`` says (None: `PriorTraining`'s defaults).
+
+    A prior that cannot model the tokens' layout is refused before anything is written.
+    Returns {"step", "metrics" (final val), "initial" (val at step 0), "checkpoint" (Path),
+    "seconds", "finished_before", "kind"}. A run already in ``out_dir`` is continued with
+    ``resume`` (exactly, from its last checkpoint), replaced with ``overwrite``, and otherwise
+    refused.
 
     Under ``torchrun --nproc_per_node N`` the N processes train one prior with DDP, each on
     1/N of every batch (batch_size stays the global batch); rank 0 validates, logs and saves.
     """
-    if kind is not None:
-        prior_class(kind)  # an unknown name is refused before any work
-    given = {"--steps": steps, "--batch-size": batch_size, "--lr": lr, "--seed": seed,
-             "--val-fraction": val_fraction}
-    if any(v is not None and v < 1 for v in (steps, batch_size)) or val_every < 1 \
-            or log_every < 1:
-        raise MvqError("steps, batch_size, val_every and log_every must be >= 1")
-    if val_fraction is not None and not 0 < val_fraction < 1:
-        raise MvqError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    st = expect_value(settings, PriorTraining, "settings")
+    given = {"--steps": st.steps, "--batch-size": st.batch_size, "--lr": st.lr,
+             "--seed": st.seed, "--val-fraction": st.val_fraction}
     out = Path(out_dir)
     target = out / "checkpoint"
     resume_from = claim_run(out, "prior", resume, overwrite, "--out")
     own, run_kind, changes = _settings(given, resume_from, out)
     steps, batch_size, lr, seed, val_fraction = own.values()
-    kind = kind or run_kind
+    st = replace(st, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                 val_fraction=val_fraction)  # resolved: no None left among these
     codes, labels, tmeta = load_tokens(tokens_path)
-    kind = kind or default_kind(codes)
+    kind = st.kind or run_kind or default_kind(codes)
     prior_class(kind).check_layout(codes)
-    num_classes = _num_classes(labels, tokens_path) if class_conditional else 0
+    num_classes = _num_classes(labels, tokens_path) if st.class_conditional else 0
     n = len(codes)
     n_val = max(1, round(n * val_fraction))
     if n - n_val < 1:
@@ -98,13 +122,14 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path, steps: int | None 
             "tokenizer_weights_sha256": tmeta.get("weights_sha256"),
             "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                       "val_fraction": val_fraction, "n_train": n - n_val, "n_val": n_val}}
-    schedule = Schedule(steps, batch_size, seed, log_every, val_every, ckpt_every=val_every,
-                        keep_checkpoints=keep_checkpoints, batch_option="--batch-size")
+    schedule = Schedule(steps, batch_size, seed, st.log_every, st.val_every,
+                        ckpt_every=st.val_every, keep_checkpoints=st.keep_checkpoints,
+                        batch_option="--batch-size")
 
     def run(launch, dev) -> dict:
         torch.manual_seed(seed)  # the prior's initial weights
-        model = prior_class(kind).from_codes(codes, num_classes, sizes)
-        trainee = PriorTrainee(model, codes, labels, n_val, info, seed, lr, dev, resume_from)
+        model = prior_class(kind).from_codes(codes, num_classes, st.sizes)
+        trainee = PriorTrainee(model, codes, labels, n_val, info, st, dev, resume_from)
         trainee.changes = changes
         r = fit(trainee, schedule, out, launch, dev, resume_from, progress)
         return {"step": r.step, "metrics": r.metrics, "initial": r.initial, "kind": kind,
@@ -154,8 +179,9 @@ class PriorTrainee(Trainee):
     validate_first = True
 
     def __init__(self, model: Prior, codes: Codes, labels: torch.Tensor, n_val: int,
-                 info: dict, seed: int, lr: float, device: torch.device,
+                 info: dict, settings: PriorTraining, device: torch.device,
                  resume_from: Path | None) -> None:
+        seed, lr = settings.seed, settings.lr  # resolved by train_prior
         self.info, self.device, self.lr = info, device, lr
         self.name = f"prior {model.kind}"
         self.fields = [*model.stages, "val_nll"] + [f"val_{s}_{u}" for u in ("nll", "bits")
