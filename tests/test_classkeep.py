@@ -1,9 +1,12 @@
-import torch
+import json
 
+import torch
 from conftest import tiny_model_config
+
 from mvq.analysis import codes as C
-from mvq.analysis.classkeep import split_images, class_keeping, targets_of, train_classifier
+from mvq.analysis.classkeep import class_keeping, split_images, targets_of, train_classifier
 from mvq.checkpoint import save_checkpoint
+from mvq.cli import main
 from mvq.config import Config, DataConfig
 from mvq.models import build_model
 
@@ -27,3 +30,23 @@ def test_rates_against_the_reconstruction_ceiling(tmp_path):
     same = class_keeping(model, net, xt, yt, torch.arange(len(yt)))
     assert same["transfer_keeps_target_class"] == same["classifier_accuracy_reconstructions"]
     assert 0 <= res["transfer_keeps_target_class"] + res["transfer_takes_source_class"] <= 1
+
+
+def test_mvq_analyze_what_classkeep_matches_the_rates_computed_by_hand(tmp_path, capsys):
+    """`mvq analyze --what classkeep` (the one way to run it): its JSON holds the rates of a
+    classifier trained here with the same images, steps and seed."""
+    cfg = Config(model=tiny_model_config(factor=14), data=DataConfig(name="shapes"))
+    ck = save_checkpoint(tmp_path / "ck", build_model(cfg.model), cfg, step=0)
+    out = tmp_path / "out"
+    assert main(["analyze", "--checkpoint", str(ck), "--what", "classkeep", "--images", "40",
+                 "--train-images", "300", "--classifier-steps", "40", "--seed", "3",
+                 "--out", str(out)]) == 0
+    written = json.loads((out / "classkeep.json").read_text())
+    assert f"written: {out / 'classkeep.json'}" in capsys.readouterr().out
+    model, cfg = C.load_mvq(ck)
+    net = train_classifier(*split_images(cfg, "train", 300), steps=40, seed=3)
+    x, y = split_images(cfg, "test", 40)
+    want = class_keeping(model, net, x, y, targets_of(y))
+    assert written == {"checkpoint": str(ck), "train_images": 300, "classifier_steps": 40,
+                       **want}
+    assert written["n"] == 40

@@ -1,9 +1,10 @@
+import json
 import math
 
 import pytest
 import torch
-
 from conftest import tiny_model_config
+
 from mvq.analysis.factors import (
     code_dimensions,
     discretize,
@@ -12,6 +13,7 @@ from mvq.analysis.factors import (
     score_checkpoint,
 )
 from mvq.checkpoint import save_checkpoint
+from mvq.cli import main
 from mvq.codes import Codes
 from mvq.config import Config, DataConfig
 from mvq.errors import MvqError
@@ -59,3 +61,29 @@ def test_score_checkpoint_needs_the_shapes_set(tmp_path):
     ck = save_checkpoint(tmp_path / "fm", build_model(cfg.model), cfg, step=0)
     with pytest.raises(MvqError, match="trained on fashion-mnist"):
         score_checkpoint(str(ck), n=8)
+
+
+def test_mvq_analyze_what_factors_writes_the_scores(tmp_path, capsys):
+    """`mvq analyze --what factors` (the one way to run it) writes and prints the record of
+    score_checkpoint with the command line's --images and --bins; a baseline checkpoint is
+    scored too (the figures need MVQ, the factor scores do not); figures and the measure mix."""
+    for kind, what in (("hvqvae", ["factors"]), ("mvqvae", ["dims", "factors"])):
+        cfg = Config(model=tiny_model_config(type=kind, factor=14), data=DataConfig(name="shapes"))
+        ck = save_checkpoint(tmp_path / kind, build_model(cfg.model), cfg, step=0)
+        out = tmp_path / f"out_{kind}"
+        argv = ["analyze", "--checkpoint", str(ck), "--what", *what, "--images", "48",
+                "--bins", "4", "--out", str(out)]
+        assert main(argv) == 0
+        printed = capsys.readouterr().out
+        written = json.loads((out / "factors.json").read_text())
+        assert written == json.loads(json.dumps(score_checkpoint(str(ck), n=48, bins=4)))
+        assert written["n"] == 48 and written["model"] == kind
+        assert f"written: {out / 'factors.json'}" in printed and '"scores"' in printed
+        assert (out / "dims.png").exists() == ("dims" in what)
+    cfg = Config(model=tiny_model_config(), data=DataConfig(name="fashion-mnist"))
+    ck = save_checkpoint(tmp_path / "fm", build_model(cfg.model), cfg, step=0)
+    assert main(["analyze", "--checkpoint", str(ck), "--what", "factors", "--out",
+                 str(tmp_path / "fm_out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained on fashion-mnist" in err[0]
+    assert not (tmp_path / "fm_out" / "factors.json").exists()

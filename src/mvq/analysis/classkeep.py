@@ -6,13 +6,14 @@ the transfer D(e_t + f(e'_i * m_i)) is classified. Reported: how often the predi
 target's class (kept), the source's class (taken over), and, as the ceiling, the classifier's
 accuracy on the test images and on the targets' own reconstructions.
 
-    python -m mvq.analysis.classkeep --checkpoint runs/demo/mvqvae/checkpoint --n 1000
+    mvq analyze --checkpoint runs/demo/mvqvae/checkpoint --what classkeep --images 1000
+
+writes ``OUT/classkeep.json`` (:func:`transfer_class_rates`' record).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import nn
 
 from mvq.analysis import codes as C
 from mvq.codes import Codes
+from mvq.data import build_dataset
 
 
 def classifier(channels: int, classes: int) -> nn.Module:
@@ -97,30 +99,21 @@ def class_keeping(model, net: nn.Module, images: torch.Tensor, labels: torch.Ten
 
 
 def split_images(cfg, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from mvq.data import build_dataset
-
+    """The first ``n`` images of ``split`` of the config's data set, (n, C, H, W) in [0, 1],
+    and their class labels (n,)."""
     ds = build_dataset(cfg.data.name, root=cfg.data.root, split=split, size=cfg.model.image_size,
                        channels=cfg.model.channels, limit=n)
     items = [ds[i] for i in range(len(ds))]
     return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m mvq.analysis.classkeep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--n", type=int, default=1000, help="test images (default 1000)")
-    p.add_argument("--train", type=int, default=10000, help="training images (default 10000)")
-    p.add_argument("--steps", type=int, default=600, help="classifier steps (default 600)")
-    args = p.parse_args(argv)
-    model, cfg = C.load_mvq(args.checkpoint)
-    net = train_classifier(*split_images(cfg, "train", args.train), steps=args.steps)
-    x, y = split_images(cfg, "test", args.n)
-    result = {"checkpoint": args.checkpoint, "train_images": args.train,
-              "classifier_steps": args.steps, **class_keeping(model, net, x, y, targets_of(y))}
-    print(json.dumps(result, indent=1))
-    return result
-
-
-if __name__ == "__main__":
-    main()
+def transfer_class_rates(checkpoint: str | Path, n: int = 1000, train_images: int = 10_000,
+                         steps: int = 600, seed: int = 0) -> dict:
+    """The rates of the module docstring for the MVQ tokenizer in ``checkpoint``: a classifier
+    trained ``steps`` steps (seeded) on the first ``train_images`` training images, scored on
+    the first ``n`` test images and their transfers."""
+    model, cfg = C.load_mvq(checkpoint)
+    net = train_classifier(*split_images(cfg, "train", train_images), steps=steps, seed=seed)
+    x, y = split_images(cfg, "test", n)
+    return {"checkpoint": str(checkpoint), "train_images": train_images,
+            "classifier_steps": steps, **class_keeping(model, net, x, y, targets_of(y))}

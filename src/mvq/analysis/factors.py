@@ -8,18 +8,19 @@ baseline each secondary id's indicator (the id is one of K/2 entries: one-hot). 
 (dimension, factor): the plug-in mutual information I(dim; factor) divided by H(factor); per
 factor the best dimension's share and the MIG-style gap (best - second best) / H(factor).
 
-    python -m mvq.analysis.factors runs/shapes/mvqvae/checkpoint runs/shapes/hvqvae/checkpoint
+    mvq analyze --checkpoint runs/shapes_mvqvae/checkpoint --what factors --out runs/shapes_mvqvae
+
+writes ``OUT/factors.json`` (:func:`score_checkpoint`'s record).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 
 from mvq.data import canonical_name
+from mvq.data.shapes import Shapes
 from mvq.errors import MvqError
+from mvq.pretrained import load_tokenizer
 
 
 def entropy(counts: torch.Tensor) -> float:
@@ -68,8 +69,6 @@ def factor_scores(dims: torch.Tensor, factors: dict[str, torch.Tensor]) -> dict:
 
 def shapes_factors(n: int, size: int, channels: int, bins: int = 8):
     """The first n shapes test images and their discretised factors (colour: mean brightness)."""
-    from mvq.data.shapes import Shapes
-
     ds = Shapes(split="test", size=size, channels=channels, limit=n)
     f = ds.factors
     factors = {"shape": f["shape"].long()}
@@ -80,8 +79,9 @@ def shapes_factors(n: int, size: int, channels: int, bins: int = 8):
 
 
 def score_checkpoint(checkpoint: str, n: int = 2000, bins: int = 8) -> dict:
-    from mvq.pretrained import load_tokenizer
-
+    """The factor scores of the tokenizer in ``checkpoint`` (trained on the shapes set) on the
+    first ``n`` shapes test images: {"checkpoint", "model", "n", "dimensions", "scores":
+    {factor: {"best", "gap", "mean"}}}."""
     model, cfg, info = load_tokenizer(checkpoint)
     if canonical_name(cfg.data.name) != "shapes":
         raise MvqError(f"{checkpoint} was trained on {cfg.data.name}; the factor scores need a "
@@ -93,19 +93,3 @@ def score_checkpoint(checkpoint: str, n: int = 2000, bins: int = 8) -> dict:
     dims = code_dimensions(codes, model.codebook_sizes[-1])
     return {"checkpoint": checkpoint, "model": info["model_type"], "n": len(x),
             "dimensions": int(dims.shape[1]), "scores": factor_scores(dims, factors)}
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(prog="python -m mvq.analysis.factors", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+", help="tokenizers trained on the shapes set")
-    p.add_argument("--n", type=int, default=2000, help="test images (default 2000)")
-    p.add_argument("--bins", type=int, default=8, help="bins per continuous factor (default 8)")
-    args = p.parse_args(argv)
-    results = [score_checkpoint(c, args.n, args.bins) for c in args.checkpoints]
-    print(json.dumps(results, indent=1))
-    return results
-
-
-if __name__ == "__main__":
-    main()

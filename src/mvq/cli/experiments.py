@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from mvq.analysis import ANALYSES, DEFAULT_IMAGES, analyze
+from mvq.analysis import ANALYSES, DEFAULT_IMAGES, AnalysisOptions, analyze
 from mvq.analysis.explore import make_server
 from mvq.argtypes import positive_int
 from mvq.bench import BENCHMARKS
@@ -74,26 +74,39 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _analyze_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="MVQ checkpoint folder")
+    p.add_argument("--checkpoint", required=True, help="MVQ checkpoint folder (factors: also "
+                   "hvqvae)")
     p.add_argument("--what", nargs="+", required=True, choices=ANALYSES, metavar="WHAT",
                    help=f"one or more of {', '.join(ANALYSES)}")
-    p.add_argument("--images", type=positive_int, help="test images per grid (default: "
+    p.add_argument("--images", type=positive_int, help="test images per grid, or scored by "
+                   "factors / classkeep (default: "
                    + ", ".join(f"{k} {v}" for k, v in DEFAULT_IMAGES.items()) + ")")
     p.add_argument("--masks", type=positive_int, default=8,
                    help="random masks in transfer / diversity (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random masks (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random masks and of "
+                   "classkeep's classifier (default 0)")
     p.add_argument("--sum", default="codes", choices=("codes", "outputs"),
                    help="compose's corners: sum the masked secondary codes before f (codes, "
                    "default) or f's outputs (outputs)")
     p.add_argument("--scale", type=positive_int, default=3, help="integer upscaling (default 3)")
+    p.add_argument("--bins", type=positive_int, default=8,
+                   help="factors: equal-count bins per continuous factor (default 8)")
+    p.add_argument("--train-images", type=positive_int, default=10_000,
+                   help="classkeep: training images of the classifier (default 10000)")
+    p.add_argument("--classifier-steps", type=positive_int, default=600,
+                   help="classkeep: training steps of the classifier (default 600)")
     p.add_argument("--out", default="runs/analyze", help="output folder (default runs/analyze)")
     add_overwrite(p)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    for path in analyze(args.checkpoint, args.what, out=args.out, images=args.images,
-                        masks=args.masks, seed=args.seed, sum_mode=args.sum, scale=args.scale,
-                        overwrite=args.overwrite):
+    options = AnalysisOptions(images=args.images, masks=args.masks, seed=args.seed,
+                              sum_mode=args.sum, scale=args.scale, bins=args.bins,
+                              train_images=args.train_images,
+                              classifier_steps=args.classifier_steps)
+    for path in analyze(args.checkpoint, args.what, args.out, options, args.overwrite):
+        if path.suffix == ".json":  # a measure: its numbers, then where they are kept
+            print(path.read_text(), end="")
         print(f"written: {path}")
     return 0
 
@@ -148,14 +161,20 @@ TABLE = (
         "  mvq reproduce table1 --scale paper --dataset cifar10 --data-root "
         "/data/cifar-10-batches-py"),
     Command(
-        "analyze", "labelled grids of what MVQ's mask dimensions learned (paper Figs. 2, 6, 8)",
+        "analyze", "labelled grids of what MVQ's mask dimensions learned (paper Figs. 2, 6, 8), "
+        "and two measures of it (factors, classkeep)",
         "From an MVQ checkpoint (mvqvae or mvqgan), write OUT/<what>.png for each "
         "analysis: dims (each mask dimension on / off, Fig. 2), transfer (masked configurations "
         "of one primary code on others, Fig. 6a / 9), compose (3x3 additive composition, Fig. "
-        "6b), diversity (random masks of one (e, e'), Fig. 8).",
+        "6b), diversity (random masks of one (e, e'), Fig. 8); and OUT/<what>.json (also "
+        "printed) for each measure: factors (how much single secondary-code dimensions tell "
+        "about the shapes set's factors; also for hvqvae, model trained on data.name=shapes), "
+        "classkeep (how often a transfer keeps the target's class, by a small CNN trained on "
+        "the training images).",
         _analyze_arguments, cmd_analyze,
-        epilog="example:\n  mvq analyze --checkpoint runs/demo/mvqvae/checkpoint "
-        "--what dims transfer compose diversity --out docs/analysis"),
+        epilog="examples:\n  mvq analyze --checkpoint runs/demo/mvqvae/checkpoint "
+        "--what dims transfer compose diversity --out docs/analysis\n"
+        "  mvq analyze --checkpoint runs/demo/mvqvae/checkpoint --what classkeep --images 1000"),
     Command(
         "explore", "a local web page to toggle an MVQ code's mask bits and see the decode",
         "Serve a page on http://127.0.0.1:PORT/ (this machine only): pick a test "

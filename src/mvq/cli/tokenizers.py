@@ -56,9 +56,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
     cfg = load_config(args.config, overrides)
-    if args.config and not any(o.startswith("train.out_dir=") for o in overrides):
-        if cfg.train.out_dir == "runs/train":
-            cfg.train.out_dir = f"runs/{Path(args.config).stem}"
+    named = any(o.startswith("train.out_dir=") for o in overrides)
+    if args.config and not named and cfg.train.out_dir == "runs/train":
+        cfg.train.out_dir = f"runs/{Path(args.config).stem}"
     ignored: list[str] = []
     if args.resume:  # the run's own config, changed only where this command line says
         cfg, ignored = run_config(cfg, overrides)
