@@ -117,3 +117,7 @@ def transfer_class_rates(checkpoint: str | Path, n: int = 1000, train_images: in
     x, y = split_images(cfg, "test", n)
     return {"checkpoint": str(checkpoint), "train_images": train_images,
             "classifier_steps": steps, **class_keeping(model, net, x, y, targets_of(y))}
+
+
+if __name__ == "__main__":  # the former mini-CLI: say where it went
+    raise SystemExit("python -m mvq.analysis.classkeep is gone: use `mvq analyze --what classkeep --checkpoint CKPT`")

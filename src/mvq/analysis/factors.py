@@ -93,3 +93,7 @@ def score_checkpoint(checkpoint: str, n: int = 2000, bins: int = 8) -> dict:
     dims = code_dimensions(codes, model.codebook_sizes[-1])
     return {"checkpoint": checkpoint, "model": info["model_type"], "n": len(x),
             "dimensions": int(dims.shape[1]), "scores": factor_scores(dims, factors)}
+
+
+if __name__ == "__main__":  # the former mini-CLI: say where it went
+    raise SystemExit("python -m mvq.analysis.factors is gone: use `mvq analyze --what factors --checkpoint CKPT`")
