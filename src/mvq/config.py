@@ -15,9 +15,10 @@ from pathlib import Path
 import yaml
 
 from mvq import presets
-from mvq.devices import check_device
+from mvq.devices import check_device, pick_device
 from mvq.errors import MvqError
 from mvq.fields import ANY, Range, at_least, build_checked, one_of, positive, unit_interval
+from mvq.memory import check_fits
 
 MODEL_TYPES = ("vqvae", "hvqvae", "mvqvae", "hvqgan", "mvqgan", "movq")
 GAN_TYPES = ("hvqgan", "mvqgan", "movq")  # trained with the VQGAN loss (LPIPS + PatchGAN)
@@ -158,22 +159,79 @@ def _build(cls, values: dict, where: str):
     return build_checked(cls, values, where, _ranges(cls))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML without aliases (an alias bomb expands to gigabytes when the config is copied) and
+    without duplicate keys (YAML keeps the last one: a section written twice loses the first)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise MvqError(f"{mark.name}, line {mark.line + 1}: YAML aliases (*name) are not "
+                           "accepted in mvq configs; write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                raise MvqError(f"{key_node.start_mark.name}, line {key_node.start_mark.line + 1}: "
+                               f"a config key must be a name, found {key!r}")
+            if key in seen:
+                raise MvqError(f"{key_node.start_mark.name}, line {key_node.start_mark.line + 1}: "
+                               f"key {key!r} appears twice in one mapping; keep one (YAML would "
+                               "silently drop the first)")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str):
+    """The value of YAML ``text`` (aliases and duplicate keys refused); MvqError naming
+    ``where`` when it is not valid YAML."""
+    loader = _StrictLoader(text)
+    loader.name = where
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise MvqError(f"{where} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except RecursionError:
+        raise MvqError(f"{where} nests too deeply to be a config; write it flat") from None
+    finally:
+        loader.dispose()
+
+
+def check_model(model) -> None:
+    """Checks across the model keys: two-codebook models split K evenly (K/2 each), and every
+    codebook has at least two entries (a one-entry codebook is a 0-bit code)."""
+    k, kind = model.codebook_size, model.type
+    if kind in ("vqvae", "movq"):
+        if k < 2:
+            raise MvqError(f"model.codebook_size must be >= 2 for {kind} (one entry is a 0-bit "
+                           f"code), found {k}; set model.codebook_size=16 or more")
+    elif k < 4 or k % 2:
+        raise MvqError(f"model.codebook_size is K, split into two codebooks of K/2 for {kind}: "
+                       f"expected an even K >= 4, found {k}; set model.codebook_size="
+                       f"{max(4, k + k % 2)}")
+
+
 def config_from_dict(data: dict) -> Config:
     if not isinstance(data, dict):
         raise MvqError(f"a config must be a mapping with sections {list(_SECTIONS)}, got {type(data).__name__}")
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise MvqError(f"unknown config section '{unknown[0]}': valid sections are {', '.join(_SECTIONS)}")
-    model_type = (data.get("model") or {}).get("type", ModelConfig.type)
-    if model_type not in MODEL_TYPES:
-        raise MvqError(f"model.type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
-    classes = {**_SECTIONS, "model": _model_config_cls(model_type), "loss": _loss_config_cls()}
-    data = _upgrade(data)
-    for name in classes:
+    for name in _SECTIONS:
         if not isinstance(data.get(name) or {}, dict):
             raise MvqError(f"config section '{name}' must be a mapping of key: value, found "
-                           f"{data[name]!r}; write it as {name}: {{key: value, ...}}")
-    return Config(**{name: _build(cls, data.get(name) or {}, name) for name, cls in classes.items()})
+                           f"{data[name]!r:.80}; write it as {name}: {{key: value, ...}}")
+    model_type = (data.get("model") or {}).get("type", ModelConfig.type)
+    if model_type not in MODEL_TYPES:
+        raise MvqError(f"model.type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r:.80}")
+    classes = {**_SECTIONS, "model": _model_config_cls(model_type), "loss": _loss_config_cls()}
+    data = _upgrade(data)
+    cfg = Config(**{name: _build(cls, data.get(name) or {}, name) for name, cls in classes.items()})
+    check_model(cfg.model)
+    return cfg
 
 
 def _upgrade(data: dict) -> dict:
@@ -195,7 +253,10 @@ def _upgrade(data: dict) -> dict:
 def check_section(section, where: str):
     """A config section built in Python (``ModelConfig(...)``, ``MoVQConfig(...)``, ...) coerced
     and range-checked exactly as a loaded one is; returns the checked copy, or MvqError."""
-    return _build(type(section), json.loads(json.dumps(asdict(section))), where)
+    checked = _build(type(section), json.loads(json.dumps(asdict(section))), where)
+    if where == "model":
+        check_model(checked)
+    return checked
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -205,7 +266,11 @@ def config_to_dict(cfg: Config) -> dict:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `section.key=value` strings (values parsed as YAML) to a config dict."""
-    data = json.loads(json.dumps(data))
+    try:
+        data = json.loads(json.dumps(data))
+    except (TypeError, ValueError) as err:  # YAML dates, sets, binary: no config value is one
+        raise MvqError(f"a config value is not plain data ({err}); write numbers, text, "
+                       "true/false or lists") from None
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise MvqError(f"override {item!r} must look like section.key=value (e.g. train.steps=500)")
@@ -214,7 +279,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         data.setdefault(section, {})
         if data[section] is None:
             data[section] = {}
-        data[section][name] = yaml.safe_load(raw)
+        if not isinstance(data[section], dict):
+            raise MvqError(f"override {item!r}: config section '{section}' is "
+                           f"{type(data[section]).__name__}, not a mapping of key: value")
+        data[section][name] = parse_yaml(raw, f"override {item!r}")
     return data
 
 
@@ -239,11 +307,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     ``section.key=value`` overrides."""
     data: dict = {}
     if path is not None:
-        path = resolve_config(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise MvqError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        data = read_yaml_config(resolve_config(path))
     return config_from_dict(apply_overrides(data, overrides or []))
 
 
@@ -290,6 +354,25 @@ def resume_changes(saved: Config, new: Config, where: str) -> list[tuple[str, ob
                         "start a new run (--overwrite, or another train.out_dir)")
 
 
+def read_yaml_config(path: Path) -> dict:
+    """The mapping of sections in the YAML file ``path`` (empty file: {}); MvqError when it is
+    not UTF-8 text, not valid YAML, or not a mapping."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MvqError(f"{path} is not UTF-8 text (byte {err.start}); save the config as "
+                       "UTF-8") from None
+    except OSError as err:
+        raise MvqError(f"cannot read config {path}: {err.strerror}") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MvqError(f"{path} must hold a mapping of sections ({', '.join(_SECTIONS)}), "
+                       f"found a YAML {type(data).__name__}; write e.g. 'train: {{steps: 100}}'")
+    return data
+
+
 def model_hash(model: ModelConfig) -> str:
     """Short hash of the architecture config (tags codes and token files)."""
     blob = json.dumps(asdict(model), sort_keys=True).encode()
@@ -326,4 +409,33 @@ def check_ready(cfg: Config) -> None:
     canonical_name(cfg.data.name)
     if not cfg.train.out_dir.strip():
         raise MvqError("train.out_dir is empty: set train.out_dir=FOLDER")
+    check_training_sizes(cfg)
     check_writable(cfg.train.out_dir, "train.out_dir")
+
+
+def check_training_sizes(cfg: Config) -> None:
+    """What training would meet only at its first step: fp16 without a GPU, a batch of one image
+    (BatchNorm normalises over the batch), and MH-Dropout's J hypotheses per image exceeding
+    the device's free memory."""
+    device = pick_device(cfg.train.device)
+    if cfg.train.precision == "fp16" and device.type != "cuda":  # before anything is written
+        raise MvqError(f"train.precision=fp16 needs a CUDA GPU, this run is on {device.type}; "
+                       "use train.precision=bf16 (or fp32) on a CPU")
+    batch = min(cfg.train.batch_size, cfg.data.train_limit or cfg.train.batch_size)
+    if batch < 2:
+        raise MvqError(f"training needs batches of at least 2 images (BatchNorm normalises over "
+                       f"the batch), found train.batch_size={cfg.train.batch_size}, "
+                       f"train_limit={cfg.data.train_limit}; set both to 2 or more")
+    m = cfg.model
+    if m.type in ("mvqvae", "mvqgan"):
+        # torch.rand of (B, J, D') masks (4 bytes each, 1 more as bool), the J_eval bank, and
+        # one chunk of f's outputs (B * chunk, D, g, g) in fp32
+        grid = max(1, m.image_size // m.factor)
+        chunk = min(m.chunk_size, m.num_masks)
+        need = (5 * cfg.train.batch_size * m.num_masks * m.dim2
+                + 5 * (m.eval_masks or m.num_masks) * m.dim2
+                + 4 * 3 * cfg.train.batch_size * chunk * (m.dim2 + m.dim * grid * grid))
+        check_fits(need, f"MH-Dropout with model.num_masks={m.num_masks} (J), "
+                   f"eval_masks={m.eval_masks}, chunk_size={m.chunk_size} at batch "
+                   f"{cfg.train.batch_size}", "lower model.num_masks / model.chunk_size or "
+                   "train.batch_size", device)

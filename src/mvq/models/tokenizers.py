@@ -67,6 +67,7 @@ class Tokenizer(Pretrained, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.geo = geometry(cfg.factor, cfg.image_size)
+        self.register_forward_pre_hook(_check_forward)  # model(x): every tokenizer, under DDP too
 
     # token accounting ------------------------------------------------------
     @property
@@ -152,6 +153,23 @@ class Tokenizer(Pretrained, nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """encode -> decode, clamped to [0, 1]."""
         return self.decode(self.encode(x)).clamp(0, 1)
+
+
+def _check_forward(model: Tokenizer, args: tuple) -> None:
+    """The training forward's input: images (B, C, S, S), finite and in [0, 1] (a NaN pixel
+    would give a NaN loss), B >= 1, and B >= 2 in training mode when the model has BatchNorm
+    (batch statistics of one image are undefined)."""
+    x = args[0] if args else None
+    check_images(x, model.cfg.channels, model.cfg.image_size, model.cfg.type, values=True)
+    if len(x) == 0:
+        raise MvqError(f"this {model.cfg.type} tokenizer's forward needs at least one image, "
+                       "found an empty batch; encode() takes empty batches")
+    if model.training and len(x) < 2 and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise MvqError(f"a {model.cfg.type} tokenizer in training mode needs batches of at "
+                       "least 2 images (its BatchNorm layers normalise over the batch), found 1; "
+                       "raise train.batch_size (and train.train_limit) to 2 or more, or call "
+                       "model.eval() first")
 
 
 def _vq_settings(cfg: ModelConfig) -> dict:

@@ -10,12 +10,14 @@ by J), then f runs once more with autograd on the winning mask. The gradient equ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvq.memory import check_fits
 from mvq.quantize.vq import QuantizeOutput, VectorQuantizer
 
 
@@ -81,6 +83,8 @@ class MaskedQuantizer(nn.Module):
     ) -> torch.Tensor:
         """(batch, j, D', H', W') bool masks, each bit Bernoulli(0.5)."""
         shape = (batch, j, *like.shape[1:])
+        check_fits(5 * math.prod(shape), f"{batch} x {j} MH-Dropout masks of {like.shape[1:].numel()} "
+                   "bits", "lower num_masks / eval_masks or the batch size", like.device)
         rand = torch.rand(shape, generator=generator, device="cpu" if generator else like.device)
         return (rand < 0.5).to(like.device)
 

@@ -426,6 +426,9 @@ def default_seeds(experiment: str, scale: str) -> int:
     return 3 if experiment in THREE_SEEDS else 2 if scale == "quick" else 1
 
 
+MAX_SEEDS = 20  # the papers report 1-5 seeds; more is a typo, not a plan
+
+
 def build_plan(experiment: str, scale: str = "quick", seeds: int | None = None,
                dataset: str | None = None) -> Plan:
     if experiment not in EXPERIMENTS or EXPERIMENTS[experiment] is None:
@@ -435,6 +438,7 @@ def build_plan(experiment: str, scale: str = "quick", seeds: int | None = None,
         raise MvqError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if seeds is None:
         seeds = default_seeds(experiment, scale)
-    if seeds < 1:
-        raise MvqError(f"--seeds must be >= 1, got {seeds}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+        raise MvqError(f"--seeds must be an integer in [1, {MAX_SEEDS}] (each seed trains every "
+                       f"run of the plan once more), got {seeds!r}")
     return EXPERIMENTS[experiment](scale, seeds, dataset)
