@@ -23,6 +23,7 @@ from torch import nn
 from mvq import checkpoint
 from mvq._version import __version__
 from mvq.codes import Codes
+from mvq.decoding import check_sampling
 from mvq.errors import MvqError
 from mvq.pretrained import Pretrained
 
@@ -48,6 +49,22 @@ def layout_of(codes: Codes) -> str:
             raise MvqError("codes carry mask bits without secondary ids: no known layout")
         return "single-channel"
     return "two-level" if codes.mask is None else "two-level+mask"
+
+
+def _check_ids(ids, name: str, k: int, n: int | None, kind: str) -> None:
+    if not isinstance(ids, torch.Tensor) or ids.dtype == torch.bool or ids.is_floating_point() \
+            or ids.is_complex():
+        found = type(ids).__name__ if not isinstance(ids, torch.Tensor) else str(ids.dtype)
+        raise MvqError(f"the {kind} prior takes integer {name} ids, found {found}; pass the ids "
+                       "a tokenizer's encode() returned")
+    if ids.dim() < 1 or (n is not None and ids.shape[0] != n):
+        raise MvqError(f"{name} ids have shape {tuple(ids.shape)}, expected {n} items")
+    if not ids.numel():
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= k:
+        raise MvqError(f"{name} ids span [{lo}, {hi}], this {kind} prior's codebook is "
+                       f"[0, {k}); codes from a tokenizer with another codebook size?")
 
 
 class Prior(Pretrained, nn.Module):
@@ -136,7 +153,46 @@ class Prior(Pretrained, nn.Module):
                generator: torch.Generator | None = None, **decoding) -> Codes:
         raise NotImplementedError
 
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        """(K1,) or (K1, K2): the ids this prior models per code level."""
+        raise NotImplementedError
+
     # helpers for subclasses ------------------------------------------------------------
+    def check_codes(self, codes: Codes) -> Codes:
+        """MvqError unless ``codes`` is a non-empty batch of `Codes` whose ids lie in this
+        prior's codebooks and whose mask bits (if any) are 0/1, all with one batch size.
+        Shapes are each prior's own check. Called first by ``loss`` (so by ``nll``)."""
+        if not isinstance(codes, Codes):
+            raise MvqError(f"the {self.kind} prior takes mvq.Codes, found "
+                           f"{type(codes).__name__}; wrap ids as mvq.codes.Codes(primary, ...)")
+        _check_ids(codes.primary, "primary", self.codebook_sizes[0], None, self.kind)
+        n = len(codes)
+        if n == 0:
+            raise MvqError(f"the {self.kind} prior got an empty batch of codes: pass at least "
+                           "one item")
+        if codes.secondary is not None and len(self.codebook_sizes) > 1:
+            _check_ids(codes.secondary, "secondary", self.codebook_sizes[1], n, self.kind)
+        mask = codes.mask
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape[:1] != (n,) or (
+                mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()))):
+            raise MvqError(f"mask bits must be a bool or 0/1 tensor of {n} items, found "
+                           f"{getattr(mask, 'dtype', type(mask).__name__)} "
+                           f"{tuple(getattr(mask, 'shape', ()))}")
+        return codes
+
+    def check_sample(self, n: int, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None) -> None:
+        """MvqError unless ``n`` is an integer >= 1 and the decoding options are valid for this
+        prior (`check_sampling` with its largest codebook). Called first by ``sample``."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise MvqError(f"the {self.kind} prior samples n >= 1 items, got n={n!r}")
+        check_sampling(temperature, top_k, top_p)
+        vocab = max(self.codebook_sizes)
+        if top_k is not None and top_k > vocab:
+            raise MvqError(f"top_k={top_k} exceeds the {vocab} ids of this prior's largest "
+                           f"codebook; use top_k <= {vocab}, or None to keep every id")
+
     def check_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
         """(n,) int64 class ids on the prior's device, or None for an unconditional prior."""
         if not self.num_classes:

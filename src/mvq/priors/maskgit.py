@@ -219,6 +219,10 @@ class MaskGITPrior(Prior):
         return cls(tuple(codes.primary.shape[1:]), codebook_sizes(codes)[0], sizes,
                    num_classes, meta=codes.meta)
 
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return (self.net.cfg.vocab_size,)
+
     def config(self) -> dict:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._kwargs.items()}
 
@@ -234,7 +238,7 @@ class MaskGITPrior(Prior):
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training: masked-token cross entropy at a random cosine-schedule ratio (torch's global
         RNG, checkpointed by the engine); in eval mode the fixed `nll` mask."""
-        ids = self._ids(codes)
+        ids = self._ids(self.check_codes(codes))
         cond = self.check_labels(labels, len(codes))
         mask = None if self.training else self._nll_mask(ids)
         loss, _ = self.net.loss(ids, cond, mask=mask)
@@ -256,13 +260,17 @@ class MaskGITPrior(Prior):
         """n codes, primary (n, H, W) or (n, H, W, c), decoded in `steps` parallel steps
         (default 12, capped at the token count) with confidence noise `choice_temperature`
         (default 4.5)."""
+        self.check_sample(n, temperature, top_k, top_p)
         cond = self.check_labels(labels, n)
         total = math.prod(self.shape)
         steps = min(self.DEFAULT_STEPS, total) if steps is None else steps
-        if not 1 <= steps <= total:
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= total:
             raise MvqError(f"MaskGIT steps must be in [1, {total}] ({total} tokens per item, "
                            f"at least one revealed per step), got {steps}")
         choice = self.CHOICE_TEMPERATURE if choice_temperature is None else choice_temperature
+        if isinstance(choice, bool) or not isinstance(choice, (int, float)) \
+                or not math.isfinite(choice) or choice < 0:
+            raise MvqError(f"choice_temperature must be a finite number >= 0, got {choice!r}")
         ids = self.net.generate(n, steps, temperature, choice, cond, self.new_generator(generator),
                                 top_k=top_k, top_p=top_p)
         return Codes(ids.reshape(n, *self.shape), meta=dict(self.meta))

@@ -255,6 +255,11 @@ class PixelCNNPrior(Prior):
             return config  # today's form, or not a config at all (the constructor says why)
         return {**config, "sizes": {"conditioning": "average", **(sizes or {})}}
 
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        first = (self.primary.vocab_size,)
+        return first if self.secondary is None else (*first, self.secondary.vocab_size)
+
     def config(self) -> dict:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._kwargs.items()}
 
@@ -274,7 +279,7 @@ class PixelCNNPrior(Prior):
 
     def loss(self, codes: Codes, labels: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        self._check(codes)
+        self._check(self.check_codes(codes))
         cond = self.check_labels(labels, len(codes))
         parts = {"primary": self.primary.loss(codes.primary, cond)}
         if self.secondary is not None:
@@ -287,6 +292,7 @@ class PixelCNNPrior(Prior):
                generator: torch.Generator | None = None, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None) -> Codes:
         """n codes drawn position by position: primary grid, then secondary given primary."""
+        self.check_sample(n, temperature, top_k, top_p)
         cond = self.check_labels(labels, n)
         generator = self.new_generator(generator)
         opts = dict(temperature=temperature, top_k=top_k, top_p=top_p, cond=cond,

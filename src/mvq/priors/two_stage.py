@@ -70,6 +70,10 @@ class MVQPrior(Prior):
                                            **sizes["secondary"], num_classes=num_classes,
                                            dropout=dropout))
 
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return (self.k1, self.k2) if self.s2 else (self.k1,)
+
     def config(self) -> dict:
         """JSON-able constructor arguments: ``MVQPrior(**prior.config())`` rebuilds it."""
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._kwargs.items()}
@@ -105,7 +109,7 @@ class MVQPrior(Prior):
         `nll` reports the same parts: 'secondary' only for two-level codes; mask bits carry no
         likelihood.
         """
-        self._check(codes)
+        self._check(self.check_codes(codes))
         cond = self.check_labels(labels, len(codes))
         p = codes.primary.reshape(len(codes), -1)
         _, loss1 = self.primary(p, targets=p, cond=cond)
@@ -129,6 +133,7 @@ class MVQPrior(Prior):
         Tokens and masks come from one torch.Generator (seeded by `seed` unless given), so the
         same seed reproduces the same codes.
         """
+        self.check_sample(n, temperature, top_k, top_p)
         cond = self.check_labels(labels, n)
         generator = self.new_generator(generator, 0 if seed is None else seed)
         was = self.training
