@@ -24,12 +24,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mvq._version import __version__
 from mvq.config import Config, config_to_dict
 from mvq.errors import MvqError
-from mvq.outputs import CHECKPOINT_FILES
+from mvq.jsonio import loads_object
+from mvq.outputs import CHECKPOINT_FILES, save_safetensors, write_failure
 
 FORMAT = "mvq-checkpoint-v1"  # tokenizers
 PRIOR_FORMAT = "mvq-prior-v1"  # priors
@@ -63,7 +64,7 @@ def save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> Non
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise NonFiniteError(f"non-finite values in {k}: {path.name} not written")
         out[k] = v
-    save_file(out, str(path), metadata=metadata)
+    save_safetensors(out, path, metadata)
 
 
 def _sha256(path: Path) -> str:
@@ -110,13 +111,24 @@ def read_manifest(folder: Path) -> dict | None:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_text())
-        int(manifest["step"]), dict(manifest["files"])
-    except (ValueError, KeyError, TypeError):
-        raise MvqError(f"{path} is damaged (not a checkpoint manifest); use an earlier "
-                       "checkpoint or train again") from None
+    fix = "use an earlier checkpoint or train again"
+    manifest = read_json(path)
+    step, files = manifest.get("step"), manifest.get("files")
+    entries = files.items() if isinstance(files, dict) else ()
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0 or not entries or not all(
+            _manifest_entry(name, entry) for name, entry in entries):
+        raise MvqError(f"{path} is damaged (expected {{step: N >= 0, files: {{name: {{bytes, "
+                       f"sha256}}}}}} naming files of its own folder); {fix}")
     return manifest
+
+
+def _manifest_entry(name, entry) -> bool:
+    """True when a manifest entry names a plain file of its folder with a size and a sha256."""
+    return (isinstance(name, str) and name not in ("", ".", "..", MANIFEST) and "/" not in name
+            and os.sep not in name and "\0" not in name and isinstance(entry, dict)
+            and isinstance(entry.get("bytes"), int) and not isinstance(entry["bytes"], bool)
+            and entry["bytes"] >= 0 and isinstance(entry.get("sha256"), str)
+            and len(entry["sha256"]) == 64)
 
 
 def verify(folder: str | Path) -> None:
@@ -147,7 +159,7 @@ def _step_of(folder: Path) -> int | None:
         return int(manifest["step"]) if whole else None
     try:  # a checkpoint from before manifests
         return int(json.loads((folder / "config.json").read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -283,6 +295,15 @@ def writing(target: str | Path, step: int, keep: int = 1, run: str | None = None
             time.sleep(float(os.environ[SLOW_WRITE_ENV]))
         os.rename(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as err:  # a JSON file or a rename on a full disk
+        need = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file()) + (1 << 16)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(target, err, need) from None
+    except MvqError as err:  # name the checkpoint, not the hidden folder just removed
+        shutil.rmtree(tmp, ignore_errors=True)
+        if str(tmp) not in str(err):
+            raise
+        raise type(err)(str(err).replace(str(tmp), str(target))) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -369,18 +390,16 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, cfg: Config, 
 
 
 def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; MvqError naming the file when it is not one."""
+    """A JSON object from ``path``; MvqError naming the file when it is not one (malformed,
+    nested too deeply, not UTF-8, or not an object)."""
     try:
-        info = json.loads(path.read_text())
+        text = path.read_bytes()
     except FileNotFoundError:
         raise MvqError(f"{path} is missing") from None
-    except json.JSONDecodeError as err:
-        raise MvqError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
-    except UnicodeDecodeError:
-        raise MvqError(f"{path} is not a text file: the checkpoint is damaged") from None
-    if not isinstance(info, dict):
-        raise MvqError(f"{path} holds {type(info).__name__}, expected a JSON object")
-    return info
+    except OSError as err:
+        raise MvqError(f"{path} cannot be read ({err.strerror})") from None
+    return loads_object(text, str(path), "the checkpoint is damaged: use an earlier one or "
+                        "train again")
 
 
 def read_info(directory: str | Path) -> dict:
@@ -392,16 +411,24 @@ def read_info(directory: str | Path) -> dict:
         raise MvqError(f"{directory} is not an mvq checkpoint: it needs config.json and model.safetensors")
     info = read_json(path)
     if info.get("format") != FORMAT:
-        raise MvqError(f"{path} has format {info.get('format')!r}, expected {FORMAT!r}")
+        raise MvqError(f"{path} has format {info.get('format')!r:.80}, expected {FORMAT!r}")
+    if not isinstance(info.get("config"), dict):
+        raise MvqError(f"{path} holds no config section (a mapping of the run's settings): the "
+                       "checkpoint is damaged; use an earlier one or train again")
     return info
 
 
 def load_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """A safetensors file's tensors; MvqError naming the file when it is not one."""
     try:
-        return load_file(str(path), device=device)
+        tensors = load_file(str(path), device=device)
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
         raise MvqError(f"{path} is damaged or not a safetensors file ({err})") from None
+    for name, t in tensors.items():  # mvq never writes these (save_tensors refuses them)
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise MvqError(f"{path} holds NaN or infinite values in {name}: the weights are "
+                           "damaged or diverged; use an earlier checkpoint or train again")
+    return tensors
 
 
 def fit_weights(module: torch.nn.Module, state: dict, directory: Path, what: str) -> None:

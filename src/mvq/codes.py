@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mvq.errors import MvqError
-from mvq.outputs import atomic_write
+from mvq.jsonio import loads_object
+from mvq.outputs import atomic_write, save_safetensors
 
 
 @dataclass
@@ -59,8 +60,8 @@ class Codes:
         if self.mask is not None:
             tensors["mask"] = self.mask.to(torch.uint8).contiguous().cpu()
         meta = {"mvq_codes": json.dumps(self.meta), **(metadata or {})}
-        atomic_write(path, lambda tmp: save_file(
-            {k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta))
+        atomic_write(path, lambda tmp: save_safetensors(
+            {k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta))
 
     @classmethod
     def read(cls, path: str | Path, what: str = "codes") -> tuple[Codes, dict, dict]:
@@ -78,11 +79,9 @@ class Codes:
             raise MvqError(f"{path} is not a safetensors {what} file ({err})") from None
         if "mvq_codes" not in header or "primary" not in tensors:
             raise MvqError(f"{path} holds no mvq codes (no 'mvq_codes' metadata / 'primary' ids)")
-        try:
-            meta = json.loads(header["mvq_codes"])
-        except json.JSONDecodeError:
-            raise MvqError(f"{path}: its 'mvq_codes' header is not JSON (a damaged file)") from None
-        _check_stored(tensors, meta if isinstance(meta, dict) else {}, path)
+        meta = loads_object(header["mvq_codes"], f"{path}: its 'mvq_codes' header",
+                            "the file is damaged or not written by mvq")
+        _check_stored(tensors, meta, path)
         mask = tensors.pop("mask", None)
         codes = cls(tensors.pop("primary"), tensors.pop("secondary", None),
                     None if mask is None else mask.bool(), meta)
@@ -91,6 +90,9 @@ class Codes:
     @classmethod
     def load(cls, path: str | Path) -> Codes:
         return cls.read(path)[0]
+
+
+MAX_CODEBOOK = 1 << 20  # entries per codebook: MoVQ's largest is 16384
 
 
 def _check_stored(tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
@@ -103,6 +105,12 @@ def _check_stored(tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> N
     primary, secondary, mask = tensors["primary"], tensors.get("secondary"), tensors.get("mask")
     n = primary.shape[0] if primary.dim() else 0
     sizes = meta.get("codebook_sizes") or []
+    levels = 1 if secondary is None else 2
+    if sizes and (not isinstance(sizes, list) or len(sizes) != levels or not all(
+            isinstance(k, int) and not isinstance(k, bool) and 2 <= k <= MAX_CODEBOOK
+            for k in sizes)):
+        raise bad(f"its metadata declares codebook_sizes {sizes!r}, expected {levels} "
+                  f"integer(s) in [2, {MAX_CODEBOOK}] (one per id level)")
     for i, (name, ids) in enumerate((("primary", primary), ("secondary", secondary))):
         if ids is None:
             continue

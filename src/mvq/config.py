@@ -200,6 +200,13 @@ def parse_yaml(text: str, where: str):
         loader.dispose()
 
 
+def codebook_sizes(model) -> list[int]:
+    """Entries per codebook of a model config: [K] for one-codebook models (vqvae, movq),
+    [K/2, K/2] for the two-codebook ones (the paper's convention: K is the total)."""
+    k = model.codebook_size
+    return [k] if model.type in ("vqvae", "movq") else [k // 2, k // 2]
+
+
 def check_model(model) -> None:
     """Checks across the model keys: two-codebook models split K evenly (K/2 each), and every
     codebook has at least two entries (a one-entry codebook is a 0-bit code)."""

@@ -8,12 +8,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 from mvq.errors import MvqError
+from mvq.memory import human
 
 # the files training writes into a checkpoint folder; nothing else may replace them
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "train_state.safetensors",
@@ -36,6 +40,10 @@ def atomic_write(target: str | Path, write: Callable[[Path], None]) -> Path:
         os.replace(tmp, target)
     except OSError as err:
         raise MvqError(f"cannot write {target}: {err.strerror or err}") from None
+    except MvqError as err:  # name the target, not the temporary file removed below
+        if str(tmp) not in str(err):
+            raise
+        raise type(err)(str(err).replace(str(tmp), str(target))) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -134,3 +142,35 @@ def check_outputs(outputs: list[Named], overwrite: bool, inputs: list[Named] = (
     for opt, path in given:
         check_output(path, overwrite, opt, beside_checkpoint)
     return [None if p is None else Path(p) for _, p in outputs]
+
+
+def write_failure(path: str | Path, err: Exception, need: int) -> MvqError:
+    """One line for a write of about ``need`` bytes to ``path`` that failed with ``err``: the
+    file, the space it needs, and why (a full disk, the file size limit, or the OS's words)."""
+    path = Path(path)
+    folder = next((p for p in (path.parent, *path.parents) if p.exists()), Path("."))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    text = getattr(err, "strerror", None) or str(err)
+    if free is not None and free < need:
+        why = f"the disk is full ({human(free)} free)"
+    elif getattr(err, "errno", None) == errno.EFBIG or "File too large" in text or "code: 27" in text:
+        why = "the file size limit (ulimit -f) is lower"
+    else:
+        why = text.splitlines()[0][:200] if text else type(err).__name__
+    return MvqError(f"cannot write {path}: it needs about {human(need)} and {why}; free some "
+                    "space (or raise the limit) or write elsewhere")
+
+
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None
+                     ) -> None:
+    """safetensors' save_file, with a failed write (disk full, ``ulimit -f``) as one MvqError
+    naming the file and the space it needs; a partial file is removed."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as err:  # noqa: BLE001 - SafetensorError wraps the OS error as text
+        Path(path).unlink(missing_ok=True)
+        need = sum(t.numel() * t.element_size() for t in tensors.values()) + 8 + 100 * len(tensors)
+        raise write_failure(path, err, need) from None

@@ -127,7 +127,7 @@ def load(path_or_repo_id: str | Path, device: str = "cpu"):
     kind = info.get("kind")
     if kind is None and info.get("format") == checkpoint.PRIOR_FORMAT:
         kind = "prior"  # priors saved before config.json named their kind
-    if kind not in Pretrained._loaders:
+    if not isinstance(kind, str) or kind not in Pretrained._loaders:
         raise MvqError(f"{folder / 'config.json'} holds kind {kind!r}: expected one of "
                        f"{', '.join(sorted(Pretrained._loaders))} (a folder written by mvq)")
     if not (folder / "model.safetensors").is_file():
@@ -145,8 +145,9 @@ def load_tokenizer(path: str | Path, expect_type: str | None = None, device: str
     if model.checkpoint_info.get("kind") != "tokenizer":
         raise MvqError(f"{path} holds a {type(model).__name__}, not a tokenizer")
     info = model.checkpoint_info
-    if expect_type is not None and info["model_type"] != expect_type:
-        raise MvqError(f"{path} holds a {info['model_type']} checkpoint, expected {expect_type}")
+    if expect_type is not None and info.get("model_type") != expect_type:
+        raise MvqError(f"{path} holds a {str(info.get('model_type'))[:40]} checkpoint, "
+                       f"expected {expect_type}")
     return model, config_from_dict(info["config"]), info
 
 

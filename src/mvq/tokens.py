@@ -16,8 +16,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from mvq.checkpoint import read_json
 from mvq.codes import Codes
+from mvq.config import codebook_sizes, config_from_dict, model_hash
 from mvq.errors import MvqError
+from mvq.jsonio import loads_object
 
 TOKENS_FORMAT = "mvq-tokens-v1"
 
@@ -68,11 +71,50 @@ def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "t
     token_meta = {"format": TOKENS_FORMAT, "model": codes.meta.get("model", cfg.model.type),
                   "config_hash": codes.meta.get("config_hash"),
                   "checkpoint": str(Path(checkpoint)), "data": cfg.data.name, "split": split,
-                  "n": n, "step": info.get("step"),
+                  "n": n, "step": info.get("step"), "num_classes": ds.num_classes,
                   "weights_sha256": tensors_sha256(model)}
     codes.save(out_path, extra={"labels": torch.cat(labels)},
                metadata={"mvq_tokens": json.dumps(token_meta)})
     return out_path
+
+
+REMAKE = "the file is damaged or not written by mvq; make it again with `mvq encode-dataset`"
+MAX_CLASSES = 1 << 16  # a class-conditional prior holds one embedding per class
+
+
+def _check_labels(labels: torch.Tensor | None, meta: dict, path: Path) -> None:
+    """Class labels in [0, num_classes) (the data set's count, recorded by encode_dataset),
+    checked once here rather than per batch while a prior trains."""
+    if labels is None or not labels.numel():
+        return
+    declared = meta.get("num_classes")
+    if declared is not None and (not isinstance(declared, int) or isinstance(declared, bool)
+                                 or not 1 <= declared <= MAX_CLASSES):
+        raise MvqError(f"{path}: its metadata declares num_classes {declared!r}, expected an "
+                       f"integer in [1, {MAX_CLASSES}]; {REMAKE}")
+    top = declared or MAX_CLASSES
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= top:
+        raise MvqError(f"{path}: class labels span [{lo}, {hi}], expected [0, {top}) "
+                       f"({'the data set' if declared else 'at most'} {top} classes); {REMAKE}")
+
+
+def _check_sizes(codes: Codes, meta: dict, path: Path) -> None:
+    """The codebook sizes the file declares against its tokenizer's config, when the
+    checkpoint it names is still there with the same config hash (a file that says 4096 ids
+    for a 16-entry tokenizer would size a prior 256 times too large)."""
+    declared = codes.meta.get("codebook_sizes")
+    ckpt = meta.get("checkpoint")
+    source = Path(str(ckpt)) / "config.json" if ckpt else None
+    if not declared or source is None or not source.is_file():
+        return
+    try:
+        model = config_from_dict(read_json(source)["config"]).model
+    except (MvqError, KeyError, TypeError):
+        return  # an unreadable tokenizer is named where it is loaded, not here
+    if model_hash(model) == codes.meta.get("config_hash") and declared != codebook_sizes(model):
+        raise MvqError(f"{path} declares codebook sizes {declared}, but its tokenizer {ckpt} "
+                       f"(same config hash) has {codebook_sizes(model)}; {REMAKE}")
 
 
 def load_tokens(path: str | Path, expect_hash: str | None = None
@@ -89,7 +131,9 @@ def load_tokens(path: str | Path, expect_hash: str | None = None
     if "mvq_tokens" not in header:
         raise MvqError(f"{path} is not an mvq token file (no 'mvq_tokens' metadata); make one "
                        "with `mvq encode-dataset`")
-    meta = json.loads(header["mvq_tokens"])
+    meta = loads_object(header["mvq_tokens"], f"{path}: its 'mvq_tokens' header", REMAKE)
+    _check_labels(extra.get("labels"), meta, path)
+    _check_sizes(codes, meta, path)
     have = codes.meta.get("config_hash")
     if expect_hash is not None and have != expect_hash:
         raise MvqError(f"token file {path} was made by tokenizer {have}, this tokenizer is "

@@ -201,6 +201,9 @@ def _as_f64(f: np.ndarray | torch.Tensor) -> np.ndarray:
         a = np.asarray(f, np.float64)
     if a.ndim != 2:
         raise MvqError(f"features: expected a 2-d array (N, D), found shape {a.shape}.")
+    if not np.isfinite(a).all():
+        raise MvqError(f"features: expected finite values, found {int((~np.isfinite(a)).sum())} "
+                       "NaN or infinite entries (images with NaN pixels?); clean the input.")
     return a
 
 
@@ -229,6 +232,10 @@ def frechet_distance(
         raise MvqError(
             f"FID: feature dimensions differ ({mu1.shape} vs {mu2.shape}). Use one extractor."
         )
+    if not (np.isfinite(mu1).all() and np.isfinite(mu2).all() and np.isfinite(s1).all()
+            and np.isfinite(s2).all()):
+        raise MvqError("FID: expected finite means and covariances, found NaN or infinite "
+                       "entries (a damaged statistics cache, or NaN features); recompute them.")
     diff = mu1 - mu2
 
     def sqrtm(a: np.ndarray) -> np.ndarray:

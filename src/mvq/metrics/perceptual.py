@@ -118,14 +118,34 @@ class LPIPS(nn.Module):
 _CACHE: dict[tuple[str, str], LPIPS] = {}
 
 
+def _check_unit_images(t, name: str) -> None:
+    """MvqError unless ``t`` is a float tensor with finite values in [0, 1]."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        found = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise MvqError(f"LPIPS: expected {name} as float images in [0, 1], found {found}; "
+                       "divide 0..255 pixels by 255.0")
+    if t.numel() == 0:
+        raise MvqError(f"LPIPS: {name} is an empty batch; pass at least one image")
+    if not bool(torch.isfinite(t).all()):
+        raise MvqError(f"LPIPS: {name} holds NaN or infinite pixels; clean the input")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0 or hi > 1:
+        hint = "divide 0..255 pixels by 255.0" if hi > 1.5 else "clamp them to [0, 1]"
+        raise MvqError(f"LPIPS: expected {name} in [0, 1], found values in [{lo:g}, {hi:g}]; "
+                       f"{hint}")
+
+
 def lpips_distance(
     x: torch.Tensor, y: torch.Tensor, net: str = "alex", batch_size: int = 64
 ) -> torch.Tensor:
     """Per-image LPIPS (B,) with a shared, memoised module on the inputs' device (no grad).
 
     Images under :data:`LPIPS_MIN_SIDE` px are resized up first, as ``mvq evaluate`` does
-    (:func:`lpips_resize`), with a warning that says so.
+    (:func:`lpips_resize`), with a warning that says so. Images are float in [0, 1];
+    anything else (0-255 pixels, NaN) is refused, not scored.
     """
+    for name, t in (("x", x), ("y", y)):
+        _check_unit_images(t, name)
     if x.ndim == 4 and x.shape == y.shape:
         (x, note), (y, _) = lpips_resize(x), lpips_resize(y)
         if note != "none":

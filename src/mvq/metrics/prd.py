@@ -35,6 +35,9 @@ def cluster_histograms(
 
     # generated rows first, as the reference stacks them (mini-batch k-means sees rows in order)
     data = torch.cat([fake, real]).detach().cpu().double().numpy()
+    if not np.isfinite(data).all():
+        raise MvqError("PRD: expected finite features, found NaN or infinite entries; clean "
+                       "the input.")
     if len(data) < num_clusters:
         raise MvqError(f"PRD: expected at least {num_clusters} features for {num_clusters} "
                        f"clusters, found {len(data)}. Use more images.")
@@ -96,6 +99,9 @@ def prd_from_features(
             f"PRD: expected features (N, D) and (M, D), found {tuple(r.shape)} and "
             f"{tuple(f.shape)}."
         )
+    if not (bool(torch.isfinite(r).all()) and bool(torch.isfinite(f).all())):
+        raise MvqError("PRD: expected finite features, found NaN or infinite entries (images "
+                       "with NaN pixels?); clean the input.")
     if enforce_balance and len(r) != len(f):
         raise MvqError(
             f"PRD: expected as many generated as real features, found {len(f)} vs {len(r)}. "
