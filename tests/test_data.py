@@ -195,12 +195,14 @@ def _save(path, size=(40, 20), color=(255, 0, 0), mode="RGB"):
 
 
 def test_folder_skips_corrupt(tmp_path, capsys):
-    _save(tmp_path / "cats" / "a.png", color=(255, 0, 0))
-    _save(tmp_path / "cats" / "b.JPG", color=(0, 255, 0))
-    _save(tmp_path / "dogs" / "deep" / "c.bmp", color=(0, 0, 255))
-    (tmp_path / "dogs" / "bad.png").write_bytes(b"not an image at all")
-    (tmp_path / "cats" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    (tmp_path / "notes.txt").write_text("ignored")
+    train = tmp_path / "train"
+    _save(train / "cats" / "a.png", color=(255, 0, 0))
+    _save(train / "cats" / "b.JPG", color=(0, 255, 0))
+    _save(train / "dogs" / "deep" / "c.bmp", color=(0, 0, 255))
+    (train / "dogs" / "bad.png").write_bytes(b"not an image at all")
+    (train / "cats" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (train / "notes.txt").write_text("ignored")
+    _save(tmp_path / "test" / "cats" / "t.png")
     ds = build_dataset("folder", root=str(tmp_path), size=16)
     assert len(ds) == 3 and ds.skipped == 2
     assert ds.classes == ["cats", "dogs"] and ds.num_classes == 2
@@ -218,7 +220,9 @@ def test_folder_skips_corrupt(tmp_path, capsys):
 def test_folder_resize_crop_and_root_images(tmp_path):
     img = Image.new("L", (60, 30), 0)  # wide: left third black, middle white, right black
     img.paste(255, (20, 0, 40, 30))
-    img.save(tmp_path / "x.png")
+    (tmp_path / "train").mkdir()
+    img.save(tmp_path / "train" / "x.png")
+    _save(tmp_path / "test" / "y.png")
     ds = build_dataset("folder", root=str(tmp_path), size=12)
     assert ds.channels == 1 and ds.classes == ["."] and ds.num_classes == 1
     x, y = ds[0]
@@ -246,7 +250,7 @@ def test_folder_errors(tmp_path):
     bad.mkdir()
     for i in range(3):
         (bad / f"{i}.png").write_bytes(b"\x89PNG broken" * i)
-    with pytest.raises(MvqError, match="none of the 3 image file"):
+    with pytest.raises(MvqError, match="none of the 2 image file"):  # 1 of 3 held out
         build_dataset("folder", root=str(bad))
 
 

@@ -148,6 +148,9 @@ class TensorImageDataset(ImageDataset):
             )
         if labels.shape != (images.shape[0],):
             raise ValueError(f"expected {images.shape[0]} labels, got shape {tuple(labels.shape)}")
+        if images.shape[0] == 0:
+            raise MvqError(f"the {split} split of {self.name} holds no images (its files are "
+                           "empty); replace them, or point --data-root at a complete copy")
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
         self.images = images

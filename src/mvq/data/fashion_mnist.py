@@ -72,44 +72,57 @@ def fashion_mnist_available(root: str | None = None) -> bool:
     return root is not None and os.path.isdir(root) and _has_all_files(root)
 
 
-def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file name says
-            raw = gzip.decompress(raw)
-        return raw
-    except (OSError, EOFError, zlib.error) as exc:
-        raise MvqError(
-            f"could not read Fashion-MNIST file {path}: {exc}; expected an idx file "
-            f"(gzip or plain); re-install or replace it ({INSTALL_HINT})"
-        ) from exc
+MAX_IDX_BYTES = 1 << 28  # 256 MiB: Fashion-MNIST's largest file inflates to 47 MB
+
+
+def _bad(path: str, problem: str) -> MvqError:
+    return MvqError(f"Fashion-MNIST file {path} {problem}; replace it ({INSTALL_HINT})")
+
+
+def _gzip_size(path: str) -> int | None:
+    """The inflated size a gzip file declares in its trailer (mod 2**32); None when plain."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return None
+        f.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", f.read(4))[0]
 
 
 def _parse_idx(path: str, magic: int, ndim: int) -> np.ndarray:
-    """Parse one idx file of unsigned bytes; returns a uint8 array of ``ndim`` dimensions."""
-    raw = _read_bytes(path)
+    """Parse one idx file of unsigned bytes (gzip or plain); returns a uint8 array of ``ndim``
+    dimensions. Sizes are checked before anything is inflated whole: the gzip trailer's size
+    and the header's dimensions must agree and stay under MAX_IDX_BYTES, and exactly the bytes
+    the header declares are read (a gzip bomb is refused, not inflated)."""
     header = 4 * (1 + ndim)
-    if len(raw) < header:
-        raise MvqError(
-            f"Fashion-MNIST file {path} is too short ({len(raw)} bytes) for an idx header of "
-            f"{header} bytes; the file is truncated, replace it ({INSTALL_HINT})"
-        )
-    fields = struct.unpack(f">{1 + ndim}I", raw[:header])
-    if fields[0] != magic:
-        raise MvqError(
-            f"Fashion-MNIST file {path} has magic number {fields[0]}, expected {magic}; "
-            f"this is not the right idx file, replace it ({INSTALL_HINT})"
-        )
-    dims = fields[1:]
-    expected = int(np.prod(dims, dtype=np.int64))
-    if len(raw) - header != expected:
-        raise MvqError(
-            f"Fashion-MNIST file {path} holds {len(raw) - header} data bytes, expected "
-            f"{expected} for dimensions {tuple(dims)}; the file is truncated or corrupt, "
-            f"replace it ({INSTALL_HINT})"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    try:
+        declared = _gzip_size(path)
+        if declared is not None and declared > MAX_IDX_BYTES:
+            raise _bad(path, f"declares {declared} bytes inflated, more than an idx file of "
+                       f"this data set ({MAX_IDX_BYTES} at most)")
+        opener = gzip.open if declared is not None else open
+        with opener(path, "rb") as fh:
+            head = fh.read(header)
+            if len(head) < header:
+                raise _bad(path, f"is too short ({len(head)} bytes) for an idx header of "
+                           f"{header} bytes: it is truncated")
+            fields = struct.unpack(f">{1 + ndim}I", head)
+            if fields[0] != magic:
+                raise _bad(path, f"has magic number {fields[0]}, expected {magic}: this is not "
+                           "the right idx file")
+            dims = fields[1:]
+            expected = int(np.prod(dims, dtype=np.int64))
+            if header + expected > MAX_IDX_BYTES or (
+                    declared is not None and (header + expected) % (1 << 32) != declared):
+                raise _bad(path, f"has dimensions {tuple(dims)} ({expected} bytes) that do not "
+                           "fit its size: it is corrupt")
+            raw = fh.read(expected + 1)
+    except (OSError, EOFError, zlib.error, struct.error) as exc:
+        raise _bad(path, f"could not be read ({exc}); expected an idx file (gzip or plain)") from None
+    if len(raw) != expected:
+        raise _bad(path, f"holds {'more than ' if len(raw) > expected else ''}"
+                   f"{min(len(raw), expected)} data bytes, expected {expected} for dimensions "
+                   f"{tuple(dims)}: it is truncated or corrupt")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
 
 
 _CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

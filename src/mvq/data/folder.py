@@ -2,13 +2,19 @@
 
 Classes are the sorted first-level sub-folders that hold images; images lying directly in
 the root form a class ``"."`` (label 0, which sorts first). If the root has ``train/`` and
-``test/`` sub-folders, the split picks one of them; otherwise every split uses the root.
+``test/`` sub-folders, the split picks one of them; otherwise about one image in
+``HELD_OUT`` (chosen by a hash of its path, so the same ones every run) forms the test split
+and the rest the train split, and a message says so.
 Every file is opened and verified at construction; unreadable ones are skipped and counted.
+The walk follows symbolic links but enters each folder once (a link loop is no trap) and
+takes regular files only (a named pipe would block the probe).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import sys
 import warnings
 
@@ -21,6 +27,7 @@ from mvq.errors import MvqError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 DEFAULT_SIZE = 64
+HELD_OUT = 10  # a folder without train/ and test/: 1 image in HELD_OUT is the test split
 ROOT_CLASS = "."
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
@@ -31,14 +38,51 @@ def is_image_file(name: str) -> bool:
 
 
 def list_images(root: str) -> list[str]:
-    """Relative paths of all image files under ``root``, sorted, hidden entries excluded."""
-    found = []
+    """Relative paths of the image files under ``root``, sorted, hidden entries excluded.
+
+    Links are followed, but every folder and every file is taken once (by device and inode),
+    and only regular files count (not pipes, sockets or devices named like images)."""
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and is_image_file(name):
-                found.append(os.path.relpath(os.path.join(dirpath, name), root))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and _first_visit(os.path.join(dirpath, d), seen))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if name.startswith(".") or not is_image_file(name):
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:  # a dangling link
+                continue
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                found.append(os.path.relpath(path, root))
     return sorted(found)
+
+
+def _first_visit(path: str, seen: set[tuple[int, int]]) -> bool:
+    """True the first time the folder ``path`` (after links) is met; records it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def held_out(rel_paths: list[str]) -> set[str]:
+    """The paths of a folder without train/ and test/ that form its test split: those whose
+    sha256 falls in one bucket of HELD_OUT (stable as files come and go), at least one."""
+    keys = {p: int(hashlib.sha256(p.encode("utf-8", "surrogateescape")).hexdigest()[:12], 16)
+            for p in rel_paths}
+    test = {p for p, k in keys.items() if k % HELD_OUT == 0}
+    if not test or len(test) == len(keys):  # each split gets at least one image
+        test = {min(keys, key=keys.get)}
+    return test
 
 
 def _probe(path: str) -> str | None:
@@ -102,6 +146,21 @@ def load_image(path: str, size: int, channels: int) -> torch.Tensor:
 
 
 _WARNED: set[str] = set()
+_SAID_SPLIT: set[str] = set()
+
+
+def _split_files(root: str, rel_paths: list[str], split: str) -> list[str]:
+    """This split's share of a folder without train/ and test/ (`held_out`), said once."""
+    if len(rel_paths) < 2:
+        raise MvqError(f"{root} holds one image and no train/ and test/ sub-folders: a test "
+                       "split needs images of its own; add images, or make train/ and test/")
+    test = held_out(rel_paths)
+    if root not in _SAID_SPLIT:
+        _SAID_SPLIT.add(root)
+        print(f"mvq: {root} has no train/ and test/ sub-folders: {len(test)} of its "
+              f"{len(rel_paths)} images (1 in {HELD_OUT}, the same ones every run) are held out "
+              "as the test split", file=sys.stderr)
+    return [p for p in rel_paths if (p in test) == (split == "test")]
 
 
 class ImageFolder(ImageDataset):
@@ -132,7 +191,8 @@ class ImageFolder(ImageDataset):
                 f"image folder {root} does not exist (or is not a folder); pass --data-root "
                 "pointing to a folder of images (optionally in class sub-folders)"
             )
-        if os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test")):
+        split_folders = all(os.path.isdir(os.path.join(root, s)) for s in ("train", "test"))
+        if split_folders:
             root = os.path.join(root, split)
         self.root = root
         rel_paths = list_images(root)
@@ -141,6 +201,8 @@ class ImageFolder(ImageDataset):
                 f"no image files found in {root}; expected files ending in "
                 f"{', '.join(EXTENSIONS)} (searched recursively); point --data-root elsewhere"
             )
+        if not split_folders:
+            rel_paths = _split_files(root, rel_paths, split)
         class_of = [p.split(os.sep, 1)[0] if os.sep in p else ROOT_CLASS for p in rel_paths]
         self.classes = sorted(set(class_of))
         index = {c: i for i, c in enumerate(self.classes)}
