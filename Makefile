@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mvq-installed
 
-.PHONY: setup data browser weights demo test bench movq-ablation clean
+.PHONY: setup data browser weights demo test fuzz bench movq-ablation clean
 
 setup: $(STAMP) data browser weights
 
@@ -42,6 +42,10 @@ test: setup
 	$(VENV)/bin/vulture src --min-confidence 80
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .cache/site
 	$(PY) -m pytest -q
+
+# The hostile fuzz module at length (`make test` runs it with a few examples per target).
+fuzz: setup
+	MVQ_FUZZ=long $(PY) -m pytest -q tests/test_hostile.py --hypothesis-show-statistics
 
 bench: setup
 	$(VENV)/bin/mvq bench quantizer
