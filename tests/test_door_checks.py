@@ -31,6 +31,8 @@ from mvq.metrics.fid import fid_from_features, frechet_distance
 from mvq.metrics.perceptual import lpips_distance
 from mvq.metrics.prd import prd_from_features
 from mvq.models import build_model
+from mvq.models.movq import MoVQConfig
+from mvq.models.tokenizers import model_bytes
 from mvq.pretrained import load_tokenizer
 from mvq.priors.registry import PRIORS
 from mvq.reproduce.plan import MAX_SEEDS, build_plan
@@ -155,6 +157,20 @@ def test_mask_allocation_is_checked_against_free_memory(monkeypatch):
     with pytest.raises(MvqError) as err:  # 2 x 2e6 x 8 bits x 5 bytes = 160 MB > 100 MiB
         model(torch.rand(2, 1, 28, 28))
     one_line(err, "2 x 2000000 MH-Dropout masks", "needs about 152.6 MiB", "100.0 MiB free")
+
+
+def test_model_memory_is_counted_on_the_meta_device_before_building():
+    movq = MoVQConfig(image_size=16, channels=3, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                      attn_resolutions=(8,), z_channels=8, codebook_size=16, code_dim=4,
+                      num_channels=4, fourier_frequencies=4, num_groups=4)
+    for cfg in [tiny_model_config(type=k) for k in ("vqvae", "hvqvae", "mvqvae")] + [movq]:
+        model = build_model(cfg)
+        real = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        assert model_bytes(cfg) == real
+    for key, value in (("hidden", 10**8), ("res_channels", 10**8), ("codebook_size", 10**10)):
+        with pytest.raises(MvqError) as err:  # refused without allocating (a build would hang)
+            build_model(tiny_model_config(**{key: value}))
+        one_line(err, "the weights of a mvqvae model of these sizes needs about", "lower model")
 
 
 @pytest.mark.parametrize("seeds", [MAX_SEEDS + 1, 10**6, 0, True, 2.5])

@@ -18,6 +18,7 @@ from mvq import checkpoint
 from mvq.codes import Codes
 from mvq.config import Config, ModelConfig, check_section, config_from_dict, model_hash
 from mvq.errors import MvqError
+from mvq.memory import check_fits
 from mvq.models.inputs import CodeLayout, check_codes, check_images
 from mvq.nn.vqvae2 import build_networks, geometry
 from mvq.pretrained import Pretrained
@@ -383,14 +384,32 @@ def build_model(cfg) -> Tokenizer:
     """Tokenizer for a ModelConfig (or a MoVQConfig when cfg.type == 'movq'); its keys are
     checked against the config's types and ranges first."""
     check_section(cfg, "model")
+    check_fits(model_bytes(cfg), f"the weights of a {cfg.type} model of these sizes",
+               SIZE_FIX)
+    return _construct(cfg)
+
+
+SIZE_FIX = "lower model.hidden, res_channels, dim / dim2 or codebook_size"
+
+
+def model_bytes(cfg) -> int:
+    """Bytes of the weights and buffers ``build_model(cfg)`` allocates, counted on torch's meta
+    device (nothing is allocated, so a model of 1e8 channels is refused, not built)."""
+    try:
+        with torch.device("meta"):
+            model = _construct(cfg)
+    except (RuntimeError, NotImplementedError):  # an op without a meta kernel: no estimate
+        return 0
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _construct(cfg) -> Tokenizer:
     if cfg.type == "movq":
         from mvq.models.movq import build_movq
 
         return build_movq(cfg)
     if cfg.type not in MODELS:
         raise MvqError(f"model.type must be one of {', '.join(MODELS)}, got {cfg.type!r}")
-    if cfg.type != "vqvae" and cfg.codebook_size < 4:
-        raise MvqError(f"model.codebook_size K={cfg.codebook_size} is split in two codebooks: use K >= 4")
     try:
         return MODELS[cfg.type](cfg)
     except ValueError as err:

@@ -24,7 +24,9 @@ from mvq.config import (
 from mvq.data import build_dataset
 from mvq.errors import MvqError
 from mvq.figures import Figure, save_png
+from mvq.memory import check_fits
 from mvq.models import Tokenizer, build_model
+from mvq.models.tokenizers import SIZE_FIX, model_bytes
 from mvq.devices import pick_device
 from mvq.train.engine import (
     Schedule,
@@ -106,6 +108,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | str = True,
     one process only (ranks above 0 re-seed their random draws, e.g. MH-Dropout masks).
     """
     check_ready(cfg)  # device, data set name, writable out_dir: before anything is written
+    check_fits(4 * model_bytes(cfg.model), f"training this {cfg.model.type} (weights, "
+               "gradients and Adam's two moments)", SIZE_FIX, pick_device(cfg.train.device))
     tc = cfg.train
     out = Path(tc.out_dir)
     source = claim_run(out, "tokenizer", resume, overwrite, "train.out_dir")
