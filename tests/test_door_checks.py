@@ -65,6 +65,8 @@ LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     ("? [1, 2]\n: 3\n", "a config key must be a name"),
     ("train:\n  seed: 2024-01-01\n", "not plain data"),
     ("train: [unclosed\n", "is not valid YAML"),
+    ("train:\n  out_dir: a\x00b\n", "is not valid YAML"),  # found by test_hostile's long run
+    ("\x07", "is not valid YAML"),
 ])
 def test_a_config_file_that_is_not_a_plain_mapping_is_one_line(tmp_path, text, fragment):
     path = tmp_path / "c.yaml"
@@ -194,6 +196,14 @@ def test_the_training_forward_refuses_what_would_give_a_nan_loss(kind):
         one_line(err, fragment)
     out = model.eval()(torch.rand(1, 1, 28, 28))  # one image is fine outside training mode
     assert torch.isfinite(out.loss)
+    # found by test_hostile's long run: float64 images, and encode() of one image while the
+    # model is in training mode (encode runs in eval mode and restores the mode)
+    assert torch.isfinite(model(torch.rand(2, 1, 28, 28, dtype=torch.float64)).loss)
+    model.train()
+    x = torch.rand(1, 1, 28, 28)
+    codes = model.encode(x)
+    assert model.training and len(codes) == 1
+    assert torch.equal(codes.primary, model.eval().encode(x).primary)
 
 
 # ----------------------------------------------------------------------------- token files

@@ -188,16 +188,18 @@ class _StrictLoader(yaml.SafeLoader):
 def parse_yaml(text: str, where: str):
     """The value of YAML ``text`` (aliases and duplicate keys refused); MvqError naming
     ``where`` when it is not valid YAML."""
-    loader = _StrictLoader(text)
-    loader.name = where
+    loader = None
     try:
+        loader = _StrictLoader(text)  # reads (and refuses) control characters at once
+        loader.name = where
         return loader.get_single_data()
     except yaml.YAMLError as err:
         raise MvqError(f"{where} is not valid YAML: {str(err).splitlines()[0]}") from None
     except RecursionError:
         raise MvqError(f"{where} nests too deeply to be a config; write it flat") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def codebook_sizes(model) -> list[int]:

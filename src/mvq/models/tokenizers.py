@@ -119,9 +119,14 @@ class Tokenizer(Pretrained, nn.Module):
         self._check_input(x, values=True)
         p = self._param()
         x = x.to(device=p.device, dtype=p.dtype)
-        if len(x) == 0:  # the codes of one blank image, sliced to none: right shapes and meta
-            return self._encode_batch(x.new_zeros(1, *x.shape[1:]))[:0]
-        return self._encode_batch(x)
+        was = self.training
+        self.eval()  # deterministic, and no BatchNorm statistics of a batch of one
+        try:
+            if len(x) == 0:  # the codes of one blank image, sliced to none: right shapes, meta
+                return self._encode_batch(x.new_zeros(1, *x.shape[1:]))[:0]
+            return self._encode_batch(x)
+        finally:
+            self.train(was)
 
     def decode(self, codes: Codes) -> torch.Tensor:
         """Codes (ids within the codebooks, masks bool or 0/1, per ``code_layout``) -> images
@@ -156,10 +161,11 @@ class Tokenizer(Pretrained, nn.Module):
         return self.decode(self.encode(x)).clamp(0, 1)
 
 
-def _check_forward(model: Tokenizer, args: tuple) -> None:
+def _check_forward(model: Tokenizer, args: tuple) -> tuple:
     """The training forward's input: images (B, C, S, S), finite and in [0, 1] (a NaN pixel
     would give a NaN loss), B >= 1, and B >= 2 in training mode when the model has BatchNorm
-    (batch statistics of one image are undefined)."""
+    (batch statistics of one image are undefined). Returns the arguments with the images in
+    the model's float dtype (as encode takes them)."""
     x = args[0] if args else None
     check_images(x, model.cfg.channels, model.cfg.image_size, model.cfg.type, values=True)
     if len(x) == 0:
@@ -171,6 +177,7 @@ def _check_forward(model: Tokenizer, args: tuple) -> None:
                        "least 2 images (its BatchNorm layers normalise over the batch), found 1; "
                        "raise train.batch_size (and train.train_limit) to 2 or more, or call "
                        "model.eval() first")
+    return (x.to(dtype=model._param().dtype), *args[1:])
 
 
 def _vq_settings(cfg: ModelConfig) -> dict:
