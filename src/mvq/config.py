@@ -12,13 +12,12 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from mvq import presets
 from mvq.devices import check_device, pick_device
 from mvq.errors import MvqError
 from mvq.fields import ANY, Range, at_least, build_checked, one_of, positive, unit_interval
 from mvq.memory import check_fits
+from mvq.yamlio import parse_yaml, read_mapping
 
 MODEL_TYPES = ("vqvae", "hvqvae", "mvqvae", "hvqgan", "mvqgan", "movq")
 GAN_TYPES = ("hvqgan", "mvqgan", "movq")  # trained with the VQGAN loss (LPIPS + PatchGAN)
@@ -159,49 +158,6 @@ def _build(cls, values: dict, where: str):
     return build_checked(cls, values, where, _ranges(cls))
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """YAML without aliases (an alias bomb expands to gigabytes when the config is copied) and
-    without duplicate keys (YAML keeps the last one: a section written twice loses the first)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise MvqError(f"{mark.name}, line {mark.line + 1}: YAML aliases (*name) are not "
-                           "accepted in mvq configs; write the value out")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                raise MvqError(f"{key_node.start_mark.name}, line {key_node.start_mark.line + 1}: "
-                               f"a config key must be a name, found {key!r}")
-            if key in seen:
-                raise MvqError(f"{key_node.start_mark.name}, line {key_node.start_mark.line + 1}: "
-                               f"key {key!r} appears twice in one mapping; keep one (YAML would "
-                               "silently drop the first)")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def parse_yaml(text: str, where: str):
-    """The value of YAML ``text`` (aliases and duplicate keys refused); MvqError naming
-    ``where`` when it is not valid YAML."""
-    loader = None
-    try:
-        loader = _StrictLoader(text)  # reads (and refuses) control characters at once
-        loader.name = where
-        return loader.get_single_data()
-    except yaml.YAMLError as err:
-        raise MvqError(f"{where} is not valid YAML: {str(err).splitlines()[0]}") from None
-    except RecursionError:
-        raise MvqError(f"{where} nests too deeply to be a config; write it flat") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-
-
 def codebook_sizes(model) -> list[int]:
     """Entries per codebook of a model config: [K] for one-codebook models (vqvae, movq),
     [K/2, K/2] for the two-codebook ones (the paper's convention: K is the total)."""
@@ -316,7 +272,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     ``section.key=value`` overrides."""
     data: dict = {}
     if path is not None:
-        data = read_yaml_config(resolve_config(path))
+        data = read_mapping(resolve_config(path), ", ".join(_SECTIONS))
     return config_from_dict(apply_overrides(data, overrides or []))
 
 
@@ -361,25 +317,6 @@ def resume_changes(saved: Config, new: Config, where: str) -> list[tuple[str, ob
                if not (c[0] == "train.out_dir" and Path(c[1] or "") == Path(c[2] or ""))]
     return check_resume(changes, RESUME_MAY_CHANGE, where,
                         "start a new run (--overwrite, or another train.out_dir)")
-
-
-def read_yaml_config(path: Path) -> dict:
-    """The mapping of sections in the YAML file ``path`` (empty file: {}); MvqError when it is
-    not UTF-8 text, not valid YAML, or not a mapping."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise MvqError(f"{path} is not UTF-8 text (byte {err.start}); save the config as "
-                       "UTF-8") from None
-    except OSError as err:
-        raise MvqError(f"cannot read config {path}: {err.strerror}") from None
-    data = parse_yaml(text, str(path))
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise MvqError(f"{path} must hold a mapping of sections ({', '.join(_SECTIONS)}), "
-                       f"found a YAML {type(data).__name__}; write e.g. 'train: {{steps: 100}}'")
-    return data
 
 
 def model_hash(model: ModelConfig) -> str:
