@@ -30,6 +30,7 @@ from mvq.errors import MvqError
 from mvq.metrics.fid import fid_from_features, frechet_distance
 from mvq.metrics.perceptual import lpips_distance
 from mvq.metrics.prd import prd_from_features
+from mvq.outputs import check_outputs
 from mvq.models import build_model
 from mvq.models.movq import MoVQConfig
 from mvq.models.tokenizers import model_bytes
@@ -302,6 +303,10 @@ def test_manifests_of_the_wrong_shape_are_one_line(ckpt, manifest):
         load_tokenizer(ckpt)
     one_line(err, "manifest.json")
     assert checkpoint.latest(ckpt) is None  # and it is not taken for a complete checkpoint
+    try:  # an output beside it (evaluate's report; found by test_hostile's long run)
+        check_outputs([("--json", ckpt / "e.json")], False, beside_checkpoint=True)
+    except MvqError as refused:
+        assert "\n" not in str(refused)
 
 
 @pytest.mark.parametrize("edit", [

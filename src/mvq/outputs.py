@@ -83,7 +83,7 @@ def _sealed(folder: Path) -> set[str]:
     try:
         listed = json.loads((folder / "manifest.json").read_text())["files"]
         names = set(listed) if isinstance(listed, dict) else set()
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # a damaged manifest
         names = set()
     return names | set(CHECKPOINT_FILES)
 
