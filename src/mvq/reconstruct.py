@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from mvq.data import build_dataset
-from mvq.data.folder import load_image
+from mvq.data.folder import list_images, load_image
 from mvq.errors import MvqError
 from mvq.figures import Figure, check_grid_size
 from mvq.metrics.image import psnr
@@ -37,11 +37,12 @@ def load_images(paths: list[str], size: int, channels: int, n: int) -> torch.Ten
     if missing:
         raise MvqError(f"image path not found: {missing[0]}")
     items = []
-    for folder in (p for p in paths if Path(p).is_dir()):
-        ds = build_dataset("folder", root=folder, size=size, channels=channels, limit=n)
-        items += [ds[i][0] for i in range(len(ds))]
+    # every image of a folder (no train / test split here), then the files given
+    files = [str(Path(p) / rel) for p in paths if Path(p).is_dir() for rel in list_images(p)]
     skipped = 0
-    for file in (p for p in paths if Path(p).is_file()):
+    for file in [*files, *(p for p in paths if Path(p).is_file())]:
+        if len(items) >= n:
+            break
         try:
             items.append(load_image(str(file), size, channels))
         except Exception:  # noqa: BLE001 - PIL raises many types for a bad file
