@@ -12,33 +12,36 @@ import pytest
 
 import mvq.reproduce
 from mvq.cli import main
-from mvq.reproduce.plan import Plan, PriorSpec, Run
+from mvq.reproduce.kinds import Generation, Plot, TokenizerSweep
+from mvq.reproduce.plan import Changes, Decode, Plan, PriorSpec, Run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reproduce_golden"
-TINY = ("model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",
-        "model.dim2=8", "data.name=shapes", "data.train_limit=64", "data.val_limit=16",
-        "train.batch_size=8", "train.grid_images=4", "train.log_every=1", "train.steps=3",
-        "train.val_every=3", "train.ckpt_every=3")
+TINY = Changes(model={"hidden": 16, "res_blocks": 1, "res_channels": 8, "dim": 8, "dim2": 8},
+               data={"name": "shapes", "train_limit": 64, "val_limit": 16},
+               train={"batch_size": 8, "grid_images": 4, "log_every": 1, "steps": 3,
+                      "val_every": 3, "ckpt_every": 3})
 
 
 def _run(model: str, seed: int, j: int | None = None, priors=()) -> Run:
-    over = TINY + (f"model.type={model}",) + ((f"model.num_masks={j}",) if j else ())
+    over = TINY + Changes(model={"type": model, **({"num_masks": j} if j else {})})
     labels = {"model": model, "tokens": "1+1", "K": 16, **({"J": j} if j else {})}
     name = f"golden_{model}" + (f"_j{j}" if j else "") + f"_s{seed}"
-    return Run(name, "fmnist_f28_k16_quick.yaml", over, tuple(labels.items()), seed, priors)
+    return Run(name, "fmnist_f28_k16_quick.yaml", over, labels, seed, priors)
 
 
 def _plans() -> dict[str, Plan]:
     sweep = Plan("fig5", "quick", "golden sweep", [_run("hvqvae", 0), _run("hvqvae", 1),
                                                    _run("mvqvae", 0, j=4)],
-                 8, ("mse", "psnr"), ("tokens", "K", "model", "J"), plot=("J", "tokens"),
-                 baseline={"model": "hvqvae"}, notes=["a note"])
-    specs = (PriorSpec("gpt", 2, 0, "GPT", decodes=(("t=1", (("temperature", 1.0),)),
-                                                     ("t=0.5", (("temperature", 0.5),)))),
+                 8, ("mse", "psnr"), ("tokens", "K", "model", "J"),
+                 baseline={"model": "hvqvae"}, notes=["a note"],
+                 kind=TokenizerSweep(Plot("J", "tokens")))
+    specs = (PriorSpec("gpt", 2, 0, "GPT", decodes=(Decode("t=1", {"temperature": 1.0}),
+                                                     Decode("t=0.5", {"temperature": 0.5}))),
              PriorSpec("pixelcnn", 2, 0, "PixelCNN"))
     gen = Plan("pixelcnn-vs-gpt", "quick", "golden generation", [_run("hvqvae", 0, priors=specs)],
                8, (), ("tokens", "model", "prior", "decoding"), baseline={"prior": "GPT"},
-               sample_metrics=("nll",), match=("tokens",), rows="samples", notes=["gen note"])
+               sample_metrics=("nll",), match=("tokens",), kind=Generation(),
+               notes=["gen note"])
     return {"fig5": sweep, "pixelcnn-vs-gpt": gen}
 
 
