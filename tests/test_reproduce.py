@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import assert_labelled
+
 import mvq.train
 from mvq.cli import main
 from mvq.errors import MvqError

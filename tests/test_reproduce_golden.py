@@ -2,7 +2,6 @@
 typed-experiments rewrite (issue 18): the expected files were written by the string-and-dict
 version on the same tiny plans, with times, dates and folders taken out."""
 
-import dataclasses
 import json
 import os
 import re

@@ -30,10 +30,13 @@ from mvq.reproduce.spec import Run, RunState
 
 @dataclass(frozen=True)
 class Plot:
-    """The sweep's plot: each metric against the ``x`` label, one panel per ``series`` value."""
+    """The sweep's plot: each metric against the ``x`` label, one panel per ``series`` value;
+    ``line`` labels the swept cells, ``band`` the baseline drawn as a band."""
 
     x: str
     series: str
+    line: str = "MVQ"
+    band: str = "hierarchical VQ"
 
 
 @dataclass
@@ -123,7 +126,7 @@ class Benchmark:
         if dry_run:
             return None
         folder.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(args, capture_output=True, text=True)
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise MvqError(f"the benchmark {self.module} failed: "
                            f"{done.stderr.strip().splitlines()[-1:]}")
@@ -200,14 +203,14 @@ def _panel(ax, plan: Plan, axes_of: Plot, mine: list[Cell], m: str) -> None:
     if pts:
         xs = [p[0] for p in pts]
         ax.errorbar(xs, [p[1].mean for p in pts], yerr=[p[1].std or 0 for p in pts],
-                    marker="o", capsize=3, label="MVQ")
+                    marker="o", capsize=3, label=axes_of.line)
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(x) for x in xs])
     for c in mine:
         if all(c.labels.get(k) == v for k, v in plan.baseline.items()) \
                 and m in c.stats and c.stats[m].mean is not None:
             mean, std = c.stats[m].mean, c.stats[m].std or 0
-            ax.axhline(mean, color="gray", linestyle="--", label="hierarchical VQ")
+            ax.axhline(mean, color="gray", linestyle="--", label=axes_of.band)
             if std:
                 ax.axhspan(mean - std, mean + std, color="gray", alpha=0.2)
     ax.set_xlabel(axes_of.x)

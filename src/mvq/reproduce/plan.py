@@ -60,7 +60,7 @@ DATASETS = {
 
 
 def _run(data: Dataset, preset: str, model: str, factor: int, k: int, steps: int, seed: int,
-         j: int | None = None, extra: Changes = Changes(),
+         j: int | None = None, extra: Changes | None = None,
          priors: tuple[PriorSpec, ...] = ()) -> Run:
     """A tokenizer run of ``data`` at factor F, K codes, ``steps`` steps (J masks for MVQ)."""
     side = data.image_size // factor
@@ -74,7 +74,7 @@ def _run(data: Dataset, preset: str, model: str, factor: int, k: int, steps: int
     cell = {"model": model, "tokens": f"{side * side}+1", "F": factor, "K": k}
     if j is not None:
         cell["J"] = j
-    return Run(name, preset, changes + extra, cell, seed, priors)
+    return Run(name, preset, changes + (extra or Changes()), cell, seed, priors)
 
 
 def _cadence(steps: int) -> Changes:

@@ -16,14 +16,14 @@ import math
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+import mvq.train
 from mvq.config import config_to_dict
-from mvq.errors import MvqError
 from mvq.decoding import Decoding
+from mvq.errors import MvqError
 from mvq.evaluate import EvalSettings, evaluate_checkpoint, evaluate_samples
 from mvq.outputs import open_lock, write_text
 from mvq.reproduce.kinds import Plan
@@ -45,7 +45,6 @@ from mvq.reproduce.timing import (
     tokenizer_key,
 )
 from mvq.tokens import encode_dataset
-import mvq.train
 from mvq.train.prior import PriorTraining, train_prior
 
 
