@@ -7,6 +7,7 @@ from conftest import assert_labelled
 
 import mvq.train
 from mvq.cli import main
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.figures import GAP
 from mvq.reproduce import build_plan
@@ -333,8 +334,8 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
     from mvq.reproduce.report import write_report
 
     monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
-    specs = (PriorSpec("gpt", 2, 0, "GPT", decodes=(Decode("t=1", {"temperature": 1.0}),
-                                                     Decode("t=0.5", {"temperature": 0.5}))),
+    specs = (PriorSpec("gpt", 2, 0, "GPT", decodes=(Decode("t=1", Decoding(temperature=1.0)),
+                                                     Decode("t=0.5", Decoding(temperature=0.5)))),
              PriorSpec("pixelcnn", 2, 0, "PixelCNN"),
              PriorSpec("gpt", 2, 1, "GPT", class_conditional=True))
     run = dataclasses.replace(_run("hvqvae", 0), priors=specs)

@@ -11,6 +11,7 @@ import pytest
 
 import mvq.reproduce
 from mvq.cli import main
+from mvq.decoding import Decoding
 from mvq.reproduce.kinds import Generation, Plot, TokenizerSweep
 from mvq.reproduce.plan import Changes, Decode, Plan, PriorSpec, Run
 
@@ -34,8 +35,8 @@ def _plans() -> dict[str, Plan]:
                  8, ("mse", "psnr"), ("tokens", "K", "model", "J"),
                  baseline={"model": "hvqvae"}, notes=["a note"],
                  kind=TokenizerSweep(Plot("J", "tokens")))
-    specs = (PriorSpec("gpt", 2, 0, "GPT", decodes=(Decode("t=1", {"temperature": 1.0}),
-                                                     Decode("t=0.5", {"temperature": 0.5}))),
+    specs = (PriorSpec("gpt", 2, 0, "GPT", decodes=(Decode("t=1", Decoding(temperature=1.0)),
+                                                     Decode("t=0.5", Decoding(temperature=0.5)))),
              PriorSpec("pixelcnn", 2, 0, "PixelCNN"))
     gen = Plan("pixelcnn-vs-gpt", "quick", "golden generation", [_run("hvqvae", 0, priors=specs)],
                8, (), ("tokens", "model", "prior", "decoding"), baseline={"prior": "GPT"},

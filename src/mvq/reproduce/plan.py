@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.reproduce.kinds import (
     Benchmark,
@@ -266,7 +267,7 @@ def movq_table2(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                                sizes={"primary": MASKGIT_SIZE},
                                decodes=(Decode("one token per step"),)))
         specs.append(PriorSpec("maskgit", steps, s, "MaskGIT",
-                               decodes=tuple(Decode(f"{k} steps", {"steps": k})
+                               decodes=tuple(Decode(f"{k} steps", Decoding(steps=k))
                                              for k in (4, 8, 12, 16))))
     run = replace(tok, priors=tuple(specs))
     return _sample_plan(

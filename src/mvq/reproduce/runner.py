@@ -16,13 +16,13 @@ import math
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 import mvq.train
 from mvq.config import config_to_dict
-from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.evaluate import EvalSettings, evaluate_checkpoint, evaluate_samples
 from mvq.outputs import open_lock, write_text
@@ -257,7 +257,7 @@ def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str)
             _merge_json(prior_dir / "run.json", {"train_seconds": round(seconds, 1)})
         settings = EvalSettings(n=plan.eval_n, device=device, progress=progress,
                                 data_root=data_root)
-        decoding = Decoding(seed=spec.seed, **sample.decode.options)
+        decoding = replace(sample.decode.decoding, seed=spec.seed)
         result = evaluate_samples(ckpt, prior_dir / "checkpoint", settings,
                                   plan.sample_metrics, decoding)
         result["planned_metrics"] = list(plan.sample_metrics)

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from mvq.config import Config, check_section, load_config
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
 
 SECTIONS = ("model", "data", "train", "loss")
@@ -60,14 +61,11 @@ class Changes:
 
 @dataclass(frozen=True)
 class Decode:
-    """One sample evaluation of a prior: the decoding options and the label of its report row
-    ("" = the prior's defaults, no decoding label)."""
+    """One sample evaluation of a prior: the decoding (its seed is the prior's, set by the
+    runner) and the label of its report row ("" = the prior's defaults, no decoding label)."""
 
     label: str = ""
-    options: Mapping[str, object] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "options", _frozen(self.options))
+    decoding: Decoding = field(default_factory=Decoding)
 
     @property
     def slug(self) -> str:
@@ -91,7 +89,7 @@ class PriorSpec:
     label: str = ""
     class_conditional: bool = False
     sizes: Mapping | None = None
-    decodes: tuple[Decode, ...] = (Decode(),)
+    decodes: tuple[Decode, ...] = field(default_factory=lambda: (Decode(),))
     tag: str = ""
 
     @property
