@@ -48,15 +48,26 @@ from mvq.tokens import encode_dataset
 from mvq.train.prior import PriorTraining, train_prior
 
 
-def _eval_matches(path: Path, plan: Plan, step: int, key: str = "metrics") -> bool:
+def _eval_matches(path: Path, plan: Plan, step: int) -> bool:
+    """The tokenizer's eval.json at ``path`` was made with the plan's N and metrics at ``step``."""
+    return _made_with(path, plan.eval_n, step, plan.metrics)
+
+
+def _sampled(path: Path, plan: Plan, step: int) -> bool:
+    """The samples JSON at ``path`` was made with the plan's N and sample metrics, on the
+    tokenizer at ``step``."""
+    return _made_with(path, plan.eval_n, step, plan.sample_metrics)
+
+
+def _made_with(path: Path, n: int, step: int, metrics: tuple[str, ...]) -> bool:
     if not path.is_file():
         return False
     try:
         got = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return got.get("n") == plan.eval_n and got.get("step") == step and \
-        got.get("planned_metrics") == list(plan.sample_metrics if key == "samples" else plan.metrics)
+    return got.get("n") == n and got.get("step") == step and \
+        got.get("planned_metrics") == list(metrics)
 
 
 def inspect(plan: Plan, out: Path, data_root: str | None) -> list[RunState]:
@@ -76,7 +87,7 @@ def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None) -> RunStat
     steps = cfg.train.steps
     st = RunState(run, out_dir, step, steps,
                   not plan.metrics or _eval_matches(out_dir / "eval.json", plan, steps), False)
-    st.sampled = all(_eval_matches(s.path, plan, steps, "samples") for s in st.samples)
+    st.sampled = all(_sampled(s.path, plan, steps) for s in st.samples)
     return st
 
 
@@ -107,7 +118,7 @@ def estimate(plan: Plan, states: list[RunState], measured: Measured,
                 parts.append(part(name, spec.folder, "prior training", spec.steps - step,
                                   measured.get(("prior", tok, variant)),
                                   model_prior_step_seconds(spec.kind)))
-            if not _eval_matches(path, plan, st.steps, "samples"):
+            if not _sampled(path, plan, st.steps):
                 key = ("samples", tok, variant, path.name, plan.eval_n,
                        tuple(plan.sample_metrics))
                 parts.append(part(name, spec.folder, path.name, 1, measured.get(key),
@@ -135,7 +146,7 @@ def describe(plan: Plan, states: list[RunState], est: Estimate) -> str:
         lines.append(f"  {st.run.name:<58} {st.status}{left}")
         for spec in st.run.priors:  # the generation experiments: each prior and its decodings
             paths = [s.path for s in st.samples if s.spec == spec]
-            left = sum(not _eval_matches(p, plan, st.steps, "samples") for p in paths)
+            left = sum(not _sampled(p, plan, st.steps) for p in paths)
             step = latest_checkpoint(paths[0].parent / "checkpoint")[1]
             where = ("trained" if step >= spec.steps else f"resume at {step}" if step
                      else "to train")
@@ -244,7 +255,7 @@ def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str)
         found, step = latest_checkpoint(prior_dir / "checkpoint")
         if found is not None:
             _check_prior(found, spec)
-        if _eval_matches(path, plan, st.steps, "samples"):
+        if _sampled(path, plan, st.steps):
             continue
         if step < spec.steps:
             settings = PriorTraining(kind=spec.kind, steps=spec.steps, seed=spec.seed,
