@@ -11,6 +11,7 @@ Runs go to ``OUT/runs/NAME`` (shared between experiments), reports to ``OUT/EXPE
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from mvq.errors import MvqError
@@ -19,28 +20,42 @@ from mvq.reproduce.plan import EXPERIMENTS, SCALES, Plan, build_plan
 from mvq.reproduce.report import write_report
 from mvq.reproduce.runner import collect, execute
 
-__all__ = ["EXPERIMENTS", "SCALES", "Plan", "build_plan", "class_agreement", "class_grid",
-           "reproduce"]
+__all__ = ["EXPERIMENTS", "SCALES", "Options", "Plan", "build_plan", "class_agreement",
+           "class_grid", "reproduce"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to carry out an experiment: the data set's files (``data_root``), ``progress`` bars,
+    the ``device``; ``dry_run``: the plan and estimate only; ``report_only``: the report from
+    the runs finished so far, training nothing."""
+
+    data_root: str | None = None
+    progress: bool = True
+    device: str = "auto"
+    dry_run: bool = False
+    report_only: bool = False
 
 
 def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
-              out: str | Path = "runs/reproduce", data_root: str | None = None,
-              dataset: str | None = None, progress: bool = True, device: str = "auto",
-              dry_run: bool = False, report_only: bool = False) -> dict | None:
-    """Carry out ``experiment`` at ``scale`` and write its report; returns the report's JSON
-    (None for a dry run)."""
+              out: str | Path = "runs/reproduce", dataset: str | None = None,
+              options: Options | None = None) -> dict | None:
+    """Carry out ``experiment`` at ``scale`` (``seeds`` per cell, ``dataset`` at paper scale)
+    in ``out`` and write its report; returns the report's JSON (None for a dry run)."""
+    opts = options or Options()
+    data_root, device, dry_run = opts.data_root, opts.device, opts.dry_run
     out = _check_out(Path(out), create=not dry_run)
     plan = build_plan(experiment, scale, seeds, dataset)
     folder = out / plan.experiment
     if plan.kind.standalone:  # a benchmark: no runs to train
         return plan.kind.run(plan, folder, dry_run)
-    if report_only:
+    if opts.report_only:
         records, missing = collect(plan, out, data_root)
         if not records:
             raise MvqError(f"no finished run of {experiment} in {out / 'runs'} yet: run "
                            f"`mvq reproduce {experiment} --scale {scale}` first")
     else:
-        execute(plan, out, data_root, progress, device, dry_run)
+        execute(plan, out, data_root, opts.progress, device, dry_run)
         if dry_run:
             return None
         records, missing = collect(plan, out, data_root)
