@@ -3,36 +3,40 @@
 import json
 
 import pytest
-
 from conftest import assert_labelled
+
 import mvq.train
 from mvq.cli import main
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.figures import GAP
 from mvq.reproduce import build_plan
-from mvq.reproduce.plan import Plan, Run
+from mvq.reproduce.kinds import ClassConditional, Plot, TokenizerSweep
+from mvq.reproduce.plan import Changes, Decode, Plan, Run
+from mvq.reproduce.records import Cell, Stat
 from mvq.reproduce.report import aggregate
 from mvq.reproduce.runner import collect, execute, inspect
 
-TINY = ("model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",
-        "model.dim2=8", "data.name=shapes", "data.train_limit=64", "data.val_limit=16",
-        "train.batch_size=8", "train.grid_images=4", "train.log_every=1")
+TINY = Changes(model={"hidden": 16, "res_blocks": 1, "res_channels": 8, "dim": 8, "dim2": 8},
+               data={"name": "shapes", "train_limit": 64, "val_limit": 16},
+               train={"batch_size": 8, "grid_images": 4, "log_every": 1})
 
 
 def _run(model: str, seed: int, steps: int = 4, j: int | None = None) -> Run:
-    over = TINY + (f"model.type={model}", f"train.steps={steps}", "train.val_every=2",
-                   "train.ckpt_every=2")
+    over = TINY + Changes(model={"type": model},
+                          train={"steps": steps, "val_every": 2, "ckpt_every": 2})
     labels = {"model": model, "tokens": "1+1", "K": 16}
     if j:
-        over += (f"model.num_masks={j}",)
+        over += Changes(model={"num_masks": j})
         labels["J"] = j
     name = f"tiny_{model}" + (f"_j{j}" if j else "") + f"_s{seed}"
-    return Run(name, "fmnist_f28_k16_quick.yaml", over, tuple(labels.items()), seed)
+    return Run(name, "fmnist_f28_k16_quick.yaml", over, labels, seed)
 
 
 def _plan(runs) -> Plan:
     return Plan("fig5", "quick", "tiny", runs, 12, ("mse", "psnr", "lpips"),
-                ("tokens", "K", "model", "J"), plot=("J", "tokens"), baseline={"model": "hvqvae"})
+                ("tokens", "K", "model", "J"), baseline={"model": "hvqvae"},
+                kind=TokenizerSweep(Plot("J", "tokens")))
 
 
 @pytest.fixture
@@ -91,17 +95,17 @@ def test_report_aggregates_seeds_and_writes_table_plot_json(tmp_path, monkeypatc
     records, missing = collect(plan, out, None)
     assert missing == [] and len(records) == 5
     cells = aggregate(plan, records)
-    by = {(c["labels"]["model"], c["labels"].get("J")): c for c in cells}
+    by = {(c.labels["model"], c.labels.get("J")): c for c in cells}
     assert set(by) == {("hvqvae", None), ("mvqvae", 4), ("mvqvae", 8)}
     base = by[("hvqvae", None)]
-    mses = [r["metrics"]["mse"] for r in records if r["labels"]["model"] == "hvqvae"]
-    assert base["seeds"] == 2
-    assert base["stats"]["mse"]["mean"] == pytest.approx(sum(mses) / 2)
-    assert base["stats"]["mse"]["std"] == pytest.approx(abs(mses[0] - mses[1]) / 2 ** 0.5)
-    assert by[("mvqvae", 8)]["stats"]["mse"]["std"] is None  # one seed: no spread
+    mses = [r.metrics["mse"] for r in records if r.labels["model"] == "hvqvae"]
+    assert base.seeds == 2
+    assert base.stats["mse"].mean == pytest.approx(sum(mses) / 2)
+    assert base.stats["mse"].std == pytest.approx(abs(mses[0] - mses[1]) / 2 ** 0.5)
+    assert by[("mvqvae", 8)].stats["mse"].std is None  # one seed: no spread
     # honest rate per J: log2(J) mask bits on top of 2 x log2(8)
-    assert by[("mvqvae", 4)]["stats"]["bits_per_image"]["mean"] == 6 + 2
-    assert by[("mvqvae", 8)]["stats"]["bits_per_image"]["mean"] == 6 + 3
+    assert by[("mvqvae", 4)].stats["bits_per_image"].mean == 6 + 2
+    assert by[("mvqvae", 8)].stats["bits_per_image"].mean == 6 + 3
 
     from mvq.reproduce.report import write_report
 
@@ -124,14 +128,14 @@ def test_report_only_marks_missing_runs(tmp_path, monkeypatch):
     out = tmp_path / "rep"
     execute(_plan(runs[:1]), out, progress=False)
     records, missing = collect(plan, out, None)
-    assert [r["name"] for r in records] == [runs[0].name] and missing == [runs[1].name]
+    assert [r.name for r in records] == [runs[0].name] and missing == [runs[1].name]
 
 
 def test_plan_refuses_a_folder_with_other_settings(tmp_path):
     out = tmp_path / "rep"
     run = _run("hvqvae", 0)
     mvq.train.train(_run("hvqvae", 0, steps=2).config(None, out / "runs" / run.name), progress=False)
-    other = Run(run.name, run.preset, run.overrides + ("model.dim=4",), run.labels, 0)
+    other = Run(run.name, run.preset, run.changes + Changes(model={"dim": 4}), run.labels, 0)
     with pytest.raises(MvqError, match="other model settings"):
         inspect(_plan([other]), out, None)
 
@@ -142,7 +146,7 @@ def test_quick_plans_fit_their_claims():
     assert len(names) == len(set(names)) == 18  # 2 factors x (3 baseline + 3 J=128 + 3 other J)
     per = {}
     for r in fig5.runs:
-        per.setdefault((r.label["F"], r.label["model"], r.label.get("J")), []).append(r.seed)
+        per.setdefault((r.labels["F"], r.labels["model"], r.labels.get("J")), []).append(r.seed)
     assert per[(28, "hvqvae", None)] == [0, 1, 2] and per[(14, "mvqvae", 128)] == [0, 1, 2]
     assert per[(28, "mvqvae", 1024)] == [0]
     cfg = fig5.runs[0].config(None, "x")
@@ -150,7 +154,7 @@ def test_quick_plans_fit_their_claims():
     # two-vs-five reuses fig5's runs: the same names, so the same folders
     assert {r.name for r in build_plan("two-vs-five", "quick").runs} <= set(names)
     t1 = build_plan("table1", "quick", seeds=1)
-    assert sorted((r.label["model"], r.label["F"], r.label["K"]) for r in t1.runs) == sorted(
+    assert sorted((r.labels["model"], r.labels["F"], r.labels["K"]) for r in t1.runs) == sorted(
         (m, f, k) for m in ("hvqgan", "mvqgan") for f in (28, 14) for k in (16, 256))
     t5 = build_plan("table5", "quick", seeds=1)
     assert [r.name for r in t5.runs] == [r.name for r in t1.runs] and all(
@@ -210,7 +214,7 @@ def test_two_processes_share_the_runs(tmp_path, monkeypatch, counted_train):
     with open(held / ".reproduce.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "the other process"
         records = execute(plan, out, progress=False)
-    assert [r["name"] for r in records] == [runs[1].name]
+    assert [r.name for r in records] == [runs[1].name]
     assert [p.split("/")[-1] for p, _ in counted_train] == [runs[1].name]
     assert collect(plan, out, None)[1] == [runs[0].name]
     execute(plan, out, progress=False)  # released: now it is done here
@@ -264,16 +268,16 @@ def test_paper_scale_reads_the_users_files(dataset, write, tmp_path, monkeypatch
     write(root)
     plan = build_plan("table1", "paper", seeds=1, dataset=dataset)
     first = plan.runs[0]
-    tiny = dataclasses.replace(first, overrides=first.overrides + (
-        "train.steps=1", "train.batch_size=2", "train.val_every=1", "train.ckpt_every=1",
-        "train.grid_images=2", "data.val_limit=2", "model.num_masks=4", "loss.disc_start=0"))
+    tiny = dataclasses.replace(first, changes=first.changes + Changes(
+        train={"steps": 1, "batch_size": 2, "val_every": 1, "ckpt_every": 1, "grid_images": 2},
+        data={"val_limit": 2}, model={"num_masks": 4}, loss={"disc_start": 0}))
     plan = dataclasses.replace(plan, runs=[tiny], eval_n=2, metrics=("mse", "psnr"))
     records = execute(plan, tmp_path / "rep", data_root=str(root), progress=False)
     (rec,) = records
     size = {"cifar10": 32}.get(dataset, 64)
-    assert rec["config"]["data"]["root"] == str(root)
-    assert (rec["config"]["model"]["image_size"], rec["config"]["model"]["channels"]) == (size, 3)
-    assert 0 < rec["metrics"]["mse"] < 1
+    assert rec.config["data"]["root"] == str(root)
+    assert (rec.config["model"]["image_size"], rec.config["model"]["channels"]) == (size, 3)
+    assert 0 < rec.metrics["mse"] < 1
 
 
 def test_a_run_with_a_prior_trains_it_and_evaluates_its_samples(tmp_path, monkeypatch):
@@ -292,12 +296,12 @@ def test_a_run_with_a_prior_trains_it_and_evaluates_its_samples(tmp_path, monkey
     assert (folder / "tokens_train.safetensors").is_file()
     prior = folder / "priors" / "gpt_3steps_s0"
     assert (prior / "checkpoint" / "config.json").is_file()
-    assert rec["samples"]["nll_primary"] > 0 and rec["samples"]["nll_secondary"] > 0
+    assert rec.samples["nll_primary"] > 0 and rec.samples["nll_secondary"] > 0
     stamp = (prior / "samples_default.json").stat().st_mtime_ns
     execute(plan, out, progress=False)
     assert (prior / "samples_default.json").stat().st_mtime_ns == stamp
     cells = aggregate(plan, collect(plan, out, None)[0])
-    assert cells[0]["stats"]["nll_primary"]["n"] == 1
+    assert cells[0].stats["nll_primary"].n == 1
 
 
 def test_two_vs_five_compares_across_token_counts():
@@ -308,7 +312,7 @@ def test_two_vs_five_compares_across_token_counts():
 
     def cell(model, tokens, mse, j=None):
         labels = {"tokens": tokens, "K": 16, "model": model, **({"J": j} if j else {})}
-        return {"labels": labels, "stats": {"mse": {"mean": mse, "std": 0.001, "n": 3}}}
+        return Cell(labels, ["a", "b", "c"], {"mse": Stat(mse, 0.001, 3)})
 
     lines = comparisons(plan, [cell("hvqvae", "1+1", 0.036), cell("hvqvae", "4+1", 0.020),
                                cell("mvqvae", "1+1", 0.030, 128)])
@@ -330,29 +334,29 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
     from mvq.reproduce.report import write_report
 
     monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
-    specs = (PriorSpec("gpt", 2, 0, "GPT", decodes=(("t=1", (("temperature", 1.0),)),
-                                                     ("t=0.5", (("temperature", 0.5),)))),
+    specs = (PriorSpec("gpt", 2, 0, "GPT", decodes=(Decode("t=1", Decoding(temperature=1.0)),
+                                                     Decode("t=0.5", Decoding(temperature=0.5)))),
              PriorSpec("pixelcnn", 2, 0, "PixelCNN"),
              PriorSpec("gpt", 2, 1, "GPT", class_conditional=True))
     run = dataclasses.replace(_run("hvqvae", 0), priors=specs)
     plan = dataclasses.replace(_plan([run]), metrics=(), sample_metrics=("nll",),
-                               rows="samples", cell=("tokens", "prior", "decoding"), plot=None,
+                               kind=ClassConditional(), cell=("tokens", "prior", "decoding"),
                                baseline={"prior": "GPT"}, match=("tokens",))
     out = tmp_path / "rep"
     rows = execute(plan, out, progress=False)
-    assert [(r["labels"]["prior"], r["labels"].get("decoding"), r["seed"]) for r in rows] == [
+    assert [(r.labels["prior"], r.labels.get("decoding"), r.seed) for r in rows] == [
         ("GPT", "t=1", 0), ("GPT", "t=0.5", 0), ("PixelCNN", None, 0), ("GPT", None, 1)]
     folder = out / "runs" / run.name
     assert not (folder / "eval.json").exists()  # no reconstruction metrics were planned
     priors = sorted(p.name for p in (folder / "priors").iterdir())
     assert priors == ["gpt-cond_2steps_s1", "gpt_2steps_s0", "pixelcnn_2steps_s0"]
     for r in rows:
-        assert r["metrics"]["nll_primary"] > 0 and r["metrics"]["parameters"] > 0
-    gpt, pcnn = rows[0]["metrics"]["parameters"], rows[2]["metrics"]["parameters"]
+        assert r.metrics["nll_primary"] > 0 and r.metrics["parameters"] > 0
+    gpt, pcnn = rows[0].metrics["parameters"], rows[2].metrics["parameters"]
     assert gpt != pcnn  # each row carries its own prior's size
     # the same prior and seed, two temperatures: one training, the NLL does not depend on it
-    assert rows[0]["checkpoint"] == rows[1]["checkpoint"]
-    assert rows[0]["metrics"]["nll_primary"] == rows[1]["metrics"]["nll_primary"]
+    assert rows[0].checkpoint == rows[1].checkpoint
+    assert rows[0].metrics["nll_primary"] == rows[1].metrics["nll_primary"]
     stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("samples_*.json")}
     assert len(stamps) == 4
     assert [s.status for s in inspect(plan, out, None)] == ["done"]
@@ -375,7 +379,7 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
 
     from mvq.pretrained import load_prior
 
-    classes = load_prior(rows[3]["checkpoint"])[0].num_classes
+    classes = load_prior(rows[3].checkpoint)[0].num_classes
     assert classes >= 2
     side = 3 * 28 + GAP  # the tiny runs' 28 px images at the readable scale 3, plus the gap
     with Image.open(grid) as im:  # one row per class, per_class=3 images per row
@@ -413,7 +417,7 @@ def test_generation_plans_share_the_tokenizer_runs():
     table2 = build_plan("movq-table2", "quick", 2)
     assert [r.name for r in table2.runs] == ["movq_quick_spatialnorm_f0-fourier_800steps_s0"]
     assert table2.runs[0].name in ablation
-    decodes = [d for spec in table2.runs[0].priors for d, _ in spec.decodes]
+    decodes = [d.label for spec in table2.runs[0].priors for d in spec.decodes]
     assert decodes == ["one token per step", "4 steps", "8 steps", "12 steps", "16 steps"] * 2
     gpt = next(s for s in table2.runs[0].priors if s.kind == "gpt")
     assert gpt.sizes == {"primary": {"n_layer": 4, "n_head": 4, "n_embd": 64}}
@@ -426,7 +430,7 @@ def test_generation_plans_share_the_tokenizer_runs():
         ("pixelcnn-average_2000steps_s0", {"conditioning": "average"}),
         ("pixelcnn-layout_2000steps_s0", {"conditioning": "layout"})]
     cond = build_plan("class-conditional", "quick")
-    assert cond.runs[0].name in fig5 and cond.figure == "class-grid"
+    assert cond.runs[0].name in fig5 and isinstance(cond.kind, ClassConditional)
     assert [s.class_conditional for s in cond.runs[0].priors] == [False, True] * 3
 
 

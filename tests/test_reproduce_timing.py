@@ -10,7 +10,8 @@ import pytest
 from test_reproduce import _plan, _run
 
 from mvq.config import config_to_dict
-from mvq.reproduce.plan import Plan, PriorSpec
+from mvq.reproduce.kinds import Generation
+from mvq.reproduce.plan import Changes, Plan, PriorSpec
 from mvq.reproduce.report import write_report
 from mvq.reproduce.runner import collect, describe, estimate, execute, inspect
 from mvq.reproduce.timing import MEASURED, MODEL, Measured, model_step_seconds, read_estimates
@@ -44,7 +45,7 @@ def test_measured_seconds_of_the_same_work_win_over_the_model(tmp_path):
     _earlier(out, _run("hvqvae", 0), 4, 400.0, eval_seconds=50.0)  # 100 s per step
     _earlier(out, _run("hvqvae", 2), 2, 400.0)  # 200 s per step: the median is 150
     other = replace(_run("hvqvae", 3), name="tiny_other",
-                    overrides=_run("hvqvae", 3).overrides + ("model.dim=4",))
+                    changes=_run("hvqvae", 3).changes + Changes(model={"dim": 4}))
     _earlier(out, other, 4, 4.0)  # other model settings: not the same work
     plan = _plan([_run("hvqvae", 1), _run("mvqvae", 0, j=4)])
     est = _estimate(plan, out)
@@ -86,7 +87,7 @@ def test_prior_steps_and_samples_from_earlier_priors(tmp_path):
     _write(folder / "priors" / "maskgit_20steps_s0" / "run.json", {"train_seconds": 1.0})
     plan = Plan("gen", "quick", "tiny", [replace(_run("hvqvae", 1), priors=(
         spec, PriorSpec("maskgit", 10, 0, "MaskGIT")))], 12, (), ("model", "prior"),
-        sample_metrics=("nll",), rows="samples")
+        sample_metrics=("nll",), kind=Generation())
     est = _estimate(plan, out)
     got = {(p.prior, p.what): (p.seconds, p.source) for p in est.parts}
     assert got[("gpt_10steps_s0", "prior training")] == (10 * 5.0, MEASURED)

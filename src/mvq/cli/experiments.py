@@ -12,7 +12,7 @@ from mvq.bench import BENCHMARKS
 from mvq.cli.command import Command, add_device_and_progress, add_force, add_overwrite
 from mvq.demo import run_demo
 from mvq.errors import MvqError
-from mvq.reproduce import reproduce
+from mvq.reproduce import Options, reproduce
 from mvq.reproduce.plan import EXPERIMENTS, SUMMARIES, THREE_SEEDS
 
 
@@ -67,9 +67,9 @@ def _reproduce_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    reproduce(args.experiment, args.scale, args.seeds, args.out, args.data_root, args.dataset,
-              progress=not args.no_progress, device=args.device, dry_run=args.dry_run,
-              report_only=args.report_only)
+    options = Options(args.data_root, progress=not args.no_progress, device=args.device,
+                      dry_run=args.dry_run, report_only=args.report_only)
+    reproduce(args.experiment, args.scale, args.seeds, args.out, args.dataset, options)
     return 0
 
 

@@ -11,10 +11,22 @@ set-up (MVQ paper A.1 Table 2, MoVQ section 4), for a GPU and the user's data fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, replace
 
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
+from mvq.reproduce.kinds import (
+    Benchmark,
+    ClassConditional,
+    Generation,
+    Plan,
+    Plot,
+    TokenizerSweep,
+)
+from mvq.reproduce.spec import Changes, Decode, PriorSpec, Run
+
+__all__ = ["DATASETS", "EXPERIMENTS", "SCALES", "SUMMARIES", "THREE_SEEDS", "Changes", "Dataset",
+           "Decode", "Plan", "PriorSpec", "Run", "build_plan", "default_seeds"]
 
 SCALES = ("quick", "paper")
 
@@ -48,109 +60,28 @@ DATASETS = {
 }
 
 
-@dataclass(frozen=True)
-class PriorSpec:
-    """A prior trained on a run's training-split tokens, then sampled once per decoding.
-
-    ``decodes``: (row label, ((option, value), ...)) pairs, each one sample evaluation (MaskGIT
-    at 4, 8, ... steps); ``sizes_json``: the prior's sizes as JSON ("" = its default);
-    ``label`` names the prior in the report's rows; ``tag`` names a variant in its folder (in
-    place of "-sized": two variants of one kind need two folders).
-    """
-
-    kind: str
-    steps: int
-    seed: int = 0
-    label: str = ""
-    class_conditional: bool = False
-    sizes_json: str = ""
-    decodes: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = (("", ()),)
-    tag: str = ""
-
-    @property
-    def folder(self) -> str:
-        variant = f"-{self.tag}" if self.tag else "-sized" if self.sizes_json else ""
-        return (f"{self.kind}{'-cond' if self.class_conditional else ''}"
-                f"{variant}_{self.steps}steps_s{self.seed}")
-
-    @property
-    def sizes(self) -> dict | None:
-        import json
-
-        return json.loads(self.sizes_json) if self.sizes_json else None
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run: a preset plus overrides, with the labels the report groups by.
-
-    ``labels`` name the cell of the result table ("model", "F", "J", ...); ``seed`` is the
-    repetition within the cell. ``priors`` are trained on the run's tokens and their samples
-    evaluated (MVQ Table 5 and the generation experiments).
-    """
-
-    name: str
-    preset: str
-    overrides: tuple[str, ...]
-    labels: tuple[tuple[str, object], ...]
-    seed: int
-    priors: tuple[PriorSpec, ...] = ()  # priors trained on its tokens (table5, generation)
-
-    @property
-    def label(self) -> dict:
-        return dict(self.labels)
-
-    def config(self, data_root: str | None, out_dir: Path):
-        from mvq.config import load_config
-
-        extra = [f"train.seed={self.seed}", f"train.out_dir={out_dir}"]
-        if data_root:
-            extra.append(f"data.root={data_root}")
-        return load_config(self.preset, [*self.overrides, *extra])
-
-
-@dataclass
-class Plan:
-    """An experiment at one scale: its runs, the evaluation, and how the report reads them."""
-
-    experiment: str
-    scale: str
-    title: str
-    runs: list[Run]
-    eval_n: int
-    metrics: tuple[str, ...]
-    cell: tuple[str, ...]  # label keys that name a table row (seeds are averaged)
-    plot: tuple[str, str] | None = None  # (x label, series label) of the plot, if any
-    baseline: dict = field(default_factory=dict)  # labels of the baseline rows (drawn as bands)
-    sample_metrics: tuple[str, ...] = ()
-    notes: list[str] = field(default_factory=list)
-    match: tuple[str, ...] = ("tokens", "K")  # labels a model shares with its baseline rows
-    rows: str = "runs"  # "runs": one table row per tokenizer; "samples": per prior and decoding
-    figure: str = ""  # an extra figure the report draws ("class-grid")
-
-
 def _run(data: Dataset, preset: str, model: str, factor: int, k: int, steps: int, seed: int,
-         j: int | None = None, extra: tuple[str, ...] = (),
-         priors: tuple[PriorSpec, ...] = (), tag: str = "", **labels) -> Run:
+         j: int | None = None, extra: Changes | None = None,
+         priors: tuple[PriorSpec, ...] = ()) -> Run:
+    """A tokenizer run of ``data`` at factor F, K codes, ``steps`` steps (J masks for MVQ)."""
     side = data.image_size // factor
     name = f"{data.key}_f{factor}_k{k}_{model}" + (f"_j{j}" if j is not None else "") \
-        + (f"_{tag}" if tag else "") + f"_{steps}steps_s{seed}"
-    overrides = [f"model.type={model}", f"model.factor={factor}", f"model.codebook_size={k}",
-                 f"model.image_size={data.image_size}", f"model.channels={data.channels}",
-                 f"model.dim={data.dim}", f"model.dim2={data.dim}", f"data.name={data.data_name}",
-                 f"train.steps={steps}"]
-    if j is not None:
-        overrides += [f"model.num_masks={j}", "model.eval_masks=0"]
-    cell = {"model": model, "tokens": f"{side * side}+1", "F": factor, "K": k, **labels}
+        + f"_{steps}steps_s{seed}"
+    masks = {"num_masks": j, "eval_masks": 0} if j is not None else {}
+    changes = Changes(model={"type": model, "factor": factor, "codebook_size": k,
+                             "image_size": data.image_size, "channels": data.channels,
+                             "dim": data.dim, "dim2": data.dim, **masks},
+                      data={"name": data.data_name}, train={"steps": steps})
+    cell = {"model": model, "tokens": f"{side * side}+1", "F": factor, "K": k}
     if j is not None:
         cell["J"] = j
-    return Run(name, preset, tuple(overrides) + tuple(extra), tuple(cell.items()), seed, priors)
+    return Run(name, preset, changes + (extra or Changes()), cell, seed, priors)
 
 
-def _cadence(steps: int) -> tuple[str, ...]:
+def _cadence(steps: int) -> Changes:
     """Validate and checkpoint 3 times per run (resume loses at most a third)."""
     every = max(1, steps // 3)
-    return (f"train.val_every={every}", f"train.ckpt_every={every}")
+    return Changes(train={"val_every": every, "ckpt_every": every})
 
 
 def _data(dataset: str | None, scale: str) -> Dataset:
@@ -186,7 +117,7 @@ def fig5(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     return Plan("fig5", scale, "MVQ paper Fig. 5: reconstruction FID against the masks per pass J "
                 "(MVQVAE) and the hierarchical VQ-VAE-2 baseline, FashionMNIST",
                 runs, n, ("mse", "psnr", "lpips", "rfid"), ("tokens", "K", "model", "J"),
-                plot=("J", "tokens"), baseline={"model": "hvqvae"},
+                baseline={"model": "hvqvae"}, kind=TokenizerSweep(Plot("J", "tokens")),
                 notes=[f"{steps} steps of batch 32 per model; J = {seeded_j} and the baseline "
                        f"with {seeds} seeds, other J with one; evaluation on the first {n} "
                        "test images through the discrete codes"])
@@ -197,8 +128,8 @@ def two_vs_five(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     base = fig5(scale, seeds, dataset)
     j = 128 if scale == "quick" else 2048
     runs = [r for r in base.runs
-            if (r.label["model"] == "mvqvae" and r.label["F"] == 28 and r.label["J"] == j)
-            or (r.label["model"] == "hvqvae" and r.label["F"] in (28, 14))]
+            if (r.labels["model"] == "mvqvae" and r.labels["F"] == 28 and r.labels["J"] == j)
+            or (r.labels["model"] == "hvqvae" and r.labels["F"] in (28, 14))]
     return Plan("two-vs-five", scale, "MVQ paper 4.2: MVQVAE with 2 tokens (1+1) against the "
                 "VQ-VAE-2 baseline with 2 and 5 tokens (1+1, 4+1), FashionMNIST", runs,
                 base.eval_n, base.metrics, ("tokens", "K", "model", "J"),
@@ -212,11 +143,11 @@ def table1(scale: str, seeds: int, dataset: str | None = None, prior_steps: int 
     if scale == "quick":
         token_counts, steps, j, n = (1, 4), 1200, 128, 500
         preset = "fmnist_f28_k16_mvqgan_quick.yaml"
-        extra = ("loss.disc_start=400",)
+        extra = Changes(loss={"disc_start": 400})
     else:
         token_counts, steps, j, n = (1, 4, 16), data.steps(), 2048, 10_000
         preset = "fmnist_f28_k16_mvqgan.yaml"
-        extra = ()
+        extra = Changes()
     runs = []
     for s_tokens in token_counts:
         factor = data.factor(s_tokens)
@@ -245,16 +176,27 @@ def table5(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     return table1(scale, seeds, dataset, prior_steps=2000 if scale == "quick" else 100_000)
 
 
-MOVQ_VARIANTS = {  # name -> (preset stem at quick scale, paper preset, overrides, labels)
-    "VQGAN": ("vqgan", "vqgan", (), {"spatial_norm": "none", "c": 1}),
-    "+ multichannel": ("multichannel", "multichannel", (), {"spatial_norm": "none", "c": 4}),
-    "+ SpatialNorm, F0 Fourier (MoVQ)": ("movq", "fourier", (), {"f0": "fourier", "c": 4}),
-    "+ SpatialNorm, F0 sinusoidal": ("movq", "sinusoidal", ("model.f0=sinusoidal",),
-                                     {"f0": "sinusoidal", "c": 4}),
-    "+ SpatialNorm, F0 constant": ("movq", "constant", ("model.f0=constant",),
-                                   {"f0": "constant", "c": 4}),
-    "MoVQ c=1": ("movq", "c1", ("model.num_channels=1", "model.code_dim=64"), {"c": 1}),
-    "MoVQ c=2": ("movq", "c2", ("model.num_channels=2", "model.code_dim=32"), {"c": 2}),
+@dataclass(frozen=True)
+class Variant:
+    """A MoVQ ablation variant: its preset stem at quick scale, its paper preset (which holds
+    the variant whole), the model changes at quick scale, its labels."""
+
+    quick: str
+    paper: str
+    model: dict
+    labels: dict
+
+
+MOVQ_VARIANTS = {
+    "VQGAN": Variant("vqgan", "vqgan", {}, {"spatial_norm": "none", "c": 1}),
+    "+ multichannel": Variant("multichannel", "multichannel", {}, {"spatial_norm": "none", "c": 4}),
+    "+ SpatialNorm, F0 Fourier (MoVQ)": Variant("movq", "fourier", {}, {"f0": "fourier", "c": 4}),
+    "+ SpatialNorm, F0 sinusoidal": Variant("movq", "sinusoidal", {"f0": "sinusoidal"},
+                                            {"f0": "sinusoidal", "c": 4}),
+    "+ SpatialNorm, F0 constant": Variant("movq", "constant", {"f0": "constant"},
+                                          {"f0": "constant", "c": 4}),
+    "MoVQ c=1": Variant("movq", "c1", {"num_channels": 1, "code_dim": 64}, {"c": 1}),
+    "MoVQ c=2": Variant("movq", "c2", {"num_channels": 2, "code_dim": 32}, {"c": 2}),
 }
 
 
@@ -265,17 +207,17 @@ def movq_ablation(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                        "folder (paper: --data-root DIR); drop --dataset")
     runs = []
     steps = 800 if scale == "quick" else None
-    for variant, (quick, paper, overrides, labels) in MOVQ_VARIANTS.items():
-        preset = f"movq_fmnist_{quick}_quick.yaml" if scale == "quick" else f"movq_paper_{paper}.yaml"
-        if scale == "paper":
-            overrides = ()  # the paper presets hold each variant whole
+    for variant, v in MOVQ_VARIANTS.items():
+        if scale == "quick":
+            preset = f"movq_fmnist_{v.quick}_quick.yaml"
+            changes = Changes(model=v.model, train={"steps": steps}) + _cadence(steps)
+        else:  # the paper presets hold each variant whole
+            preset, changes = f"movq_paper_{v.paper}.yaml", Changes()
+        tag = variant.split("(")[0].strip().lower().replace("+ ", "").replace(", ", "_") \
+            .replace(" ", "-").replace("=", "")
         for s in range(seeds):
-            tag = variant.split("(")[0].strip().lower().replace("+ ", "").replace(", ", "_") \
-                .replace(" ", "-").replace("=", "")
-            extra = (f"train.steps={steps}",) + _cadence(steps) if steps else ()
             name = f"movq_{scale}_{tag}" + (f"_{steps}steps" if steps else "") + f"_s{s}"
-            runs.append(Run(name, preset, tuple(overrides) + extra,
-                            tuple({"variant": variant, **labels}.items()), s))
+            runs.append(Run(name, preset, changes, {"variant": variant, **v.labels}, s))
     n = 1000 if scale == "quick" else 50_000
     return Plan("movq-ablation", scale, "MoVQ paper Fig. 6: (a) VQGAN, + multichannel, + "
                 "SpatialNorm with each initial feature F0; (c) channels c in {1, 2, 4}",
@@ -300,10 +242,10 @@ def _prior_steps(scale: str) -> int:
 
 def _sample_plan(name: str, scale: str, title: str, runs: list[Run], cell: tuple[str, ...],
                  baseline: dict, match: tuple[str, ...], notes: list[str],
-                 figure: str = "") -> Plan:
+                 kind: Generation | None = None) -> Plan:
     n = 500 if scale == "quick" else 10_000
     return Plan(name, scale, title, runs, n, (), cell, baseline=baseline,
-                sample_metrics=SAMPLE_METRICS, match=match, rows="samples", figure=figure,
+                sample_metrics=SAMPLE_METRICS, match=match, kind=kind or Generation(),
                 notes=notes + [f"each prior: {_prior_steps(scale)} steps of batch 64 on the "
                                f"training split's tokens; {n} samples (batches of 100) against "
                                f"the first {n} test images; prior seeds are the table's seeds; "
@@ -317,18 +259,15 @@ def movq_table2(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     the same MoVQ tokens by a GPT of the same size."""
     if dataset is not None:
         raise MvqError("movq-table2 uses movq-ablation's MoVQ tokenizer: drop --dataset")
-    import json
-    from dataclasses import replace
-
-    tok = next(r for r in movq_ablation(scale, 1).runs if r.label.get("f0") == "fourier")
+    tok = next(r for r in movq_ablation(scale, 1).runs if r.labels.get("f0") == "fourier")
     steps = _prior_steps(scale)
-    size = json.dumps({"primary": MASKGIT_SIZE})
     specs = []
     for s in range(seeds):
-        specs.append(PriorSpec("gpt", steps, s, "GPT (autoregressive)", sizes_json=size,
-                               decodes=(("one token per step", ()),)))
+        specs.append(PriorSpec("gpt", steps, s, "GPT (autoregressive)",
+                               sizes={"primary": MASKGIT_SIZE},
+                               decodes=(Decode("one token per step"),)))
         specs.append(PriorSpec("maskgit", steps, s, "MaskGIT",
-                               decodes=tuple((f"{k} steps", (("steps", k),))
+                               decodes=tuple(Decode(f"{k} steps", Decoding(steps=k))
                                              for k in (4, 8, 12, 16))))
     run = replace(tok, priors=tuple(specs))
     return _sample_plan(
@@ -346,13 +285,10 @@ PIXELCNN_CONDITIONINGS = (("average", "primary averaged"), ("layout", "primary l
 def pixelcnn_vs_gpt(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     """The gated PixelCNN (the prior the MVQ paper pairs with VQ-VAE-2), its secondary stage
     conditioned both ways, against the two-stage GPT on the hierarchical baseline's tokens."""
-    import json
-    from dataclasses import replace
-
     if dataset not in (None, "fashion-mnist"):
         raise MvqError("pixelcnn-vs-gpt uses fig5's FashionMNIST tokenizers: drop --dataset")
     base = fig5(scale, 1)
-    toks = [r for r in base.runs if r.label["model"] == "hvqvae" and r.label["K"] == 16]
+    toks = [r for r in base.runs if r.labels["model"] == "hvqvae" and r.labels["K"] == 16]
     steps = _prior_steps(scale)
     runs = []
     for tok in toks:
@@ -361,7 +297,7 @@ def pixelcnn_vs_gpt(scale: str, seeds: int, dataset: str | None = None) -> Plan:
             specs.append(PriorSpec("gpt", steps, s, "GPT (two-stage)"))
             for cond, label in PIXELCNN_CONDITIONINGS:
                 specs.append(PriorSpec("pixelcnn", steps, s, f"PixelCNN (gated), {label}",
-                                       sizes_json=json.dumps({"conditioning": cond}), tag=cond))
+                                       sizes={"conditioning": cond}, tag=cond))
         runs.append(replace(tok, priors=tuple(specs)))
     return _sample_plan(
         "pixelcnn-vs-gpt", scale, "Gated PixelCNN against the two-stage GPT on the hierarchical "
@@ -376,14 +312,12 @@ def pixelcnn_vs_gpt(scale: str, seeds: int, dataset: str | None = None) -> Plan:
 
 def class_conditional(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     """A class-conditional two-stage GPT on MVQ tokens against the unconditional one."""
-    from dataclasses import replace
-
     if dataset not in (None, "fashion-mnist"):
         raise MvqError("class-conditional uses fig5's FashionMNIST tokenizers: drop --dataset")
     base = fig5(scale, 1)
     j = 128 if scale == "quick" else 2048
-    tok = next(r for r in base.runs if r.label["model"] == "mvqvae" and r.label["F"] == 28
-               and r.label["K"] == 16 and r.label["J"] == j)
+    tok = next(r for r in base.runs if r.labels["model"] == "mvqvae" and r.labels["F"] == 28
+               and r.labels["K"] == 16 and r.labels["J"] == j)
     steps = _prior_steps(scale)
     specs = []
     for s in range(seeds):
@@ -396,13 +330,19 @@ def class_conditional(scale: str, seeds: int, dataset: str | None = None) -> Pla
         ("tokens", "model", "prior"), {"prior": "GPT"}, ("tokens",),
         [f"tokenizer: fig5's {tok.name} (the demo's configuration); the conditional prior "
          "samples every class in equal blocks; class_grid.png: one row per class, seed 0"],
-        figure="class-grid")
+        kind=ClassConditional())
+
+
+def table6(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """MVQ Table 6: the token sampling benchmark (mvq.bench.sampling), its output kept."""
+    return Plan("table6", scale, "MVQ paper Table 6: token sampling times", [], 0, (), (),
+                kind=Benchmark("mvq.bench.sampling", {"quick": "1 min", "paper": "15-25 min"}))
 
 
 EXPERIMENTS = {"fig5": fig5, "table1": table1, "table5": table5, "two-vs-five": two_vs_five,
                "movq-ablation": movq_ablation, "movq-table2": movq_table2,
                "pixelcnn-vs-gpt": pixelcnn_vs_gpt, "class-conditional": class_conditional,
-               "table6": None}  # table6: the sampling benchmark
+               "table6": table6}
 
 # one line per experiment for `mvq reproduce --help` (in EXPERIMENTS' order)
 SUMMARIES = {
@@ -431,9 +371,10 @@ MAX_SEEDS = 20  # the papers report 1-5 seeds; more is a typo, not a plan
 
 def build_plan(experiment: str, scale: str = "quick", seeds: int | None = None,
                dataset: str | None = None) -> Plan:
-    if experiment not in EXPERIMENTS or EXPERIMENTS[experiment] is None:
+    """The plan of ``experiment`` at ``scale``; MvqError for an unknown name or bad option."""
+    if experiment not in EXPERIMENTS:
         raise MvqError(f"unknown experiment {experiment!r}: expected one of "
-                       f"{', '.join(k for k, v in EXPERIMENTS.items() if v)} (or table6)")
+                       f"{', '.join(EXPERIMENTS)}")
     if scale not in SCALES:
         raise MvqError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if seeds is None:

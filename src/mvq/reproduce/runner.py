@@ -16,15 +16,19 @@ import math
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+import mvq.train
 from mvq.config import config_to_dict
 from mvq.errors import MvqError
+from mvq.evaluate import EvalSettings, evaluate_checkpoint, evaluate_samples
 from mvq.outputs import open_lock, write_text
-from mvq.reproduce.plan import Plan, PriorSpec, Run
+from mvq.reproduce.kinds import Plan
+from mvq.reproduce.records import Record
+from mvq.reproduce.spec import PriorSpec, Run, RunState
 from mvq.reproduce.timing import (
     MEASURED,
     MODEL,
@@ -40,35 +44,30 @@ from mvq.reproduce.timing import (
     read_json,
     tokenizer_key,
 )
+from mvq.tokens import encode_dataset
+from mvq.train.prior import PriorTraining, train_prior
 
 
-@dataclass
-class RunState:
-    run: Run
-    out_dir: Path
-    step: int  # the checkpoint's step, 0 when none
-    steps: int  # planned
-    evaluated: bool
-    sampled: bool
-
-    @property
-    def status(self) -> str:
-        if self.step >= self.steps and self.evaluated and self.sampled:
-            return "done"
-        if self.step >= self.steps:
-            return "to sample" if self.evaluated else "to evaluate"
-        return f"resume at {self.step}" if self.step else "to train"
+def _eval_matches(path: Path, plan: Plan, step: int) -> bool:
+    """The tokenizer's eval.json at ``path`` was made with the plan's N and metrics at ``step``."""
+    return _made_with(path, plan.eval_n, step, plan.metrics)
 
 
-def _eval_matches(path: Path, plan: Plan, step: int, key: str = "metrics") -> bool:
+def _sampled(path: Path, plan: Plan, step: int) -> bool:
+    """The samples JSON at ``path`` was made with the plan's N and sample metrics, on the
+    tokenizer at ``step``."""
+    return _made_with(path, plan.eval_n, step, plan.sample_metrics)
+
+
+def _made_with(path: Path, n: int, step: int, metrics: tuple[str, ...]) -> bool:
     if not path.is_file():
         return False
     try:
         got = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return got.get("n") == plan.eval_n and got.get("step") == step and \
-        got.get("planned_metrics") == list(plan.sample_metrics if key == "samples" else plan.metrics)
+    return got.get("n") == n and got.get("step") == step and \
+        got.get("planned_metrics") == list(metrics)
 
 
 def inspect(plan: Plan, out: Path, data_root: str | None) -> list[RunState]:
@@ -86,20 +85,10 @@ def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None) -> RunStat
             raise MvqError(f"{out_dir} holds a run with other model settings than the plan "
                            f"for {run.name}: move it away or pick another --out")
     steps = cfg.train.steps
-    return RunState(run, out_dir, step, steps,
-                    not plan.metrics or _eval_matches(out_dir / "eval.json", plan, steps),
-                    all(_eval_matches(path, plan, steps, "samples")
-                        for _, _, path in _prior_samples(run, out_dir)))
-
-
-def _prior_samples(run: Run, out_dir: Path) -> list[tuple[PriorSpec, int, Path]]:
-    """(spec, decode index, samples JSON path) of every sample evaluation of run.priors."""
-    return [(spec, i, out_dir / "priors" / spec.folder / f"samples_{_slug(tag) or 'default'}.json")
-            for spec in run.priors for i, (tag, _) in enumerate(spec.decodes)]
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
+    st = RunState(run, out_dir, step, steps,
+                  not plan.metrics or _eval_matches(out_dir / "eval.json", plan, steps), False)
+    st.sampled = all(_sampled(s.path, plan, steps) for s in st.samples)
+    return st
 
 
 def estimate(plan: Plan, states: list[RunState], measured: Measured,
@@ -121,14 +110,15 @@ def estimate(plan: Plan, states: list[RunState], measured: Measured,
             parts.append(part(name, "", "evaluation", 1,
                               measured.get(("eval", tok, plan.eval_n, tuple(plan.metrics))),
                               model_inception_seconds(plan.eval_n) * inception))
-        for spec, i, path in [] if st.sampled else _prior_samples(st.run, st.out_dir):
+        for sample in [] if st.sampled else st.samples:
+            spec, path = sample.spec, sample.path
             variant = prior_variant(spec.folder)
             step = latest_checkpoint(path.parent / "checkpoint")[1]
-            if i == 0 and step < spec.steps:
+            if sample.first and step < spec.steps:
                 parts.append(part(name, spec.folder, "prior training", spec.steps - step,
                                   measured.get(("prior", tok, variant)),
                                   model_prior_step_seconds(spec.kind)))
-            if not _eval_matches(path, plan, st.steps, "samples"):
+            if not _sampled(path, plan, st.steps):
                 key = ("samples", tok, variant, path.name, plan.eval_n,
                        tuple(plan.sample_metrics))
                 parts.append(part(name, spec.folder, path.name, 1, measured.get(key),
@@ -155,8 +145,8 @@ def describe(plan: Plan, states: list[RunState], est: Estimate) -> str:
         left = f"  ~{_hms(sum(p.seconds for p in own))} ({_sources(own)})" if own else ""
         lines.append(f"  {st.run.name:<58} {st.status}{left}")
         for spec in st.run.priors:  # the generation experiments: each prior and its decodings
-            paths = [p for sp, _, p in _prior_samples(st.run, st.out_dir) if sp == spec]
-            left = sum(not _eval_matches(p, plan, st.steps, "samples") for p in paths)
+            paths = [s.path for s in st.samples if s.spec == spec]
+            left = sum(not _sampled(p, plan, st.steps) for p in paths)
             step = latest_checkpoint(paths[0].parent / "checkpoint")[1]
             where = ("trained" if step >= spec.steps else f"resume at {step}" if step
                      else "to train")
@@ -181,7 +171,7 @@ def _hms(seconds: float) -> str:
 
 
 def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool = True,
-            device: str = "auto", dry_run: bool = False) -> list[dict]:
+            device: str = "auto", dry_run: bool = False) -> list[Record]:
     """Run the plan (skip / resume / train, evaluate); returns one record per run."""
     states = inspect(plan, out, data_root)
     est = estimate(plan, states, Measured.scan(out / "runs"), data_root)
@@ -223,16 +213,15 @@ def _claim(out_dir: Path):
         yield True
 
 
-def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> dict:
-    from mvq.evaluate import EvalSettings, evaluate_checkpoint
-    from mvq.train import train
-
+def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str
+            ) -> list[Record]:
     cfg = st.run.config(data_root, st.out_dir)
     if device != "auto":
         cfg.train.device = device
     ckpt = st.out_dir / "checkpoint"
     if st.step < st.steps:
-        result = train(cfg, resume=st.step > 0, progress=progress, desc=st.run.name[:40])
+        result = mvq.train.train(cfg, resume=st.step > 0, progress=progress,
+                                 desc=st.run.name[:40])
         seconds = result.seconds + read_json(st.out_dir / "run.json").get("train_seconds", 0.0)
         _merge_json(st.out_dir / "run.json", {"train_seconds": round(seconds, 1)})
     eval_path = st.out_dir / "eval.json"
@@ -244,76 +233,34 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str) ->
         _write_json(eval_path, result)
     if st.run.priors:
         _do_priors(plan, st, data_root, progress, device)
-    return records(plan, st)
+    return plan.kind.records(st)
 
 
-def records(plan: Plan, st: RunState) -> list[dict]:
-    """The report's rows of one finished run: the run itself, or (plan.rows == "samples") one
-    per prior and decoding, labelled with the prior and the decoding on top of the run's."""
-    if plan.rows != "samples":
-        return [record(st)]
-    out = []
-    for spec, i, path in _prior_samples(st.run, st.out_dir):
-        tag = spec.decodes[i][0]
-        got = json.loads(path.read_text())
-        labels = {**st.run.label, "prior": spec.label or spec.kind}
-        if tag:
-            labels["decoding"] = tag
-        metrics = {**got["metrics"], "parameters": got.get("prior_parameters")}
-        out.append({"name": f"{st.run.name}/{spec.folder}/{_slug(tag) or 'default'}",
-                    "labels": labels, "seed": spec.seed, "checkpoint": got.get("prior"),
-                    "metrics": metrics, "decoding": got.get("decoding"),
-                    "tokenizer": str(st.out_dir / "checkpoint"),
-                    "train_seconds": read_json(path.parent / "run.json").get("train_seconds"),
-                    "eval_seconds": got.get("seconds"),
-                    "prior_kind": spec.kind, "prior_sizes": spec.sizes,
-                    "class_conditional": spec.class_conditional})
-    return out
-
-
-def record(st: RunState) -> dict:
-    """What the report needs of one finished, evaluated run."""
-    ckpt = st.out_dir / "checkpoint"
-    evaluation = json.loads((st.out_dir / "eval.json").read_text())
-    rec = {"name": st.run.name, "labels": st.run.label, "seed": st.run.seed,
-           "checkpoint": str(ckpt), "metrics": evaluation["metrics"],
-           "mask_bits": evaluation.get("mask_bits"),
-           "train_seconds": read_json(st.out_dir / "run.json").get("train_seconds"),
-           "eval_seconds": evaluation.get("seconds"),
-           "config": json.loads((ckpt / "config.json").read_text())["config"]}
-    samples = _prior_samples(st.run, st.out_dir)
-    if samples:  # table5: the run's one prior, its samples' metrics in the run's row
-        rec["samples"] = json.loads(samples[0][2].read_text())["metrics"]
-    return rec
-
-
-def collect(plan: Plan, out: Path, data_root: str | None) -> tuple[list[dict], list[str]]:
+def collect(plan: Plan, out: Path, data_root: str | None) -> tuple[list[Record], list[str]]:
     """Records of the runs that are done, and the names of those that are not."""
     states = inspect(plan, out, data_root)
     done = [st for st in states if st.status == "done"]
-    return [rec for st in done for rec in records(plan, st)], \
+    return [rec for st in done for rec in plan.kind.records(st)], \
         [st.run.name for st in states if st.status != "done"]
 
 
 def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> None:
     """Train each of run.priors on the run's training tokens (resuming), then evaluate its
     samples once per decoding (FID*, PRD, NLL and the seconds per image)."""
-    from mvq.decoding import Decoding
-    from mvq.evaluate import EvalSettings, evaluate_samples
-    from mvq.train.prior import PriorTraining, train_prior
-
     ckpt = st.out_dir / "checkpoint"
     tokens = _tokens(st, device, progress)
-    for spec, i, path in _prior_samples(st.run, st.out_dir):
+    for sample in st.samples:
+        spec, path = sample.spec, sample.path
         prior_dir = path.parent
         found, step = latest_checkpoint(prior_dir / "checkpoint")
         if found is not None:
             _check_prior(found, spec)
-        if _eval_matches(path, plan, st.steps, "samples"):
+        if _sampled(path, plan, st.steps):
             continue
         if step < spec.steps:
             settings = PriorTraining(kind=spec.kind, steps=spec.steps, seed=spec.seed,
-                                     sizes=spec.sizes, class_conditional=spec.class_conditional)
+                                     sizes=None if spec.sizes is None else dict(spec.sizes),
+                                     class_conditional=spec.class_conditional)
             result = train_prior(tokens, prior_dir, settings, progress=progress, device=device,
                                  resume=step > 0)
             seconds = result["seconds"] + read_json(prior_dir / "run.json").get(
@@ -321,7 +268,7 @@ def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str)
             _merge_json(prior_dir / "run.json", {"train_seconds": round(seconds, 1)})
         settings = EvalSettings(n=plan.eval_n, device=device, progress=progress,
                                 data_root=data_root)
-        decoding = Decoding(seed=spec.seed, **dict(spec.decodes[i][1]))
+        decoding = replace(sample.decode.decoding, seed=spec.seed)
         result = evaluate_samples(ckpt, prior_dir / "checkpoint", settings,
                                   plan.sample_metrics, decoding)
         result["planned_metrics"] = list(plan.sample_metrics)
@@ -335,7 +282,8 @@ def _check_prior(found: Path, spec: PriorSpec) -> None:
     info = read_json(found / "config.json")
     have = (info.get("prior_type", "gpt"), bool(info.get("num_classes")),
             (info.get("prior") or {}).get("sizes") if spec.sizes else None)
-    if have != (spec.kind, spec.class_conditional, spec.sizes):
+    if have != (spec.kind, spec.class_conditional,
+                None if spec.sizes is None else dict(spec.sizes)):
         raise MvqError(f"{found.parent} holds a prior with other settings than the plan's "
                        f"{spec.folder} (type, class conditioning or sizes): move it away or "
                        "pick another --out")
@@ -344,8 +292,6 @@ def _check_prior(found: Path, spec: PriorSpec) -> None:
 def _tokens(st: RunState, device: str, progress: bool) -> Path:
     """The run's training-split token file, encoded once (written atomically: present means
     complete)."""
-    from mvq.tokens import encode_dataset
-
     tokens = st.out_dir / "tokens_train.safetensors"
     if not tokens.is_file():
         encode_dataset(st.out_dir / "checkpoint", tokens, "train", device=device,

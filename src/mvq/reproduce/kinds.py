@@ -1,0 +1,217 @@
+"""The kinds of experiment and the plan that names one.
+
+A kind decides what a finished run contributes to the report (one row per tokenizer, or one
+per prior and decoding), the size columns of the table, and the figures and text of its own
+(the fig5 plot, the class grid and class agreement). The generic report
+(:mod:`mvq.reproduce.report`) asks the plan's kind and names no experiment.
+
+- :class:`TokenizerSweep`: tokenizers compared by their reconstructions (fig5, table1, ...);
+- :class:`Generation`: priors on shared tokenizer runs, compared by their samples;
+- :class:`ClassConditional`: a generation experiment with a class grid and class agreement;
+- :class:`Benchmark`: a benchmark that runs alone (table6: token sampling times).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mvq._compat import missing
+from mvq.errors import MvqError
+from mvq.outputs import atomic_write, write_text
+from mvq.reproduce.classgrid import agreement_text, class_agreement, class_grid
+from mvq.reproduce.records import Cell, Record, run_record, sample_records
+from mvq.reproduce.report import METRIC_NAMES, columns
+from mvq.reproduce.spec import Run, RunState
+
+
+@dataclass(frozen=True)
+class Plot:
+    """The sweep's plot: each metric against the ``x`` label, one panel per ``series`` value;
+    ``line`` labels the swept cells, ``band`` the baseline drawn as a band."""
+
+    x: str
+    series: str
+    line: str = "MVQ"
+    band: str = "hierarchical VQ"
+
+
+@dataclass
+class TokenizerSweep:
+    """Tokenizers compared by their reconstructions: one report row per run (cell), with its
+    bits per image and parameters; ``plot``: the metric-against-label figure, if any."""
+
+    plot: Plot | None = None
+    standalone = False  # runs trained and evaluated by the runner
+
+    def records(self, st: RunState) -> list[Record]:
+        return [run_record(st)]
+
+    def size_columns(self) -> list[str]:
+        return ["bits/img", "params"]
+
+    def size_cells(self, cell: Cell) -> list[str]:
+        bits = cell.stats["bits_per_image"].mean if "bits_per_image" in cell.stats else None
+        return [f"{bits:g}" if bits is not None else "n/a", _params(cell)]
+
+    def extras(self, plan: Plan, records: list[Record], folder: Path, device: str,
+               data_root: str | None) -> tuple[tuple[Path, ...], dict]:
+        """Figures and results.json entries made before the report (none here)."""
+        return (), {}
+
+    def figures(self, plan: Plan, cells: list[Cell], folder: Path) -> tuple[Path, ...]:
+        """The figures drawn from the table's cells."""
+        if self.plot is None:
+            return ()
+        png = plot(plan, self.plot, cells, folder / f"{plan.experiment}.png")
+        return (png,) if png else ()
+
+    def sections(self, extra: dict) -> list[str]:
+        """The kind's own paragraphs after the comparisons."""
+        return []
+
+
+@dataclass
+class Generation(TokenizerSweep):
+    """Priors on shared tokenizer runs: one report row per prior and decoding, with the
+    prior's parameters (no tokenizer bits)."""
+
+    def records(self, st: RunState) -> list[Record]:
+        return list(sample_records(st))
+
+    def size_columns(self) -> list[str]:
+        return ["prior params"]
+
+    def size_cells(self, cell: Cell) -> list[str]:
+        return [_params(cell)]
+
+
+@dataclass
+class ClassConditional(Generation):
+    """A generation experiment with class-conditional priors: a grid of samples per class and
+    how often the samples are of the class asked for."""
+
+    def extras(self, plan: Plan, records: list[Record], folder: Path, device: str,
+               data_root: str | None) -> tuple[tuple[Path, ...], dict]:
+        if not records:
+            return (), {}
+        grid = class_grid(records, folder / "class_grid.png", device)
+        agree = class_agreement(records, folder / "class_agreement.json", plan.eval_n, device,
+                                data_root)
+        return (grid,), {"class_agreement": agree}
+
+    def sections(self, extra: dict) -> list[str]:
+        agree = extra.get("class_agreement")
+        return agreement_text(agree) if agree else []
+
+
+@dataclass
+class Benchmark:
+    """A benchmark that runs on its own (no tokenizer runs): ``module``'s output is the
+    report."""
+
+    module: str
+    minutes: dict[str, str]  # the estimate by scale
+    standalone = True
+
+    def run(self, plan: Plan, folder: Path, dry_run: bool) -> dict | None:
+        """Run the benchmark (quick: its --quick form), keep its output in report.md."""
+        args = [sys.executable, "-m", self.module, "--json", str(folder / "results.json")]
+        args += ["--quick"] if plan.scale == "quick" else ["--threads", "1"]
+        print(f"mvq reproduce {plan.experiment} --scale {plan.scale}: {' '.join(args[1:])}\n"
+              f"estimated {self.minutes[plan.scale]} on a 2-core CPU", file=sys.stderr)
+        if dry_run:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise MvqError(f"the benchmark {self.module} failed: "
+                           f"{done.stderr.strip().splitlines()[-1:]}")
+        text = (f"# {plan.title}\n\n`python {' '.join(args[1:])}`\n\n"
+                f"```\n{done.stdout.rstrip()}\n```\n")
+        write_text(folder / "report.md", text)
+        print(text)
+        return {"experiment": plan.experiment, "scale": plan.scale, "output": done.stdout}
+
+
+Kind = TokenizerSweep | Benchmark
+
+
+@dataclass
+class Plan:
+    """An experiment at one scale: its runs, the evaluation, and how the report reads them."""
+
+    experiment: str
+    scale: str
+    title: str
+    runs: list[Run]
+    eval_n: int
+    metrics: tuple[str, ...]
+    cell: tuple[str, ...]  # label keys that name a table row (seeds are averaged)
+    baseline: dict = field(default_factory=dict)  # labels of the baseline rows
+    sample_metrics: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+    match: tuple[str, ...] = ("tokens", "K")  # labels a model shares with its baseline rows
+    kind: Kind = field(default_factory=TokenizerSweep)
+
+
+def _params(cell: Cell) -> str:
+    params = cell.stats["parameters"].mean if "parameters" in cell.stats else None
+    return f"{params / 1e6:.2f} M" if params else "n/a"
+
+
+def plot(plan: Plan, axes_of: Plot, cells: list[Cell], path: Path) -> Path | None:
+    """Metric against the x label, one panel per series and metric; the baseline as a
+    horizontal band (mean ± std)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # an optional dependency
+        raise missing("matplotlib", "explore") from None
+
+    series = sorted({c.labels.get(axes_of.series) for c in cells}, key=str)
+    metrics = [m for m in ("rfid", "mse", "lpips") if m in columns(cells)]
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(len(metrics), len(series), figsize=(4.2 * len(series),
+                             3.0 * len(metrics)), squeeze=False)
+    for col, value in enumerate(series):
+        mine = [c for c in cells if c.labels.get(axes_of.series) == value]
+        for row, m in enumerate(metrics):
+            _panel(axes[row][col], plan, axes_of, mine, m)
+            axes[row][col].set_title(f"{axes_of.series} {value}: {METRIC_NAMES[m]}")
+            if row == 0 and col == 0:
+                axes[row][col].legend(fontsize=8)
+    fig.suptitle(textwrap.fill(f"{plan.title}: mean ± std over seeds (mvq reproduce "
+                               f"{plan.experiment} --scale {plan.scale})", 60 * len(series)),
+                 fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _panel(ax, plan: Plan, axes_of: Plot, mine: list[Cell], m: str) -> None:
+    """One panel: the series' cells of metric ``m`` against x, the baseline as a band."""
+    pts = sorted((c.labels[axes_of.x], c.stats[m]) for c in mine
+                 if axes_of.x in c.labels and m in c.stats and c.stats[m].mean is not None)
+    if pts:
+        xs = [p[0] for p in pts]
+        ax.errorbar(xs, [p[1].mean for p in pts], yerr=[p[1].std or 0 for p in pts],
+                    marker="o", capsize=3, label=axes_of.line)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+    for c in mine:
+        if all(c.labels.get(k) == v for k, v in plan.baseline.items()) \
+                and m in c.stats and c.stats[m].mean is not None:
+            mean, std = c.stats[m].mean, c.stats[m].std or 0
+            ax.axhline(mean, color="gray", linestyle="--", label=axes_of.band)
+            if std:
+                ax.axhspan(mean - std, mean + std, color="gray", alpha=0.2)
+    ax.set_xlabel(axes_of.x)
+    ax.grid(alpha=0.3)

@@ -1,0 +1,152 @@
+"""What a finished run leaves for the report, and the report's rows.
+
+A tokenizer run leaves a :class:`RunRecord` (its evaluation, its config; table5: its one
+prior's sample metrics); the generation experiments read one :class:`SampleRecord` per prior
+and decoding. The report aggregates records into :class:`Cell` rows (mean / std over seeds).
+Each record's ``to_json`` is its entry in results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+
+from mvq.reproduce.spec import RunState
+from mvq.reproduce.timing import read_json
+
+
+@dataclass
+class RunRecord:
+    """What the report needs of one finished, evaluated tokenizer run."""
+
+    name: str
+    labels: dict
+    seed: int
+    checkpoint: str
+    metrics: dict = field(default_factory=dict)
+    mask_bits: float | None = None
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    config: dict = field(default_factory=dict)  # the checkpoint's resolved config
+    samples: dict | None = None  # table5: the run's one prior's sample metrics
+
+    def values(self) -> dict:
+        """Every figure of the row: the reconstruction metrics and the samples' metrics."""
+        return {**self.metrics, **(self.samples or {})}
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        if self.samples is None:
+            del out["samples"]
+        return out
+
+
+@dataclass
+class SampleRecord:
+    """One sample evaluation of a prior on a tokenizer run (a generation experiment's row)."""
+
+    name: str  # RUN/PRIOR_FOLDER/DECODING
+    labels: dict  # the run's, with the prior's label and the decoding's
+    seed: int  # the prior's
+    checkpoint: str | None  # the prior's
+    metrics: dict  # the samples' metrics and the prior's "parameters"
+    decoding: dict | None
+    tokenizer: str
+    train_seconds: float | None  # the prior's
+    eval_seconds: float | None
+    prior_kind: str
+    prior_sizes: dict | None
+    class_conditional: bool
+
+    def values(self) -> dict:
+        return dict(self.metrics)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+Record = RunRecord | SampleRecord
+
+
+def run_record(st: RunState) -> RunRecord:
+    """The record of one finished, evaluated run (reads its eval.json and config)."""
+    ckpt = st.out_dir / "checkpoint"
+    evaluation = json.loads((st.out_dir / "eval.json").read_text())
+    samples = st.samples
+    return RunRecord(
+        st.run.name, dict(st.run.labels), st.run.seed, str(ckpt), evaluation["metrics"],
+        evaluation.get("mask_bits"), read_json(st.out_dir / "run.json").get("train_seconds"),
+        evaluation.get("seconds"), json.loads((ckpt / "config.json").read_text())["config"],
+        json.loads(samples[0].path.read_text())["metrics"] if samples else None)
+
+
+def sample_records(st: RunState) -> list[SampleRecord]:
+    """One record per prior and decoding of one finished run, labelled with the prior and the
+    decoding on top of the run's labels."""
+    out = []
+    for sample in st.samples:
+        spec, tag = sample.spec, sample.decode.label
+        got = json.loads(sample.path.read_text())
+        labels = {**st.run.labels, "prior": spec.label or spec.kind}
+        if tag:
+            labels["decoding"] = tag
+        out.append(SampleRecord(
+            f"{st.run.name}/{spec.folder}/{sample.decode.slug}", labels, spec.seed,
+            got.get("prior"), {**got["metrics"], "parameters": got.get("prior_parameters")},
+            got.get("decoding"), str(st.out_dir / "checkpoint"),
+            read_json(sample.path.parent / "run.json").get("train_seconds"), got.get("seconds"),
+            spec.kind, None if spec.sizes is None else dict(spec.sizes), spec.class_conditional))
+    return out
+
+
+@dataclass
+class Stat:
+    """Mean and sample std (None for one value) of one figure over a cell's seeds."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        if not values:
+            return cls(None, None, 0)
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return cls(statistics.fmean(values), std, len(values))
+
+
+@dataclass
+class Cell:
+    """One row of the report's table: the runs of one label combination, over their seeds."""
+
+    labels: dict
+    runs: list[str]
+    stats: dict[str, Stat]
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+    def to_json(self) -> dict:
+        return {"labels": self.labels, "runs": self.runs, "seeds": self.seeds,
+                "stats": {m: asdict(s) for m, s in self.stats.items()}}
+
+
+def aggregate(cell_keys: tuple[str, ...], records: list[Record]) -> list[Cell]:
+    """One cell per distinct value of the ``cell_keys`` labels: mean / std / n over its seeds."""
+    cells: dict[tuple, tuple[Cell, dict[str, list[float]]]] = {}
+    for rec in records:
+        labels = {k: rec.labels.get(k) for k in cell_keys if k in rec.labels}
+        cell, values = cells.setdefault(tuple(labels.items()), (Cell(labels, [], {}), {}))
+        cell.runs.append(rec.name)
+        for metric, value in rec.values().items():
+            if isinstance(value, (int, float)):
+                values.setdefault(metric, []).append(float(value))
+        if rec.train_seconds is not None:
+            values.setdefault("train_seconds", []).append(rec.train_seconds)
+    for cell, values in cells.values():
+        cell.stats = {m: Stat.of(v) for m, v in values.items()}
+    return [cell for cell, _ in cells.values()]
