@@ -1,8 +1,8 @@
 import pytest
 import torch
+from conftest import assert_labelled, tiny_model_config
 from PIL import Image
 
-from conftest import assert_labelled, tiny_model_config
 from mvq.analysis import analyze, figures, pick_distinct
 from mvq.analysis import codes as C
 from mvq.checkpoint import save_checkpoint

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_labelled
 from PIL import Image
 
-from conftest import assert_labelled
 from mvq.cli import main
 
 TINY = ["model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",

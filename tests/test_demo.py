@@ -1,6 +1,7 @@
 import json
 
 from conftest import assert_labelled
+
 from mvq.demo import run_demo
 
 TINY = ["model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",

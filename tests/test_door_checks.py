@@ -30,10 +30,10 @@ from mvq.errors import MvqError
 from mvq.metrics.fid import fid_from_features, frechet_distance
 from mvq.metrics.perceptual import lpips_distance
 from mvq.metrics.prd import prd_from_features
-from mvq.outputs import check_outputs
 from mvq.models import build_model
 from mvq.models.movq import MoVQConfig
 from mvq.models.tokenizers import model_bytes
+from mvq.outputs import check_outputs
 from mvq.pretrained import load_tokenizer
 from mvq.priors.registry import PRIORS
 from mvq.reproduce.plan import MAX_SEEDS, build_plan

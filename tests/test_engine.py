@@ -117,8 +117,9 @@ def test_prior_resumes_exactly_and_a_finished_run_is_not_retrained(tmp_path):
                                                                    ["step", "loss"])
     again = train_prior(tokens, tmp_path / "part", settings(6), resume=True, **kw)
     assert again["finished_before"] and again["metrics"] == full["metrics"]
-    from mvq.errors import MvqError
     import pytest
+
+    from mvq.errors import MvqError
 
     with pytest.raises(MvqError, match="already holds a prior run .* --resume"):
         train_prior(tokens, tmp_path / "part", settings(6), **kw)

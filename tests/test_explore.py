@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_config
 from PIL import Image
 
-from conftest import tiny_model_config
 from mvq.analysis import codes as C
 from mvq.analysis.explore import ExploreServer, make_server
 from mvq.checkpoint import save_checkpoint

@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_model_config
+
 from mvq.analysis.explore import make_server
 from mvq.checkpoint import save_checkpoint
 from mvq.config import Config, DataConfig

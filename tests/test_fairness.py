@@ -5,12 +5,11 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model_config
 from torch import nn
 
 from mvq.config import ModelConfig
 from mvq.models import build_model
-
-from conftest import tiny_model_config
 
 
 class _Constant(nn.Module):

@@ -1,12 +1,21 @@
 import numpy as np
 import pytest
 import torch
+from conftest import assert_labelled
 from PIL import Image
 
-from conftest import assert_labelled
 from mvq.errors import MvqError
-from mvq.figures import (GAP, HEAT, MARGIN, Figure, change_heatmap, change_size, readable_scale,
-                         text_size, wrap)
+from mvq.figures import (
+    GAP,
+    HEAT,
+    MARGIN,
+    Figure,
+    change_heatmap,
+    change_size,
+    readable_scale,
+    text_size,
+    wrap,
+)
 from mvq.sample import sample_figure
 
 

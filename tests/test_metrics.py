@@ -9,7 +9,7 @@ import socket
 import warnings
 from pathlib import Path
 
-import mvq  # noqa: F401  (torchvision shim first)
+import mvq  # noqa: F401  # isort: skip  (torchvision shim first)
 import numpy as np
 import pytest
 import torch

@@ -5,12 +5,12 @@ import torch
 from conftest import tiny_model_config
 
 from mvq.checkpoint import save_checkpoint
-from mvq.pretrained import load_tokenizer
 from mvq.codes import Codes
 from mvq.config import Config
 from mvq.errors import MvqError
 from mvq.models import build_model
 from mvq.nn.vqvae2 import FACTORS, TABLE3, build_networks, geometry, plan_decoder, plan_encoder
+from mvq.pretrained import load_tokenizer
 
 SIZES = {7: 28, 14: 28, 28: 28, 8: 32, 16: 32, 32: 32, 64: 64}
 

@@ -9,17 +9,16 @@ from conftest import assert_labelled, tiny_model_config
 from PIL import Image
 
 from mvq.checkpoint import save_checkpoint
-from mvq.pretrained import load_tokenizer
 from mvq.config import Config, DataConfig, TrainConfig
 from mvq.data import build_dataset
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.models import build_model
-from mvq.decoding import Decoding
+from mvq.pretrained import load_prior, load_tokenizer
+from mvq.priors.base import validate_prior
 from mvq.sample import Sampling, grid_shape, sample_images
 from mvq.tokens import encode_dataset, load_tokens
 from mvq.train import train
-from mvq.pretrained import load_prior
-from mvq.priors.base import validate_prior
 from mvq.train.prior import PriorTraining, train_prior
 
 TINY = {"primary": dict(n_layer=1, n_head=2, n_embd=16),

@@ -7,19 +7,18 @@ import torch
 from conftest import tiny_model_config
 
 from mvq.checkpoint import save_checkpoint
-from mvq.pretrained import load_tokenizer
 from mvq.codes import Codes
 from mvq.config import Config, DataConfig, TrainConfig
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.losses.vqgan import VQGANLossConfig
 from mvq.models import build_model
 from mvq.models.movq import MoVQConfig
+from mvq.pretrained import load_prior, load_tokenizer
 from mvq.priors import PRIORS, MaskGITPrior, default_kind, layout_of, prior_class
-from mvq.decoding import Decoding
 from mvq.sample import Sampling, sample_codes_and_images
 from mvq.tokens import encode_dataset, load_tokens
 from mvq.train import train
-from mvq.pretrained import load_prior
 from mvq.train.prior import PriorTraining, train_prior
 
 SIZES = {"gpt": {"primary": dict(n_layer=1, n_head=2, n_embd=16),

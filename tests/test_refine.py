@@ -1,8 +1,8 @@
 import math
 
 import torch
-
 from conftest import tiny_model_config
+
 from mvq.models import build_model
 from mvq.quantize.refine import refine_masks
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_model_config
 from torch import nn
 
-from conftest import tiny_model_config
 from mvq.losses import (
     PatchDiscriminator,
     VQGANLoss,

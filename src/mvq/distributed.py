@@ -25,7 +25,6 @@ import torch.distributed as dist
 
 from mvq.errors import MvqError
 
-
 _SYNC = False
 # rank 0 validates and saves while the others wait in the next step's all-reduce: a long
 # validation must not trip the collective timeout (NCCL's default is 10 minutes)

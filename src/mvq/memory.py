@@ -9,7 +9,6 @@ import torch
 
 from mvq.errors import MvqError
 
-
 SMALL = 64 << 20  # bytes: allocations below this are never checked
 
 

@@ -40,9 +40,9 @@ def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "t
     out_path = check_outputs([("--out", out_path)], overwrite,
                              [("--checkpoint", checkpoint)])[0]
     from mvq.checkpoint import tensors_sha256
-    from mvq.pretrained import load_tokenizer
     from mvq.data import build_dataset
     from mvq.devices import pick_device
+    from mvq.pretrained import load_tokenizer
 
     if batch_size < 1:
         raise MvqError(f"batch_size must be >= 1, got {batch_size}")

@@ -42,8 +42,8 @@ from mvq.data import class_names
 from mvq.errors import MvqError
 from mvq.figures import Figure, change_heatmap, change_size, png_bytes, to_uint8
 from mvq.models.tokenizers import MVQVAE
-from mvq.sample import check_same_tokenizer, class_labels
 from mvq.pretrained import load_prior
+from mvq.sample import check_same_tokenizer, class_labels
 
 MAX_TARGETS = 16
 MAX_SAMPLES = 32  # prior samples or masks per request

@@ -206,9 +206,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{ratio(r['cached_s'], r['maskgit8_s']):>16} | "
               f"{ratio(r['cached_s'], r['maskgit12_s']):>17} | "
               f"{ratio(r['unfused_s'], r['cached_s']):>14}")
-    print(f"\nbound: a batch-1 cached step reads every primary weight once and the cached keys "
-          f"and values; those reads alone take (median of 20, this run; cache at the mean "
-          f"length (S + 1) / 2):")
+    print("\nbound: a batch-1 cached step reads every primary weight once and the cached keys "
+          "and values; those reads alone take (median of 20, this run; cache at the mean "
+          "length (S + 1) / 2):")
     for r in rows:
         best = r["max_speedup_vs_naive"]
         print(f"{'':21} {r['tokens']:>7} | {r['primary_weights_mb']:6.1f} MB | linear layers "

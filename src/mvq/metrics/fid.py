@@ -29,7 +29,6 @@ from mvq.metrics.weights import (
 )
 
 
-
 def build_fid_inception(state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
     """pytorch-fid's FID Inception (torchvision Inception3 with FID blocks, 1008-way fc).
 

@@ -23,7 +23,6 @@ from mvq.metrics.weights import (
     lpips_backbone_path,
 )
 
-
 LPIPS_MIN_SIDE = 32  # AlexNet's pooling stack collapses to 0x0 below ~31 px
 _NET_MIN_SIDE = {"alex": 31, "vgg": 16}  # smallest side each trunk accepts
 

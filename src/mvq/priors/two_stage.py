@@ -16,7 +16,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mvq.codes import Codes
 from mvq.errors import MvqError

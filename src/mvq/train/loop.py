@@ -22,12 +22,12 @@ from mvq.config import (
     resume_changes,
 )
 from mvq.data import build_dataset
+from mvq.devices import pick_device
 from mvq.errors import MvqError
 from mvq.figures import Figure, save_png
 from mvq.memory import check_fits
 from mvq.models import Tokenizer, build_model
 from mvq.models.tokenizers import SIZE_FIX, model_bytes
-from mvq.devices import pick_device
 from mvq.train.engine import (
     Schedule,
     StepOutput,
