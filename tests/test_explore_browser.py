@@ -122,8 +122,10 @@ def test_the_atlas_thumbnail_of_a_bit_is_what_toggling_that_bit_shows(browser, s
     mask = _api(f"{base}/api/image/0")["mask"]
     browser.get(base + "/")
     wait = WebDriverWait(browser, 60)
-    ready = (lambda want: lambda d: d.find_element(By.TAG_NAME, "body")
-             .get_attribute("data-ready") == want)
+
+    def ready(want):
+        return lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == want
+
     wait.until(ready(mask))
     cards = browser.find_elements(By.CSS_SELECTOR, "#flips .flip")
     assert len(cards) == len(mask)
@@ -158,8 +160,10 @@ def test_prior_panel_keeps_a_sample_and_redraws_its_masks(browser, prior_server)
     base = f"http://127.0.0.1:{prior_server.server_address[1]}"
     browser.get(base + "/")
     wait = WebDriverWait(browser, 60)
-    body = (lambda key, want: lambda d: d.find_element(By.TAG_NAME, "body")
-            .get_attribute(f"data-{key}") == want)
+
+    def body(key, want):
+        return lambda d: d.find_element(By.TAG_NAME, "body").get_attribute(f"data-{key}") == want
+
     wait.until(body("samples", "seed=0&n=8"))
     want = _api(f"{base}/api/prior/samples?seed=0&n=8")["images"]
     shown = [i.get_attribute("src") for i in browser.find_elements(By.CSS_SELECTOR, "#samples img")]

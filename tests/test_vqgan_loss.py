@@ -115,7 +115,10 @@ def test_lpips_term_equals_metric(lpips_module):
         assert torch.allclose(loss_fn.perceptual(x, y), lpips_module(x, y).mean(), atol=1e-6)
         # below 32 px (AlexNet's limit) both images are bilinearly resized up first
         small_x, small_y = x[:, :, :16, :16], y[:, :, :16, :16]
-        up = (lambda t: F.interpolate(t, size=(32, 32), mode="bilinear", align_corners=False))
+
+        def up(t):
+            return F.interpolate(t, size=(32, 32), mode="bilinear", align_corners=False)
+
         assert torch.allclose(loss_fn.perceptual(small_x, small_y),
                               lpips_module(up(small_x), up(small_y)).mean(), atol=1e-6)
 

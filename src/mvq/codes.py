@@ -33,18 +33,25 @@ class Codes:
         return self.primary.shape[0]
 
     def __getitem__(self, idx) -> Codes:
-        pick = (lambda t: None if t is None else t[idx])
+        def pick(t):
+            return None if t is None else t[idx]
+
         return Codes(pick(self.primary), pick(self.secondary), pick(self.mask), dict(self.meta))
 
     def to(self, device) -> Codes:
-        move = (lambda t: None if t is None else t.to(device))
+        def move(t):
+            return None if t is None else t.to(device)
+
         return Codes(move(self.primary), move(self.secondary), move(self.mask), dict(self.meta))
 
     @staticmethod
     def cat(items: list[Codes]) -> Codes:
         first = items[0]
-        join = (lambda name: None if getattr(first, name) is None
-                else torch.cat([getattr(c, name) for c in items]))
+
+        def join(name):
+            return (None if getattr(first, name) is None
+                    else torch.cat([getattr(c, name) for c in items]))
+
         return Codes(join("primary"), join("secondary"), join("mask"), dict(first.meta))
 
     def save(self, path: str | Path, extra: dict[str, torch.Tensor] | None = None,

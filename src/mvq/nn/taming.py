@@ -156,7 +156,10 @@ class Encoder(nn.Module):
                  num_groups: int = 32) -> None:
         super().__init__()
         self.latent_size = _check_resolution(resolution, ch_mult)
-        norm = (lambda c: PlainGroupNorm(c, num_groups))
+
+        def norm(c):
+            return PlainGroupNorm(c, num_groups)
+
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         self.levels = nn.ModuleList()
         res, c_in = resolution, ch
@@ -201,14 +204,20 @@ class Decoder(nn.Module):
         res = _check_resolution(resolution, ch_mult)
         c_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(in_channels, c_in, 3, padding=1)
-        mid = (lambda c: norm(c, 0))
+
+        def mid(c):
+            return norm(c, 0)
+
         self.mid1 = ResBlock(c_in, c_in, mid, dropout)
         self.mid_attn = AttnBlock(c_in, mid)
         self.mid2 = ResBlock(c_in, c_in, mid, dropout)
         self.levels = nn.ModuleList()  # lowest resolution first
         for j, i in enumerate(reversed(range(len(ch_mult)))):
             level, c_out = Level(), ch * ch_mult[i]
-            block_norm = (lambda c, idx=j + 1: norm(c, idx))
+
+            def block_norm(c, idx=j + 1):
+                return norm(c, idx)
+
             for _ in range(num_res_blocks + 1):
                 level.blocks.append(ResBlock(c_in, c_out, block_norm, dropout))
                 if res in attn_resolutions:
