@@ -107,7 +107,8 @@ def run_of(folder: str | Path) -> str | None:
 
 
 def read_manifest(folder: Path) -> dict | None:
-    """The folder's manifest, or None for a folder written before manifests (or not a checkpoint)."""
+    """The folder's manifest, or None for a folder written before manifests (or not a
+    checkpoint)."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
@@ -287,7 +288,8 @@ def writing(target: str | Path, step: int, keep: int = 1, run: str | None = None
                 raise MvqError(f"{target} exists but is not an mvq checkpoint; move it away")
             k, gone = 0, _retired_name(target, old)
             while gone.exists() or gone.is_symlink():
-                if gone in retired(target) and run_of(gone) == run and _remove(gone):  # the same step saved again
+                # the same step saved again
+                if gone in retired(target) and run_of(gone) == run and _remove(gone):
                     break
                 k, gone = k + 1, _retired_name(target, old, k + 1)  # a name not ours: keep it
             os.rename(target, gone)
@@ -373,7 +375,8 @@ def model_card(info: dict) -> str:
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, cfg: Config, step: int,
                     optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
-                    aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]] | None = None,
+                    aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]]
+                    | None = None,
                     keep: int = 1) -> Path:
     """Write model (and optionally optimizer + RNG state) as the checkpoint ``directory``.
 
@@ -405,10 +408,12 @@ def read_json(path: Path) -> dict:
 def read_info(directory: str | Path) -> dict:
     directory = Path(directory)
     if not directory.is_dir():
-        raise MvqError(f"checkpoint folder not found: {directory} (expected a folder written by `mvq train`)")
+        raise MvqError(f"checkpoint folder not found: {directory} "
+                       "(expected a folder written by `mvq train`)")
     path = directory / "config.json"
     if not path.is_file() or not (directory / "model.safetensors").is_file():
-        raise MvqError(f"{directory} is not an mvq checkpoint: it needs config.json and model.safetensors")
+        raise MvqError(f"{directory} is not an mvq checkpoint: "
+                       "it needs config.json and model.safetensors")
     info = read_json(path)
     if info.get("format") != FORMAT:
         raise MvqError(f"{path} has format {info.get('format')!r:.80}, expected {FORMAT!r}")
@@ -483,7 +488,8 @@ def save_train_state(directory: Path, optimizer: torch.optim.Optimizer,
 
 
 def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
-                     aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]] | None = None
+                     aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]]
+                     | None = None
                      ) -> None:
     path = Path(directory) / "train_state.safetensors"
     if not path.is_file():
@@ -503,10 +509,13 @@ def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
                                                      or f"module.{name}" not in metadata):
             raise MvqError(f"cannot resume: {path} has no state for the {name}")
         mod_prefix, opt_prefix = f"aux.{name}.", f"auxopt.{name}."
-        module.load_state_dict({k[len(mod_prefix):]: v for k, v in tensors.items() if k.startswith(mod_prefix)})
+        module.load_state_dict({k[len(mod_prefix):]: v for k, v in tensors.items()
+                                if k.startswith(mod_prefix)})
         if opt is not None:
-            opt_tensors = {k[len(opt_prefix):]: v for k, v in tensors.items() if k.startswith(opt_prefix)}
-            opt.load_state_dict(_unflatten_optimizer(opt_tensors, json.loads(metadata[f"optimizer.{name}"])))
+            opt_tensors = {k[len(opt_prefix):]: v for k, v in tensors.items()
+                           if k.startswith(opt_prefix)}
+            opt.load_state_dict(_unflatten_optimizer(opt_tensors,
+                                                     json.loads(metadata[f"optimizer.{name}"])))
     own = {k: v for k, v in tensors.items() if k.startswith("state.")}
     optimizer.load_state_dict(_unflatten_optimizer(own, json.loads(metadata["optimizer"])))
     _check_optimizer_fits(optimizer, path)

@@ -75,7 +75,8 @@ class Codes:
         """(codes, the other tensors of the file, its header metadata); MvqError on a bad file."""
         path = Path(path)
         if not path.is_file():
-            raise MvqError(f"{what} file not found: {path} (expected a .safetensors written by mvq)")
+            raise MvqError(f"{what} file not found: {path} "
+                           "(expected a .safetensors written by mvq)")
         try:
             from safetensors import safe_open
 

@@ -115,7 +115,8 @@ RANGES: dict[str, dict[str, Range]] = {
     },
     "VQGANLossConfig": {
         "disc_start": at_least(0), "disc_weight": at_least(0), "disc_factor": at_least(0),
-        "disc_layers": at_least(1), "disc_channels": at_least(1), "disc_norm": one_of("batch", "none"),
+        "disc_layers": at_least(1), "disc_channels": at_least(1),
+        "disc_norm": one_of("batch", "none"),
         "disc_loss": one_of("hinge", "vanilla"), "perceptual_weight": at_least(0),
         "lpips_net": one_of("alex", "vgg"), "lpips_min_size": at_least(1),
         "rec_loss": one_of("l1", "l2"), "rec_weight": at_least(0), "quant_weight": at_least(0),
@@ -143,14 +144,16 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)  # MoVQConfig when type is movq
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    loss: object = field(default_factory=lambda: _loss_config_cls()())  # VQGANLossConfig (GAN types)
+    # VQGANLossConfig (GAN types)
+    loss: object = field(default_factory=lambda: _loss_config_cls()())
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "loss": None}
 
 
 def _ranges(cls) -> dict[str, Range]:
-    """The range table of a config class (by name: MoVQConfig and VQGANLossConfig live elsewhere)."""
+    """The range table of a config class (by name: MoVQConfig and VQGANLossConfig live
+    elsewhere)."""
     return RANGES[cls.__name__]
 
 
@@ -181,17 +184,20 @@ def check_model(model) -> None:
 
 def config_from_dict(data: dict) -> Config:
     if not isinstance(data, dict):
-        raise MvqError(f"a config must be a mapping with sections {list(_SECTIONS)}, got {type(data).__name__}")
+        raise MvqError(f"a config must be a mapping with sections {list(_SECTIONS)}, "
+                       f"got {type(data).__name__}")
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
-        raise MvqError(f"unknown config section '{unknown[0]}': valid sections are {', '.join(_SECTIONS)}")
+        raise MvqError(f"unknown config section '{unknown[0]}': "
+                       f"valid sections are {', '.join(_SECTIONS)}")
     for name in _SECTIONS:
         if not isinstance(data.get(name) or {}, dict):
             raise MvqError(f"config section '{name}' must be a mapping of key: value, found "
                            f"{data[name]!r:.80}; write it as {name}: {{key: value, ...}}")
     model_type = (data.get("model") or {}).get("type", ModelConfig.type)
     if model_type not in MODEL_TYPES:
-        raise MvqError(f"model.type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r:.80}")
+        raise MvqError(f"model.type must be one of {', '.join(MODEL_TYPES)}, "
+                       f"got {model_type!r:.80}")
     classes = {**_SECTIONS, "model": _model_config_cls(model_type), "loss": _loss_config_cls()}
     data = _upgrade(data)
     cfg = Config(**{name: _build(cls, data.get(name) or {}, name) for name, cls in classes.items()})
@@ -238,7 +244,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                        "true/false or lists") from None
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise MvqError(f"override {item!r} must look like section.key=value (e.g. train.steps=500)")
+            raise MvqError(f"override {item!r} must look like section.key=value "
+                           "(e.g. train.steps=500)")
         key, raw = item.split("=", 1)
         section, name = key.split(".", 1)
         data.setdefault(section, {})

@@ -26,7 +26,8 @@ def demo_config(model_type: str, out: Path, steps: int | None, num_masks: int | 
     if data_root:
         overrides.append(f"data.root={data_root}")
     if steps is not None:
-        overrides += [f"train.steps={steps}", f"train.val_every={steps}", f"train.ckpt_every={steps}"]
+        overrides += [f"train.steps={steps}", f"train.val_every={steps}",
+                      f"train.ckpt_every={steps}"]
     if num_masks is not None:
         overrides.append(f"model.num_masks={num_masks}")
     return load_config(PRESET, overrides)
@@ -74,12 +75,14 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
         ev = evaluate_checkpoint(ckpt, settings, metrics=("lpips", "rfid"))["metrics"]
         rows.append({
             "model": model_type, "tokens": f"{s}+{s2}", "tokens_per_image": s + s2,
-            "codebook_entries": cfg.model.codebook_size, "bits_per_image": round(model.bits_per_image, 2),
+            "codebook_entries": cfg.model.codebook_size,
+            "bits_per_image": round(model.bits_per_image, 2),
             "mask_bits": round(model.mask_bits, 2), "parameters": model.num_parameters,
             "num_masks": cfg.model.num_masks if model_type == "mvqvae" else None,
             "val_mse": round(m["val_mse"], 5), "val_psnr": round(m["val_psnr"], 3),
             "lpips": round(ev["lpips"], 4), "rfid": round(ev["rfid"], 2), "eval_images": eval_n,
-            "usage": round(m["val_usage"], 3), "usage2": round(m.get("val_usage2", float("nan")), 3),
+            "usage": round(m["val_usage"], 3),
+            "usage2": round(m.get("val_usage2", float("nan")), 3),
             "steps": result.step, "train_seconds": round(result.seconds, 1),
             "val_images": len(data[1]), "data": data_name,
             "checkpoint": str(result.out_dir / "checkpoint"),
@@ -90,7 +93,8 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
     grid = comparison_figure(images, recs, rows).save(out_dir / "comparison.png")
     write_text(out_dir / "summary.json", json.dumps(rows, indent=2))
     print(format_table(rows))
-    print(f"\ngrid (rows: original, {', '.join(MODELS)}): {grid}\nsummary: {out_dir / 'summary.json'}")
+    print(f"\ngrid (rows: original, {', '.join(MODELS)}): {grid}\n"
+          f"summary: {out_dir / 'summary.json'}")
     return rows
 
 
@@ -106,14 +110,16 @@ def comparison_figure(images: torch.Tensor, recs: list[torch.Tensor], rows: list
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("model", "tokens", "K", "bits/img", "params", "val MSE", "PSNR dB", "LPIPS", f"rFID@{rows[0]['eval_images']}",
-            "usage", "usage2", "steps", "time s")
+    head = ("model", "tokens", "K", "bits/img", "params", "val MSE", "PSNR dB", "LPIPS",
+            f"rFID@{rows[0]['eval_images']}", "usage", "usage2", "steps", "time s")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        bits = f"{r['bits_per_image']:g}" + (f" ({r['mask_bits']:g} mask)" if r["mask_bits"] else "")
-        cells = (r["model"], r["tokens"], r["codebook_entries"], bits, f"{r['parameters'] / 1e6:.2f} M",
-                 f"{r['val_mse']:.4f}",
-                 f"{r['val_psnr']:.2f}", f"{r['lpips']:.4f}", f"{r['rfid']:.2f}", f"{r['usage']:.2f}", f"{r['usage2']:.2f}", r["steps"],
+        bits = f"{r['bits_per_image']:g}" + (f" ({r['mask_bits']:g} mask)" if r["mask_bits"]
+                                             else "")
+        cells = (r["model"], r["tokens"], r["codebook_entries"], bits,
+                 f"{r['parameters'] / 1e6:.2f} M", f"{r['val_mse']:.4f}",
+                 f"{r['val_psnr']:.2f}", f"{r['lpips']:.4f}", f"{r['rfid']:.2f}",
+                 f"{r['usage']:.2f}", f"{r['usage2']:.2f}", r["steps"],
                  f"{r['train_seconds']:.0f}")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

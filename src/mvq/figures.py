@@ -157,7 +157,8 @@ class Figure:
         note_w, note_h = text_size(note)
         width = max(left + grid_w, MARGIN + text_size(title, TITLE_PX)[0],
                     MARGIN + note_w) + MARGIN
-        height = head + sum(heights) + GAP * len(self.rows) + (note_h + MARGIN if note_h else 0) + MARGIN
+        height = (head + sum(heights) + GAP * len(self.rows) + (note_h + MARGIN if note_h else 0)
+                  + MARGIN)
         canvas = Image.new("RGB", (width, height), BACKGROUND)
         draw = ImageDraw.Draw(canvas)
         draw.multiline_text((MARGIN, MARGIN), title, fill=INK, font=font(TITLE_PX), spacing=2)

@@ -14,7 +14,8 @@ def loads_object(text: str | bytes, where: str, fix: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise MvqError(f"{where} is not valid JSON ({err.msg} at line {err.lineno}); {fix}") from None
+        raise MvqError(f"{where} is not valid JSON ({err.msg} at line {err.lineno}); "
+                       f"{fix}") from None
     except UnicodeDecodeError:
         raise MvqError(f"{where} is not UTF-8 text; {fix}") from None
     except RecursionError:

@@ -156,7 +156,8 @@ def write_failure(path: str | Path, err: Exception, need: int) -> MvqError:
     text = getattr(err, "strerror", None) or str(err)
     if free is not None and free < need:
         why = f"the disk is full ({human(free)} free)"
-    elif getattr(err, "errno", None) == errno.EFBIG or "File too large" in text or "code: 27" in text:
+    elif (getattr(err, "errno", None) == errno.EFBIG or "File too large" in text
+          or "code: 27" in text):
         why = "the file size limit (ulimit -f) is lower"
     else:
         why = text.splitlines()[0][:200] if text else type(err).__name__

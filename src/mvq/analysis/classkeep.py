@@ -120,4 +120,5 @@ def transfer_class_rates(checkpoint: str | Path, n: int = 1000, train_images: in
 
 
 if __name__ == "__main__":  # the former mini-CLI: say where it went
-    raise SystemExit("python -m mvq.analysis.classkeep is gone: use `mvq analyze --what classkeep --checkpoint CKPT`")
+    raise SystemExit("python -m mvq.analysis.classkeep is gone: "
+                     "use `mvq analyze --what classkeep --checkpoint CKPT`")

@@ -96,4 +96,5 @@ def score_checkpoint(checkpoint: str, n: int = 2000, bins: int = 8) -> dict:
 
 
 if __name__ == "__main__":  # the former mini-CLI: say where it went
-    raise SystemExit("python -m mvq.analysis.factors is gone: use `mvq analyze --what factors --checkpoint CKPT`")
+    raise SystemExit("python -m mvq.analysis.factors is gone: "
+                     "use `mvq analyze --what factors --checkpoint CKPT`")

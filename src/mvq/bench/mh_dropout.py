@@ -25,7 +25,8 @@ def rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def worker(factor: int, j: int, naive: bool, batch: int, repeats: int, device: str, chunk: int) -> dict:
+def worker(factor: int, j: int, naive: bool, batch: int, repeats: int, device: str,
+           chunk: int) -> dict:
     import warnings
 
     import torch
@@ -46,7 +47,8 @@ def worker(factor: int, j: int, naive: bool, batch: int, repeats: int, device: s
 
     def step():
         out = layer(y, y2)
-        (out.mhd_loss + out.y_hat.square().mean() + out.primary.loss + out.secondary.loss).backward()
+        (out.mhd_loss + out.y_hat.square().mean() + out.primary.loss
+         + out.secondary.loss).backward()
 
     step()  # warm-up (allocator, kernels)
     if device == "cuda":
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.worker:
         j, naive = int(args.worker[0]), args.worker[1] == "1"
-        print(json.dumps(worker(args.factor, j, naive, args.batch, args.repeats, args.device, args.chunk)))
+        print(json.dumps(worker(args.factor, j, naive, args.batch, args.repeats, args.device,
+                                args.chunk)))
         return
     masks = [16, 128] if args.quick else args.masks
     repeats = 2 if args.quick else args.repeats
@@ -96,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     for j in masks:
         res = {}
         for naive in (False, True):
-            cmd = [sys.executable, "-m", "mvq.bench.mh_dropout", "--worker", str(j), str(int(naive)), "--factor",
-                   str(args.factor), "--batch", str(args.batch), "--repeats", str(repeats),
+            cmd = [sys.executable, "-m", "mvq.bench.mh_dropout", "--worker", str(j),
+                   str(int(naive)), "--factor", str(args.factor), "--batch", str(args.batch),
+                   "--repeats", str(repeats),
                    "--device", args.device, "--chunk", str(args.chunk)]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
@@ -108,11 +112,13 @@ def main(argv: list[str] | None = None) -> None:
                "efficient_peak_mb": e["peak_mb"], "naive_peak_mb": n["peak_mb"]}
         rows.append(row)
         print(f"{j:>6} | {e['seconds']:>11.4f} | {n['seconds']:>9.4f} | "
-              f"{n['seconds'] / e['seconds']:>7.2f}x | {e['peak_mb']:>12.1f} | {n['peak_mb']:>13.1f} | "
+              f"{n['seconds'] / e['seconds']:>7.2f}x | {e['peak_mb']:>12.1f} | "
+              f"{n['peak_mb']:>13.1f} | "
               f"{n['peak_mb'] / max(e['peak_mb'], 1e-3):>11.1f}x")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"factor": args.factor, "batch": args.batch, "device": args.device, "rows": rows}, fh, indent=2)
+            json.dump({"factor": args.factor, "batch": args.batch, "device": args.device,
+                       "rows": rows}, fh, indent=2)
 
 
 def _has_cuda() -> bool:

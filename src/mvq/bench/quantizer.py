@@ -79,13 +79,15 @@ def main(argv: list[str] | None = None) -> None:
     from importlib.metadata import version
 
     print(f"forward+backward, median of {repeats} alternating runs, CPU threads "
-          f"{torch.get_num_threads()}; vector-quantize-pytorch {version('vector-quantize-pytorch')}")
+          f"{torch.get_num_threads()}; "
+          f"vector-quantize-pytorch {version('vector-quantize-pytorch')}")
     print(f"{'B':>4} {'N':>5} {'D':>4} {'K':>5} | {'mvq ms':>8} | {'vqp ms':>8} | {'vqp / mvq':>9}")
     rows = []
     for case in cases:
         r = run(case, repeats)
         rows.append(r)
-        print(f"{r['batch']:>4} {r['tokens']:>5} {r['dim']:>4} {r['codebook']:>5} | {r['ours_ms']:>8.2f} | "
+        print(f"{r['batch']:>4} {r['tokens']:>5} {r['dim']:>4} {r['codebook']:>5} | "
+              f"{r['ours_ms']:>8.2f} | "
               f"{r['theirs_ms']:>8.2f} | {r['speedup']:>8.2f}x")
     if args.json:
         with open(args.json, "w") as fh:

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     repeats = 1 if args.quick else args.repeats
     b = args.batch
 
-    print(f"token sampling, seconds per image; median of up to {repeats} runs per cell; torch {torch.__version__}, "
+    print(f"token sampling, seconds per image; median of up to {repeats} runs per cell; "
+          f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU thread(s), {cpu_name()}; "
           f"codebooks {args.vocab} + {args.vocab}, mask {MASK_DIM} bits")
     head = (f"{'tokens':>7} | {'paper CPU':>9} | {'naive':>9} | {'cached':>9} | "

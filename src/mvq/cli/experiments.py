@@ -19,7 +19,8 @@ from mvq.reproduce.plan import EXPERIMENTS, SUMMARIES, THREE_SEEDS
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None,
                    help="training steps per model (default: preset)")
-    p.add_argument("--num-masks", type=positive_int, default=None, help="J for MVQ (default: preset)")
+    p.add_argument("--num-masks", type=positive_int, default=None,
+                   help="J for MVQ (default: preset)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--data-root", help="folder with the FashionMNIST idx files")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -117,7 +117,8 @@ def _parse_idx(path: str, magic: int, ndim: int) -> np.ndarray:
                            "fit its size: it is corrupt")
             raw = fh.read(expected + 1)
     except (OSError, EOFError, zlib.error, struct.error) as exc:
-        raise _bad(path, f"could not be read ({exc}); expected an idx file (gzip or plain)") from None
+        raise _bad(path, f"could not be read ({exc}); "
+                   "expected an idx file (gzip or plain)") from None
     if len(raw) != expected:
         raise _bad(path, f"holds {'more than ' if len(raw) > expected else ''}"
                    f"{min(len(raw), expected)} data bytes, expected {expected} for dimensions "

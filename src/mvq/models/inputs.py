@@ -45,7 +45,8 @@ def check_images(x, channels: int, size: int, model: str, values: bool = True) -
         raise MvqError(f"this {model} tokenizer expects {expected}, found {_shape(x)}: resize "
                        "the images or set data/model channels and image_size to match")
     if not x.is_floating_point():
-        hint = "divide 0..255 pixels by 255.0" if x.dtype == torch.uint8 else "convert with .float()"
+        hint = ("divide 0..255 pixels by 255.0" if x.dtype == torch.uint8
+                else "convert with .float()")
         raise MvqError(f"this {model} tokenizer expects {expected}, found {_shape(x)}: {hint}")
     if values and x.numel():
         if not bool(torch.isfinite(x).all()):

@@ -233,8 +233,8 @@ class HVQVAE(Tokenizer):
 
     The secondary encoder sees the primary encoder output *and* the image, which reaches the
     primary grid through the baseline's own full-resolution downsampling stem (``stem``, a
-    quarter of the encoders' width), as in VQ-VAE-2's Algorithm 1; the decoder takes the concatenation of the
-    primary code and the secondary code brought onto the primary grid by f.
+    quarter of the encoders' width), as in VQ-VAE-2's Algorithm 1; the decoder takes the
+    concatenation of the primary code and the secondary code brought onto the primary grid by f.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -277,7 +277,8 @@ class HVQVAE(Tokenizer):
 
     def _encode_batch(self, x: torch.Tensor) -> Codes:
         y, y2 = self._encode(x)
-        ids = [q.nearest(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])).view(z.shape[0], *z.shape[2:])
+        ids = [q.nearest(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+               .view(z.shape[0], *z.shape[2:])
                for q, z in ((self.quantizer, y), (self.quantizer2, y2))]
         return Codes(ids[0], ids[1], meta=self._meta())
 
@@ -379,7 +380,8 @@ class MVQVAE(Tokenizer):
             self.train(was_training)
 
     def _decode_codes(self, codes: Codes) -> torch.Tensor:
-        return (self.decoder(self.mvq.decode_codes(codes.primary, codes.secondary, codes.mask)) + 1) / 2
+        decoded = self.mvq.decode_codes(codes.primary, codes.secondary, codes.mask)
+        return (self.decoder(decoded) + 1) / 2
 
 
 # hvqgan / mvqgan are the same networks as hvqvae / mvqvae, trained with the VQGAN loss (MVQ 4.1).

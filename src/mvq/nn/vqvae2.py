@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# F -> kernel sizes of (E, E', D, f), MVQ paper Table 3. "7/8" is one column: F=7 at 28 px, 8 at 32/64 px.
+# F -> kernel sizes of (E, E', D, f), MVQ paper Table 3. "7/8" is one column: F=7 at 28 px,
+# 8 at 32/64 px.
 TABLE3: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {
     "7/8": ((4, 3, 3, 3), (4, 3, 3), (3, 3, 4, 4), (2, 2, 4)),
     "14": ((4, 3, 3, 3, 3), (4, 3), (2, 2, 3, 4, 4), (2, 1)),
@@ -37,7 +38,8 @@ def table3_column(factor: int) -> str:
     """Table 3 column for a downsampling factor."""
     key = "7/8" if factor in (7, 8) else str(factor)
     if key not in TABLE3:
-        raise ValueError(f"downsampling factor must be one of {FACTORS} (MVQ Table 3), got {factor}")
+        raise ValueError(f"downsampling factor must be one of {FACTORS} (MVQ Table 3), "
+                         f"got {factor}")
     return key
 
 

@@ -83,7 +83,8 @@ class MaskedQuantizer(nn.Module):
     ) -> torch.Tensor:
         """(batch, j, D', H', W') bool masks, each bit Bernoulli(0.5)."""
         shape = (batch, j, *like.shape[1:])
-        check_fits(5 * math.prod(shape), f"{batch} x {j} MH-Dropout masks of {like.shape[1:].numel()} "
+        check_fits(5 * math.prod(shape),
+                   f"{batch} x {j} MH-Dropout masks of {like.shape[1:].numel()} "
                    "bits", "lower num_masks / eval_masks or the batch size", like.device)
         rand = torch.rand(shape, generator=generator, device="cpu" if generator else like.device)
         return (rand < 0.5).to(like.device)
@@ -104,7 +105,8 @@ class MaskedQuantizer(nn.Module):
         dtype = torch.promote_types(y.dtype, torch.float32)  # fp32 at least, fp64 kept
         target = (y - e).to(dtype)  # f(c) should approximate y - e
         for start in range(0, j_total, self.chunk_size):
-            chunk = masks[start : start + self.chunk_size] if shared else masks[:, start : start + self.chunk_size]
+            chunk = (masks[start : start + self.chunk_size] if shared
+                     else masks[:, start : start + self.chunk_size])
             jc = chunk.shape[0] if shared else chunk.shape[1]
             m = chunk.unsqueeze(0).expand(b, *chunk.shape) if shared else chunk
             c = (e2.unsqueeze(1) * m.to(e2.dtype)).flatten(0, 1)  # (B*jc, D', H', W')

@@ -137,7 +137,8 @@ class VectorQuantizer(nn.Module):
     def _update_stats(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
         counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)
         if self.ema:  # per-code sums without a (N, K) one-hot matrix
-            sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat.to(self.embed_sum.dtype))
+            sums = torch.zeros_like(self.embed_sum).index_add_(0, indices,
+                                                               flat.to(self.embed_sum.dtype))
             if distributed.world_size() > 1:  # the global batch's statistics, one collective
                 both = distributed.all_reduce_sum_(torch.cat([counts[:, None].to(sums.dtype),
                                                               sums], 1))

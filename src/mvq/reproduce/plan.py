@@ -109,7 +109,8 @@ def fig5(scale: str, seeds: int, dataset: str | None = None) -> Plan:
         for k in ks:
             preset = f"fmnist_f{factor}_k{k}{'_quick' if scale == 'quick' else ''}.yaml"
             for s in range(seeds):
-                runs.append(_run(data, preset, "hvqvae", factor, k, steps, s, extra=_cadence(steps)))
+                runs.append(_run(data, preset, "hvqvae", factor, k, steps, s,
+                                 extra=_cadence(steps)))
             for j in js:
                 for s in range(seeds if j == seeded_j else 1):
                     runs.append(_run(data, preset, "mvqvae", factor, k, steps, s, j,

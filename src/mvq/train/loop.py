@@ -239,7 +239,8 @@ class TokenizerTrainee(Trainee):
 
     def step(self, step: int, indices: torch.Tensor) -> StepOutput:
         x = torch.stack([self.train_set[int(j)][0] for j in indices]).to(self.device)
-        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+        with torch.autocast(self.device.type, dtype=self.autocast,
+                            enabled=self.autocast is not None):
             result = self.net(x)
         logs: dict = {}
         total = result.loss
@@ -277,7 +278,8 @@ class TokenizerTrainee(Trainee):
         grid = write_recon_grid(used, self.val_images[: self.tc.grid_images],
                                 out_dir / f"recon_{step:06d}.png", self.device,
                                 f"{self.cfg.model.type} at step {step}: validation images "
-                                f"(MSE {metrics['val_mse']:.4f}, PSNR {metrics['val_psnr']:.2f} dB)")
+                                f"(MSE {metrics['val_mse']:.4f}, "
+                                f"PSNR {metrics['val_psnr']:.2f} dB)")
         self.grids = {"reconstructions": grid}
         return metrics
 
