@@ -24,7 +24,8 @@ def _err_line(capsys):
 
 
 def test_help_runs():
-    out = subprocess.run([sys.executable, "-m", "mvq.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "mvq.cli", "--help"], capture_output=True,
+                         text=True)
     assert out.returncode == 0 and "train" in out.stdout and "demo" in out.stdout
     for cmd in ("train", "reconstruct", "demo", "bench"):
         with pytest.raises(SystemExit) as exc:
@@ -63,7 +64,8 @@ def test_image_folder_with_corrupt_files(capsys, tmp_path):
     assert "skipped 1 unreadable" in capsys.readouterr().err
     # the finished run is not replaced silently
     assert main(args) == 2
-    assert "already holds a tokenizer run (mvqvae, checkpoint at step 2); pass --resume" in _err_line(capsys)
+    assert ("already holds a tokenizer run (mvqvae, checkpoint at step 2); pass --resume"
+            in _err_line(capsys))
     ckpt = (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes()
     for f in folder.glob("ok*"):
         f.write_bytes(b"broken")
@@ -91,7 +93,8 @@ def test_train_reconstruct_and_wrong_checkpoint(capsys, tmp_path):
     capsys.readouterr()
     # resuming with another model type refuses the checkpoint
     assert main(["train", *TINY, "model.type=hvqvae", f"train.out_dir={run}", "--resume"]) == 2
-    assert "model.type is fixed for a run's life; the run has 'mvqvae', this command gives 'hvqvae'" in _err_line(capsys)
+    assert ("model.type is fixed for a run's life; the run has 'mvqvae', "
+            "this command gives 'hvqvae'" in _err_line(capsys))
     # a folder that is not a checkpoint
     assert main(["reconstruct", "--checkpoint", str(tmp_path)]) == 2
     assert "holds no mvq model" in _err_line(capsys)
@@ -137,8 +140,8 @@ def test_prior_commands_end_to_end(capsys, tmp_path):
                  "--no-progress"]) == 0
     assert "48 images" in capsys.readouterr().out
     prior = tmp_path / "prior"
-    assert main(["train-prior", str(tokens), "--out", str(prior), "--steps", "4", "--val-every", "2",
-                 "--batch-size", "8", "--no-progress"]) == 0
+    assert main(["train-prior", str(tokens), "--out", str(prior), "--steps", "4",
+                 "--val-every", "2", "--batch-size", "8", "--no-progress"]) == 0
     assert "val NLL" in capsys.readouterr().out
     png = tmp_path / "s.png"
     assert main(["sample", "--tokenizer", str(ck), "--prior", str(prior / "checkpoint"), "--n", "4",

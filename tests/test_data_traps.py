@@ -74,7 +74,8 @@ def _idx_files(root, n_train=4, n_test=2, images=None, gz=True):
         img = images if images is not None and prefix == "train" else \
             struct.pack(">4I", 2051, n, 28, 28) + bytes(n * 784)
         lab = struct.pack(">2I", 2049, n) + bytes(n)
-        for stem, data in ((f"{prefix}-images-idx3-ubyte", img), (f"{prefix}-labels-idx1-ubyte", lab)):
+        for stem, data in ((f"{prefix}-images-idx3-ubyte", img),
+                           (f"{prefix}-labels-idx1-ubyte", lab)):
             if gz:
                 with gzip.open(root / f"{stem}.gz", "wb") as fh:
                     fh.write(data)

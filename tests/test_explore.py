@@ -228,7 +228,8 @@ def test_prior_panel_draws_samples_and_redraws_the_mask_of_a_fixed_code(prior_se
     info = _api(prior_server, "/api/info")
     assert info["prior"]["kind"] and info["prior"]["classes"][:2] == ["circle", "square"]
     a = _api(prior_server, "/api/prior/samples?seed=3&n=4&class=1")
-    assert len(a["images"]) == 4 and a == _api(prior_server, "/api/prior/samples?seed=3&n=4&class=1")
+    assert len(a["images"]) == 4
+    assert a == _api(prior_server, "/api/prior/samples?seed=3&n=4&class=1")
     m0 = _api(prior_server, "/api/prior/masks?seed=3&n=4&class=1&pick=2&draw=0&count=5")
     m1 = _api(prior_server, "/api/prior/masks?seed=3&n=4&class=1&pick=2&draw=1&count=5")
     assert len(m0["images"]) == 5 and len(set(m0["masks"])) > 1 and m0["masks"] != m1["masks"]

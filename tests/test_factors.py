@@ -44,7 +44,8 @@ def test_discretize_makes_equal_count_bins():
 def test_code_dimensions_mask_bits_or_one_hot_ids():
     mask = torch.zeros(2, 1, 2, 3, dtype=torch.bool)
     mask[0, 0, 1, 2] = True
-    codes = Codes(torch.zeros(2, 1, 1, dtype=torch.long), torch.zeros(2, 1, 2, dtype=torch.long), mask)
+    codes = Codes(torch.zeros(2, 1, 1, dtype=torch.long), torch.zeros(2, 1, 2, dtype=torch.long),
+                  mask)
     assert code_dimensions(codes, 8).tolist() == [[0, 0, 1], [0, 0, 0]]
     ids = Codes(torch.zeros(2, 1, 1, dtype=torch.long), torch.tensor([[[1]], [[3]]]))
     assert code_dimensions(ids, 4).tolist() == [[0, 1, 0, 0], [0, 0, 0, 1]]

@@ -86,7 +86,8 @@ def test_change_heatmap_against_a_hand_computed_case():
     assert torch.allclose(heat[0, :, 0, 0], torch.tensor(HEAT))
     assert torch.allclose(heat[0, :, 1, 1], 1 - 0.5 * (1 - torch.tensor(HEAT)))
     assert (heat[0, :, 0, 1] == 1).all() and (heat[0, :, 1, 0] == 1).all()
-    assert torch.allclose(change_heatmap(a, b, top=1.2)[0, :, 0, 0], 1 - 0.5 * (1 - torch.tensor(HEAT)))
+    assert torch.allclose(change_heatmap(a, b, top=1.2)[0, :, 0, 0],
+                          1 - 0.5 * (1 - torch.tensor(HEAT)))
     assert change_size(a, b).tolist() == pytest.approx([(0.6 * 3 + 0.9) / 12])
     assert (change_heatmap(a, a) == 1).all()  # no change anywhere: white, not 0/0
 

@@ -90,7 +90,8 @@ def hostile(tmp_path_factory):
              "alias.yaml": "a: &a [1, 1, 1, 1]\nb: [*a, *a, *a]\n",
              "list.yaml": "- model\n", "deep.yaml": "train: " + "[" * 3000 + "]" * 3000,
              "odd.yaml": "model: {codebook_size: 17}\n", "amp.yaml": "train: {amp: true}\n",
-             "masks.yaml": "model: {num_masks: 100000000}\n", "one.yaml": "train: {batch_size: 1}\n"}
+             "masks.yaml": "model: {num_masks: 100000000}\n",
+             "one.yaml": "train: {batch_size: 1}\n"}
     for name, text in yamls.items():
         (root / name).write_text(text)
     (root / "latin.yaml").write_bytes("train: {out_dir: caf\xe9}\n".encode("latin-1"))

@@ -29,7 +29,8 @@ def test_vector_quantize_tuple_matches_brute_force(channel_first):
     codes = vq.embedding.detach()[want]  # (3, 5, 6)
     got = quantized.reshape(3, 6, 5).transpose(1, 2) if channel_first else quantized
     assert torch.allclose(got, codes, atol=1e-6)
-    hand = F.mse_loss(codes, tokens) * (1 + vq.beta)  # gradient codebook: ||sg[x]-e||^2 + beta ||x-sg[e]||^2
+    # gradient codebook: ||sg[x]-e||^2 + beta ||x-sg[e]||^2
+    hand = F.mse_loss(codes, tokens) * (1 + vq.beta)
     assert torch.allclose(loss, hand, atol=1e-6)
     assert torch.allclose(vq.get_output_from_indices(indices), quantized.detach(), atol=1e-6)
     (quantized.sum() + loss).backward()
@@ -73,7 +74,8 @@ def test_masked_layer_picks_each_positions_nearest_hypothesis():
     mvq = MaskedVectorQuantize(4, 8, dim2=3, num_masks=16, restart_dead=False).eval()
     x = torch.randn(2, 5, 4)
     quantized, (ids, ids2), loss, mask = mvq(x)
-    assert ids.shape == ids2.shape == (2, 5) and mask.shape == (2, 5, 3) and mask.dtype == torch.bool
+    assert ids.shape == ids2.shape == (2, 5)
+    assert mask.shape == (2, 5, 3) and mask.dtype == torch.bool
     bank = mvq.eval_mask_bank(torch.zeros(1, 3, 1, 1))[:, :, 0, 0]  # (J, D')
     with torch.no_grad():
         e = mvq.primary.embedding[ids]  # (2, 5, 4)
@@ -82,11 +84,13 @@ def test_masked_layer_picks_each_positions_nearest_hypothesis():
         hyp = e[:, :, None] + f(e2[:, :, None] * bank)  # (2, 5, J, 4)
         best = (hyp - x[:, :, None]).pow(2).sum(-1).argmin(-1)  # (2, 5)
         assert torch.equal(mask, bank[best])
-        assert torch.allclose(quantized, hyp.gather(2, best[..., None, None].expand(2, 5, 1, 4))[:, :, 0],
+        assert torch.allclose(quantized,
+                              hyp.gather(2, best[..., None, None].expand(2, 5, 1, 4))[:, :, 0],
                               atol=1e-5)
         assert torch.allclose(mvq.get_output_from_indices(ids, ids2, mask), quantized, atol=1e-6)
     # the layer's loss is its three terms, summed
-    out = mvq.quantize(x.transpose(1, 2).reshape(2, 4, 5, 1).permute(0, 2, 1, 3).reshape(10, 4, 1, 1))
+    out = mvq.quantize(x.transpose(1, 2).reshape(2, 4, 5, 1).permute(0, 2, 1, 3)
+                       .reshape(10, 4, 1, 1))
     assert torch.allclose(loss, out.primary.loss + out.secondary.loss + out.mhd_loss, atol=1e-6)
 
 

@@ -6,7 +6,8 @@ from mvq.quantize import MaskedQuantizer, VectorQuantizer
 
 
 def _f(d2: int, d: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(d2, 12, 1), nn.Tanh(), nn.Conv2d(12, d, 1), nn.Upsample(size=(2, 2)))
+    return nn.Sequential(nn.Conv2d(d2, 12, 1), nn.Tanh(), nn.Conv2d(12, d, 1),
+                         nn.Upsample(size=(2, 2)))
 
 
 def _mq(naive=False, chunk=3, dtype=torch.float64, j=7):
@@ -25,7 +26,8 @@ def test_winner_equals_brute_force_argmin():
     masks = torch.rand(4, 7, 5, 1, 1) < 0.5
     got = mq.best_masks(e, e2, y, masks)
     for b in range(4):
-        dists = [((e[b] + mq.f((e2[b] * masks[b, j])[None])[0] - y[b]) ** 2).sum() for j in range(7)]
+        dists = [((e[b] + mq.f((e2[b] * masks[b, j])[None])[0] - y[b]) ** 2).sum()
+                 for j in range(7)]
         assert torch.equal(got[b], masks[b, int(torch.stack(dists).argmin())])
     # a mask bank shared by the batch gives the same search
     bank = masks[0]

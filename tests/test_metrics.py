@@ -474,8 +474,10 @@ def _reference_prd_f_scores(real, fake, rng_seed, num_clusters=20, num_angles=10
     for run in range(num_runs):
         km = MiniBatchKMeans(n_clusters=num_clusters, n_init=10, random_state=rng_seed * 1000 + run)
         labels = km.fit(both).labels_
-        q = np.histogram(labels[: len(fake)], bins=num_clusters, range=(0, num_clusters))[0] / len(fake)
-        p = np.histogram(labels[len(fake):], bins=num_clusters, range=(0, num_clusters))[0] / len(real)
+        q = (np.histogram(labels[: len(fake)], bins=num_clusters, range=(0, num_clusters))[0]
+             / len(fake))
+        p = (np.histogram(labels[len(fake):], bins=num_clusters, range=(0, num_clusters))[0]
+             / len(real))
         precision = np.clip(np.minimum(p[None] * slopes, q[None]).sum(1), 0, 1)
         recalls.append(np.clip(precision / slopes[:, 0], 0, 1))
         precisions.append(precision)

@@ -45,7 +45,8 @@ def test_factors_at_other_sizes_and_bad_factor():
 def test_planner_hand_cases():
     # F=28 at 28px: 28 -> 14 -> 7 -> 3 -> 1, then a stride-1 layer (kernels 4,4,4,4,3)
     plan = plan_encoder(TABLE3["28"][0], 28, 1)
-    assert [(p.n_in, p.n_out, p.stride) for p in plan] == [(28, 14, 2), (14, 7, 2), (7, 3, 2), (3, 1, 2), (1, 1, 1)]
+    assert [(p.n_in, p.n_out, p.stride) for p in plan] == [(28, 14, 2), (14, 7, 2), (7, 3, 2),
+                                                           (3, 1, 2), (1, 1, 1)]
     dec = plan_decoder((3, 3, 4, 4), [4, 7, 14, 28])
     assert [(p.kind, p.n_out) for p in dec] == [("same", 4), ("up", 7), ("up", 14), ("up", 28)]
     with pytest.raises(ValueError):

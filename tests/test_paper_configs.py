@@ -22,7 +22,8 @@ def _unique_configs():
     for experiment, dataset in PLANS:
         for run in build_plan(experiment, "paper", seeds=1, dataset=dataset).runs:
             cfg = run.config("/nonexistent", "x")
-            key = (repr(cfg.model), repr(cfg.loss) if cfg.model.type.endswith(("gan", "movq")) else "")
+            key = (repr(cfg.model),
+                   repr(cfg.loss) if cfg.model.type.endswith(("gan", "movq")) else "")
             if key not in seen:
                 seen.add(key)
                 out.append(pytest.param(cfg, id=f"{experiment}-{run.name}"))

@@ -36,7 +36,8 @@ def _cfg(tmp_path, precision: str) -> Config:
 
 def test_bf16_trains_on_cpu_and_fp16_is_refused(tmp_path):
     result = train(_cfg(tmp_path, "bf16"), progress=False)
-    assert result.step == 2 and all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
+    assert result.step == 2
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
     with pytest.raises(MvqError, match="fp16 needs a CUDA GPU"):
         train(_cfg(tmp_path, "fp16"), progress=False)
 
@@ -46,5 +47,7 @@ def test_precision_is_checked_and_old_amp_configs_load():
     with pytest.raises(MvqError, match="precision"):
         config_from_dict({**data, "train": {**data["train"], "precision": "fp8"}})
     old = {**data, "train": {k: v for k, v in data["train"].items() if k != "precision"}}
-    assert config_from_dict({**old, "train": {**old["train"], "amp": True}}).train.precision == "fp16"
-    assert config_from_dict({**old, "train": {**old["train"], "amp": False}}).train.precision == "fp32"
+    assert (config_from_dict({**old, "train": {**old["train"], "amp": True}}).train.precision
+            == "fp16")
+    assert (config_from_dict({**old, "train": {**old["train"], "amp": False}}).train.precision
+            == "fp32")

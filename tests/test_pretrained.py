@@ -75,7 +75,8 @@ def test_training_checkpoint_and_run_folder_load_in_eval_mode(tmp_path):
     assert "steps: 2" in card and "shapes" in card and "val_mse" in card and '"num_masks"' in card
     # a loaded model saved again keeps its training record
     again = model.save_pretrained(tmp_path / "again")
-    assert json.loads((again / "config.json").read_text())["metrics"] == model.checkpoint_info["metrics"]
+    assert (json.loads((again / "config.json").read_text())["metrics"]
+            == model.checkpoint_info["metrics"])
     with pytest.raises(MvqError, match="not a Prior"):
         Prior.from_pretrained(out)
 
@@ -173,7 +174,8 @@ def test_weights_hash_is_the_one_recorded_before_the_rename():
     from mvq.metrics.weights import state_dict_sha256
 
     model = build_model(tiny_model_config())
-    old = {k.replace("mvq.secondary_encoder.", "encoder2."): v for k, v in model.state_dict().items()}
+    old = {k.replace("mvq.secondary_encoder.", "encoder2."): v
+           for k, v in model.state_dict().items()}
     assert any(k.startswith("encoder2.") for k in old)
     assert checkpoint.tensors_sha256(model) == state_dict_sha256(old)
     other = build_model(tiny_model_config(type="hvqvae"))

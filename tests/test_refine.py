@@ -26,7 +26,8 @@ def test_refinement_never_increases_the_distance_and_usually_lowers_it():
     d_bank, d_ref = _distance(model, x, bank), _distance(model, x, refined)
     assert (d_ref <= d_bank + 1e-4 * d_bank).all()
     assert (d_ref < d_bank * (1 - 1e-4)).any()  # 4 bank masks of 2^32: flips must help somewhere
-    assert torch.equal(bank.primary, refined.primary) and torch.equal(bank.secondary, refined.secondary)
+    assert torch.equal(bank.primary, refined.primary)
+    assert torch.equal(bank.secondary, refined.secondary)
     assert not model.refine  # a per-call option
 
 
@@ -65,7 +66,8 @@ def test_evaluate_refine_counts_bits_and_refuses_other_models(tmp_path):
     from mvq.evaluate import EvalSettings, evaluate_checkpoint
 
     def ck(name, **kw):
-        cfg = Config(model=tiny_model_config(factor=14, eval_masks=4, **kw), data=DataConfig(name="shapes"))
+        cfg = Config(model=tiny_model_config(factor=14, eval_masks=4, **kw),
+                     data=DataConfig(name="shapes"))
         return save_checkpoint(tmp_path / name, build_model(cfg.model), cfg, step=0)
 
     mvq_dir = ck("mvq")
@@ -74,8 +76,8 @@ def test_evaluate_refine_counts_bits_and_refuses_other_models(tmp_path):
     refined = evaluate_checkpoint(mvq_dir, settings, metrics=("mse",), refine=True)
     s2, d2 = plain["tokens_secondary"], 8  # D' = 8 in the tiny config; the bank: log2(4) = 2 bits
     assert refined["mask_refine"] and not plain["mask_refine"]
-    assert refined["metrics"]["bits_per_image"] - plain["metrics"]["bits_per_image"] == pytest.approx(
-        s2 * d2 - s2 * 2)
+    assert (refined["metrics"]["bits_per_image"] - plain["metrics"]["bits_per_image"]
+            == pytest.approx(s2 * d2 - s2 * 2))
     assert refined["encode_seconds"] > 0
     with pytest.raises(MvqError, match="needs an MVQ checkpoint"):
         evaluate_checkpoint(ck("h", type="hvqvae"), EvalSettings(n=4, device="cpu", progress=False),

@@ -134,7 +134,8 @@ def test_report_only_marks_missing_runs(tmp_path, monkeypatch):
 def test_plan_refuses_a_folder_with_other_settings(tmp_path):
     out = tmp_path / "rep"
     run = _run("hvqvae", 0)
-    mvq.train.train(_run("hvqvae", 0, steps=2).config(None, out / "runs" / run.name), progress=False)
+    mvq.train.train(_run("hvqvae", 0, steps=2).config(None, out / "runs" / run.name),
+                    progress=False)
     other = Run(run.name, run.preset, run.changes + Changes(model={"dim": 4}), run.labels, 0)
     with pytest.raises(MvqError, match="other model settings"):
         inspect(_plan([other]), out, None)

@@ -101,7 +101,11 @@ def test_tiny_reproduce_gives_the_recorded_report(experiment, tmp_path, monkeypa
 def _flat(value, prefix="") -> dict:
     """Every number of a JSON value by its path."""
     if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}/{key}").items()}
+        return {k: v for key, item in value.items()
+                for k, v in _flat(item, f"{prefix}/{key}").items()}
     if isinstance(value, list):
-        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}/{i}").items()}
-    return {prefix: float(value)} if isinstance(value, (int, float)) and not isinstance(value, bool) else {}
+        return {k: v for i, item in enumerate(value)
+                for k, v in _flat(item, f"{prefix}/{i}").items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {prefix: float(value)}
+    return {}

@@ -218,7 +218,8 @@ def tokenizer_dir(tmp_path_factory):
     (["encode-dataset", "--batch-size", "0"], "argument --batch-size"),
     (["train-prior", "tok.safetensors", "--steps", "0"], "argument --steps"),
     (["train-prior", "tok.safetensors", "--batch-size", "0"], "argument --batch-size"),
-    (["train-prior", "tok.safetensors", "--lr", "-1"], "argument --lr: expected a finite number > 0"),
+    (["train-prior", "tok.safetensors", "--lr", "-1"],
+     "argument --lr: expected a finite number > 0"),
     (["train-prior", "tok.safetensors", "--val-fraction", "2"], "argument --val-fraction"),
     (["train-prior", "tok.safetensors", "--val-fraction", "0"], "argument --val-fraction"),
     (["demo", "--steps", "0"], "argument --steps"),
@@ -325,7 +326,8 @@ def test_encode_refuses_what_is_not_an_image_batch(kind):
     model = tiny(kind)
     x = _images(model)
     bad = {"divide 0..255 pixels by 255": [(x * 255).to(torch.uint8), x * 255],
-           "NaN or infinite": [x.masked_fill(x > 0.5, float("nan")), x.masked_fill(x > 0.5, math.inf)],
+           "NaN or infinite": [x.masked_fill(x > 0.5, float("nan")),
+                               x.masked_fill(x > 0.5, math.inf)],
            "clamp them": [x - 0.5],
            "resize the images": [x[:, :, :-1], x[0], torch.cat([x, x], 1)],
            "as a torch.Tensor": [x.numpy()],
@@ -409,7 +411,8 @@ def image_batches(draw):
     values = draw(st.sampled_from(["unit"] * 4 + ["pixels", "signed", "nan", "inf"]))
     x = torch.rand(shape, generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))
     x = {"unit": x, "pixels": x * 255, "signed": x * 2 - 1,
-         "nan": x.masked_fill(x > 0.7, float("nan")), "inf": x.masked_fill(x > 0.7, -math.inf)}[values]
+         "nan": x.masked_fill(x > 0.7, float("nan")),
+         "inf": x.masked_fill(x > 0.7, -math.inf)}[values]
     return model, x.to(draw(st.sampled_from(DTYPES)))
 
 
