@@ -36,9 +36,11 @@ demo: setup
 	$(VENV)/bin/mvq demo
 
 # deptry: every import of src/ declared in pyproject.toml, nothing declared unused;
+# ruff: the lint rules pinned in pyproject.toml's [tool.ruff.lint] pass;
 # vulture: no dead code; mkdocs: the docs and the API reference build without a warning
 test: setup
 	$(VENV)/bin/deptry src
+	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/vulture src --min-confidence 80
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .cache/site
 	$(PY) -m pytest -q
