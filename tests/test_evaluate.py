@@ -1,4 +1,4 @@
-"""mvq.evaluate: reconstruction metrics of a checkpoint, checked against hand computations."""
+"""mvq.evaluation: reconstruction metrics of a checkpoint, checked against hand computations."""
 
 import json
 import math
@@ -11,7 +11,7 @@ import mvq.metrics.fid as fid_module
 from mvq.config import Config, DataConfig, TrainConfig
 from mvq.data import build_dataset
 from mvq.errors import MvqError
-from mvq.evaluate import EvalSettings, evaluate_checkpoint, format_table, write_reports
+from mvq.evaluation import EvalSettings, evaluate_checkpoint, format_table, write_reports
 from mvq.metrics import extract_features, fid_from_features, get_inception, ssim
 from mvq.pretrained import load_tokenizer
 from mvq.train import train
@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _by_hand(checkpoint, n):
-    """The first n shapes test images and their reconstructions, without mvq.evaluate."""
+    """The first n shapes test images and their reconstructions, without mvq.evaluation."""
     model, cfg, _ = load_tokenizer(checkpoint)
     model.eval()
     ds = build_dataset("shapes", split="test", size=cfg.model.image_size,

@@ -137,7 +137,7 @@ def test_sample_refuses_a_prior_of_another_tokenizer(run, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # 12 images: rank-deficient covariances
 def test_evaluate_samples_against_hand_computation(run, tmp_path):
-    from mvq.evaluate import EvalSettings, evaluate_samples, format_table
+    from mvq.evaluation import EvalSettings, evaluate_samples, format_table
     from mvq.metrics import extract_features, fid_from_features, get_inception, prd_f_scores
     from mvq.sample import sample_codes_and_images
 
@@ -215,7 +215,7 @@ def test_decoding_is_checked_once_per_command(run, tmp_path, monkeypatch):
 
 def test_evaluate_samples_errors_and_cli(run, tmp_path, capsys):
     from mvq.cli import main
-    from mvq.evaluate import EvalSettings, evaluate_samples
+    from mvq.evaluation import EvalSettings, evaluate_samples
 
     ckpt = run["prior"]["checkpoint"]
     with pytest.raises(MvqError, match="trained on codes of tokenizer .* this tokenizer is"):

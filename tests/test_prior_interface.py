@@ -92,7 +92,7 @@ def test_prior_trains_samples_decodable_codes_and_resumes_exactly(tokens, kind, 
     got, images = sample_codes_and_images(files["tokenizer"], full["checkpoint"],
                                           Sampling(3, Decoding(seed=2)))
     assert images.shape[0] == 3 and torch.isfinite(images).all()
-    from mvq.evaluate import (  # evaluate --prior: the NLL of every prior type
+    from mvq.evaluation import (  # evaluate --prior: the NLL of every prior type
         EvalSettings,
         evaluate_samples,
     )

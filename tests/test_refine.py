@@ -63,7 +63,7 @@ def test_evaluate_refine_counts_bits_and_refuses_other_models(tmp_path):
     from mvq.checkpoint import save_checkpoint
     from mvq.config import Config, DataConfig
     from mvq.errors import MvqError
-    from mvq.evaluate import EvalSettings, evaluate_checkpoint
+    from mvq.evaluation import EvalSettings, evaluate_checkpoint
 
     def ck(name, **kw):
         cfg = Config(model=tiny_model_config(factor=14, eval_masks=4, **kw),

@@ -7,8 +7,7 @@ import pytest
 
 from mvq.decoding import Decoding
 from mvq.errors import MvqError
-from mvq.evaluate import EvalSettings, format_comparison, format_table
-from mvq.evaluation import metrics_table
+from mvq.evaluation import EvalSettings, format_comparison, format_table, metrics_table
 from mvq.reproduce import report
 from mvq.sample import Sampling
 from mvq.train.prior import PriorTraining
@@ -75,7 +74,7 @@ def test_sampling_keeps_classes_as_a_tuple():
 
 
 def test_functions_refuse_settings_of_another_type(tmp_path):
-    from mvq.evaluate import evaluate_checkpoint, evaluate_samples
+    from mvq.evaluation import evaluate_checkpoint, evaluate_samples
     from mvq.sample import sample_codes_and_images, sample_images
     from mvq.train.prior import train_prior
 

@@ -63,7 +63,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
             print(f"mvq demo: {data[0].describe()}; validation: first {len(data[1])} test images",
                   file=sys.stderr)
         result = train(cfg, progress=progress, desc=f"{model_type}", data=data, overwrite=True)
-        from mvq.evaluate import EvalSettings, evaluate_checkpoint
+        from mvq.evaluation import EvalSettings, evaluate_checkpoint
         from mvq.pretrained import load_tokenizer
 
         ckpt = result.out_dir / "checkpoint"

@@ -19,7 +19,7 @@ from mvq.cli.command import (
 )
 from mvq.config import MODEL_TYPES, load_config
 from mvq.errors import MvqError
-from mvq.evaluate import (
+from mvq.evaluation import (
     EvalSettings,
     evaluate_checkpoint,
     evaluate_samples,

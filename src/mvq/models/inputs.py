@@ -7,6 +7,7 @@ inside a convolution or, worse, silently wrong codes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +50,16 @@ def check_images(x, channels: int, size: int, model: str, values: bool = True) -
                 else "convert with .float()")
         raise MvqError(f"this {model} tokenizer expects {expected}, found {_shape(x)}: {hint}")
     if values and x.numel():
-        if not bool(torch.isfinite(x).all()):
+        # one pass and one device sync (this runs on every training step): NaN propagates
+        # through aminmax, and an infinite pixel lands outside [0, 1]
+        lo, hi = (float(v) for v in torch.stack(torch.aminmax(x.detach())).tolist())
+        if math.isnan(lo) or math.isnan(hi):
             raise MvqError(f"this {model} tokenizer expects {expected}, found NaN or infinite "
                            "pixels: clean the input")
-        lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > 1:
+            if math.isinf(lo) or math.isinf(hi):
+                raise MvqError(f"this {model} tokenizer expects {expected}, found NaN or "
+                               "infinite pixels: clean the input")
             hint = "divide 0..255 pixels by 255.0" if hi > 1.5 else "clamp them with .clamp(0, 1)"
             raise MvqError(f"this {model} tokenizer expects {expected}, found values in "
                            f"[{lo:g}, {hi:g}]: {hint}")

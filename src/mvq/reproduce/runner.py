@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 import mvq.train
 from mvq.config import config_to_dict
 from mvq.errors import MvqError
-from mvq.evaluate import EvalSettings, evaluate_checkpoint, evaluate_samples
+from mvq.evaluation import EvalSettings, evaluate_checkpoint, evaluate_samples
 from mvq.outputs import open_lock, write_text
 from mvq.reproduce.kinds import Plan
 from mvq.reproduce.records import Record
