@@ -137,7 +137,8 @@ def test_save_pretrained_never_replaces_a_folder_it_did_not_write(tmp_path):
     with pytest.raises(MvqError, match="not an mvq checkpoint"):
         build_model(tiny_model_config()).save_pretrained(mine)
     assert (mine / "notes.txt").read_text() == "keep me"
-    assert [p.name for p in tmp_path.iterdir()] == ["notes"]  # no temp folder left behind
+    # no temp folder left behind; the writer's lock file stays (as a run's .lock does)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.lock", "notes"]
 
 
 def test_codes_survive_save_and_load_with_the_model(tmp_path):
@@ -162,7 +163,7 @@ def test_save_refuses_a_folder_of_another_kind_and_load_checks_types(tmp_path):
     assert isinstance(mvq.load(tmp_path / "p"), Prior)  # untouched
     model.save_pretrained(tmp_path / "t")
     model.save_pretrained(tmp_path / "t")  # the same kind: replaced, all or nothing
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "t"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".p.lock", ".t.lock", "p", "t"]
     for bad in (None, 3, ["a"]):
         with pytest.raises(MvqError, match="expected a folder path"):
             mvq.load(bad)
@@ -180,3 +181,31 @@ def test_weights_hash_is_the_one_recorded_before_the_rename():
     assert checkpoint.tensors_sha256(model) == state_dict_sha256(old)
     other = build_model(tiny_model_config(type="hvqvae"))
     assert checkpoint.tensors_sha256(other) == state_dict_sha256(other.state_dict())
+
+
+def test_two_saves_into_one_folder_at_once_give_one_line(tmp_path):
+    """While one process writes a folder (it holds .FOLDER.lock), a second save is refused in
+    one line and the folder stays loadable."""
+    from mvq.outputs import try_lock
+
+    model = build_model(tiny_model_config(type="vqvae"))
+    model.save_pretrained(tmp_path / "m")
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from mvq.outputs import try_lock
+        with try_lock(Path({str(tmp_path / '.m.lock')!r})) as holder:
+            print(holder, flush=True)
+            time.sleep(30)
+    """)
+    other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "None"  # the other process holds the lock
+        with pytest.raises(MvqError, match="being written by another process"):
+            model.save_pretrained(tmp_path / "m")
+    finally:
+        other.kill()
+        other.wait()
+    assert isinstance(mvq.load(tmp_path / "m"), Tokenizer)
+    with try_lock(tmp_path / ".m.lock") as holder:  # released when the holder died
+        assert holder is None

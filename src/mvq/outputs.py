@@ -6,12 +6,14 @@ against the others and against the command's inputs, then each on its own (:func
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -65,6 +67,25 @@ def open_lock(path: Path):
         os.close(fd)
         raise MvqError(f"{path} is not a regular file; remove it and run again")
     return os.fdopen(fd, "r+")
+
+
+@contextmanager
+def try_lock(path: Path) -> Iterator[str | None]:
+    """Try the exclusive lock file ``path`` (the one lock of every mvq writer: runs, reproduce,
+    saved models). Yields None while this process holds it (its pid written in the file), or
+    the holder's pid when another process holds it. The OS releases the lock when a process
+    dies, so a killed writer never leaves a stale lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open_lock(path) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield fh.read(32).strip() or "?"
+            return
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield None
 
 
 def write_text(target: str | Path, text: str) -> Path:

@@ -25,6 +25,7 @@ from mvq import checkpoint
 from mvq.config import config_from_dict
 from mvq.devices import pick_device
 from mvq.errors import MvqError
+from mvq.outputs import try_lock
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -59,16 +60,21 @@ class Pretrained:
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``folder`` (config.json, model.safetensors, README.md model card, manifest),
         all or nothing. An existing mvq checkpoint folder there is replaced (kept as
-        ``FOLDER-STEP`` until the swap is done); any other existing folder is refused."""
+        ``FOLDER-STEP`` until the swap is done); any other existing folder is refused, and so
+        is a save while another process writes the same folder (the lock ``.FOLDER.lock``)."""
         info = self._checkpoint_info()
         folder = Path(folder)
-        if (folder / "config.json").is_file():  # replace only a model of the same kind
-            held = checkpoint.read_json(folder / "config.json").get("kind")
-            if held != info["kind"]:
-                raise MvqError(f"{folder} holds a {held or 'non-mvq'} model, not a "
-                               f"{info['kind']}; save to another folder or delete that one")
-        with checkpoint.writing(folder, int(info.get("step", 0))) as tmp:
-            checkpoint.write_model(tmp, self, info)
+        with try_lock(folder.parent / f".{folder.name}.lock") as holder:
+            if holder is not None:
+                raise MvqError(f"{folder} is being written by another process (pid {holder}); "
+                               "wait for it to finish or save to another folder")
+            if (folder / "config.json").is_file():  # replace only a model of the same kind
+                held = checkpoint.read_json(folder / "config.json").get("kind")
+                if held != info["kind"]:
+                    raise MvqError(f"{folder} holds a {held or 'non-mvq'} model, not a "
+                                   f"{info['kind']}; save to another folder or delete that one")
+            with checkpoint.writing(folder, int(info.get("step", 0))) as tmp:
+                checkpoint.write_model(tmp, self, info)
         return folder
 
     @classmethod

@@ -10,7 +10,6 @@ same N and metrics on that checkpoint's step.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import sys
@@ -25,7 +24,7 @@ import mvq.train
 from mvq.config import config_to_dict
 from mvq.errors import MvqError
 from mvq.evaluation import EvalSettings, evaluate_checkpoint, evaluate_samples
-from mvq.outputs import open_lock, write_text
+from mvq.outputs import try_lock, write_text
 from mvq.reproduce.kinds import Plan
 from mvq.reproduce.records import Record
 from mvq.reproduce.spec import PriorSpec, Run, RunState
@@ -203,14 +202,8 @@ def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool 
 def _claim(out_dir: Path):
     """True while this process holds the run's reproduce lock (train + evaluate); False when
     another process holds it. The OS releases it when a process dies."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open_lock(out_dir / ".reproduce.lock") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+    with try_lock(out_dir / ".reproduce.lock") as holder:
+        yield holder is None
 
 
 def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str

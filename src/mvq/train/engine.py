@@ -12,9 +12,7 @@ tests/test_faults.py).
 
 from __future__ import annotations
 
-import fcntl
 import math
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -27,7 +25,7 @@ from tqdm.auto import tqdm
 from mvq import checkpoint, distributed
 from mvq.config import check_writable
 from mvq.errors import MvqError
-from mvq.outputs import is_checkpoint, open_lock
+from mvq.outputs import is_checkpoint, try_lock
 from mvq.threads import resume_threads
 from mvq.train.logs import RunLog
 
@@ -128,22 +126,11 @@ class FitResult:
 def locked(out_dir: Path):
     """Hold an exclusive lock on ``out_dir`` (a run's folder) for the block. The OS releases it
     when the process dies, so a killed run never leaves a stale lock."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fh = open_lock(out_dir / ".lock")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = fh.read(32).strip() or "?"
-        fh.close()
-        raise MvqError(f"{out_dir} is in use by another mvq run (pid {holder}); wait for it to "
-                       "finish or choose another output folder") from None
-    try:
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+    with try_lock(out_dir / ".lock") as holder:
+        if holder is not None:
+            raise MvqError(f"{out_dir} is in use by another mvq run (pid {holder}); wait for it "
+                           "to finish or choose another output folder")
         yield
-    finally:
-        fh.close()  # releases the lock
 
 
 COMMANDS = {"tokenizer": "mvq train", "prior": "mvq train-prior"}
