@@ -12,6 +12,9 @@ import math
 import os
 from typing import NoReturn
 
+from mvq.devices import check_device
+from mvq.errors import MvqError
+
 
 class OneLineParser(argparse.ArgumentParser):
     """ArgumentParser that reports a usage error as one line (plus a --help hint), exit code 2."""
@@ -69,9 +72,6 @@ def threads(text: str) -> int:
 
 def device_name(text: str) -> str:
     """auto, cpu, cuda, cuda:N or mps, and present on this machine."""
-    from mvq.devices import check_device
-    from mvq.errors import MvqError
-
     try:
         check_device(text)
     except MvqError as err:

@@ -13,130 +13,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mvq import presets
+from mvq.data import canonical_name
 from mvq.devices import check_device, pick_device
 from mvq.errors import MvqError
-from mvq.fields import ANY, Range, at_least, build_checked, one_of, positive, unit_interval
+from mvq.fields import Range, build_checked
 from mvq.memory import check_fits
+from mvq.sections import (
+    GAN_TYPES,
+    MODEL_TYPES,
+    PRECISIONS,
+    RANGES,
+    DataConfig,
+    ModelConfig,
+    MoVQConfig,
+    TrainConfig,
+    VQGANLossConfig,
+)
+
+__all__ = [  # the section classes and tables are defined in mvq.sections, re-exported here
+    "GAN_TYPES", "MODEL_TYPES", "PRECISIONS", "RANGES", "RESUME_MAY_CHANGE", "Config",
+    "DataConfig", "ModelConfig", "MoVQConfig", "TrainConfig", "VQGANLossConfig",
+    "apply_overrides", "changed_keys", "check_model", "check_ready", "check_resume",
+    "check_section", "check_training_sizes", "check_writable", "codebook_sizes",
+    "config_from_dict", "config_to_dict", "load_config", "model_hash", "resolve_config",
+    "resume_changes",
+]
 from mvq.yamlio import parse_yaml, read_mapping
-
-MODEL_TYPES = ("vqvae", "hvqvae", "mvqvae", "hvqgan", "mvqgan", "movq")
-GAN_TYPES = ("hvqgan", "mvqgan", "movq")  # trained with the VQGAN loss (LPIPS + PatchGAN)
-
-
-@dataclass
-class ModelConfig:
-    """Tokenizer architecture. K = codebook_size is the total over both codebooks (K/2 each
-    for hvqvae/mvqvae, the paper's convention); tokens per image follow from factor F."""
-
-    type: str = "mvqvae"
-    image_size: int = 28
-    channels: int = 1
-    factor: int = 28  # F = sqrt(h*w/S): 28 -> 1 primary token at 28px
-    codebook_size: int = 16  # K, total entries
-    dim: int = 16  # D (primary code dim)
-    dim2: int = 16  # D' (secondary code dim = mask bits per secondary token)
-    hidden: int = 128
-    res_blocks: int = 2
-    res_channels: int = 64
-    beta: float = 0.25
-    ema: bool = True  # EMA codebooks: gradient codebooks make MVQ diverge (docs/architecture.md)
-    decay: float = 0.99
-    restart_dead: bool = True
-    kmeans_init: bool = False
-    num_masks: int = 64  # J, hypotheses per instance while training
-    eval_masks: int = 0  # masks searched by encode(); 0 = num_masks
-    chunk_size: int = 256  # hypotheses per chunk of the no-grad search
-    search_seed: int = 0
-
-
-@dataclass
-class DataConfig:
-    name: str = "fashion-mnist"  # fashion-mnist | cifar10 | folder | shapes
-    root: str | None = None
-    train_limit: int | None = None
-    val_limit: int = 1000  # fixed validation subset (first N test images)
-
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = 5e-4
-    betas: tuple[float, float] = (0.5, 0.9)
-    seed: int = 0
-    grad_clip: float = 0.0  # 0 = off
-    # autocast of the networks: fp32 (off), bf16 (CPU or GPU), fp16 (GPU only, with a gradient
-    # scaler); the quantizers' distances, codebooks and losses stay fp32 whatever is chosen
-    precision: str = "fp32"
-    device: str = "auto"
-    num_workers: int = 0
-    log_every: int = 50
-    val_every: int = 500
-    ckpt_every: int = 1000
-    keep_checkpoints: int = 1  # the newest N checkpoints stay (older: OUT_DIR/checkpoint-NNNNNN)
-    grid_images: int = 16
-    out_dir: str = "runs/train"
-    disc_lr: float = 0.0  # discriminator learning rate of GAN models; 0 = train.lr
-    # EMA weights: validation, grids and model.safetensors use an exponential moving average of
-    # the trained weights with this decay (e.g. 0.999); 0 = off, the trained weights themselves
-    ema_decay: float = 0.0
-
-
-_COMMON_MODEL = {
-    "image_size": at_least(1), "channels": at_least(1), "codebook_size": at_least(1),
-    "beta": at_least(0), "decay": unit_interval(), "type": one_of(*MODEL_TYPES),
-}
-
-# Every int/float key of every section has an entry (tests/test_robust_inputs.py checks it);
-# ANY marks keys where every value of the type is valid (seeds).
-RANGES: dict[str, dict[str, Range]] = {
-    "ModelConfig": {
-        **_COMMON_MODEL, "factor": at_least(1), "dim": at_least(1), "dim2": at_least(1),
-        "hidden": at_least(1), "res_blocks": at_least(0), "res_channels": at_least(1),
-        "num_masks": at_least(1), "eval_masks": at_least(0), "chunk_size": at_least(1),
-        "search_seed": ANY,
-    },
-    "MoVQConfig": {
-        **_COMMON_MODEL, "ch": at_least(1), "ch_mult": at_least(1), "num_res_blocks": at_least(1),
-        "attn_resolutions": at_least(1), "dropout": unit_interval(), "num_groups": at_least(1),
-        "z_channels": at_least(1), "code_dim": at_least(1), "num_channels": at_least(1),
-        "fourier_frequencies": at_least(1), "fourier_sigma": positive(),
-    },
-    "DataConfig": {"train_limit": at_least(1), "val_limit": at_least(0)},  # val_limit 0 = all
-    "TrainConfig": {
-        "steps": at_least(1), "batch_size": at_least(1), "lr": positive(),
-        "betas": unit_interval(), "seed": ANY, "grad_clip": at_least(0), "num_workers": at_least(0),
-        "log_every": at_least(1), "val_every": at_least(1), "ckpt_every": at_least(1),
-        "grid_images": at_least(1), "disc_lr": at_least(0), "ema_decay": unit_interval(),
-        "keep_checkpoints": at_least(1), "precision": one_of(*PRECISIONS),
-    },
-    "VQGANLossConfig": {
-        "disc_start": at_least(0), "disc_weight": at_least(0), "disc_factor": at_least(0),
-        "disc_layers": at_least(1), "disc_channels": at_least(1),
-        "disc_norm": one_of("batch", "none"),
-        "disc_loss": one_of("hinge", "vanilla"), "perceptual_weight": at_least(0),
-        "lpips_net": one_of("alex", "vgg"), "lpips_min_size": at_least(1),
-        "rec_loss": one_of("l1", "l2"), "rec_weight": at_least(0), "quant_weight": at_least(0),
-        "max_adaptive_weight": positive(), "adaptive_eps": positive(),
-    },
-}
-
-
-def _loss_config_cls():
-    from mvq.losses.vqgan import VQGANLossConfig
-
-    return VQGANLossConfig
 
 
 def _model_config_cls(model_type: str):
-    if model_type == "movq":
-        from mvq.models.movq import MoVQConfig
-
-        return MoVQConfig
-    return ModelConfig
+    return MoVQConfig if model_type == "movq" else ModelConfig
 
 
 @dataclass
@@ -145,15 +51,14 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # VQGANLossConfig (GAN types)
-    loss: object = field(default_factory=lambda: _loss_config_cls()())
+    loss: VQGANLossConfig = field(default_factory=VQGANLossConfig)
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "loss": None}
 
 
 def _ranges(cls) -> dict[str, Range]:
-    """The range table of a config class (by name: MoVQConfig and VQGANLossConfig live
-    elsewhere)."""
+    """The range table of a config section class (mvq.sections.RANGES, by class name)."""
     return RANGES[cls.__name__]
 
 
@@ -198,7 +103,7 @@ def config_from_dict(data: dict) -> Config:
     if model_type not in MODEL_TYPES:
         raise MvqError(f"model.type must be one of {', '.join(MODEL_TYPES)}, "
                        f"got {model_type!r:.80}")
-    classes = {**_SECTIONS, "model": _model_config_cls(model_type), "loss": _loss_config_cls()}
+    classes = {**_SECTIONS, "model": _model_config_cls(model_type), "loss": VQGANLossConfig}
     data = _upgrade(data)
     cfg = Config(**{name: _build(cls, data.get(name) or {}, name) for name, cls in classes.items()})
     check_model(cfg.model)
@@ -355,8 +260,6 @@ def check_ready(cfg: Config) -> None:
     """Checks run before training writes anything: every key's type and range (also for a
     Config built in Python), the device exists, the data set name is known and
     ``train.out_dir`` is writable."""
-    from mvq.data import canonical_name
-
     config_from_dict(config_to_dict(cfg))  # a Config built in Python gets the loaded one's checks
     check_device(cfg.train.device)
     canonical_name(cfg.data.name)

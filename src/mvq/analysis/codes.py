@@ -11,18 +11,18 @@ from pathlib import Path
 
 import torch
 
+from mvq.checkpoint import read_info
 from mvq.codes import Codes
+from mvq.data import build_dataset
 from mvq.errors import MvqError
 from mvq.models.tokenizers import MVQVAE
+from mvq.pretrained import load_tokenizer, resolve
 
 SUM_MODES = ("codes", "outputs")
 
 
 def load_mvq(checkpoint: str | Path, device: str = "cpu") -> tuple[MVQVAE, object]:
     """(model in eval mode, config) of an MVQ checkpoint; MvqError for any other tokenizer."""
-    from mvq.checkpoint import read_info
-    from mvq.pretrained import load_tokenizer, resolve
-
     kind = read_info(resolve(checkpoint)).get("model_type")
     if kind not in ("mvqvae", "mvqgan"):
         raise MvqError(f"{checkpoint} holds a {kind} checkpoint; the mask analyses need an MVQ "
@@ -33,8 +33,6 @@ def load_mvq(checkpoint: str | Path, device: str = "cpu") -> tuple[MVQVAE, objec
 
 def load_test_images(cfg, n: int) -> torch.Tensor:
     """The first ``n`` test images of the checkpoint's data set, (n, C, H, W) in [0, 1]."""
-    from mvq.data import build_dataset
-
     ds = build_dataset(cfg.data.name, root=cfg.data.root, split="test",
                        size=cfg.model.image_size, channels=cfg.model.channels, limit=n)
     return torch.stack([ds[i][0] for i in range(len(ds))])

@@ -17,6 +17,12 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
+
+import torch
+
+from mvq.nn.vqvae2 import build_networks
+from mvq.quantize import MaskedQuantizer, VectorQuantizer
 
 
 def rss_mb() -> float:
@@ -27,14 +33,6 @@ def rss_mb() -> float:
 
 def worker(factor: int, j: int, naive: bool, batch: int, repeats: int, device: str,
            chunk: int) -> dict:
-    import warnings
-
-    import torch
-
-    import mvq  # noqa: F401
-    from mvq.nn.vqvae2 import build_networks
-    from mvq.quantize import MaskedQuantizer, VectorQuantizer
-
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     size = 28 if factor in (7, 14, 28) else 32
@@ -79,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chunk", type=int, default=256, help="hypotheses per chunk (efficient search)")
-    p.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="J in {16, 128} only, 2 repeats")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--worker", nargs=2, metavar=("J", "NAIVE"), help=argparse.SUPPRESS)
@@ -119,15 +117,6 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.json, "w") as fh:
             json.dump({"factor": args.factor, "batch": args.batch, "device": args.device,
                        "rows": rows}, fh, indent=2)
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 if __name__ == "__main__":

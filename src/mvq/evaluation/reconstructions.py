@@ -35,11 +35,11 @@ from mvq.metrics import (
     ssim,
     usage,
 )
+from mvq.metrics.image import MSE_FLOOR, psnr_from_mse
 from mvq.metrics.perceptual import lpips_resize
 from mvq.metrics.weights import weights_sha256
 
 LPIPS_NET = "alex"
-MSE_FLOOR = 1e-10  # PSNR of an exact reconstruction is capped at 100 dB (as in training)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings | None = None,
@@ -124,7 +124,7 @@ def _image_metrics(run: EvalRun, chosen: tuple[str, ...], seen: dict[str, list])
     if "mse" in chosen:
         out["mse"] = float(mse.mean())
     if "psnr" in chosen:
-        out["psnr"] = float((10 * torch.log10(1.0 / mse.clamp_min(MSE_FLOOR))).mean())
+        out["psnr"] = float(psnr_from_mse(mse, floor=MSE_FLOOR).mean())
     for key in ("ssim", "lpips"):
         if key in chosen:
             out[key] = float(torch.cat(seen[key]).mean())

@@ -28,13 +28,14 @@ does), which is exact for >= 32 px inputs.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mvq import distributed
+from mvq.sections import VQGANLossConfig
 
 
 # ----------------------------------------------------------------------------- discriminator
@@ -167,27 +168,6 @@ def find_last_layer(model: nn.Module) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the loss
-@dataclass
-class VQGANLossConfig:
-    """Settings of :class:`VQGANLoss` (taming defaults where they apply)."""
-
-    disc_start: int = 10000  # generator step at which the GAN terms switch on
-    disc_weight: float = 0.8  # multiplies the adaptive weight
-    disc_factor: float = 1.0  # multiplies both GAN losses once active
-    disc_layers: int = 3  # PatchGAN stride-2 layers (needs images >= 24 px at 3; 2 at 16 px)
-    disc_channels: int = 64
-    disc_norm: str = "batch"  # batch | none
-    disc_loss: str = "hinge"  # hinge | vanilla
-    perceptual_weight: float = 1.0  # 0 = no LPIPS (nothing loaded)
-    lpips_net: str = "alex"
-    lpips_min_size: int = 32  # smaller images are resized up for LPIPS (AlexNet needs 32)
-    rec_loss: str = "l1"  # l1 | l2, on the [-1, 1] scale
-    rec_weight: float = 1.0
-    quant_weight: float = 1.0  # on the tokenizer's quantizer terms (vq, vq2, mhd)
-    max_adaptive_weight: float = 1e4
-    adaptive_eps: float = 1e-4
-
-
 class VQGANLoss(nn.Module):
     """Reconstruction + LPIPS + PatchGAN (hinge) with taming's adaptive generator weight.
 

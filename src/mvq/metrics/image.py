@@ -26,11 +26,21 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, what: str) -> tuple[torch.Tens
     return x.float(), y.float()
 
 
+# the reports' PSNR of an exact reconstruction: 100 dB (an average over images stays finite)
+MSE_FLOOR = 1e-10
+
+
+def psnr_from_mse(mse: torch.Tensor, data_range: float = 1.0, floor: float = 0.0) -> torch.Tensor:
+    """PSNR in dB of per-image MSEs: 10 log10(data_range^2 / max(MSE, floor)). With the
+    default ``floor`` 0 identical images give +inf; evaluation and training use MSE_FLOOR."""
+    return 10 * torch.log10(data_range**2 / mse.clamp_min(floor))
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Per-image PSNR in dB (B,): 10 log10(data_range^2 / MSE); +inf for identical images."""
     x, y = _check_pair(x, y, "PSNR")
     mse = (x.double() - y.double()).pow(2).flatten(1).mean(dim=1)
-    return (10 * torch.log10(data_range**2 / mse)).float()
+    return psnr_from_mse(mse, data_range).float()
 
 
 def ssim_window(

@@ -25,7 +25,6 @@ the plain tokenizer output (MSE 'rec' + quantizer 'vq'), like every tokenizer he
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,66 +33,11 @@ from mvq.codes import Codes
 from mvq.errors import MvqError
 from mvq.models.inputs import CodeLayout
 from mvq.models.tokenizers import Tokenizer, TokenizerOutput
-from mvq.nn.spatial_norm import F0_KINDS, build_f0
-from mvq.nn.taming import SPATIAL_NORM_KINDS, Decoder, Encoder, decoder_norm_factory, spatial_blocks
+from mvq.modes import eval_mode
+from mvq.nn.spatial_norm import build_f0
+from mvq.nn.taming import Decoder, Encoder, decoder_norm_factory, spatial_blocks
 from mvq.quantize.layers import MultiChannelVectorQuantize
-
-
-@dataclass
-class MoVQConfig:
-    """MoVQ architecture (defaults: the paper's 256 px, f = 16, 16 x 16 x 4 tokens, K = 1024)."""
-
-    type: str = "movq"
-    image_size: int = 256
-    channels: int = 3
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # len L -> downsampling 2^(L-1)
-    num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (16,)  # feature-map sides that get self-attention
-    dropout: float = 0.0
-    num_groups: int = 32  # GroupNorm groups (reduced to a divisor of tiny widths)
-    z_channels: int = 256  # encoder output / decoder input width (VQGAN z_channels)
-    codebook_size: int = 1024  # K, one codebook shared by the c chunks
-    code_dim: int = 64  # n_q; the quantized latent has c * n_q channels
-    num_channels: int = 4  # c, ids per position
-    spatial_norm: str = "first3"  # none (baseline VQGAN) | first3 | all
-    f0: str = "fourier"  # fourier | sinusoidal | constant | none (post_quant_conv(z_q))
-    fourier_frequencies: int = 128  # Fourier F0 has 2x this many channels
-    fourier_sigma: float = 1.0
-    fourier_learnable: bool = True
-    beta: float = 0.25
-    ema: bool = True
-    decay: float = 0.99
-    restart_dead: bool = True
-    kmeans_init: bool = False
-
-    @property
-    def factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.factor
-
-    def validate(self) -> None:
-        if self.type != "movq":
-            raise MvqError(f"MoVQConfig.type must be 'movq', got {self.type!r}")
-        if not self.ch_mult or self.image_size % self.factor:
-            raise MvqError(f"model.image_size {self.image_size} must be divisible by the "
-                           f"downsampling factor 2^(len(ch_mult)-1) = {self.factor}")
-        if self.spatial_norm not in SPATIAL_NORM_KINDS:
-            raise MvqError(f"model.spatial_norm must be one of {', '.join(SPATIAL_NORM_KINDS)}, "
-                           f"got {self.spatial_norm!r}")
-        if self.f0 not in F0_KINDS:
-            raise MvqError(f"model.f0 must be one of {', '.join(F0_KINDS)}, got {self.f0!r}")
-        if self.spatial_norm == "none" and self.f0 in ("sinusoidal", "constant"):
-            raise MvqError(f"model.f0={self.f0!r} carries no code content, so with "
-                           "spatial_norm='none' the decoder would never see the codes: use "
-                           "f0='none' or 'fourier', or spatial_norm='first3'/'all'")
-        for name in ("codebook_size", "code_dim", "num_channels", "ch", "z_channels",
-                     "num_res_blocks", "fourier_frequencies"):
-            if getattr(self, name) < 1:
-                raise MvqError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+from mvq.sections import MoVQConfig
 
 
 class MoVQ(Tokenizer):
@@ -166,12 +110,8 @@ class MoVQ(Tokenizer):
 
     def _encode_batch(self, x: torch.Tensor) -> Codes:
         """Deterministic (dropout off, no codebook update): primary ids (B, h, w, c)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             ids = self.quantizer.encode(self._latent(x))
-        finally:
-            self.train(was_training)
         return Codes(ids, meta=self._meta())
 
     def _decode_codes(self, codes: Codes) -> torch.Tensor:

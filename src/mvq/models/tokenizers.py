@@ -20,6 +20,7 @@ from mvq.config import Config, ModelConfig, check_section, config_from_dict, mod
 from mvq.errors import MvqError
 from mvq.memory import check_fits
 from mvq.models.inputs import CodeLayout, check_codes, check_images
+from mvq.modes import eval_mode
 from mvq.nn.vqvae2 import build_networks, geometry
 from mvq.pretrained import Pretrained
 from mvq.quantize.layers import MaskedVectorQuantize, VectorQuantize
@@ -119,14 +120,10 @@ class Tokenizer(Pretrained, nn.Module):
         self._check_input(x, values=True)
         p = self._param()
         x = x.to(device=p.device, dtype=p.dtype)
-        was = self.training
-        self.eval()  # deterministic, and no BatchNorm statistics of a batch of one
-        try:
+        with eval_mode(self):  # deterministic, and no BatchNorm statistics of a batch of one
             if len(x) == 0:  # the codes of one blank image, sliced to none: right shapes, meta
                 return self._encode_batch(x.new_zeros(1, *x.shape[1:]))[:0]
             return self._encode_batch(x)
-        finally:
-            self.train(was)
 
     def decode(self, codes: Codes) -> torch.Tensor:
         """Codes (ids within the codebooks, masks bool or 0/1, per ``code_layout``) -> images
@@ -372,12 +369,8 @@ class MVQVAE(Tokenizer):
 
     def _encode_batch(self, x: torch.Tensor) -> Codes:
         """Deterministic: the mask is searched over the seeded bank of ``eval_masks`` masks."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self._quantize(x)[1]  # no decoder pass
-        finally:
-            self.train(was_training)
 
     def _decode_codes(self, codes: Codes) -> torch.Tensor:
         decoded = self.mvq.decode_codes(codes.primary, codes.secondary, codes.mask)

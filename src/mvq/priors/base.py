@@ -25,6 +25,7 @@ from mvq._version import __version__
 from mvq.codes import Codes
 from mvq.decoding import check_sampling
 from mvq.errors import MvqError
+from mvq.modes import eval_mode
 from mvq.pretrained import Pretrained
 
 # The layouts of `Codes` a tokenizer produces, by name.
@@ -141,12 +142,8 @@ class Prior(Pretrained, nn.Module):
     @torch.no_grad()
     def nll(self, codes: Codes, labels: torch.Tensor | None = None) -> dict[str, float]:
         """{stage: mean NLL in nats/token} of ``codes`` (eval mode; `stages` names the keys)."""
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             _, parts = self.loss(codes, labels)
-        finally:
-            self.train(was)
         return {k: float(v) for k, v in parts.items()}
 
     def sample(self, n: int, labels: torch.Tensor | None = None,

@@ -30,6 +30,7 @@ from torch import nn
 
 from mvq.codes import Codes
 from mvq.errors import MvqError
+from mvq.modes import eval_mode
 from mvq.priors.base import Prior
 from mvq.priors.gpt import Block, check_sizes, init_weights, sample_logits
 
@@ -138,13 +139,9 @@ class MaskGIT(nn.Module):
         if not 1 <= steps <= total:
             raise MvqError(f"MaskGIT steps must be in [1, {total}] ({total} entries per "
                            f"sequence, at least one revealed per step), got {steps}")
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self._generate(n, steps, temperature, choice_temperature, cond, generator,
                                   return_history, (top_k, top_p))
-        finally:
-            self.train(was)
 
     def _generate(self, n, steps, temperature, choice_temperature, cond, generator, history,
                   filters):

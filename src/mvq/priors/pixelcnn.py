@@ -25,6 +25,7 @@ from torch import nn
 
 from mvq.codes import Codes
 from mvq.errors import MvqError
+from mvq.modes import eval_mode
 from mvq.priors.base import Prior
 from mvq.priors.gpt import sample_logits
 
@@ -115,17 +116,13 @@ class PixelCNN(nn.Module):
                cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
                top_p: float | None = None, where: torch.Tensor | None = None) -> torch.Tensor:
         """(n, h, w) ids drawn one position at a time in raster order (H * W forwards)."""
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             ids = torch.zeros(n, h, w, dtype=torch.long, device=self.embed.weight.device)
             for i in range(h):
                 for j in range(w):
                     logits = self(ids[:, : i + 1], cond, where)[:, :, i, j]  # rows > i unused
                     ids[:, i, j] = sample_logits(logits, temperature, top_k, top_p, generator)
             return ids
-        finally:
-            self.train(was)
 
 
 CONDITIONINGS = {

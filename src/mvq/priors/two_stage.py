@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from mvq.codes import Codes
 from mvq.errors import MvqError
+from mvq.modes import eval_mode
 from mvq.priors.base import LAYOUTS, Prior
 from mvq.priors.gpt import GPT, GPTConfig, table4_size
 
@@ -135,9 +136,7 @@ class MVQPrior(Prior):
         self.check_sample(n, temperature, top_k, top_p)
         cond = self.check_labels(labels, n)
         generator = self.new_generator(generator, 0 if seed is None else seed)
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             opts = dict(temperature=temperature, top_k=top_k, top_p=top_p, cond=cond,
                         use_cache=use_cache, generator=generator)
             p = self.primary.generate(n, self.s1, **opts)
@@ -149,8 +148,6 @@ class MVQPrior(Prior):
                 if self.mask_dim:
                     mask = torch.rand(n, *self.secondary_shape, self.mask_dim,
                                       generator=generator, device=p.device) < 0.5
-        finally:
-            self.train(was)
         return Codes(p.view(n, *self.primary_shape), secondary, mask, dict(self.meta))
 
 

@@ -26,8 +26,10 @@ from mvq.devices import pick_device
 from mvq.errors import MvqError
 from mvq.figures import Figure, save_png
 from mvq.memory import check_fits
+from mvq.metrics.image import MSE_FLOOR, psnr_from_mse
 from mvq.models import Tokenizer, build_model
 from mvq.models.tokenizers import SIZE_FIX, model_bytes
+from mvq.modes import eval_mode
 from mvq.train.engine import (
     Schedule,
     StepOutput,
@@ -58,20 +60,18 @@ def stack_images(dataset, n: int | None = None) -> torch.Tensor:
 def validate(model: Tokenizer, images: torch.Tensor, batch_size: int = 256,
              device: torch.device | str = "cpu") -> dict[str, float]:
     """Reconstruction through the discrete codes: MSE, PSNR (mean per image), code usage."""
-    was = model.training
-    model.eval()
     se, psnr, ids1, ids2 = [], [], [], []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device)
-        codes = model.encode(x)
-        rec = model.decode(codes).clamp(0, 1)
-        err = (rec - x).pow(2).flatten(1).mean(1)
-        se.append(err.cpu())
-        psnr.append((10 * torch.log10(1.0 / err.clamp_min(1e-10))).cpu())
-        ids1.append(codes.primary.flatten().cpu())
-        if codes.secondary is not None:
-            ids2.append(codes.secondary.flatten().cpu())
-    model.train(was)
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            codes = model.encode(x)
+            rec = model.decode(codes).clamp(0, 1)
+            err = (rec - x).pow(2).flatten(1).mean(1)
+            se.append(err.cpu())
+            psnr.append(psnr_from_mse(err, floor=MSE_FLOOR).cpu())
+            ids1.append(codes.primary.flatten().cpu())
+            if codes.secondary is not None:
+                ids2.append(codes.secondary.flatten().cpu())
     sizes = model.codebook_sizes
     out = {"val_mse": float(torch.cat(se).mean()), "val_psnr": float(torch.cat(psnr).mean()),
            "val_usage": float(torch.cat(ids1).unique().numel() / sizes[0])}
@@ -302,10 +302,8 @@ class TokenizerTrainee(Trainee):
 def write_recon_grid(model: Tokenizer, images: torch.Tensor, path: Path, device, title: str):
     """A labelled figure of the originals (top row) over reconstructions from the codes (bottom
     row), titled ``title``; returns it as a uint8 (H, W, 3) array (for TensorBoard)."""
-    was = model.training
-    model.eval()
-    rec = model.reconstruct(images.to(device)).cpu()
-    model.train(was)
+    with eval_mode(model):
+        rec = model.reconstruct(images.to(device)).cpu()
     img = Figure([images, rec], title, ["original", "reconstruction"]).render()
     save_png(img, path)
     return np.asarray(img)
