@@ -31,8 +31,8 @@ from mvq.metrics.fid import fid_from_features, frechet_distance
 from mvq.metrics.perceptual import lpips_distance
 from mvq.metrics.prd import prd_from_features
 from mvq.models import build_model
+from mvq.models.base import model_bytes
 from mvq.models.movq import MoVQConfig
-from mvq.models.tokenizers import model_bytes
 from mvq.outputs import check_outputs
 from mvq.pretrained import load_tokenizer
 from mvq.priors.registry import PRIORS

@@ -28,7 +28,7 @@ def test_refinement_never_increases_the_distance_and_usually_lowers_it():
     assert (d_ref < d_bank * (1 - 1e-4)).any()  # 4 bank masks of 2^32: flips must help somewhere
     assert torch.equal(bank.primary, refined.primary)
     assert torch.equal(bank.secondary, refined.secondary)
-    assert not model.refine  # a per-call option
+    assert torch.equal(model.encode(x).mask, bank.mask)  # a per-call option: no state left
 
 
 def test_refine_masks_is_a_local_minimum_over_single_flips():
@@ -52,9 +52,8 @@ def test_bits_per_image_counts_the_free_mask_when_refining():
     model = _model()
     s, s2 = model.tokens
     assert model.mask_bits == s2 * math.log2(4)
-    model.refine = True
-    assert model.mask_bits == s2 * model.cfg.dim2
-    assert model.bits_per_image == s * 3 + s2 * 3 + s2 * model.cfg.dim2
+    assert model.refined_mask_bits == s2 * model.cfg.dim2
+    assert model.id_bits + model.refined_mask_bits == s * 3 + s2 * 3 + s2 * model.cfg.dim2
 
 
 def test_evaluate_refine_counts_bits_and_refuses_other_models(tmp_path):

@@ -82,15 +82,4 @@ def decode_sum(model: MVQVAE, primary: torch.Tensor, configs: list[Codes],
     """
     if mode not in SUM_MODES:
         raise MvqError(f"sum mode must be one of {', '.join(SUM_MODES)}, got {mode!r}")
-    mvq = model.mvq
-    e = mvq.primary.lookup(primary.to(model._param().device))
-    masked = [mvq.secondary.lookup(c.secondary.to(e.device))
-              * c.mask.to(e.device).permute(0, 3, 1, 2).to(e.dtype) for c in configs]
-    shape = (e.shape[0], mvq.secondary.dim, *model.code_layout.secondary)
-    zero = e.new_zeros(shape)
-    if mode == "codes" or not masked:
-        y = e + mvq.f(sum(masked, zero))
-    else:
-        f0 = mvq.f(zero)
-        y = e + f0 + sum(mvq.f(c) - f0 for c in masked)
-    return ((model.decoder(y) + 1) / 2).clamp(0, 1)
+    return model.decode_sum(primary, configs, sum_outputs=mode == "outputs").clamp(0, 1)

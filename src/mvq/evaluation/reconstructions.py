@@ -60,11 +60,9 @@ def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings | None = 
     inception = needs_features(chosen)
     run = open_run(checkpoint, settings, chosen, inception, "reconstructions")
     model, result = run.model, run.result
-    if refine:
-        if not hasattr(model, "refine"):
-            raise MvqError(f"mask refinement needs an MVQ checkpoint (mvqvae or mvqgan); "
-                           f"{checkpoint} holds a {result['model_type']}: drop --refine")
-        model.refine = True
+    if refine and not hasattr(model, "refined_mask_bits"):
+        raise MvqError(f"mask refinement needs an MVQ checkpoint (mvqvae or mvqgan); "
+                       f"{checkpoint} holds a {result['model_type']}: drop --refine")
     result.update(lpips_net=None, lpips_backbone_sha256=None, lpips_resize=None,
                   mask_refine=refine, encode_seconds=0.0)
     extractor, real_stats = None, None
@@ -95,7 +93,7 @@ def _encode_decode(run: EvalRun, chosen: tuple[str, ...], extractor) -> dict[str
         for x in run.batches:
             x = x.to(dev)
             t_enc = time.perf_counter()
-            codes = model.encode(x)
+            codes = model.encode(x, refine=True) if result["mask_refine"] else model.encode(x)
             result["encode_seconds"] += time.perf_counter() - t_enc
             rec = model.decode(codes).clamp(0, 1)
             seen["mse"].append((rec.double() - x.double()).pow(2).flatten(1).mean(1).cpu())
@@ -141,9 +139,10 @@ def _token_metrics(run: EvalRun, chosen: tuple[str, ...], seen: dict[str, list])
             out["usage2"] = usage(torch.cat(seen["ids2"]), sizes[1])
             out["perplexity2"] = perplexity(torch.cat(seen["ids2"]), sizes[1])
     s, s2 = model.tokens
-    out["bits_per_image"] = float(model.bits_per_image)
+    mask_bits = model.refined_mask_bits if run.result["mask_refine"] else model.mask_bits
+    out["bits_per_image"] = float(model.id_bits + mask_bits)
     out["tokens"] = int(s + s2)
     out["parameters"] = int(model.num_parameters)
     run.result.update(tokens_primary=int(s), tokens_secondary=int(s2),
                       codebook_sizes=list(model.codebook_sizes),
-                      mask_bits=float(model.mask_bits))
+                      mask_bits=float(mask_bits))

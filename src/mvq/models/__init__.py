@@ -1,13 +1,9 @@
-"""Tokenizers: vqvae, hvqvae (VQ-VAE-2 baseline), mvqvae."""
+"""Tokenizers: vqvae, hvqvae (VQ-VAE-2 baseline), mvqvae (and their GAN-trained hvqgan /
+mvqgan), movq. Importing this package registers every ``model.type`` with :func:`build_model`."""
 
-from mvq.models.tokenizers import (
-    HVQVAE,
-    MODELS,
-    MVQVAE,
-    VQVAE,
-    Tokenizer,
-    TokenizerOutput,
-    build_model,
-)
+from mvq.models.base import MODELS, Tokenizer, TokenizerOutput, build_model
+from mvq.models.movq import MoVQ
+from mvq.models.tokenizers import HVQVAE, MVQVAE, VQVAE
 
-__all__ = ["HVQVAE", "MODELS", "MVQVAE", "VQVAE", "Tokenizer", "TokenizerOutput", "build_model"]
+__all__ = ["HVQVAE", "MODELS", "MVQVAE", "MoVQ", "VQVAE", "Tokenizer", "TokenizerOutput",
+           "build_model"]

@@ -31,8 +31,8 @@ from torch import nn
 
 from mvq.codes import Codes
 from mvq.errors import MvqError
+from mvq.models.base import Tokenizer, TokenizerOutput
 from mvq.models.inputs import CodeLayout
-from mvq.models.tokenizers import Tokenizer, TokenizerOutput
 from mvq.modes import eval_mode
 from mvq.nn.spatial_norm import build_f0
 from mvq.nn.taming import Decoder, Encoder, decoder_norm_factory, spatial_blocks
@@ -43,6 +43,8 @@ from mvq.sections import MoVQConfig
 class MoVQ(Tokenizer):
     """MoVQ tokenizer: ``encode(x) -> Codes`` (primary (B, h, w, c)), ``decode(Codes) -> x``,
     ``forward(x) -> TokenizerOutput`` (recon in [0, 1] scale, losses 'rec' (MSE) and 'vq')."""
+
+    model_types = ("movq",)
 
     def __init__(self, cfg: MoVQConfig) -> None:
         nn.Module.__init__(self)  # Tokenizer.__init__ computes a vqvae2 geometry we do not use

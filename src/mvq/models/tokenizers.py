@@ -1,180 +1,22 @@
-"""The tokenizers: one-level VQ-VAE, hierarchical VQ-VAE-2 baseline, and MVQ-VAE.
-
-All share the :class:`Tokenizer` interface: ``encode(x) -> Codes``, ``decode(codes) -> x``,
-``forward(x) -> TokenizerOutput`` (reconstruction, losses, statistics). Images are (B, C, H, W)
-in [0, 1]; the networks see them in [-1, 1].
+"""The VQ-VAE-2-style tokenizers: one-level VQ-VAE, the hierarchical VQ-VAE-2 baseline and
+MVQ-VAE (the GAN-trained hvqgan / mvqgan are the same networks, MVQ 4.1).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mvq import checkpoint
 from mvq.codes import Codes
-from mvq.config import Config, ModelConfig, check_section, config_from_dict, model_hash
-from mvq.errors import MvqError
-from mvq.memory import check_fits
-from mvq.models.inputs import CodeLayout, check_codes, check_images
+from mvq.config import ModelConfig
+from mvq.models.base import Tokenizer, TokenizerOutput
+from mvq.models.inputs import CodeLayout
 from mvq.modes import eval_mode
-from mvq.nn.vqvae2 import build_networks, geometry
-from mvq.pretrained import Pretrained
+from mvq.nn.vqvae2 import build_networks
 from mvq.quantize.layers import MaskedVectorQuantize, VectorQuantize
 from mvq.quantize.refine import refine_masks
-from mvq.quantize.vq import code_stats
-
-
-@dataclass
-class TokenizerOutput:
-    """recon: (B, C, H, W) in image scale (not clamped); loss: total scalar to minimise;
-    losses: named scalar terms (detached floats for logging come from ``.item()``);
-    codes: the batch's Codes; stats: codebook usage / perplexity of this batch."""
-
-    recon: torch.Tensor
-    loss: torch.Tensor
-    losses: dict[str, torch.Tensor]
-    codes: Codes
-    stats: dict[str, float] = field(default_factory=dict)
-
-
-class Tokenizer(Pretrained, nn.Module):
-    """Base class: holds the config and the image-scale conversions.
-
-    ``Tokenizer.from_pretrained(folder)`` / ``model.save_pretrained(folder)`` (or ``mvq.load``)
-    load and save any tokenizer; loading gives eval mode."""
-
-    saved_kind = "tokenizer"
-
-    @classmethod
-    def _from_checkpoint(cls, folder, info: dict, device: str) -> Tokenizer:
-        if info.get("format") != checkpoint.FORMAT:
-            raise MvqError(f"{folder / 'config.json'} has format {info.get('format')!r}, "
-                           f"expected {checkpoint.FORMAT!r}")
-        cfg = config_from_dict(info.get("config"))
-        model = build_model(cfg.model)
-        state = checkpoint.load_weights(folder / "model.safetensors", device)
-        checkpoint.fit_weights(model, state, folder, cfg.model.type)
-        return model
-
-    def _checkpoint_info(self) -> dict:
-        if self.checkpoint_info is not None:  # loaded: keep its training record
-            return dict(self.checkpoint_info)
-        return checkpoint.tokenizer_info(Config(model=self.cfg), 0)
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.geo = geometry(cfg.factor, cfg.image_size)
-        self.register_forward_pre_hook(_check_forward)  # model(x): every tokenizer, under DDP too
-
-    # token accounting ------------------------------------------------------
-    @property
-    def codebook_sizes(self) -> list[int]:
-        raise NotImplementedError
-
-    @property
-    def tokens(self) -> tuple[int, int]:
-        """(S, S'): primary and secondary tokens per image."""
-        raise NotImplementedError
-
-    @property
-    def mask_bits(self) -> float:
-        """Bits of the code beyond its token ids (MVQ's mask)."""
-        return 0.0
-
-    @property
-    def num_parameters(self) -> int:
-        """Trainable parameters (compared across models in the reports)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    @property
-    def bits_per_image(self) -> float:
-        """Information in one image's code: S log2(K_1) + S' log2(K_2) + mask bits."""
-        s, s2 = self.tokens
-        sizes = self.codebook_sizes
-        bits = s * math.log2(sizes[0]) + (s2 * math.log2(sizes[1]) if s2 else 0.0)
-        return bits + self.mask_bits
-
-    # helpers ---------------------------------------------------------------
-    @property
-    def code_layout(self) -> CodeLayout:
-        """Per-image shapes of the codes and their codebook sizes (what ``decode`` accepts)."""
-        raise NotImplementedError
-
-    def _check_input(self, x: torch.Tensor, values: bool = False) -> None:
-        """Shape and dtype (``forward``: no pass over the values, no device sync per step);
-        with ``values`` also finite and in [0, 1] (``encode``)."""
-        check_images(x, self.cfg.channels, self.cfg.image_size, self.cfg.type, values)
-
-    def _param(self) -> torch.Tensor:
-        return next(self.parameters())
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> Codes:
-        """Images (B, C, H, W), float in [0, 1] -> Codes (deterministic). Any float dtype and
-        device are accepted (moved to the model's); an empty batch gives empty codes."""
-        self._check_input(x, values=True)
-        p = self._param()
-        x = x.to(device=p.device, dtype=p.dtype)
-        with eval_mode(self):  # deterministic, and no BatchNorm statistics of a batch of one
-            if len(x) == 0:  # the codes of one blank image, sliced to none: right shapes, meta
-                return self._encode_batch(x.new_zeros(1, *x.shape[1:]))[:0]
-            return self._encode_batch(x)
-
-    def decode(self, codes: Codes) -> torch.Tensor:
-        """Codes (ids within the codebooks, masks bool or 0/1, per ``code_layout``) -> images
-        (B, C, H, W) on the [0, 1] scale (not clamped)."""
-        codes = check_codes(codes, self.code_layout, self.cfg.type).to(self._param().device)
-        if len(codes) == 0:
-            s = self.cfg.image_size
-            return self._param().new_zeros(0, self.cfg.channels, s, s)
-        return self._decode_codes(codes)
-
-    def _encode_batch(self, x: torch.Tensor) -> Codes:
-        raise NotImplementedError
-
-    def _decode_codes(self, codes: Codes) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _meta(self) -> dict:
-        return {"model": self.cfg.type, "config_hash": model_hash(self.cfg),
-                "codebook_sizes": self.codebook_sizes}
-
-    def _output(self, x, rec, losses: dict, codes: Codes, indices: list) -> TokenizerOutput:
-        recon = (rec + 1) / 2
-        losses = {"rec": F.mse_loss(recon, x), **losses}
-        stats = {}
-        for name, (ids, k) in zip(("", "2"), indices):
-            st = code_stats(ids, k)
-            stats[f"usage{name}"], stats[f"perplexity{name}"] = st["usage"], st["perplexity"]
-        return TokenizerOutput(recon, sum(losses.values()), losses, codes, stats)
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """encode -> decode, clamped to [0, 1]."""
-        return self.decode(self.encode(x)).clamp(0, 1)
-
-
-def _check_forward(model: Tokenizer, args: tuple) -> tuple:
-    """The training forward's input: images (B, C, S, S), finite and in [0, 1] (a NaN pixel
-    would give a NaN loss), B >= 1, and B >= 2 in training mode when the model has BatchNorm
-    (batch statistics of one image are undefined). Returns the arguments with the images in
-    the model's float dtype (as encode takes them)."""
-    x = args[0] if args else None
-    check_images(x, model.cfg.channels, model.cfg.image_size, model.cfg.type, values=True)
-    if len(x) == 0:
-        raise MvqError(f"this {model.cfg.type} tokenizer's forward needs at least one image, "
-                       "found an empty batch; encode() takes empty batches")
-    if model.training and len(x) < 2 and any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise MvqError(f"a {model.cfg.type} tokenizer in training mode needs batches of at "
-                       "least 2 images (its BatchNorm layers normalise over the batch), found 1; "
-                       "raise train.batch_size (and train.train_limit) to 2 or more, or call "
-                       "model.eval() first")
-    return (x.to(dtype=model._param().dtype), *args[1:])
 
 
 def _vq_settings(cfg: ModelConfig) -> dict:
@@ -193,6 +35,8 @@ def _nets(cfg: ModelConfig, **kw) -> dict[str, nn.Module]:
 
 class VQVAE(Tokenizer):
     """One level: x -> E -> VQ(K) -> D. S tokens, K entries."""
+
+    model_types = ("vqvae",)
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -233,6 +77,8 @@ class HVQVAE(Tokenizer):
     quarter of the encoders' width), as in VQ-VAE-2's Algorithm 1; the decoder takes the
     concatenation of the primary code and the secondary code brought onto the primary grid by f.
     """
+
+    model_types = ("hvqvae", "hvqgan")
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -287,6 +133,8 @@ class HVQVAE(Tokenizer):
 class MVQVAE(Tokenizer):
     """Masked VQ (MVQ paper Fig. 3): y = E(x), y' = E'(y), y_hat = e + f(e' * m*), x = D(y_hat)."""
 
+    model_types = ("mvqvae", "mvqgan")
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         nets = _nets(cfg)
@@ -298,9 +146,6 @@ class MVQVAE(Tokenizer):
             eval_masks=cfg.eval_masks or None, secondary_encoder=nets["E2"], f=nets["f"],
             channel_first=True, chunk_size=cfg.chunk_size, search_seed=cfg.search_seed,
             **_vq_settings(cfg))
-        # encode's default: refine the bank's mask bit by bit (mvq.quantize.refine); a refined
-        # mask is free, so mask_bits then counts D' bits per secondary token
-        self.refine = False
 
     codebook_sizes = property(lambda self: [self.cfg.codebook_size // 2] * 2)
     tokens = property(lambda self: (self.geo.tokens, self.geo.tokens2))
@@ -322,32 +167,31 @@ class MVQVAE(Tokenizer):
 
     @property
     def mask_bits(self) -> float:
-        """Mask information the code really carries. ``encode`` picks each secondary token's
-        mask from a fixed bank of J_eval masks, so the mask is a bank index: log2(J_eval) bits
-        per secondary token (at most D', the bits of a freely chosen mask). With ``refine`` on,
-        the mask is any of the 2^D' masks: D' bits per secondary token."""
-        if self.refine:
-            return float(self.geo.tokens2 * self.cfg.dim2)
+        """Mask information the code of ``encode(x)`` really carries. It picks each secondary
+        token's mask from a fixed bank of J_eval masks, so the mask is a bank index: log2(J_eval)
+        bits per secondary token (at most D', the bits of a freely chosen mask)."""
         per_token = min(math.log2(self.mvq.eval_masks), float(self.cfg.dim2))
         return self.geo.tokens2 * per_token
 
-    def encode(self, x: torch.Tensor, refine: bool | None = None) -> Codes:
-        """As :meth:`Tokenizer.encode`; ``refine`` (default: the model's ``refine``) improves
-        each bank mask by greedy single-bit flips (never a larger distance to E's output)."""
-        if refine is None or refine == self.refine:
-            return super().encode(x)
-        self.refine = refine
-        try:
-            return super().encode(x)
-        finally:
-            self.refine = not refine
+    @property
+    def refined_mask_bits(self) -> float:
+        """Mask bits of ``encode(x, refine=True)``: a refined mask is any of the 2^D' masks,
+        D' bits per secondary token."""
+        return float(self.geo.tokens2 * self.cfg.dim2)
 
-    def _quantize(self, x: torch.Tensor, masks: torch.Tensor | None = None):
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, refine: bool = False) -> Codes:
+        """As :meth:`Tokenizer.encode`; ``refine`` improves each bank mask by greedy
+        single-bit flips (never a larger distance to E's output; mvq.quantize.refine)."""
+        return self._encode_checked(x, refine=refine)
+
+    def _quantize(self, x: torch.Tensor, masks: torch.Tensor | None = None,
+                  refine: bool = False):
         self._check_input(x)
         y = self.encoder(x * 2 - 1)
         out = self.mvq.quantize(y, masks=masks)
         mask = out.mask  # (B, H', W', D')
-        if self.refine and not self.training:
+        if refine and not self.training:
             start = mask.permute(0, 3, 1, 2)
             mask = refine_masks(self.mvq, out.primary.codes, out.secondary.codes, y, start)[0]
             mask = mask.permute(0, 2, 3, 1)
@@ -367,52 +211,32 @@ class MVQVAE(Tokenizer):
         g, g2, half = self.geo.grid, self.geo.grid2, self.cfg.codebook_size // 2
         return CodeLayout((g, g), half, (g2, g2), half, (g2, g2, self.cfg.dim2))
 
-    def _encode_batch(self, x: torch.Tensor) -> Codes:
+    def _encode_batch(self, x: torch.Tensor, refine: bool = False) -> Codes:
         """Deterministic: the mask is searched over the seeded bank of ``eval_masks`` masks."""
         with eval_mode(self):
-            return self._quantize(x)[1]  # no decoder pass
+            return self._quantize(x, refine=refine)[1]  # no decoder pass
 
     def _decode_codes(self, codes: Codes) -> torch.Tensor:
-        decoded = self.mvq.decode_codes(codes.primary, codes.secondary, codes.mask)
-        return (self.decoder(decoded) + 1) / 2
+        return self.decode_latent(self.mvq.decode_codes(codes.primary, codes.secondary,
+                                                        codes.mask))
 
+    def decode_latent(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """D(y_hat): a latent on the primary grid (B, D, H, W), as the MVQ layer gives it,
+        to images (B, C, H, W) on the [0, 1] scale (not clamped)."""
+        return (self.decoder(y_hat) + 1) / 2
 
-# hvqgan / mvqgan are the same networks as hvqvae / mvqvae, trained with the VQGAN loss (MVQ 4.1).
-MODELS: dict[str, type[Tokenizer]] = {"vqvae": VQVAE, "hvqvae": HVQVAE, "mvqvae": MVQVAE,
-                                      "hvqgan": HVQVAE, "mvqgan": MVQVAE}
-
-
-def build_model(cfg) -> Tokenizer:
-    """Tokenizer for a ModelConfig (or a MoVQConfig when cfg.type == 'movq'); its keys are
-    checked against the config's types and ranges first."""
-    check_section(cfg, "model")
-    check_fits(model_bytes(cfg), f"the weights of a {cfg.type} model of these sizes",
-               SIZE_FIX)
-    return _construct(cfg)
-
-
-SIZE_FIX = "lower model.hidden, res_channels, dim / dim2 or codebook_size"
-
-
-def model_bytes(cfg) -> int:
-    """Bytes of the weights and buffers ``build_model(cfg)`` allocates, counted on torch's meta
-    device (nothing is allocated, so a model of 1e8 channels is refused, not built)."""
-    try:
-        with torch.device("meta"):
-            model = _construct(cfg)
-    except (RuntimeError, NotImplementedError):  # an op without a meta kernel: no estimate
-        return 0
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-
-
-def _construct(cfg) -> Tokenizer:
-    if cfg.type == "movq":
-        from mvq.models.movq import build_movq
-
-        return build_movq(cfg)
-    if cfg.type not in MODELS:
-        raise MvqError(f"model.type must be one of {', '.join(MODELS)}, got {cfg.type!r}")
-    try:
-        return MODELS[cfg.type](cfg)
-    except ValueError as err:
-        raise MvqError(f"cannot build {cfg.type}: {err}") from None
+    @torch.no_grad()
+    def decode_sum(self, primary: torch.Tensor, configs: list[Codes],
+                   sum_outputs: bool = False) -> torch.Tensor:
+        """Images of a primary code (B, H, W) plus the sum of masked configurations, each the
+        secondary code and mask of a Codes of B images (MVQ Fig. 6b; the sum as in
+        :meth:`mvq.quantize.masked.MaskedQuantizer.decode_sum`). [0, 1] scale, not clamped."""
+        dev = self._param().device
+        layout = self.code_layout
+        b = len(primary)
+        ids = torch.stack([c.secondary for c in configs]) if configs else \
+            torch.zeros(0, b, *layout.secondary, dtype=torch.long)
+        masks = torch.stack([c.mask.bool() for c in configs]) if configs else \
+            torch.zeros(0, b, *layout.mask, dtype=torch.bool)
+        y_hat = self.mvq.decode_sum(primary.to(dev), ids.to(dev), masks.to(dev), sum_outputs)
+        return self.decode_latent(y_hat)

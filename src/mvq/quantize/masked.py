@@ -170,3 +170,23 @@ class MaskedQuantizer(nn.Module):
         e = self.primary.lookup(primary_ids)
         e2 = self.secondary.lookup(secondary_ids)
         return self.combine(e, e2, mask.permute(0, 3, 1, 2))
+
+    def decode_sum(self, primary_ids: torch.Tensor, secondary_ids: torch.Tensor,
+                   masks: torch.Tensor, sum_outputs: bool = False) -> torch.Tensor:
+        """y_hat of a primary code plus N masked configurations (MVQ Fig. 6b).
+
+        primary_ids (B,H,W); secondary_ids (N,B,H',W') and masks (N,B,H',W',D'): configuration
+        j is (secondary_ids[j], masks[j]). Their masked secondary codes are summed before f,
+        y = e + f(sum_j e'_j * m_j), or with ``sum_outputs`` what each adds through f,
+        y = e + f(0) + sum_j (f(e'_j * m_j) - f(0)). One configuration gives
+        :meth:`decode_codes`; none (N = 0) gives e + f(0).
+        """
+        e = self.primary.lookup(primary_ids)
+        n, b, *grid2 = secondary_ids.shape
+        masked = self.secondary.lookup(secondary_ids.flatten(0, 1))
+        masked = masked.view(n, b, self.secondary.dim, *grid2)
+        masked = masked * masks.permute(0, 1, 4, 2, 3).to(masked.dtype)
+        if not sum_outputs or n == 0:
+            return e + self.f(masked.sum(0))
+        f0 = self.f(torch.zeros_like(masked[0]))
+        return e + f0 + sum(self.f(c) - f0 for c in masked)

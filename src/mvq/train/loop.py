@@ -28,7 +28,7 @@ from mvq.figures import Figure, save_png
 from mvq.memory import check_fits
 from mvq.metrics.image import MSE_FLOOR, psnr_from_mse
 from mvq.models import Tokenizer, build_model
-from mvq.models.tokenizers import SIZE_FIX, model_bytes
+from mvq.models.base import SIZE_FIX, model_bytes
 from mvq.modes import eval_mode
 from mvq.train.engine import (
     Schedule,
