@@ -37,11 +37,13 @@ demo: setup
 
 # deptry: every import of src/ declared in pyproject.toml, nothing declared unused;
 # ruff: the lint rules pinned in pyproject.toml's [tool.ruff.lint] pass;
-# vulture: no dead code; mkdocs: the docs and the API reference build without a warning
+# vulture: no dead code; lint-imports: the layers of docs/architecture.md (pyproject.toml's
+# [tool.importlinter]) and no import circles; mkdocs: the docs and the API reference build without a warning
 test: setup
 	$(VENV)/bin/deptry src
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/vulture src --min-confidence 80
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .cache/site
 	$(PY) -m pytest -q
 

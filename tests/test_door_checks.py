@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_model_config
 from safetensors.torch import load_file, save_file
 
-from mvq import checkpoint, memory
+from mvq import checkpoint, memory, sealed
 from mvq.codes import Codes
 from mvq.config import (
     Config,
@@ -302,7 +302,7 @@ def test_manifests_of_the_wrong_shape_are_one_line(ckpt, manifest):
     with pytest.raises(MvqError) as err:
         load_tokenizer(ckpt)
     one_line(err, "manifest.json")
-    assert checkpoint.latest(ckpt) is None  # and it is not taken for a complete checkpoint
+    assert sealed.latest(ckpt) is None  # and it is not taken for a complete checkpoint
     try:  # an output beside it (evaluate's report; found by test_hostile's long run)
         check_outputs([("--json", ckpt / "e.json")], False, beside_checkpoint=True)
     except MvqError as refused:
@@ -350,8 +350,8 @@ def test_a_full_disk_names_the_file_and_the_space_and_tears_nothing(ckpt):
     assert len(lines) == 1, (done.stdout, done.stderr[-2000:])
     assert f"cannot write {ckpt}/model.safetensors: it needs about" in lines[0]
     assert "ulimit -f" in lines[0]
-    checkpoint.verify(ckpt)  # the old checkpoint is whole and still the one in place
-    assert checkpoint.read_manifest(ckpt)["step"] == 3
+    sealed.verify(ckpt)  # the old checkpoint is whole and still the one in place
+    assert sealed.read_manifest(ckpt)["step"] == 3
     assert (ckpt / "model.safetensors").read_bytes() == before
     assert [p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")] == []
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mvq import checkpoint, pretrained
+from mvq import pretrained, sealed
 from mvq.config import load_config
 from mvq.errors import MvqError
 from mvq.train import train
@@ -30,14 +30,14 @@ OVER = ["model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.
 
 
 def _start(out: Path, *extra: str, sleep: float = 0.0) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", checkpoint.SLOW_WRITE_ENV: str(sleep)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", sealed.SLOW_WRITE_ENV: str(sleep)}
     return subprocess.Popen([sys.executable, "-m", "mvq", "train", *OVER,
                              f"train.out_dir={out}", "--no-progress", *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _resume_args(out: Path) -> list[str]:
-    return ["--resume"] if checkpoint.latest(out / "checkpoint") else []
+    return ["--resume"] if sealed.latest(out / "checkpoint") else []
 
 
 def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120.0) -> bool:
@@ -73,10 +73,10 @@ def test_kill_9_anywhere_then_resume_is_bit_exact(tmp_path):
     rng = random.Random(1234)
     # 1. inside a checkpoint swap: the old checkpoint retired, the new one not yet in place
     proc = _start(out, sleep=0.5)
-    swapping = lambda: not ckpt.exists() and bool(checkpoint.retired(ckpt))  # noqa: E731
+    swapping = lambda: not ckpt.exists() and bool(sealed.retired(ckpt))  # noqa: E731
     assert _wait_for(swapping, proc), proc.communicate()[1][-2000:]
     _kill(proc)
-    assert not ckpt.exists() and checkpoint.latest(ckpt) is not None
+    assert not ckpt.exists() and sealed.latest(ckpt) is not None
     # 2. inside a checkpoint write, before its manifest (hidden folder, partly written)
     proc = _start(out, *_resume_args(out), sleep=0.2)
     writing = lambda: any(out.glob(".checkpoint.tmp-*"))  # noqa: E731
@@ -92,7 +92,7 @@ def test_kill_9_anywhere_then_resume_is_bit_exact(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     _assert_same_state(ref.out_dir / "checkpoint", ckpt)
-    assert not list(out.glob(".checkpoint.tmp-*")) and not checkpoint.retired(ckpt)
+    assert not list(out.glob(".checkpoint.tmp-*")) and not sealed.retired(ckpt)
     steps = [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [str(s) for s in range(1, STEPS + 1)]  # no row twice after the kills
 
@@ -118,8 +118,8 @@ def test_keep_checkpoints_and_a_damaged_checkpoint(tmp_path):
                              f"train.out_dir={tmp_path / 'run'}"])
     train(cfg, progress=False)
     ckpt = tmp_path / "run" / "checkpoint"
-    assert [p.name for p in checkpoint.retired(ckpt)] == ["checkpoint-000002"]
-    assert checkpoint.read_manifest(ckpt)["step"] == 3
+    assert [p.name for p in sealed.retired(ckpt)] == ["checkpoint-000002"]
+    assert sealed.read_manifest(ckpt)["step"] == 3
     weights = ckpt / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF  # one flipped byte inside a tensor: safetensors alone would not notice

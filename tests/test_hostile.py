@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from mvq import checkpoint
+from mvq import checkpoint, sealed
 from mvq.cli import main
 from mvq.codes import Codes
 from mvq.config import Config, load_config
@@ -393,5 +393,5 @@ def test_checkpoint_files_fuzzed(hostile, tmp_path_factory, target, content):
         assert all(torch.isfinite(p).all() for p in model.parameters())
     except MvqError as err:
         assert "\n" not in str(err)
-    checkpoint.latest(folder)  # finds or refuses, never raises
+    sealed.latest(folder)  # finds or refuses, never raises
     assert snapshot(folder.parent) == before

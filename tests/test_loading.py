@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_model_config
 from safetensors.torch import load_file, save_file
 
-from mvq import checkpoint, pretrained
+from mvq import checkpoint, pretrained, sealed
 from mvq.cli import main
 from mvq.config import Config, DataConfig, TrainConfig, load_config
 from mvq.errors import MvqError
@@ -120,14 +120,14 @@ def test_divergence_keeps_the_last_finite_checkpoint(tmp_path):
     for name in ("model.safetensors", "train_state.safetensors"):
         for k, v in load_file(str(ck / name)).items():
             assert not v.is_floating_point() or bool(torch.isfinite(v).all()), (name, k)
-    step = checkpoint.read_manifest(ck)["step"]
+    step = sealed.read_manifest(ck)["step"]
     model = build_model(load_config(None, over).model)
     checkpoint.fit_weights(model, load_file(str(ck / "model.safetensors")), ck, "model")
     with torch.no_grad():  # a model that goes non-finite is refused, the checkpoint kept
         next(model.parameters()).fill_(float("nan"))
     with pytest.raises(checkpoint.NonFiniteError, match="non-finite values in"):
         checkpoint.save_checkpoint(ck, model, load_config(None, over), step + 1)
-    assert checkpoint.read_manifest(ck)["step"] == step
+    assert sealed.read_manifest(ck)["step"] == step
     assert not list(tmp_path.glob(".checkpoint.tmp-*"))
 
 

@@ -161,8 +161,8 @@ def test_feature_stats_cache(tmp_path):
     kw = dict(
         cache_dir=tmp_path, extractor=_FakeExtractor(), batch_size=4, device="cpu", progress=False
     )
-    s1 = fid.cached_feature_stats("shapes", "test", 8, 10, source, **kw)
-    s2 = fid.cached_feature_stats("shapes", "test", 8, 10, source, **kw)
+    s1 = fid.cached_feature_stats(fid.RealSet("shapes", "test", 8, 10), source, **kw)
+    s2 = fid.cached_feature_stats(fid.RealSet("shapes", "test", 8, 10), source, **kw)
     assert len(calls) == 1 and s2.n == 10
     np.testing.assert_array_equal(s1.sigma, s2.sigma)
     feats = _FakeExtractor()(images).double().numpy()
@@ -170,10 +170,11 @@ def test_feature_stats_cache(tmp_path):
     assert s1.fid(s2) == pytest.approx(0.0, abs=1e-6)
     other = _FakeExtractor()
     other.weights_sha256 = "0" * 64
-    fid.cached_feature_stats("shapes", "test", 8, 10, source, **{**kw, "extractor": other})
+    fid.cached_feature_stats(fid.RealSet("shapes", "test", 8, 10), source,
+                             **{**kw, "extractor": other})
     assert len(calls) == 2 and len(list(tmp_path.glob("*.safetensors"))) == 2
     with pytest.raises(MvqError, match="expected 11 images"):
-        fid.cached_feature_stats("shapes", "val", 8, 11, source, **kw)
+        fid.cached_feature_stats(fid.RealSet("shapes", "val", 8, 11), source, **kw)
 
 
 # ----------------------------------------------------------------------------- LPIPS
@@ -445,7 +446,8 @@ def test_weights_hash_names_the_tensors_not_the_file(tmp_path):
     changed value, dtype or name does not."""
     from safetensors.torch import save_file
 
-    from mvq.metrics.weights import state_dict_sha256, weights_sha256
+    from mvq.hashes import state_dict_sha256
+    from mvq.metrics.weights import weights_sha256
 
     state = {"b.weight": torch.arange(6.0).view(2, 3), "a.bias": torch.zeros(3),
              "n": torch.tensor(7)}

@@ -9,7 +9,15 @@ from mvq.codes import Codes
 from mvq.config import Config
 from mvq.errors import MvqError
 from mvq.models import build_model
-from mvq.nn.vqvae2 import FACTORS, TABLE3, build_networks, geometry, plan_decoder, plan_encoder
+from mvq.nn.vqvae2 import (
+    FACTORS,
+    TABLE3,
+    Widths,
+    build_networks,
+    geometry,
+    plan_decoder,
+    plan_encoder,
+)
 from mvq.pretrained import load_tokenizer
 
 SIZES = {7: 28, 14: 28, 28: 28, 8: 32, 16: 32, 32: 32, 64: 64}
@@ -31,7 +39,7 @@ def test_every_table3_factor_builds_and_yields_s_tokens(factor):
 
 def test_factors_at_other_sizes_and_bad_factor():
     for factor, size in [(8, 64), (16, 64), (32, 64)]:
-        nets = build_networks(factor, size, 3, 4, 4, hidden=8, res_blocks=0, res_channels=4)
+        nets = build_networks(factor, size, 3, 4, 4, Widths(hidden=8, res_blocks=0, res_channels=4))
         y = nets["E"](torch.rand(2, 3, size, size))
         assert y.shape[-1] == size // factor
         assert nets["D"](y).shape[-1] == size

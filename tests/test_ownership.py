@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_engine import TINY_PRIOR, tokenizer_config, toy_tokens
 
-from mvq import checkpoint
+from mvq import sealed
 from mvq.cli import main
 from mvq.errors import MvqError
 from mvq.outputs import check_outputs
@@ -62,9 +62,9 @@ def test_checkpoint_swaps_keep_every_folder_the_run_did_not_seal(tmp_path):
     for name, data in mine.items():
         assert (out / name).read_bytes() == data, name
     ckpt = out / "checkpoint"
-    assert checkpoint.read_manifest(ckpt)["step"] == 4
+    assert sealed.read_manifest(ckpt)["step"] == 4
     # step 1 deleted (keep 3), step 2 retired beside the user's folder of its name
-    assert [p.name for p in checkpoint.retired(ckpt)] == ["checkpoint-000002-1",
+    assert [p.name for p in sealed.retired(ckpt)] == ["checkpoint-000002-1",
                                                           "checkpoint-000003"]
     assert not (out / "checkpoint-000001").exists()
 
@@ -77,11 +77,11 @@ def test_retirement_keeps_a_checkpoint_another_run_sealed(tmp_path):
     foreign = out / "checkpoint-000001"  # another run's sealed checkpoint, at its own name
     shutil.copytree(other / "checkpoint", foreign)
     before = _snapshot(foreign)
-    assert foreign in checkpoint.retired(out / "checkpoint")
-    assert checkpoint.run_of(foreign) != checkpoint.run_of(out / "checkpoint")
+    assert foreign in sealed.retired(out / "checkpoint")
+    assert sealed.run_of(foreign) != sealed.run_of(out / "checkpoint")
     _tokenizer_run(out, steps=5, keep=1, resume=True)
     assert _snapshot(foreign) == before  # not this run's: kept
-    assert checkpoint.retired(out / "checkpoint") == [foreign]  # the run's own step 1 went
+    assert sealed.retired(out / "checkpoint") == [foreign]  # the run's own step 1 went
 
 
 def test_a_user_file_inside_a_checkpoint_survives_retirement_and_blocks_overwrite(tmp_path):

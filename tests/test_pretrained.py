@@ -14,7 +14,7 @@ from conftest import tiny_model_config
 from safetensors.torch import load_file, save_file
 
 import mvq
-from mvq import checkpoint
+from mvq import checkpoint, sealed
 from mvq.codes import Codes
 from mvq.config import Config, DataConfig, TrainConfig
 from mvq.errors import MvqError
@@ -150,7 +150,7 @@ def test_codes_survive_save_and_load_with_the_model(tmp_path):
     assert isinstance(codes, Codes)
     with torch.no_grad():
         assert torch.equal(loaded.decode(codes), model.decode(codes))
-    assert checkpoint.read_manifest(tmp_path / "m") is not None
+    assert sealed.read_manifest(tmp_path / "m") is not None
 
 
 def test_save_refuses_a_folder_of_another_kind_and_load_checks_types(tmp_path):
@@ -172,7 +172,7 @@ def test_save_refuses_a_folder_of_another_kind_and_load_checks_types(tmp_path):
 def test_weights_hash_is_the_one_recorded_before_the_rename():
     """Token files and priors record the tokenizer weights' sha256; the hash is taken under the
     names of before E' moved into the MVQ layer, so they still match."""
-    from mvq.metrics.weights import state_dict_sha256
+    from mvq.hashes import state_dict_sha256
 
     model = build_model(tiny_model_config())
     old = {k.replace("mvq.secondary_encoder.", "encoder2."): v

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mvq.errors import MvqError
@@ -78,8 +79,6 @@ class Codes:
             raise MvqError(f"{what} file not found: {path} "
                            "(expected a .safetensors written by mvq)")
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as fh:
                 header = fh.metadata() or {}
             tensors = load_file(str(path))

@@ -10,9 +10,11 @@ import torch
 
 from mvq.config import load_config
 from mvq.data import default_fashion_mnist_root, fashion_mnist_available
+from mvq.evaluation import EvalSettings, evaluate_checkpoint
 from mvq.figures import Figure
 from mvq.outputs import write_text
-from mvq.train import train
+from mvq.pretrained import load_tokenizer
+from mvq.train import build_data, train
 
 PRESET = "fmnist_f28_k16_quick"
 MODELS = ("hvqvae", "mvqvae")
@@ -57,15 +59,10 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
     for model_type in MODELS:
         cfg = demo_config(model_type, out_dir, steps, num_masks, data_name, root, overrides)
         if data is None:
-            from mvq.train import build_data
-
             data = build_data(cfg)
             print(f"mvq demo: {data[0].describe()}; validation: first {len(data[1])} test images",
                   file=sys.stderr)
         result = train(cfg, progress=progress, desc=f"{model_type}", data=data, overwrite=True)
-        from mvq.evaluation import EvalSettings, evaluate_checkpoint
-        from mvq.pretrained import load_tokenizer
-
         ckpt = result.out_dir / "checkpoint"
         model, _, _ = load_tokenizer(ckpt)
         models[model_type] = model.eval()

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
-from mvq import checkpoint
+from mvq import checkpoint, sealed
 from mvq.config import config_from_dict
 from mvq.devices import pick_device
 from mvq.errors import MvqError
@@ -69,11 +69,11 @@ class Pretrained:
                 raise MvqError(f"{folder} is being written by another process (pid {holder}); "
                                "wait for it to finish or save to another folder")
             if (folder / "config.json").is_file():  # replace only a model of the same kind
-                held = checkpoint.read_json(folder / "config.json").get("kind")
+                held = sealed.read_json(folder / "config.json").get("kind")
                 if held != info["kind"]:
                     raise MvqError(f"{folder} holds a {held or 'non-mvq'} model, not a "
                                    f"{info['kind']}; save to another folder or delete that one")
-            with checkpoint.writing(folder, int(info.get("step", 0))) as tmp:
+            with sealed.writing(folder, int(info.get("step", 0))) as tmp:
                 checkpoint.write_model(tmp, self, info)
         return folder
 
@@ -129,7 +129,7 @@ def load(path_or_repo_id: str | Path, device: str = "cpu"):
     manifest, in eval mode on ``device``. ``model.checkpoint_info`` is its config.json."""
     dev = str(pick_device(device))  # checked before reading: no GPU is no damaged checkpoint
     folder = resolve(path_or_repo_id)
-    info = checkpoint.read_json(folder / "config.json")
+    info = sealed.read_json(folder / "config.json")
     kind = info.get("kind")
     if kind is None and info.get("format") == checkpoint.PRIOR_FORMAT:
         kind = "prior"  # priors saved before config.json named their kind
@@ -138,7 +138,7 @@ def load(path_or_repo_id: str | Path, device: str = "cpu"):
                        f"{', '.join(sorted(Pretrained._loaders))} (a folder written by mvq)")
     if not (folder / "model.safetensors").is_file():
         raise MvqError(f"{folder} is not a complete mvq model: model.safetensors is missing")
-    checkpoint.verify(folder)
+    sealed.verify(folder)
     model = Pretrained._loaders[kind]._from_checkpoint(folder, info, dev)
     model.checkpoint_info = info
     return model.to(dev).eval()

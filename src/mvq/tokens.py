@@ -16,11 +16,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mvq.checkpoint import read_json
+from mvq.checkpoint import tensors_sha256
 from mvq.codes import Codes
 from mvq.config import codebook_sizes, config_from_dict, model_hash
+from mvq.data import build_dataset
+from mvq.devices import pick_device
 from mvq.errors import MvqError
 from mvq.jsonio import loads_object
+from mvq.outputs import check_outputs
+from mvq.pretrained import load_tokenizer
+from mvq.sealed import read_json
 
 TOKENS_FORMAT = "mvq-tokens-v1"
 
@@ -35,15 +40,8 @@ def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "t
     runs in eval mode (deterministic codes). Returns the path of the written file. An existing
     file is replaced only with ``overwrite``; a path inside a checkpoint folder is refused.
     """
-    from mvq.outputs import check_outputs
-
     out_path = check_outputs([("--out", out_path)], overwrite,
                              [("--checkpoint", checkpoint)])[0]
-    from mvq.checkpoint import tensors_sha256
-    from mvq.data import build_dataset
-    from mvq.devices import pick_device
-    from mvq.pretrained import load_tokenizer
-
     if batch_size < 1:
         raise MvqError(f"batch_size must be >= 1, got {batch_size}")
     dev = pick_device(device)

@@ -14,10 +14,10 @@ import argparse
 import json
 import time
 import warnings
+from importlib.metadata import version
 
 import torch
 
-import mvq  # noqa: F401
 from mvq._compat import missing
 from mvq.quantize import VectorQuantizer
 
@@ -76,8 +76,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     cases = CASES[:2] if args.quick else CASES
     repeats = 5 if args.quick else args.repeats
-    from importlib.metadata import version
-
     print(f"forward+backward, median of {repeats} alternating runs, CPU threads "
           f"{torch.get_num_threads()}; "
           f"vector-quantize-pytorch {version('vector-quantize-pytorch')}")

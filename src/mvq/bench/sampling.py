@@ -28,7 +28,7 @@ import time
 
 import torch
 
-import mvq  # noqa: F401
+from mvq.decoding import Decoding
 from mvq.priors import MaskGIT, MaskGITConfig, MVQPrior, table4_size
 
 PAPER_CPU_S = {1: 0.014, 4: 0.070, 16: 0.637, 64: 11.107, 256: 268.368, 1024: 1365.668}
@@ -111,7 +111,7 @@ def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: in
     }
     for steps in (8, 12):  # a step must reveal a token: no more steps than the S+1 tokens
         if steps <= length + 1:
-            cells[f"maskgit{steps}"] = lambda steps=steps: maskgit.generate(1, steps)
+            cells[f"maskgit{steps}"] = lambda d=Decoding(steps=steps): maskgit.generate(1, d)
     if length <= naive_max_len:
         cells["naive"] = lambda: prior.sample(1, seed=0, use_cache=False)
     for name, fn in cells.items():  # warm-up (allocator, kernels); a long naive one is skipped
@@ -151,7 +151,7 @@ def fmt(x: float | None, width: int = 9, missing: str = "skipped") -> str:
     return f"{x:>{width}.4f}" if x < 10 else f"{x:>{width}.2f}"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", default="1,4,16,64,256,1024",
                    help="primary token counts S (each gets +1 secondary token)")
@@ -165,48 +165,49 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="S = 1, 4, 16 and 1 repeat (seconds)")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lengths = [1, 4, 16] if args.quick else [int(x) for x in args.lengths.split(",")]
-    repeats = 1 if args.quick else args.repeats
-    b = args.batch
+    return p
 
+
+def _ratio(a, c) -> str:
+    return f"{a / c:.1f}x" if a is not None and c else "-"
+
+
+def _print_header(vocab: int, repeats: int, b: int) -> None:
     print(f"token sampling, seconds per image; median of up to {repeats} runs per cell; "
           f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU thread(s), {cpu_name()}; "
-          f"codebooks {args.vocab} + {args.vocab}, mask {MASK_DIM} bits")
+          f"codebooks {vocab} + {vocab}, mask {MASK_DIM} bits")
     head = (f"{'tokens':>7} | {'paper CPU':>9} | {'naive':>9} | {'cached':>9} | "
             f"{'naive/cached':>12} | {f'cached b{b}':>9} | {'maskgit 8':>9} | {'maskgit 12':>10}"
             f" | {'params M':>10}")
     print(head)
     print("-" * len(head))
-    rows = []
-    for length in lengths:
-        r = measure(length, args.vocab, repeats, b, args.naive_max_len, args.cell_budget)
-        rows.append(r)
-        speed = r["speedup_cached_vs_naive"]
-        speed_s = f"{speed:>11.1f}x" if speed is not None else f"{'-':>12}"
-        paper = fmt(r["paper_cpu_s"]) if r["paper_cpu_s"] is not None else f"{'-':>9}"
-        params = f"{r['primary_params_m']:.1f}+{r['secondary_params_m']:.1f}"
-        print(f"{r['tokens']:>7} | {paper} | "
-              f"{fmt(r['naive_s'])} | {fmt(r['cached_s'])} | {speed_s} | "
-              f"{fmt(r[f'cached_b{b}_s_per_image'])} | {fmt(r['maskgit8_s'], 9, 'n/a')} | "
-              f"{fmt(r['maskgit12_s'], 10, 'n/a')} | {params:>10}", flush=True)
+
+
+def _print_row(r: dict, b: int) -> None:
+    speed = r["speedup_cached_vs_naive"]
+    speed_s = f"{speed:>11.1f}x" if speed is not None else f"{'-':>12}"
+    paper = fmt(r["paper_cpu_s"]) if r["paper_cpu_s"] is not None else f"{'-':>9}"
+    params = f"{r['primary_params_m']:.1f}+{r['secondary_params_m']:.1f}"
+    print(f"{r['tokens']:>7} | {paper} | "
+          f"{fmt(r['naive_s'])} | {fmt(r['cached_s'])} | {speed_s} | "
+          f"{fmt(r[f'cached_b{b}_s_per_image'])} | {fmt(r['maskgit8_s'], 9, 'n/a')} | "
+          f"{fmt(r['maskgit12_s'], 10, 'n/a')} | {params:>10}", flush=True)
+
+
+def _print_summary(rows: list[dict], b: int, naive_max_len: int) -> None:
+    """The speed-ups of the same run, the memory-read bound of a cached step, the notes."""
     if any(r["maskgit12_s"] is None for r in rows):
         print("maskgit n/a: S+1 tokens are fewer than the steps (each step reveals a token)")
     print(f"\nspeed-ups, same run: {'tokens':>7} | {'naive/cached':>12} | "
           f"{f'cached/cached b{b}':>17} | {'cached/maskgit 8':>16} | {'cached/maskgit 12':>17} | "
           f"{'unfused/cached':>14}")
-    def ratio(a, c):
-        return f"{a / c:.1f}x" if a is not None and c else "-"
-
     for r in rows:
-        print(f"{'':21} {r['tokens']:>7} | {ratio(r['naive_s'], r['cached_s']):>12} | "
-              f"{ratio(r['cached_s'], r[f'cached_b{b}_s_per_image']):>17} | "
-              f"{ratio(r['cached_s'], r['maskgit8_s']):>16} | "
-              f"{ratio(r['cached_s'], r['maskgit12_s']):>17} | "
-              f"{ratio(r['unfused_s'], r['cached_s']):>14}")
+        print(f"{'':21} {r['tokens']:>7} | {_ratio(r['naive_s'], r['cached_s']):>12} | "
+              f"{_ratio(r['cached_s'], r[f'cached_b{b}_s_per_image']):>17} | "
+              f"{_ratio(r['cached_s'], r['maskgit8_s']):>16} | "
+              f"{_ratio(r['cached_s'], r['maskgit12_s']):>17} | "
+              f"{_ratio(r['unfused_s'], r['cached_s']):>14}")
     print("\nbound: a batch-1 cached step reads every primary weight once and the cached keys "
           "and values; those reads alone take (median of 20, this run; cache at the mean "
           "length (S + 1) / 2):")
@@ -216,11 +217,26 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['linear_floor_ms_per_token']:6.2f} ms/token | + cache "
               f"{r['step_floor_ms_per_token']:6.2f} ms/token | naive / (S x floor) = "
               + (f"{best:.1f}x" if best is not None else "-"))
-    skipped = [r["tokens"] for r in rows if r["naive_s"] is None]
+    skipped = [str(r["tokens"]) for r in rows if r["naive_s"] is None]
     print("paper CPU: MVQ paper Table 6, Intel i9-9900, their implementation (not re-run here); "
           "every other cell was measured in this run.")
     if skipped:
-        print(f"naive skipped for {', '.join(skipped)} (--naive-max-len {args.naive_max_len}).")
+        print(f"naive skipped for {', '.join(skipped)} (--naive-max-len {naive_max_len}).")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lengths = [1, 4, 16] if args.quick else [int(x) for x in args.lengths.split(",")]
+    repeats = 1 if args.quick else args.repeats
+    b = args.batch
+    _print_header(args.vocab, repeats, b)
+    rows = []
+    for length in lengths:
+        rows.append(measure(length, args.vocab, repeats, b, args.naive_max_len, args.cell_budget))
+        _print_row(rows[-1], b)
+    _print_summary(rows, b, args.naive_max_len)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"repeats": repeats, "vocab": args.vocab, "batch": b,

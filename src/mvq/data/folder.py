@@ -163,6 +163,50 @@ def _split_files(root: str, rel_paths: list[str], split: str) -> list[str]:
     return [p for p in rel_paths if (p in test) == (split == "test")]
 
 
+def _split_paths(root: str, split: str) -> tuple[str, list[str]]:
+    """(folder, image paths relative to it) of ``split``: the ``train`` / ``test`` sub-folder
+    when the root has both, else this split's share of the root's images (`held_out`)."""
+    split_folders = all(os.path.isdir(os.path.join(root, s)) for s in ("train", "test"))
+    if split_folders:
+        root = os.path.join(root, split)
+    rel_paths = list_images(root)
+    if not rel_paths:
+        raise MvqError(
+            f"no image files found in {root}; expected files ending in "
+            f"{', '.join(EXTENSIONS)} (searched recursively); point --data-root elsewhere"
+        )
+    return root, rel_paths if split_folders else _split_files(root, rel_paths, split)
+
+
+def _readable(root: str, rel_paths: list[str], class_of: list[str], classes: list[str],
+              limit: int | None) -> tuple[list[tuple[str, int]], list[str], int]:
+    """(samples (path, label), their PIL modes, unreadable count): the first ``limit`` files
+    PIL can open; MvqError when none can be."""
+    index = {c: i for i, c in enumerate(classes)}
+    samples: list[tuple[str, int]] = []
+    modes: list[str] = []
+    skipped = 0
+    for rel, cls in zip(rel_paths, class_of):
+        if limit is not None and len(samples) >= limit:
+            break
+        path = os.path.join(root, rel)
+        mode = _probe(path)
+        if mode is None:
+            skipped += 1
+            continue
+        samples.append((path, index[cls]))
+        modes.append(mode)
+    if not samples:
+        raise MvqError(
+            f"none of the {skipped} image file(s) in {root} could be read by PIL; expected "
+            "valid image files; check the folder or point --data-root elsewhere"
+        )
+    if skipped and root not in _WARNED:
+        _WARNED.add(root)
+        print(f"mvq: skipped {skipped} unreadable image(s) in {root}", file=sys.stderr)
+    return samples, modes, skipped
+
+
 class ImageFolder(ImageDataset):
     """Image files under a folder: items ``(float32 (C, S, S) in [0, 1], class index)``.
 
@@ -191,43 +235,11 @@ class ImageFolder(ImageDataset):
                 f"image folder {root} does not exist (or is not a folder); pass --data-root "
                 "pointing to a folder of images (optionally in class sub-folders)"
             )
-        split_folders = all(os.path.isdir(os.path.join(root, s)) for s in ("train", "test"))
-        if split_folders:
-            root = os.path.join(root, split)
+        root, rel_paths = _split_paths(root, split)
         self.root = root
-        rel_paths = list_images(root)
-        if not rel_paths:
-            raise MvqError(
-                f"no image files found in {root}; expected files ending in "
-                f"{', '.join(EXTENSIONS)} (searched recursively); point --data-root elsewhere"
-            )
-        if not split_folders:
-            rel_paths = _split_files(root, rel_paths, split)
         class_of = [p.split(os.sep, 1)[0] if os.sep in p else ROOT_CLASS for p in rel_paths]
         self.classes = sorted(set(class_of))
-        index = {c: i for i, c in enumerate(self.classes)}
-
-        samples: list[tuple[str, int]] = []
-        modes: list[str] = []
-        skipped = 0
-        for rel, cls in zip(rel_paths, class_of):
-            if limit is not None and len(samples) >= limit:
-                break
-            path = os.path.join(root, rel)
-            mode = _probe(path)
-            if mode is None:
-                skipped += 1
-                continue
-            samples.append((path, index[cls]))
-            modes.append(mode)
-        if not samples:
-            raise MvqError(
-                f"none of the {skipped} image file(s) in {root} could be read by PIL; expected "
-                "valid image files; check the folder or point --data-root elsewhere"
-            )
-        if skipped and root not in _WARNED:
-            _WARNED.add(root)
-            print(f"mvq: skipped {skipped} unreadable image(s) in {root}", file=sys.stderr)
+        samples, modes, skipped = _readable(root, rel_paths, class_of, self.classes, limit)
         if channels is None:
             channels = 1 if all(m in _GRAY_MODES for m in modes) else 3
         self.samples = samples

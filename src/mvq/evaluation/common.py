@@ -25,7 +25,13 @@ from mvq.metrics import (
     get_inception,
     prd_f_scores,
 )
-from mvq.metrics.fid import default_stats_dir, frechet_distance, mean_cov, stats_cache_path
+from mvq.metrics.fid import (
+    RealSet,
+    default_stats_dir,
+    frechet_distance,
+    mean_cov,
+    stats_cache_path,
+)
 from mvq.pretrained import load_tokenizer
 
 FEATURE_EXTRACTOR = "pytorch-fid FIDInceptionV3 pool3 2048-d"
@@ -166,12 +172,13 @@ def real_features(run: EvalRun, need_features: bool):
     size, channels = run.cfg.model.image_size, run.cfg.model.channels
     key = _dataset_key(run.name, run.root, channels)
     cache = Path(s.cache_dir) if s.cache_dir is not None else default_stats_dir()
-    path = stats_cache_path(cache, key, s.split, size, run.n_used, sha)
+    real = RealSet(key, s.split, size, run.n_used)
+    path = stats_cache_path(cache, real, sha)
     run.result.update(feature_extractor=FEATURE_EXTRACTOR, feature_extractor_sha256=sha,
                       inception_resize=INCEPTION_RESIZE, fid_stats_cache=str(path),
                       fid_stats_cache_hit=path.is_file())
     real_stats = cached_feature_stats(
-        key, s.split, size, run.n_used, lambda: run.batches, cache_dir=cache,
+        real, lambda: run.batches, cache_dir=cache,
         extractor=extractor, batch_size=s.batch_size, device=run.dev, progress=s.progress)
     if need_features and (real_stats.features is None
                           or len(real_stats.features) != run.n_used):

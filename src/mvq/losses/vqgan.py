@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq import distributed
+from mvq.metrics.perceptual import LPIPS
 from mvq.sections import VQGANLossConfig
 
 
@@ -194,11 +195,7 @@ class VQGANLoss(nn.Module):
         self.d_loss_fn = D_LOSSES[cfg.disc_loss]
         self.lpips = None
         if cfg.perceptual_weight > 0:
-            if lpips is None:
-                from mvq.metrics.perceptual import LPIPS
-
-                lpips = LPIPS(cfg.lpips_net)
-            self.lpips = lpips
+            self.lpips = lpips if lpips is not None else LPIPS(cfg.lpips_net)
 
     disc_start = property(lambda self: self.cfg.disc_start)
 

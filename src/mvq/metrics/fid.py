@@ -8,6 +8,7 @@ keyed by (dataset, split, image size, N, sha256 of the weights file).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -17,42 +18,19 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.numpy import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from mvq._compat import missing
 from mvq.errors import MvqError
+from mvq.hashes import state_dict_sha256
 from mvq.metrics.weights import (
     _atomic_write,
+    build_fid_inception,
     inception_weights_path,
     load_state_dict_file,
-    state_dict_sha256,
 )
-
-
-def build_fid_inception(state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
-    """pytorch-fid's FID Inception (torchvision Inception3 with FID blocks, 1008-way fc).
-
-    Mirrors ``pytorch_fid.inception.fid_inception_v3`` but takes the state dict instead of
-    downloading it. ``state_dict=None`` returns the uninitialised skeleton.
-    """
-    try:
-        from pytorch_fid import inception as pfi
-    except ImportError:  # an optional dependency
-        raise missing("pytorch-fid", "metrics") from None
-
-    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
-    net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b = pfi.FIDInceptionE_1(1280)
-    net.Mixed_7c = pfi.FIDInceptionE_2(2048)
-    if state_dict is not None:
-        net.load_state_dict(state_dict)
-    return net
 
 
 class InceptionFeatureExtractor(nn.Module):
@@ -174,8 +152,6 @@ def extract_features(
     total = len(images) if hasattr(images, "__len__") else None
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         unit = "img" if isinstance(images, torch.Tensor) else "it"
         bar = tqdm(total=total, desc="features", unit=unit)
     feats = []
@@ -315,8 +291,6 @@ class FeatureStats:
 
     def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
         """Write a safetensors file atomically (arrays + string metadata)."""
-        from safetensors.numpy import save_file
-
         arrays = {"mu": self.mu, "sigma": self.sigma, "n": np.asarray([self.n], np.int64)}
         if self.features is not None:
             arrays["features"] = np.ascontiguousarray(self.features)
@@ -325,8 +299,6 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureStats":
-        from safetensors.numpy import load_file
-
         d = load_file(str(path))
         return cls(d["mu"], d["sigma"], int(d["n"][0]), d.get("features"))
 
@@ -337,25 +309,27 @@ def default_stats_dir() -> Path:
     return Path(root) / "fid-stats"
 
 
-def stats_cache_path(
-    cache_dir: str | os.PathLike,
-    dataset: str,
-    split: str,
-    image_size: int,
-    n: int,
-    extractor_sha256: str,
-) -> Path:
-    """File for the cache key (dataset, split, image size, N, extractor sha256)."""
+@dataclass(frozen=True)
+class RealSet:
+    """What names a set of real images in the feature cache: the data set (its name and, for
+    a folder of images, which folder), the split, the image size and the number of images."""
+
+    dataset: str
+    split: str
+    image_size: int
+    n: int
+
+
+def stats_cache_path(cache_dir: str | os.PathLike, real: RealSet, extractor_sha256: str) -> Path:
+    """File for the cache key (data set, split, image size, N, extractor sha256)."""
     safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s))  # noqa: E731
-    name = f"{safe(dataset)}-{safe(split)}-{int(image_size)}px-n{int(n)}-{extractor_sha256[:16]}"
+    name = (f"{safe(real.dataset)}-{safe(real.split)}-{int(real.image_size)}px-n{int(real.n)}-"
+            f"{extractor_sha256[:16]}")
     return Path(cache_dir) / f"{name}.safetensors"
 
 
 def cached_feature_stats(
-    dataset: str,
-    split: str,
-    image_size: int,
-    n: int,
+    real: RealSet,
     images: Callable[[], torch.Tensor | Iterable],
     *,
     cache_dir: str | os.PathLike | None = None,
@@ -377,18 +351,18 @@ def cached_feature_stats(
             "cached_feature_stats: expected an extractor with `weights_sha256`, found none. "
             "Pass an InceptionFeatureExtractor."
         )
-    path = stats_cache_path(cache_dir or default_stats_dir(), dataset, split, image_size, n, sha)
+    path = stats_cache_path(cache_dir or default_stats_dir(), real, sha)
     if path.is_file():
         return FeatureStats.load(path)
     feats = extract_features(
         images(), batch_size=batch_size, device=device, progress=progress, extractor=model
     )
-    if len(feats) != n:
+    if len(feats) != real.n:
         raise MvqError(
-            f"cached_feature_stats: expected {n} images for {dataset}/{split}, found "
-            f"{len(feats)}. Pass n equal to the number of images."
+            f"cached_feature_stats: expected {real.n} images for {real.dataset}/{real.split}, "
+            f"found {len(feats)}. Pass n equal to the number of images."
         )
     stats = FeatureStats.from_features(feats)
-    meta = dict(dataset=dataset, split=split, image_size=image_size, n=n, extractor_sha256=sha)
+    meta = dict(dataclasses.asdict(real), extractor_sha256=sha)
     stats.save(path, meta)
     return stats

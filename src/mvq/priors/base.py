@@ -86,7 +86,7 @@ class Prior(Pretrained, nn.Module):
         """The layout of ``codes`` if this prior models it; MvqError naming it otherwise."""
         layout = layout_of(codes)
         if layout not in cls.layouts:
-            fits = [k for k, c in _fitting(layout)]
+            fits = sorted(c.kind for c in _subclasses(Prior) if c.kind and layout in c.layouts)
             raise MvqError(
                 f"the {cls.kind} prior cannot model {layout} codes ({LAYOUTS[layout]}); it "
                 f"models {', '.join(cls.layouts)}. Use --type {' or '.join(fits) or '?'} "
@@ -250,8 +250,9 @@ def _subclasses(cls: type) -> list[type]:
     return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
 
 
-def _fitting(layout: str):
-    """(kind, class) of the registered priors that model ``layout``."""
-    from mvq.priors.registry import PRIORS
-
-    return [(k, c) for k, c in PRIORS.items() if layout in c.layouts]
+def codebook_sizes(codes: Codes) -> list[int]:
+    """codes.meta['codebook_sizes'] (what the tokenizer writes); MvqError without them."""
+    sizes = codes.meta.get("codebook_sizes")
+    if not sizes:
+        raise MvqError("codes.meta has no 'codebook_sizes': encode them with an mvq tokenizer")
+    return [int(k) for k in sizes]

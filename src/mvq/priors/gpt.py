@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -351,13 +352,14 @@ class GPT(nn.Module):
         return self.ln_f(x) @ head_t
 
     @torch.inference_mode()
-    def generate(self, n: int, steps: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, cond: torch.Tensor | None = None,
-                 use_cache: bool = True, generator: torch.Generator | None = None,
-                 prompt: torch.Tensor | None = None,
+    def generate(self, n: int, steps: int, decoding: Decoding = Decoding(),
+                 cond: torch.Tensor | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None, prompt: torch.Tensor | None = None,
                  vocab_range: tuple[int, int] | None = None) -> torch.Tensor:
         """Ancestral sampling of `steps` new tokens -> (n, steps) int64 ids.
 
+        decoding: temperature, top_k, top_p of each draw (its seed is not used: draws come
+        from ``generator``; MaskGIT's steps and choice_temperature do not apply).
         prompt: (n, P) ids that precede the sampled ones (not returned).
         vocab_range: (lo, hi) restricts the sampled ids to [lo, hi) (ids stay in full vocab).
         use_cache=False recomputes the whole prefix for each token (slow reference path).
@@ -371,7 +373,8 @@ class GPT(nn.Module):
         lo, hi = vocab_range or (0, self.cfg.vocab_size)
 
         def draw(logits: torch.Tensor) -> torch.Tensor:
-            return sample_logits(logits[:, lo:hi], temperature, top_k, top_p, generator) + lo
+            return sample_logits(logits[:, lo:hi], decoding.temperature, decoding.top_k,
+                                 decoding.top_p, generator) + lo
 
         if use_cache:
             cache = self.new_cache(n, p_len + steps + 1)

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.codes import Codes
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.modes import eval_mode
-from mvq.priors.base import Prior
+from mvq.priors.base import Prior, codebook_sizes
 from mvq.priors.gpt import Block, check_sizes, init_weights, sample_logits
 
 
@@ -124,37 +125,39 @@ class MaskGIT(nn.Module):
         return F.cross_entropy(logits[mask], ids[mask]), mask
 
     @torch.no_grad()
-    def generate(self, n: int, steps: int = 12, temperature: float = 1.0,
-                 choice_temperature: float | None = None, cond: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, return_history: bool = False,
-                 top_k: int | None = None, top_p: float | None = None):
-        """Decode n sequences in `steps` parallel steps -> (n, L, c) ids in [0, K).
+    def generate(self, n: int, decoding: Decoding = Decoding(),
+                 cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 return_history: bool = False):
+        """Decode n sequences in ``decoding.steps`` (default 12) parallel steps -> (n, L, c)
+        ids in [0, K).
 
-        choice_temperature scales the confidence noise (default: `temperature`; MaskGIT used
-        4.5). return_history=True also returns the (n, L, c) ids after every step. top_k /
-        top_p filter each draw as in the GPT. Every step reveals at least one of the L * c
-        entries, so steps is at most L * c.
+        ``decoding.choice_temperature`` scales the confidence noise (default: the temperature;
+        MaskGIT used 4.5); top_k / top_p filter each draw as in the GPT (its seed is not used:
+        draws come from ``generator``). return_history=True also returns the (n, L, c) ids
+        after every step. Every step reveals at least one of the L * c entries, so steps is at
+        most L * c.
         """
         total = self.cfg.seq_len * self.cfg.channels
+        steps = 12 if decoding.steps is None else decoding.steps
         if not 1 <= steps <= total:
             raise MvqError(f"MaskGIT steps must be in [1, {total}] ({total} entries per "
                            f"sequence, at least one revealed per step), got {steps}")
         with eval_mode(self):
-            return self._generate(n, steps, temperature, choice_temperature, cond, generator,
-                                  return_history, (top_k, top_p))
+            return self._generate(n, steps, decoding, cond, generator, return_history)
 
-    def _generate(self, n, steps, temperature, choice_temperature, cond, generator, history,
-                  filters):
+    def _generate(self, n, steps, decoding, cond, generator, history):
         cfg = self.cfg
         total = cfg.seq_len * cfg.channels
-        noise_t = temperature if choice_temperature is None else choice_temperature
+        temperature, choice = decoding.temperature, decoding.choice_temperature
+        noise_t = temperature if choice is None else choice
         device = self.tok.weight.device
         ids = torch.full((n, total), self.mask_id, dtype=torch.long, device=device)
         seen = []
         for step in range(1, steps + 1):
             masked = ids == self.mask_id
             logits = self(ids.view(n, cfg.seq_len, cfg.channels), cond).view(n * total, -1)
-            drawn = sample_logits(logits, temperature, *filters, generator=generator)
+            drawn = sample_logits(logits, temperature, decoding.top_k, decoding.top_p,
+                                  generator=generator)
             drawn = drawn.view(n, total)
             logp = logits.log_softmax(-1).gather(1, drawn.view(-1, 1)).view(n, total)
             u = torch.rand(n, total, generator=generator, device=device)
@@ -210,8 +213,6 @@ class MaskGITPrior(Prior):
     @classmethod
     def from_codes(cls, codes: Codes, num_classes: int = 0, sizes: dict | None = None
                    ) -> MaskGITPrior:
-        from mvq.priors.two_stage import codebook_sizes
-
         cls.check_layout(codes)
         return cls(tuple(codes.primary.shape[1:]), codebook_sizes(codes)[0], sizes,
                    num_classes, meta=codes.meta)
@@ -268,6 +269,6 @@ class MaskGITPrior(Prior):
         if isinstance(choice, bool) or not isinstance(choice, (int, float)) \
                 or not math.isfinite(choice) or choice < 0:
             raise MvqError(f"choice_temperature must be a finite number >= 0, got {choice!r}")
-        ids = self.net.generate(n, steps, temperature, choice, cond, self.new_generator(generator),
-                                top_k=top_k, top_p=top_p)
+        decoding = Decoding(temperature, top_k, top_p, steps, choice)
+        ids = self.net.generate(n, decoding, cond, self.new_generator(generator))
         return Codes(ids.reshape(n, *self.shape), meta=dict(self.meta))

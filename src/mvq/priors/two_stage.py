@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from mvq.codes import Codes
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.modes import eval_mode
-from mvq.priors.base import LAYOUTS, Prior
+from mvq.priors.base import LAYOUTS, Prior, codebook_sizes
 from mvq.priors.gpt import GPT, GPTConfig, table4_size
 
 
@@ -137,7 +138,7 @@ class MVQPrior(Prior):
         cond = self.check_labels(labels, n)
         generator = self.new_generator(generator, 0 if seed is None else seed)
         with eval_mode(self):
-            opts = dict(temperature=temperature, top_k=top_k, top_p=top_p, cond=cond,
+            opts = dict(decoding=Decoding(temperature, top_k, top_p), cond=cond,
                         use_cache=use_cache, generator=generator)
             p = self.primary.generate(n, self.s1, **opts)
             secondary = mask = None
@@ -149,11 +150,3 @@ class MVQPrior(Prior):
                     mask = torch.rand(n, *self.secondary_shape, self.mask_dim,
                                       generator=generator, device=p.device) < 0.5
         return Codes(p.view(n, *self.primary_shape), secondary, mask, dict(self.meta))
-
-
-def codebook_sizes(codes: Codes) -> list[int]:
-    """codes.meta['codebook_sizes'] (what the tokenizer writes); MvqError without them."""
-    sizes = codes.meta.get("codebook_sizes")
-    if not sizes:
-        raise MvqError("codes.meta has no 'codebook_sizes': encode them with an mvq tokenizer")
-    return [int(k) for k in sizes]

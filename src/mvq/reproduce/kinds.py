@@ -23,8 +23,7 @@ from mvq._compat import missing
 from mvq.errors import MvqError
 from mvq.outputs import atomic_write, write_text
 from mvq.reproduce.classgrid import agreement_text, class_agreement, class_grid
-from mvq.reproduce.records import Cell, Record, run_record, sample_records
-from mvq.reproduce.report import METRIC_NAMES, columns
+from mvq.reproduce.records import METRIC_NAMES, Cell, Record, columns, run_record, sample_records
 from mvq.reproduce.spec import Run, RunState
 
 

@@ -13,6 +13,7 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field
 
+from mvq.evaluation.metrics_table import report_columns
 from mvq.reproduce.spec import RunState
 from mvq.reproduce.timing import read_json
 
@@ -150,3 +151,12 @@ def aggregate(cell_keys: tuple[str, ...], records: list[Record]) -> list[Cell]:
     for cell, values in cells.values():
         cell.stats = {m: Stat.of(v) for m, v in values.items()}
     return [cell for cell, _ in cells.values()]
+
+
+METRIC_NAMES = report_columns()  # {key: column header}, from the one metric table
+
+
+def columns(cells: list[Cell]) -> list[str]:
+    """The metric keys measured in any of ``cells``, in the metric table's order."""
+    present = {m for c in cells for m in c.stats}
+    return [m for m in METRIC_NAMES if m in present]

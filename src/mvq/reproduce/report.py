@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mvq.evaluation.metrics_table import BY_KEY, lower_is_better, report_columns
+from mvq.evaluation.metrics_table import BY_KEY, lower_is_better
 from mvq.outputs import write_text
-from mvq.reproduce.records import Cell, Record, Stat
+from mvq.reproduce.records import METRIC_NAMES, Cell, Record, Stat, columns
 from mvq.reproduce.records import aggregate as aggregate_cells
 from mvq.reproduce.timing import read_estimates
 
@@ -17,7 +17,6 @@ if TYPE_CHECKING:  # the plan names its kind, and the kinds draw with this modul
     from mvq.reproduce.kinds import Plan
 
 LABEL_ORDER = ("variant", "tokens", "K", "model", "J", "f0", "c", "prior", "decoding")
-METRIC_NAMES = report_columns()  # {key: column header}, from the one metric table
 
 
 def aggregate(plan: Plan, records: list[Record]) -> list[Cell]:
@@ -32,11 +31,6 @@ def _fmt(stat: Stat | None, digits: int, scale: float = 1.0) -> str:
     if stat.std is not None:
         text += f" ± {stat.std * scale:.{digits}f}"
     return text
-
-
-def columns(cells: list[Cell]) -> list[str]:
-    present = {m for c in cells for m in c.stats}
-    return [m for m in METRIC_NAMES if m in present]
 
 
 def markdown_table(plan: Plan, cells: list[Cell]) -> str:

@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvq import checkpoint
+from mvq import sealed
 from mvq.errors import MvqError
 from mvq.outputs import write_text
 
@@ -50,11 +50,11 @@ def read_json(path: Path) -> dict:
 def latest_checkpoint(target: Path) -> tuple[Path | None, int]:
     """The newest complete checkpoint (a tokenizer's or a prior's) under ``target`` and its
     step; (None, 0) when there is none."""
-    found = checkpoint.latest(target)
+    found = sealed.latest(target)
     if found is None:
         return None, 0
     try:  # a tokenizer's or a prior's checkpoint: both record their step in config.json
-        return found, int(checkpoint.read_json(found / "config.json").get("step", 0))
+        return found, int(sealed.read_json(found / "config.json").get("step", 0))
     except (MvqError, TypeError, ValueError):
         return None, 0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mvq import checkpoint, distributed
+from mvq import checkpoint, distributed, sealed
 from mvq.config import check_writable
 from mvq.errors import MvqError
 from mvq.outputs import is_checkpoint, try_lock
@@ -151,7 +151,7 @@ def claim_run(out: Path, kind: str, resume: bool, overwrite: bool, option: str) 
             raise MvqError(f"{option} {out} {where} a checkpoint, not a run folder; give the run "
                            f"folder that holds it ({folder.parent}) or a new folder")
     target = out / "checkpoint"
-    source = checkpoint.latest(target)
+    source = sealed.latest(target)
     if source is not None:
         found, words = checkpoint.describe(source)
         if found != kind:
@@ -196,8 +196,8 @@ def fit(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device: tor
     with locked(out_dir):  # before the training state is read: no other run swaps it meanwhile
         target = out_dir / "checkpoint"
         if resume_from is None:
-            checkpoint.remove_all(target)  # a run started over: its old checkpoints go
-        checkpoint.remove_unfinished(target)
+            sealed.remove_all(target)  # a run started over: its old checkpoints go
+        sealed.remove_unfinished(target)
         return _run(trainee, schedule, out_dir, launch, device, resume_from, target, progress)
 
 
@@ -207,10 +207,10 @@ def _run(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device,
     then :func:`_wrapped`."""
     step, metrics, initial = 0, {}, {}
     threads = torch.get_num_threads()
-    run = checkpoint.run_of(resume_from) if resume_from is not None else None
-    trainee.run_id = run or checkpoint.new_run_id()
+    run = sealed.run_of(resume_from) if resume_from is not None else None
+    trainee.run_id = run or sealed.new_run_id()
     if resume_from is not None:
-        info = checkpoint.read_json(resume_from / "config.json")
+        info = sealed.read_json(resume_from / "config.json")
         step, metrics = int(info["step"]), dict(info.get("metrics") or {})
         initial = dict(info.get("initial_metrics") or {})
         if step >= schedule.steps:
@@ -303,7 +303,7 @@ def _loop(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device, s
                 log.write(row)
             if step % schedule.ckpt_every == 0 or step == schedule.steps:
                 try:
-                    with checkpoint.writing(out_dir / "checkpoint", step,
+                    with sealed.writing(out_dir / "checkpoint", step,
                                             schedule.keep_checkpoints,
                                             trainee.run_id) as folder:
                         trainee.write(folder, step, metrics)

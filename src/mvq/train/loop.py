@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvq import checkpoint, distributed, pretrained
+from mvq import checkpoint, distributed, pretrained, sealed
 from mvq.config import (
     GAN_TYPES,
     Config,
@@ -25,11 +25,13 @@ from mvq.data import build_dataset
 from mvq.devices import pick_device
 from mvq.errors import MvqError
 from mvq.figures import Figure, save_png
+from mvq.losses.vqgan import VQGANLoss, find_last_layer
 from mvq.memory import check_fits
 from mvq.metrics.image import MSE_FLOOR, psnr_from_mse
 from mvq.models import Tokenizer, build_model
 from mvq.models.base import SIZE_FIX, model_bytes
 from mvq.modes import eval_mode
+from mvq.train.ema import WeightEMA, check_decay
 from mvq.train.engine import (
     Schedule,
     StepOutput,
@@ -118,8 +120,6 @@ def train(cfg: Config, resume: bool = False, progress: bool | str = True,
         changes = resume_changes(config_from_dict(checkpoint.read_info(source)["config"]), cfg,
                                  str(out))
     if tc.ema_decay:
-        from mvq.train.ema import check_decay
-
         check_decay(tc.ema_decay)  # on every rank, before any process group
     schedule = Schedule(tc.steps, tc.batch_size, tc.seed, tc.log_every, tc.val_every,
                         tc.ckpt_every, tc.keep_checkpoints)
@@ -149,7 +149,7 @@ def run_config(cfg: Config, overrides: list[str]) -> tuple[Config, list[str]]:
     (its config.json, so its own train.steps) plus only the command line's ``overrides``; and
     the keys in which ``cfg`` (the preset) differs from the run and which were not overridden
     (the preset's values there are not used). ``cfg`` and no keys when there is no run."""
-    source = checkpoint.latest(Path(cfg.train.out_dir) / "checkpoint")
+    source = sealed.latest(Path(cfg.train.out_dir) / "checkpoint")
     try:
         saved = checkpoint.read_info(source)["config"] if source is not None else None
     except MvqError:
@@ -203,16 +203,12 @@ class TokenizerTrainee(Trainee):
         self.optimizer = torch.optim.Adam(self.params, lr=tc.lr, betas=tuple(tc.betas))
         self.gan = None
         if cfg.model.type in GAN_TYPES:  # L1 + LPIPS + PatchGAN with its own optimizer
-            from mvq.losses.vqgan import VQGANLoss, find_last_layer
-
             loss = VQGANLoss(cfg.model.channels, cfg.loss).to(device)
             d_opt = torch.optim.Adam(loss.discriminator.parameters(), lr=tc.disc_lr or tc.lr,
                                      betas=tuple(tc.betas))
             self.gan = GanParts(loss, d_opt, find_last_layer(model))
         self.ema = None
         if tc.ema_decay and main:  # model.safetensors: the average; train_state: the trained
-            from mvq.train.ema import WeightEMA
-
             self.ema = WeightEMA(model, tc.ema_decay)  # (resumed: from the average)
         self.val_images = stack_images(val_set) if main else None
 

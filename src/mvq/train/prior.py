@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mvq import checkpoint, distributed
+from mvq import checkpoint, distributed, sealed
 from mvq._version import __version__
 from mvq.codes import Codes
 from mvq.config import check_resume
@@ -151,7 +151,7 @@ def _settings(given: dict, resume_from: Path | None, out: Path) -> tuple[dict, s
     own, else the defaults. A resume that changes a fixed one is refused."""
     if resume_from is None:
         return {k: PRIOR_DEFAULTS[k] if v is None else v for k, v in given.items()}, None, []
-    info = checkpoint.read_json(resume_from / "config.json")
+    info = sealed.read_json(resume_from / "config.json")
     stored = info.get("train") if isinstance(info.get("train"), dict) else {}
     run = {k: stored.get(_STORED[k], PRIOR_DEFAULTS[k]) for k in given}
     new = {k: run[k] if v is None else v for k, v in given.items()}
