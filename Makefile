@@ -38,7 +38,8 @@ demo: setup
 # deptry: every import of src/ declared in pyproject.toml, nothing declared unused;
 # ruff: the lint rules pinned in pyproject.toml's [tool.ruff.lint] pass;
 # vulture: no dead code; lint-imports: the layers of docs/architecture.md (pyproject.toml's
-# [tool.importlinter]) and no import circles; mkdocs: the docs and the API reference build without a warning
+# [tool.importlinter]) and no import circles; mkdocs: the docs and the API reference build
+# without a warning
 test: setup
 	$(VENV)/bin/deptry src
 	$(VENV)/bin/ruff check src tests

@@ -8,6 +8,7 @@ from mvq.analysis import codes as C
 from mvq.checkpoint import save_checkpoint
 from mvq.cli import main
 from mvq.config import Config, DataConfig
+from mvq.data import first_images
 from mvq.errors import MvqError
 from mvq.figures import HEAT
 from mvq.models import build_model
@@ -26,7 +27,7 @@ def mvq_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(mvq_dir):
     model, cfg = C.load_mvq(mvq_dir)
-    x = C.load_test_images(cfg, 5)
+    x = first_images(cfg, "test", 5)[0]
     return model, x, model.encode(x)
 
 

@@ -4,10 +4,11 @@ import torch
 from conftest import tiny_model_config
 
 from mvq.analysis import codes as C
-from mvq.analysis.classkeep import class_keeping, split_images, targets_of, train_classifier
+from mvq.analysis.classkeep import class_keeping, targets_of, train_classifier
 from mvq.checkpoint import save_checkpoint
 from mvq.cli import main
 from mvq.config import Config, DataConfig
+from mvq.data import first_images
 from mvq.models import build_model
 
 
@@ -21,9 +22,9 @@ def test_targets_have_another_class():
 def test_rates_against_the_reconstruction_ceiling(tmp_path):
     cfg = Config(model=tiny_model_config(factor=14), data=DataConfig(name="shapes"))
     model, cfg = C.load_mvq(save_checkpoint(tmp_path / "ck", build_model(cfg.model), cfg, step=0))
-    x, y = split_images(cfg, "train", 600)
+    x, y = first_images(cfg, "train", 600)
     net = train_classifier(x, y, steps=150, batch=64)
-    xt, yt = split_images(cfg, "test", 60)
+    xt, yt = first_images(cfg, "test", 60)
     res = class_keeping(model, net, xt, yt, targets_of(yt))
     assert res["classifier_accuracy_test"] > 0.5  # the shapes classifier learns (5 classes)
     # to itself, a "transfer" is the reconstruction: the kept rate equals that accuracy
@@ -44,8 +45,8 @@ def test_mvq_analyze_what_classkeep_matches_the_rates_computed_by_hand(tmp_path,
     written = json.loads((out / "classkeep.json").read_text())
     assert f"written: {out / 'classkeep.json'}" in capsys.readouterr().out
     model, cfg = C.load_mvq(ck)
-    net = train_classifier(*split_images(cfg, "train", 300), steps=40, seed=3)
-    x, y = split_images(cfg, "test", 40)
+    net = train_classifier(*first_images(cfg, "train", 300), steps=40, seed=3)
+    x, y = first_images(cfg, "test", 40)
     want = class_keeping(model, net, x, y, targets_of(y))
     assert written == {"checkpoint": str(ck), "train_images": 300, "classifier_steps": 40,
                        **want}

@@ -107,3 +107,21 @@ def test_readme_is_short_and_points_at_every_page():
     for page in PAGES[1:]:
         if page.name != "index.md":
             assert f"docs/{page.name}" in text, page.name
+
+
+def _doc_layers() -> list[set[str]]:
+    """The module lists of docs/architecture.md's "Layers" table, top first."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|") for line in section.splitlines() if re.match(r"\| \d+ \|", line)]
+    return [set(re.findall(r"`([\w.]+)`", cells[2])) for cells in rows]
+
+
+def test_the_layers_of_the_docs_are_the_import_contract():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in config["contracts"] if c["type"] == "layers")
+    contract = [{m.strip() for m in re.split(r"[|:]", line)} for line in layers["layers"]]
+    assert _doc_layers() == contract
+    assert layers["exhaustive"] is True  # every module is placed (a new one must be)

@@ -18,6 +18,7 @@ from mvq.checkpoint import save_checkpoint
 from mvq.cli import main
 from mvq.codes import Codes
 from mvq.config import Config, DataConfig
+from mvq.data import first_images
 from mvq.models import build_model
 from mvq.tokens import encode_dataset
 from mvq.train.prior import PriorTraining, train_prior
@@ -140,7 +141,7 @@ def _api(server, path):
 
 def test_atlas_shows_every_single_bit_flip_against_the_decoder(server, tokenizer):
     model, cfg = C.load_mvq(tokenizer)
-    x = C.load_test_images(cfg, 8)
+    x = first_images(cfg, "test", 8)[0]
     codes = model.encode(x)[3:4]
     encoded = _api(server, "/api/image/3")["mask"]
     mask = ("1" if encoded[0] == "0" else "0") + encoded[1:]  # bit 0 already edited

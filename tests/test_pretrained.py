@@ -93,6 +93,32 @@ def test_prior_round_trip_and_kind_checks(tmp_path):
     with pytest.raises(MvqError, match="not a Tokenizer"):
         Tokenizer.from_pretrained(folder)
     assert "# mvq prior: pixelcnn" in (folder / "README.md").read_text()
+    info = json.loads((folder / "config.json").read_text())
+    assert (info["format"], info["kind"]) == (checkpoint.FORMAT, "prior")  # one format for all
+
+
+def test_folders_saved_in_the_earlier_formats_still_load(tmp_path):
+    """Priors saved as format mvq-prior-v1 (before one format), and tokenizers whose
+    config.json names no kind, load as before."""
+    model = build_model(tiny_model_config()).eval()
+    codes = model.encode(torch.rand(6, 1, 28, 28))
+    prior = prior_class("pixelcnn").from_codes(codes, sizes={"channels": 8, "n_layers": 2}).eval()
+    for folder, edit in [
+        (prior.save_pretrained(tmp_path / "prior"),
+         lambda info: {**{k: v for k, v in info.items() if k != "kind"},
+                       "format": "mvq-prior-v1"}),
+        (model.save_pretrained(tmp_path / "tok"),
+         lambda info: {k: v for k, v in info.items() if k != "kind"}),
+    ]:
+        info = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(edit(info)))
+        (folder / "manifest.json").unlink()  # written before manifests: nothing to check
+        loaded = mvq.load(folder)
+        assert type(loaded) is type(prior if folder.name == "prior" else model)
+    info["format"] = "someone-else-v3"
+    (folder / "config.json").write_text(json.dumps(info))
+    with pytest.raises(MvqError, match="format 'someone-else-v3'"):
+        mvq.load(folder)
 
 
 def test_weights_saved_with_the_old_names_still_load(tmp_path):

@@ -93,7 +93,8 @@ def test_prior_trains_and_round_trips(run):
     assert [int(r["step"]) for r in rows] == [0, 5, 10, 15, 20, 25, 30]
     assert rows[3]["val_nll"] and rows[-1]["val_secondary_bits"]
     prior, info = load_prior(res["checkpoint"])
-    assert info["format"] == "mvq-prior-v1" and info["step"] == 30
+    assert info["format"] == "mvq-checkpoint-v1" and info["kind"] == "prior"
+    assert info["step"] == 30
     assert info["metrics"] == pytest.approx(final)
     codes, _, _ = load_tokens(run["tokens"])
     assert info["tokenizer_config_hash"] == codes.meta["config_hash"]

@@ -126,8 +126,7 @@ def test_maskgit_reveals_at_least_one_token_per_step_and_ends_with_none_masked()
     prior = MaskGITPrior((2, 3, 2), 5, sizes=dict(n_layer=1, n_head=2, n_embd=16))
     net, total = prior.net, 12
     for steps in (1, 4, 7, total):
-        out, history = net.generate(3, Decoding(steps=steps, choice_temperature=4.5),
-                                    return_history=True,
+        out, history = net.generate(3, steps, choice_temperature=4.5, return_history=True,
                                     generator=torch.Generator().manual_seed(steps))
         masked = [total] + [int((h == net.mask_id).view(3, -1).sum(1).max()) for h in history]
         fewest = [int((h == net.mask_id).view(3, -1).sum(1).min()) for h in history]

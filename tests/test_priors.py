@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mvq.codes import Codes
-from mvq.decoding import Decoding
+from mvq.decoding import Draw
 from mvq.errors import MvqError
 from mvq.priors import (
     GPT,
@@ -169,9 +169,9 @@ def test_tiny_gpt_memorises_four_sequences():
     _fit(model, lambda: model(data, data, cond)[1])
     with torch.no_grad():
         assert model(data, data, cond)[1].item() < 0.05
-    out = model.generate(4, 6, Decoding(top_k=1), cond=cond)
+    out = model.generate(4, 6, Draw(top_k=1), cond=cond)
     assert torch.equal(out, data)
-    out = model.generate(8, 6, Decoding(temperature=0.1), cond=cond.repeat(2),
+    out = model.generate(8, 6, Draw(temperature=0.1), cond=cond.repeat(2),
                          generator=torch.Generator().manual_seed(1))
     assert torch.equal(out, data.repeat(2, 1))
 
@@ -251,8 +251,7 @@ def test_maskgit_decoding_follows_schedule(channels, steps):
                         n_embd=16)
     model = MaskGIT(cfg)
     n_tok = 6 * channels
-    out, history = model.generate(5, Decoding(steps=steps),
-                                  generator=torch.Generator().manual_seed(0),
+    out, history = model.generate(5, steps, generator=torch.Generator().manual_seed(0),
                                   return_history=True)
     assert len(history) == steps and model.mask_id == 7
     for s, ids in enumerate(history, start=1):
@@ -270,7 +269,7 @@ def test_maskgit_keeps_the_most_confident_entries():
     model = MaskGIT(MaskGITConfig(vocab_size=7, seq_len=8, channels=2, n_layer=1, n_head=2,
                                   n_embd=16)).eval()
     # greedy draws, no noise: after step 1 the kept entries are those with the largest max-prob
-    out, history = model.generate(3, Decoding(temperature=0.0, steps=8), return_history=True)
+    out, history = model.generate(3, 8, Draw(temperature=0.0), return_history=True)
     with torch.no_grad():
         logp = model(torch.full((3, 8, 2), 7)).log_softmax(-1).max(-1).values.view(3, -1)
     kept = (history[0] != 7).view(3, -1)
@@ -284,8 +283,7 @@ def test_maskgit_never_emits_mask_id_even_when_favoured():
                                   n_embd=8))
     with torch.no_grad():
         model.tok.weight[5] = 100.0  # a mask embedding that would dominate any input
-    out = model.generate(16, Decoding(temperature=2.0, steps=8),
-                         generator=torch.Generator().manual_seed(2))
+    out = model.generate(16, 8, Draw(temperature=2.0), generator=torch.Generator().manual_seed(2))
     assert out.max() < 5 and model.head.out_features == 2 * 5
 
 
@@ -322,7 +320,7 @@ def test_maskgit_learns_tiny_multichannel_set():
     cond = torch.tensor([0, 1])
     g = torch.Generator().manual_seed(0)
     _fit(model, lambda: model.loss(data.repeat(8, 1, 1), cond.repeat(8), generator=g)[0])
-    out = model.generate(2, Decoding(temperature=0.0, steps=6), cond=cond)
+    out = model.generate(2, 6, Draw(temperature=0.0), cond=cond)
     assert torch.equal(out, data)
 
 
@@ -351,7 +349,7 @@ def test_pixelcnn_learns_and_samples():
     _fit(model, lambda: model.loss(data, cond), steps=200, lr=1e-2)
     assert model.loss(data, cond).item() < 0.05
     assert model.forward(data, cond).shape == (2, 4, 2, 3)
-    assert torch.equal(model.sample(2, 2, 3, Decoding(top_k=1), cond=cond), data)
+    assert torch.equal(model.sample(2, 2, 3, Draw(top_k=1), cond=cond), data)
 
 
 def test_transformer_configs_refuse_bad_sizes():

@@ -23,10 +23,30 @@ from mvq.hashes import state_dict_sha256
 from mvq.outputs import save_safetensors
 from mvq.sealed import read_json, writing
 
-FORMAT = "mvq-checkpoint-v1"  # tokenizers
-PRIOR_FORMAT = "mvq-prior-v1"  # priors
+FORMAT = "mvq-checkpoint-v1"  # every saved model; config.json's "kind" says which
+LEGACY_PRIOR_FORMAT = "mvq-prior-v1"  # priors saved by mvq before one format (read, not written)
 CARD = "README.md"  # the model card beside the weights
-KIND_OF_FORMAT = {FORMAT: "tokenizer", PRIOR_FORMAT: "prior"}  # config.json "format" -> kind
+
+
+def kind_of(info: dict) -> str | None:
+    """"tokenizer" or "prior" for a config.json that mvq wrote, None for anything else."""
+    fmt = info.get("format")
+    if fmt == LEGACY_PRIOR_FORMAT:
+        return "prior"
+    if fmt != FORMAT:
+        return None
+    kind = info.get("kind", "tokenizer")  # tokenizers saved before config.json named its kind
+    return kind if kind in ("tokenizer", "prior") else None
+
+
+def expect_kind(info: dict, path: Path, kind: str) -> None:
+    """MvqError unless the config.json at ``path`` is that of a saved ``kind``."""
+    found = kind_of(info)
+    if found != kind:
+        what = (f"a {found}" if found
+                else f"format {info.get('format')!r:.80}, which mvq does not write")
+        raise MvqError(f"{path} holds {what}; expected a {kind} (format {FORMAT!r}, "
+                       f"kind {kind!r}): pass a folder written by mvq for a {kind}")
 
 
 class NonFiniteError(MvqError):
@@ -52,7 +72,7 @@ def describe(source: str | Path) -> tuple[str | None, str]:
         info = read_json(Path(source) / "config.json")
     except MvqError:
         return None, f"an unreadable checkpoint ({Path(source) / 'config.json'})"
-    kind = KIND_OF_FORMAT.get(info.get("format"))
+    kind = kind_of(info)
     if kind is None:
         return None, f"a checkpoint of format {info.get('format')!r}, which mvq does not write"
     name = info.get("model_type") if kind == "tokenizer" else info.get("prior_type", "gpt")
@@ -80,6 +100,13 @@ def tokenizer_info(cfg: Config, step: int, extra: dict | None = None) -> dict:
     return {"format": FORMAT, "mvq_version": __version__, "kind": "tokenizer",
             "model_type": cfg.model.type, "step": step, "config": config_to_dict(cfg),
             **(extra or {})}
+
+
+def prior_info(kind: str, config: dict, extra: dict | None = None) -> dict:
+    """config.json of a prior: its registry name (``kind``), the constructor arguments that
+    rebuild it (``config``), and ``extra`` (step, training record)."""
+    return {"step": 0, **(extra or {}), "format": FORMAT, "mvq_version": __version__,
+            "kind": "prior", "prior_type": kind, "prior": config}
 
 
 def _table(rows: dict) -> str:
@@ -147,8 +174,7 @@ def read_info(directory: str | Path) -> dict:
         raise MvqError(f"{directory} is not an mvq checkpoint: "
                        "it needs config.json and model.safetensors")
     info = read_json(path)
-    if info.get("format") != FORMAT:
-        raise MvqError(f"{path} has format {info.get('format')!r:.80}, expected {FORMAT!r}")
+    expect_kind(info, path, "tokenizer")
     if not isinstance(info.get("config"), dict):
         raise MvqError(f"{path} holds no config section (a mapping of the run's settings): the "
                        "checkpoint is damaged; use an earlier one or train again")

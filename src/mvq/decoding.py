@@ -33,6 +33,19 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None = 
 
 
 @dataclass(frozen=True)
+class Draw:
+    """How the networks draw each token: temperature (0: greedy), top_k / top_p filtering.
+
+    The per-token part of a `Decoding`, as the networks (GPT, MaskGIT, PixelCNN) take it. It
+    checks nothing: a prior checks the values once (``check_sample``) before it builds one.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+@dataclass(frozen=True)
 class Decoding:
     """The decoding of a prior's sample: temperature (0: greedy), top_k / top_p filtering,
     MaskGIT's ``steps`` and ``choice_temperature`` (refused by the other priors), and the

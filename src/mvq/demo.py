@@ -84,7 +84,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
             "val_images": len(data[1]), "data": data_name,
             "checkpoint": str(result.out_dir / "checkpoint"),
         })
-    images = torch.stack([data[1][i][0] for i in range(min(16, len(data[1])))])
+    images = data[1].stacked(0, 16)[0]
     with torch.no_grad():
         recs = [models[t].reconstruct(images) for t in MODELS]
     grid = comparison_figure(images, recs, rows).save(out_dir / "comparison.png")

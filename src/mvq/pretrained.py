@@ -130,12 +130,12 @@ def load(path_or_repo_id: str | Path, device: str = "cpu"):
     dev = str(pick_device(device))  # checked before reading: no GPU is no damaged checkpoint
     folder = resolve(path_or_repo_id)
     info = sealed.read_json(folder / "config.json")
-    kind = info.get("kind")
-    if kind is None and info.get("format") == checkpoint.PRIOR_FORMAT:
-        kind = "prior"  # priors saved before config.json named their kind
-    if not isinstance(kind, str) or kind not in Pretrained._loaders:
-        raise MvqError(f"{folder / 'config.json'} holds kind {kind!r}: expected one of "
-                       f"{', '.join(sorted(Pretrained._loaders))} (a folder written by mvq)")
+    kind = checkpoint.kind_of(info)
+    if kind not in Pretrained._loaders:
+        raise MvqError(f"{folder / 'config.json'} holds format {info.get('format')!r:.80} and "
+                       f"kind {info.get('kind')!r:.40}: expected format {checkpoint.FORMAT!r} "
+                       f"with kind {' or '.join(sorted(Pretrained._loaders))} (a folder "
+                       "written by mvq)")
     if not (folder / "model.safetensors").is_file():
         raise MvqError(f"{folder} is not a complete mvq model: model.safetensors is missing")
     sealed.verify(folder)

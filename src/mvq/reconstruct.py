@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from mvq.data import build_dataset
+from mvq.data import first_images
 from mvq.data.folder import list_images, load_image
 from mvq.errors import MvqError
 from mvq.figures import Figure, check_grid_size
@@ -69,9 +69,7 @@ def reconstruct(checkpoint: str | Path, out: str | Path = "reconstruction.png",
     if images:
         x = load_images(images, cfg.model.image_size, cfg.model.channels, n)
     else:
-        ds = build_dataset(cfg.data.name, root=cfg.data.root, split="test",
-                           size=cfg.model.image_size, channels=cfg.model.channels, limit=n)
-        x = torch.stack([ds[i][0] for i in range(len(ds))])
+        x = first_images(cfg, "test", n)[0]
     check_grid_size(2, len(x), cfg.model.image_size, scale, "lower --n or --scale")
     with torch.no_grad():
         encoded = model.encode(x)

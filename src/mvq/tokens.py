@@ -58,11 +58,10 @@ def encode_dataset(checkpoint: str | Path, out_path: str | Path, split: str = "t
                dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
     try:
         for start in range(0, n, batch_size):
-            items = [ds[i] for i in range(start, min(start + batch_size, n))]
-            x = torch.stack([im for im, _ in items]).to(dev)
-            parts.append(model.encode(x).to("cpu"))
-            labels.append(torch.tensor([int(lab) for _, lab in items], dtype=torch.int64))
-            bar.update(len(items))
+            x, y = ds.stacked(start, start + batch_size)
+            parts.append(model.encode(x.to(dev)).to("cpu"))
+            labels.append(y)
+            bar.update(len(x))
     finally:
         bar.close()
     codes = Codes.cat(parts)

@@ -17,6 +17,7 @@ import torch
 
 from mvq.analysis import classkeep, factors, figures
 from mvq.analysis import codes as C
+from mvq.data import first_images
 from mvq.errors import MvqError
 from mvq.outputs import check_outputs, write_text
 
@@ -85,7 +86,7 @@ def draw_figures(checkpoint: str | Path, paths: dict[str, Path], opts: AnalysisO
     """Draw each figure named in ``paths`` (one of :data:`FIGURES` -> its PNG path) from the
     MVQ tokenizer in ``checkpoint``; returns the paths written."""
     model, cfg = C.load_mvq(checkpoint)
-    pool = C.load_test_images(cfg, max(POOL, opts.images or 0))
+    pool = first_images(cfg, "test", max(POOL, opts.images or 0))[0]
     with torch.no_grad():
         codes = model.encode(pool)
     drawn = C.random_masks(codes, max(opts.masks, 4), opts.seed)

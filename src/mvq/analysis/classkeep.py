@@ -21,7 +21,7 @@ from torch import nn
 
 from mvq.analysis import codes as C
 from mvq.codes import Codes
-from mvq.data import build_dataset
+from mvq.data import first_images
 
 
 def classifier(channels: int, classes: int) -> nn.Module:
@@ -98,14 +98,6 @@ def class_keeping(model, net: nn.Module, images: torch.Tensor, labels: torch.Ten
             "transfer_takes_source_class": float((pred == labels).float().mean())}
 
 
-def split_images(cfg, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` images of ``split`` of the config's data set, (n, C, H, W) in [0, 1],
-    and their class labels (n,)."""
-    ds = build_dataset(cfg.data.name, root=cfg.data.root, split=split, size=cfg.model.image_size,
-                       channels=cfg.model.channels, limit=n)
-    items = [ds[i] for i in range(len(ds))]
-    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
-
 
 def transfer_class_rates(checkpoint: str | Path, n: int = 1000, train_images: int = 10_000,
                          steps: int = 600, seed: int = 0) -> dict:
@@ -113,8 +105,8 @@ def transfer_class_rates(checkpoint: str | Path, n: int = 1000, train_images: in
     trained ``steps`` steps (seeded) on the first ``train_images`` training images, scored on
     the first ``n`` test images and their transfers."""
     model, cfg = C.load_mvq(checkpoint)
-    net = train_classifier(*split_images(cfg, "train", train_images), steps=steps, seed=seed)
-    x, y = split_images(cfg, "test", n)
+    net = train_classifier(*first_images(cfg, "train", train_images), steps=steps, seed=seed)
+    x, y = first_images(cfg, "test", n)
     return {"checkpoint": str(checkpoint), "train_images": train_images,
             "classifier_steps": steps, **class_keeping(model, net, x, y, targets_of(y))}
 

@@ -13,7 +13,6 @@ import torch
 
 from mvq.checkpoint import read_info
 from mvq.codes import Codes
-from mvq.data import build_dataset
 from mvq.errors import MvqError
 from mvq.models.tokenizers import MVQVAE
 from mvq.pretrained import load_tokenizer, resolve
@@ -29,13 +28,6 @@ def load_mvq(checkpoint: str | Path, device: str = "cpu") -> tuple[MVQVAE, objec
                        "tokenizer (mvqvae or mvqgan), whose codes carry a mask: pass one of those")
     model, cfg, _ = load_tokenizer(checkpoint, device=device)
     return model.eval(), cfg
-
-
-def load_test_images(cfg, n: int) -> torch.Tensor:
-    """The first ``n`` test images of the checkpoint's data set, (n, C, H, W) in [0, 1]."""
-    ds = build_dataset(cfg.data.name, root=cfg.data.root, split="test",
-                       size=cfg.model.image_size, channels=cfg.model.channels, limit=n)
-    return torch.stack([ds[i][0] for i in range(len(ds))])
 
 
 def random_masks(codes: Codes, count: int, seed: int) -> torch.Tensor:

@@ -38,7 +38,7 @@ from mvq.analysis import pick_distinct
 from mvq.analysis.explore_page import PAGE
 from mvq.codes import Codes
 from mvq.config import model_hash
-from mvq.data import class_names
+from mvq.data import class_names, first_images
 from mvq.errors import MvqError
 from mvq.figures import Figure, change_heatmap, change_size, png_bytes, to_uint8
 from mvq.models.tokenizers import MVQVAE
@@ -304,7 +304,7 @@ def make_server(checkpoint: str | Path, port: int = 8765, images: int = 64,
     """An :class:`ExploreServer` on 127.0.0.1:port (0: any free port) for an MVQ checkpoint and,
     optionally, a prior trained on its codes (``force``: other weights of the same tokenizer)."""
     model, cfg = C.load_mvq(checkpoint)
-    explorer = Explorer(model, C.load_test_images(cfg, images))
+    explorer = Explorer(model, first_images(cfg, "test", images)[0])
     panel = None
     if prior is not None:
         loaded, info = load_prior(prior)

@@ -75,7 +75,7 @@ def shapes_factors(n: int, size: int, channels: int, bins: int = 8):
     for name in ("size", "x", "y"):
         factors[name] = discretize(f[name], bins)
     factors["color"] = discretize(f["color"].mean(1), bins)
-    return torch.stack([ds[i][0] for i in range(len(ds))]), factors
+    return ds.stacked()[0], factors
 
 
 def score_checkpoint(checkpoint: str, n: int = 2000, bins: int = 8) -> dict:

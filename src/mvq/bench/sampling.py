@@ -28,7 +28,6 @@ import time
 
 import torch
 
-from mvq.decoding import Decoding
 from mvq.priors import MaskGIT, MaskGITConfig, MVQPrior, table4_size
 
 PAPER_CPU_S = {1: 0.014, 4: 0.070, 16: 0.637, 64: 11.107, 256: 268.368, 1024: 1365.668}
@@ -111,7 +110,7 @@ def measure(length: int, vocab: int, repeats: int, batch: int, naive_max_len: in
     }
     for steps in (8, 12):  # a step must reveal a token: no more steps than the S+1 tokens
         if steps <= length + 1:
-            cells[f"maskgit{steps}"] = lambda d=Decoding(steps=steps): maskgit.generate(1, d)
+            cells[f"maskgit{steps}"] = lambda steps=steps: maskgit.generate(1, steps)
     if length <= naive_max_len:
         cells["naive"] = lambda: prior.sample(1, seed=0, use_cache=False)
     for name, fn in cells.items():  # warm-up (allocator, kernels); a long naive one is skipped

@@ -95,6 +95,15 @@ def build_dataset(
     return Shapes(split=split, size=size, channels=channels, limit=limit, seed=seed)
 
 
+def first_images(cfg, split: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` images (None: all) of ``split`` of a config's data set (``cfg.data``)
+    at its model's size and channels (``cfg.model``): images (n, C, S, S) in [0, 1] and their
+    labels (n,)."""
+    ds = build_dataset(cfg.data.name, root=cfg.data.root, split=split,
+                       size=cfg.model.image_size, channels=cfg.model.channels, limit=n)
+    return ds.stacked()
+
+
 __all__ = [
     "CIFAR10",
     "DATASETS",
@@ -105,6 +114,7 @@ __all__ = [
     "Shapes",
     "TensorImageDataset",
     "build_dataset",
+    "first_images",
     "canonical_name",
     "default_fashion_mnist_root",
     "fashion_mnist_available",

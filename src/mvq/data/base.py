@@ -112,6 +112,18 @@ class ImageDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {self.name} with {n} items")
         return index
 
+    def stacked(self, start: int = 0, stop: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items ``start`` to ``stop`` (default: the end; cut to the length) as one batch:
+        images (n, C, S, S) in [0, 1] and their labels (n,) int64."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        items = [self[i] for i in range(start, stop)]
+        if not items:
+            s = self.image_size
+            return torch.zeros(0, self.channels, s, s), torch.zeros(0, dtype=torch.int64)
+        return (torch.stack([x for x, _ in items]),
+                torch.tensor([int(y) for _, y in items], dtype=torch.int64))
+
     def describe(self) -> str:
         """One line for logs: name, split, item count, image size and channels."""
         extra = f", skipped={self.skipped}" if self.skipped else ""

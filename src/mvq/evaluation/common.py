@@ -75,7 +75,7 @@ class Batches:
     def __iter__(self):
         for start in range(0, self.n, self.batch_size):
             end = min(start + self.batch_size, self.n)
-            yield torch.stack([self.dataset[i][0] for i in range(start, end)])
+            yield self.dataset.stacked(start, end)[0]
 
 
 def _dataset_key(name: str, root: str | None, channels: int) -> str:

@@ -61,9 +61,7 @@ class Tokenizer(Pretrained, nn.Module):
 
     @classmethod
     def _from_checkpoint(cls, folder, info: dict, device: str) -> Tokenizer:
-        if info.get("format") != checkpoint.FORMAT:
-            raise MvqError(f"{folder / 'config.json'} has format {info.get('format')!r}, "
-                           f"expected {checkpoint.FORMAT!r}")
+        checkpoint.expect_kind(info, folder / "config.json", "tokenizer")
         cfg = config_from_dict(info.get("config"))
         model = build_model(cfg.model)
         state = checkpoint.load_weights(folder / "model.safetensors", device)

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from mvq import checkpoint
-from mvq._version import __version__
 from mvq.codes import Codes
 from mvq.decoding import check_sampling
 from mvq.errors import MvqError
@@ -96,9 +95,7 @@ class Prior(Pretrained, nn.Module):
     @classmethod
     def _from_checkpoint(cls, folder, info: dict, device: str) -> Prior:
         path = folder / "config.json"
-        if info.get("format") != checkpoint.PRIOR_FORMAT:
-            raise MvqError(f"{path} has format {info.get('format')!r}, expected "
-                           f"{checkpoint.PRIOR_FORMAT!r} (a prior written by `mvq train-prior`)")
+        checkpoint.expect_kind(info, path, "prior")
         kind = info.get("prior_type", "gpt")  # priors saved before the registry were all GPTs
         classes = {c.kind: c for c in _subclasses(Prior) if c.kind}
         if kind not in classes:
@@ -113,9 +110,7 @@ class Prior(Pretrained, nn.Module):
         return prior
 
     def _checkpoint_info(self) -> dict:
-        saved = dict(self.checkpoint_info or {"step": 0})
-        return {**saved, "format": checkpoint.PRIOR_FORMAT, "mvq_version": __version__,
-                "kind": "prior", "prior_type": self.kind, "prior": self.config()}
+        return checkpoint.prior_info(self.kind, self.config(), self.checkpoint_info)
 
     @classmethod
     def from_codes(cls, codes: Codes, num_classes: int = 0, sizes: dict | None = None) -> Prior:

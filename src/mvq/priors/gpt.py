@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq.decoding import Decoding
+from mvq.decoding import Draw
 from mvq.errors import MvqError
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -352,14 +352,13 @@ class GPT(nn.Module):
         return self.ln_f(x) @ head_t
 
     @torch.inference_mode()
-    def generate(self, n: int, steps: int, decoding: Decoding = Decoding(),
+    def generate(self, n: int, steps: int, draw: Draw = Draw(),
                  cond: torch.Tensor | None = None, use_cache: bool = True,
                  generator: torch.Generator | None = None, prompt: torch.Tensor | None = None,
                  vocab_range: tuple[int, int] | None = None) -> torch.Tensor:
         """Ancestral sampling of `steps` new tokens -> (n, steps) int64 ids.
 
-        decoding: temperature, top_k, top_p of each draw (its seed is not used: draws come
-        from ``generator``; MaskGIT's steps and choice_temperature do not apply).
+        draw: temperature, top_k, top_p of each token (drawn from ``generator``).
         prompt: (n, P) ids that precede the sampled ones (not returned).
         vocab_range: (lo, hi) restricts the sampled ids to [lo, hi) (ids stay in full vocab).
         use_cache=False recomputes the whole prefix for each token (slow reference path).
@@ -372,21 +371,21 @@ class GPT(nn.Module):
         out = torch.empty(n, steps, dtype=torch.long, device=device)
         lo, hi = vocab_range or (0, self.cfg.vocab_size)
 
-        def draw(logits: torch.Tensor) -> torch.Tensor:
-            return sample_logits(logits[:, lo:hi], decoding.temperature, decoding.top_k,
-                                 decoding.top_p, generator) + lo
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            return sample_logits(logits[:, lo:hi], draw.temperature, draw.top_k, draw.top_p,
+                                 generator) + lo
 
         if use_cache:
             cache = self.new_cache(n, p_len + steps + 1)
             logits = self.step_logits(prompt, cache, cond, batch=n)
             for t in range(steps):
-                out[:, t] = draw(logits)
+                out[:, t] = pick(logits)
                 if t + 1 < steps:
                     logits = self.step_logits(out[:, t:t + 1], cache)
             return out
         seq = prompt if prompt is not None else out[:, :0]
         for t in range(steps):  # naive: the whole prefix again for every new token
             h = self._trunk(self._inputs(seq, cond))
-            out[:, t] = draw(self.head(h[:, -1]))
+            out[:, t] = pick(self.head(h[:, -1]))
             seq = torch.cat([seq, out[:, t:t + 1]], 1)
         return out

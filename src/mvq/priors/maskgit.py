@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.codes import Codes
-from mvq.decoding import Decoding
+from mvq.decoding import Draw
 from mvq.errors import MvqError
 from mvq.modes import eval_mode
 from mvq.priors.base import Prior, codebook_sizes
@@ -125,38 +125,34 @@ class MaskGIT(nn.Module):
         return F.cross_entropy(logits[mask], ids[mask]), mask
 
     @torch.no_grad()
-    def generate(self, n: int, decoding: Decoding = Decoding(),
-                 cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 return_history: bool = False):
-        """Decode n sequences in ``decoding.steps`` (default 12) parallel steps -> (n, L, c)
-        ids in [0, K).
+    def generate(self, n: int, steps: int = 12, draw: Draw = Draw(),
+                 choice_temperature: float | None = None, cond: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, return_history: bool = False):
+        """Decode n sequences in `steps` parallel steps -> (n, L, c) ids in [0, K).
 
-        ``decoding.choice_temperature`` scales the confidence noise (default: the temperature;
-        MaskGIT used 4.5); top_k / top_p filter each draw as in the GPT (its seed is not used:
-        draws come from ``generator``). return_history=True also returns the (n, L, c) ids
-        after every step. Every step reveals at least one of the L * c entries, so steps is at
-        most L * c.
+        draw: temperature, top_k, top_p of each draw (as in the GPT). choice_temperature scales
+        the confidence noise (default: the draw's temperature; MaskGIT used 4.5).
+        return_history=True also returns the (n, L, c) ids after every step. Every step reveals
+        at least one of the L * c entries, so steps is at most L * c.
         """
         total = self.cfg.seq_len * self.cfg.channels
-        steps = 12 if decoding.steps is None else decoding.steps
         if not 1 <= steps <= total:
             raise MvqError(f"MaskGIT steps must be in [1, {total}] ({total} entries per "
                            f"sequence, at least one revealed per step), got {steps}")
+        noise_t = draw.temperature if choice_temperature is None else choice_temperature
         with eval_mode(self):
-            return self._generate(n, steps, decoding, cond, generator, return_history)
+            return self._generate(n, steps, draw, noise_t, cond, generator, return_history)
 
-    def _generate(self, n, steps, decoding, cond, generator, history):
+    def _generate(self, n, steps, draw, noise_t, cond, generator, history):
         cfg = self.cfg
         total = cfg.seq_len * cfg.channels
-        temperature, choice = decoding.temperature, decoding.choice_temperature
-        noise_t = temperature if choice is None else choice
         device = self.tok.weight.device
         ids = torch.full((n, total), self.mask_id, dtype=torch.long, device=device)
         seen = []
         for step in range(1, steps + 1):
             masked = ids == self.mask_id
             logits = self(ids.view(n, cfg.seq_len, cfg.channels), cond).view(n * total, -1)
-            drawn = sample_logits(logits, temperature, decoding.top_k, decoding.top_p,
+            drawn = sample_logits(logits, draw.temperature, draw.top_k, draw.top_p,
                                   generator=generator)
             drawn = drawn.view(n, total)
             logp = logits.log_softmax(-1).gather(1, drawn.view(-1, 1)).view(n, total)
@@ -269,6 +265,6 @@ class MaskGITPrior(Prior):
         if isinstance(choice, bool) or not isinstance(choice, (int, float)) \
                 or not math.isfinite(choice) or choice < 0:
             raise MvqError(f"choice_temperature must be a finite number >= 0, got {choice!r}")
-        decoding = Decoding(temperature, top_k, top_p, steps, choice)
-        ids = self.net.generate(n, decoding, cond, self.new_generator(generator))
+        ids = self.net.generate(n, steps, Draw(temperature, top_k, top_p), choice, cond,
+                                self.new_generator(generator))
         return Codes(ids.reshape(n, *self.shape), meta=dict(self.meta))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.codes import Codes
-from mvq.decoding import Decoding
+from mvq.decoding import Draw
 from mvq.errors import MvqError
 from mvq.modes import eval_mode
 from mvq.priors.base import Prior, codebook_sizes
@@ -113,18 +113,18 @@ class PixelCNN(nn.Module):
         return F.cross_entropy(self(ids, cond, where), ids)
 
     @torch.no_grad()
-    def sample(self, n: int, h: int, w: int, decoding: Decoding = Decoding(),
+    def sample(self, n: int, h: int, w: int, draw: Draw = Draw(),
                cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
                where: torch.Tensor | None = None) -> torch.Tensor:
         """(n, h, w) ids drawn one position at a time in raster order (H * W forwards), each
-        with ``decoding``'s temperature, top_k and top_p (draws come from ``generator``)."""
+        with ``draw``'s temperature, top_k and top_p (drawn from ``generator``)."""
         with eval_mode(self):
             ids = torch.zeros(n, h, w, dtype=torch.long, device=self.embed.weight.device)
             for i in range(h):
                 for j in range(w):
                     logits = self(ids[:, : i + 1], cond, where)[:, :, i, j]  # rows > i unused
-                    ids[:, i, j] = sample_logits(logits, decoding.temperature, decoding.top_k,
-                                                 decoding.top_p, generator)
+                    ids[:, i, j] = sample_logits(logits, draw.temperature, draw.top_k,
+                                                 draw.top_p, generator)
             return ids
 
 
@@ -293,7 +293,7 @@ class PixelCNNPrior(Prior):
         self.check_sample(n, temperature, top_k, top_p)
         cond = self.check_labels(labels, n)
         generator = self.new_generator(generator)
-        opts = dict(decoding=Decoding(temperature, top_k, top_p), cond=cond, generator=generator)
+        opts = dict(draw=Draw(temperature, top_k, top_p), cond=cond, generator=generator)
         p = self.primary.sample(n, *self.primary_shape, **opts)
         secondary = mask = None
         if self.secondary is not None:

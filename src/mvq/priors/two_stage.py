@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mvq.codes import Codes
-from mvq.decoding import Decoding
+from mvq.decoding import Draw
 from mvq.errors import MvqError
 from mvq.modes import eval_mode
 from mvq.priors.base import LAYOUTS, Prior, codebook_sizes
@@ -138,7 +138,7 @@ class MVQPrior(Prior):
         cond = self.check_labels(labels, n)
         generator = self.new_generator(generator, 0 if seed is None else seed)
         with eval_mode(self):
-            opts = dict(decoding=Decoding(temperature, top_k, top_p), cond=cond,
+            opts = dict(draw=Draw(temperature, top_k, top_p), cond=cond,
                         use_cache=use_cache, generator=generator)
             p = self.primary.generate(n, self.s1, **opts)
             secondary = mask = None

@@ -7,9 +7,9 @@ import json
 import statistics
 from pathlib import Path
 
-from mvq.analysis.classkeep import ceilings, predict, split_images, train_classifier
+from mvq.analysis.classkeep import ceilings, predict, train_classifier
 from mvq.checkpoint import read_info
-from mvq.data import class_names
+from mvq.data import class_names, first_images
 from mvq.decoding import Decoding
 from mvq.devices import pick_device
 from mvq.errors import MvqError
@@ -72,8 +72,8 @@ def class_agreement(records: list[Record], path: Path, n: int, device: str = "au
     model.eval()
     if data_root is not None:
         cfg.data.root = data_root
-    net = train_classifier(*split_images(cfg, "train", 10_000), steps=classifier_steps)
-    x, y = split_images(cfg, "test", n)
+    net = train_classifier(*first_images(cfg, "train", 10_000), steps=classifier_steps)
+    x, y = first_images(cfg, "test", n)
     out = {**key, **ceilings(model, net, x, y)[0], "accuracy": {}}
     for r in cond:
         prior = load_prior(r.checkpoint)[0]

@@ -41,7 +41,7 @@ from mvq.train.engine import (
     set_lr,
 )
 
-__all__ = ["TrainResult", "build_data", "stack_images", "train", "validate"]
+__all__ = ["TrainResult", "build_data", "train", "validate"]
 
 
 def build_data(cfg: Config):
@@ -51,11 +51,6 @@ def build_data(cfg: Config):
     train_set = build_dataset(cfg.data.name, split="train", limit=cfg.data.train_limit, **kw)
     val_set = build_dataset(cfg.data.name, split="test", limit=cfg.data.val_limit or None, **kw)
     return train_set, val_set
-
-
-def stack_images(dataset, n: int | None = None) -> torch.Tensor:
-    n = len(dataset) if n is None else min(n, len(dataset))
-    return torch.stack([dataset[i][0] for i in range(n)])
 
 
 @torch.no_grad()
@@ -210,7 +205,7 @@ class TokenizerTrainee(Trainee):
         self.ema = None
         if tc.ema_decay and main:  # model.safetensors: the average; train_state: the trained
             self.ema = WeightEMA(model, tc.ema_decay)  # (resumed: from the average)
-        self.val_images = stack_images(val_set) if main else None
+        self.val_images = val_set.stacked()[0] if main else None
 
     def _resumed_model(self, source: Path) -> Tokenizer:
         cfg, tc = self.cfg, self.tc

@@ -5,9 +5,10 @@ validation and checkpoint.
 Validation is the prior's `nll` over a fixed held-out slice of the token file, per stage, in
 nats and bits per token (GPT / PixelCNN: primary and secondary ids; MaskGIT: the masked-token
 NLL at a fixed mask, see MaskGITPrior). The checkpoint folder ``out_dir/checkpoint`` holds
-config.json (format "mvq-prior-v1": the prior's registry name as "prior_type" and its
-constructor arguments as "prior"), model.safetensors, train_state.safetensors (resume) and
-manifest.json. One format for every prior: `mvq.load` rebuilds whichever it names.
+config.json (format "mvq-checkpoint-v1", kind "prior": the prior's registry name as
+"prior_type" and its constructor arguments as "prior"), model.safetensors,
+train_state.safetensors (resume) and manifest.json. One format for every saved model:
+`mvq.load` rebuilds whichever it names.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 import torch
 
 from mvq import checkpoint, distributed, sealed
-from mvq._version import __version__
 from mvq.codes import Codes
 from mvq.config import check_resume
 from mvq.devices import pick_device
@@ -37,11 +37,10 @@ from mvq.train.engine import (
 
 
 def write_prior(directory: Path, prior: Prior, info: dict) -> None:
-    """model.safetensors + config.json (format mvq-prior-v1, prior type and config) + card into
-    ``directory``."""
-    checkpoint.write_model(directory, prior, {
-        "format": checkpoint.PRIOR_FORMAT, "mvq_version": __version__, "kind": "prior",
-        "prior_type": prior.kind, "prior": prior.config(), **info})
+    """model.safetensors + config.json (`checkpoint.prior_info`: prior type and config) + card
+    into ``directory``."""
+    checkpoint.write_model(directory, prior,
+                           checkpoint.prior_info(prior.kind, prior.config(), info))
 
 
 @dataclass(frozen=True)
