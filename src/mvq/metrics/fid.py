@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mvq._compat import missing
+from mvq.devices import pick_device
 from mvq.errors import MvqError
 from mvq.hashes import state_dict_sha256
 from mvq.metrics.weights import (
@@ -93,10 +94,6 @@ def _prepare_images(x: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 _EXTRACTORS: dict[tuple[str, str], InceptionFeatureExtractor] = {}
 
 
@@ -147,7 +144,7 @@ def extract_features(
     """
     if device is None and extractor is not None:
         device = next(iter(extractor.parameters()), torch.empty(0)).device
-    device = torch.device(device or _default_device())
+    device = torch.device(device) if device is not None else pick_device("auto")
     model = extractor if extractor is not None else get_inception(device=device)
     total = len(images) if hasattr(images, "__len__") else None
     bar = None
@@ -343,7 +340,7 @@ def cached_feature_stats(
     ``images`` is a callable returning the n images (only called on a cache miss).
     """
     if extractor is None:
-        extractor = get_inception(device=device or _default_device())
+        extractor = get_inception(device=device or str(pick_device("auto")))
     model = extractor
     sha = getattr(model, "weights_sha256", None)
     if not sha:
