@@ -166,3 +166,11 @@ def test_every_preset_loads_and_builds():
         if "quick" in name:
             model = build_model(cfg.model)
             assert model.bits_per_image > 0, name
+
+
+def test_a_subclass_cannot_take_a_built_in_model_type():
+    from mvq.errors import MvqError
+    from mvq.models import MVQVAE
+
+    with pytest.raises(MvqError, match="'mvqvae' is built by MVQVAE already"):
+        type("Mine", (MVQVAE,), {"model_types": ("mvqvae",)})

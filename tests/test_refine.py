@@ -1,8 +1,10 @@
 import math
 
+import pytest
 import torch
 from conftest import tiny_model_config
 
+from mvq.errors import MvqError
 from mvq.models import build_model
 from mvq.quantize.refine import refine_masks
 
@@ -81,3 +83,11 @@ def test_evaluate_refine_counts_bits_and_refuses_other_models(tmp_path):
     with pytest.raises(MvqError, match="needs an MVQ checkpoint"):
         evaluate_checkpoint(ck("h", type="hvqvae"), EvalSettings(n=4, device="cpu", progress=False),
                             metrics=("mse",), refine=True)
+
+
+def test_setting_the_old_refine_flag_is_refused_not_ignored():
+    model = _model()
+    with pytest.raises(MvqError, match=r"encode\(x, refine=True\)"):
+        model.refine = True
+    assert not hasattr(model, "refine")
+

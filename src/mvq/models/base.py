@@ -57,6 +57,9 @@ class Tokenizer(Pretrained, nn.Module):
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         for name in cls.__dict__.get("model_types", ()):
+            if name in MODELS and MODELS[name].__qualname__ != cls.__qualname__:
+                raise MvqError(f"model.type {name!r} is built by {MODELS[name].__name__} "
+                               f"already; give {cls.__name__} a model_types name of its own")
             MODELS[name] = cls
 
     @classmethod

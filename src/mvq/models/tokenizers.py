@@ -11,6 +11,7 @@ from torch import nn
 
 from mvq.codes import Codes
 from mvq.config import ModelConfig
+from mvq.errors import MvqError
 from mvq.models.base import Tokenizer, TokenizerOutput
 from mvq.models.inputs import CodeLayout
 from mvq.modes import eval_mode
@@ -172,6 +173,16 @@ class MVQVAE(Tokenizer):
         bits per secondary token (at most D', the bits of a freely chosen mask)."""
         per_token = min(math.log2(self.mvq.eval_masks), float(self.cfg.dim2))
         return self.geo.tokens2 * per_token
+
+    @property
+    def refine(self):
+        raise AttributeError("MVQVAE has no refine flag: refinement is per call, "
+                             "model.encode(x, refine=True)")
+
+    @refine.setter
+    def refine(self, value) -> None:
+        raise MvqError(f"model.refine = {value!r} would change nothing: refinement is an "
+                       "argument of encode, model.encode(x, refine=True)")
 
     @property
     def refined_mask_bits(self) -> float:
