@@ -57,8 +57,8 @@ bench: setup
 	$(VENV)/bin/mvq bench mh-dropout
 
 # MoVQ's ablation at CPU size (its Fig. 6): `mvq reproduce movq-ablation` (resumable; report in
-# runs/reproduce/movq-ablation/). SEEDS=N repeats every variant N times (default 2).
-SEEDS ?= 2
+# runs/reproduce/movq-ablation/). SEEDS=N repeats every variant N times (default 3).
+SEEDS ?= 3
 movq-ablation: setup
 	$(VENV)/bin/mvq reproduce movq-ablation --scale quick --seeds $(SEEDS)
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 from conftest import assert_labelled
+from PIL import Image
 
 import mvq.train
 from mvq.cli import main
@@ -11,7 +12,7 @@ from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.figures import GAP
 from mvq.reproduce import build_plan
-from mvq.reproduce.kinds import ClassConditional, Plot, TokenizerSweep
+from mvq.reproduce.kinds import ClassConditional, Plot, TokenizerSweep, plot
 from mvq.reproduce.plan import Changes, Decode, Plan, Run
 from mvq.reproduce.records import Cell, Stat
 from mvq.reproduce.report import aggregate
@@ -144,14 +145,24 @@ def test_plan_refuses_a_folder_with_other_settings(tmp_path):
 def test_quick_plans_fit_their_claims():
     fig5 = build_plan("fig5", "quick")
     names = [r.name for r in fig5.runs]
-    assert len(names) == len(set(names)) == 18  # 2 factors x (3 baseline + 3 J=128 + 3 other J)
+    # 2 factors x 2 K x (3 baseline + 3 seeds at each of 4 J)
+    assert len(names) == len(set(names)) == 2 * 2 * (3 + 3 * 4)
     per = {}
     for r in fig5.runs:
-        per.setdefault((r.labels["F"], r.labels["model"], r.labels.get("J")), []).append(r.seed)
-    assert per[(28, "hvqvae", None)] == [0, 1, 2] and per[(14, "mvqvae", 128)] == [0, 1, 2]
-    assert per[(28, "mvqvae", 1024)] == [0]
+        key = (r.labels["F"], r.labels["K"], r.labels["model"], r.labels.get("J"))
+        per.setdefault(key, []).append(r.seed)
+    assert set(per) == {(f, k, "hvqvae", None) for f in (28, 14) for k in (16, 256)} | {
+        (f, k, "mvqvae", j) for f in (28, 14) for k in (16, 256) for j in (1, 16, 128, 1024)}
+    assert all(seeds == [0, 1, 2] for seeds in per.values())
     cfg = fig5.runs[0].config(None, "x")
     assert (cfg.model.factor, cfg.model.codebook_size, cfg.train.steps) == (28, 16, 1200)
+    k256 = next(r for r in fig5.runs if r.labels["K"] == 256).config(None, "x")
+    assert k256.model.codebook_size == 256
+    assert "the baseline and every J with 3 seeds" in fig5.notes[0]
+    # every experiment defaults to 3 seeds at quick scale, 1 at paper scale
+    assert sorted({r.seed for r in build_plan("table1", "quick").runs}) == [0, 1, 2]
+    assert sorted({s.seed for s in build_plan("movq-table2", "quick").runs[0].priors}) == [0, 1, 2]
+    assert {r.seed for r in build_plan("table1", "paper", dataset="cifar10").runs} == {0}
     # two-vs-five reuses fig5's runs: the same names, so the same folders
     assert {r.name for r in build_plan("two-vs-five", "quick").runs} <= set(names)
     t1 = build_plan("table1", "quick", seeds=1)
@@ -198,7 +209,7 @@ def test_cli_errors(argv, message, tmp_path, capsys):
 def test_cli_dry_run_prints_plan_and_estimate(tmp_path, capsys):
     assert main(["reproduce", "fig5", "--dry-run", "--out", str(tmp_path / "new")]) == 0
     err = capsys.readouterr().err
-    assert "18 runs" in err and "estimated 1 h" in err and "to train" in err
+    assert "60 runs" in err and "estimated 5 h" in err and "to train" in err
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
 
 
@@ -247,8 +258,6 @@ def _tiny_cifar(root):
 
 def _tiny_folder(root):
     import numpy as np
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
         for i in range(4):
@@ -376,8 +385,6 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
     copied = folder / "priors" / "gpt_3steps_s0" / "samples_default.json"
     assert json.loads(copied.read_text())["prior_type"] == "pixelcnn"  # nothing written over
     grid = class_grid(records, tmp_path / "grid.png", "cpu", per_class=3)
-    from PIL import Image
-
     from mvq.pretrained import load_prior
 
     classes = load_prior(rows[3].checkpoint)[0].num_classes
@@ -439,3 +446,21 @@ def test_every_experiment_has_its_help_line():
     from mvq.reproduce.plan import EXPERIMENTS, SUMMARIES
 
     assert list(SUMMARIES) == list(EXPERIMENTS)
+
+
+def test_fig5_plot_has_one_panel_per_token_count_and_codebook(tmp_path):
+    """With K = 16 and 256 in one sweep, each (tokens, K) gets its own panels: a K = 256 point
+    is never drawn against the K = 16 baseline."""
+    def cell(tokens, k, model, j, rfid):
+        labels = {"tokens": tokens, "K": k, "model": model} | ({"J": j} if j else {})
+        return Cell(labels, [f"{tokens}{k}{model}{j}"], {"rfid": Stat(rfid, None, 1)})
+
+    cells = [cell(t, k, m, j, 10.0 + k / 16) for t in ("1+1", "4+1") for k in (16, 256)
+             for m, j in (("hvqvae", None), ("mvqvae", 4), ("mvqvae", 8))]
+    axes_of = build_plan("fig5", "quick", 1).kind.plot
+    assert sorted({axes_of.key(c) for c in cells}) == [("1+1", 16), ("1+1", 256), ("4+1", 16),
+                                                        ("4+1", 256)]
+    assert axes_of.title(("4+1", 256)) == "tokens 4+1, K 256"
+    assert Plot("J", "tokens").key(cells[0]) == ("1+1",)  # one name still works
+    png = plot(build_plan("fig5", "quick", 1), axes_of, cells, tmp_path / "f.png")
+    assert Image.open(png).size[0] > 4 * 4.2 * 100  # four panels across at dpi 110

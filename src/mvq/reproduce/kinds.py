@@ -29,11 +29,20 @@ from mvq.reproduce.spec import Run, RunState
 
 @dataclass(frozen=True)
 class Plot:
-    """The sweep's plot: each metric against the ``x`` label, one panel per ``series`` value;
-    ``line`` labels the swept cells, ``band`` the baseline drawn as a band."""
+    """The sweep's plot: each metric against the ``x`` label, one panel per value of the
+    ``series`` labels (one name, or several: a panel per combination); ``line`` labels the
+    swept cells, ``band`` the baseline drawn as a band."""
 
     x: str
-    series: str
+    series: str | tuple[str, ...]
+
+    def key(self, cell: Cell) -> tuple:
+        names = (self.series,) if isinstance(self.series, str) else self.series
+        return tuple(cell.labels.get(n) for n in names)
+
+    def title(self, key: tuple) -> str:
+        names = (self.series,) if isinstance(self.series, str) else self.series
+        return ", ".join(f"{n} {v}" for n, v in zip(names, key))
     line: str = "MVQ"
     band: str = "hierarchical VQ"
 
@@ -173,17 +182,17 @@ def plot(plan: Plan, axes_of: Plot, cells: list[Cell], path: Path) -> Path | Non
     except ImportError:  # an optional dependency
         raise missing("matplotlib", "explore") from None
 
-    series = sorted({c.labels.get(axes_of.series) for c in cells}, key=str)
+    series = sorted({axes_of.key(c) for c in cells}, key=lambda k: tuple(map(str, k)))
     metrics = [m for m in ("rfid", "mse", "lpips") if m in columns(cells)]
     if not metrics:
         return None
     fig, axes = plt.subplots(len(metrics), len(series), figsize=(4.2 * len(series),
                              3.0 * len(metrics)), squeeze=False)
     for col, value in enumerate(series):
-        mine = [c for c in cells if c.labels.get(axes_of.series) == value]
+        mine = [c for c in cells if axes_of.key(c) == value]
         for row, m in enumerate(metrics):
             _panel(axes[row][col], plan, axes_of, mine, m)
-            axes[row][col].set_title(f"{axes_of.series} {value}: {METRIC_NAMES[m]}")
+            axes[row][col].set_title(f"{axes_of.title(value)}: {METRIC_NAMES[m]}")
             if row == 0 and col == 0:
                 axes[row][col].legend(fontsize=8)
     fig.suptitle(textwrap.fill(f"{plan.title}: mean ± std over seeds (mvq reproduce "
