@@ -53,7 +53,8 @@ def counted_train(monkeypatch):
     return calls
 
 
-def test_reproduce_skips_finished_and_resumes_interrupted(tmp_path, counted_train, monkeypatch):
+def test_reproduce_skips_finished_and_resumes_interrupted(tmp_path, counted_train, monkeypatch,
+                                                          capsys):
     monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
     runs = [_run("hvqvae", 0), _run("hvqvae", 1), _run("mvqvae", 0, j=4), _run("mvqvae", 0, j=8)]
     plan = _plan(runs)
@@ -65,9 +66,15 @@ def test_reproduce_skips_finished_and_resumes_interrupted(tmp_path, counted_trai
     assert [s.status for s in states] == ["resume at 2", "to train", "to train", "to train"]
     counted_train.clear()
 
+    capsys.readouterr()
     execute(plan, out, progress=False)
     assert [(p.split("/")[-1], r) for p, r in counted_train] == \
         [(runs[0].name, True), (runs[1].name, False), (runs[2].name, False), (runs[3].name, False)]
+    # no bar (--no-progress, a log file): a line per run, the training steps, the total
+    err = capsys.readouterr().err
+    assert f"fig5 run 1/4: {runs[0].name}: resume at 2 (0 s so far)" in err
+    assert f"fig5 run 4/4: {runs[3].name}: to train" in err
+    assert "step 4/4" in err and "fig5: 4 runs done in " in err and "(estimated " in err
     assert all(s.status == "done" for s in inspect(plan, out, None))
     # resumed run = an uninterrupted one (same seed, same steps), bit for bit on CPU
     whole = tmp_path / "whole"

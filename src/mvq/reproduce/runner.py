@@ -44,6 +44,7 @@ from mvq.reproduce.timing import (
     tokenizer_key,
 )
 from mvq.tokens import encode_dataset
+from mvq.train.engine import LINES
 from mvq.train.prior import PriorTraining, train_prior
 
 
@@ -169,6 +170,11 @@ def _hms(seconds: float) -> str:
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
 
 
+def _took(seconds: float) -> str:
+    """Elapsed time: seconds under a minute (``_hms`` rounds up, as an estimate should)."""
+    return f"{seconds:.0f} s" if seconds < 60 else _hms(seconds)
+
+
 def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool = True,
             device: str = "auto", dry_run: bool = False) -> list[Record]:
     """Run the plan (skip / resume / train, evaluate); returns one record per run."""
@@ -183,15 +189,22 @@ def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool 
     rows, elsewhere = [], []
     bar = tqdm(states, desc=f"{plan.experiment} runs", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
-    for st in bar:
+    started = time.time()
+    for i, st in enumerate(bar, 1):
         bar.set_postfix_str(st.run.name)
         with _claim(st.out_dir) as mine:
             if not mine:  # another `mvq reproduce` has it: share the work, do the next run
                 elsewhere.append(st.run.name)
                 continue
             now = state(plan, st.run, st.out_dir, data_root)  # another process may have run it
+            if not progress and now.status != "done":  # no bar: a log file still shows where
+                print(f"{plan.experiment} run {i}/{len(states)}: {st.run.name}: {now.status} "
+                      f"({_took(time.time() - started)} so far)", file=sys.stderr, flush=True)
             rows += _do_run(plan, now, data_root, progress, device)
     bar.close()
+    if not progress and todo:
+        print(f"{plan.experiment}: {todo} runs done in {_took(time.time() - started)} "
+              f"(estimated {_hms(est.seconds)})", file=sys.stderr, flush=True)
     if elsewhere:
         print(f"{len(elsewhere)} runs were in progress in another process: "
               f"{', '.join(elsewhere)}", file=sys.stderr)
@@ -213,7 +226,7 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str
         cfg.train.device = device
     ckpt = st.out_dir / "checkpoint"
     if st.step < st.steps:
-        result = mvq.train.train(cfg, resume=st.step > 0, progress=progress,
+        result = mvq.train.train(cfg, resume=st.step > 0, progress=progress or LINES,
                                  desc=st.run.name[:40])
         seconds = result.seconds + read_json(st.out_dir / "run.json").get("train_seconds", 0.0)
         _merge_json(st.out_dir / "run.json", {"train_seconds": round(seconds, 1)})
@@ -254,8 +267,10 @@ def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str)
             settings = PriorTraining(kind=spec.kind, steps=spec.steps, seed=spec.seed,
                                      sizes=None if spec.sizes is None else dict(spec.sizes),
                                      class_conditional=spec.class_conditional)
-            result = train_prior(tokens, prior_dir, settings, progress=progress, device=device,
-                                 resume=step > 0)
+            if not progress:
+                print(f"  prior {spec.folder}: training", file=sys.stderr, flush=True)
+            result = train_prior(tokens, prior_dir, settings, progress=progress or LINES,
+                                 device=device, resume=step > 0)
             seconds = result["seconds"] + read_json(prior_dir / "run.json").get(
                 "train_seconds", 0.0)
             _merge_json(prior_dir / "run.json", {"train_seconds": round(seconds, 1)})
