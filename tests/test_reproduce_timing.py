@@ -10,11 +10,21 @@ import pytest
 from test_reproduce import _plan, _run
 
 from mvq.config import config_to_dict
+from mvq.reproduce import build_plan
 from mvq.reproduce.kinds import Generation
 from mvq.reproduce.plan import Changes, Plan, PriorSpec
 from mvq.reproduce.report import write_report
 from mvq.reproduce.runner import collect, describe, estimate, execute, inspect
-from mvq.reproduce.timing import MEASURED, MODEL, Measured, model_step_seconds, read_estimates
+from mvq.reproduce.timing import (
+    MEASURED,
+    MODEL,
+    Measured,
+    model_prior_step_seconds,
+    model_step_seconds,
+    prior_work,
+    read_estimates,
+    tokens_per_image,
+)
 
 
 def _write(path, data):
@@ -114,3 +124,28 @@ def test_the_estimate_printed_at_each_start_goes_into_the_report(tmp_path, monke
     assert data["estimates"] == [entry]
     line = (out / "fig5" / "report.md").read_text().splitlines()[-1]
     assert line.startswith("- estimated when it started") and "1 runs to do" in line
+
+
+def test_the_prior_model_grows_with_the_transformer_work_per_image():
+    """A fresh --out (nothing measured): the prior's step comes from its blocks' multiply-adds
+    per image, 12 L d^2 per token, so the GPT over MoVQ's 196 ids is no longer estimated at the
+    cost of one over two hvqvae tokens (measured here at one thread: 0.77 s against 0.03 s per
+    step; a per-kind constant had put both at 0.045 s)."""
+    movq = build_plan("movq-table2", "quick", 1).runs[0]
+    cfg = movq.config(None, "x").model
+    assert tokens_per_image(cfg) == (7 * 7 * 4, 0)
+    gpt, maskgit = movq.priors
+    # hand-computed: 4 layers of width 64 over 196 ids; MaskGIT over the 49 positions
+    assert prior_work("gpt", gpt.sizes, (196, 0)) == 12 * 4 * 64 ** 2 * 196
+    assert prior_work("maskgit", maskgit.sizes, (196, 0), channels=4) == 12 * 4 * 64 ** 2 * 49
+    hvq = build_plan("pixelcnn-vs-gpt", "quick", 1).runs  # 1+1 and 4+1 tokens, Table 4 sizes
+    assert [tokens_per_image(r.config(None, "x").model) for r in hvq] == [(1, 1), (4, 1)]
+    assert prior_work("gpt", None, (4, 1)) == 12 * 8 * 128 ** 2 * 4 + 12 * 4 * 128 ** 2 * 1
+    step = {name: model_prior_step_seconds(kind, prior_work(kind, sizes, tokens, c))
+            for name, kind, sizes, tokens, c in [
+                ("gpt 1+1", "gpt", None, (1, 1), 1), ("gpt 4+1", "gpt", None, (4, 1), 1),
+                ("gpt movq", "gpt", gpt.sizes, (196, 0), 4),
+                ("maskgit movq", "maskgit", None, (196, 0), 4)]}
+    measured = {"gpt 1+1": 0.030, "gpt 4+1": 0.13, "gpt movq": 0.77, "maskgit movq": 0.18}
+    assert all(0.8 < step[k] / measured[k] < 1.25 for k in measured), step
+    assert model_prior_step_seconds("pixelcnn") > 0

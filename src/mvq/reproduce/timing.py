@@ -26,6 +26,7 @@ from pathlib import Path
 from mvq import sealed
 from mvq.errors import MvqError
 from mvq.outputs import write_text
+from mvq.priors.gpt import table4_size
 
 MEASURED, MODEL = "measured", "model"
 
@@ -35,7 +36,15 @@ _STEP_SECONDS = {"vqvae": 0.13, "hvqvae": 0.16, "mvqvae": 0.17, "hvqgan": 0.30, 
                  "movq": 0.55}
 _MASK_SECONDS = 0.00022  # per mask J per step (MH-Dropout search, F=28, batch 32)
 _INCEPTION_IMAGES_PER_S = 6.0
-_PRIOR_KIND_SECONDS = {"gpt": 0.045, "maskgit": 0.15, "pixelcnn": 0.06}
+# A transformer prior's step (batch 64) grows with the multiply-adds of its blocks per image,
+# 12 L d^2 per token and layer stack (prior_work): overhead + per-unit cost, fitted to the GPT
+# on hvqvae 1+1 / 4+1 tokens (0.03 / 0.13 s), the GPT on MoVQ's 196 ids (0.77 s) and MaskGIT on
+# its 49 positions (0.18 s), each within 20% (measured at one thread beside a second job: a
+# per-kind constant had put the MoVQ GPT at 17x too fast). The PixelCNN's convolutions: flat.
+_PRIOR_OVERHEAD_SECONDS = 0.02
+_PRIOR_WORK_SECONDS = 1.9e-8
+_PIXELCNN_SECONDS = 0.09
+_MASKGIT_SIZE = {"n_layer": 4, "n_embd": 64}  # MaskGITConfig's defaults
 
 
 def read_json(path: Path) -> dict:
@@ -167,9 +176,39 @@ def model_step_seconds(model_type: str, num_masks: int = 0) -> float:
     return _STEP_SECONDS.get(model_type, 0.3) + _MASK_SECONDS * num_masks
 
 
-def model_prior_step_seconds(kind: str) -> float:
-    """The model's seconds per prior training step (batch 64)."""
-    return _PRIOR_KIND_SECONDS.get(kind, 0.1)
+def tokens_per_image(model) -> tuple[int, int]:
+    """(primary, secondary) token ids per image of a tokenizer's model section: MoVQ's c ids at
+    each grid position, MVQ's and the baselines' (image_size / F)^2 + 1 (a plain VQ-VAE: + 0)."""
+    if model.type == "movq":
+        return model.grid ** 2 * model.num_channels, 0
+    side = model.image_size // model.factor
+    return side * side, 0 if model.type == "vqvae" else 1
+
+
+def prior_work(kind: str, sizes, tokens: tuple[int, int], channels: int = 1) -> float:
+    """Multiply-adds per image of a transformer prior's blocks (12 L d^2 per token per stack):
+    the GPT's stages at ``sizes`` ({"primary": {...}, "secondary": {...}}, default Table 4),
+    MaskGIT's positions (tokens / ``channels``) at its flat ``sizes``; 0 for other kinds."""
+    primary, secondary = tokens
+    if kind == "gpt":
+        stages = dict(sizes) if sizes else table4_size(primary)
+        work = 12 * stages["primary"]["n_layer"] * stages["primary"]["n_embd"] ** 2 * primary
+        if secondary:
+            second = stages.get("secondary", stages["primary"])
+            work += 12 * second["n_layer"] * second["n_embd"] ** 2 * secondary
+        return float(work)
+    if kind == "maskgit":
+        size = {**_MASKGIT_SIZE, **(dict(sizes) if sizes else {})}
+        return float(12 * size["n_layer"] * size["n_embd"] ** 2 * (primary // channels))
+    return 0.0
+
+
+def model_prior_step_seconds(kind: str, work: float = 0.0) -> float:
+    """The model's seconds per prior training step (batch 64) of a prior whose transformer
+    blocks do ``work`` multiply-adds per image (prior_work)."""
+    if kind == "pixelcnn":
+        return _PIXELCNN_SECONDS
+    return _PRIOR_OVERHEAD_SECONDS + _PRIOR_WORK_SECONDS * work
 
 
 def model_inception_seconds(n: int) -> float:
