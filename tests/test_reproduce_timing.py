@@ -10,6 +10,7 @@ import pytest
 from test_reproduce import _plan, _run
 
 from mvq.config import config_to_dict
+from mvq.models.base import build_model
 from mvq.reproduce import build_plan
 from mvq.reproduce.kinds import Generation
 from mvq.reproduce.plan import Changes, Plan, PriorSpec
@@ -136,16 +137,18 @@ def test_the_prior_model_grows_with_the_transformer_work_per_image():
     assert tokens_per_image(cfg) == (7 * 7 * 4, 0)
     gpt, maskgit = movq.priors
     # hand-computed: 4 layers of width 64 over 196 ids; MaskGIT over the 49 positions
-    assert prior_work("gpt", gpt.sizes, (196, 0)) == 12 * 4 * 64 ** 2 * 196
-    assert prior_work("maskgit", maskgit.sizes, (196, 0), channels=4) == 12 * 4 * 64 ** 2 * 49
-    hvq = build_plan("pixelcnn-vs-gpt", "quick", 1).runs  # 1+1 and 4+1 tokens, Table 4 sizes
-    assert [tokens_per_image(r.config(None, "x").model) for r in hvq] == [(1, 1), (4, 1)]
-    assert prior_work("gpt", None, (4, 1)) == 12 * 8 * 128 ** 2 * 4 + 12 * 4 * 128 ** 2 * 1
-    step = {name: model_prior_step_seconds(kind, prior_work(kind, sizes, tokens, c))
-            for name, kind, sizes, tokens, c in [
-                ("gpt 1+1", "gpt", None, (1, 1), 1), ("gpt 4+1", "gpt", None, (4, 1), 1),
-                ("gpt movq", "gpt", gpt.sizes, (196, 0), 4),
-                ("maskgit movq", "maskgit", None, (196, 0), 4)]}
+    assert prior_work("gpt", gpt.sizes, cfg) == 12 * 4 * 64 ** 2 * 196
+    assert prior_work("maskgit", maskgit.sizes, cfg) == 12 * 4 * 64 ** 2 * 49
+    hvq = [r.config(None, "x").model for r in build_plan("pixelcnn-vs-gpt", "quick", 1).runs]
+    assert [tokens_per_image(m) for m in hvq] == [(1, 1), (4, 1)]  # 1+1 and 4+1, Table 4 sizes
+    assert prior_work("gpt", None, hvq[1]) == 12 * 8 * 128 ** 2 * 4 + 12 * 4 * 128 ** 2 * 1
+    # the tokenizer models' own count, from a built model, agrees with the config-only one
+    assert build_model(cfg).tokens == tokens_per_image(cfg)
+    assert build_model(hvq[1]).tokens == tokens_per_image(hvq[1])
+    step = {name: model_prior_step_seconds(kind, prior_work(kind, sizes, model))
+            for name, kind, sizes, model in [
+                ("gpt 1+1", "gpt", None, hvq[0]), ("gpt 4+1", "gpt", None, hvq[1]),
+                ("gpt movq", "gpt", gpt.sizes, cfg), ("maskgit movq", "maskgit", None, cfg)]}
     measured = {"gpt 1+1": 0.030, "gpt 4+1": 0.13, "gpt movq": 0.77, "maskgit movq": 0.18}
     assert all(0.8 < step[k] / measured[k] < 1.25 for k in measured), step
     assert model_prior_step_seconds("pixelcnn") > 0

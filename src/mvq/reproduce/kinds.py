@@ -35,16 +35,19 @@ class Plot:
 
     x: str
     series: str | tuple[str, ...]
-
-    def key(self, cell: Cell) -> tuple:
-        names = (self.series,) if isinstance(self.series, str) else self.series
-        return tuple(cell.labels.get(n) for n in names)
-
-    def title(self, key: tuple) -> str:
-        names = (self.series,) if isinstance(self.series, str) else self.series
-        return ", ".join(f"{n} {v}" for n, v in zip(names, key))
     line: str = "MVQ"
     band: str = "hierarchical VQ"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.series,) if isinstance(self.series, str) else self.series
+
+    def key(self, cell: Cell) -> tuple:
+        """The panel a cell belongs to: its values of the series labels."""
+        return tuple(cell.labels.get(n) for n in self.names)
+
+    def title(self, key: tuple) -> str:
+        return ", ".join(f"{n} {v}" for n, v in zip(self.names, key))
 
 
 @dataclass

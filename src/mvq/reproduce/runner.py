@@ -43,7 +43,6 @@ from mvq.reproduce.timing import (
     prior_work,
     read_json,
     tokenizer_key,
-    tokens_per_image,
 )
 from mvq.tokens import encode_dataset
 from mvq.train.engine import LINES
@@ -119,9 +118,8 @@ def estimate(plan: Plan, states: list[RunState], measured: Measured,
             if sample.first and step < spec.steps:
                 parts.append(part(name, spec.folder, "prior training", spec.steps - step,
                                   measured.get(("prior", tok, variant)),
-                                  model_prior_step_seconds(spec.kind, prior_work(
-                                      spec.kind, spec.sizes, tokens_per_image(cfg.model),
-                                      getattr(cfg.model, "num_channels", 1)))))
+                                  model_prior_step_seconds(
+                                      spec.kind, prior_work(spec.kind, spec.sizes, cfg.model))))
             if not _sampled(path, plan, st.steps):
                 key = ("samples", tok, variant, path.name, plan.eval_n,
                        tuple(plan.sample_metrics))

@@ -20,13 +20,15 @@ import re
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from mvq import sealed
 from mvq.errors import MvqError
+from mvq.nn.vqvae2 import geometry
 from mvq.outputs import write_text
 from mvq.priors.gpt import table4_size
+from mvq.priors.maskgit import MaskGITConfig
 
 MEASURED, MODEL = "measured", "model"
 
@@ -44,7 +46,6 @@ _INCEPTION_IMAGES_PER_S = 6.0
 _PRIOR_OVERHEAD_SECONDS = 0.02
 _PRIOR_WORK_SECONDS = 1.9e-8
 _PIXELCNN_SECONDS = 0.09
-_MASKGIT_SIZE = {"n_layer": 4, "n_embd": 64}  # MaskGITConfig's defaults
 
 
 def read_json(path: Path) -> dict:
@@ -177,19 +178,21 @@ def model_step_seconds(model_type: str, num_masks: int = 0) -> float:
 
 
 def tokens_per_image(model) -> tuple[int, int]:
-    """(primary, secondary) token ids per image of a tokenizer's model section: MoVQ's c ids at
-    each grid position, MVQ's and the baselines' (image_size / F)^2 + 1 (a plain VQ-VAE: + 0)."""
+    """(primary, secondary) token ids per image of a tokenizer's model section, as its model's
+    ``tokens`` says, without building it: MoVQ's c ids at each grid position, else the
+    Table 3 geometry of F (a plain VQ-VAE has no secondary token)."""
     if model.type == "movq":
         return model.grid ** 2 * model.num_channels, 0
-    side = model.image_size // model.factor
-    return side * side, 0 if model.type == "vqvae" else 1
+    geo = geometry(model.factor, model.image_size)
+    return geo.tokens, 0 if model.type == "vqvae" else geo.tokens2
 
 
-def prior_work(kind: str, sizes, tokens: tuple[int, int], channels: int = 1) -> float:
-    """Multiply-adds per image of a transformer prior's blocks (12 L d^2 per token per stack):
-    the GPT's stages at ``sizes`` ({"primary": {...}, "secondary": {...}}, default Table 4),
-    MaskGIT's positions (tokens / ``channels``) at its flat ``sizes``; 0 for other kinds."""
-    primary, secondary = tokens
+def prior_work(kind: str, sizes, model) -> float:
+    """Multiply-adds per image of the blocks of a ``kind`` prior on the tokens of ``model`` (a
+    tokenizer's model section), 12 L d^2 per token per stack: the GPT's stages at ``sizes``
+    ({"primary": {...}, "secondary": {...}}, default Table 4), MaskGIT's grid positions at its
+    flat ``sizes`` (default MaskGITConfig's); 0 for other kinds."""
+    primary, secondary = tokens_per_image(model)
     if kind == "gpt":
         stages = dict(sizes) if sizes else table4_size(primary)
         work = 12 * stages["primary"]["n_layer"] * stages["primary"]["n_embd"] ** 2 * primary
@@ -198,8 +201,10 @@ def prior_work(kind: str, sizes, tokens: tuple[int, int], channels: int = 1) -> 
             work += 12 * second["n_layer"] * second["n_embd"] ** 2 * secondary
         return float(work)
     if kind == "maskgit":
-        size = {**_MASKGIT_SIZE, **(dict(sizes) if sizes else {})}
-        return float(12 * size["n_layer"] * size["n_embd"] ** 2 * (primary // channels))
+        default = {f.name: f.default for f in fields(MaskGITConfig)}
+        size = {**default, **(dict(sizes) if sizes else {})}
+        positions = primary // getattr(model, "num_channels", 1)
+        return float(12 * size["n_layer"] * size["n_embd"] ** 2 * positions)
     return 0.0
 
 
