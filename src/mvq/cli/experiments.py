@@ -63,12 +63,16 @@ def _reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
     p.add_argument("--report-only", action="store_true",
                    help="write the report from the runs finished so far; train nothing")
+    p.add_argument("--keep", metavar="DIR",
+                   help="keep each finished run's records (its JSON files, no weights) in "
+                   "DIR/NAME, and count a run kept there as done: commit DIR and the results "
+                   "outlive the run folders (this repository keeps its own in docs/results/runs)")
     add_device_and_progress(p)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     options = Options(args.data_root, progress=not args.no_progress, device=args.device,
-                      dry_run=args.dry_run, report_only=args.report_only)
+                      dry_run=args.dry_run, report_only=args.report_only, keep=args.keep)
     reproduce(args.experiment, args.scale, args.seeds, args.out, args.dataset, options)
     return 0
 

@@ -28,13 +28,15 @@ __all__ = ["EXPERIMENTS", "SCALES", "Options", "Plan", "build_plan", "class_agre
 class Options:
     """How to carry out an experiment: the data set's files (``data_root``), ``progress`` bars,
     the ``device``; ``dry_run``: the plan and estimate only; ``report_only``: the report from
-    the runs finished so far, training nothing."""
+    the runs finished so far, training nothing; ``keep``: the folder of kept runs
+    (mvq.reproduce.kept), None for none."""
 
     data_root: str | None = None
     progress: bool = True
     device: str = "auto"
     dry_run: bool = False
     report_only: bool = False
+    keep: str | Path | None = None
 
 
 def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
@@ -45,20 +47,23 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
     opts = options or Options()
     data_root, device, dry_run = opts.data_root, opts.device, opts.dry_run
     out = _check_out(Path(out), create=not dry_run)
+    kept = None if opts.keep is None else _check_out(Path(opts.keep), not dry_run,
+                                                         "--keep")
     plan = build_plan(experiment, scale, seeds, dataset)
     folder = out / plan.experiment
     if plan.kind.standalone:  # a benchmark: no runs to train
         return plan.kind.run(plan, folder, dry_run)
     if opts.report_only:
-        records, missing = collect(plan, out, data_root)
+        records, missing = collect(plan, out, data_root, kept)
         if not records:
-            raise MvqError(f"no finished run of {experiment} in {out / 'runs'} yet: run "
+            where = out / "runs" if kept is None else f"{out / 'runs'} or {kept}"
+            raise MvqError(f"no finished run of {experiment} in {where} yet: run "
                            f"`mvq reproduce {experiment} --scale {scale}` first")
     else:
-        execute(plan, out, data_root, opts.progress, device, dry_run)
+        execute(plan, out, data_root, opts.progress, device, dry_run, kept)
         if dry_run:
             return None
-        records, missing = collect(plan, out, data_root)
+        records, missing = collect(plan, out, data_root, kept)
     figures, extra = plan.kind.extras(plan, records, folder, device, data_root)
     result = write_report(plan, records, folder, missing, figures, extra)
     print((folder / "report.md").read_text())
@@ -66,13 +71,13 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
     return result
 
 
-def _check_out(out: Path, create: bool = True) -> Path:
+def _check_out(out: Path, create: bool = True, option: str = "--out") -> Path:
     """The output folder must be a folder (new, or an earlier reproduce's) that can be written
     (``create``: made and probed now; a dry run only checks that no file stands in the way)."""
     for folder in (out, *out.parents):
         if folder.exists():
             if not folder.is_dir():
-                raise MvqError(f"--out {out}: {folder} is a file, expected a folder; pass a new "
+                raise MvqError(f"{option} {out}: {folder} is a file, expected a folder; pass a new "
                                "folder or the one an earlier `mvq reproduce` used")
             break
     if not create:
@@ -83,6 +88,6 @@ def _check_out(out: Path, create: bool = True) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise MvqError(f"--out {out} cannot be written ({err.strerror or err}); pass a folder "
+        raise MvqError(f"{option} {out} cannot be written ({err.strerror or err}); pass a folder "
                        "you can write") from None
     return out

@@ -25,6 +25,7 @@ from mvq.config import config_to_dict
 from mvq.errors import MvqError
 from mvq.evaluation import EvalSettings, evaluate_checkpoint, evaluate_samples
 from mvq.outputs import try_lock, write_text
+from mvq.reproduce.kept import check_kept, keep, kept_folder
 from mvq.reproduce.kinds import Plan
 from mvq.reproduce.records import Record
 from mvq.reproduce.spec import PriorSpec, Run, RunState
@@ -71,13 +72,17 @@ def _made_with(path: Path, n: int, step: int, metrics: tuple[str, ...]) -> bool:
         got.get("planned_metrics") == list(metrics)
 
 
-def inspect(plan: Plan, out: Path, data_root: str | None) -> list[RunState]:
-    """Where each run of the plan stands on disk."""
-    return [state(plan, run, out / "runs" / run.name, data_root) for run in plan.runs]
+def inspect(plan: Plan, out: Path, data_root: str | None, kept: Path | None = None
+            ) -> list[RunState]:
+    """Where each run of the plan stands on disk (in ``out``, else as kept in ``kept``)."""
+    return [state(plan, run, out / "runs" / run.name, data_root, kept) for run in plan.runs]
 
 
-def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None) -> RunState:
-    """Where one run stands on disk; MvqError if its folder holds a different model."""
+def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None,
+          kept: Path | None = None) -> RunState:
+    """Where one run stands on disk; MvqError if its folder holds a different model. A run
+    that is not done in ``out_dir`` but done as kept in ``kept`` (mvq.reproduce.kept) is that
+    kept state."""
     cfg = run.config(data_root, out_dir)
     ckpt, step = latest_checkpoint(out_dir / "checkpoint")
     if step:
@@ -89,7 +94,23 @@ def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None) -> RunStat
     st = RunState(run, out_dir, step, steps,
                   not plan.metrics or _eval_matches(out_dir / "eval.json", plan, steps), False)
     st.sampled = all(_sampled(s.path, plan, steps) for s in st.samples)
-    return st
+    if kept is None or st.status == "done":
+        return st
+    folder = kept_folder(kept, run)
+    if not folder.is_dir():
+        return st
+    step, why = check_kept(folder, run, cfg)
+    if why:
+        st.note = why
+        return st
+    got = RunState(run, folder, step, steps,
+                   not plan.metrics or _eval_matches(folder / "eval.json", plan, steps), False,
+                   kept=True)
+    got.sampled = all(_sampled(s.path, plan, steps) for s in got.samples)
+    if got.status != "done":  # no weights kept: what is missing is trained again
+        st.note = f"kept in {folder} as '{got.status}', without weights: not counted"
+        return st
+    return got
 
 
 def estimate(plan: Plan, states: list[RunState], measured: Measured,
@@ -145,7 +166,9 @@ def describe(plan: Plan, states: list[RunState], est: Estimate) -> str:
     for st in states:
         own = est.of(st.run.name, "")
         left = f"  ~{_hms(sum(p.seconds for p in own))} ({_sources(own)})" if own else ""
-        lines.append(f"  {st.run.name:<58} {st.status}{left}")
+        lines.append(f"  {st.run.name:<58} {st.status}{' (kept)' * st.kept}{left}")
+        if st.note:
+            lines.append(f"    note: {st.note}")
         for spec in st.run.priors:  # the generation experiments: each prior and its decodings
             paths = [s.path for s in st.samples if s.spec == spec]
             left = sum(not _sampled(p, plan, st.steps) for p in paths)
@@ -178,10 +201,13 @@ def _took(seconds: float) -> str:
 
 
 def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool = True,
-            device: str = "auto", dry_run: bool = False) -> list[Record]:
-    """Run the plan (skip / resume / train, evaluate); returns one record per run."""
-    states = inspect(plan, out, data_root)
-    est = estimate(plan, states, Measured.scan(out / "runs"), data_root)
+            device: str = "auto", dry_run: bool = False, kept: Path | None = None
+            ) -> list[Record]:
+    """Run the plan (skip / resume / train, evaluate); returns one record per run. With
+    ``kept``, runs kept there count as done and each run is kept there as it finishes."""
+    states = inspect(plan, out, data_root, kept)
+    roots = (out / "runs",) if kept is None else (out / "runs", kept)
+    est = estimate(plan, states, Measured.scan(*roots), data_root)
     print(describe(plan, states, est), file=sys.stderr)
     if dry_run:
         return []
@@ -194,15 +220,23 @@ def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool 
     started = time.time()
     for i, st in enumerate(bar, 1):
         bar.set_postfix_str(st.run.name)
+        if st.kept:  # its records are all there is: nothing to run
+            rows += plan.kind.records(st)
+            continue
         with _claim(st.out_dir) as mine:
             if not mine:  # another `mvq reproduce` has it: share the work, do the next run
                 elsewhere.append(st.run.name)
                 continue
-            now = state(plan, st.run, st.out_dir, data_root)  # another process may have run it
+            now = state(plan, st.run, st.out_dir, data_root, kept)  # another process may have
+            if now.kept:  # run and kept it meanwhile
+                rows += plan.kind.records(now)
+                continue
             if not progress and now.status != "done":  # no bar: a log file still shows where
                 print(f"{plan.experiment} run {i}/{len(states)}: {st.run.name}: {now.status} "
                       f"({_took(time.time() - started)} so far)", file=sys.stderr, flush=True)
             rows += _do_run(plan, now, data_root, progress, device)
+            if kept is not None:  # at once: a kill later in the plan keeps this one
+                keep(state(plan, st.run, now.out_dir, data_root), kept)
     bar.close()
     if not progress and todo:
         print(f"{plan.experiment}: {todo} runs done in {_took(time.time() - started)} "
@@ -244,10 +278,15 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str
     return plan.kind.records(st)
 
 
-def collect(plan: Plan, out: Path, data_root: str | None) -> tuple[list[Record], list[str]]:
-    """Records of the runs that are done, and the names of those that are not."""
-    states = inspect(plan, out, data_root)
+def collect(plan: Plan, out: Path, data_root: str | None, kept: Path | None = None
+            ) -> tuple[list[Record], list[str]]:
+    """Records of the runs that are done (in ``out`` or kept in ``kept``), and the names of
+    those that are not; with ``kept``, a run done in ``out`` and not yet kept is kept."""
+    states = inspect(plan, out, data_root, kept)
     done = [st for st in states if st.status == "done"]
+    for st in done if kept is not None else []:
+        if not st.kept:
+            keep(st, kept)
     return [rec for st in done for rec in plan.kind.records(st)], \
         [st.run.name for st in states if st.status != "done"]
 

@@ -161,6 +161,8 @@ class RunState:
     steps: int  # planned
     evaluated: bool
     sampled: bool
+    kept: bool = False  # out_dir is a kept run's records (mvq.reproduce.kept), not a run folder
+    note: str = ""  # why a kept copy of the run was not counted, for the plan's listing
 
     @property
     def status(self) -> str:

@@ -95,12 +95,13 @@ class Measured:
         return statistics.median(got) if got else None
 
     @classmethod
-    def scan(cls, runs: Path) -> Measured:
-        """Read every run folder under ``runs`` (unreadable records are skipped)."""
+    def scan(cls, *roots: Path) -> Measured:
+        """Read every run folder under each of ``roots`` (``OUT/runs`` and a folder of kept
+        runs, mvq.reproduce.kept: their checkpoint folders hold only config.json; unreadable
+        records are skipped)."""
         found = cls()
-        for folder in sorted(runs.glob("*/")) if runs.is_dir() else []:
-            ckpt, step = latest_checkpoint(folder / "checkpoint")
-            cfg = read_json(ckpt / "config.json").get("config") if ckpt else None
+        for folder in [f for runs in roots if runs.is_dir() for f in sorted(runs.glob("*/"))]:
+            cfg, step = _config_and_step(folder / "checkpoint")
             if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
                 continue
             tok = tokenizer_key(cfg["model"], (cfg.get("train") or {}).get("batch_size"))
@@ -113,7 +114,7 @@ class Measured:
 
     def _add_prior(self, tok: str, prior: Path) -> None:
         variant = prior_variant(prior.name)
-        _, step = latest_checkpoint(prior / "checkpoint")
+        _, step = _config_and_step(prior / "checkpoint")
         self._add(("prior", tok, variant), read_json(prior / "run.json").get("train_seconds"),
                   step)
         for path in prior.glob("samples_*.json"):
@@ -125,6 +126,18 @@ class Measured:
         seconds = _positive(seconds)
         if seconds is not None and per > 0:
             self.values[key].append(seconds / per)
+
+
+def _config_and_step(target: Path) -> tuple[dict | None, int]:
+    """The resolved config and step of the newest checkpoint under ``target``, or of the bare
+    ``target/config.json`` a kept run holds ((None, 0) when neither is readable)."""
+    ckpt, step = latest_checkpoint(target)
+    info = read_json((ckpt or target) / "config.json")
+    if ckpt is None:
+        step = info.get("step")
+        step = step if isinstance(step, int) and not isinstance(step, bool) else 0
+    cfg = info.get("config")
+    return (cfg if isinstance(cfg, dict) else None), step
 
 
 def _metrics(result: dict) -> tuple:

@@ -1,0 +1,153 @@
+"""Kept runs: what a report reads of each finished run, without its weights, so that results
+outlive the run folders (``mvq reproduce --keep DIR``).
+
+A run folder holds megabytes of weights and token files; what a report reads of a finished run
+is a few kilobytes of JSON: ``eval.json``, ``run.json``, the checkpoint's ``config.json`` and,
+for each prior, its ``samples_*.json``, ``run.json`` and checkpoint ``config.json``. With
+``--keep DIR`` every run is copied, as it finishes, into ``DIR/NAME/`` in the run folder's own
+layout (those files only), and a run kept there counts as done when ``OUT`` holds no finished
+copy of it, provided it was made with the plan's settings (the whole resolved config but the
+paths and the device), N, metrics and steps. Commit ``DIR`` and the evidence travels with the
+repository: ``--report-only --keep DIR`` regenerates a report on a fresh clone, and a later
+session on another machine trains only what is not kept.
+
+A kept run has no weights: a generation experiment that needs a kept tokenizer's weights to train
+a new prior trains the tokenizer again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from mvq.config import Config, config_to_dict
+from mvq.errors import MvqError
+from mvq.outputs import open_lock, write_text
+from mvq.reproduce.spec import Run, RunState
+from mvq.reproduce.timing import latest_checkpoint, read_json
+
+# (section, field) that differ between machines, not between experiments
+MACHINE_FIELDS = (("train", "out_dir"), ("train", "device"), ("data", "root"))
+RUN_FILES = ("eval.json", "run.json")
+PRIOR_FILES = ("run.json",)
+LOCK = ".keep.lock"
+
+
+def comparable(config: dict) -> dict:
+    """A resolved config without the fields that name this machine's paths and device."""
+    out = {name: dict(section) if isinstance(section, dict) else section
+           for name, section in config.items()}
+    for section, name in MACHINE_FIELDS:
+        if isinstance(out.get(section), dict):
+            out[section].pop(name, None)
+    return out
+
+
+def differences(saved: dict, cfg: Config) -> list[str]:
+    """The ``section.field`` names where a kept run's resolved config differs from ``cfg``."""
+    want, got = comparable(config_to_dict(cfg)), comparable(saved)
+    names = []
+    for section in sorted(set(want) | set(got)):
+        a, b = want.get(section), got.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += [f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            names.append(section)
+    return names
+
+
+def kept_folder(keep: Path, run: Run) -> Path:
+    """``keep/NAME``; a kept folder that a kill left set aside mid-swap (``_swap``) is put back
+    first."""
+    target = keep / run.name
+    if not target.exists():
+        for old in sorted(keep.glob(f".{run.name}.old-*/{run.name}")):
+            os.rename(old, target)
+            shutil.rmtree(old.parent, ignore_errors=True)
+            break
+    return target
+
+
+def kept_config(folder: Path) -> tuple[dict | None, int]:
+    """The resolved config and step a kept run's checkpoint recorded ((None, 0) when it has
+    none or it is unreadable)."""
+    info = read_json(folder / "checkpoint" / "config.json")
+    config, step = info.get("config"), info.get("step")
+    if not isinstance(config, dict) or isinstance(step, bool) or not isinstance(step, int):
+        return None, 0
+    return config, step
+
+
+def check_kept(folder: Path, run: Run, cfg: Config) -> tuple[int, str | None]:
+    """(step, None) for a kept run made with ``cfg``'s settings; (0, why) for one that cannot
+    count (no readable record, or other settings: named)."""
+    config, step = kept_config(folder)
+    if config is None:
+        return 0, f"{folder} has no readable checkpoint/config.json"
+    other = differences(config, cfg)
+    if other:
+        return 0, (f"{folder} was made with other settings than the plan's {run.name} "
+                   f"({', '.join(other[:4])}{', ...' if len(other) > 4 else ''}): not counted")
+    return step, None
+
+
+def keep(st: RunState, keep_dir: Path) -> Path:
+    """Copy the records of the finished run ``st`` (in OUT) into ``keep_dir/NAME``, merged with
+    what was kept there before (another experiment's priors stay); all or nothing: a kill leaves
+    the old kept folder or the new one. Returns the kept folder."""
+    src = st.out_dir
+    ckpt, _ = latest_checkpoint(src / "checkpoint")
+    if ckpt is None:
+        raise MvqError(f"{src} has no finished checkpoint to keep")
+    keep_dir.mkdir(parents=True, exist_ok=True)
+    ignore = keep_dir / ".gitignore"
+    if not ignore.exists():  # the folder is made to be committed; its working files are not
+        write_text(ignore, f"{LOCK}\n.*.tmp-*\n.*.old-*\n")
+    with open_lock(keep_dir / LOCK) as fh:  # two processes keeping the same run take turns
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        return _keep(src, ckpt, keep_dir, st.run)
+
+
+def _keep(src: Path, ckpt: Path, keep_dir: Path, run: Run) -> Path:
+    target = kept_folder(keep_dir, run)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=keep_dir))
+    try:
+        if target.is_dir():
+            shutil.copytree(target, tmp, dirs_exist_ok=True)
+        files = [(src / name, tmp / name) for name in RUN_FILES]
+        files.append((ckpt / "config.json", tmp / "checkpoint" / "config.json"))
+        for prior in sorted((src / "priors").glob("*/")):
+            into = tmp / "priors" / prior.name
+            files += [(prior / name, into / name) for name in PRIOR_FILES]
+            files += [(p, into / p.name) for p in sorted(prior.glob("samples_*.json"))]
+            found, _ = latest_checkpoint(prior / "checkpoint")
+            if found is not None:
+                files.append((found / "config.json", into / "checkpoint" / "config.json"))
+        for a, b in files:
+            if a.is_file():
+                b.parent.mkdir(parents=True, exist_ok=True)
+                json.loads(a.read_text())  # only whole JSON files are kept
+                shutil.copyfile(a, b)
+        _swap(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _swap(new: Path, target: Path) -> None:
+    """Put the folder ``new`` in place of ``target`` (absent or a folder). Two renames: a kill
+    between them leaves the old folder in ``.NAME.old-*/``, where kept_folder finds it."""
+    old = None
+    if target.exists():
+        if not target.is_dir():
+            raise MvqError(f"{target} is a file, expected a kept run's folder; move it away")
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, old / target.name)
+    os.rename(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,149 @@
+"""`mvq reproduce --keep DIR`: the records of finished runs, without weights, count as done and
+regenerate the report on a machine that never had the run folders."""
+
+import dataclasses
+import json
+import os
+import shutil
+
+from test_reproduce import _plan, _run, counted_train  # noqa: F401 (a fixture)
+
+from mvq.cli import main
+from mvq.reproduce.kept import keep
+from mvq.reproduce.plan import Changes, PriorSpec, Run
+from mvq.reproduce.report import aggregate, write_report
+from mvq.reproduce.runner import collect, execute, inspect
+
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _table(plan, records):
+    return {tuple(sorted(c.labels.items())): {m: (s.mean, s.std, s.n) for m, s in c.stats.items()}
+            for c in aggregate(plan, records)}
+
+
+def test_kept_runs_regenerate_the_report_without_the_run_folders(tmp_path, monkeypatch,
+                                                                  counted_train):  # noqa: F811
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    plan = _plan([_run("hvqvae", 0), _run("hvqvae", 1), _run("mvqvae", 0, j=4)])
+    out, kept = tmp_path / "rep", tmp_path / "kept"
+    first = execute(plan, out, progress=False, kept=kept)
+    original = write_report(plan, first, tmp_path / "report1", [])
+    # each run is kept as it finishes: its JSON records, no weights, no token file
+    name = plan.runs[0].name
+    assert _files(kept / name) == ["checkpoint/config.json", "eval.json", "run.json"]
+    assert not list(kept.rglob("*.safetensors"))
+    assert (kept / ".gitignore").read_text().splitlines() == [".keep.lock", ".*.tmp-*",
+                                                              ".*.old-*"]
+
+    shutil.rmtree(out)  # another machine: the kept folder alone
+    fresh = tmp_path / "elsewhere"
+    states = inspect(plan, fresh, None, kept)
+    assert [(s.status, s.kept) for s in states] == [("done", True)] * 3
+    counted_train.clear()
+    again = execute(plan, fresh, progress=False, kept=kept)
+    assert counted_train == []  # nothing trained again
+    assert not (fresh / "runs").exists()  # nor a run folder (or lock) made for a kept run
+    records, missing = collect(plan, fresh, None, kept)
+    assert missing == [] and [r.name for r in records] == [r.name for r in again]
+    assert _table(plan, records) == _table(plan, first)
+    regenerated = write_report(plan, records, tmp_path / "report2", [])
+    assert regenerated["cells"] == original["cells"]
+    assert regenerated["comparisons"] == original["comparisons"]
+
+
+def test_a_kept_run_with_other_settings_is_not_counted(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    run = _run("hvqvae", 0)
+    kept = tmp_path / "kept"
+    execute(_plan([run]), tmp_path / "rep", progress=False, kept=kept)
+    other = Run(run.name, run.preset, run.changes + Changes(train={"lr": 1e-3}), run.labels, 0)
+    (st,) = inspect(_plan([other]), tmp_path / "fresh", None, kept)
+    assert st.status == "to train" and not st.kept
+    assert "other settings" in st.note and "train.lr" in st.note
+    # the same run on another machine (another out_dir, device, data root) still counts
+    (st,) = inspect(_plan([run]), tmp_path / "fresh", "/some/data", kept)
+    assert st.kept and st.status == "done"
+    # a damaged kept record: not counted, said why
+    (kept / run.name / "checkpoint" / "config.json").write_text("{not json")
+    (st,) = inspect(_plan([run]), tmp_path / "fresh", None, kept)
+    assert st.status == "to train" and "no readable checkpoint/config.json" in st.note
+
+
+def test_kept_priors_merge_and_a_missing_prior_trains_again(tmp_path, monkeypatch):
+    """table1 and table5 share runs: a run kept with its prior's samples counts for both; a plan
+    with a prior that was not kept trains the run again (no weights were kept)."""
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    base = _run("mvqvae", 0, j=4)
+    with_gpt = dataclasses.replace(base, priors=(PriorSpec("gpt", 3, 0),))
+    gen = dataclasses.replace(_plan([with_gpt]), sample_metrics=("nll",))
+    kept = tmp_path / "kept"
+    (rec,) = execute(gen, tmp_path / "rep", progress=False, kept=kept)
+    prior = kept / base.name / "priors" / "gpt_3steps_s0"
+    assert _files(prior) == ["checkpoint/config.json", "run.json", "samples_default.json"]
+    fresh = tmp_path / "fresh"
+    (st,) = inspect(gen, fresh, None, kept)
+    assert st.kept and st.status == "done"
+    (got,) = collect(gen, fresh, None, kept)[0]
+    assert got.samples == rec.samples and got.metrics == rec.metrics
+    (st,) = inspect(_plan([base]), fresh, None, kept)  # table1's view of the same run
+    assert st.kept and st.status == "done"
+    other = dataclasses.replace(gen, runs=[dataclasses.replace(
+        base, priors=(PriorSpec("gpt", 3, 1),))])
+    (st,) = inspect(other, fresh, None, kept)
+    assert not st.kept and st.status == "to train" and "'to sample'" in st.note
+    # keeping the run again with its second prior adds it beside the first
+    execute(other, tmp_path / "rep", progress=False, kept=kept)
+    assert sorted(p.name for p in (kept / base.name / "priors").iterdir()) == \
+        ["gpt_3steps_s0", "gpt_3steps_s1"]
+
+
+def test_a_kill_mid_swap_leaves_the_old_kept_folder_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    run = _run("hvqvae", 0)
+    kept = tmp_path / "kept"
+    plan = _plan([run])
+    execute(plan, tmp_path / "rep", progress=False, kept=kept)
+    before = _files(kept / run.name)
+    aside = kept / f".{run.name}.old-x1"  # the instant between _swap's two renames
+    aside.mkdir()
+    os.rename(kept / run.name, aside / run.name)
+    (st,) = inspect(plan, tmp_path / "fresh", None, kept)
+    assert st.kept and st.status == "done"
+    assert _files(kept / run.name) == before and not aside.exists()
+    # and keeping again replaces it whole, leaving no working folders behind
+    (st,) = inspect(plan, tmp_path / "rep", None)
+    keep(st, kept)
+    assert sorted(p.name for p in kept.iterdir()) == [".gitignore", ".keep.lock", run.name]
+
+
+def test_cli_keep_report_only_and_a_file_in_the_way(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    assert main(["reproduce", "fig5", "--keep", str(blocker), "--out", str(tmp_path / "o"),
+                 "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(
+        f"--keep {blocker}: {blocker} is a file, expected a folder; pass a new folder or the "
+        "one an earlier `mvq reproduce` used")
+    assert blocker.read_text() == "keep me"
+    # --report-only with an empty kept folder: the one error names both places
+    assert main(["reproduce", "fig5", "--report-only", "--out", str(tmp_path / "o"),
+                 "--keep", str(tmp_path / "k")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no finished run of fig5" in err[0] and str(tmp_path / "k") in err[0]
+
+
+def test_kept_runs_give_the_estimate_measured_seconds(tmp_path, monkeypatch):
+    from mvq.reproduce.timing import Measured
+
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    kept = tmp_path / "kept"
+    execute(_plan([_run("hvqvae", 0)]), tmp_path / "rep", progress=False, kept=kept)
+    from_kept = Measured.scan(tmp_path / "nothing", kept).values
+    from_out = Measured.scan(tmp_path / "rep" / "runs").values
+    assert from_kept and from_kept == from_out
+    assert json.loads((kept / _run("hvqvae", 0).name / "run.json").read_text())["train_seconds"]
