@@ -182,3 +182,18 @@ def test_committed_reports_regenerate_from_the_kept_runs(experiment, tmp_path):
     assert data["cells"] == committed["cells"]
     assert data["comparisons"] == committed["comparisons"]
     assert data["missing"] == committed["missing"]
+
+
+def test_keep_into_the_run_folders_themselves_leaves_them_alone(tmp_path, monkeypatch):
+    """--out D --keep D/runs (how docs/results is regenerated in place): a run folder is its
+    own kept folder; nothing is copied over it."""
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    run = _run("hvqvae", 0)
+    out = tmp_path / "rep"
+    execute(_plan([run]), out, progress=False, kept=out / "runs")
+    folder = out / "runs" / run.name
+    stamp = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    records, _ = collect(_plan([run]), out, None, out / "runs")
+    assert [r.name for r in records] == [run.name]
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == stamp
+    assert not [p for p in (out / "runs").iterdir() if ".tmp-" in p.name or ".old-" in p.name]

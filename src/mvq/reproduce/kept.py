@@ -98,8 +98,11 @@ def check_kept(folder: Path, run: Run, cfg: Config) -> tuple[int, str | None]:
 def keep(st: RunState, keep_dir: Path) -> Path:
     """Copy the records of the finished run ``st`` (in OUT) into ``keep_dir/NAME``, merged with
     what was kept there before (another experiment's priors stay); all or nothing: a kill leaves
-    the old kept folder or the new one. Returns the kept folder."""
+    the old kept folder or the new one. Returns the kept folder. A run folder that is its own
+    kept folder (``--keep OUT/runs``) is left as it is."""
     src = st.out_dir
+    if src.resolve() == (keep_dir / st.run.name).resolve():  # --keep OUT/runs: already there
+        return src
     ckpt, _ = latest_checkpoint(src / "checkpoint")
     if ckpt is None:
         raise MvqError(f"{src} has no finished checkpoint to keep")
