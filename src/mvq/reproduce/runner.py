@@ -185,8 +185,8 @@ def describe(plan: Plan, states: list[RunState], est: Estimate) -> str:
     split = est.by_source()
     lines.append(f"{todo} of {len(states)} runs to do; estimated {_hms(est.seconds)} on this "
                  f"machine: {_hms(split[MEASURED])} from the measured seconds of earlier runs "
-                 f"of the same work in this --out, {_hms(split[MODEL])} from the model of a "
-                 "quiet 2-core CPU" if todo else "every run is done: writing the report")
+                 f"of the same work (in --out and --keep), {_hms(split[MODEL])} from the model "
+                 "of a quiet 2-core CPU" if todo else "every run is done: writing the report")
     return "\n".join(lines)
 
 
