@@ -197,3 +197,14 @@ def test_keep_into_the_run_folders_themselves_leaves_them_alone(tmp_path, monkey
     assert [r.name for r in records] == [run.name]
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == stamp
     assert not [p for p in (out / "runs").iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_a_table5_row_keeps_the_reconstructions_and_the_samples_prd_apart():
+    """Both evaluations name their PRD prd_f8 / prd_f1_8: the table5 row shows both (the
+    samples' had silently replaced the reconstructions' in the F_8 columns)."""
+    from mvq.reproduce.records import RunRecord
+
+    rec = RunRecord("r", {}, 0, "c", {"mse": 0.1, "prd_f8": 0.5, "prd_f1_8": 0.6},
+                    samples={"fid_samples": 200.0, "prd_f8": 0.05, "prd_f1_8": 0.07})
+    assert rec.values() == {"mse": 0.1, "prd_f8": 0.5, "prd_f1_8": 0.6, "fid_samples": 200.0,
+                            "prd_f8_samples": 0.05, "prd_f1_8_samples": 0.07}

@@ -96,6 +96,8 @@ def test_functions_refuse_settings_of_another_type(tmp_path):
 # What the reproduce report held before it read the table (written out here as the reference)
 OLD_COLUMNS = {"mse": "MSE", "psnr": "PSNR dB", "ssim": "SSIM", "lpips": "LPIPS",
                "rfid": "rFID", "prd_f8": "F_8", "prd_f1_8": "F_1/8", "fid_samples": "FID*",
+               # added: table5 rows hold the reconstructions' and the samples' PRD
+               "prd_f8_samples": "samples F_8", "prd_f1_8_samples": "samples F_1/8",
                "nll_primary_bits": "NLL prim. bits", "nll_secondary_bits": "NLL sec. bits",
                "nll_masked_bits": "NLL masked bits (MaskGIT)",
                "tokens_s_per_img": "ms/img tokens", "sample_s_per_img": "ms/img tokens+decode"}

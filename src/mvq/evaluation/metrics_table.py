@@ -51,6 +51,11 @@ TABLE: tuple[Metric, ...] = (
     Metric("tokens", "tokens (S + S')", "{}", "", "model"),
     Metric("parameters", "parameters", "{:,}", "", "model"),
     Metric("fid_samples", "FID* (samples)", "{:.3f}", "lower", "features", "fid", "FID*", 1),
+    # a prior's samples' PRD beside its tokenizer's reconstructions' (table5 rows hold both)
+    Metric("prd_f8_samples", "PRD F_8 of samples (recall)", "{:.4f}", "higher", "features",
+           column="samples F_8", digits=3),
+    Metric("prd_f1_8_samples", "PRD F_1/8 of samples (precision)", "{:.4f}", "higher",
+           "features", column="samples F_1/8", digits=3),
     Metric("nll_primary", "NLL primary (nats/token)", "{:.4f}", "lower", "tokens", "nll"),
     Metric("nll_primary_bits", "NLL primary (bits/token)", "{:.4f}", "lower", "tokens", "nll",
            "NLL prim. bits", 3),

@@ -17,6 +17,9 @@ from mvq.evaluation.metrics_table import report_columns
 from mvq.reproduce.spec import RunState
 from mvq.reproduce.timing import read_json
 
+# sample metrics whose keys a reconstruction evaluation also uses -> their keys in a table5 row
+SAMPLE_KEYS = {"prd_f8": "prd_f8_samples", "prd_f1_8": "prd_f1_8_samples"}
+
 
 @dataclass
 class RunRecord:
@@ -34,8 +37,10 @@ class RunRecord:
     samples: dict | None = None  # table5: the run's one prior's sample metrics
 
     def values(self) -> dict:
-        """Every figure of the row: the reconstruction metrics and the samples' metrics."""
-        return {**self.metrics, **(self.samples or {})}
+        """Every figure of the row: the reconstruction metrics and the samples' metrics (the
+        samples' PRD under its own keys: both evaluations name theirs prd_f8 / prd_f1_8)."""
+        samples = {SAMPLE_KEYS.get(k, k): v for k, v in (self.samples or {}).items()}
+        return {**self.metrics, **samples}
 
     def to_json(self) -> dict:
         out = asdict(self)
