@@ -4,8 +4,10 @@ The pinned losses below were logged by the two separate loops (tokenizer loop an
 before they became one engine, on CPU with one thread: the engine must reproduce them, so the
 refactor changed no batch, seed or step. Torch on CPU is deterministic on one machine, but its
 kernels round differently on other CPUs (the pins were logged on an Intel CPU; an AMD EPYC
-gives the last float32 digits differently, and a few steps grow that to ~4e-5), so they are
-compared to a relative 5e-4: a changed batch, seed or step moves a loss by far more.
+gives the last float32 digits differently, and a few steps grow that to ~4e-5; another Intel
+Xeon moves the GAN's discriminator loss at step 3 by 7.4e-4), so they are compared to a relative
+2e-3: a changed batch, seed or step moves a loss by far more (a seed moves the first loss by
+10%, one step the discriminator loss by 10%).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _logged(out: Path, keys: list[str]) -> list[list[str]]:
 def _assert_rows(got: list[list[str]], want: list[list[str]]) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want):  # parsed, so that 0.0 vs 0 formatting does not matter
-        want_values = [pytest.approx(float(v), rel=5e-4, abs=1e-6) if v else None for v in w]
+        want_values = [pytest.approx(float(v), rel=2e-3, abs=1e-6) if v else None for v in w]
         assert [float(v) if v else None for v in g] == want_values, g
 
 
