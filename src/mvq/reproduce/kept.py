@@ -28,7 +28,7 @@ from mvq.config import Config, config_to_dict
 from mvq.errors import MvqError
 from mvq.outputs import open_lock, write_text
 from mvq.reproduce.spec import Run, RunState
-from mvq.reproduce.timing import latest_checkpoint, read_json
+from mvq.reproduce.timing import config_and_step, latest_checkpoint
 
 # (section, field) that differ between machines, not between experiments
 MACHINE_FIELDS = (("train", "out_dir"), ("train", "device"), ("data", "root"))
@@ -72,20 +72,10 @@ def kept_folder(keep: Path, run: Run) -> Path:
     return target
 
 
-def kept_config(folder: Path) -> tuple[dict | None, int]:
-    """The resolved config and step a kept run's checkpoint recorded ((None, 0) when it has
-    none or it is unreadable)."""
-    info = read_json(folder / "checkpoint" / "config.json")
-    config, step = info.get("config"), info.get("step")
-    if not isinstance(config, dict) or isinstance(step, bool) or not isinstance(step, int):
-        return None, 0
-    return config, step
-
-
 def check_kept(folder: Path, run: Run, cfg: Config) -> tuple[int, str | None]:
     """(step, None) for a kept run made with ``cfg``'s settings; (0, why) for one that cannot
     count (no readable record, or other settings: named)."""
-    config, step = kept_config(folder)
+    config, step = config_and_step(folder / "checkpoint")
     if config is None:
         return 0, f"{folder} has no readable checkpoint/config.json"
     other = differences(config, cfg)

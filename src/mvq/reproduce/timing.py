@@ -101,7 +101,7 @@ class Measured:
         records are skipped)."""
         found = cls()
         for folder in [f for runs in roots if runs.is_dir() for f in sorted(runs.glob("*/"))]:
-            cfg, step = _config_and_step(folder / "checkpoint")
+            cfg, step = config_and_step(folder / "checkpoint")
             if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
                 continue
             tok = tokenizer_key(cfg["model"], (cfg.get("train") or {}).get("batch_size"))
@@ -114,7 +114,7 @@ class Measured:
 
     def _add_prior(self, tok: str, prior: Path) -> None:
         variant = prior_variant(prior.name)
-        _, step = _config_and_step(prior / "checkpoint")
+        _, step = config_and_step(prior / "checkpoint")
         self._add(("prior", tok, variant), read_json(prior / "run.json").get("train_seconds"),
                   step)
         for path in prior.glob("samples_*.json"):
@@ -128,7 +128,7 @@ class Measured:
             self.values[key].append(seconds / per)
 
 
-def _config_and_step(target: Path) -> tuple[dict | None, int]:
+def config_and_step(target: Path) -> tuple[dict | None, int]:
     """The resolved config and step of the newest checkpoint under ``target``, or of the bare
     ``target/config.json`` a kept run holds ((None, 0) when neither is readable)."""
     ckpt, step = latest_checkpoint(target)
