@@ -208,3 +208,21 @@ def test_a_table5_row_keeps_the_reconstructions_and_the_samples_prd_apart():
                     samples={"fid_samples": 200.0, "prd_f8": 0.05, "prd_f1_8": 0.07})
     assert rec.values() == {"mse": 0.1, "prd_f8": 0.5, "prd_f1_8": 0.6, "fid_samples": 200.0,
                             "prd_f8_samples": 0.05, "prd_f1_8_samples": 0.07}
+
+
+def test_a_corrupt_record_is_not_kept_and_the_old_kept_copy_stays(tmp_path, monkeypatch):
+    """A run folder whose eval.json a user damaged: one MvqError naming the file; the kept
+    copy from before is untouched and no working folder is left."""
+    from mvq.errors import MvqError
+
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    run = _run("hvqvae", 0)
+    kept, out = tmp_path / "kept", tmp_path / "rep"
+    execute(_plan([run]), out, progress=False, kept=kept)
+    before = (kept / run.name / "eval.json").read_text()
+    (out / "runs" / run.name / "eval.json").write_text("{half")
+    (st,) = inspect(_plan([run]), out, None)
+    with pytest.raises(MvqError, match="eval.json"):
+        keep(dataclasses.replace(st, evaluated=True), kept)
+    assert (kept / run.name / "eval.json").read_text() == before
+    assert sorted(p.name for p in kept.iterdir()) == [".gitignore", ".keep.lock", run.name]

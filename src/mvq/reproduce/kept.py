@@ -18,12 +18,12 @@ a new prior trains the tokenizer again.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from mvq import sealed
 from mvq.config import Config, config_to_dict
 from mvq.errors import MvqError
 from mvq.outputs import open_lock, write_text
@@ -123,7 +123,7 @@ def _keep(src: Path, ckpt: Path, keep_dir: Path, run: Run) -> Path:
         for a, b in files:
             if a.is_file():
                 b.parent.mkdir(parents=True, exist_ok=True)
-                json.loads(a.read_text())  # only whole JSON files are kept
+                sealed.read_json(a)  # only whole JSON objects are kept; else MvqError naming a
                 shutil.copyfile(a, b)
         _swap(tmp, target)
     except BaseException:
