@@ -121,6 +121,24 @@ def test_a_kill_mid_swap_leaves_the_old_kept_folder_found(tmp_path, monkeypatch)
     assert sorted(p.name for p in kept.iterdir()) == [".gitignore", ".keep.lock", run.name]
 
 
+def test_a_kill_mid_copy_leaves_a_working_folder_that_neither_counts_nor_stays(tmp_path,
+                                                                               monkeypatch):
+    from mvq.reproduce.timing import Measured
+
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    run = _run("hvqvae", 0)
+    kept = tmp_path / "kept"
+    execute(_plan([run]), tmp_path / "rep", progress=False, kept=kept)
+    once = Measured.scan(kept).values
+    # what a kill inside _keep's copy, or after _swap's second rename, leaves behind
+    shutil.copytree(kept / run.name, kept / f".{run.name}.tmp-k1")
+    shutil.copytree(kept / run.name, kept / f".{run.name}.old-k2")
+    assert Measured.scan(kept).values == once  # not read as a second measurement
+    (st,) = inspect(_plan([run]), tmp_path / "rep", None)
+    keep(st, kept)
+    assert sorted(p.name for p in kept.iterdir()) == [".gitignore", ".keep.lock", run.name]
+
+
 def test_cli_keep_report_only_and_a_file_in_the_way(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
     blocker = tmp_path / "afile"

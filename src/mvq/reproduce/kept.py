@@ -107,6 +107,9 @@ def keep(st: RunState, keep_dir: Path) -> Path:
 
 def _keep(src: Path, ckpt: Path, keep_dir: Path, run: Run) -> Path:
     target = kept_folder(keep_dir, run)
+    # under the lock, a working folder of this run is one a killed keep left behind
+    for stale in [*keep_dir.glob(f".{run.name}.tmp-*"), *keep_dir.glob(f".{run.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=keep_dir))
     try:
         if target.is_dir():

@@ -100,7 +100,8 @@ class Measured:
         runs, mvq.reproduce.kept: their checkpoint folders hold only config.json; unreadable
         records are skipped)."""
         found = cls()
-        for folder in [f for runs in roots if runs.is_dir() for f in sorted(runs.glob("*/"))]:
+        folders = [f for runs in roots if runs.is_dir() for f in sorted(runs.glob("*/"))]
+        for folder in [f for f in folders if not f.name.startswith(".")]:  # not working folders
             cfg, step = config_and_step(folder / "checkpoint")
             if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
                 continue
