@@ -74,7 +74,8 @@ def test_reproduce_skips_finished_and_resumes_interrupted(tmp_path, counted_trai
     err = capsys.readouterr().err
     assert f"fig5 run 1/4: {runs[0].name}: resume at 2 (0 s so far)" in err
     assert f"fig5 run 4/4: {runs[3].name}: to train" in err
-    assert "step 4/4" in err and "fig5: 4 runs done in " in err and "(estimated " in err
+    assert "step 4/4" in err and "(estimated " in err
+    assert "fig5: this process ran 4 of the 4 runs to do, in " in err
     assert all(s.status == "done" for s in inspect(plan, out, None))
     # resumed run = an uninterrupted one (same seed, same steps), bit for bit on CPU
     whole = tmp_path / "whole"
@@ -418,7 +419,7 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
     md = (tmp_path / "report" / "report.md").read_text()
     assert "prior params" in md and "bits/img" not in md and "grid.png" in md
     assert f"asked for {acc:.3f} of the time" in md and data["class_agreement"] == agree
-    assert "- wall time of the 4 rows above, as recorded: " in md
+    assert "- work recorded by the 4 rows above (one process's time; " in md
     assert len(data["cells"]) == 4
     assert any(line.startswith("- PixelCNN vs GPT t=1 (tokens 1+1): NLL prim. bits")
                for line in data["comparisons"])

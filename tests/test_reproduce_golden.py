@@ -45,8 +45,8 @@ def _plans() -> dict[str, Plan]:
     return {"fig5": sweep, "pixelcnn-vs-gpt": gen}
 
 
-VOLATILE = {"train_seconds", "eval_seconds", "seconds", "date", "updated", "estimates",
-            "sample_s_per_img", "tokens_s_per_img"}
+VOLATILE = {"train_seconds", "eval_seconds", "seconds", "prior_seconds", "date", "updated",
+            "estimates", "sample_s_per_img", "tokens_s_per_img"}
 
 
 def _clean(value, out: str):
@@ -62,8 +62,9 @@ def _clean(value, out: str):
 
 def _clean_md(text: str, out: str) -> str:
     text = text.replace(out, "OUT")
-    text = re.sub(r"- wall time of the (\d+) rows above.*", r"- wall time of the \1 rows", text)
-    return re.sub(r"- estimated when it started.*", "- estimated", text)
+    text = re.sub(r"- work recorded by the (\d+) rows above.*", r"- work recorded by the \1 rows",
+                  text)
+    return re.sub(r"- work estimated when it started.*", "- work estimated", text)
 
 
 def _numbers(text: str) -> tuple[str, list[float]]:

@@ -70,7 +70,7 @@ def test_measured_seconds_of_the_same_work_win_over_the_model(tmp_path):
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
     assert lines["tiny_hvqvae_s1"].endswith("to train  ~11 min (measured)")
     assert lines["tiny_mvqvae_j4_s0"].endswith("(model)")
-    assert "estimated 11 min on this machine: 11 min from the measured seconds" in text
+    assert "estimated 11 min of work on this machine (11 min from the measured seconds" in text
 
 
 @pytest.mark.parametrize("record", ["not json", {"train_seconds": "fast"},
@@ -117,14 +117,16 @@ def test_the_estimate_printed_at_each_start_goes_into_the_report(tmp_path, monke
     printed = capsys.readouterr().err
     [entry] = read_estimates(out / "fig5")
     assert entry["runs_to_do"] == 1 and entry["model_seconds"] == entry["seconds"] > 0
-    assert f"estimated {-(-entry['seconds'] // 60)} min on this machine" in printed
+    assert f"estimated {-(-entry['seconds'] // 60)} min of work on this machine" in printed
+    assert "two sharing the plan (the same command twice, each with --threads 1) about half" \
+        in printed
     execute(plan, out, progress=False)  # nothing left to do: nothing logged
     assert read_estimates(out / "fig5") == [entry]
     records, missing = collect(plan, out, None)
     data = write_report(plan, records, out / "fig5", missing)
     assert data["estimates"] == [entry]
     line = (out / "fig5" / "report.md").read_text().splitlines()[-1]
-    assert line.startswith("- estimated when it started") and "1 runs to do" in line
+    assert line.startswith("- work estimated when it started") and "1 runs to do" in line
 
 
 def test_the_prior_model_grows_with_the_transformer_work_per_image():
@@ -152,3 +154,24 @@ def test_the_prior_model_grows_with_the_transformer_work_per_image():
     measured = {"gpt 1+1": 0.030, "gpt 4+1": 0.13, "gpt movq": 0.77, "maskgit movq": 0.18}
     assert all(0.8 < step[k] / measured[k] < 1.25 for k in measured), step
     assert model_prior_step_seconds("pixelcnn") > 0
+
+
+def test_the_report_counts_all_the_recorded_work_and_each_prior_once():
+    """table5's rows carry their prior's training and sampling; a MaskGIT prior sampled with
+    several decodings was trained once (hand-computed minutes)."""
+    from mvq.reproduce.records import RunRecord, SampleRecord
+    from mvq.reproduce.report import _times
+
+    row = RunRecord("t", {}, 0, "ck", {}, train_seconds=600.0, eval_seconds=120.0,
+                    samples={"fid": 1.0}, prior_seconds=300.0)
+
+    def sampled(decoding):
+        return SampleRecord(f"m/p/{decoding}", {}, 0, "prior-ck", {}, None, "m", 240.0, 60.0,
+                            "maskgit", None, False)
+
+    (line,) = _times([row, sampled("s4"), sampled("s8")], [])
+    # 10 + 2 + (5 + 4 + 2 * 1) = 23 min: the prior's 4 min of training counted once
+    assert line == ("- work recorded by the 3 rows above (one process's time; processes sharing "
+                    "the plan divide the wall time): 23 min, of which 10 min tokenizer training, "
+                    "2 min reconstruction evaluation, 11 min prior training and sampling")
+    assert "prior_seconds" not in RunRecord("f", {}, 0, "ck", {}).to_json()  # fig5's rows

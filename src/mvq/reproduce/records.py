@@ -35,6 +35,7 @@ class RunRecord:
     eval_seconds: float | None = None
     config: dict = field(default_factory=dict)  # the checkpoint's resolved config
     samples: dict | None = None  # table5: the run's one prior's sample metrics
+    prior_seconds: float | None = None  # table5: that prior's training and sampling seconds
 
     def values(self) -> dict:
         """Every figure of the row: the reconstruction metrics and the samples' metrics (the
@@ -45,7 +46,7 @@ class RunRecord:
     def to_json(self) -> dict:
         out = asdict(self)
         if self.samples is None:
-            del out["samples"]
+            del out["samples"], out["prior_seconds"]
         return out
 
 
@@ -80,12 +81,21 @@ def run_record(st: RunState) -> RunRecord:
     """The record of one finished, evaluated run (reads its eval.json and config)."""
     ckpt = st.out_dir / "checkpoint"
     evaluation = json.loads((st.out_dir / "eval.json").read_text())
-    samples = st.samples
+    samples = json.loads(st.samples[0].path.read_text()) if st.samples else None
+    prior = (None if samples is None else _sum(
+        read_json(st.samples[0].path.parent / "run.json").get("train_seconds"),
+        samples.get("seconds")))
     return RunRecord(
         st.run.name, dict(st.run.labels), st.run.seed, str(ckpt), evaluation["metrics"],
         evaluation.get("mask_bits"), read_json(st.out_dir / "run.json").get("train_seconds"),
         evaluation.get("seconds"), json.loads((ckpt / "config.json").read_text())["config"],
-        json.loads(samples[0].path.read_text())["metrics"] if samples else None)
+        None if samples is None else samples["metrics"], prior)
+
+
+def _sum(*seconds) -> float | None:
+    """The sum of the recorded seconds (None when none is recorded)."""
+    got = [s for s in seconds if isinstance(s, (int, float))]
+    return sum(got) if got else None
 
 
 def sample_records(st: RunState) -> list[SampleRecord]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from mvq.evaluation.metrics_table import BY_KEY, lower_is_better
 from mvq.outputs import write_text
-from mvq.reproduce.records import METRIC_NAMES, Cell, Record, Stat, columns
+from mvq.reproduce.records import METRIC_NAMES, Cell, Record, RunRecord, SampleRecord, Stat, columns
 from mvq.reproduce.records import aggregate as aggregate_cells
 from mvq.reproduce.timing import read_estimates
 
@@ -122,13 +122,22 @@ def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[
 
 def _times(records: list[Record], estimates: list[dict]) -> list[str]:
     """The notes on the wall time the rows took and on the estimates made when it started."""
-    spent = [sum(getattr(r, k) or 0.0 for r in records) / 60
-             for k in ("train_seconds", "eval_seconds")]
-    lines = [f"- wall time of the {len(records)} rows above, as recorded: {spent[0]:.0f} min "
-             f"training, {spent[1]:.0f} min evaluation"]
+    tokenizer = [r for r in records if isinstance(r, RunRecord)]
+    trained = {}  # the priors: one training per checkpoint, however many decodings it sampled
+    for r in records:
+        if isinstance(r, SampleRecord):
+            trained[r.checkpoint or r.name] = r.train_seconds or 0.0
+    spent = {"tokenizer training": sum(r.train_seconds or 0.0 for r in tokenizer),
+             "reconstruction evaluation": sum(r.eval_seconds or 0.0 for r in tokenizer),
+             "prior training and sampling": sum(r.prior_seconds or 0.0 for r in tokenizer)
+             + sum(trained.values())
+             + sum(r.eval_seconds or 0.0 for r in records if isinstance(r, SampleRecord))}
+    lines = [f"- work recorded by the {len(records)} rows above (one process's time; processes "
+             f"sharing the plan divide the wall time): {sum(spent.values()) / 60:.0f} min, of "
+             "which " + ", ".join(f"{v / 60:.0f} min {k}" for k, v in spent.items() if v)]
     if estimates:
-        lines.append("- estimated when it started (measured: from earlier runs' seconds; model: "
-                     "a quiet 2-core CPU): " + "; ".join(
+        lines.append("- work estimated when it started (measured: from earlier runs' seconds; "
+                     "model: a 2-core CPU): " + "; ".join(
                          f"{e.get('date')}, {e.get('runs_to_do')} runs to do: "
                          f"{_minutes(e.get('seconds'))} ({_minutes(e.get('measured_seconds'))} "
                          f"measured, {_minutes(e.get('model_seconds'))} model)"

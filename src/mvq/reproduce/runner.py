@@ -183,10 +183,12 @@ def describe(plan: Plan, states: list[RunState], est: Estimate) -> str:
                             if mine else ""))
     todo = sum(st.status != "done" for st in states)
     split = est.by_source()
-    lines.append(f"{todo} of {len(states)} runs to do; estimated {_hms(est.seconds)} on this "
-                 f"machine: {_hms(split[MEASURED])} from the measured seconds of earlier runs "
-                 f"of the same work (in --out and --keep), {_hms(split[MODEL])} from the model "
-                 "of a quiet 2-core CPU" if todo else "every run is done: writing the report")
+    lines.append(f"{todo} of {len(states)} runs to do; estimated {_hms(est.seconds)} of work "
+                 f"on this machine ({_hms(split[MEASURED])} from the measured seconds of earlier "
+                 f"runs of the same work, in --out and --keep; {_hms(split[MODEL])} from the "
+                 "model of a 2-core CPU): one process takes about that long, two sharing the "
+                 "plan (the same command twice, each with --threads 1) about half"
+                 if todo else "every run is done: writing the report")
     return "\n".join(lines)
 
 
@@ -214,7 +216,7 @@ def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool 
     todo = sum(st.status != "done" for st in states)
     if todo:
         log_estimate(out / plan.experiment, est, todo)
-    rows, elsewhere = [], []
+    rows, elsewhere, ran = [], [], 0
     bar = tqdm(states, desc=f"{plan.experiment} runs", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     started = time.time()
@@ -234,13 +236,15 @@ def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool 
             if not progress and now.status != "done":  # no bar: a log file still shows where
                 print(f"{plan.experiment} run {i}/{len(states)}: {st.run.name}: {now.status} "
                       f"({_took(time.time() - started)} so far)", file=sys.stderr, flush=True)
+            ran += now.status != "done"
             rows += _do_run(plan, now, data_root, progress, device)
             if kept is not None:  # at once: a kill later in the plan keeps this one
                 keep(state(plan, st.run, now.out_dir, data_root), kept)
     bar.close()
-    if not progress and todo:
-        print(f"{plan.experiment}: {todo} runs done in {_took(time.time() - started)} "
-              f"(estimated {_hms(est.seconds)})", file=sys.stderr, flush=True)
+    if not progress and todo:  # another process sharing the plan may have run some of them
+        print(f"{plan.experiment}: this process ran {ran} of the {todo} runs to do, in "
+              f"{_took(time.time() - started)} (estimated {_hms(est.seconds)} of work for all "
+              f"{todo})", file=sys.stderr, flush=True)
     if elsewhere:
         print(f"{len(elsewhere)} runs were in progress in another process: "
               f"{', '.join(elsewhere)}", file=sys.stderr)
