@@ -339,6 +339,29 @@ def test_two_vs_five_compares_across_token_counts():
     assert "tokens=4+1" in lines[1] and "+50.0% worse (beyond the seeds' spread)" in lines[1]
 
 
+def test_the_movq_ablation_sets_each_step_of_fig6_against_the_one_before():
+    """No baseline row: multichannel against VQGAN, each F0 against multichannel, Fourier
+    against the other F0, each channel count against the one below (hand-computed changes)."""
+    from mvq.reproduce.report import comparisons
+
+    plan = build_plan("movq-ablation", "quick")
+    rfid = {"VQGAN": 100.0, "+ multichannel": 80.0, "+ SpatialNorm, F0 Fourier (MoVQ)": 90.0,
+            "+ SpatialNorm, F0 sinusoidal": 72.0, "MoVQ c=1": 120.0, "MoVQ c=2": 100.0}
+    cells = [Cell({"variant": v}, ["a", "b", "c"], {"rfid": Stat(x, 5.0, 3)})
+             for v, x in rfid.items()]  # F0 constant not run yet: its two pairs are left out
+    assert comparisons(plan, cells) == [
+        "- + multichannel vs VQGAN: rFID -20.0% better (beyond the seeds' spread)",
+        "- + SpatialNorm, F0 Fourier (MoVQ) vs + multichannel: rFID +12.5% worse (within the "
+        "seeds' spread)",  # 10 apart, spread 5 + 5: not beyond
+        "- + SpatialNorm, F0 sinusoidal vs + multichannel: rFID -10.0% better (within the "
+        "seeds' spread)",
+        "- + SpatialNorm, F0 Fourier (MoVQ) vs + SpatialNorm, F0 sinusoidal: rFID +25.0% worse "
+        "(beyond the seeds' spread)",
+        "- MoVQ c=2 vs MoVQ c=1: rFID -16.7% better (beyond the seeds' spread)",
+        "- + SpatialNorm, F0 Fourier (MoVQ) vs MoVQ c=2: rFID -10.0% better (within the seeds' "
+        "spread)"]
+
+
 def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_path,
                                                                            monkeypatch):
     """The generation experiments' path (pixelcnn-vs-gpt, movq-table2, class-conditional):

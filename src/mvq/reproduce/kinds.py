@@ -166,6 +166,8 @@ class Plan:
     sample_metrics: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
     match: tuple[str, ...] = ("tokens", "K")  # labels a model shares with its baseline rows
+    # named comparisons beside the baseline's: (a row's labels, the row it is set against)
+    pairs: tuple[tuple[dict, dict], ...] = ()
     kind: Kind = field(default_factory=TokenizerSweep)
 
 

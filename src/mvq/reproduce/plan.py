@@ -236,7 +236,22 @@ def movq_ablation(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                 notes=[("800 steps of batch 32 (GAN terms from step 300) on FashionMNIST, one "
                         "256-entry codebook on a 7x7 grid" if scale == "quick" else
                         "the movq_paper_* presets (256 px ImageNet, 16x16x4 tokens)")
-                       + f"; evaluation on the first {n} test images"])
+                       + f"; evaluation on the first {n} test images"],
+                pairs=ABLATION_STEPS)
+
+
+def _variants(*pairs: tuple[str, str]) -> tuple[tuple[dict, dict], ...]:
+    return tuple(({"variant": a}, {"variant": b}) for a, b in pairs)
+
+
+# the steps MoVQ Fig. 6 reads: (a) B against A, C (each F0) against B, Fourier against the other
+# two F0; (c) each channel count against the one below it
+ABLATION_STEPS = _variants(
+    ("+ multichannel", "VQGAN"),
+    *((f0, "+ multichannel") for f0 in list(MOVQ_VARIANTS)[2:5]),
+    ("+ SpatialNorm, F0 Fourier (MoVQ)", "+ SpatialNorm, F0 sinusoidal"),
+    ("+ SpatialNorm, F0 Fourier (MoVQ)", "+ SpatialNorm, F0 constant"),
+    ("MoVQ c=2", "MoVQ c=1"), ("+ SpatialNorm, F0 Fourier (MoVQ)", "MoVQ c=2"))
 
 
 # --- generation: priors on shared tokenizer runs (one row per prior and decoding) ---------

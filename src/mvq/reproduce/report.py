@@ -49,13 +49,20 @@ def markdown_table(plan: Plan, cells: list[Cell]) -> str:
 def comparisons(plan: Plan, cells: list[Cell]) -> list[str]:
     """Each non-baseline cell against each baseline cell that shares its ``plan.match`` labels
     (the same tokens and K by default): the change of every metric, better or worse, and
-    whether it exceeds the two cells' seed spread."""
-    if not plan.baseline:
-        return []
+    whether it exceeds the two cells' seed spread; then each of ``plan.pairs`` whose two rows
+    are both there."""
+    def has(c: Cell, labels: dict) -> bool:
+        return all(c.labels.get(k) == v for k, v in labels.items())
 
     def is_base(c: Cell) -> bool:
-        return all(c.labels.get(k) == v for k, v in plan.baseline.items())
+        return has(c, plan.baseline)
     lines = []
+    for want, against in plan.pairs:
+        found = [next((c for c in cells if has(c, side)), None) for side in (want, against)]
+        if None not in found:
+            lines.append(_compare(*found, ()))
+    if not plan.baseline:
+        return lines
     for c in cells:
         if is_base(c):
             continue
@@ -81,7 +88,8 @@ def _compare(c: Cell, b: Cell, shared: tuple[str, ...]) -> str:
         parts.append(f"{METRIC_NAMES[m]} {change:+.1%} {'better' if better else 'worse'}{verdict}")
 
     def own(cell: Cell) -> str:
-        return " ".join(f"{k}={v}" if k not in ("model", "prior", "decoding") else str(v)
+        return " ".join(f"{k}={v}" if k not in ("model", "prior", "decoding", "variant")
+                        else str(v)
                         for k, v in cell.labels.items() if k not in shared)
 
     where = ", ".join(f"{k} {c.labels[k]}" for k in shared if k in c.labels)
