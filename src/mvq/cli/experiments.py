@@ -154,9 +154,12 @@ TABLE = (
         "reproduce", "run one of the papers' experiments and write its report "
         f"({', '.join(EXPERIMENTS)})",
         "Plan, train, evaluate and report one experiment of the MVQ or MoVQ paper. "
-        "Prints the plan and an estimated time first. Resumable: finished runs are skipped, "
-        "interrupted ones resumed (run the same command again). Runs go to OUT/runs/NAME, shared "
-        "between experiments; the report (report.md, results.json, plots) to OUT/EXPERIMENT/.",
+        "Prints the plan and an estimated time of work first. Resumable: finished runs are "
+        "skipped, interrupted ones resumed (run the same command again). Two processes may run "
+        "the same command at once: they share the plan, each run done by one of them (on 2 "
+        "cores, each with --threads 1: about half the wall time). Runs go to OUT/runs/NAME, "
+        "shared between experiments; the report (report.md, results.json, plots) to "
+        "OUT/EXPERIMENT/.",
         _reproduce_arguments, cmd_reproduce,
         epilog="experiments:\n"
         + "".join(f"  {name:<18} {SUMMARIES[name]}\n" for name in EXPERIMENTS) + "\n"
