@@ -108,7 +108,8 @@ def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[
              f"N = {plan.eval_n} evaluation images; mean ± std over seeds (sample std).", "",
              markdown_table(plan, cells), ""]
     if comp:
-        lines += [f"Against the baseline rows with the same {' and '.join(plan.match)}:"
+        lines += ["Rows compared (the first against the second):" if not plan.baseline else
+                  f"Against the baseline rows with the same {' and '.join(plan.match)}:"
                   if plan.match else "Against the baseline rows:", "", *comp, ""]
     lines += plan.kind.sections(extra)
     for fig in (*plan.kind.figures(plan, cells, folder), *figures):
