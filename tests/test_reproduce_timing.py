@@ -74,7 +74,8 @@ def test_measured_seconds_of_the_same_work_win_over_the_model(tmp_path):
 
 
 @pytest.mark.parametrize("record", ["not json", {"train_seconds": "fast"},
-                                    {"train_seconds": -5.0}, {"other": 1.0}])
+                                    {"train_seconds": -5.0}, {"train_seconds": True},
+                                    {"other": 1.0}])
 def test_unusable_records_fall_back_to_the_model(tmp_path, record):
     out = tmp_path / "rep"
     _earlier(out, _run("hvqvae", 0), 4, record if isinstance(record, str) else 0.0)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from mvq.evaluation.metrics_table import report_columns
 from mvq.reproduce.spec import RunState
-from mvq.reproduce.timing import read_json
+from mvq.reproduce.timing import positive_seconds, read_json
 
 # sample metrics whose keys a reconstruction evaluation also uses -> their keys in a table5 row
 SAMPLE_KEYS = {"prd_f8": "prd_f8_samples", "prd_f1_8": "prd_f1_8_samples"}
@@ -93,8 +93,8 @@ def run_record(st: RunState) -> RunRecord:
 
 
 def _sum(*seconds) -> float | None:
-    """The sum of the recorded seconds (None when none is recorded)."""
-    got = [s for s in seconds if isinstance(s, (int, float))]
+    """The sum of the recorded seconds (None when none is a usable record)."""
+    got = [s for s in map(positive_seconds, seconds) if s is not None]
     return sum(got) if got else None
 
 

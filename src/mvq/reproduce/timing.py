@@ -79,8 +79,10 @@ def prior_variant(folder: str) -> str:
     return re.sub(r"_\d+steps_s\d+$", "", folder)
 
 
-def _positive(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+def positive_seconds(value) -> float | None:
+    """``value`` as seconds when it is a positive number (not a bool); else None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else None
 
 
 class Measured:
@@ -124,7 +126,7 @@ class Measured:
                       got.get("seconds"))
 
     def _add(self, key: tuple, seconds, per: int = 1) -> None:
-        seconds = _positive(seconds)
+        seconds = positive_seconds(seconds)
         if seconds is not None and per > 0:
             self.values[key].append(seconds / per)
 
