@@ -479,19 +479,40 @@ def test_every_experiment_has_its_help_line():
     assert list(SUMMARIES) == list(EXPERIMENTS)
 
 
-def test_fig5_plot_has_one_panel_per_token_count_and_codebook(tmp_path):
-    """With K = 16 and 256 in one sweep, each (tokens, K) gets its own panels: a K = 256 point
-    is never drawn against the K = 16 baseline."""
-    def cell(tokens, k, model, j, rfid):
-        labels = {"tokens": tokens, "K": k, "model": model} | ({"J": j} if j else {})
-        return Cell(labels, [f"{tokens}{k}{model}{j}"], {"rfid": Stat(rfid, None, 1)})
+def test_fig5_plot_draws_each_codebook_against_its_own_baseline(tmp_path):
+    """With K = 16 and 256 in one sweep, a panel per token count holds a line and a baseline
+    band per K, in one colour each: a K = 256 point is never read against the K = 16 band."""
+    import matplotlib
 
-    cells = [cell(t, k, m, j, 10.0 + k / 16) for t in ("1+1", "4+1") for k in (16, 256)
-             for m, j in (("hvqvae", None), ("mvqvae", 4), ("mvqvae", 8))]
-    axes_of = build_plan("fig5", "quick", 1).kind.plot
-    assert sorted({axes_of.key(c) for c in cells}) == [("1+1", 16), ("1+1", 256), ("4+1", 16),
-                                                        ("4+1", 256)]
-    assert axes_of.title(("4+1", 256)) == "tokens 4+1, K 256"
-    assert Plot("J", "tokens").key(cells[0]) == ("1+1",)  # one name still works
-    png = plot(build_plan("fig5", "quick", 1), axes_of, cells, tmp_path / "f.png")
-    assert Image.open(png).size[0] > 4 * 4.2 * 100  # four panels across at dpi 110
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mvq.reproduce.kinds import _panel
+
+    def cell(tokens, k, model, j, rfid, std=None):
+        labels = {"tokens": tokens, "K": k, "model": model} | ({"J": j} if j else {})
+        return Cell(labels, [f"{tokens}{k}{model}{j}"], {"rfid": Stat(rfid, std, 1)})
+
+    cells = [cell(t, k, m, j, 100.0 * k + (j or 0), 2.0) for t in ("1+1", "4+1")
+             for k in (16, 256) for m, j in (("hvqvae", None), ("mvqvae", 4), ("mvqvae", 8))]
+    plan = build_plan("fig5", "quick", 1)
+    axes_of = plan.kind.plot
+    assert sorted({axes_of.key(c) for c in cells}) == [("1+1",), ("4+1",)]
+    assert axes_of.title(("4+1",)) == "tokens 4+1"
+    assert Plot("J", ("tokens", "K")).key(cells[3]) == ("1+1", 256)  # several names still work
+
+    fig, ax = plt.subplots()
+    _panel(ax, plan, axes_of, [c for c in cells if c.labels["tokens"] == "4+1"], "rfid")
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["hierarchical VQ, K 16", "hierarchical VQ, K 256", "MVQ, K 16",
+                      "MVQ, K 256"]
+    drawn = dict(zip(labels, handles))
+    for k in (16, 256):
+        band, curve = drawn[f"hierarchical VQ, K {k}"], drawn[f"MVQ, K {k}"][0]
+        assert band.get_ydata()[0] == 100.0 * k  # the baseline of this K, not the other's
+        assert list(curve.get_ydata()) == [100.0 * k + 4, 100.0 * k + 8]
+        assert band.get_color() == curve.get_color()
+    assert drawn["MVQ, K 16"][0].get_color() != drawn["MVQ, K 256"][0].get_color()
+    plt.close(fig)
+    png = plot(plan, axes_of, cells, tmp_path / "f.png")
+    assert Image.open(png).size[0] < 3 * 4.2 * 110  # two panels across (one per token count)

@@ -31,12 +31,15 @@ from mvq.reproduce.spec import Run, RunState
 class Plot:
     """The sweep's plot: each metric against the ``x`` label, one panel per value of the
     ``series`` labels (one name, or several: a panel per combination); ``line`` labels the
-    swept cells, ``band`` the baseline drawn as a band."""
+    swept cells, ``band`` the baseline drawn as a band. With ``hue``, a panel holds one line
+    per value of that label, each with its own baseline band in its colour (fig5: K = 16 and
+    256 on one panel per token count, as in the paper's figure)."""
 
     x: str
     series: str | tuple[str, ...]
     line: str = "MVQ"
     band: str = "hierarchical VQ"
+    hue: str | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -210,21 +213,33 @@ def plot(plan: Plan, axes_of: Plot, cells: list[Cell], path: Path) -> Path | Non
 
 
 def _panel(ax, plan: Plan, axes_of: Plot, mine: list[Cell], m: str) -> None:
-    """One panel: the series' cells of metric ``m`` against x, the baseline as a band."""
-    pts = sorted((c.labels[axes_of.x], c.stats[m]) for c in mine
-                 if axes_of.x in c.labels and m in c.stats and c.stats[m].mean is not None)
-    if pts:
-        xs = [p[0] for p in pts]
-        ax.errorbar(xs, [p[1].mean for p in pts], yerr=[p[1].std or 0 for p in pts],
-                    marker="o", capsize=3, label=axes_of.line)
+    """One panel: the series' cells of metric ``m`` against x, the baseline as a band; with
+    a hue, a line and a band per hue value, in one colour each, so a line is only ever read
+    against its own baseline."""
+    hues = sorted({c.labels.get(axes_of.hue) for c in mine}, key=str) if axes_of.hue else [None]
+    ticks: set = set()
+    for i, value in enumerate(hues):
+        group = [c for c in mine if axes_of.hue is None or c.labels.get(axes_of.hue) == value]
+        suffix = f", {axes_of.hue} {value}" if axes_of.hue else ""
+        color = f"C{i}" if axes_of.hue else None
+        pts = sorted((c.labels[axes_of.x], c.stats[m]) for c in group
+                     if axes_of.x in c.labels and m in c.stats and c.stats[m].mean is not None)
+        if pts:
+            xs = [p[0] for p in pts]
+            ticks.update(xs)
+            ax.errorbar(xs, [p[1].mean for p in pts], yerr=[p[1].std or 0 for p in pts],
+                        marker="o", capsize=3, color=color, label=axes_of.line + suffix)
+        for c in group:
+            if all(c.labels.get(k) == v for k, v in plan.baseline.items()) \
+                    and m in c.stats and c.stats[m].mean is not None:
+                mean, std = c.stats[m].mean, c.stats[m].std or 0
+                ax.axhline(mean, color=color or "gray", linestyle="--",
+                           label=axes_of.band + suffix)
+                if std:
+                    ax.axhspan(mean - std, mean + std, color=color or "gray",
+                               alpha=0.15 if color else 0.2)
+    if ticks:
         ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [str(x) for x in xs])
-    for c in mine:
-        if all(c.labels.get(k) == v for k, v in plan.baseline.items()) \
-                and m in c.stats and c.stats[m].mean is not None:
-            mean, std = c.stats[m].mean, c.stats[m].std or 0
-            ax.axhline(mean, color="gray", linestyle="--", label=axes_of.band)
-            if std:
-                ax.axhspan(mean - std, mean + std, color="gray", alpha=0.2)
+        ax.set_xticks(sorted(ticks), [str(x) for x in sorted(ticks)])
     ax.set_xlabel(axes_of.x)
     ax.grid(alpha=0.3)

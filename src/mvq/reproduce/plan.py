@@ -121,7 +121,7 @@ def fig5(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     return Plan("fig5", scale, "MVQ paper Fig. 5: reconstruction FID against the masks per pass J "
                 "(MVQVAE) and the hierarchical VQ-VAE-2 baseline, FashionMNIST",
                 runs, n, ("mse", "psnr", "lpips", "rfid"), ("tokens", "K", "model", "J"),
-                baseline={"model": "hvqvae"}, kind=TokenizerSweep(Plot("J", ("tokens", "K"))),
+                baseline={"model": "hvqvae"}, kind=TokenizerSweep(Plot("J", "tokens", hue="K")),
                 notes=[f"{steps} steps of batch 32 per model; {_seeded(js, seeded_j, seeds)}; "
                        f"evaluation on the first {n} "
                        "test images through the discrete codes"])
