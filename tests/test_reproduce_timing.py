@@ -130,6 +130,44 @@ def test_the_estimate_printed_at_each_start_goes_into_the_report(tmp_path, monke
     assert line.startswith("- work estimated when it started") and "1 runs to do" in line
 
 
+def _log_estimates(folder, times):
+    from mvq.reproduce.timing import Estimate, Part, log_estimate
+
+    for _ in range(times):
+        log_estimate(folder, Estimate([Part("r", "", "training", 60.0, MODEL)]), 3)
+
+
+def test_processes_sharing_a_plan_log_every_estimate_and_the_report_folds_repeats(tmp_path):
+    """Two processes may start the same plan at once: each start's estimate is appended under
+    a lock (none lost to a read-modify-write race), and the report lists a start that printed
+    the same estimate for the same runs as the one before it once, with the count."""
+    import multiprocessing
+
+    from mvq.reproduce.report import _times
+
+    procs = [multiprocessing.get_context("fork").Process(target=_log_estimates,
+                                                         args=(tmp_path, 25)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    assert [proc.exitcode for proc in procs] == [0] * 4
+    assert len(read_estimates(tmp_path)) == 100
+
+    def entry(date, todo, seconds):
+        return {"date": date, "runs_to_do": todo, "seconds": seconds, "measured_seconds": 0,
+                "model_seconds": seconds}
+
+    logged = [entry("06:07", 36, 600), entry("06:08", 36, 600), entry("07:00", 30, 540),
+              entry("08:00", 36, 600)]  # the last: not next to its twin, a start of its own
+    [line] = [x for x in _times([], logged) if x.startswith("- work estimated")]
+    parts = line.split("CPU): ", 1)[1].split("; ")
+    assert parts == ["06:07, 36 runs to do: 10 min (0 min measured, 10 min model), printed by 2 "
+                     "starts (processes sharing the plan)",
+                     "07:00, 30 runs to do: 9 min (0 min measured, 9 min model)",
+                     "08:00, 36 runs to do: 10 min (0 min measured, 10 min model)"]
+
+
 def test_the_prior_model_grows_with_the_transformer_work_per_image():
     """A fresh --out (nothing measured): the prior's step comes from its blocks' multiply-adds
     per image, 12 L d^2 per token, so the GPT over MoVQ's 196 ids is no longer estimated at the

@@ -150,8 +150,24 @@ def _times(records: list[Record], estimates: list[dict]) -> list[str]:
                          f"{e.get('date')}, {e.get('runs_to_do')} runs to do: "
                          f"{_minutes(e.get('seconds'))} ({_minutes(e.get('measured_seconds'))} "
                          f"measured, {_minutes(e.get('model_seconds'))} model)"
-                         for e in estimates))
+                         + (f", printed by {n} starts (processes sharing the plan)"
+                            if n > 1 else "")
+                         for e, n in _starts(estimates)))
     return lines
+
+
+def _starts(estimates: list[dict]) -> list[tuple[dict, int]]:
+    """The estimates with repeats folded: a start that found the same runs to do and printed
+    the same estimate as the one before it (a second process joining the plan, nothing
+    finished in between) is counted with it, not listed again."""
+    same = ("runs_to_do", "seconds", "measured_seconds", "model_seconds")
+    folded: list[tuple[dict, int]] = []
+    for e in estimates:
+        if folded and all(folded[-1][0].get(k) == e.get(k) for k in same):
+            folded[-1] = (folded[-1][0], folded[-1][1] + 1)
+        else:
+            folded.append((e, 1))
+    return folded
 
 
 def _minutes(seconds) -> str:

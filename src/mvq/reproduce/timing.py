@@ -15,6 +15,7 @@ decoding, N and metrics.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import statistics
@@ -26,7 +27,7 @@ from pathlib import Path
 from mvq import sealed
 from mvq.errors import MvqError
 from mvq.nn.vqvae2 import geometry
-from mvq.outputs import write_text
+from mvq.outputs import open_lock, write_text
 from mvq.priors.gpt import table4_size
 from mvq.priors.maskgit import MaskGITConfig
 
@@ -248,7 +249,10 @@ def log_estimate(folder: Path, est: Estimate, runs_to_do: int) -> None:
              "seconds": round(est.seconds), "measured_seconds": round(split[MEASURED]),
              "model_seconds": round(split[MODEL])}
     folder.mkdir(parents=True, exist_ok=True)
-    write_text(folder / ESTIMATES, json.dumps([*read_estimates(folder), entry], indent=2) + "\n")
+    with open_lock(folder / f".{ESTIMATES}.lock") as fh:  # processes sharing a plan take turns
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        write_text(folder / ESTIMATES,
+                   json.dumps([*read_estimates(folder), entry], indent=2) + "\n")
 
 
 def read_estimates(folder: Path) -> list[dict]:
