@@ -4,8 +4,10 @@ the carrier's own TorchScript network, hand-computed values). Nothing may touch 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import pickle
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -175,6 +177,33 @@ def test_feature_stats_cache(tmp_path):
     assert len(calls) == 2 and len(list(tmp_path.glob("*.safetensors"))) == 2
     with pytest.raises(MvqError, match="expected 11 images"):
         fid.cached_feature_stats(fid.RealSet("shapes", "val", 8, 11), source, **kw)
+
+
+def _stats_in_a_process(cache_dir, calls_file):
+    def source():  # slow, so that the other process misses the cache while this one computes
+        with open(calls_file, "a") as fh:
+            fh.write("call\n")
+        time.sleep(1.0)
+        return torch.rand(10, 3, 8, 8)
+
+    fid.cached_feature_stats(fid.RealSet("shapes", "test", 8, 10), source, cache_dir=cache_dir,
+                             extractor=_FakeExtractor(), batch_size=4, device="cpu",
+                             progress=False)
+
+
+def test_two_processes_missing_the_cache_compute_the_statistics_once(tmp_path):
+    """Two `mvq reproduce` sharing a plan start at once: the second waits for the first's
+    statistics and reads them instead of extracting the same features again."""
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_stats_in_a_process, args=(tmp_path, tmp_path / "calls"))
+             for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    assert (tmp_path / "calls").read_text().splitlines() == ["call"]
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
 
 
 # ----------------------------------------------------------------------------- LPIPS

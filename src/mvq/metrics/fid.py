@@ -9,6 +9,7 @@ keyed by (dataset, split, image size, N, sha256 of the weights file).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from mvq.metrics.weights import (
     inception_weights_path,
     load_state_dict_file,
 )
+from mvq.outputs import open_lock
 
 
 class InceptionFeatureExtractor(nn.Module):
@@ -351,6 +353,19 @@ def cached_feature_stats(
     path = stats_cache_path(cache_dir or default_stats_dir(), real, sha)
     if path.is_file():
         return FeatureStats.load(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # processes missing the same entry at once (two `mvq reproduce` sharing a plan) take turns:
+    # the first computes it, the others wait and read it rather than compute it again
+    with open_lock(path.parent / f".{path.name}.lock") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if path.is_file():
+            return FeatureStats.load(path)
+        return _compute_stats(real, images, path, sha, model, batch_size, device, progress)
+
+
+def _compute_stats(real: RealSet, images: Callable[[], torch.Tensor | Iterable], path: Path,
+                   sha: str, model: nn.Module, batch_size: int, device, progress: bool
+                   ) -> FeatureStats:
     feats = extract_features(
         images(), batch_size=batch_size, device=device, progress=progress, extractor=model
     )
