@@ -206,6 +206,14 @@ def test_two_processes_missing_the_cache_compute_the_statistics_once(tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
 
 
+def test_a_cache_folder_that_is_a_file_is_one_readable_error(tmp_path):
+    (tmp_path / "cache").write_text("not a folder")
+    with pytest.raises(MvqError, match="cannot use .* as the FID statistics cache.*MVQ_CACHE_DIR"):
+        fid.cached_feature_stats(fid.RealSet("shapes", "test", 8, 10), lambda: None,
+                                 cache_dir=tmp_path / "cache" / "fid", extractor=_FakeExtractor(),
+                                 device="cpu", progress=False)
+
+
 # ----------------------------------------------------------------------------- LPIPS
 
 

@@ -353,7 +353,11 @@ def cached_feature_stats(
     path = stats_cache_path(cache_dir or default_stats_dir(), real, sha)
     if path.is_file():
         return FeatureStats.load(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MvqError(f"cannot use {path.parent} as the FID statistics cache: "
+                       f"{err.strerror or err}; set MVQ_CACHE_DIR to a writable folder") from None
     # processes missing the same entry at once (two `mvq reproduce` sharing a plan) take turns:
     # the first computes it, the others wait and read it rather than compute it again
     with open_lock(path.parent / f".{path.name}.lock") as fh:
