@@ -88,6 +88,17 @@ def try_lock(path: Path) -> Iterator[str | None]:
         yield None
 
 
+@contextmanager
+def wait_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock file ``path``, waiting for another process that holds it: for
+    short shared writes that processes take turns at (a kept run, an estimate log, a cache
+    entry). The OS releases it when a process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open_lock(path) as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def write_text(target: str | Path, text: str) -> Path:
     return atomic_write(target, lambda tmp: tmp.write_text(text))
 

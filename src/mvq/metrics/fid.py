@@ -9,7 +9,6 @@ keyed by (dataset, split, image size, N, sha256 of the weights file).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import re
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from mvq.metrics.weights import (
     inception_weights_path,
     load_state_dict_file,
 )
-from mvq.outputs import open_lock
+from mvq.outputs import wait_lock
 
 
 class InceptionFeatureExtractor(nn.Module):
@@ -360,8 +359,7 @@ def cached_feature_stats(
                        f"{err.strerror or err}; set MVQ_CACHE_DIR to a writable folder") from None
     # processes missing the same entry at once (two `mvq reproduce` sharing a plan) take turns:
     # the first computes it, the others wait and read it rather than compute it again
-    with open_lock(path.parent / f".{path.name}.lock") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with wait_lock(path.parent / f".{path.name}.lock"):
         if path.is_file():
             return FeatureStats.load(path)
         return _compute_stats(real, images, path, sha, model, batch_size, device, progress)

@@ -17,7 +17,6 @@ a new prior trains the tokenizer again.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 from mvq import sealed
 from mvq.config import Config, config_to_dict
 from mvq.errors import MvqError
-from mvq.outputs import open_lock, write_text
+from mvq.outputs import wait_lock, write_text
 from mvq.reproduce.spec import Run, RunState
 from mvq.reproduce.timing import config_and_step, latest_checkpoint
 
@@ -100,8 +99,7 @@ def keep(st: RunState, keep_dir: Path) -> Path:
     ignore = keep_dir / ".gitignore"
     if not ignore.exists():  # the folder is made to be committed; its working files are not
         write_text(ignore, f"{LOCK}\n.*.tmp-*\n.*.old-*\n")
-    with open_lock(keep_dir / LOCK) as fh:  # two processes keeping the same run take turns
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with wait_lock(keep_dir / LOCK):  # two processes keeping the same run take turns
         return _keep(src, ckpt, keep_dir, st.run)
 
 

@@ -15,7 +15,6 @@ decoding, N and metrics.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import re
 import statistics
@@ -27,7 +26,7 @@ from pathlib import Path
 from mvq import sealed
 from mvq.errors import MvqError
 from mvq.nn.vqvae2 import geometry
-from mvq.outputs import open_lock, write_text
+from mvq.outputs import wait_lock, write_text
 from mvq.priors.gpt import table4_size
 from mvq.priors.maskgit import MaskGITConfig
 
@@ -249,8 +248,7 @@ def log_estimate(folder: Path, est: Estimate, runs_to_do: int) -> None:
              "seconds": round(est.seconds), "measured_seconds": round(split[MEASURED]),
              "model_seconds": round(split[MODEL])}
     folder.mkdir(parents=True, exist_ok=True)
-    with open_lock(folder / f".{ESTIMATES}.lock") as fh:  # processes sharing a plan take turns
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with wait_lock(folder / f".{ESTIMATES}.lock"):  # processes sharing a plan take turns
         write_text(folder / ESTIMATES,
                    json.dumps([*read_estimates(folder), entry], indent=2) + "\n")
 
