@@ -53,6 +53,7 @@ class DataConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+MASK_SAMPLING = ("instance", "batch")  # as mvq.quantize.masked.MASK_SAMPLING
 
 
 @dataclass
@@ -78,6 +79,10 @@ class TrainConfig:
     # EMA weights: validation, grids and model.safetensors use an exponential moving average of
     # the trained weights with this decay (e.g. 0.999); 0 = off, the trained weights themselves
     ema_decay: float = 0.0
+    # MVQ's MH-Dropout hypotheses while training: J fresh masks per instance (the paper's
+    # reading) or one bank of J fresh masks per step shared by the batch (a table search,
+    # docs/implementation.md); models without masks ignore it
+    mask_sampling: str = "instance"
 
 
 @dataclass
@@ -185,6 +190,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "log_every": at_least(1), "val_every": at_least(1), "ckpt_every": at_least(1),
         "grid_images": at_least(1), "disc_lr": at_least(0), "ema_decay": unit_interval(),
         "keep_checkpoints": at_least(1), "precision": one_of(*PRECISIONS),
+        "mask_sampling": one_of(*MASK_SAMPLING),
     },
     "VQGANLossConfig": {
         "disc_start": at_least(0), "disc_weight": at_least(0), "disc_factor": at_least(0),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mvq.errors import MvqError
@@ -150,9 +151,26 @@ class MultiChannelVectorQuantize(MultiChannelQuantizer):
         return from_columns(self.lookup(flat), grid, self.channel_first)
 
 
+class Pointwise(nn.Conv2d):
+    """A 1x1 convolution computed as a matrix product over positions (channels last): the
+    same parameters and outputs as ``nn.Conv2d(dim_in, dim_out, 1)``, without the convolution
+    machinery that dominates on the many 1x1 maps of the per-position MVQ search."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__(dim_in, dim_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        weight = self.weight.flatten(1)
+        if x.shape[2] * x.shape[3] == 1:
+            return F.linear(x.flatten(1), weight, self.bias)[:, :, None, None]
+        return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
+
+
 def pointwise_mlp(dim_in: int, dim_out: int, hidden: int) -> nn.Module:
     """Two 1x1 convolutions: a per-position MLP on ``(B, C, H, W)`` maps."""
-    return nn.Sequential(nn.Conv2d(dim_in, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim_out, 1))
+    return nn.Sequential(Pointwise(dim_in, hidden), nn.GELU(), Pointwise(hidden, dim_out))
 
 
 class MaskedVectorQuantize(MaskedQuantizer):
@@ -190,6 +208,11 @@ class MaskedVectorQuantize(MaskedQuantizer):
         chunk_size: hypotheses scored at once in the search (memory bound, not a result).
         search_seed: seed of the inference bank.
         naive: score all J hypotheses with autograd (a reference; slower, same gradients).
+        mask_sampling: ``"instance"`` (J fresh masks per instance while training, the paper's
+            reading) or ``"batch"`` (one bank of J fresh masks per step, shared by the batch's
+            instances: the search becomes a table lookup, docs/implementation.md).
+        search: ``"auto"``, ``"table"`` or ``"chunked"`` (the reference search); the winners
+            are the same.
         **vq_kwargs: both codebooks' ``beta``, ``ema``, ``decay``, ``restart_dead``,
             ``dead_threshold``, ``kmeans_init``.
     """
@@ -199,7 +222,8 @@ class MaskedVectorQuantize(MaskedQuantizer):
                  eval_masks: int | None = None, secondary_encoder: nn.Module | None = None,
                  f: nn.Module | None = None, hidden: int | None = None,
                  channel_first: bool = False, chunk_size: int = 256, search_seed: int = 0,
-                 naive: bool = False, **vq_kwargs: object) -> None:
+                 naive: bool = False, mask_sampling: str = "instance", search: str = "auto",
+                 **vq_kwargs: object) -> None:
         dim2 = dim2 or dim
         _check_sizes("MaskedVectorQuantize", dim=dim, codebook_size=codebook_size, dim2=dim2,
                      codebook_size2=codebook_size2 or codebook_size, num_masks=num_masks,
@@ -216,8 +240,9 @@ class MaskedVectorQuantize(MaskedQuantizer):
         width = hidden or 2 * max(dim, dim2)
         super().__init__(primary, secondary, f if custom else pointwise_mlp(dim2, dim, width),
                          num_masks=num_masks, eval_masks=eval_masks, chunk_size=chunk_size,
-                         search_seed=search_seed, naive=naive)
-        self.secondary_encoder = secondary_encoder if custom else nn.Conv2d(dim, dim2, 1)
+                         search_seed=search_seed, naive=naive, mask_sampling=mask_sampling,
+                         search=search)
+        self.secondary_encoder = secondary_encoder if custom else Pointwise(dim, dim2)
         self.per_position = not custom
         self.channel_first = channel_first
         self.dim, self.dim2 = dim, dim2

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from mvq import sealed
-from mvq.config import Config, config_to_dict
+from mvq.config import Config, config_from_dict, config_to_dict
 from mvq.errors import MvqError
 from mvq.outputs import wait_lock, write_text
 from mvq.reproduce.spec import Run, RunState
@@ -46,9 +46,18 @@ def comparable(config: dict) -> dict:
     return out
 
 
+def _with_defaults(saved: dict) -> dict:
+    """A saved config as this version resolves it: a field added since it was written takes
+    its default (a run made before ``train.mask_sampling`` existed drew masks per instance)."""
+    try:
+        return config_to_dict(config_from_dict(saved))
+    except MvqError:  # unreadable as a config: compared as written, so the difference is named
+        return saved
+
+
 def differences(saved: dict, cfg: Config) -> list[str]:
     """The ``section.field`` names where a kept run's resolved config differs from ``cfg``."""
-    want, got = comparable(config_to_dict(cfg)), comparable(saved)
+    want, got = comparable(config_to_dict(cfg)), comparable(_with_defaults(saved))
     names = []
     for section in sorted(set(want) | set(got)):
         a, b = want.get(section), got.get(section)

@@ -359,6 +359,29 @@ def class_conditional(scale: str, seeds: int, dataset: str | None = None) -> Pla
         kind=ClassConditional())
 
 
+def mask_sampling(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """MH-Dropout's training masks drawn per instance (the paper) or one bank per batch (the
+    table search): fig5's 1+1, K = 16 MVQVAE cell at J = 128 and 1024."""
+    if dataset not in (None, "fashion-mnist"):
+        raise MvqError("mask-sampling uses fig5's FashionMNIST tokenizers: drop --dataset")
+    js = (128, 1024) if scale == "quick" else (2048,)
+    base = [r for r in fig5(scale, seeds).runs if r.labels["model"] == "mvqvae"
+            and r.labels["F"] == 28 and r.labels["K"] == 16 and r.labels["J"] in js]
+    runs = []
+    for run in base:
+        runs.append(replace(run, labels={**run.labels, "masks": "per instance"}))
+        runs.append(replace(run, name=run.name.replace("_j", "_batchmasks_j", 1),
+                            changes=run.changes + Changes(train={"mask_sampling": "batch"}),
+                            labels={**run.labels, "masks": "per batch"}))
+    first = fig5(scale, seeds)
+    return Plan("mask-sampling", scale, "MH-Dropout's training masks per instance (the paper's "
+                "reading) against one bank per batch (the table search), MVQVAE 1+1, K=16",
+                runs, first.eval_n, first.metrics, ("tokens", "K", "J", "masks"),
+                baseline={"masks": "per instance"}, match=("J",),
+                notes=first.notes + ["the per-instance runs are fig5's; the per-batch runs "
+                                     "differ only in train.mask_sampling=batch"])
+
+
 def table6(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     """MVQ Table 6: the token sampling benchmark (mvq.bench.sampling), its output kept."""
     return Plan("table6", scale, "MVQ paper Table 6: token sampling times", [], 0, (), (),
@@ -368,7 +391,7 @@ def table6(scale: str, seeds: int, dataset: str | None = None) -> Plan:
 EXPERIMENTS = {"fig5": fig5, "table1": table1, "table5": table5, "two-vs-five": two_vs_five,
                "movq-ablation": movq_ablation, "movq-table2": movq_table2,
                "pixelcnn-vs-gpt": pixelcnn_vs_gpt, "class-conditional": class_conditional,
-               "table6": table6}
+               "mask-sampling": mask_sampling, "table6": table6}
 
 # one line per experiment for `mvq reproduce --help` (in EXPERIMENTS' order)
 SUMMARIES = {
@@ -380,6 +403,7 @@ SUMMARIES = {
     "movq-table2": "MaskGIT at 4-16 steps vs autoregressive GPT on MoVQ tokens (MoVQ Table 2)",
     "pixelcnn-vs-gpt": "gated PixelCNN vs two-stage GPT on hvqvae tokens: NLL, FID*",
     "class-conditional": "class-conditional vs unconditional GPT on MVQ tokens, class grid",
+    "mask-sampling": "MH-Dropout masks per instance vs one bank per batch (fig5's 1+1 cell)",
     "table6": "token sampling times (MVQ Table 6; the sampling benchmark)",
 }
 

@@ -31,6 +31,7 @@ from mvq.metrics.image import MSE_FLOOR, psnr_from_mse
 from mvq.models import Tokenizer, build_model
 from mvq.models.base import SIZE_FIX, model_bytes
 from mvq.modes import eval_mode
+from mvq.quantize import MaskedQuantizer
 from mvq.train.ema import WeightEMA, check_decay
 from mvq.train.engine import (
     Schedule,
@@ -190,6 +191,9 @@ class TokenizerTrainee(Trainee):
             model = self._resumed_model(resume_from)
         else:
             model = build_model(cfg.model).to(device)
+        for layer in model.modules():  # how MH-Dropout draws its training masks (resumed too)
+            if isinstance(layer, MaskedQuantizer):
+                layer.mask_sampling = tc.mask_sampling
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.autocast = autocast_dtype(tc.precision, device)
