@@ -126,8 +126,9 @@ def test_report_aggregates_seeds_and_writes_table_plot_json(tmp_path, monkeypatc
     md = (folder / "report.md").read_text()
     assert "| 1+1 | 16 | hvqvae |" in md and " ± " in md and "fig5.png" in md
     assert (folder / "fig5.png").stat().st_size > 1000
-    assert any(line.startswith("- mvqvae J=4 vs hvqvae") and "MSE" in line
-               for line in data["comparisons"])
+    assert any(c["compared"].startswith("mvqvae J=4 vs hvqvae") and c["metric"] == "mse"
+               for c in data["comparisons"])
+    assert "| compared | metric | verdict |" in md
 
 
 def test_report_only_marks_missing_runs(tmp_path, monkeypatch):
@@ -322,6 +323,11 @@ def test_a_run_with_a_prior_trains_it_and_evaluates_its_samples(tmp_path, monkey
     assert cells[0].stats["nll_primary"].n == 1
 
 
+def _seeds(mean: float, sd: float) -> Stat:
+    """Three seeds' values with this mean and sample sd."""
+    return Stat.of([mean - sd, mean, mean + sd])
+
+
 def test_two_vs_five_compares_across_token_counts():
     """MVQ at 1+1 is set against the baseline at 1+1 and at 4+1 (same K), not only its own."""
     from mvq.reproduce.report import comparisons
@@ -330,13 +336,14 @@ def test_two_vs_five_compares_across_token_counts():
 
     def cell(model, tokens, mse, j=None):
         labels = {"tokens": tokens, "K": 16, "model": model, **({"J": j} if j else {})}
-        return Cell(labels, ["a", "b", "c"], {"mse": Stat(mse, 0.001, 3)})
+        return Cell(labels, ["a", "b", "c"], {"mse": _seeds(mse, 0.001)})
 
-    lines = comparisons(plan, [cell("hvqvae", "1+1", 0.036), cell("hvqvae", "4+1", 0.020),
+    found = comparisons(plan, [cell("hvqvae", "1+1", 0.036), cell("hvqvae", "4+1", 0.020),
                                cell("mvqvae", "1+1", 0.030, 128)])
-    assert len(lines) == 2
-    assert "tokens=1+1" in lines[0] and "-16.7% better" in lines[0]
-    assert "tokens=4+1" in lines[1] and "+50.0% worse (beyond the seeds' spread)" in lines[1]
+    assert [c["compared"] for c in found] == ["tokens=1+1 mvqvae J=128 vs tokens=1+1 hvqvae (K 16)",
+                                              "tokens=1+1 mvqvae J=128 vs tokens=4+1 hvqvae (K 16)"]
+    assert found[0]["change"] == pytest.approx(-1 / 6) and found[0]["verdict"] == "ahead"
+    assert found[1]["change"] == pytest.approx(0.5) and found[1]["verdict"] == "behind"
 
 
 def test_the_movq_ablation_sets_each_step_of_fig6_against_the_one_before():
@@ -347,19 +354,27 @@ def test_the_movq_ablation_sets_each_step_of_fig6_against_the_one_before():
     plan = build_plan("movq-ablation", "quick")
     rfid = {"VQGAN": 100.0, "+ multichannel": 80.0, "+ SpatialNorm, F0 Fourier (MoVQ)": 90.0,
             "+ SpatialNorm, F0 sinusoidal": 72.0, "MoVQ c=1": 120.0, "MoVQ c=2": 100.0}
-    cells = [Cell({"variant": v}, ["a", "b", "c"], {"rfid": Stat(x, 5.0, 3)})
+    cells = [Cell({"variant": v}, ["a", "b", "c"], {"rfid": _seeds(x, 5.0)})
              for v, x in rfid.items()]  # F0 constant not run yet: its two pairs are left out
-    assert comparisons(plan, cells) == [
-        "- + multichannel vs VQGAN: rFID -20.0% better (beyond the seeds' spread)",
-        "- + SpatialNorm, F0 Fourier (MoVQ) vs + multichannel: rFID +12.5% worse (within the "
-        "seeds' spread)",  # 10 apart, spread 5 + 5: not beyond
-        "- + SpatialNorm, F0 sinusoidal vs + multichannel: rFID -10.0% better (within the "
-        "seeds' spread)",
-        "- + SpatialNorm, F0 Fourier (MoVQ) vs + SpatialNorm, F0 sinusoidal: rFID +25.0% worse "
-        "(beyond the seeds' spread)",
-        "- MoVQ c=2 vs MoVQ c=1: rFID -16.7% better (beyond the seeds' spread)",
-        "- + SpatialNorm, F0 Fourier (MoVQ) vs MoVQ c=2: rFID -10.0% better (within the seeds' "
-        "spread)"]
+    found = comparisons(plan, cells)
+    assert [(c["compared"], round(c["change"], 3)) for c in found] == [
+        ("+ multichannel vs VQGAN", -0.2),
+        ("+ SpatialNorm, F0 Fourier (MoVQ) vs + multichannel", 0.125),
+        ("+ SpatialNorm, F0 sinusoidal vs + multichannel", -0.1),
+        ("+ SpatialNorm, F0 Fourier (MoVQ) vs + SpatialNorm, F0 sinusoidal", 0.25),
+        ("MoVQ c=2 vs MoVQ c=1", -0.167),
+        ("+ SpatialNorm, F0 Fourier (MoVQ) vs MoVQ c=2", -0.1)]
+    # sd 5 on 3 seeds each (df 4): 20 apart p = 0.0080 (t 4.90), 18 apart 0.0116, 10 apart
+    # 0.0705, 8 apart 0.1216; BH over the six: sorted p .0080 .0080 .0116 .0705 .0705 .1216
+    # times 6/rank, then the running minimum from the top: q .0232 .0232 .0232 .0846 .0846 .1216
+    assert [c["p"] for c in found] == pytest.approx([0.0080, 0.0705, 0.1216, 0.0116, 0.0080,
+                                                     0.0705], abs=1e-4)
+    assert [c["q"] for c in found] == pytest.approx([0.0232, 0.0846, 0.1216, 0.0232, 0.0232,
+                                                     0.0846], abs=1e-4)
+    assert [c["verdict"] for c in found] == ["ahead", "unresolved", "unresolved", "behind",
+                                             "ahead", "unresolved"]
+    assert found[0]["ci95"] == pytest.approx([-20 - 2.776 * 5 * (2 / 3) ** 0.5,
+                                              -20 + 2.776 * 5 * (2 / 3) ** 0.5], abs=1e-2)
 
 
 def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_path,
@@ -444,8 +459,8 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
     assert f"asked for {acc:.3f} of the time" in md and data["class_agreement"] == agree
     assert "- work recorded by the 4 rows above (one process's time; " in md
     assert len(data["cells"]) == 4
-    assert any(line.startswith("- PixelCNN vs GPT t=1 (tokens 1+1): NLL prim. bits")
-               for line in data["comparisons"])
+    assert any(c["compared"] == "PixelCNN vs GPT t=1 (tokens 1+1)"
+               and c["metric"] == "nll_primary_bits" for c in data["comparisons"])
 
 
 def test_generation_plans_share_the_tokenizer_runs():
@@ -516,3 +531,21 @@ def test_fig5_plot_draws_each_codebook_against_its_own_baseline(tmp_path):
     plt.close(fig)
     png = plot(plan, axes_of, cells, tmp_path / "f.png")
     assert Image.open(png).size[0] < 3 * 4.2 * 110  # two panels across (one per token count)
+
+
+def test_a_verdict_needs_two_seeds_a_side_and_equivalence_a_tight_interval():
+    """One seed on a side: no test, 'unresolved (n=1)'; neither side varying: 'unresolved (no
+    spread)'; a difference whose 90% interval lies well inside ± 5% of the compared-with
+    mean: 'equivalent' (TOST); a tight difference in a higher-is-better metric: 'behind'."""
+    from mvq.reproduce.stats import Comparison, adjust
+
+    one = Comparison("rfid", [100.0], [101.0, 99.0])
+    flat = Comparison("rfid", [100.0, 100.0], [100.0, 100.0])
+    same = Comparison("rfid", [100.0, 100.2, 99.8, 100.1], [100.1, 99.9, 100.0, 100.2])
+    lower = Comparison("psnr", [15.0, 15.1, 14.9], [16.0, 16.1, 15.9])
+    adjust([one, flat, same, lower])
+    assert one.verdict == "unresolved (n=1)" and one.p is None and one.ci95 is None
+    assert flat.verdict == "unresolved (no spread)" and flat.p is None
+    assert same.verdict == "equivalent" and same.tost_q < 0.05 < same.p
+    assert lower.verdict == "behind" and lower.ci95[1] < 0
+    assert one.to_json()["sd"] == [None, 2 ** 0.5]

@@ -107,7 +107,23 @@ def test_tiny_reproduce_gives_the_recorded_report(experiment, tmp_path, monkeypa
         # a std over seeds is a difference of close values: its error is that of the values,
         # rel 1e-3 of their mean, not of the (smaller) std itself
         scale = abs(want_flat.get(key[:-len("std")] + "mean", 0.0)) if key.endswith("/std") else 0
+        # so is a comparison's sd and difference of two means (and its interval): rel 1e-3 of the
+        # means; its change (the difference over the second mean) 2e-3 of their ratio
+        scale = max(scale, _of_means(want_flat, key))
         assert got_flat[key] == pytest.approx(wanted, rel=1e-3, abs=max(1e-6, 1e-3 * scale)), key
+
+
+def _of_means(flat: dict, key: str) -> float:
+    """For a comparison's diff, ci95, sd or change in results.json: the scale of its error (the
+    larger mean; for the change, twice their ratio); 0 for any other figure."""
+    parts = key.split("/")
+    if len(parts) < 4 or parts[1] != "comparisons":
+        return 0.0
+    head = "/".join(parts[:3])
+    a, b = abs(flat.get(head + "/mean/0", 0.0)), abs(flat.get(head + "/mean/1", 0.0))
+    if parts[3] == "change":
+        return 2 * a / b if b else 0.0
+    return max(a, b) if parts[3] in ("diff", "ci95", "sd") else 0.0
 
 
 def _last_digit_units(text: str) -> list[float]:

@@ -202,6 +202,22 @@ def test_committed_reports_regenerate_from_the_kept_runs(experiment, tmp_path):
     assert data["missing"] == committed["missing"]
 
 
+@pytest.mark.parametrize("experiment", sorted(NOT_KEPT))
+def test_reports_made_before_keep_regenerate_from_their_own_rows(experiment, tmp_path):
+    """The reports whose runs were not kept are written again from the rows their results.json
+    holds (scripts/report-from-results.py): the same rows and cells, today's comparisons."""
+    from mvq.reproduce import build_plan
+    from mvq.reproduce.records import from_json
+
+    committed = json.loads((REPO / "docs" / "results" / experiment / "results.json").read_text())
+    plan = build_plan(experiment, committed["scale"])
+    records = [from_json(r) for r in committed["runs"]]
+    data = write_report(plan, records, tmp_path / "report", committed["missing"])
+    assert data["runs"] == committed["runs"]
+    assert data["cells"] == committed["cells"]
+    assert data["comparisons"] == committed["comparisons"]
+
+
 def test_keep_into_the_run_folders_themselves_leaves_them_alone(tmp_path, monkeypatch):
     """--out D --keep D/runs (how docs/results is regenerated in place): a run folder is its
     own kept folder; nothing is copied over it."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from mvq.evaluation.metrics_table import report_columns
 from mvq.reproduce.spec import RunState
@@ -77,6 +77,14 @@ class SampleRecord:
 Record = RunRecord | SampleRecord
 
 
+def from_json(entry: dict) -> Record:
+    """A record as results.json holds it (its ``to_json``): how the reports made before
+    `--keep`, whose run folders are gone, are written again (scripts/report-from-results.py)."""
+    cls = SampleRecord if "tokenizer" in entry else RunRecord
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in entry.items() if k in names})
+
+
 def run_record(st: RunState) -> RunRecord:
     """The record of one finished, evaluated run (reads its eval.json and config)."""
     ckpt = st.out_dir / "checkpoint"
@@ -119,11 +127,17 @@ def sample_records(st: RunState) -> list[SampleRecord]:
 
 @dataclass
 class Stat:
-    """Mean and sample std (None for one value) of one figure over a cell's seeds."""
+    """Mean and sample std (None for one value) of one figure over a cell's seeds; ``values``:
+    the seeds' figures themselves (what the comparisons test; not written to results.json,
+    whose runs hold them)."""
 
     mean: float | None
     std: float | None
     n: int
+    values: list[float] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "n": self.n}
 
     @classmethod
     def of(cls, values: list[float]) -> Stat:
@@ -131,7 +145,7 @@ class Stat:
         if not values:
             return cls(None, None, 0)
         std = statistics.stdev(values) if len(values) > 1 else None
-        return cls(statistics.fmean(values), std, len(values))
+        return cls(statistics.fmean(values), std, len(values), values)
 
 
 @dataclass
@@ -148,7 +162,7 @@ class Cell:
 
     def to_json(self) -> dict:
         return {"labels": self.labels, "runs": self.runs, "seeds": self.seeds,
-                "stats": {m: asdict(s) for m, s in self.stats.items()}}
+                "stats": {m: s.to_json() for m, s in self.stats.items()}}
 
 
 def aggregate(cell_keys: tuple[str, ...], records: list[Record]) -> list[Cell]:

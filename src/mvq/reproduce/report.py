@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mvq.evaluation.metrics_table import BY_KEY, lower_is_better
+from mvq.evaluation.metrics_table import BY_KEY
 from mvq.outputs import write_text
 from mvq.reproduce.records import METRIC_NAMES, Cell, Record, RunRecord, SampleRecord, Stat, columns
 from mvq.reproduce.records import aggregate as aggregate_cells
+from mvq.reproduce.stats import RULE, Comparison, adjust
 from mvq.reproduce.timing import read_estimates
 
 if TYPE_CHECKING:  # the plan names its kind, and the kinds draw with this module's table
@@ -46,54 +47,73 @@ def markdown_table(plan: Plan, cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
-def comparisons(plan: Plan, cells: list[Cell]) -> list[str]:
+def comparisons(plan: Plan, cells: list[Cell]) -> list[dict]:
     """Each non-baseline cell against each baseline cell that shares its ``plan.match`` labels
-    (the same tokens and K by default): the change of every metric, better or worse, and
-    whether it exceeds the two cells' seed spread; then each of ``plan.pairs`` whose two rows
-    are both there."""
+    (the same tokens and K by default), then each of ``plan.pairs`` whose two rows are both
+    there: one entry per metric measured on both sides, with its Welch test, its q over all the
+    report's comparisons and its verdict (:mod:`mvq.reproduce.stats`)."""
     def has(c: Cell, labels: dict) -> bool:
         return all(c.labels.get(k) == v for k, v in labels.items())
 
     def is_base(c: Cell) -> bool:
         return has(c, plan.baseline)
-    lines = []
+    pairs: list[tuple[Cell, Cell, tuple[str, ...]]] = []
     for want, against in plan.pairs:
         found = [next((c for c in cells if has(c, side)), None) for side in (want, against)]
         if None not in found:
-            lines.append(_compare(*found, ()))
-    if not plan.baseline:
-        return lines
-    for c in cells:
-        if is_base(c):
-            continue
-        for b in cells:
-            if is_base(b) and all(b.labels.get(k) == c.labels.get(k) for k in plan.match):
-                lines.append(_compare(c, b, plan.match))
-    return lines
+            pairs.append((found[0], found[1], ()))
+    if plan.baseline:
+        pairs += [(c, b, plan.match) for c in cells if not is_base(c) for b in cells
+                  if is_base(b) and all(b.labels.get(k) == c.labels.get(k) for k in plan.match)]
+    found: list[tuple[str, Cell, Cell, Comparison]] = []
+    for c, b, shared in pairs:
+        for m in columns([c, b]):
+            sc, sb = c.stats.get(m), b.stats.get(m)
+            if not sc or not sb or sc.mean is None or sb.mean is None or sb.mean == 0:
+                continue
+            found.append((_title(c, b, shared), c, b, Comparison(m, sc.values, sb.values)))
+    adjust([f[3] for f in found])
+    return [{"compared": title, "labels": c.labels, "against": b.labels, **comp.to_json()}
+            for title, c, b, comp in found]
 
 
-def _compare(c: Cell, b: Cell, shared: tuple[str, ...]) -> str:
-    """One line: cell c against baseline cell b, metric by metric."""
-    parts = []
-    for m in columns([c, b]):
-        sc, sb = c.stats.get(m), b.stats.get(m)
-        if not sc or not sb or sc.mean is None or sb.mean is None or sb.mean == 0:
-            continue
-        change = (sc.mean - sb.mean) / abs(sb.mean)
-        spread = (sc.std or 0) + (sb.std or 0)
-        better = (sc.mean < sb.mean) == lower_is_better(m)
-        verdict = "" if not spread else (" (beyond the seeds' spread)"
-                                         if abs(sc.mean - sb.mean) > spread
-                                         else " (within the seeds' spread)")
-        parts.append(f"{METRIC_NAMES[m]} {change:+.1%} {'better' if better else 'worse'}{verdict}")
-
+def _title(c: Cell, b: Cell, shared: tuple[str, ...]) -> str:
+    """'ROW vs AGAINST (SHARED LABELS)': the two rows by the labels they do not share."""
     def own(cell: Cell) -> str:
         return " ".join(f"{k}={v}" if k not in ("model", "prior", "decoding", "variant")
                         else str(v)
                         for k, v in cell.labels.items() if k not in shared)
 
     where = ", ".join(f"{k} {c.labels[k]}" for k in shared if k in c.labels)
-    return f"- {own(c)} vs {own(b)}" + (f" ({where})" if where else "") + ": " + "; ".join(parts)
+    return f"{own(c)} vs {own(b)}" + (f" ({where})" if where else "")
+
+
+def comparison_table(found: list[dict]) -> str:
+    """The comparisons as one markdown table: a row per metric, the pair named on its first."""
+    head = ["compared", "metric", "verdict", "change", "difference (95% CI)", "p", "q",
+            "n", "mean ± sd (row; compared with)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    last = None
+    for f in found:
+        spec = BY_KEY[f["metric"]]
+        digits, scale = spec.digits, spec.scale
+
+        def num(x: float | None, sign: str = "") -> str:
+            return "n/a" if x is None else f"{x * scale:{sign}.{digits}f}"
+
+        ci = f" ({num(f['ci95'][0], '+')}, {num(f['ci95'][1], '+')})" if f["ci95"] else ""
+        sides = "; ".join(num(mean) + (f" ± {num(sd)}" if sd is not None else "")
+                          for mean, sd in zip(f["mean"], f["sd"]))
+        row = [f["compared"] if f["compared"] != last else "", METRIC_NAMES[f["metric"]],
+               f["verdict"], f"{f['change']:+.1%}", num(f["diff"], "+") + ci, _p(f["p"]),
+               _p(f["q"]), "/".join(map(str, f["n"])), sides]
+        last = f["compared"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[str],
@@ -108,9 +128,11 @@ def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[
              f"N = {plan.eval_n} evaluation images; mean ± std over seeds (sample std).", "",
              markdown_table(plan, cells), ""]
     if comp:
-        lines += ["Rows compared (the first against the second):" if not plan.baseline else
-                  f"Against the baseline rows with the same {' and '.join(plan.match)}:"
-                  if plan.match else "Against the baseline rows:", "", *comp, ""]
+        what = ("Each row against the one named after it" if not plan.baseline else
+                f"Each row against the baseline rows with the same {' and '.join(plan.match)}"
+                if plan.match else "Each row against the baseline rows")
+        lines += [f"{what}: change and difference are the row minus the one it is compared "
+                  f"with; n: the seeds of each. {RULE}", "", comparison_table(comp), ""]
     lines += plan.kind.sections(extra)
     for fig in (*plan.kind.figures(plan, cells, folder), *figures):
         lines += [f"![{fig.stem}]({fig.name})", ""]
