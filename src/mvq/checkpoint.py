@@ -26,6 +26,7 @@ from mvq.sealed import read_json, writing
 FORMAT = "mvq-checkpoint-v1"  # every saved model; config.json's "kind" says which
 LEGACY_PRIOR_FORMAT = "mvq-prior-v1"  # priors saved by mvq before one format (read, not written)
 CARD = "README.md"  # the model card beside the weights
+TRAIN_STATE = "train_state.safetensors"  # optimizers and RNG states: what --resume reads
 
 
 def kind_of(info: dict) -> str | None:
@@ -240,14 +241,14 @@ def save_train_state(directory: Path, optimizer: torch.optim.Optimizer,
             opt_tensors, opt_meta = _flatten_optimizer(opt)
             tensors.update({f"auxopt.{name}.{k}": v for k, v in opt_tensors.items()})
             metadata[f"optimizer.{name}"] = json.dumps(opt_meta)
-    save_tensors(tensors, directory / "train_state.safetensors", metadata=metadata)
+    save_tensors(tensors, directory / TRAIN_STATE, metadata=metadata)
 
 
 def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
                      aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]]
                      | None = None
                      ) -> None:
-    path = Path(directory) / "train_state.safetensors"
+    path = Path(directory) / TRAIN_STATE
     if not path.is_file():
         raise MvqError(f"cannot resume: {path} is missing (the checkpoint has no training state)")
     tensors = load_weights(path)

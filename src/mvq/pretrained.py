@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import ExitStack
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,6 +28,7 @@ from mvq.devices import pick_device
 from mvq.errors import MvqError
 from mvq.outputs import try_lock
 
+RUN_LOCK = ".lock"  # the lock a training holds on its run folder (mvq.train.engine.locked)
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -59,15 +61,26 @@ class Pretrained:
     # --------------------------------------------------------------- API
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``folder`` (config.json, model.safetensors, README.md model card, manifest),
-        all or nothing. An existing mvq checkpoint folder there is replaced (kept as
+        all or nothing. An existing mvq model folder there is replaced (kept as
         ``FOLDER-STEP`` until the swap is done); any other existing folder is refused, and so
-        is a save while another process writes the same folder (the lock ``.FOLDER.lock``)."""
+        are a training run's folder and a folder holding a run's training state (its
+        ``--resume`` needs it), and a save while another process writes the same folder (the
+        lock ``.FOLDER.lock``) or a training holds the run it lies in (the run's ``.lock``)."""
         info = self._checkpoint_info()
         folder = Path(folder)
-        with try_lock(folder.parent / f".{folder.name}.lock") as holder:
+        with ExitStack() as locks:
+            run_lock = folder.parent / RUN_LOCK
+            if run_lock.is_file() and not run_lock.is_symlink():  # inside a run's folder
+                holder = locks.enter_context(try_lock(run_lock))
+                if holder is not None:
+                    raise MvqError(f"{folder.parent} is in use by an mvq training (pid "
+                                   f"{holder}); wait for it to finish or save to a folder "
+                                   "outside that run")
+            holder = locks.enter_context(try_lock(folder.parent / f".{folder.name}.lock"))
             if holder is not None:
                 raise MvqError(f"{folder} is being written by another process (pid {holder}); "
                                "wait for it to finish or save to another folder")
+            _refuse_training_state(folder)
             if (folder / "config.json").is_file():  # replace only a model of the same kind
                 held = sealed.read_json(folder / "config.json").get("kind")
                 if held != info["kind"]:
@@ -86,6 +99,21 @@ class Pretrained:
             raise MvqError(f"{path_or_repo_id} holds a {type(model).__name__}, not a "
                            f"{cls.__name__}; load it with mvq.load()")
         return model
+
+
+def _refuse_training_state(folder: Path) -> None:
+    """MvqError when saving into ``folder`` would take a training run's files: the run's
+    own folder (it holds ``.lock``), or a checkpoint holding the training state that
+    ``--resume`` reads (replacing it would retire and delete that state)."""
+    if (folder / RUN_LOCK).exists() or (folder / "checkpoint").is_dir():
+        raise MvqError(f"{folder} is a training run's folder (mvq train writes it); save to a "
+                       "new folder instead, e.g. " + str(folder.with_name(folder.name + "-saved")))
+    for held in (folder, *sealed.retired(folder)):  # a retired copy would be deleted too
+        state = held / checkpoint.TRAIN_STATE
+        if state.exists() or state.is_symlink():
+            raise MvqError(f"{held} holds a run's training state ({checkpoint.TRAIN_STATE}, "
+                           f"which --resume reads); saving into {folder} would delete it: save "
+                           "to a new folder instead")
 
 
 def resolve(path_or_repo_id: str | Path) -> Path:
