@@ -1,16 +1,25 @@
 """Issue 33, the third hostile round: each fault found, reproduced here, and its fix."""
 
+import json
 import shutil
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from conftest import tiny_model_config
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 import mvq
+from mvq import sealed
+from mvq.cli import main
 from mvq.config import Config, DataConfig, TrainConfig
 from mvq.errors import MvqError
+from mvq.hashes import file_sha256
+from mvq.models import Tokenizer, build_model
+from mvq.pretrained import UnverifiedWarning, load_tokenizer
 from mvq.train import train
 
 
@@ -78,3 +87,88 @@ def test_save_pretrained_takes_the_run_lock(run, tmp_path):
         other.wait()
     assert not (out / "exported").exists()
     model.save_pretrained(out / "exported")  # the training is gone: the lock is free
+
+
+# --- 2. loading verifies or refuses --------------------------------------------------------
+
+def _reseal(folder, drop=()):
+    """Rewrite the manifest for the files as they are now, leaving out ``drop``."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                         for p in sorted(folder.iterdir())
+                         if p.name not in ("manifest.json", *drop)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _saved(tmp_path, name="m"):
+    return build_model(tiny_model_config(type="vqvae")).save_pretrained(tmp_path / name)
+
+
+def test_a_folder_without_a_manifest_loads_only_unverified(tmp_path):
+    folder = _saved(tmp_path)
+    (folder / "manifest.json").unlink()
+    with pytest.raises(MvqError, match=r"no manifest.json.*verify=False.*--no-verify"):
+        mvq.load(folder)
+    with pytest.warns(UnverifiedWarning, match="unverified"):
+        assert isinstance(mvq.load(folder, verify=False), Tokenizer)
+    (folder / "manifest.json").mkdir()  # a folder in its place
+    with pytest.raises(MvqError, match="manifest.json is not a file"):
+        mvq.load(folder)
+    with pytest.warns(UnverifiedWarning):
+        mvq.load(folder, verify=False)
+    (folder / "manifest.json").rmdir()
+    with pytest.raises(MvqError, match="no manifest"):  # the commands load the same way
+        load_tokenizer(folder)
+
+
+def test_the_manifest_must_list_the_weights_and_config(tmp_path):
+    folder = _saved(tmp_path)
+    weights = load_file(str(folder / "model.safetensors"))
+    weights = {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(weights, str(folder / "model.safetensors"))
+    _reseal(folder, drop=("model.safetensors",))
+    with pytest.raises(MvqError, match="does not list model.safetensors"):
+        mvq.load(folder)
+    _reseal(folder, drop=("config.json",))
+    with pytest.raises(MvqError, match="does not list config.json"):
+        mvq.load(folder)
+
+
+def test_a_model_type_contradicting_the_config_is_refused(tmp_path):
+    folder = _saved(tmp_path)
+    info = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**info, "model_type": "mvqvae"}))
+    with pytest.raises(MvqError, match="damaged"):  # the manifest catches the edit
+        mvq.load(folder)
+    _reseal(folder)  # and with the manifest made to agree, the contradiction itself
+    with pytest.raises(MvqError, match="model_type 'mvqvae' but its config builds 'vqvae'"):
+        mvq.load(folder)
+
+
+def test_an_edited_model_card_still_loads_and_resumes(run, tmp_path):
+    out = _copy(run, tmp_path)
+    with open(out / "checkpoint" / "README.md", "a") as fh:
+        fh.write("\nMy notes on this model, at length.\n")
+    assert isinstance(mvq.load(out), Tokenizer)
+    assert sealed.latest(out / "checkpoint") == out / "checkpoint"  # --resume still finds it
+
+
+def test_no_verify_on_the_command_line(tmp_path, capsys):
+    folder = _saved(tmp_path)
+    (folder / "manifest.json").unlink()
+    png = tmp_path / "r.png"
+    argv = ["reconstruct", "--checkpoint", str(folder), "--out", str(png), "--n", "1",
+            "--images", str(_image(tmp_path))]
+    assert main(argv) == 2
+    assert "--no-verify" in capsys.readouterr().err and not png.exists()
+    with pytest.warns(UnverifiedWarning):
+        assert main([*argv, "--no-verify"]) == 0
+    with pytest.warns(UnverifiedWarning):
+        assert main(["--no-verify", *argv, "--overwrite"]) == 0
+    assert png.is_file()
+
+
+def _image(tmp_path):
+    path = tmp_path / "img.png"
+    Image.fromarray(np.full((28, 28), 128, dtype=np.uint8)).save(path)
+    return path

@@ -21,11 +21,10 @@ from mvq.config import Config, config_to_dict
 from mvq.errors import MvqError
 from mvq.hashes import state_dict_sha256
 from mvq.outputs import save_safetensors
-from mvq.sealed import read_json, writing
+from mvq.sealed import CARD, read_json, writing  # CARD: the model card beside the weights
 
 FORMAT = "mvq-checkpoint-v1"  # every saved model; config.json's "kind" says which
 LEGACY_PRIOR_FORMAT = "mvq-prior-v1"  # priors saved by mvq before one format (read, not written)
-CARD = "README.md"  # the model card beside the weights
 TRAIN_STATE = "train_state.safetensors"  # optimizers and RNG states: what --resume reads
 
 

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import ExitStack
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import ClassVar
 
@@ -151,10 +154,57 @@ def _download(repo_id: str) -> Path:
                        "id and the network, or pass a local folder") from None
 
 
-def load(path_or_repo_id: str | Path, device: str = "cpu"):
+_VERIFY: ContextVar[bool] = ContextVar("mvq_verify", default=True)
+
+
+@contextmanager
+def unverified() -> Iterator[None]:
+    """Within the block, :func:`load` with ``verify`` unset loads unverified folders (with a
+    warning): ``mvq --no-verify COMMAND``."""
+    token = _VERIFY.set(False)
+    try:
+        yield
+    finally:
+        _VERIFY.reset(token)
+
+
+def _verify(folder: Path, verify: bool) -> None:
+    """Check ``folder`` against its manifest, which must list the weights and config.json;
+    ``verify`` False: a folder no manifest vouches for loads with a warning."""
+    try:
+        sealed.verify(folder, needs=("model.safetensors", "config.json"))
+    except sealed.Unverified as err:
+        if verify:
+            raise MvqError(f"{err}; load it only if you trust where it came from: "
+                           "mvq.load(path, verify=False), or mvq --no-verify COMMAND") from None
+        warnings.warn(f"loading {folder} unverified: {err}", UnverifiedWarning, stacklevel=3)
+
+
+class UnverifiedWarning(UserWarning):
+    """A model folder loaded with ``verify=False`` that no manifest vouches for."""
+
+
+def _check_info(folder: Path, info: dict, kind: str) -> None:
+    """MvqError when config.json contradicts itself: a tokenizer's top-level ``model_type``
+    (what the commands check and report) is not the type its config builds."""
+    if kind != "tokenizer" or "model_type" not in info:
+        return
+    model = info.get("config", {}).get("model") if isinstance(info.get("config"), dict) else None
+    built = model.get("type") if isinstance(model, dict) else None
+    if info["model_type"] != built:
+        raise MvqError(f"{folder / 'config.json'} is damaged: model_type "
+                       f"{str(info['model_type'])[:40]!r} but its config builds "
+                       f"{str(built)[:40]!r}; use an earlier checkpoint or train again")
+
+
+def load(path_or_repo_id: str | Path, device: str = "cpu", verify: bool | None = None):
     """Whatever the folder holds — a :class:`~mvq.models.Tokenizer` or a
-    :class:`~mvq.priors.Prior` — rebuilt from its config, its weights checked against the
-    manifest, in eval mode on ``device``. ``model.checkpoint_info`` is its config.json."""
+    :class:`~mvq.priors.Prior` — rebuilt from its config, its files checked against the
+    manifest (which must list the weights and config.json; the model card is not checked), in
+    eval mode on ``device``. ``model.checkpoint_info`` is its config.json. ``verify=False``
+    loads a folder that no manifest vouches for (one from before manifests), with a
+    :class:`UnverifiedWarning` (None: True, unless inside :func:`unverified`)."""
+    verify = _VERIFY.get() if verify is None else bool(verify)
     dev = str(pick_device(device))  # checked before reading: no GPU is no damaged checkpoint
     folder = resolve(path_or_repo_id)
     info = sealed.read_json(folder / "config.json")
@@ -166,16 +216,18 @@ def load(path_or_repo_id: str | Path, device: str = "cpu"):
                        "written by mvq)")
     if not (folder / "model.safetensors").is_file():
         raise MvqError(f"{folder} is not a complete mvq model: model.safetensors is missing")
-    sealed.verify(folder)
+    _verify(folder, verify)
+    _check_info(folder, info, kind)
     model = Pretrained._loaders[kind]._from_checkpoint(folder, info, dev)
     model.checkpoint_info = info
     return model.to(dev).eval()
 
 
-def load_tokenizer(path: str | Path, expect_type: str | None = None, device: str = "cpu"):
+def load_tokenizer(path: str | Path, expect_type: str | None = None, device: str = "cpu",
+                   verify: bool | None = None):
     """(tokenizer in eval mode, its full Config, its config.json) — for the commands that need
     the training config too; ``expect_type`` refuses another model type."""
-    model = load(path, device)
+    model = load(path, device, verify)
     if model.checkpoint_info.get("kind") != "tokenizer":
         raise MvqError(f"{path} holds a {type(model).__name__}, not a tokenizer")
     info = model.checkpoint_info
@@ -185,9 +237,9 @@ def load_tokenizer(path: str | Path, expect_type: str | None = None, device: str
     return model, config_from_dict(info["config"]), info
 
 
-def load_prior(path: str | Path, device: str = "cpu"):
+def load_prior(path: str | Path, device: str = "cpu", verify: bool | None = None):
     """(prior in eval mode, its config.json) — for the commands that need its training record."""
-    model = load(path, device)
+    model = load(path, device, verify)
     if model.checkpoint_info.get("kind") != "prior":
         raise MvqError(f"{path} holds a {type(model).__name__}, not a Prior")
     return model, model.checkpoint_info
