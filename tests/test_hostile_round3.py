@@ -1,10 +1,13 @@
 """Issue 33, the third hostile round: each fault found, reproduced here, and its fix."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +175,103 @@ def _image(tmp_path):
     path = tmp_path / "img.png"
     Image.fromarray(np.full((28, 28), 128, dtype=np.uint8)).save(path)
     return path
+
+
+# --- 3. local paths never go to the hub; the model card; the hub through huggingface_hub ------
+
+class FakeHub(types.SimpleNamespace):
+    """huggingface_hub as mvq calls it, recording each call (nothing touches the network)."""
+
+    def __init__(self, snapshot=None):
+        calls = []
+
+        class HfApi:
+            def __init__(self, token=None):
+                calls.append(("HfApi", {"token": token}))
+
+            def create_repo(self, repo_id, **kw):
+                calls.append(("create_repo", {"repo_id": repo_id, **kw}))
+
+            def create_branch(self, repo_id, **kw):
+                calls.append(("create_branch", {"repo_id": repo_id, **kw}))
+
+            def upload_folder(self, **kw):
+                folder = Path(kw["folder_path"])
+                kw["files"] = {p.name: p.read_bytes() for p in folder.iterdir()}
+                calls.append(("upload_folder", kw))
+                return types.SimpleNamespace(commit_url="https://hub/commit/1")
+
+        def snapshot_download(repo_id, **kw):
+            calls.append(("snapshot_download", {"repo_id": repo_id, **kw}))
+            if snapshot is None:
+                raise OSError("offline")
+            return str(snapshot)
+
+        super().__init__(calls=calls, HfApi=HfApi, snapshot_download=snapshot_download)
+
+
+@pytest.mark.parametrize("name", ["runs/mvqq", "./mvqq", "/no/such/mvqq", "~/no-such-mvqq",
+                                  "a/b/c", "runs/mvqq/checkpoint"])
+def test_a_local_looking_path_never_goes_to_the_hub(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    hub = FakeHub()
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    with pytest.raises(MvqError, match=f"no such folder: {re.escape(name)}") as err:
+        mvq.load(name)
+    assert "download" not in str(err.value) and hub.calls == []
+
+
+def test_a_repository_id_downloads_only_the_model_files(tmp_path, monkeypatch, run):
+    monkeypatch.chdir(tmp_path)
+    snapshot = shutil.copytree(run / "checkpoint", tmp_path / "cache" / "snap")
+    (snapshot / "train_state.safetensors").unlink()  # left out by allow_patterns
+    hub = FakeHub(snapshot)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    model = mvq.load("someone/tok", revision="v1", token="secret")
+    assert isinstance(model, Tokenizer)
+    [(what, kw)] = hub.calls
+    assert what == "snapshot_download" and kw["repo_id"] == "someone/tok"
+    assert (kw["revision"], kw["token"]) == ("v1", "secret")
+    assert sorted(kw["allow_patterns"]) == ["README.md", "config.json", "manifest.json",
+                                            "model.safetensors"]
+    with pytest.raises(MvqError, match="hub repositories only"):
+        mvq.load(snapshot, revision="v1")
+    hub = FakeHub(None)  # offline
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    with pytest.raises(MvqError, match="cannot download someone/tok .*offline"):
+        mvq.load("someone/tok")
+
+
+def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch, run):
+    hub = FakeHub()
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    model = mvq.load(run)
+    assert model.push_to_hub("me/tok", token="t", revision="dev") == "https://hub/commit/1"
+    names = [c[0] for c in hub.calls]
+    assert names == ["HfApi", "create_repo", "create_branch", "upload_folder"]
+    assert hub.calls[0][1]["token"] == "t"
+    up = hub.calls[-1][1]
+    assert (up["repo_id"], up["revision"]) == ("me/tok", "dev")
+    assert sorted(up["files"]) == ["README.md", "config.json", "manifest.json",
+                                   "model.safetensors"]  # no training state
+    assert b'mvq.load("me/tok")' in up["files"]["README.md"]
+    with pytest.raises(MvqError, match="not a hub repository id"):
+        model.push_to_hub("no-owner")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(MvqError, match=r"mvq\[hub\]"):
+        model.push_to_hub("me/tok")
+
+
+def test_the_model_card(tmp_path, run):
+    fresh = build_model(tiny_model_config()).save_pretrained(tmp_path / "fresh")
+    card = (fresh / "README.md").read_text()
+    assert "THIS_FOLDER" not in card and f'mvq.load("{fresh}")' in card
+    assert "Untrained" in card and "steps: 0" not in card and "data:" not in card
+    meta = card.split("---")[1]
+    assert "license: mit" in meta and '"tokenizer"' in meta and "datasets" not in meta
+    card = (run / "checkpoint" / "README.md").read_text()
+    assert f'mvq.load("{run / "checkpoint"}")' in card and "steps: 2" in card
+    meta = card.split("---")[1]
+    assert '"val_mse"' in meta.split("metrics:")[1] and "license: mit" in meta
+    assert "Untrained" not in card

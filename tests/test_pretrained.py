@@ -140,7 +140,7 @@ def test_weights_saved_with_the_old_names_still_load(tmp_path):
 
 
 def test_load_errors_are_one_line(tmp_path, monkeypatch):
-    with pytest.raises(MvqError, match="not found"):
+    with pytest.raises(MvqError, match="no such folder"):
         mvq.load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(MvqError, match="holds no mvq model"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -63,6 +64,9 @@ class Pretrained:
 
     # --------------------------------------------------------------- API
     def save_pretrained(self, folder: str | Path) -> Path:
+        return self._save(Path(folder), None)
+
+    def _save(self, folder: Path, card_name: str | None) -> Path:
         """Write ``folder`` (config.json, model.safetensors, README.md model card, manifest),
         all or nothing. An existing mvq model folder there is replaced (kept as
         ``FOLDER-STEP`` until the swap is done); any other existing folder is refused, and so
@@ -70,7 +74,6 @@ class Pretrained:
         ``--resume`` needs it), and a save while another process writes the same folder (the
         lock ``.FOLDER.lock``) or a training holds the run it lies in (the run's ``.lock``)."""
         info = self._checkpoint_info()
-        folder = Path(folder)
         with ExitStack() as locks:
             run_lock = folder.parent / RUN_LOCK
             if run_lock.is_file() and not run_lock.is_symlink():  # inside a run's folder
@@ -90,14 +93,43 @@ class Pretrained:
                     raise MvqError(f"{folder} holds a {held or 'non-mvq'} model, not a "
                                    f"{info['kind']}; save to another folder or delete that one")
             with sealed.writing(folder, int(info.get("step", 0))) as tmp:
-                checkpoint.write_model(tmp, self, info)
+                checkpoint.write_model(tmp, self, info, card_name)
         return folder
 
+    def push_to_hub(self, repo_id: str, token: str | None = None,
+                    revision: str | None = None) -> str:
+        """Upload this model to the hub repository ``repo_id`` (created when missing; branch
+        ``revision``, created when missing; default main) as the folder save_pretrained
+        writes, its card's load line naming ``repo_id``. Needs huggingface_hub
+        (``pip install mvq[hub]``); returns the upload's commit URL."""
+        if not isinstance(repo_id, str) or not REPO_ID.fullmatch(repo_id):
+            raise MvqError(f"{str(repo_id)[:80]!r} is not a hub repository id (owner/name)")
+        hub = _hub(repo_id)
+        with tempfile.TemporaryDirectory(prefix="mvq-push-") as tmp:
+            folder = self._save(Path(tmp) / repo_id.split("/")[1], repo_id)
+            try:
+                api = hub.HfApi(token=token)
+                api.create_repo(repo_id, exist_ok=True)
+                if revision is not None:
+                    api.create_branch(repo_id, branch=revision, exist_ok=True)
+                done = api.upload_folder(repo_id=repo_id, folder_path=str(folder),
+                                         revision=revision,
+                                         commit_message=f"mvq {self.saved_kind or 'model'} at "
+                                         f"step {self._checkpoint_info().get('step', 0)}")
+            except Exception as err:  # noqa: BLE001 - offline, no permission, bad token, ...
+                raise MvqError(f"cannot upload to {repo_id} ({type(err).__name__}: "
+                               f"{str(err)[:200]}); check the id, the token and the network"
+                               ) from None
+        return str(getattr(done, "commit_url", done))
+
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path, device: str = "cpu"):
+    def from_pretrained(cls, path_or_repo_id: str | Path, device: str = "cpu",
+                        verify: bool | None = None, revision: str | None = None,
+                        token: str | None = None):
         """The model saved in a folder (or a run folder holding ``checkpoint/``, or a hub
-        repository id), in eval mode on ``device``; MvqError when it holds another kind."""
-        model = load(path_or_repo_id, device)
+        repository id), in eval mode on ``device``; MvqError when it holds another kind.
+        The options are :func:`load`'s."""
+        model = load(path_or_repo_id, device, verify, revision, token)
         if not isinstance(model, cls):
             raise MvqError(f"{path_or_repo_id} holds a {type(model).__name__}, not a "
                            f"{cls.__name__}; load it with mvq.load()")
@@ -119,39 +151,66 @@ def _refuse_training_state(folder: Path) -> None:
                            "to a new folder instead")
 
 
-def resolve(path_or_repo_id: str | Path) -> Path:
+def resolve(path_or_repo_id: str | Path, revision: str | None = None,
+            token: str | None = None) -> Path:
     """The checkpoint folder that ``path_or_repo_id`` names: the folder itself when it holds
-    config.json, else its ``checkpoint/`` (a training run's folder), else a hub repository."""
+    config.json, else its ``checkpoint/`` (a training run's folder), else a hub repository.
+    A name that exists here or looks like a local path (:func:`_looks_local`) never goes to
+    the network."""
     if not isinstance(path_or_repo_id, (str, os.PathLike)):
         raise MvqError(f"expected a folder path or a hub repository id (owner/name), found "
                        f"{type(path_or_repo_id).__name__}")
-    path = Path(path_or_repo_id)
+    path = Path(path_or_repo_id).expanduser()
     for folder in (path, path / "checkpoint"):
         if (folder / "config.json").is_file():
+            if revision is not None or token is not None:
+                raise MvqError(f"{path} is a local folder: revision and token are for hub "
+                               "repositories only")
             return folder
     if path.exists():
         raise MvqError(f"{path} holds no mvq model: expected config.json and model.safetensors "
                        "(a folder written by save_pretrained, `mvq train` or `mvq train-prior`), "
                        "or a run folder with checkpoint/ inside")
-    if not REPO_ID.fullmatch(str(path_or_repo_id)):
-        raise MvqError(f"{path} not found: expected a model folder or a hub repository id "
-                       "(owner/name)")
-    return _download(str(path_or_repo_id))
+    name = os.fspath(path_or_repo_id)
+    if isinstance(path_or_repo_id, Path) or _looks_local(name) or not REPO_ID.fullmatch(name):
+        raise MvqError(f"no such folder: {name} (expected a model folder, or a hub repository "
+                       "id owner/name)")
+    return _download(name, revision, token)
 
 
-def _download(repo_id: str) -> Path:
+def _looks_local(name: str) -> bool:
+    """True for a name that is a local path, never a repository id: it starts with ``.``,
+    ``/`` or ``~``, holds more than one separator, or its first part is a folder here (a
+    mistyped ``runs/mvqq`` is a missing folder of ``runs``, not a repository)."""
+    parts = name.replace(os.sep, "/").split("/")
+    return (name.startswith((".", "/", "~", os.sep)) or len(parts) > 2
+            or os.path.isdir(parts[0]))
+
+
+HUB_FILES = ["config.json", "model.safetensors", "manifest.json", checkpoint.CARD]
+
+
+def _hub(repo_id: str):
+    """The huggingface_hub module (the ``hub`` extra); MvqError naming the extra without it."""
     try:
-        from huggingface_hub import snapshot_download  # optional: only for repository ids
+        import huggingface_hub  # optional: only for hub repositories
     except ImportError:
-        raise MvqError(f"{repo_id} is not a local folder, and downloading a hub repository "
-                       "needs huggingface_hub: `pip install mvq[hub]`") from None
+        raise MvqError(f"{repo_id} is not a local folder, and a hub repository needs "
+                       "huggingface_hub: `pip install mvq[hub]`") from None
+    return huggingface_hub
+
+
+def _download(repo_id: str, revision: str | None, token: str | None) -> Path:
+    """The model files of the hub repository ``repo_id`` (weights, config, manifest, card; no
+    training state), downloaded into huggingface_hub's cache."""
+    hub = _hub(repo_id)
     try:
-        return resolve(snapshot_download(repo_id))
-    except MvqError:
-        raise
+        folder = hub.snapshot_download(repo_id, revision=revision, token=token,
+                                       allow_patterns=HUB_FILES)
     except Exception as err:  # noqa: BLE001 - offline, unknown repository, no permission, ...
-        raise MvqError(f"cannot download {repo_id} ({type(err).__name__}: {err}); check the "
-                       "id and the network, or pass a local folder") from None
+        raise MvqError(f"cannot download {repo_id} ({type(err).__name__}: {str(err)[:200]}); "
+                       "check the id and the network, or pass a local folder") from None
+    return resolve(folder)
 
 
 _VERIFY: ContextVar[bool] = ContextVar("mvq_verify", default=True)
@@ -172,7 +231,8 @@ def _verify(folder: Path, verify: bool) -> None:
     """Check ``folder`` against its manifest, which must list the weights and config.json;
     ``verify`` False: a folder no manifest vouches for loads with a warning."""
     try:
-        sealed.verify(folder, needs=("model.safetensors", "config.json"))
+        sealed.verify(folder, needs=("model.safetensors", "config.json"),
+                      optional=(checkpoint.TRAIN_STATE,))  # not needed to load (nor downloaded)
     except sealed.Unverified as err:
         if verify:
             raise MvqError(f"{err}; load it only if you trust where it came from: "
@@ -197,16 +257,19 @@ def _check_info(folder: Path, info: dict, kind: str) -> None:
                        f"{str(built)[:40]!r}; use an earlier checkpoint or train again")
 
 
-def load(path_or_repo_id: str | Path, device: str = "cpu", verify: bool | None = None):
+def load(path_or_repo_id: str | Path, device: str = "cpu", verify: bool | None = None,
+         revision: str | None = None, token: str | None = None):
     """Whatever the folder holds — a :class:`~mvq.models.Tokenizer` or a
     :class:`~mvq.priors.Prior` — rebuilt from its config, its files checked against the
     manifest (which must list the weights and config.json; the model card is not checked), in
     eval mode on ``device``. ``model.checkpoint_info`` is its config.json. ``verify=False``
     loads a folder that no manifest vouches for (one from before manifests), with a
-    :class:`UnverifiedWarning` (None: True, unless inside :func:`unverified`)."""
+    :class:`UnverifiedWarning` (None: True, unless inside :func:`unverified`). A hub repository
+    id (``owner/name``; never a name that exists here or looks like a local path) is downloaded
+    at ``revision`` (a branch, tag or commit; default main) with ``token`` (private ones)."""
     verify = _VERIFY.get() if verify is None else bool(verify)
     dev = str(pick_device(device))  # checked before reading: no GPU is no damaged checkpoint
-    folder = resolve(path_or_repo_id)
+    folder = resolve(path_or_repo_id, revision, token)
     info = sealed.read_json(folder / "config.json")
     kind = checkpoint.kind_of(info)
     if kind not in Pretrained._loaders:

@@ -60,6 +60,15 @@ def _write_manifest(folder: Path, step: int, run: str) -> None:
     _fsync_dir(folder)
 
 
+def target_of(folder: str | Path) -> Path:
+    """The folder that ``folder``, one of :func:`writing`'s hidden folders, will become (any
+    other folder: itself)."""
+    folder = Path(folder)
+    if folder.name.startswith(".") and ".tmp-" in folder.name:
+        return folder.with_name(folder.name[1:].rsplit(".tmp-", 1)[0])
+    return folder
+
+
 def run_of(folder: str | Path) -> str | None:
     """The id of the run that sealed ``folder`` (None: no manifest of this module's format)."""
     try:
@@ -102,10 +111,12 @@ class Unverified(MvqError):
     """A folder whose files no manifest vouches for (none, or one that does not list them)."""
 
 
-def verify(folder: str | Path, needs: tuple[str, ...] = ()) -> None:
+def verify(folder: str | Path, needs: tuple[str, ...] = (), optional: tuple[str, ...] = ()
+           ) -> None:
     """MvqError naming the file unless every file the manifest lists is whole and unchanged
-    (the model card, which people edit, aside); :class:`Unverified` when there is no manifest
-    or it does not list each of ``needs``."""
+    (the model card, which people edit, aside; files named in ``optional`` may be absent, e.g.
+    a training state a download left out); :class:`Unverified` when there is no manifest or
+    it does not list each of ``needs``."""
     folder = Path(folder)
     path = folder / MANIFEST
     if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -118,6 +129,8 @@ def verify(folder: str | Path, needs: tuple[str, ...] = ()) -> None:
         if name == CARD:
             continue
         path = folder / name
+        if name in optional and not (path.exists() or path.is_symlink()):
+            continue
         if not path.is_file():
             raise MvqError(f"{path} is missing: the checkpoint is incomplete")
         if path.stat().st_size != want["bytes"] or file_sha256(path) != want["sha256"]:
