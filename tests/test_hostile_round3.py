@@ -11,19 +11,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_model_config
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import mvq
-from mvq import sealed
+from mvq import checkpoint, presets, sealed
 from mvq.cli import main
-from mvq.config import Config, DataConfig, TrainConfig
+from mvq.config import Config, DataConfig, TrainConfig, resolve_config
+from mvq.decoding import Decoding
 from mvq.errors import MvqError
+from mvq.evaluation.reports import format_comparison, row_names
 from mvq.hashes import file_sha256
 from mvq.models import Tokenizer, build_model
 from mvq.pretrained import UnverifiedWarning, load_tokenizer
+from mvq.tokens import encode_dataset
 from mvq.train import train
+from mvq.train.prior import PriorTraining, train_prior
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +281,108 @@ def test_the_model_card(tmp_path, run):
     meta = card.split("---")[1]
     assert '"val_mse"' in meta.split("metrics:")[1] and "license: mit" in meta
     assert "Untrained" not in card
+
+
+# --- 4. the command line: one readable line each --------------------------------------------
+
+@pytest.fixture(scope="module")
+def prior(run, tmp_path_factory):
+    """A class-conditional GPT prior (2 steps) on the run's tokens."""
+    root = tmp_path_factory.mktemp("r3p")
+    tokens = encode_dataset(run / "checkpoint", root / "tokens.safetensors", limit=16,
+                            batch_size=8, device="cpu", progress=False)
+    tiny = {k: dict(n_layer=1, n_head=2, n_embd=16) for k in ("primary", "secondary")}
+    settings = PriorTraining(steps=2, batch_size=8, lr=3e-3, val_fraction=0.25, sizes=tiny,
+                             val_every=2, log_every=1, class_conditional=True)
+    train_prior(tokens, root / "prior", settings, progress=False, device="cpu")
+    return root / "prior"
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") <= 1, err
+    return err
+
+
+def test_a_seed_too_large_for_torch_is_one_line(run, prior, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--tokenizer", str(run), "--prior", str(prior), "--seed", "9" * 23,
+              "--out", str(tmp_path / "s.png")])
+    assert "expected a seed from 0 to 2**64 - 1" in _err(capsys)
+    with pytest.raises(MvqError, match="seed must be an integer in"):
+        Decoding(seed=10**30)
+
+
+def test_sample_writes_the_format_its_name_says(run, prior, tmp_path, capsys):
+    base = ["sample", "--tokenizer", str(run), "--prior", str(prior), "--n", "5"]
+    assert main([*base, "--out", str(tmp_path / "s.jpg")]) == 0
+    assert Image.open(tmp_path / "s.jpg").format == "JPEG"
+    assert main([*base, "--out", str(tmp_path / "s.gif")]) == 2
+    assert "mvq writes images as .png, .jpg" in _err(capsys)
+    assert not (tmp_path / "s.gif").exists()
+
+
+def test_more_classes_than_samples_is_refused(run, prior, tmp_path, capsys):
+    out = tmp_path / "c.png"
+    argv = ["sample", "--tokenizer", str(run), "--prior", str(prior), "--out", str(out)]
+    assert main([*argv, "--class", "0,1,2,3,4", "--n", "3"]) == 2
+    assert "--n 3 is fewer than the 5 classes of --class" in _err(capsys)
+    assert not out.exists()
+    assert main([*argv, "--class", "0,1,2", "--n", "3"]) == 0
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe",
+                                     b"[" * 100000 + b"]" * 100000, b"[1]"])
+def test_compare_refuses_what_is_not_a_result_in_one_line(content, tmp_path, capsys):
+    path = tmp_path / "x.png"
+    path.write_bytes(content)
+    assert main(["compare", str(path)]) == 2
+    assert "pass JSON files written by `mvq evaluate`" in _err(capsys)
+
+
+def test_compare_names_rows_by_what_was_evaluated():
+    def result(path, **kw):
+        return {"checkpoint": path, "metrics": {"mse": 0.1}, **kw}
+    got = row_names([result("/w/runs/a"), result("/w/runs/b/checkpoint"),
+                     result("/w/runs/c", prior="/w/priors/p/checkpoint")])
+    assert got == ["a", "b", "p"]
+    assert row_names([result("/w/x/run"), result("/w/y/run")]) == ["x/run", "y/run"]
+    table = format_comparison([result("/w/runs/a"), result("/w/runs/b")])
+    assert "| a |" in table and "| b |" in table and "| runs |" not in table
+
+
+def test_demo_into_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "f").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path / "f")]) == 2
+    assert "is a file, not a folder" in _err(capsys)
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+def test_resume_from_a_training_state_without_rng_is_one_line(run, tmp_path):
+    out = _copy(run, tmp_path)
+    model = mvq.load(out)
+    path = out / "checkpoint" / "train_state.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+    tensors = load_file(str(path))
+    del tensors["rng.torch"]
+    save_file(tensors, str(path), metadata=metadata)
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(MvqError, match=r"cannot resume: .* no CPU RNG state \(rng.torch\)"):
+        checkpoint.load_train_state(out / "checkpoint", opt)
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, str(path), metadata={})
+    with pytest.raises(MvqError, match="no readable optimizer record"):
+        checkpoint.load_train_state(out / "checkpoint", opt)
+
+
+def test_a_bare_preset_name_is_the_preset_even_with_a_file_of_that_name(tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.chdir(tmp_path)
+    name = presets.names()[0]
+    (tmp_path / name).write_text("model: {codebook_size: 3}\n")
+    assert resolve_config(name) == presets.path(name)
+    assert "is the shipped preset; the file" in capsys.readouterr().err
+    assert resolve_config(f"./{name}") == Path(f"./{name}")  # a path: the file
+    (tmp_path / "mine.yaml").write_text("model: {codebook_size: 3}\n")
+    assert resolve_config("mine.yaml") == Path("mine.yaml")

@@ -278,6 +278,7 @@ def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
     tensors = load_weights(path)
     with safe_open(str(path), framework="pt") as fh:
         metadata = fh.metadata() or {}
+    _check_train_state(path, tensors, metadata)
     torch.set_rng_state(tensors.pop("rng.torch"))
     cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))
     if cuda and torch.cuda.is_available():
@@ -298,6 +299,26 @@ def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
     own = {k: v for k, v in tensors.items() if k.startswith("state.")}
     optimizer.load_state_dict(_unflatten_optimizer(own, json.loads(metadata["optimizer"])))
     _check_optimizer_fits(optimizer, path)
+
+
+def _check_train_state(path: Path, tensors: dict, metadata: dict) -> None:
+    """MvqError naming what is missing when ``path`` lacks what every training state mvq
+    writes holds: the CPU RNG state (a uint8 vector) and the optimizer's JSON record."""
+    rng = tensors.get("rng.torch")
+    if rng is None or rng.dtype != torch.uint8 or rng.dim() != 1:
+        what = "no CPU RNG state (rng.torch)" if rng is None else "a damaged rng.torch"
+    else:
+        try:
+            meta = json.loads(metadata["optimizer"])
+            ok = isinstance(meta, dict) and {"param_groups", "scalars"} <= set(meta)
+        except (KeyError, ValueError, RecursionError):
+            ok = False
+        if ok:
+            return
+        what = "no readable optimizer record (its metadata 'optimizer')"
+    raise MvqError(f"cannot resume: {path} holds {what}, which mvq writes in every training "
+                   "state: it is damaged or not mvq's; resume from an earlier checkpoint, load "
+                   "the weights with mvq.load, or train again")
 
 
 def _check_optimizer_fits(optimizer: torch.optim.Optimizer, path: Path) -> None:
