@@ -42,6 +42,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """A random seed: an integer a torch generator takes (0 .. 2**64 - 1)."""
+    value = _number(text, int)
+    if not 0 <= value <= 2**64 - 1:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 2**64 - 1, found {text}")
+    return int(value)
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0 (learning rates, temperatures)."""
     value = _number(text, float)

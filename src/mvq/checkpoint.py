@@ -21,11 +21,11 @@ from mvq.config import Config, config_to_dict
 from mvq.errors import MvqError
 from mvq.hashes import state_dict_sha256
 from mvq.outputs import save_safetensors
-from mvq.sealed import read_json, writing
+from mvq.sealed import CARD, read_json, target_of, writing  # CARD: the model card
 
 FORMAT = "mvq-checkpoint-v1"  # every saved model; config.json's "kind" says which
 LEGACY_PRIOR_FORMAT = "mvq-prior-v1"  # priors saved by mvq before one format (read, not written)
-CARD = "README.md"  # the model card beside the weights
+TRAIN_STATE = "train_state.safetensors"  # optimizers and RNG states: what --resume reads
 
 
 def kind_of(info: dict) -> str | None:
@@ -81,12 +81,14 @@ def describe(source: str | Path) -> tuple[str | None, str]:
 
 # --- tokenizer checkpoints -----------------------------------------------------------------
 
-def write_model(directory: Path, model: torch.nn.Module, info: dict) -> None:
+def write_model(directory: Path, model: torch.nn.Module, info: dict,
+                name: str | None = None) -> None:
     """The one writer of a model folder's contents (no swap, no manifest: see ``writing``):
-    model.safetensors, config.json (``info``) and the model card README.md."""
+    model.safetensors, config.json (``info``) and the model card README.md, whose load line
+    names ``name`` (default: the folder ``directory`` is being written for)."""
     save_tensors(model.state_dict(), directory / "model.safetensors")
     (directory / "config.json").write_text(json.dumps(info, indent=2))
-    (directory / CARD).write_text(model_card(info))
+    (directory / CARD).write_text(model_card(info, name or str(target_of(directory))))
 
 
 def write_tokenizer(directory: Path, model: torch.nn.Module, cfg: Config, step: int,
@@ -115,28 +117,51 @@ def _table(rows: dict) -> str:
                               for k, v in rows.items()])
 
 
-def model_card(info: dict) -> str:
-    """The model card (README.md) of a saved model: what it is, how to load it, its config, the
-    data and steps it was trained on and the metrics measured then."""
+# the hub's ids of the data sets mvq trains on (the others, shapes and image folders, have none)
+HUB_DATASETS = {"fashion-mnist": "zalando-datasets/fashion_mnist", "cifar10": "uoft-cs/cifar10"}
+
+
+def _front_matter(info: dict, kind: str, what: str, data: str | None) -> list[str]:
+    # data: the data set it was trained on (None: untrained, or not a tokenizer)
+    """The card's YAML front matter, the hub's metadata: library, license, tags, the data set
+    and the names of the metrics recorded."""
+    lines = ["---", "library_name: mvq", "license: mit",
+             f"tags: [{', '.join(json.dumps(str(t)) for t in ('mvq', kind, what) if t)}]"]
+    if data in HUB_DATASETS:
+        lines.append(f"datasets: [{json.dumps(HUB_DATASETS[data])}]")
+    metrics = info.get("metrics") or {}
+    if metrics:
+        lines.append(f"metrics: [{', '.join(json.dumps(str(k)) for k in metrics)}]")
+    return [*lines, "---", ""]
+
+
+def model_card(info: dict, folder: str | None = None) -> str:
+    """The model card (README.md) of a saved model: hub metadata (YAML front matter), what it
+    is, how to load it (from ``folder``, as its writer named it), its config, the data and steps
+    it was trained on (or that it is untrained) and the metrics measured then."""
     kind = info.get("kind", "tokenizer")
-    what = info.get("model_type") or info.get("prior_type", "")
-    lines = ["---", "library_name: mvq", f"tags: [mvq, {kind}, {what}]", "---", "",
-             f"# mvq {kind}: {what}", "",
-             "Load it with mvq (`pip install mvq`):", "", "```python", "import mvq",
-             'model = mvq.load("THIS_FOLDER")  # eval mode', "```", ""]
+    what = str(info.get("model_type") or info.get("prior_type", ""))
     config = info.get("config") or info.get("prior") or {}
+    step = info.get("step", 0)
+    data = (config.get("data") or {}).get("name") if kind == "tokenizer" and step else None
+    where = folder or "path/to/this/folder"
+    lines = [*_front_matter(info, kind, what, data), f"# mvq {kind}: {what}", "",
+             "Load it with mvq (`pip install mvq`):", "", "```python", "import mvq",
+             f"model = mvq.load({json.dumps(str(where))})  # eval mode", "```", ""]
     train = (config.get("train") or {}) if kind == "tokenizer" else (info.get("train") or {})
-    if kind == "tokenizer":
-        data = config.get("data") or {}
-        lines += ["## Training", "", f"- data: {data.get('name', '?')} at "
-                  f"{config.get('model', {}).get('image_size', '?')} px",
-                  f"- steps: {info.get('step', 0)} (batch {train.get('batch_size', '?')}, "
+    lines += ["## Training", ""]
+    if not step:
+        lines += ["Untrained: the weights are as initialised (step 0).", ""]
+    elif kind == "tokenizer":
+        lines += [f"- data: {data or '?'} at "
+                  f"{(config.get('model') or {}).get('image_size', '?')} px",
+                  f"- steps: {step} (batch {train.get('batch_size', '?')}, "
                   f"seed {train.get('seed', '?')})", ""]
     else:
         tokens = info.get("tokens") or {}
-        lines += ["## Training", "", f"- tokens: {tokens.get('path', '?')}",
+        lines += [f"- tokens: {tokens.get('path', '?')}",
                   f"- tokenizer config hash: {info.get('tokenizer_config_hash', '?')}",
-                  f"- steps: {info.get('step', 0)} (batch {train.get('batch_size', '?')}, "
+                  f"- steps: {step} (batch {train.get('batch_size', '?')}, "
                   f"seed {train.get('seed', '?')})", ""]
     metrics = info.get("metrics") or {}
     lines += ["## Metrics at this step (validation split)", "",
@@ -240,19 +265,20 @@ def save_train_state(directory: Path, optimizer: torch.optim.Optimizer,
             opt_tensors, opt_meta = _flatten_optimizer(opt)
             tensors.update({f"auxopt.{name}.{k}": v for k, v in opt_tensors.items()})
             metadata[f"optimizer.{name}"] = json.dumps(opt_meta)
-    save_tensors(tensors, directory / "train_state.safetensors", metadata=metadata)
+    save_tensors(tensors, directory / TRAIN_STATE, metadata=metadata)
 
 
 def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
                      aux: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer | None]]
                      | None = None
                      ) -> None:
-    path = Path(directory) / "train_state.safetensors"
+    path = Path(directory) / TRAIN_STATE
     if not path.is_file():
         raise MvqError(f"cannot resume: {path} is missing (the checkpoint has no training state)")
     tensors = load_weights(path)
     with safe_open(str(path), framework="pt") as fh:
         metadata = fh.metadata() or {}
+    _check_train_state(path, tensors, metadata)
     torch.set_rng_state(tensors.pop("rng.torch"))
     cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))
     if cuda and torch.cuda.is_available():
@@ -273,6 +299,26 @@ def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer,
     own = {k: v for k, v in tensors.items() if k.startswith("state.")}
     optimizer.load_state_dict(_unflatten_optimizer(own, json.loads(metadata["optimizer"])))
     _check_optimizer_fits(optimizer, path)
+
+
+def _check_train_state(path: Path, tensors: dict, metadata: dict) -> None:
+    """MvqError naming what is missing when ``path`` lacks what every training state mvq
+    writes holds: the CPU RNG state (a uint8 vector) and the optimizer's JSON record."""
+    rng = tensors.get("rng.torch")
+    if rng is None or rng.dtype != torch.uint8 or rng.dim() != 1:
+        what = "no CPU RNG state (rng.torch)" if rng is None else "a damaged rng.torch"
+    else:
+        try:
+            meta = json.loads(metadata["optimizer"])
+            ok = isinstance(meta, dict) and {"param_groups", "scalars"} <= set(meta)
+        except (KeyError, ValueError, RecursionError):
+            ok = False
+        if ok:
+            return
+        what = "no readable optimizer record (its metadata 'optimizer')"
+    raise MvqError(f"cannot resume: {path} holds {what}, which mvq writes in every training "
+                   "state: it is damaged or not mvq's; resume from an earlier checkpoint, load "
+                   "the weights with mvq.load, or train again")
 
 
 def _check_optimizer_fits(optimizer: torch.optim.Optimizer, path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -164,9 +165,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def resolve_config(ref: str | Path) -> Path:
-    """The YAML file that ``ref`` names: an existing file, else a shipped preset (``NAME`` or
-    ``NAME.yaml``, see ``mvq presets``); MvqError naming both choices otherwise."""
+    """The YAML file that ``ref`` names: a bare preset name (no folder, no suffix; see ``mvq
+    presets``) is always the preset, even when a file of that name is here (said on stderr);
+    else an existing file, else a preset ``NAME.yaml``; MvqError naming both choices
+    otherwise."""
     path = Path(ref)
+    if str(ref) == path.name and path.suffix == "" and presets.is_preset(path.name):
+        if path.is_file():  # a bare name is the preset; say so when a file could be meant
+            print(f"mvq: --config {ref} is the shipped preset; the file {ref} in this folder "
+                  f"is not read (pass ./{ref} to use it)", file=sys.stderr)
+        return presets.path(path.name)
     if path.is_file():
         return path
     if path.name == str(ref) and presets.is_preset(path.name):

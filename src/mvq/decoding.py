@@ -32,6 +32,9 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None = 
         raise MvqError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # torch.Generator.manual_seed's range
+
+
 @dataclass(frozen=True)
 class Draw:
     """How the networks draw each token: temperature (0: greedy), top_k / top_p filtering.
@@ -69,8 +72,9 @@ class Decoding:
         ct = self.choice_temperature
         if ct is not None and (not _number(ct) or not math.isfinite(ct) or ct < 0):
             raise MvqError(f"choice_temperature must be None or a finite number >= 0, got {ct!r}")
-        if not _integer(self.seed):
-            raise MvqError(f"seed must be an integer, got {self.seed!r}")
+        if not _integer(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX:
+            raise MvqError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}] (what a torch "
+                           f"generator takes), got {str(self.seed)[:40]}")
 
     def options(self) -> dict:
         """The keywords for ``prior.sample`` that are set (the seed is not one of them)."""

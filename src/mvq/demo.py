@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mvq.config import load_config
+from mvq.config import check_writable, load_config
 from mvq.data import default_fashion_mnist_root, fashion_mnist_available
 from mvq.evaluation import EvalSettings, evaluate_checkpoint
 from mvq.figures import Figure
@@ -52,6 +52,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
     ``overrides`` (section.key=value) apply to both models, e.g. to shrink them in tests.
     """
     out_dir = Path(out)
+    check_writable(out_dir, "--out")  # a file there is one line, not FileExistsError
     out_dir.mkdir(parents=True, exist_ok=True)
     data_name, root = pick_data(data_root)
     rows, models = [], {}

@@ -114,8 +114,28 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}  # what a figure is written as
+
+
+def image_format(path: str | Path, option: str = "--out") -> str:
+    """The format a figure at ``path`` is written in, from its suffix (none: PNG); MvqError
+    for another suffix, before any work (the file would hold bytes its name does not say)."""
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "PNG"
+    if suffix not in IMAGE_FORMATS:
+        raise MvqError(f"{option} {path}: mvq writes images as {', '.join(IMAGE_FORMATS)}; "
+                       f"not {suffix}: give one of those suffixes")
+    return IMAGE_FORMATS[suffix]
+
+
 def save_png(img: Image.Image, path: str | Path) -> Path:
-    """Write ``img`` as a PNG through the atomic writer; returns the path."""
+    """Write ``img`` through the atomic writer in the format its suffix names (PNG, or JPEG
+    for .jpg / .jpeg, see :func:`image_format`); returns the path."""
+    fmt = image_format(path, "output")
+    if fmt == "JPEG":
+        img = img.convert("RGB")
+        return atomic_write(path, lambda tmp: img.save(tmp, format="JPEG", quality=95))
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
@@ -196,5 +216,6 @@ class Figure:
 
     def save(self, path: str | Path, scale: int | None = None,
              fix: str = "show fewer images or lower --scale") -> Path:
-        """Write :meth:`render` as a PNG through the atomic writer; returns the path."""
+        """Write :meth:`render` as a PNG (JPEG for .jpg / .jpeg) through the atomic writer;
+        returns the path."""
         return save_png(self.render(scale, fix), path)

@@ -15,7 +15,7 @@ from mvq.config import model_hash
 from mvq.data import class_names
 from mvq.decoding import Decoding
 from mvq.errors import MvqError, expect_value
-from mvq.figures import Figure, check_grid_size, readable_scale
+from mvq.figures import Figure, check_grid_size, image_format, readable_scale
 from mvq.outputs import check_outputs
 from mvq.pretrained import load_prior, load_tokenizer, resolve
 
@@ -73,11 +73,16 @@ def class_labels(prior, n: int, classes: list[int] | None = None) -> torch.Tenso
                        "unconditional (train one with mvq train-prior --class-conditional)")
     if not prior.num_classes:
         return None
+    given = classes is not None
     classes = list(range(prior.num_classes)) if classes is None else list(classes)
     bad = [k for k in classes if not 0 <= k < prior.num_classes]
     if not classes or bad:
         raise MvqError(f"--class {bad[0] if bad else '(none)'}: this prior knows classes "
                        f"0..{prior.num_classes - 1}")
+    if given and n < len(classes):  # blocks of n // len(classes): some classes would get none
+        raise MvqError(f"--n {n} is fewer than the {len(classes)} classes of --class: each "
+                       f"class needs a sample; pass --n {len(classes)} or more (e.g. "
+                       f"{PER_ROW * len(classes)}: a row per class), or fewer classes")
     pick = torch.arange(n) * len(classes) // n
     return torch.tensor(classes, dtype=torch.long)[pick]
 
@@ -163,6 +168,7 @@ def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path,
     check_grid_size(*grid_shape(sampling.n), size, scale, "lower --n or --scale")
     check_outputs([("--out", out)], overwrite,
                   [("--tokenizer", tokenizer_dir), ("--prior", prior_dir)])
+    image_format(out)  # .png or .jpg, refused before any work otherwise
     _, images, labels = _draw(tokenizer_dir, prior_dir, sampling, device, force)
     d = sampling.decoding
     title = (f"mvq sample: {sampling.n} samples of the prior {_run_name(prior_dir)} decoded by "

@@ -26,6 +26,7 @@ from mvq.jsonio import loads_object
 from mvq.outputs import CHECKPOINT_FILES, write_failure
 
 MANIFEST = "manifest.json"
+CARD = "README.md"  # the model card: listed in the manifest (it is ours) but not checked
 MANIFEST_FORMAT = "mvq-manifest-v1"  # a manifest this module sealed (with its run's id)
 WRITING = ".mvq-writing"  # marks a hidden folder this module is writing (removed when sealed)
 # test-only: seconds to sleep inside a checkpoint write, so a test can kill the writer there
@@ -57,6 +58,15 @@ def _write_manifest(folder: Path, step: int, run: str) -> None:
     manifest = {"format": MANIFEST_FORMAT, "run": run, "step": step, "files": files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     _fsync_dir(folder)
+
+
+def target_of(folder: str | Path) -> Path:
+    """The folder that ``folder``, one of :func:`writing`'s hidden folders, will become (any
+    other folder: itself)."""
+    folder = Path(folder)
+    if folder.name.startswith(".") and ".tmp-" in folder.name:
+        return folder.with_name(folder.name[1:].rsplit(".tmp-", 1)[0])
+    return folder
 
 
 def run_of(folder: str | Path) -> str | None:
@@ -97,19 +107,38 @@ def _manifest_entry(name, entry) -> bool:
             and len(entry["sha256"]) == 64)
 
 
-def verify(folder: str | Path) -> None:
-    """MvqError naming the file unless every file the manifest lists is whole and unchanged."""
+class Unverified(MvqError):
+    """A folder whose files no manifest vouches for (none, or one that does not list them)."""
+
+
+def verify(folder: str | Path, needs: tuple[str, ...] = (), optional: tuple[str, ...] = ()
+           ) -> None:
+    """MvqError naming the file unless every file the manifest lists is whole and unchanged
+    (the model card, which people edit, aside; files named in ``optional`` may be absent, e.g.
+    a training state a download left out); :class:`Unverified` when there is no manifest or
+    it does not list each of ``needs``."""
     folder = Path(folder)
+    path = folder / MANIFEST
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise Unverified(f"{path} is not a file: nothing vouches for the files of {folder}")
     manifest = read_manifest(folder)
     if manifest is None:
-        return  # written by mvq before manifests: nothing to check against
+        raise Unverified(f"{folder} has no {MANIFEST}: nothing vouches for its files (a "
+                         "folder written before manifests, or one whose manifest was removed)")
     for name, want in manifest["files"].items():
+        if name == CARD:
+            continue
         path = folder / name
+        if name in optional and not (path.exists() or path.is_symlink()):
+            continue
         if not path.is_file():
             raise MvqError(f"{path} is missing: the checkpoint is incomplete")
         if path.stat().st_size != want["bytes"] or file_sha256(path) != want["sha256"]:
             raise MvqError(f"{path} is damaged (size or sha256 differs from {MANIFEST}, which "
                            "was written with it); use an earlier checkpoint or train again")
+    if unlisted := [n for n in needs if n not in manifest["files"]]:
+        raise Unverified(f"{folder / MANIFEST} does not list {', '.join(unlisted)}: those files "
+                         "are not verified (mvq lists every file it writes)")
 
 
 def _step_of(folder: Path) -> int | None:
@@ -120,8 +149,8 @@ def _step_of(folder: Path) -> int | None:
         return None
     if manifest is not None:
         files = manifest["files"]
-        whole = all((folder / n).is_file() and (folder / n).stat().st_size == f["bytes"]
-                    for n, f in files.items())
+        whole = all((folder / n).is_file() and (n == CARD or (folder / n).stat().st_size
+                                                   == f["bytes"]) for n, f in files.items())
         return int(manifest["step"]) if whole else None
     try:  # a checkpoint from before manifests
         return int(json.loads((folder / "config.json").read_text())["step"])

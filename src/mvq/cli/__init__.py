@@ -12,7 +12,9 @@ import argparse
 import re
 import sys
 import warnings
+from contextlib import nullcontext
 
+from mvq import pretrained
 from mvq._version import __version__
 from mvq.argtypes import OneLineParser, threads
 from mvq.cli import experiments, priors, tokenizers
@@ -49,12 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=threads, metavar="N",
                         help="CPU threads for torch (default: OMP_NUM_THREADS when set, else "
                         "torch's default shared among the mvq processes running here)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load model folders that no manifest vouches for (written before "
+                        "manifests, or with manifest.json removed), with a warning; damaged "
+                        "files a manifest lists are still refused")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in TABLE:
         p = command.add_to(sub)
         if command.name != "bench":  # bench hands what follows its name to the benchmark script
             p.add_argument("--threads", type=threads, metavar="N", default=argparse.SUPPRESS,
                            help="as `mvq --threads N`, here after the command")  # global too
+            p.add_argument("--no-verify", action="store_true", default=argparse.SUPPRESS,
+                           help="as `mvq --no-verify`, here after the command")
     return parser
 
 
@@ -89,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_threads(args.threads)
     try:
-        return COMMANDS[args.command](args)
+        with pretrained.unverified() if args.no_verify else nullcontext():
+            return COMMANDS[args.command](args)
     except MvqError as err:
         print(f"mvq {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ import importlib
 
 from mvq.analysis import ANALYSES, DEFAULT_IMAGES, AnalysisOptions, analyze
 from mvq.analysis.explore import make_server
-from mvq.argtypes import positive_int
+from mvq.argtypes import positive_int, seed
 from mvq.bench import BENCHMARKS
 from mvq.cli.command import Command, add_device_and_progress, add_force, add_overwrite
 from mvq.demo import run_demo
@@ -87,7 +87,7 @@ def _analyze_arguments(p: argparse.ArgumentParser) -> None:
                    + ", ".join(f"{k} {v}" for k, v in DEFAULT_IMAGES.items()) + ")")
     p.add_argument("--masks", type=positive_int, default=8,
                    help="random masks in transfer / diversity (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random masks and of "
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random masks and of "
                    "classkeep's classifier (default 0)")
     p.add_argument("--sum", default="codes", choices=("codes", "outputs"),
                    help="compose's corners: sum the masked secondary codes before f (codes, "

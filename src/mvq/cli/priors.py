@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mvq import distributed
-from mvq.argtypes import class_list, open_fraction, positive_float, positive_int
+from mvq.argtypes import class_list, open_fraction, positive_float, positive_int, seed
 from mvq.cli.command import (
     Command,
     add_decoding,
@@ -57,7 +57,7 @@ def _train_prior_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int,
                    help=f"token sequences per step, the global batch (default 64{own})")
     p.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default 3e-4{own})")
-    p.add_argument("--seed", type=int,
+    p.add_argument("--seed", type=seed,
                    help=f"seed of the initial weights, batches and held-out split (default 0{own})")
     p.add_argument("--val-fraction", type=open_fraction,
                    help=f"share of the token file held out for the validation NLL (default "
@@ -99,7 +99,7 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class", dest="classes", type=class_list, metavar="K[,K...]",
                    help="class-conditional priors: sample these classes, in equal consecutive "
                    "blocks (default: every class)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed (default 0)")
     p.add_argument("--scale", type=positive_int, default=3,
                    help="integer upscaling of the PNG (default 3)")
     add_force(p)

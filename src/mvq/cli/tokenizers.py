@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mvq import distributed, presets
-from mvq.argtypes import positive_int
+from mvq.argtypes import positive_int, seed
 from mvq.cli.command import (
     Command,
     add_decoding,
@@ -132,7 +132,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior", help="prior checkpoint folder trained on this tokenizer's tokens: "
                    "evaluate its samples instead (FID*, F_8 / F_1/8 of N samples vs the N real "
                    "images, and the prior's primary / secondary NLL on their tokens)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed with --prior (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed with --prior (default 0)")
     add_decoding(p, "with --prior: ")
     add_force(p)
     p.add_argument("--json", help="write the result here (default: the run folder, "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mvq.errors import MvqError
 from mvq.evaluation.metrics_table import cell, label
+from mvq.jsonio import loads_object
 from mvq.outputs import write_text
 
 
@@ -44,15 +45,32 @@ def format_table(result: dict) -> str:
 def load_result(path: str | Path) -> dict:
     """A result JSON written by `mvq evaluate`; MvqError if it is not one."""
     path = Path(path)
+    fix = "pass JSON files written by `mvq evaluate`"
     try:
-        result = json.loads(path.read_text())
+        text = path.read_bytes()
     except FileNotFoundError:
-        raise MvqError(f"{path} not found: pass JSON files written by `mvq evaluate`") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise MvqError(f"{path} is not a readable JSON file ({err})") from None
-    if not isinstance(result, dict) or not isinstance(result.get("metrics"), dict):
+        raise MvqError(f"{path} not found: {fix}") from None
+    except OSError as err:
+        raise MvqError(f"{path} is not a readable file ({err.strerror}); {fix}") from None
+    result = loads_object(text, str(path), fix)  # a PNG, a 100000-deep array: one line
+    if not isinstance(result.get("metrics"), dict):
         raise MvqError(f"{path} has no 'metrics': expected a JSON written by `mvq evaluate`")
     return result
+
+
+def row_names(results: list[dict]) -> list[str]:
+    """A row name per result: the run folder of what was evaluated (the prior of a samples
+    result, else the checkpoint; ``OUT`` for ``OUT/checkpoint`` and for the run folder ``OUT``
+    alike), with as many parent folders as it takes to tell the rows apart."""
+    paths = []
+    for r in results:
+        path = Path(str(r.get("prior") or r.get("checkpoint") or "?"))
+        paths.append(path.parent if path.name == "checkpoint" else path)
+    for depth in range(1, 1 + max(len(p.parts) for p in paths)):
+        names = [str(Path(*p.parts[-depth:])) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
 
 
 def format_comparison(results: list[dict], names: list[str] | None = None) -> str:
@@ -64,7 +82,7 @@ def format_comparison(results: list[dict], names: list[str] | None = None) -> st
     if not results:
         raise MvqError("nothing to compare: pass at least one result")
     keys = list(dict.fromkeys(k for r in results for k in r["metrics"]))
-    names = names or [Path(r.get("checkpoint") or "?").parent.name for r in results]
+    names = names or row_names(results)
     head = "| run | " + " | ".join(label(k) for k in keys) + " |"
     rows = [head, "|" + " --- |" * (len(keys) + 1)]
     for name, r in zip(names, results):
