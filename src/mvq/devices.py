@@ -1,7 +1,12 @@
 """The one place device names are read: ``check_device`` (is it there?) and ``pick_device``
-(the torch.device to use; ``auto`` is CUDA when there is one, else the CPU)."""
+(the torch.device to use; ``auto`` is CUDA when there is one, else the CPU); and whether a
+tensor's values may be read on the host mid-step (``host_reads_free``, ``sync_free``)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
@@ -39,3 +44,25 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+_SYNC_FREE: ContextVar[bool] = ContextVar("mvq_sync_free", default=False)
+
+
+def host_reads_free(t: torch.Tensor) -> bool:
+    """Whether reading ``t``'s values on the host costs nothing: on the CPU there is no device
+    queue to wait for. Code inside a training step that would read data on the host (a count,
+    a maximum) takes a read-free path where this is False, so a GPU step never stalls its
+    queue; :func:`sync_free` makes it False on the CPU too."""
+    return t.device.type == "cpu" and not _SYNC_FREE.get()
+
+
+@contextmanager
+def sync_free() -> Iterator[None]:
+    """Run the accelerators' read-free paths on any device (the tests count the host reads of
+    a training step under it; the results are the same up to the random draws)."""
+    token = _SYNC_FREE.set(True)
+    try:
+        yield
+    finally:
+        _SYNC_FREE.reset(token)

@@ -22,11 +22,11 @@ from mvq.codes import Codes
 from mvq.config import Config, ModelConfig, check_section, config_from_dict, model_hash
 from mvq.errors import MvqError
 from mvq.memory import check_fits
-from mvq.models.inputs import CodeLayout, check_codes, check_images
+from mvq.models.inputs import CodeLayout, check_codes, check_images, values_deferred
 from mvq.modes import eval_mode
 from mvq.nn.vqvae2 import geometry
 from mvq.pretrained import Pretrained
-from mvq.quantize.vq import code_stats
+from mvq.quantize.vq import usage_perplexity
 
 # model.type -> class, filled by the subclasses' ``model_types`` (mvq.models imports them all)
 MODELS: dict[str, type[Tokenizer]] = {}
@@ -42,7 +42,7 @@ class TokenizerOutput:
     loss: torch.Tensor
     losses: dict[str, torch.Tensor]
     codes: Codes
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # 0-d, read when logged
 
 
 class Tokenizer(Pretrained, nn.Module):
@@ -168,8 +168,7 @@ class Tokenizer(Pretrained, nn.Module):
         losses = {"rec": F.mse_loss(recon, x), **losses}
         stats = {}
         for name, (ids, k) in zip(("", "2"), indices):
-            st = code_stats(ids, k)
-            stats[f"usage{name}"], stats[f"perplexity{name}"] = st["usage"], st["perplexity"]
+            stats[f"usage{name}"], stats[f"perplexity{name}"] = usage_perplexity(ids, k)
         return TokenizerOutput(recon, sum(losses.values()), losses, codes, stats)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +182,8 @@ def _check_forward(model: Tokenizer, args: tuple) -> tuple:
     (batch statistics of one image are undefined). Returns the arguments with the images in
     the model's float dtype (as encode takes them)."""
     x = args[0] if args else None
-    check_images(x, model.cfg.channels, model.cfg.image_size, model.cfg.type, values=True)
+    check_images(x, model.cfg.channels, model.cfg.image_size, model.cfg.type,
+                 values=not values_deferred())
     if len(x) == 0:
         raise MvqError(f"this {model.cfg.type} tokenizer's forward needs at least one image, "
                        "found an empty batch; encode() takes empty batches")

@@ -8,6 +8,9 @@ inside a convolution or, worse, silently wrong codes.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +36,27 @@ class CodeLayout:
 
 def _shape(t: torch.Tensor) -> str:
     return f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+
+
+_VALUES_CHECKED: ContextVar[bool] = ContextVar("mvq_values_checked", default=False)
+
+
+@contextmanager
+def values_checked() -> Iterator[None]:
+    """Inside, a tokenizer's forward checks its images' shape and dtype but not their values:
+    the caller has (the training engine reads its first batch at the door; the data set's
+    conversion keeps the rest in [0, 1], and a NaN shows in the loss it watches). Reading the
+    values costs a device sync per step on a GPU."""
+    token = _VALUES_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _VALUES_CHECKED.reset(token)
+
+
+def values_deferred() -> bool:
+    """Whether :func:`values_checked` is in force."""
+    return _VALUES_CHECKED.get()
 
 
 def check_images(x, channels: int, size: int, model: str, values: bool = True) -> None:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvq.devices import host_reads_free
 from mvq.memory import check_fits
 from mvq.quantize.vq import QuantizeOutput, VectorQuantizer
 
@@ -314,7 +315,7 @@ def table_argmin(table: torch.Tensor, norms: torch.Tensor, ids: torch.Tensor,
     b = ids.shape[0]
     if b == 0:
         return ids.new_zeros(0)
-    if table.device.type == "cpu":
+    if host_reads_free(ids):
         order = torch.argsort(ids)
         counts = torch.bincount(ids, minlength=k)
         width = int(counts.max())

@@ -21,7 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq import distributed
+from mvq.devices import host_reads_free
 from mvq.errors import MvqError
+
+NEAREST_BLOCK = 1 << 19  # distances scored at once by the nearest-code search (2 MB in fp32)
 
 
 @dataclass
@@ -82,16 +85,51 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(num_codes))
         self.register_buffer("embed_sum", weight.clone())
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        # training batches holding NaN / Inf: their codebook update is skipped and counted
+        # (no host read per step); :meth:`check_finite` raises on a count
+        self.register_buffer("nonfinite_batches", torch.zeros((), dtype=torch.long),
+                             persistent=False)
+        self._init_checked = not kmeans_init  # host mirror of ``initialized`` once True
+        self._calls = 0
+
+    CHECK_EVERY = 100  # training calls between two host reads of ``nonfinite_batches``
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self._init_checked = False  # a loaded ``initialized`` is read again
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def check_finite(self) -> None:
+        """MvqError when training batches held NaN or Inf since the last check (their
+        codebook updates were skipped); one host read. The training engine calls it at its
+        log steps, a standalone layer every ``CHECK_EVERY`` training calls."""
+        bad = int(self.nonfinite_batches)
+        if bad:
+            self.nonfinite_batches.zero_()
+            raise MvqError(f"{type(self).__name__}: {bad} training batch(es) held NaN or "
+                           "infinite values; their codebook updates were skipped. Find where "
+                           "the encoder output stops being finite (lower the learning rate, "
+                           "check the input)")
 
     # ----------------------------------------------------------------- lookups
+    @torch.no_grad()
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Ids of the nearest codes, computed in fp32. flat: (N, D) -> (N,)."""
         if flat.dtype != torch.float64:
             flat = flat.float()
         weight = self.embedding.to(flat.dtype)
-        # ||x||^2 is the same for every code: argmin over ||e||^2 - 2 x.e (one fused addmm)
-        dist = torch.addmm(weight.pow(2).sum(1)[None, :], flat, weight.t(), alpha=-2.0)
-        return dist.argmin(1)
+        # ||x||^2 is the same for every code: argmin over ||e||^2 - 2 x.e (one fused addmm),
+        # in blocks of rows whose distances stay in the cache (a (N, K) matrix would not)
+        norms, codes_t = weight.pow(2).sum(1), weight.t()
+        rows = max(1, NEAREST_BLOCK // self.num_codes)
+        if flat.shape[0] <= rows:
+            return torch.addmm(norms, flat, codes_t, alpha=-2.0).argmin(1)
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        block = flat.new_empty(rows, self.num_codes)
+        for start in range(0, flat.shape[0], rows):
+            part = flat[start : start + rows]
+            dist = torch.addmm(norms, part, codes_t, alpha=-2.0, out=block[: len(part)])
+            torch.argmin(dist, 1, out=out[start : start + rows])
+        return out
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Code vectors for ids. indices: (B, H, W) -> (B, D, H, W)."""
@@ -110,8 +148,10 @@ class VectorQuantizer(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z32 = z if z.dtype == torch.float64 else z.float()  # at least fp32
             flat = z32.permute(0, 2, 3, 1).reshape(-1, self.dim)
-            if self.training and not bool(self.initialized):
-                self._kmeans(flat.detach())
+            if self.training and not self._init_checked:
+                if not bool(self.initialized):  # read until it is True, then never again
+                    self._kmeans(flat.detach())
+                self._init_checked = True
             indices = self.nearest(flat)
             codes = F.embedding(indices, self.embedding).to(z32.dtype)
             codes = codes.view(z.shape[0], z.shape[2], z.shape[3], self.dim).permute(0, 3, 1, 2)
@@ -119,6 +159,8 @@ class VectorQuantizer(nn.Module):
             commit_loss = F.mse_loss(z32, codes.detach())  # ||y - sg[e]||^2: moves y
             if self.training:
                 self._update_stats(flat.detach(), indices)
+            else:  # one host read per call at inference: codes of NaN would mean nothing
+                self._check_eval_input(flat)
             loss = self.beta * commit_loss
             if not self.ema:
                 loss = loss + codebook_loss
@@ -132,9 +174,24 @@ class VectorQuantizer(nn.Module):
             commit_loss=commit_loss,
         )
 
+    def _check_eval_input(self, flat: torch.Tensor) -> None:
+        if flat.numel() and not bool(torch.isfinite(flat).all()):
+            raise MvqError(f"{type(self).__name__}: the input holds NaN or infinite values; "
+                           "its codes would be meaningless. Clean the input (torch.isfinite)")
+
     # ----------------------------------------------------------------- training-time updates
     @torch.no_grad()
     def _update_stats(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+        ok = torch.isfinite(flat).all()
+        self.nonfinite_batches.add_(~ok)
+        self._calls += 1
+        free = host_reads_free(flat)
+        if free or self._calls % self.CHECK_EVERY == 0:
+            self.check_finite()  # the CPU: at once, before any update; else every CHECK_EVERY
+        # off the CPU a batch that is not finite updates nothing: decay 1, zeroed vectors
+        decay = self.decay if free else torch.where(ok, self.decay, 1.0).to(flat.dtype)
+        if not free:
+            flat = torch.where(ok, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
         counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)
         if self.ema:  # per-code sums without a (N, K) one-hot matrix
             sums = torch.zeros_like(self.embed_sum).index_add_(0, indices,
@@ -143,22 +200,28 @@ class VectorQuantizer(nn.Module):
                 both = distributed.all_reduce_sum_(torch.cat([counts[:, None].to(sums.dtype),
                                                               sums], 1))
                 counts, sums = both[:, 0].to(counts.dtype), both[:, 1:]
-            self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+            _ema_(self.embed_sum, sums, decay)
         else:
             distributed.all_reduce_sum_(counts)
-        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        _ema_(self.cluster_size, counts, decay)
         if self.ema:
             n = self.cluster_size.sum()
             smoothed = (self.cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
             self.embedding.data.copy_(self.embed_sum / smoothed[:, None])
         if self.restart_dead:
-            self._restart(flat)
+            if free:
+                self._restart(flat)
+            else:
+                self._restart_in_place(flat, ok)
+
+    def _dead(self, flat: torch.Tensor) -> tuple[torch.Tensor, float]:
+        expected = flat.shape[0] * distributed.world_size() / self.num_codes  # equal shares
+        return self.cluster_size < self.dead_threshold * expected, expected
 
     @torch.no_grad()
     def _restart(self, flat: torch.Tensor) -> None:
         """Re-seed rarely used codes from this batch (rank 0's share under DDP)."""
-        expected = flat.shape[0] * distributed.world_size() / self.num_codes  # equal shares
-        dead = self.cluster_size < self.dead_threshold * expected
+        dead, expected = self._dead(flat)
         n_dead = int(dead.sum())  # the same on every rank: cluster_size is the global one
         if n_dead == 0:
             return
@@ -168,6 +231,22 @@ class VectorQuantizer(nn.Module):
         self.embedding.data[dead] = fresh.to(self.embedding.dtype)
         self.cluster_size[dead] = expected
         self.embed_sum[dead] = fresh * expected  # keeps embedding == embed_sum / cluster_size
+
+    @torch.no_grad()
+    def _restart_in_place(self, flat: torch.Tensor, ok: torch.Tensor) -> None:
+        """:meth:`_restart` without reading the number of dead codes on the host: a fresh
+        candidate is drawn for every code and taken where the code is dead (and the batch
+        finite). Same rule, other random draws."""
+        dead, expected = self._dead(flat)
+        dead = dead & ok
+        pick = torch.randint(0, flat.shape[0], (self.num_codes,), device=flat.device)
+        fresh = flat[pick] + 1e-3 * flat.std() * torch.randn_like(flat[pick])
+        distributed.broadcast_(fresh)
+        column = dead[:, None]
+        self.embedding.data.copy_(torch.where(column, fresh.to(self.embedding.dtype),
+                                              self.embedding.data))
+        self.cluster_size.copy_(torch.where(dead, expected, self.cluster_size))
+        self.embed_sum.copy_(torch.where(column, fresh * expected, self.embed_sum))
 
     @torch.no_grad()
     def _kmeans(self, flat: torch.Tensor, iters: int = 10) -> None:
@@ -192,9 +271,25 @@ class VectorQuantizer(nn.Module):
         return f"K={self.num_codes}, D={self.dim}, beta={self.beta}, ema={self.ema}"
 
 
-def code_stats(indices: torch.Tensor, num_codes: int) -> dict[str, float]:
-    """Usage (fraction of codes used) and perplexity of a batch of ids."""
+def _ema_(buffer: torch.Tensor, new: torch.Tensor, decay: float | torch.Tensor) -> None:
+    """buffer <- decay * buffer + (1 - decay) * new, in place (decay a number or a 0-d
+    tensor, which is read on no host)."""
+    if isinstance(decay, torch.Tensor):
+        buffer.mul_(decay).add_(new * (1 - decay))
+    else:
+        buffer.mul_(decay).add_(new, alpha=1 - decay)
+
+
+def usage_perplexity(indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Usage (fraction of codes used) and perplexity of a batch of ids, as 0-d tensors on the
+    ids' device (a training step reads them on the host only when it logs)."""
     counts = torch.bincount(indices.reshape(-1), minlength=num_codes).float()
     p = counts / counts.sum().clamp_min(1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"usage": float((counts > 0).float().mean()), "perplexity": float(entropy.exp())}
+    entropy = -torch.special.xlogy(p, p).sum()
+    return (counts > 0).float().mean(), entropy.exp()
+
+
+def code_stats(indices: torch.Tensor, num_codes: int) -> dict[str, float]:
+    """Usage (fraction of codes used) and perplexity of a batch of ids, as floats."""
+    usage, perplexity = usage_perplexity(indices, num_codes)
+    return {"usage": float(usage), "perplexity": float(perplexity)}

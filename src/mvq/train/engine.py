@@ -112,6 +112,15 @@ class Trainee:
     def postfix(self, loss: float, terms: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{loss:.4f}"}
 
+    def check_finite(self) -> None:
+        """At the engine's host steps: raise what a layer of the model noted on the device
+        since the last one (its ``check_finite``: quantizers count training batches that were
+        not finite instead of reading each on the host)."""
+        for module in self.model.modules():
+            check = getattr(module, "check_finite", None)
+            if module is not self.model and callable(check):
+                check()
+
 
 @dataclass
 class FitResult:
@@ -274,15 +283,26 @@ def _loop(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device, s
     trainee.model.train()
     saved = step
     try:
+        diverged = None  # the first step whose loss was not finite, kept on the device
         while step < schedule.steps:
             out = trainee.step(step, batches(step))
             step += 1
-            loss = distributed.mean_over_ranks({"loss": out.loss.detach()}, device)["loss"]
-            if not math.isfinite(loss):
-                raise MvqError(f"{trainee.what} diverged at step {step} (loss {loss}); "
-                               f"{trainee.lower_lr}. {_kept(out_dir, saved)}")
+            # no host read between log steps: a loss that is not finite is noted on the device
+            # and read at the next step that talks to the host (log, validation, checkpoint)
+            diverged = _first_nonfinite(diverged, out.loss.detach(), step)
             bar.update(1)
             log_now = step % schedule.log_every == 0 or step == schedule.steps
+            host = log_now or step % schedule.val_every == 0 or step % schedule.ckpt_every == 0
+            if not host:
+                continue
+            read = distributed.mean_over_ranks({"loss": out.loss.detach(),
+                                                "diverged": diverged}, device)
+            loss = read["loss"]
+            if read["diverged"] != 0 or not math.isfinite(loss):
+                first = int(diverged) or step
+                raise MvqError(f"{trainee.what} diverged at step {first} (loss not finite); "
+                               f"{trainee.lower_lr}. {_kept(out_dir, saved)}")
+            trainee.check_finite()
             if log_now:  # on every rank: the logged terms are means over the ranks' shares
                 terms = distributed.mean_over_ranks(out.terms, device)
             if not main:
@@ -316,6 +336,14 @@ def _loop(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device, s
     finally:
         bar.close()
     return FitResult(step, metrics, time.time() - t0, initial)
+
+
+def _first_nonfinite(first: torch.Tensor | None, loss: torch.Tensor, step: int) -> torch.Tensor:
+    """``first`` (0-d int64 on the loss's device, 0 = none yet) with ``step`` where this loss is
+    the first that is not finite; no host read."""
+    if first is None:
+        first = torch.zeros((), dtype=torch.long, device=loss.device)
+    return torch.where((first == 0) & ~torch.isfinite(loss), step, first)
 
 
 def _kept(out_dir: Path, saved: int) -> str:

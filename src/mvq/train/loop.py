@@ -30,6 +30,7 @@ from mvq.memory import check_fits
 from mvq.metrics.image import MSE_FLOOR, psnr_from_mse
 from mvq.models import Tokenizer, build_model
 from mvq.models.base import SIZE_FIX, model_bytes
+from mvq.models.inputs import check_images, values_checked
 from mvq.modes import eval_mode
 from mvq.quantize import MaskedQuantizer
 from mvq.train.ema import WeightEMA, check_decay
@@ -210,6 +211,7 @@ class TokenizerTrainee(Trainee):
         if tc.ema_decay and main:  # model.safetensors: the average; train_state: the trained
             self.ema = WeightEMA(model, tc.ema_decay)  # (resumed: from the average)
         self.val_images = val_set.stacked()[0] if main else None
+        self.door_checked = False
 
     def _resumed_model(self, source: Path) -> Tokenizer:
         cfg, tc = self.cfg, self.tc
@@ -232,10 +234,18 @@ class TokenizerTrainee(Trainee):
             aux["trained"] = (self.model, None)
         return aux
 
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """The images of the data set's ``indices``, stacked on the host, then on the device."""
+        return torch.stack([self.train_set[j][0] for j in indices.tolist()]).to(self.device)
+
     def step(self, step: int, indices: torch.Tensor) -> StepOutput:
-        x = torch.stack([self.train_set[int(j)][0] for j in indices]).to(self.device)
+        x = self.batch(indices)
+        if not self.door_checked:  # the first batch's pixels, read once; then the data set's
+            check_images(x, self.cfg.model.channels, self.cfg.model.image_size,  # conversion
+                         self.cfg.model.type)  # holds them in [0, 1] and a NaN shows in the loss
+            self.door_checked = True
         with torch.autocast(self.device.type, dtype=self.autocast,
-                            enabled=self.autocast is not None):
+                            enabled=self.autocast is not None), values_checked():
             result = self.net(x)
         logs: dict = {}
         total = result.loss
