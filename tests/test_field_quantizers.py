@@ -4,12 +4,15 @@ against brute-force loops written here; mvq's contract (argument checks, MvqErro
 fp32 under autocast, empty batches, straight-through gradients) on each."""
 
 import math
+import re
 
 import pytest
 import torch
 
 from mvq.errors import MvqError
+from mvq.quantize import lfq
 from mvq.quantize.fsq import FSQ
+from mvq.quantize.lfq import LFQ
 
 # ---------------------------------------------------------------------------------------- FSQ
 
@@ -91,10 +94,121 @@ def test_fsq_gradient_is_straight_through():
     assert torch.allclose(x.grad, z.grad) and x.grad.abs().min() > 0
 
 
+# ---------------------------------------------------------------------------------------- LFQ
+
+
+def _lfq_pair(bits, dim, tau, scale=1.0):
+    """mvq's LFQ and the reference's on the same weights (read first: the same sign codes,
+    most-significant-first binary ids, softmax of 2 tau z.c over the codes (-tau||z - c||^2 up
+    to a constant) and loss = entropy weight x (per-sample - gamma x batch entropy) +
+    commitment weight x mse(z, sg[q]); projections nn.Linear with a bias in both)."""
+    from vector_quantize_pytorch import LFQ as Reference
+
+    ref = Reference(dim=dim or bits, codebook_size=2 ** bits, entropy_loss_weight=0.1,
+                    commitment_loss_weight=0.25, diversity_gamma=0.7, codebook_scale=scale)
+    ours = LFQ(bits, dim, entropy_loss_weight=0.1, commitment_loss_weight=0.25,
+               diversity_gamma=0.7, inv_temperature=tau, codebook_scale=scale)
+    assert ours.has_projections == ref.has_projections
+    if ours.has_projections:
+        ours.project_in.load_state_dict(ref.project_in.state_dict())
+        ours.project_out.load_state_dict(ref.project_out.state_dict())
+    return ours, ref
+
+
+def _brute_entropies(z, tau, scale, clamp=None):
+    """Both entropies from the softmax over the enumerated 2^bits codebook, in float64;
+    ``clamp``: log(max(p, clamp)) as vector-quantize-pytorch takes it."""
+    bits = z.shape[-1]
+    ids = torch.arange(2 ** bits)
+    book = ((ids[:, None] >> torch.arange(bits - 1, -1, -1)) & 1).double() * 2 * scale - scale
+    prob = (-tau * torch.cdist(z.double(), book) ** 2).softmax(-1)
+
+    def entropy(p):  # 0 log 0 = 0
+        return -(torch.xlogy(p, p.clamp_min(clamp)) if clamp else torch.xlogy(p, p)).sum(-1)
+
+    return entropy(prob).mean(), entropy(prob.mean(0))
+
+
+@pytest.mark.parametrize("bits,dim,tau,scale", [(4, None, 0.5, 1.0), (3, 7, 0.3, 0.5)])
+def test_lfq_matches_vector_quantize_pytorch(bits, dim, tau, scale):
+    """Small tau: every code's probability is above the reference's 1e-5 clamp, so the
+    entropy terms are the same quantities and the whole loss agrees."""
+    ours, ref = _lfq_pair(bits, dim, tau, scale)
+    x = torch.randn(2, 30, ours.dim)
+    quantized, indices, loss = ours(x)
+    (want, want_ids, want_loss), parts = ref(x, inv_temperature=tau, return_loss_breakdown=True)
+    assert torch.equal(indices, want_ids.long())
+    assert torch.equal(quantized, want) if dim is None else torch.allclose(quantized, want,
+                                                                            atol=1e-6)
+    assert torch.allclose(loss, want_loss, atol=1e-6)
+    with torch.no_grad():
+        per_token, average = ours.entropies(ours.project_in(x).reshape(-1, bits))
+    assert torch.allclose(per_token, parts.per_sample_entropy, atol=1e-5)
+    assert torch.allclose(average, parts.batch_entropy, atol=1e-5)
+    assert ours.codebook_size == ref.codebook_size == 2 ** bits and ours.bits_per_token == bits
+
+
+def test_lfq_entropies_are_exact_where_the_reference_clamps():
+    """Default tau = 100: most codes' probabilities are far below 1e-5. Ours are the exact
+    entropies; the reference's are the entropies with log(max(p, 1e-5)), a different number."""
+    ours, ref = _lfq_pair(5, None, 100.0)
+    x = torch.randn(3, 20, 5)
+    with torch.no_grad():
+        per_token, average = ours.entropies(x.reshape(-1, 5))
+    _, parts = ref(x, inv_temperature=100.0, return_loss_breakdown=True)
+    exact = _brute_entropies(x.reshape(-1, 5), 100.0, 1.0)
+    clamped = _brute_entropies(x.reshape(-1, 5), 100.0, 1.0, clamp=1e-5)
+    assert torch.allclose(per_token.double(), exact[0], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(average.double(), exact[1], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(parts.per_sample_entropy.double(), clamped[0], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(exact[0], clamped[0], rtol=1e-6, atol=0)  # a real difference
+
+
+def test_lfq_ids_round_trip_and_gradient_is_straight_through():
+    layer = LFQ(6, channel_first=True)
+    x = (2 * torch.randn(2, 6, 3, 4)).requires_grad_(True)
+    quantized, indices, loss = layer(x)
+    assert indices.shape == (2, 3, 4) and indices.dtype == torch.int64
+    signs = torch.where(x > 0, 1.0, -1.0)
+    assert torch.equal(quantized, signs)
+    want = ((x > 0).long() * (2 ** torch.arange(5, -1, -1))[None, :, None, None]).sum(1)
+    assert torch.equal(indices, want)
+    assert torch.equal(layer.get_output_from_indices(indices), quantized)
+    quantized.sum().backward(retain_graph=True)
+    assert torch.equal(x.grad, torch.ones_like(x))  # identity through the sign
+    x.grad = None
+    loss.backward()  # entropy + commitment at tau = 100 on large inputs: finite gradients
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_lfq_chunked_average_equals_the_whole(monkeypatch):
+    """The batch-average entropy built in chunks of tokens (recomputed in backward) gives the
+    value and gradient of the one-piece computation."""
+    layer = LFQ(5, inv_temperature=1.0)
+    z = torch.randn(37, 5, dtype=torch.float64, requires_grad=True)
+    whole = layer.entropies(z)[1]
+    (grad_whole,) = torch.autograd.grad(whole, z)
+    monkeypatch.setattr(lfq, "CHUNK_ELEMENTS", 2 ** 5 * 4)  # 4 tokens at a time
+    chunked = layer.entropies(z)[1]
+    (grad_chunked,) = torch.autograd.grad(chunked, z)
+    assert torch.allclose(whole, chunked) and torch.allclose(grad_whole, grad_chunked)
+    assert torch.allclose(whole, _brute_entropies(z.detach(), 1.0, 1.0)[1])
+
+
+def test_lfq_eval_drops_the_entropy_term():
+    layer = LFQ(4, entropy_loss_weight=0.1, commitment_loss_weight=0.25)
+    x = torch.randn(2, 9, 4)
+    commit = 0.25 * ((x - torch.where(x > 0, 1.0, -1.0)) ** 2).mean()
+    assert torch.allclose(layer.eval()(x)[2], commit)
+    assert not torch.allclose(layer.train()(x)[2], commit)
+
+
 # ------------------------------------------------------------------------- mvq's contract, all
 
 LAYERS = {  # name: (a small layer's factory on D = 6, channel_first)
     "fsq": lambda cf: FSQ([5, 4, 3], dim=6, channel_first=cf),
+    "lfq": lambda cf: LFQ(4, dim=6, channel_first=cf),
+    "lfq-no-projection": lambda cf: LFQ(6, channel_first=cf),
 }
 
 
@@ -140,7 +254,19 @@ def test_bad_inputs_are_refused(name):
     (lambda: FSQ([8, 5], num_codebooks=2), "num_codebooks= is vector-quantize-pytorch's"),
     (lambda: FSQ([8, 5], bogus=1), "unknown argument bogus=1; its arguments are levels"),
     (lambda: FSQ([8] * 22), "do not fit int64 ids"),
+    (lambda: LFQ(0), "bits must be an integer in [1, 62], found 0; e.g. bits=10"),
+    (lambda: LFQ(63, entropy_loss_weight=0), "bits must be an integer in [1, 62], found 63"),
+    (lambda: LFQ(True), "bits must be an integer in [1, 62], found True"),
+    (lambda: LFQ(25), "bits=25 is beyond the memory bound of bits <= 24; use e.g. bits=18"),
+    (lambda: LFQ(4, dim=2.5), "dim must be an integer >= 1, found 2.5"),
+    (lambda: LFQ(4, entropy_loss_weight=-1), "entropy_loss_weight must be a finite number >= 0"),
+    (lambda: LFQ(4, inv_temperature=0), "inv_temperature must be a finite number > 0"),
+    (lambda: LFQ(4, diversity_gamma=float("nan")), "diversity_gamma must be a finite number"),
+    (lambda: LFQ(4, codebook_scale="1"), "codebook_scale must be a finite number > 0, found '1'"),
+    (lambda: LFQ(4, codebook_size=16), "codebook_size= is vector-quantize-pytorch's argument; "
+                                       "give bits=log2"),
+    (lambda: LFQ(4, num_codebooks=2), "num_codebooks= is vector-quantize-pytorch's"),
 ])
 def test_arguments_are_checked_at_construction(make, message):
-    with pytest.raises(MvqError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(MvqError, match=re.escape(message)):
         make()

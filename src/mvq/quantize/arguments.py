@@ -32,7 +32,7 @@ def check_number(layer: str, name: str, value: object, example: str, *, low: flo
           and math.isfinite(value) and (value > low if low_open else value >= low)
           and (high is None or value <= high))
     if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f", <= {high}")
+        bound = f"{'>' if low_open else '>='} {low:g}" + ("" if high is None else f", <= {high:g}")
         raise MvqError(f"{layer}: {name} must be a finite number {bound}, found {value!r}; "
                        f"e.g. {example}")
     return float(value)
