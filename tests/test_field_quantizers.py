@@ -13,6 +13,7 @@ from mvq.errors import MvqError
 from mvq.quantize import lfq
 from mvq.quantize.fsq import FSQ
 from mvq.quantize.lfq import LFQ
+from mvq.quantize.residual import ResidualVQ
 
 # ---------------------------------------------------------------------------------------- FSQ
 
@@ -203,12 +204,80 @@ def test_lfq_eval_drops_the_entropy_term():
     assert not torch.allclose(layer.train()(x)[2], commit)
 
 
+# --------------------------------------------------------------------------------- residual VQ
+
+
+def _brute_residual(tokens, books):
+    """The residual loop written out: each stage's nearest code (float64) to what is left."""
+    residual, total, ids = tokens.double(), torch.zeros_like(tokens, dtype=torch.float64), []
+    for book in books:
+        pick = torch.cdist(residual, book.double()).argmin(-1)
+        residual, total = residual - book.double()[pick], total + book.double()[pick]
+        ids.append(pick)
+    return total, torch.stack(ids, -1)
+
+
+@pytest.mark.parametrize("channel_first", [False, True])
+def test_residual_vq_matches_the_loop_over_stages(channel_first):
+    rvq = ResidualVQ(5, 12, depth=3, channel_first=channel_first, ema=False,
+                     restart_dead=False).eval()
+    for k, stage in enumerate(rvq.stages):  # codebooks at shrinking scales, as trained ones are
+        stage.embedding.data = torch.randn(12, 5) * 0.5 ** k
+    tokens = torch.randn(2, 3, 4, 5)  # (B, H, W, D)
+    x = tokens.permute(0, 3, 1, 2) if channel_first else tokens
+    quantized, indices, loss = rvq(x)
+    total, want = _brute_residual(tokens.reshape(2, 12, 5), [s.embedding for s in rvq.stages])
+    assert indices.shape == (2, 3, 4, 3) and torch.equal(indices.reshape(2, 12, 3), want)
+    got = quantized.permute(0, 2, 3, 1) if channel_first else quantized
+    assert torch.allclose(got.reshape(2, 12, 5).double(), total, atol=1e-5)
+    assert len(torch.unique(indices[..., 1])) > 1  # later stages really choose
+    hand, residual = 0.0, tokens.reshape(-1, 5)  # sum of (1 + beta) ||r - e||^2 (ema=False)
+    for k, stage in enumerate(rvq.stages):
+        codes = stage.embedding.detach()[want.reshape(-1, 3)[:, k]]
+        hand, residual = hand + 1.25 * ((residual - codes) ** 2).mean(), residual - codes
+    assert torch.allclose(loss, hand, atol=1e-5)
+    assert torch.allclose(rvq.get_output_from_indices(indices), quantized, atol=1e-5)
+    assert rvq.codebook_size == 12 and rvq.bits_per_token == pytest.approx(3 * math.log2(12))
+
+
+def test_residual_vq_matches_vector_quantize_pytorch():
+    """Eval mode (no EMA update, no dead-code restart) with the reference's codebooks copied
+    into mvq's stages: the same ids and output. (Its loss in eval mode is zero; mvq's layers
+    keep the commitment terms in eval, so the losses are not compared.)"""
+    from vector_quantize_pytorch import ResidualVQ as Reference
+
+    ref = Reference(dim=6, num_quantizers=4, codebook_size=16).eval()
+    ours = ResidualVQ(6, 16, depth=4).eval()
+    for stage, layer in zip(ours.stages, ref.layers):
+        stage.embedding.data.copy_(layer._codebook.embed[0])
+    x = torch.randn(2, 25, 6)
+    quantized, indices, _ = ours(x)
+    want, want_ids, _ = ref(x)
+    assert torch.equal(indices, want_ids)
+    assert torch.allclose(quantized, want, atol=1e-6)
+    assert len(torch.unique(indices[..., 3])) > 1
+
+
+def test_residual_vq_gradient_and_training_updates():
+    rvq = ResidualVQ(4, 8, depth=2)
+    x = torch.randn(3, 10, 4, requires_grad=True)
+    before = [stage.embedding.detach().clone() for stage in rvq.stages]
+    quantized, _, loss = rvq(x)  # training: EMA updates each stage from its own residual
+    assert all(not torch.equal(b, s.embedding) for b, s in zip(before, rvq.stages))
+    quantized.sum().backward(retain_graph=True)
+    assert torch.equal(x.grad, torch.ones_like(x))  # straight-through of the whole sum
+    x.grad = None
+    loss.backward()  # the first stage's commitment reaches the input
+    assert x.grad.abs().sum() > 0
+
+
 # ------------------------------------------------------------------------- mvq's contract, all
 
 LAYERS = {  # name: (a small layer's factory on D = 6, channel_first)
     "fsq": lambda cf: FSQ([5, 4, 3], dim=6, channel_first=cf),
     "lfq": lambda cf: LFQ(4, dim=6, channel_first=cf),
     "lfq-no-projection": lambda cf: LFQ(6, channel_first=cf),
+    "residual": lambda cf: ResidualVQ(6, 8, depth=3, channel_first=cf),
 }
 
 
@@ -239,7 +308,8 @@ def test_bad_inputs_are_refused(name):
     for bad in (torch.randn(2, 5, 4), torch.randn(6), torch.ones(2, 5, 6, dtype=torch.long), "x"):
         with pytest.raises(MvqError, match=type(layer).__name__):
             layer(bad)
-    for ids in (torch.zeros(2, 5), [[0]], torch.full((2, 5), -1)):
+    bad_ids = torch.full((2, 5, 3), -1) if name == "residual" else torch.full((2, 5), -1)
+    for ids in (torch.zeros(2, 5), [[0]], bad_ids):
         with pytest.raises(MvqError):
             layer.get_output_from_indices(ids)
 
@@ -266,6 +336,17 @@ def test_bad_inputs_are_refused(name):
     (lambda: LFQ(4, codebook_size=16), "codebook_size= is vector-quantize-pytorch's argument; "
                                        "give bits=log2"),
     (lambda: LFQ(4, num_codebooks=2), "num_codebooks= is vector-quantize-pytorch's"),
+    (lambda: ResidualVQ(0, 8), "dim must be an integer >= 1, found 0; e.g. dim=64"),
+    (lambda: ResidualVQ(4, 8, depth=0), "depth must be an integer >= 1, found 0; e.g. depth=4"),
+    (lambda: ResidualVQ(4, "8"), "codebook_size must be an integer >= 1, found '8'"),
+    (lambda: ResidualVQ(4, 8, num_quantizers=4), "num_quantizers= is vector-quantize-pytorch's "
+                                                 "argument; give depth="),
+    (lambda: ResidualVQ(4, 8, codebook_dim=2), "codebook_dim= is vector-quantize-pytorch's"),
+    (lambda: ResidualVQ(4, 8, commitment_weight=1.0), "give beta="),
+    (lambda: ResidualVQ(4, 8, beta=-1), "beta must be a finite number >= 0, found -1"),
+    (lambda: ResidualVQ(4, 8, decay=1.5), "decay must be a finite number > 0, <= 1, found 1.5"),
+    (lambda: ResidualVQ(4, 8, ema="yes"), "ema must be True or False, found 'yes'"),
+    (lambda: ResidualVQ(4, 8, bogus=1), "unknown argument bogus=1; its arguments are dim"),
 ])
 def test_arguments_are_checked_at_construction(make, message):
     with pytest.raises(MvqError, match=re.escape(message)):

@@ -3,8 +3,8 @@
 The library's front door:
 
 - drop-in quantizer layers: :class:`VectorQuantize`, :class:`MaskedVectorQuantize` (MVQ with
-  MH-Dropout), :class:`MultiChannelVectorQuantize` (MoVQ), and the field's :class:`FSQ` and
-  :class:`LFQ`, each ``quantized, indices, loss = layer(x)``;
+  MH-Dropout), :class:`MultiChannelVectorQuantize` (MoVQ), and the field's :class:`FSQ`,
+  :class:`LFQ` and :class:`ResidualVQ`, each ``quantized, indices, loss = layer(x)``;
 - :func:`load`: whatever a saved folder holds (a tokenizer or a prior), in eval mode;
   ``Tokenizer.from_pretrained`` / ``save_pretrained`` and the same on priors.
 """
@@ -21,6 +21,7 @@ from mvq.quantize.layers import (
     VectorQuantize,
 )
 from mvq.quantize.lfq import LFQ
+from mvq.quantize.residual import ResidualVQ
 
 __all__ = ["FSQ", "LFQ", "MaskedVectorQuantize", "MultiChannelVectorQuantize", "Prior",
-           "Tokenizer", "VectorQuantize", "__version__", "load"]
+           "ResidualVQ", "Tokenizer", "VectorQuantize", "__version__", "load"]
