@@ -351,3 +351,27 @@ def test_bad_inputs_are_refused(name):
 def test_arguments_are_checked_at_construction(make, message):
     with pytest.raises(MvqError, match=re.escape(message)):
         make()
+
+
+def test_training_losses_are_fp32_under_autocast():
+    """LFQ's entropy and commitment terms and ResidualVQ's stage losses: the same fp32 numbers
+    with and without bf16 autocast (ResidualVQ's EMA state reset between the two runs)."""
+    x = torch.randn(2, 7, 6)
+    lfq = LFQ(4, dim=6)
+    want = lfq(x)[2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = lfq(x)[2]
+    assert got.dtype == torch.float32 and torch.equal(want, got)
+    rvq = ResidualVQ(6, 8, depth=2, restart_dead=False)
+    state = {k: v.clone() for k, v in rvq.state_dict().items()}
+    want = rvq(x)
+    rvq.load_state_dict(state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = rvq(x)
+    assert torch.equal(want[1], got[1]) and torch.equal(want[2], got[2])
+
+
+def test_residual_ids_need_one_id_per_stage():
+    rvq = ResidualVQ(6, 8, depth=3)
+    with pytest.raises(MvqError, match=re.escape("indices must be (B, *grid, 3) (one id per")):
+        rvq.get_output_from_indices(torch.zeros(2, 5, 2, dtype=torch.long))
