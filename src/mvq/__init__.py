@@ -3,8 +3,8 @@
 The library's front door:
 
 - drop-in quantizer layers: :class:`VectorQuantize`, :class:`MaskedVectorQuantize` (MVQ with
-  MH-Dropout), :class:`MultiChannelVectorQuantize` (MoVQ), each ``quantized, indices, loss =
-  layer(x)``;
+  MH-Dropout), :class:`MultiChannelVectorQuantize` (MoVQ), and the field's :class:`FSQ`,
+  :class:`LFQ` and :class:`ResidualVQ`, each ``quantized, indices, loss = layer(x)``;
 - :func:`load`: whatever a saved folder holds (a tokenizer or a prior), in eval mode;
   ``Tokenizer.from_pretrained`` / ``save_pretrained`` and the same on priors.
 """
@@ -14,11 +14,14 @@ from mvq._version import __version__
 from mvq.models import Tokenizer  # registers the tokenizer loader
 from mvq.pretrained import load
 from mvq.priors import Prior  # registers the prior loader
+from mvq.quantize.fsq import FSQ
 from mvq.quantize.layers import (
     MaskedVectorQuantize,
     MultiChannelVectorQuantize,
     VectorQuantize,
 )
+from mvq.quantize.lfq import LFQ
+from mvq.quantize.residual import ResidualVQ
 
-__all__ = ["MaskedVectorQuantize", "MultiChannelVectorQuantize", "Prior", "Tokenizer",
-           "VectorQuantize", "__version__", "load"]
+__all__ = ["FSQ", "LFQ", "MaskedVectorQuantize", "MultiChannelVectorQuantize", "Prior",
+           "ResidualVQ", "Tokenizer", "VectorQuantize", "__version__", "load"]

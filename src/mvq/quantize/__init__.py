@@ -1,13 +1,18 @@
 """Quantizers. The drop-in layers (``quantized, indices, loss = vq(x)``) are
 :class:`VectorQuantize`, :class:`MaskedVectorQuantize` (MVQ + MH-Dropout) and
 :class:`MultiChannelVectorQuantize` (MoVQ); the engines under them are :class:`VectorQuantizer`,
-:class:`MaskedQuantizer` and :class:`MultiChannelQuantizer`."""
+:class:`MaskedQuantizer` and :class:`MultiChannelQuantizer`. The field's quantizers have the
+same contract: :class:`FSQ` (finite scalar quantization), :class:`LFQ` (lookup-free
+quantization) and :class:`ResidualVQ` (residual VQ over :class:`VectorQuantize` stages)."""
 
+from mvq.quantize.fsq import FSQ
 from mvq.quantize.layers import MaskedVectorQuantize, MultiChannelVectorQuantize, VectorQuantize
+from mvq.quantize.lfq import LFQ
 from mvq.quantize.masked import MaskedOutput, MaskedQuantizer
 from mvq.quantize.multichannel import MultiChannelQuantizer
+from mvq.quantize.residual import ResidualVQ
 from mvq.quantize.vq import QuantizeOutput, VectorQuantizer, code_stats
 
-__all__ = ["MaskedOutput", "MaskedQuantizer", "MaskedVectorQuantize", "MultiChannelQuantizer",
-           "MultiChannelVectorQuantize", "QuantizeOutput", "VectorQuantize", "VectorQuantizer",
-           "code_stats"]
+__all__ = ["FSQ", "LFQ", "MaskedOutput", "MaskedQuantizer", "MaskedVectorQuantize",
+           "MultiChannelQuantizer", "MultiChannelVectorQuantize", "QuantizeOutput",
+           "ResidualVQ", "VectorQuantize", "VectorQuantizer", "code_stats"]
