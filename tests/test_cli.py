@@ -108,6 +108,41 @@ def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
     assert "vqp / mvq" in capsys.readouterr().out
 
 
+def test_bench_layers_measures_every_layer_side_by_side(tmp_path, capsys):
+    """mvq bench layers: each layer in both modes, ratios from the same run's medians, FLOPs
+    counted (MVQ's per-instance search does J times the f work of the per-batch table)."""
+    out = tmp_path / "layers.json"
+    assert main(["bench", "layers", "--shapes", "4,16,8,16", "--masks", "4", "--repeats", "1",
+                 "--tokenizers", "--json", str(out)]) == 0
+    assert "x VQ" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    rows = {(r["mode"], r["layer"]): r for r in data["layers"]}
+    assert set(rows) == {("train", "VectorQuantize"), ("train", "vector-quantize-pytorch"),
+                         ("train", "MVQ J=4 instance"), ("train", "MVQ J=4 batch"),
+                         ("train", "MultiChannel c=4"), ("eval", "VectorQuantize"),
+                         ("eval", "vector-quantize-pytorch"), ("eval", "MVQ J=4"),
+                         ("eval", "MultiChannel c=4")}
+    for (mode, _), r in rows.items():
+        assert r["ms"] > 0 and r["vs_vq"] == pytest.approx(
+            r["ms"] / rows[(mode, "VectorQuantize")]["ms"])
+    assert rows[("train", "MVQ J=4 instance")]["gflop"] > rows[("train", "MVQ J=4 batch")]["gflop"]
+    assert [r["tokenizer"] for r in data["tokenizers"]] == [
+        "hvqvae", "mvqvae J=4 instance", "mvqvae J=4 batch"]
+    assert data["gemm_peak_gflops"] > 0
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["bench", "sampling", "--lengths", "abc"], "expected integers >= 1"),
+    (["bench", "layers", "--masks", "0"], "expected integers >= 1"),
+    (["bench", "quantizer", "--json", "."], "is a folder"),
+    (["bench", "layers", "--shapes", "1,2,3"], "B,N,D,K"),
+])
+def test_bench_arguments_refused_before_measuring(argv, said, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert said in capsys.readouterr().err
+
+
 def test_bench_sampling_short_lengths(tmp_path, capsys):
     """The sampling table on 1+1, 4+1 and 8+1 tokens: every cell measured, ratios from the
     cells; MaskGIT only where the tokens are at least its steps (8+1: 8 steps, not 12)."""

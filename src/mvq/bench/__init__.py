@@ -2,5 +2,5 @@
 ``python -m mvq.bench.NAME``). They ship with the package: no source checkout needed."""
 
 # `mvq bench` name -> module in this package
-BENCHMARKS = {"mh-dropout": "mh_dropout", "quantizer": "quantizer", "sampling": "sampling",
-              "concurrent-train": "concurrent_train"}
+BENCHMARKS = {"layers": "layers", "mh-dropout": "mh_dropout", "quantizer": "quantizer",
+              "sampling": "sampling", "concurrent-train": "concurrent_train"}

@@ -11,7 +11,6 @@ in our time). Runs alternate between the two, in one process, and the median is 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from importlib.metadata import version
@@ -19,6 +18,7 @@ from importlib.metadata import version
 import torch
 
 from mvq._compat import missing
+from mvq.bench.common import json_path, write_json
 from mvq.quantize import VectorQuantizer
 
 warnings.filterwarnings("ignore")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="two small cases, 5 repeats")
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--json", type=json_path, help="write the results here")
     args = p.parse_args(argv)
     cases = CASES[:2] if args.quick else CASES
     repeats = 5 if args.quick else args.repeats
@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['batch']:>4} {r['tokens']:>5} {r['dim']:>4} {r['codebook']:>5} | "
               f"{r['ours_ms']:>8.2f} | "
               f"{r['theirs_ms']:>8.2f} | {r['speedup']:>8.2f}x")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ the paper's CPU column (Intel i9-9900) is printed beside them for reference.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
 
 import torch
 
+from mvq.bench.common import json_path, positive_ints, write_json
 from mvq.priors import MaskGIT, MaskGITConfig, MVQPrior, table4_size
 
 PAPER_CPU_S = {1: 0.014, 4: 0.070, 16: 0.637, 64: 11.107, 256: 268.368, 1024: 1365.668}
@@ -152,7 +152,7 @@ def fmt(x: float | None, width: int = 9, missing: str = "skipped") -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", default="1,4,16,64,256,1024",
+    p.add_argument("--lengths", type=positive_ints, default=[1, 4, 16, 64, 256, 1024],
                    help="primary token counts S (each gets +1 secondary token)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--vocab", type=int, default=256, help="entries per codebook (K/2)")
@@ -162,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-budget", type=float, default=60.0,
                    help="stop repeating a cell once its runs took this many seconds (default 60)")
     p.add_argument("--quick", action="store_true", help="S = 1, 4, 16 and 1 repeat (seconds)")
-    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--json", type=json_path, help="write the rows here")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
     return p
 
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    lengths = [1, 4, 16] if args.quick else [int(x) for x in args.lengths.split(",")]
+    lengths = [1, 4, 16] if args.quick else args.lengths
     repeats = 1 if args.quick else args.repeats
     b = args.batch
     _print_header(args.vocab, repeats, b)
@@ -236,11 +236,9 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure(length, args.vocab, repeats, b, args.naive_max_len, args.cell_budget))
         _print_row(rows[-1], b)
     _print_summary(rows, b, args.naive_max_len)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"repeats": repeats, "vocab": args.vocab, "batch": b,
-                       "threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "rows": rows}, fh, indent=2)
+    write_json(args.json, {"repeats": repeats, "vocab": args.vocab, "batch": b,
+                           "threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "rows": rows})
 
 
 if __name__ == "__main__":

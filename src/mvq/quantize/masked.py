@@ -35,6 +35,9 @@ from mvq.quantize.vq import QuantizeOutput, VectorQuantizer
 
 MASK_SAMPLING = ("instance", "batch")  # J masks per instance (the paper) / one bank per batch
 SEARCHES = ("auto", "table", "chunked")
+# hypotheses f scores at once in the chunked search (B x masks per chunk), so that its
+# activations stay in the cache when every position is an instance (B = 1568 in the benchmark)
+SEARCH_ROWS = 8192
 
 
 @dataclass
@@ -167,9 +170,9 @@ class MaskedQuantizer(nn.Module):
         best_j = torch.zeros(b, dtype=torch.long, device=e.device)
         dtype = torch.promote_types(y.dtype, torch.float32)  # fp32 at least, fp64 kept
         target = (y - e).to(dtype)  # f(c) should approximate y - e
-        for start in range(0, j_total, self.chunk_size):
-            chunk = (masks[start : start + self.chunk_size] if shared
-                     else masks[:, start : start + self.chunk_size])
+        step = max(1, min(self.chunk_size, SEARCH_ROWS // max(1, b)))  # masks per chunk
+        for start in range(0, j_total, step):
+            chunk = (masks[start : start + step] if shared else masks[:, start : start + step])
             jc = chunk.shape[0] if shared else chunk.shape[1]
             m = chunk.unsqueeze(0).expand(b, *chunk.shape) if shared else chunk
             c = (e2.unsqueeze(1) * m.to(e2.dtype)).flatten(0, 1)  # (B*jc, D', H', W')
