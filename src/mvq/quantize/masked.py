@@ -210,9 +210,10 @@ class MaskedQuantizer(nn.Module):
         tensors = [rows, masks, *self.f.parameters(), *self.f.buffers()]
         key = (dtype, *((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
                         for t in tensors))
-        if self._table is None or self._table[0] != key:
-            self._table = (key, *self.mask_table(rows, masks, dtype))
-        return self._table[1], self._table[2]
+        kept = self._table  # read once: a server's threads may share the layer
+        if kept is None or kept[0] != key:
+            kept = self._table = (key, *self.mask_table(rows, masks, dtype))
+        return kept[1], kept[2]
 
     def _table_search(self, e, y, masks, ids, rows) -> torch.Tensor:
         """Index of the winning mask per instance, by the table (module docstring)."""
@@ -229,10 +230,12 @@ class MaskedQuantizer(nn.Module):
         """The fixed, seeded bank of masks searched at inference: (J_eval, D', H', W').
         Drawn once per size, seed and device, then kept (the table search keys on it)."""
         key = (self.eval_masks, self.search_seed, tuple(like.shape[1:]), like.device)
-        if self._bank is None or self._bank[0] != key:
+        kept = self._bank
+        if kept is None or kept[0] != key:
             gen = torch.Generator().manual_seed(self.search_seed)
-            self._bank = (key, self.sample_masks(1, self.eval_masks, like[:1], generator=gen)[0])
-        return self._bank[1]
+            kept = self._bank = (key, self.sample_masks(1, self.eval_masks, like[:1],
+                                                        generator=gen)[0])
+        return kept[1]
 
     # ------------------------------------------------------------------ forward
     def forward(self, y: torch.Tensor, y2: torch.Tensor, masks: torch.Tensor | None = None
