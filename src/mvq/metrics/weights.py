@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mvq._compat import missing
+from mvq._compat import ensure_torchvision, missing
 from mvq.errors import MvqError
 from mvq.hashes import state_dict_sha256
 from mvq.outputs import atomic_write
@@ -132,6 +132,7 @@ def build_fid_inception(state_dict: dict[str, torch.Tensor] | None) -> nn.Module
     Mirrors ``pytorch_fid.inception.fid_inception_v3`` but takes the state dict instead of
     downloading it. ``state_dict=None`` returns the uninitialised skeleton.
     """
+    ensure_torchvision()  # the import below imports torchvision
     try:
         from pytorch_fid import inception as pfi
     except ImportError:  # an optional dependency
@@ -160,6 +161,7 @@ def convert_inception_carrier(src: Path) -> dict[str, torch.Tensor]:
     bn.weight = 1, bn.bias = beta, bn.running_mean/var = mean/var. ``fc`` (1008 logits, absent
     from the carrier) is zero-filled so the file loads strictly into pytorch-fid.
     """
+    ensure_torchvision()  # the import below imports torchvision
     try:
         from torchvision.models.inception import BasicConv2d
     except ImportError:  # an optional dependency
@@ -259,6 +261,7 @@ def load_numpy_pickle(path: str | os.PathLike) -> dict:
 
 
 def _torchvision_conv_indices(net: str) -> list[int]:
+    ensure_torchvision()  # the import below imports torchvision
     try:
         from torchvision import models
     except ImportError:  # an optional dependency
