@@ -111,9 +111,17 @@ class MaskedQuantizer(nn.Module):
         return super().train(mode)
 
     # ------------------------------------------------------------------ helpers
+    def run_f(self, c: torch.Tensor) -> torch.Tensor:
+        """f on a masked secondary code map, given in f's own dtype: the codes come out of
+        the quantizers in fp32 (their maths), f may have been cast (``.to(torch.bfloat16)``,
+        ``.half()``, ``.double()``); under autocast the cast changes nothing."""
+        dtype = next((t.dtype for t in self.f.parameters() if t.is_floating_point()), None)
+        return self.f(c if dtype is None or c.dtype == dtype else c.to(dtype))
+
     def combine(self, e: torch.Tensor, e2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """y_hat = e + f(e' * m). e: (B,D,H,W), e2: (B,D',H',W'), mask: (B,D',H',W')."""
-        return e + self.f(e2 * mask.to(e2.dtype))
+        """y_hat = e + f(e' * m) in e's dtype. e: (B,D,H,W), e2: (B,D',H',W'),
+        mask: (B,D',H',W')."""
+        return e + self.run_f(e2 * mask.to(e2.dtype)).to(e.dtype)
 
     def sample_masks(
         self, batch: int, j: int, like: torch.Tensor, generator: torch.Generator | None = None
@@ -173,7 +181,7 @@ class MaskedQuantizer(nn.Module):
             jc = chunk.shape[0] if shared else chunk.shape[1]
             m = chunk.unsqueeze(0).expand(b, *chunk.shape) if shared else chunk
             c = (e2.unsqueeze(1) * m.to(e2.dtype)).flatten(0, 1)  # (B*jc, D', H', W')
-            out = self.f(c).to(dtype).view(b, jc, *y.shape[1:])
+            out = self.run_f(c).to(dtype).view(b, jc, *y.shape[1:])
             d = (out - target.unsqueeze(1)).pow(2).flatten(2).sum(2)  # (B, jc)
             d_min, j_min = d.min(1)
             better = d_min < best_d
@@ -196,7 +204,7 @@ class MaskedQuantizer(nn.Module):
         for start in range(0, j, self.chunk_size):
             m = masks[start : start + self.chunk_size].to(rows.dtype)  # (jc, D', 1, 1)
             c = rows[:, None, :, None, None] * m[None]  # (K', jc, D', 1, 1)
-            parts.append(self.f(c.flatten(0, 1)).to(dtype).view(k, m.shape[0], -1))
+            parts.append(self.run_f(c.flatten(0, 1)).to(dtype).view(k, m.shape[0], -1))
         table = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         return table, table.pow(2).sum(2)
 
@@ -264,7 +272,7 @@ class MaskedQuantizer(nn.Module):
             masks = masks.unsqueeze(0).expand(b, *masks.shape)
         j = masks.shape[1]
         c = (e2.unsqueeze(1) * masks.to(e2.dtype)).flatten(0, 1)
-        hyp = e.unsqueeze(1) + self.f(c).view(b, j, *e.shape[1:])  # (B, J, D, H, W)
+        hyp = e.unsqueeze(1) + self.run_f(c).to(e.dtype).view(b, j, *e.shape[1:])  # (B,J,D,H,W)
         d = (hyp - y.unsqueeze(1)).pow(2).flatten(2).sum(2)
         w = F.one_hot(d.detach().argmin(1), j).to(hyp.dtype)  # Kronecker delta of eq. 6
         y_hat = (w.view(b, j, 1, 1, 1) * hyp).sum(1)
@@ -295,9 +303,9 @@ class MaskedQuantizer(nn.Module):
         masked = masked.view(n, b, self.secondary.dim, *grid2)
         masked = masked * masks.permute(0, 1, 4, 2, 3).to(masked.dtype)
         if not sum_outputs or n == 0:
-            return e + self.f(masked.sum(0))
-        f0 = self.f(torch.zeros_like(masked[0]))
-        return e + f0 + sum(self.f(c) - f0 for c in masked)
+            return e + self.run_f(masked.sum(0)).to(e.dtype)
+        f0 = self.run_f(torch.zeros_like(masked[0])).to(e.dtype)
+        return e + f0 + sum(self.run_f(c).to(e.dtype) - f0 for c in masked)
 
 
 def table_argmin(table: torch.Tensor, norms: torch.Tensor, ids: torch.Tensor,
