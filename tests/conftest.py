@@ -1,15 +1,10 @@
-import warnings
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import mvq  # noqa: F401  (torchvision compat shim first)
 from mvq.config import ModelConfig
 from mvq.figures import MARGIN, TITLE_PX
-
-warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-import mvq  # noqa: F401  (runs the torchvision compat shim first)
 from mvq.data import (
     DATASETS,
     build_dataset,

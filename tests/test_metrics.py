@@ -11,16 +11,18 @@ import time
 import warnings
 from pathlib import Path
 
-import mvq  # noqa: F401  # isort: skip  (torchvision shim first)
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvq._compat import ensure_torchvision
 from mvq.errors import MvqError
 from mvq.metrics import codebook, fid, image, prd, weights
 from mvq.metrics.perceptual import LPIPS
+
+ensure_torchvision()  # these tests import lpips, pytorch-fid and torchvision themselves
 
 # ----------------------------------------------------------------------------- fixtures
 

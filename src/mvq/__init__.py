@@ -9,11 +9,9 @@ The library's front door:
   ``Tokenizer.from_pretrained`` / ``save_pretrained`` and the same on priors.
 """
 
-from mvq import _compat  # noqa: F401  (must run before anything imports torchvision)
+from importlib import import_module
+
 from mvq._version import __version__
-from mvq.models import Tokenizer  # registers the tokenizer loader
-from mvq.pretrained import load
-from mvq.priors import Prior  # registers the prior loader
 from mvq.quantize.fsq import FSQ
 from mvq.quantize.layers import (
     MaskedVectorQuantize,
@@ -25,3 +23,22 @@ from mvq.quantize.residual import ResidualVQ
 
 __all__ = ["FSQ", "LFQ", "MaskedVectorQuantize", "MultiChannelVectorQuantize", "Prior",
            "ResidualVQ", "Tokenizer", "VectorQuantize", "__version__", "load"]
+
+# The tokenizers, the priors and the loader are imported on first use: ``import mvq`` for the
+# layers costs little beyond ``import torch`` and imports no optional package.
+_LAZY = {"Tokenizer": "mvq.models", "Prior": "mvq.priors", "load": "mvq.pretrained"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'mvq' has no attribute {name!r}")
+    if name == "load":  # mvq.load reads folders of both kinds: register both loaders
+        import_module("mvq.models")
+        import_module("mvq.priors")
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

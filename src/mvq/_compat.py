@@ -4,7 +4,11 @@ torchvision 0.28.0 is the only release pinned to torch 2.13.0, and its compiled 
 build: on a CPU torch, ``import torchvision`` fails with
 ``RuntimeError: operator torchvision::nms does not exist``. We register the two missing op
 schemas and import again. On a machine whose torchvision imports cleanly this does nothing.
-Import this module before anything that imports torchvision (torchmetrics, lpips, ...).
+
+Nothing happens at import: ``import mvq`` (the layers) neither imports torchvision nor touches
+``torch.library``. Call ``ensure_torchvision()`` right before importing a package that imports
+torchvision (lpips, pytorch-fid, torchvision itself); only then, and only when the import fails
+for the missing op schemas, are they registered.
 """
 
 from __future__ import annotations
@@ -51,6 +55,3 @@ def missing(package: str, extra: str = "metrics") -> MvqError:
     that installs it. Use as ``except ImportError: raise missing("lpips") from None``."""
     return MvqError(f"{package} is not installed: this needs mvq's `{extra}` extra, "
                     f"`pip install 'mvq[{extra}]'` (or `pip install 'mvq[all]'`)")
-
-
-ensure_torchvision()

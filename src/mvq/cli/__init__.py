@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import warnings
 from contextlib import nullcontext
 
 from mvq import pretrained
@@ -86,7 +85,6 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")
     parser = build_parser()
     argv, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)

@@ -168,6 +168,19 @@ def find_last_layer(model: nn.Module) -> torch.Tensor:
     return convs[-1].weight
 
 
+def in_dtype_of(module: nn.Module, *images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``images`` in the dtype of ``module``'s parameters (gradients flow through the cast).
+
+    The tokenizer's output may come in another precision than the loss's networks (a
+    ``train.precision=bf16`` forward under autocast, a tokenizer cast with ``.to(dtype)``,
+    a loss cast with ``.double()``): each network sees its own dtype; under autocast the
+    cast changes nothing autocast would not."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is None:
+        return images
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in images)
+
+
 # ----------------------------------------------------------------------------- the loss
 class VQGANLoss(nn.Module):
     """Reconstruction + LPIPS + PatchGAN (hinge) with taming's adaptive generator weight.
@@ -217,7 +230,7 @@ class VQGANLoss(nn.Module):
             size = (round(x.shape[-2] * scale), round(x.shape[-1] * scale))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             recon = F.interpolate(recon, size=size, mode="bilinear", align_corners=False)
-        return self.lpips(x, recon).mean()
+        return self.lpips(*in_dtype_of(self.lpips, x, recon)).mean()
 
     # ------------------------------------------------------------- generator side
     def forward(self, x: torch.Tensor, recon: torch.Tensor, step: int,
@@ -234,6 +247,7 @@ class VQGANLoss(nn.Module):
         'd_weight', 'disc_factor', 'total' and every quantizer term.
         """
         cfg = self.cfg
+        x, recon = in_dtype_of(self.discriminator, x, recon)
         rec = self.reconstruction(x, recon)
         perc = self.perceptual(x, recon)
         nll = cfg.rec_weight * rec + cfg.perceptual_weight * perc
@@ -276,8 +290,9 @@ class VQGANLoss(nn.Module):
             zero = torch.zeros((), device=real.device, requires_grad=True)
             return zero, {"d_loss": zero.detach(), "logits_real": zero.detach(),
                           "logits_fake": zero.detach()}
-        logits_real = self.discriminator(2 * real.detach() - 1)
-        logits_fake = self.discriminator(2 * fake.detach() - 1)
+        real, fake = in_dtype_of(self.discriminator, real.detach(), fake.detach())
+        logits_real = self.discriminator(2 * real - 1)
+        logits_fake = self.discriminator(2 * fake - 1)
         loss = self.cfg.disc_factor * self.d_loss_fn(logits_real, logits_fake)
         return loss, {"d_loss": loss.detach(), "logits_real": logits_real.detach().mean(),
                       "logits_fake": logits_fake.detach().mean()}

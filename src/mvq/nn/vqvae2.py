@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # F -> kernel sizes of (E, E', D, f), MVQ paper Table 3. "7/8" is one column: F=7 at 28 px,
@@ -131,12 +132,35 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"norm must be batch, group, layer or none, got {kind!r}")
 
 
+class SameConv2d(nn.Conv2d):
+    """A stride-1 convolution whose output has its input's size for an even kernel k: the input
+    is zero-padded by (k - 1) // 2 before and k // 2 after on each axis, which is what
+    ``padding="same"`` computes (same weights, same numbers) without torch's warning about the
+    padded copy it makes for even kernels."""
+
+    def __init__(self, c_in: int, c_out: int, k: int) -> None:
+        super().__init__(c_in, c_out, k, padding=0)
+        before, after = (k - 1) // 2, k // 2
+        self.pads = (before, after, before, after)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.pads))
+
+
+def same_conv(c_in: int, c_out: int, k: int) -> nn.Conv2d:
+    """A stride-1 convolution keeping the map's size: symmetric padding for an odd kernel,
+    :class:`SameConv2d` for an even one (the state dict's keys are a plain conv's)."""
+    if k % 2:
+        return nn.Conv2d(c_in, c_out, k, padding=k // 2)
+    return SameConv2d(c_in, c_out, k)
+
+
 def make_conv(layer: Layer, c_in: int, c_out: int) -> nn.Module:
     k = layer.kernel
     if layer.kind == "down":
         return nn.Conv2d(c_in, c_out, k, stride=2, padding=layer.padding)
     if layer.kind == "same":
-        return nn.Conv2d(c_in, c_out, k, padding="same")
+        return same_conv(c_in, c_out, k)
     if layer.kind == "full":
         return nn.Conv2d(c_in, c_out, k, padding=k - 1)
     if layer.kind == "up":
@@ -146,7 +170,7 @@ def make_conv(layer: Layer, c_in: int, c_out: int) -> nn.Module:
     if layer.kind == "resize":
         return nn.Sequential(
             nn.Upsample(size=(layer.n_out, layer.n_out), mode="nearest"),
-            nn.Conv2d(c_in, c_out, k, padding="same"),
+            same_conv(c_in, c_out, k),
         )
     raise ValueError(layer.kind)
 

@@ -1,7 +1,9 @@
-"""Construction-time checks shared by the field's quantizer layers (:mod:`mvq.quantize.fsq`,
-:mod:`mvq.quantize.lfq`, :mod:`mvq.quantize.residual`): each refusal is an ``MvqError`` that
-names the argument, the value found and a valid example; arguments spelled as
-vector-quantize-pytorch spells them are refused with mvq's equivalent."""
+"""Construction-time checks shared by every quantizer layer (``VectorQuantize``,
+``MaskedVectorQuantize``, ``MultiChannelVectorQuantize``, ``FSQ``, ``LFQ``, ``ResidualVQ``):
+each refusal is an ``MvqError`` that names the layer, the argument, the value found and a valid
+example; arguments spelled as vector-quantize-pytorch spells them are refused with mvq's
+equivalent. The VQ codebook arguments (``beta``, ``ema``, ...) are checked by one function,
+:func:`check_vq_kwargs`, for every layer that owns codebooks."""
 
 from __future__ import annotations
 
@@ -11,6 +13,31 @@ import torch
 from torch import nn
 
 from mvq.errors import MvqError
+from mvq.memory import check_fits
+
+# vector-quantize-pytorch's VectorQuantize / ResidualVQ arguments and what to give mvq instead
+VQ_RENAMED = {
+    "commitment_weight": "give beta=, the commitment weight (e.g. beta=0.25)",
+    "ema_update": "give ema=True or ema=False",
+    "learnable_codebook": "give ema=False for codebooks trained by the gradient codebook loss",
+    "threshold_ema_dead_code": "give restart_dead=True and dead_threshold= (expected "
+                               "assignments per batch, e.g. dead_threshold=0.03)",
+    "accept_image_fmap": "pass channel_first=True for (B, D, H, W) maps",
+    "codebook_dim": "not supported: mvq's codes have the input's size dim; project the input "
+                    "to the size you want first",
+    "heads": "not supported: mvq's VQ has one head (MultiChannelVectorQuantize splits each "
+             "vector into channels= chunks over one shared codebook)",
+    "separate_codebook_per_head": "not supported: mvq's VQ has one head",
+    "use_cosine_sim": "not supported: mvq's VQ uses Euclidean distance",
+    "rotation_trick": "not supported: mvq's VQ uses the straight-through estimator",
+    "orthogonal_reg_weight": "not supported",
+    "stochastic_sample_codes": "not supported: mvq's VQ takes the nearest code",
+    "sample_codebook_temp": "not supported: mvq's VQ takes the nearest code",
+    "kmeans_iters": "not supported: give kmeans_init=True (10 iterations)",
+    "sync_kmeans": "not supported: k-means runs on rank 0 and is broadcast",
+    "sync_codebook": "not supported: EMA statistics are always all-reduced under DDP",
+}
+VQ_ARGUMENTS = ("beta", "ema", "decay", "restart_dead", "dead_threshold", "kmeans_init", "eps")
 
 
 def check_int(layer: str, name: str, value: object, low: int, example: str,
@@ -53,6 +80,60 @@ def refuse_unknown(layer: str, given: dict, renamed: dict[str, str], accepted: s
                            f"{renamed[name]}")
         raise MvqError(f"{layer}: unknown argument {name}={given[name]!r}; its arguments are "
                        f"{accepted}")
+
+
+def check_optional_int(layer: str, name: str, value: object, low: int, example: str) -> int | None:
+    """None (the documented default) or an int >= low; 0 is refused, not read as None."""
+    return None if value is None else check_int(layer, name, value, low, example)
+
+
+def check_choice(layer: str, name: str, value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise MvqError(f"{layer}: {name} must be one of {', '.join(map(repr, choices))}, "
+                       f"found {value!r}")
+    return value
+
+
+def check_module(layer: str, name: str, value: object) -> nn.Module | None:
+    if value is not None and not isinstance(value, nn.Module):
+        raise MvqError(f"{layer}: {name} must be a torch.nn.Module (or None for the default), "
+                       f"found {type(value).__name__}")
+    return value
+
+
+def check_codebook(layer: str, codebook_size: int, dim: int) -> None:
+    """MvqError when a K x D codebook (its weights and EMA sums, fp32) does not fit in memory."""
+    check_fits(3 * 4 * codebook_size * dim, f"{layer}'s {codebook_size} x {dim} codebook",
+               "lower codebook_size or dim")
+
+
+def check_projections(layer: str, dim: int, inner: int) -> None:
+    """MvqError when the dim <-> inner projections (two fp32 matrices) do not fit in memory."""
+    check_fits(2 * 4 * dim * inner, f"{layer}'s {dim} x {inner} projections", "lower dim")
+
+
+def check_vq_kwargs(layer: str, kwargs: dict, accepted: str,
+                    renamed: dict[str, str] | None = None) -> dict:
+    """The codebook arguments of a VQ layer (``beta``, ``ema``, ``decay``, ``restart_dead``,
+    ``dead_threshold``, ``kmeans_init``, ``eps``), checked; any other keyword is refused by
+    name (vector-quantize-pytorch's with mvq's equivalent; ``renamed`` adds the layer's own).
+    ``accepted`` lists the layer's other arguments for the message. Returns the known ones."""
+    known = {name: kwargs[name] for name in VQ_ARGUMENTS if name in kwargs}
+    refuse_unknown(layer, {k: v for k, v in kwargs.items() if k not in known},
+                   {**VQ_RENAMED, **(renamed or {})},
+                   f"{accepted} and the codebooks' {', '.join(VQ_ARGUMENTS)}")
+    for name in ("ema", "restart_dead", "kmeans_init"):
+        if name in known:
+            check_bool(layer, name, known[name])
+    if "beta" in known:
+        check_number(layer, "beta", known["beta"], "beta=0.25")
+    if "decay" in known:
+        check_number(layer, "decay", known["decay"], "decay=0.99", low_open=True, high=1.0)
+    if "dead_threshold" in known:
+        check_number(layer, "dead_threshold", known["dead_threshold"], "dead_threshold=0.03")
+    if "eps" in known:
+        check_number(layer, "eps", known["eps"], "eps=1e-5", low_open=True)
+    return known
 
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

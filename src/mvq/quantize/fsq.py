@@ -27,6 +27,7 @@ from mvq.errors import MvqError
 from mvq.quantize.arguments import (
     check_bool,
     check_int,
+    check_projections,
     from_tokens,
     linear,
     refuse_unknown,
@@ -91,6 +92,7 @@ class FSQ(nn.Module):
         self.levels = tuple(levels)
         self.codebook_dim = len(levels)
         self.dim = self.codebook_dim if dim is None else check_int("FSQ", "dim", dim, 1, "dim=64")
+        check_projections("FSQ", self.dim, self.codebook_dim)
         self.channel_first = check_bool("FSQ", "channel_first", channel_first)
         self.codebook_size = math.prod(self.levels)
         if self.codebook_size > 2 ** 62:

@@ -22,7 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.errors import MvqError
-from mvq.quantize.masked import MaskedOutput, MaskedQuantizer
+from mvq.quantize.arguments import (
+    check_bool,
+    check_choice,
+    check_codebook,
+    check_int,
+    check_module,
+    check_optional_int,
+    check_vq_kwargs,
+)
+from mvq.quantize.masked import MASK_SAMPLING, SEARCHES, MaskedOutput, MaskedQuantizer
 from mvq.quantize.multichannel import MultiChannelQuantizer
 from mvq.quantize.vq import QuantizeOutput, VectorQuantizer
 
@@ -31,6 +40,9 @@ def _check_input(x: object, dim: int, channel_first: bool, layer: str) -> torch.
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         found = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
         raise MvqError(f"{layer} takes a float tensor, found {found}")
+    if x.is_meta:
+        raise MvqError(f"{layer}: a meta tensor holds no values to quantize; give a tensor on "
+                       "a real device (cpu, cuda, ...)")
     axis = 1 if channel_first else -1
     layout = f"(B, {dim}, H, W)" if channel_first else f"(B, N, {dim})"
     if x.dim() < 3 or x.shape[axis] != dim:
@@ -39,19 +51,34 @@ def _check_input(x: object, dim: int, channel_first: bool, layer: str) -> torch.
     return x
 
 
-def _check_sizes(layer: str, **sizes) -> None:
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise MvqError(f"{layer}: {name} must be an integer >= 1, found {value!r}")
-
-
 def _check_ids(ids: object, name: str, shape: tuple | None = None) -> torch.Tensor:
-    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool:
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool \
+            or ids.is_complex():
         found = f"a {ids.dtype} tensor" if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise MvqError(f"{name} must be an integer tensor of code ids, found {found}")
+    if ids.is_meta:
+        raise MvqError(f"{name}: a meta tensor holds no ids; give a tensor on a real device")
+    if ids.dim() < 1:
+        raise MvqError(f"{name} must have a batch axis, (B, *grid), found a 0-d tensor; "
+                       "e.g. ids[None]")
     if shape is not None and tuple(ids.shape) != tuple(shape):
         raise MvqError(f"{name} has shape {tuple(ids.shape)}, expected {tuple(shape)}")
     return ids
+
+
+def _check_mask(mask: object, shape: tuple) -> torch.Tensor:
+    """MVQ mask bits: a tensor of ``shape`` holding only 0 / 1 (bool, integer or float)."""
+    if not isinstance(mask, torch.Tensor) or mask.is_complex():
+        raise MvqError(f"mask must be a bool tensor, found {type(mask).__name__}")
+    if mask.is_meta:
+        raise MvqError("mask: a meta tensor holds no bits; give a tensor on a real device")
+    if tuple(mask.shape) != tuple(shape):
+        raise MvqError(f"mask has shape {tuple(mask.shape)}, expected {tuple(shape)} (the "
+                       "secondary ids' shape, then D')")
+    if mask.dtype != torch.bool and mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
+        raise MvqError("mask must hold bits (0 / 1 or False / True), found other values; "
+                       "e.g. mask > 0.5")
+    return mask.bool()
 
 
 def to_columns(x: torch.Tensor, channel_first: bool) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -88,7 +115,12 @@ class VectorQuantize(VectorQuantizer):
 
     def __init__(self, dim: int, codebook_size: int, *, channel_first: bool = False,
                  **kwargs: object) -> None:
-        _check_sizes("VectorQuantize", dim=dim, codebook_size=codebook_size)
+        layer = "VectorQuantize"
+        check_int(layer, "dim", dim, 1, "dim=64")
+        check_int(layer, "codebook_size", codebook_size, 1, "codebook_size=512")
+        check_bool(layer, "channel_first", channel_first)
+        kwargs = check_vq_kwargs(layer, kwargs, "dim, codebook_size, channel_first")
+        check_codebook(layer, codebook_size, dim)
         super().__init__(codebook_size, dim, **kwargs)
         self.channel_first = channel_first
 
@@ -121,8 +153,13 @@ class MultiChannelVectorQuantize(MultiChannelQuantizer):
 
     def __init__(self, dim: int, codebook_size: int, *, channels: int = 4,
                  channel_first: bool = False, **kwargs) -> None:
-        _check_sizes("MultiChannelVectorQuantize", dim=dim, codebook_size=codebook_size,
-                     channels=channels)
+        layer = "MultiChannelVectorQuantize"
+        check_int(layer, "dim", dim, 1, "dim=64")
+        check_int(layer, "codebook_size", codebook_size, 1, "codebook_size=512")
+        check_int(layer, "channels", channels, 1, "channels=4")
+        check_bool(layer, "channel_first", channel_first)
+        kwargs = check_vq_kwargs(layer, kwargs, "dim, codebook_size, channels, channel_first")
+        check_codebook(layer, codebook_size, dim // channels)
         if dim % channels:
             raise MvqError(f"MultiChannelVectorQuantize: dim={dim} must split into channels="
                            f"{channels} equal chunks; pick a divisor of dim")
@@ -224,10 +261,30 @@ class MaskedVectorQuantize(MaskedQuantizer):
                  channel_first: bool = False, chunk_size: int = 256, search_seed: int = 0,
                  naive: bool = False, mask_sampling: str = "instance", search: str = "auto",
                  **vq_kwargs: object) -> None:
-        dim2 = dim2 or dim
-        _check_sizes("MaskedVectorQuantize", dim=dim, codebook_size=codebook_size, dim2=dim2,
-                     codebook_size2=codebook_size2 or codebook_size, num_masks=num_masks,
-                     eval_masks=eval_masks or num_masks, chunk_size=chunk_size)
+        layer = "MaskedVectorQuantize"
+        check_int(layer, "dim", dim, 1, "dim=64")
+        check_int(layer, "codebook_size", codebook_size, 1, "codebook_size=512")
+        dim2 = check_optional_int(layer, "dim2", dim2, 1, "dim2=16 (or None: dim)") or dim
+        codebook_size2 = check_optional_int(layer, "codebook_size2", codebook_size2, 1,
+                                            "codebook_size2=512 (or None: codebook_size)"
+                                            ) or codebook_size
+        check_int(layer, "num_masks", num_masks, 1, "num_masks=64")
+        check_optional_int(layer, "eval_masks", eval_masks, 1, "eval_masks=256 (or None: "
+                           "num_masks)")
+        check_optional_int(layer, "hidden", hidden, 1, "hidden=128 (or None: 2 max(dim, dim2))")
+        check_int(layer, "chunk_size", chunk_size, 1, "chunk_size=256")
+        check_int(layer, "search_seed", search_seed, 0, "search_seed=0")
+        check_bool(layer, "channel_first", channel_first)
+        check_bool(layer, "naive", naive)
+        check_choice(layer, "mask_sampling", mask_sampling, MASK_SAMPLING)
+        check_choice(layer, "search", search, SEARCHES)
+        check_module(layer, "secondary_encoder", secondary_encoder)
+        check_module(layer, "f", f)
+        vq_kwargs = check_vq_kwargs(layer, vq_kwargs, "dim, codebook_size, dim2, codebook_size2, "
+                                    "num_masks, eval_masks, secondary_encoder, f, hidden, "
+                                    "channel_first, chunk_size, search_seed, naive, "
+                                    "mask_sampling, search")
+        check_codebook(layer, codebook_size + codebook_size2, max(dim, dim2))
         custom = secondary_encoder is not None or f is not None
         if custom and (secondary_encoder is None or f is None):
             raise MvqError("MaskedVectorQuantize: give both secondary_encoder and f, or neither "
@@ -236,7 +293,7 @@ class MaskedVectorQuantize(MaskedQuantizer):
             raise MvqError("MaskedVectorQuantize: a custom secondary_encoder / f works on "
                            "feature maps; pass channel_first=True and (B, D, H, W) inputs")
         primary = VectorQuantizer(codebook_size, dim, **vq_kwargs)
-        secondary = VectorQuantizer(codebook_size2 or codebook_size, dim2, **vq_kwargs)
+        secondary = VectorQuantizer(codebook_size2, dim2, **vq_kwargs)
         width = hidden or 2 * max(dim, dim2)
         super().__init__(primary, secondary, f if custom else pointwise_mlp(dim2, dim, width),
                          num_masks=num_masks, eval_masks=eval_masks, chunk_size=chunk_size,
@@ -285,14 +342,14 @@ class MaskedVectorQuantize(MaskedQuantizer):
                                 mask: torch.Tensor) -> torch.Tensor:
         """``e + f(e' * m)`` for ids and mask in the layouts ``forward`` returns."""
         _check_ids(indices, "indices"), _check_ids(indices2, "indices2")
-        if not isinstance(mask, torch.Tensor):
-            raise MvqError(f"mask must be a bool tensor, found {type(mask).__name__}")
         if not self.per_position:
+            if indices.dim() != 3 or indices2.dim() != 3 or indices.shape[0] != indices2.shape[0]:
+                raise MvqError(f"indices and indices2 must be (B, H, W) and (B, H', W'), found "
+                               f"{tuple(indices.shape)} and {tuple(indices2.shape)}")
+            mask = _check_mask(mask, (*indices2.shape, self.dim2))
             return self.decode_codes(indices, indices2, mask)
         _check_ids(indices2, "indices2", indices.shape)
-        if tuple(mask.shape) != (*indices.shape, self.dim2):
-            raise MvqError(f"mask has shape {tuple(mask.shape)}, expected "
-                           f"{(*indices.shape, self.dim2)} (the ids' shape, then D')")
+        mask = _check_mask(mask, (*indices.shape, self.dim2))
         b, grid = indices.shape[0], tuple(indices.shape[1:])
         flat = (indices.reshape(-1, 1, 1), indices2.reshape(-1, 1, 1),
                 mask.reshape(-1, 1, 1, self.dim2))

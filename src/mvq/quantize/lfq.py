@@ -38,6 +38,7 @@ from mvq.quantize.arguments import (
     check_bool,
     check_int,
     check_number,
+    check_projections,
     from_tokens,
     linear,
     refuse_unknown,
@@ -142,6 +143,7 @@ class LFQ(nn.Module):
                        "codebook_scale, channel_first")
         self.bits = check_int("LFQ", "bits", bits, 1, "bits=10 (1024 codes)", high=MAX_BITS)
         self.dim = self.bits if dim is None else check_int("LFQ", "dim", dim, 1, "dim=64")
+        check_projections("LFQ", self.dim, self.bits)
         self.entropy_loss_weight = check_number("LFQ", "entropy_loss_weight",
                                                 entropy_loss_weight, "entropy_loss_weight=0.1")
         self.commitment_loss_weight = check_number("LFQ", "commitment_loss_weight",

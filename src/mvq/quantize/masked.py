@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.devices import host_reads_free
+from mvq.errors import MvqError
 from mvq.memory import check_fits
-from mvq.quantize.vq import QuantizeOutput, VectorQuantizer
+from mvq.quantize.vq import QuantizeOutput, VectorQuantizer, mse
 
 MASK_SAMPLING = ("instance", "batch")  # J masks per instance (the paper) / one bank per batch
 SEARCHES = ("auto", "table", "chunked")
@@ -114,9 +115,23 @@ class MaskedQuantizer(nn.Module):
         return super().train(mode)
 
     # ------------------------------------------------------------------ helpers
+    def run_f(self, c: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """f on a masked secondary code map, given in f's own dtype: the codes come out of
+        the quantizers in fp32 (their maths), f may have been cast (``.to(torch.bfloat16)``,
+        ``.half()``, ``.double()``); under autocast the cast changes nothing. ``shape``: the
+        (N, D, H, W) f must give (a custom f of another shape is refused, naming both)."""
+        dtype = next((t.dtype for t in self.f.parameters() if t.is_floating_point()), None)
+        out = self.f(c if dtype is None or c.dtype == dtype else c.to(dtype))
+        if shape is not None and (not isinstance(out, torch.Tensor) or tuple(out.shape) != shape):
+            found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise MvqError(f"f maps a {tuple(c.shape)} masked secondary code to {found}; it must "
+                           f"give {shape}, the primary code's (B, D, H, W)")
+        return out
+
     def combine(self, e: torch.Tensor, e2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """y_hat = e + f(e' * m). e: (B,D,H,W), e2: (B,D',H',W'), mask: (B,D',H',W')."""
-        return e + self.f(e2 * mask.to(e2.dtype))
+        """y_hat = e + f(e' * m) in e's dtype. e: (B,D,H,W), e2: (B,D',H',W'),
+        mask: (B,D',H',W')."""
+        return e + self.run_f(e2 * mask.to(e2.dtype), tuple(e.shape)).to(e.dtype)
 
     def sample_masks(
         self, batch: int, j: int, like: torch.Tensor, generator: torch.Generator | None = None
@@ -176,7 +191,7 @@ class MaskedQuantizer(nn.Module):
             jc = chunk.shape[0] if shared else chunk.shape[1]
             m = chunk.unsqueeze(0).expand(b, *chunk.shape) if shared else chunk
             c = (e2.unsqueeze(1) * m.to(e2.dtype)).flatten(0, 1)  # (B*jc, D', H', W')
-            out = self.f(c).to(dtype).view(b, jc, *y.shape[1:])
+            out = self.run_f(c, (b * jc, *y.shape[1:])).to(dtype).view(b, jc, *y.shape[1:])
             d = (out - target.unsqueeze(1)).pow(2).flatten(2).sum(2)  # (B, jc)
             d_min, j_min = d.min(1)
             better = d_min < best_d
@@ -199,7 +214,7 @@ class MaskedQuantizer(nn.Module):
         for start in range(0, j, self.chunk_size):
             m = masks[start : start + self.chunk_size].to(rows.dtype)  # (jc, D', 1, 1)
             c = rows[:, None, :, None, None] * m[None]  # (K', jc, D', 1, 1)
-            parts.append(self.f(c.flatten(0, 1)).to(dtype).view(k, m.shape[0], -1))
+            parts.append(self.run_f(c.flatten(0, 1)).to(dtype).view(k, m.shape[0], -1))
         table = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         return table, table.pow(2).sum(2)
 
@@ -222,8 +237,8 @@ class MaskedQuantizer(nn.Module):
                                         masks, dtype)
         target = (y - e).to(dtype).flatten(1)  # (B, P)
         if table.shape[2] != target.shape[1]:
-            raise ValueError(f"f gives {table.shape[2]} values per instance, the primary code "
-                             f"has {target.shape[1]}")
+            raise MvqError(f"f gives {table.shape[2]} values per instance, the primary code "
+                           f"has {target.shape[1]}")
         return table_argmin(table, norms, ids, target)
 
     def eval_mask_bank(self, like: torch.Tensor) -> torch.Tensor:
@@ -259,7 +274,7 @@ class MaskedQuantizer(nn.Module):
             mask = self.best_masks(q1.codes.detach(), q2.codes.detach(), y.detach(), masks,
                                    q2.indices, rows)
             y_hat = self.combine(e, e2, mask)
-        mhd = F.mse_loss(y_hat.float(), y.float())
+        mhd = mse(y_hat.float(), y.float())
         return MaskedOutput(y_hat=y_hat, mask=mask.permute(0, 2, 3, 1), primary=q1, secondary=q2,
                             mhd_loss=mhd)
 
@@ -270,7 +285,8 @@ class MaskedQuantizer(nn.Module):
             masks = masks.unsqueeze(0).expand(b, *masks.shape)
         j = masks.shape[1]
         c = (e2.unsqueeze(1) * masks.to(e2.dtype)).flatten(0, 1)
-        hyp = e.unsqueeze(1) + self.f(c).view(b, j, *e.shape[1:])  # (B, J, D, H, W)
+        hyp = e.unsqueeze(1) + self.run_f(c, (b * j, *e.shape[1:])).to(e.dtype).view(
+            b, j, *e.shape[1:])  # (B, J, D, H, W)
         d = (hyp - y.unsqueeze(1)).pow(2).flatten(2).sum(2)
         w = F.one_hot(d.detach().argmin(1), j).to(hyp.dtype)  # Kronecker delta of eq. 6
         y_hat = (w.view(b, j, 1, 1, 1) * hyp).sum(1)
@@ -301,9 +317,9 @@ class MaskedQuantizer(nn.Module):
         masked = masked.view(n, b, self.secondary.dim, *grid2)
         masked = masked * masks.permute(0, 1, 4, 2, 3).to(masked.dtype)
         if not sum_outputs or n == 0:
-            return e + self.f(masked.sum(0))
-        f0 = self.f(torch.zeros_like(masked[0]))
-        return e + f0 + sum(self.f(c) - f0 for c in masked)
+            return e + self.run_f(masked.sum(0)).to(e.dtype)
+        f0 = self.run_f(torch.zeros_like(masked[0])).to(e.dtype)
+        return e + f0 + sum(self.run_f(c).to(e.dtype) - f0 for c in masked)
 
 
 def table_argmin(table: torch.Tensor, norms: torch.Tensor, ids: torch.Tensor,

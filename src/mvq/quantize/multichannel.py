@@ -49,14 +49,15 @@ class MultiChannelQuantizer(nn.Module):
         return z.reshape(b * self.channels, self.code_dim, h, w)
 
     def _merge(self, z: torch.Tensor) -> torch.Tensor:
-        """(B*c, n_q, H, W) -> (B, c*n_q, H, W)."""
-        _, _, h, w = z.shape
-        return z.reshape(-1, self.dim_total, h, w)
+        """(B*c, n_q, H, W) -> (B, c*n_q, H, W) (sizes explicit: an empty map has no -1)."""
+        bc, _, h, w = z.shape
+        return z.reshape(bc // self.channels, self.dim_total, h, w)
 
     def _ids_out(self, ids: torch.Tensor) -> torch.Tensor:
         """(B*c, H, W) -> (B, H, W, c)."""
-        _, h, w = ids.shape
-        return ids.reshape(-1, self.channels, h, w).permute(0, 2, 3, 1).contiguous()
+        bc, h, w = ids.shape
+        ids = ids.reshape(bc // self.channels, self.channels, h, w)
+        return ids.permute(0, 2, 3, 1).contiguous()
 
     # ------------------------------------------------------------- API
     def forward(self, z: torch.Tensor) -> QuantizeOutput:

@@ -26,7 +26,7 @@ def _distances(mvq: MaskedQuantizer, e2: torch.Tensor, target: torch.Tensor,
     for start in range(0, n, mvq.chunk_size):
         m = masks[:, start : start + mvq.chunk_size]
         c = (e2.unsqueeze(1) * m.to(e2.dtype)).flatten(0, 1)
-        f = mvq.f(c).to(target.dtype).view(b, m.shape[1], *target.shape[1:])
+        f = mvq.run_f(c).to(target.dtype).view(b, m.shape[1], *target.shape[1:])
         out.append((f - target.unsqueeze(1)).pow(2).flatten(2).sum(2))
     return torch.cat(out, 1)
 

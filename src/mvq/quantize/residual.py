@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mvq.errors import MvqError
-from mvq.quantize.arguments import check_bool, check_int, check_number, refuse_unknown
+from mvq.quantize.arguments import check_bool, check_codebook, check_int, check_vq_kwargs
 from mvq.quantize.layers import (
     VectorQuantize,
     _check_ids,
@@ -27,45 +27,19 @@ from mvq.quantize.layers import (
     to_columns,
 )
 
+# ResidualVQ's own names in vector-quantize-pytorch (its VQ ones: arguments.VQ_RENAMED)
 _RENAMED = {
     "num_quantizers": "give depth=, the number of stages (e.g. depth=4)",
     "codebook_dim": "mvq's stages quantize at dim; project the input to the size you want first",
     "commitment_weight": "give beta=, the commitment weight of each stage (e.g. beta=0.25)",
-    "ema_update": "give ema=True or ema=False",
-    "learnable_codebook": "give ema=False for codebooks trained by the gradient codebook loss",
-    "threshold_ema_dead_code": "give restart_dead=True and dead_threshold= (expected "
-                               "assignments per batch, e.g. dead_threshold=0.03)",
-    "accept_image_fmap": "pass channel_first=True for (B, D, H, W) maps",
     "shared_codebook": "not supported: each stage has its own codebook",
-    "heads": "not supported",
     "quantize_dropout": "not supported",
     "quantize_dropout_cutoff_index": "not supported",
     "quantize_dropout_multiple_of": "not supported",
     "beam_size": "not supported: each stage takes its nearest code",
     "eval_beam_size": "not supported: each stage takes its nearest code",
     "implicit_neural_codebook": "not supported",
-    "use_cosine_sim": "not supported: mvq's VQ uses Euclidean distance",
-    "rotation_trick": "not supported: mvq's VQ uses the straight-through estimator",
 }
-_VQ_ARGUMENTS = "beta, ema, decay, restart_dead, dead_threshold, kmeans_init"
-
-
-def _check_vq_kwargs(kwargs: dict) -> dict:
-    """The stage arguments of :class:`VectorQuantize`, checked; others refused by name."""
-    known = {name: kwargs[name] for name in _VQ_ARGUMENTS.split(", ") if name in kwargs}
-    refuse_unknown("ResidualVQ", {k: v for k, v in kwargs.items() if k not in known}, _RENAMED,
-                   f"dim, codebook_size, depth, channel_first and the stages' {_VQ_ARGUMENTS}")
-    for name in ("ema", "restart_dead", "kmeans_init"):
-        if name in known:
-            check_bool("ResidualVQ", name, known[name])
-    if "beta" in known:
-        check_number("ResidualVQ", "beta", known["beta"], "beta=0.25")
-    if "decay" in known:
-        check_number("ResidualVQ", "decay", known["decay"], "decay=0.99", low_open=True, high=1.0)
-    if "dead_threshold" in known:
-        check_number("ResidualVQ", "dead_threshold", known["dead_threshold"],
-                     "dead_threshold=0.03")
-    return known
 
 
 class ResidualVQ(nn.Module):
@@ -99,7 +73,9 @@ class ResidualVQ(nn.Module):
                                        "codebook_size=1024")
         self.depth = check_int("ResidualVQ", "depth", depth, 1, "depth=4")
         self.channel_first = check_bool("ResidualVQ", "channel_first", channel_first)
-        stage_kwargs = _check_vq_kwargs(vq_kwargs)
+        stage_kwargs = check_vq_kwargs("ResidualVQ", vq_kwargs,
+                                       "dim, codebook_size, depth, channel_first", _RENAMED)
+        check_codebook("ResidualVQ", codebook_size * depth, dim)
         self.stages = nn.ModuleList(VectorQuantize(dim, codebook_size, **stage_kwargs)
                                     for _ in range(depth))
         self.bits_per_token = depth * math.log2(codebook_size)

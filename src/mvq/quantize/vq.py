@@ -74,7 +74,7 @@ class VectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         if num_codes < 1 or dim < 1:
-            raise ValueError(f"num_codes and dim must be >= 1, got {num_codes}, {dim}")
+            raise MvqError(f"num_codes and dim must be >= 1, got {num_codes}, {dim}")
         self.num_codes, self.dim, self.beta = num_codes, dim, beta
         self.ema, self.decay, self.eps = ema, decay, eps
         self.restart_dead, self.dead_threshold = restart_dead, dead_threshold
@@ -144,20 +144,22 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> QuantizeOutput:
         """z: (B, D, H, W) encoder output."""
         if z.dim() != 4 or z.shape[1] != self.dim:
-            raise ValueError(f"expected (B, {self.dim}, H, W), got {tuple(z.shape)}")
+            raise MvqError(f"{type(self).__name__}: expected (B, {self.dim}, H, W), got "
+                           f"{tuple(z.shape)}")
         with torch.autocast(device_type=z.device.type, enabled=False):
             z32 = z if z.dtype == torch.float64 else z.float()  # at least fp32
             flat = z32.permute(0, 2, 3, 1).reshape(-1, self.dim)
-            if self.training and not self._init_checked:
+            empty = flat.shape[0] == 0  # an empty batch or grid: no update, zero losses
+            if self.training and not self._init_checked and not empty:
                 if not bool(self.initialized):  # read until it is True, then never again
                     self._kmeans(flat.detach())
                 self._init_checked = True
             indices = self.nearest(flat)
             codes = F.embedding(indices, self.embedding).to(z32.dtype)
             codes = codes.view(z.shape[0], z.shape[2], z.shape[3], self.dim).permute(0, 3, 1, 2)
-            codebook_loss = F.mse_loss(codes, z32.detach())  # ||sg[y] - e||^2: moves e
-            commit_loss = F.mse_loss(z32, codes.detach())  # ||y - sg[e]||^2: moves y
-            if self.training:
+            codebook_loss = mse(codes, z32.detach())  # ||sg[y] - e||^2: moves e
+            commit_loss = mse(z32, codes.detach())  # ||y - sg[e]||^2: moves y
+            if self.training and not empty:
                 self._update_stats(flat.detach(), indices)
             else:  # one host read per call at inference: codes of NaN would mean nothing
                 self._check_eval_input(flat)
@@ -269,6 +271,13 @@ class VectorQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"K={self.num_codes}, D={self.dim}, beta={self.beta}, ema={self.ema}"
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``F.mse_loss(a, b)``, and 0 (still in the graph) for empty tensors, whose mean is NaN."""
+    if a.numel():
+        return F.mse_loss(a, b)
+    return (a.sum() + b.sum()) * 0.0
 
 
 def _ema_(buffer: torch.Tensor, new: torch.Tensor, decay: float | torch.Tensor) -> None:
