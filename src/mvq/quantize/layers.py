@@ -91,6 +91,12 @@ def to_columns(x: torch.Tensor, channel_first: bool) -> tuple[torch.Tensor, tupl
     return x.reshape(x.shape[0], math.prod(grid), x.shape[-1]).transpose(1, 2).unsqueeze(-1), grid
 
 
+def as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Channels-last ``(B, ..., D)`` as ``(M, dim, 1, 1)`` instances, its rows of ``dim`` in
+    order (a view when x is contiguous): the engines' map layout without a transpose."""
+    return x.reshape(-1, dim)[:, :, None, None]
+
+
 def from_columns(z: torch.Tensor, grid: tuple[int, ...], channel_first: bool) -> torch.Tensor:
     """Inverse of :func:`to_columns`: ``(B, D, N, 1)`` back to the input's layout."""
     b, d = z.shape[:2]
@@ -130,6 +136,9 @@ class VectorQuantize(VectorQuantizer):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = _check_input(x, self.dim, self.channel_first, "VectorQuantize")
+        if not self.channel_first:  # (B, ..., D): its rows as (M, D, 1, 1), no transpose
+            out = self.quantize(as_rows(x, self.dim))
+            return out.quantized.reshape(x.shape), out.indices.reshape(x.shape[:-1]), out.loss
         z, grid = to_columns(x, self.channel_first)
         out = self.quantize(z)
         return (from_columns(out.quantized, grid, self.channel_first),
@@ -172,6 +181,10 @@ class MultiChannelVectorQuantize(MultiChannelQuantizer):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = _check_input(x, self.dim_total, self.channel_first, "MultiChannelVectorQuantize")
+        if not self.channel_first:  # each chunk of each vector one row of the shared codebook
+            out = self.vq(as_rows(x, self.code_dim))
+            ids = out.indices.reshape(*x.shape[:-1], self.channels)
+            return out.quantized.reshape(x.shape), ids, out.loss
         z, grid = to_columns(x, self.channel_first)
         out = self.quantize(z)
         ids = out.indices.reshape(x.shape[0], *grid, self.channels)
@@ -315,12 +328,16 @@ class MaskedVectorQuantize(MaskedQuantizer):
                 raise MvqError(f"MaskedVectorQuantize with custom modules expects (B, {self.dim}, "
                                f"H, W), found shape {tuple(x.shape)}")
             return x, tuple(x.shape[2:])
+        if not self.channel_first:
+            return as_rows(x, self.dim), tuple(x.shape[1:-1])
         z, grid = to_columns(x, self.channel_first)  # (B, D, N, 1)
         return z.permute(0, 2, 1, 3).reshape(-1, self.dim, 1, 1), grid
 
     def _restore(self, y: torch.Tensor, batch: int, grid: tuple[int, ...]) -> torch.Tensor:
         if not self.per_position:
             return y
+        if not self.channel_first:  # the rows of as_rows, back in place
+            return y.reshape(batch, *grid, self.dim)
         cols = y.reshape(batch, math.prod(grid), self.dim, 1).permute(0, 2, 1, 3)  # (B, D, N, 1)
         return from_columns(cols, grid, self.channel_first)
 
