@@ -22,6 +22,7 @@ from mvq.reproduce.kinds import (
     Plan,
     Plot,
     TokenizerSweep,
+    TrainingLength,
 )
 from mvq.reproduce.spec import Changes, Decode, PriorSpec, Run
 
@@ -146,6 +147,48 @@ def two_vs_five(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                 base.eval_n, base.metrics, ("tokens", "K", "model", "J"),
                 baseline={"model": "hvqvae"}, notes=base.notes + ["the same runs as fig5"],
                 match=("K",))  # MVQ's 1+1 against the baseline at 1+1 and at 4+1
+
+
+# training-length: fig5's 1200 steps, 4x that, and 10 epochs of FashionMNIST at batch 32
+TRAINING_LENGTHS = (1200, 4800, 10 * DATASETS["fashion-mnist"].train_images // 32)
+
+
+def training_length(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """fig5's K = 16 cells (MVQVAE at J = 128 against the A.6 baseline, 1+1 and 4+1 tokens)
+    trained 18,750 steps and evaluated at 1200, 4800 and 18,750: does the gap hold with
+    training? One run per (model, tokens, seed): the learning rate is constant, so its
+    evaluation at step s stands for a run of s steps."""
+    if dataset not in (None, "fashion-mnist"):
+        raise MvqError("training-length uses fig5's FashionMNIST cells: drop --dataset")
+    if scale != "quick":
+        raise MvqError("training-length is a --scale quick study (fig5's quick cells trained "
+                       "longer); at paper scale fig5's runs train 350 epochs already")
+    data, first = DATASETS["fashion-mnist"], fig5(scale, 1)
+    steps, j, every = TRAINING_LENGTHS[-1], 128, TRAINING_LENGTHS[0]
+    cadence = Changes(train={"val_every": every, "ckpt_every": every})
+    runs = []
+    for factor in (28, 14):  # 1+1 tokens first: a partial report already compares them
+        preset = f"fmnist_f{factor}_k16_quick.yaml"  # fig5's, through fig5's builder
+        for s in range(seeds):
+            runs.append(_run(data, preset, "hvqvae", factor, 16, steps, s, extra=cadence))
+            runs.append(_run(data, preset, "mvqvae", factor, 16, steps, s, j, extra=cadence))
+    lengths = ", ".join(f"{s:,}" for s in TRAINING_LENGTHS[:-1]) + f" and {steps:,}"
+    return Plan("training-length", scale, "MVQVAE (J = 128) against the hierarchical baseline "
+                "(A.6, hvqvae) at 1+1 and 4+1 tokens, K = 16, after 1200, 4800 and 18,750 "
+                "training steps, FashionMNIST", runs, first.eval_n, first.metrics,
+                ("tokens", "K", "model", "J", "steps"), baseline={"model": "hvqvae"},
+                match=("tokens", "K", "steps"), kind=TrainingLength(lengths=TRAINING_LENGTHS),
+                notes=[f"the learning rate is constant (Adam at train.lr, no schedule), so one "
+                       f"run's evaluation at step s stands for a run of s steps: each (model, "
+                       f"tokens, seed) is one run of {steps:,} steps of batch 32 (10 epochs of "
+                       f"FashionMNIST's 60,000 training images), evaluated at {lengths} steps "
+                       "(its training stops at each, is evaluated there, and resumes)",
+                       f"fig5's K = 16 cells and settings (fig5's presets and run builder) but "
+                       f"the length, and validation / checkpoints every {every} steps; "
+                       f"{seeds} seed{'s' * (seeds != 1)} per cell; evaluation on the first "
+                       f"{first.eval_n} test images at every length, as fig5's; each run's "
+                       "training time is "
+                       f"counted once, on its {steps:,}-step row"])
 
 
 def table1(scale: str, seeds: int, dataset: str | None = None, prior_steps: int = 0) -> Plan:
@@ -391,7 +434,8 @@ def table6(scale: str, seeds: int, dataset: str | None = None) -> Plan:
 EXPERIMENTS = {"fig5": fig5, "table1": table1, "table5": table5, "two-vs-five": two_vs_five,
                "movq-ablation": movq_ablation, "movq-table2": movq_table2,
                "pixelcnn-vs-gpt": pixelcnn_vs_gpt, "class-conditional": class_conditional,
-               "mask-sampling": mask_sampling, "table6": table6}
+               "mask-sampling": mask_sampling, "training-length": training_length,
+               "table6": table6}
 
 # one line per experiment for `mvq reproduce --help` (in EXPERIMENTS' order)
 SUMMARIES = {
@@ -404,6 +448,7 @@ SUMMARIES = {
     "pixelcnn-vs-gpt": "gated PixelCNN vs two-stage GPT on hvqvae tokens: NLL, FID*",
     "class-conditional": "class-conditional vs unconditional GPT on MVQ tokens, class grid",
     "mask-sampling": "MH-Dropout masks per instance vs one bank per batch (fig5's 1+1 cell)",
+    "training-length": "fig5's K=16 cells at 1200 / 4800 / 18750 steps (one run per seed)",
     "table6": "token sampling times (MVQ Table 6; the sampling benchmark)",
 }
 
