@@ -297,6 +297,48 @@ ABLATION_STEPS = _variants(
     ("MoVQ c=2", "MoVQ c=1"), ("+ SpatialNorm, F0 Fourier (MoVQ)", "MoVQ c=2"))
 
 
+# MoVQ Fig. 6 (b): VQGAN and MoVQ at the paper's 1024 and 16384 codebook entries; at quick scale
+# a quarter of each (the quick presets' 256 entries stand for the paper's 1024), 16x apart as there
+CODEBOOK_SIZES = {"quick": (256, 4096), "paper": (1024, 16384)}
+CODEBOOK_VARIANTS = {"VQGAN": "VQGAN", "MoVQ": "+ SpatialNorm, F0 Fourier (MoVQ)"}
+
+
+def movq_codebook(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """MoVQ Fig. 6 (b): VQGAN and MoVQ each with a small and a 16x larger codebook; the small
+    one's runs are movq-ablation's (the same folders)."""
+    if dataset is not None:
+        raise MvqError("movq-codebook uses movq-ablation's settings (FashionMNIST at quick "
+                       "scale, an ImageNet folder at paper scale): drop --dataset")
+    base = movq_ablation(scale, seeds)
+    small, large = CODEBOOK_SIZES[scale]
+    runs = []
+    for label, variant in CODEBOOK_VARIANTS.items():
+        for r in [r for r in base.runs if r.labels["variant"] == variant]:
+            for k in (small, large):
+                head, _, seed = r.name.rpartition("_s")
+                name = r.name if k == small else f"{head}_k{k}_s{seed}"
+                changes = r.changes + Changes(model={"codebook_size": k}) if k != small \
+                    else r.changes
+                runs.append(replace(r, name=name, changes=changes,
+                                    labels={"variant": label, "K": k}))
+    return Plan("movq-codebook", scale, f"MoVQ paper Fig. 6 (b): VQGAN and MoVQ with {small} "
+                f"and {large} codebook entries", runs, base.eval_n, base.metrics,
+                ("variant", "K"), baseline={"K": small}, match=("variant",),
+                pairs=tuple(({"variant": "MoVQ", "K": k}, {"variant": "VQGAN", "K": k})
+                            for k in (small, large)),
+                notes=["the paper compares 1024 and 16384 entries (FFHQ, MoVQ Fig. 6 b); "
+                       + (f"the quick presets hold a quarter of the paper's codebook ({small} "
+                          f"for 1024), so {small} and {large} here, 16x apart as there; "
+                          if scale == "quick" else "")
+                       + f"the {small}-entry runs are movq-ablation's VQGAN and MoVQ (Fourier "
+                       f"F0) runs; each size against the {small}-entry one of its model, and "
+                       "MoVQ against VQGAN at each size",
+                       ("800 steps of batch 32 (GAN terms from step 300) on FashionMNIST, a 7x7 "
+                        "grid of 1 (VQGAN) or 4 (MoVQ) ids per position"
+                        if scale == "quick" else "the movq_paper_* presets (256 px ImageNet)")
+                       + f"; evaluation on the first {base.eval_n} test images"])
+
+
 # --- generation: priors on shared tokenizer runs (one row per prior and decoding) ---------
 
 SAMPLE_METRICS = ("fid", "prd", "nll")
@@ -435,7 +477,7 @@ EXPERIMENTS = {"fig5": fig5, "table1": table1, "table5": table5, "two-vs-five": 
                "movq-ablation": movq_ablation, "movq-table2": movq_table2,
                "pixelcnn-vs-gpt": pixelcnn_vs_gpt, "class-conditional": class_conditional,
                "mask-sampling": mask_sampling, "training-length": training_length,
-               "table6": table6}
+               "movq-codebook": movq_codebook, "table6": table6}
 
 # one line per experiment for `mvq reproduce --help` (in EXPERIMENTS' order)
 SUMMARIES = {
@@ -449,6 +491,7 @@ SUMMARIES = {
     "class-conditional": "class-conditional vs unconditional GPT on MVQ tokens, class grid",
     "mask-sampling": "MH-Dropout masks per instance vs one bank per batch (fig5's 1+1 cell)",
     "training-length": "fig5's K=16 cells at 1200 / 4800 / 18750 steps (one run per seed)",
+    "movq-codebook": "VQGAN and MoVQ with a small and a 16x larger codebook (MoVQ Fig. 6b)",
     "table6": "token sampling times (MVQ Table 6; the sampling benchmark)",
 }
 
