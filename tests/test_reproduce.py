@@ -549,3 +549,42 @@ def test_a_verdict_needs_two_seeds_a_side_and_equivalence_a_tight_interval():
     assert same.verdict == "equivalent" and same.tost_q < 0.05 < same.p
     assert lower.verdict == "behind" and lower.ci95[1] < 0
     assert one.to_json()["sd"] == [None, 2 ** 0.5]
+
+
+def test_movq_codebook_sweeps_figure_6b_sizes_on_movq_ablations_runs():
+    from mvq.reproduce.report import comparisons
+
+    plan = build_plan("movq-codebook", "quick")
+    ablation = {r.name for r in build_plan("movq-ablation", "quick").runs}
+    cells = {}
+    for r in plan.runs:
+        cfg = r.config(None, "x").model
+        assert cfg.codebook_size == r.labels["K"]
+        assert (r.name in ablation) == (r.labels["K"] == 256)  # the small size: shared runs
+        cells.setdefault((r.labels["variant"], r.labels["K"]), []).append(r.seed)
+        assert (cfg.num_channels, cfg.spatial_norm) == (
+            (1, "none") if r.labels["variant"] == "VQGAN" else (4, "first3"))
+    assert cells == {(v, k): [0, 1, 2] for v in ("VQGAN", "MoVQ") for k in (256, 4096)}
+    assert len({r.name for r in plan.runs}) == 12
+    paper = build_plan("movq-codebook", "paper")
+    assert sorted({r.config(None, "x").model.codebook_size for r in paper.runs}) == [1024, 16384]
+    with pytest.raises(MvqError, match="drop --dataset"):
+        build_plan("movq-codebook", "quick", dataset="cifar10")
+
+    def cell(variant, k, rfid):
+        return Cell({"variant": variant, "K": k}, ["a", "b", "c"],
+                    {"rfid": Stat.of([rfid - 1, rfid, rfid + 1])})
+
+    found = comparisons(plan, [cell("VQGAN", 256, 60.0), cell("VQGAN", 4096, 50.0),
+                               cell("MoVQ", 256, 30.0), cell("MoVQ", 4096, 30.5)])
+    assert [(c["compared"], round(c["change"], 3)) for c in found] == [
+        ("MoVQ K=256 vs VQGAN K=256", -0.5), ("MoVQ K=4096 vs VQGAN K=4096", -0.39),
+        ("K=4096 vs K=256 (variant VQGAN)", -0.167), ("K=4096 vs K=256 (variant MoVQ)", 0.017)]
+    assert found[0]["verdict"] == "ahead" and found[3]["verdict"] == "unresolved"
+
+
+def test_movq_codebook_dry_run(tmp_path, capsys):
+    assert main(["reproduce", "movq-codebook", "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "256 and 4096 codebook entries" in err and "12 runs, evaluation on N=1000" in err
+    assert "movq_quick_vqgan_800steps_k4096_s0" in err and "estimated" in err

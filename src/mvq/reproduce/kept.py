@@ -2,7 +2,8 @@
 outlive the run folders (``mvq reproduce --keep DIR``).
 
 A run folder holds megabytes of weights and token files; what a report reads of a finished run
-is a few kilobytes of JSON: ``eval.json``, ``run.json``, the checkpoint's ``config.json`` and,
+is a few kilobytes of JSON: ``eval.json`` (and the ``eval_<STEP>steps.json`` of its earlier
+steps, training-length), ``run.json``, the checkpoint's ``config.json`` and,
 for each prior, its ``samples_*.json``, ``run.json`` and checkpoint ``config.json``. With
 ``--keep DIR`` every run is copied, as it finishes, into ``DIR/NAME/`` in the run folder's own
 layout (those files only), and a run kept there counts as done when ``OUT`` holds no finished
@@ -32,6 +33,7 @@ from mvq.reproduce.timing import config_and_step, latest_checkpoint
 # (section, field) that differ between machines, not between experiments
 MACHINE_FIELDS = (("train", "out_dir"), ("train", "device"), ("data", "root"))
 RUN_FILES = ("eval.json", "run.json")
+EARLIER_EVALS = "eval_*steps.json"  # a training-length run's evaluations at earlier steps
 PRIOR_FILES = ("run.json",)
 LOCK = ".keep.lock"
 
@@ -122,6 +124,7 @@ def _keep(src: Path, ckpt: Path, keep_dir: Path, run: Run) -> Path:
         if target.is_dir():
             shutil.copytree(target, tmp, dirs_exist_ok=True)
         files = [(src / name, tmp / name) for name in RUN_FILES]
+        files += [(p, tmp / p.name) for p in sorted(src.glob(EARLIER_EVALS))]
         files.append((ckpt / "config.json", tmp / "checkpoint" / "config.json"))
         for prior in sorted((src / "priors").glob("*/")):
             into = tmp / "priors" / prior.name

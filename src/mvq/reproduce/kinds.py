@@ -6,6 +6,8 @@ per prior and decoding), the size columns of the table, and the figures and text
 (:mod:`mvq.reproduce.report`) asks the plan's kind and names no experiment.
 
 - :class:`TokenizerSweep`: tokenizers compared by their reconstructions (fig5, table1, ...);
+- :class:`TrainingLength`: a sweep whose runs are also evaluated at earlier steps, one row per
+  (run, length) (training-length);
 - :class:`Generation`: priors on shared tokenizer runs, compared by their samples;
 - :class:`ClassConditional`: a generation experiment with a class grid and class agreement;
 - :class:`Benchmark`: a benchmark that runs alone (table6: token sampling times).
@@ -60,6 +62,12 @@ class TokenizerSweep:
 
     plot: Plot | None = None
     standalone = False  # runs trained and evaluated by the runner
+    lengths: tuple[int, ...] = ()  # earlier steps each run is also evaluated at (none here)
+
+    def stops(self, steps: int) -> tuple[int, ...]:
+        """The steps a run of ``steps`` steps is evaluated at, in order: the earlier
+        ``lengths``, then its last step. The runner trains it from one to the next."""
+        return tuple(sorted({s for s in self.lengths if 0 < s < steps} | {steps}))
 
     def records(self, st: RunState) -> list[Record]:
         return [run_record(st)]
@@ -86,6 +94,30 @@ class TokenizerSweep:
     def sections(self, extra: dict) -> list[str]:
         """The kind's own paragraphs after the comparisons."""
         return []
+
+
+@dataclass
+class TrainingLength(TokenizerSweep):
+    """One run per (model, tokens, seed) trained to its last step at a constant learning rate
+    and evaluated at each of ``lengths`` on the way: its evaluation at step s stands for a run
+    of s steps. One report row per (run, length), labelled ``steps``; the plot: each metric
+    against steps, a line per model, a panel per token count, error bars the sd over seeds."""
+
+    lengths: tuple[int, ...] = ()
+
+    def records(self, st: RunState) -> list[Record]:
+        out = []
+        for step in self.stops(st.steps):
+            rec = run_record(st, step)
+            rec.name, rec.labels = f"{rec.name}@{step}", {**rec.labels, "steps": step}
+            if step != st.steps:  # the run's training time is counted once, on its last row
+                rec.train_seconds = None
+            out.append(rec)
+        return out
+
+    def figures(self, plan: Plan, cells: list[Cell], folder: Path) -> tuple[Path, ...]:
+        png = length_plot(plan, cells, folder / f"{plan.experiment}.png")
+        return (png,) if png else ()
 
 
 @dataclass
@@ -182,13 +214,7 @@ def _params(cell: Cell) -> str:
 def plot(plan: Plan, axes_of: Plot, cells: list[Cell], path: Path) -> Path | None:
     """Metric against the x label, one panel per series and metric; the baseline as a
     horizontal band (mean ± std)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # an optional dependency
-        raise missing("matplotlib", "explore") from None
+    plt = _pyplot()
 
     series = sorted({axes_of.key(c) for c in cells}, key=lambda k: tuple(map(str, k)))
     metrics = [m for m in ("rfid", "mse", "lpips") if m in columns(cells)]
@@ -210,6 +236,63 @@ def plot(plan: Plan, axes_of: Plot, cells: list[Cell], path: Path) -> Path | Non
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
+
+
+def length_plot(plan: Plan, cells: list[Cell], path: Path) -> Path | None:
+    """rFID and MSE (those measured) against ``steps``: a panel per token count and metric, a
+    line per model (mean over seeds, error bars the sample sd)."""
+    plt = _pyplot()
+    metrics = [m for m in ("rfid", "mse") if m in columns(cells)]
+    tokens = sorted({c.labels.get("tokens") for c in cells}, key=str)
+    if not metrics or not tokens:
+        return None
+    fig, axes = plt.subplots(len(metrics), len(tokens), figsize=(4.2 * len(tokens),
+                             3.0 * len(metrics)), squeeze=False)
+    models = sorted({_model(c.labels) for c in cells})
+    for col, t in enumerate(tokens):
+        for row, m in enumerate(metrics):
+            ax = axes[row][col]
+            for i, model in enumerate(models):
+                pts = sorted((c.labels["steps"], c.stats[m]) for c in cells
+                             if c.labels.get("tokens") == t and _model(c.labels) == model
+                             and "steps" in c.labels and m in c.stats
+                             and c.stats[m].mean is not None)
+                if pts:
+                    ax.errorbar([p[0] for p in pts], [p[1].mean for p in pts],
+                                yerr=[p[1].std or 0 for p in pts], marker="o", capsize=3,
+                                color=f"C{i}", label=model)
+            steps = sorted({c.labels["steps"] for c in cells if "steps" in c.labels})
+            ax.set_xscale("log")
+            ax.set_xticks(steps, [str(s) for s in steps])
+            ax.minorticks_off()
+            ax.set_xlabel("training steps (batch 32)")
+            ax.set_title(f"tokens {t}: {METRIC_NAMES[m]}")
+            ax.grid(alpha=0.3)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=8)
+    fig.suptitle(textwrap.fill(f"{plan.title}: mean ± sd over seeds (mvq reproduce "
+                               f"{plan.experiment} --scale {plan.scale})", 52 * len(tokens)),
+                 fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _model(labels: dict) -> str:
+    """A row's model as the plot's legend names it: its type, and J where it has one."""
+    return f"{labels.get('model')}" + (f" J={labels['J']}" if "J" in labels else "")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # an optional dependency
+        raise missing("matplotlib", "explore") from None
+    return plt
 
 
 def _panel(ax, plan: Plan, axes_of: Plot, mine: list[Cell], m: str) -> None:

@@ -22,6 +22,7 @@ from mvq.reproduce.kinds import (
     Plan,
     Plot,
     TokenizerSweep,
+    TrainingLength,
 )
 from mvq.reproduce.spec import Changes, Decode, PriorSpec, Run
 
@@ -148,6 +149,48 @@ def two_vs_five(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                 match=("K",))  # MVQ's 1+1 against the baseline at 1+1 and at 4+1
 
 
+# training-length: fig5's 1200 steps, 4x that, and 10 epochs of FashionMNIST at batch 32
+TRAINING_LENGTHS = (1200, 4800, 10 * DATASETS["fashion-mnist"].train_images // 32)
+
+
+def training_length(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """fig5's K = 16 cells (MVQVAE at J = 128 against the A.6 baseline, 1+1 and 4+1 tokens)
+    trained 18,750 steps and evaluated at 1200, 4800 and 18,750: does the gap hold with
+    training? One run per (model, tokens, seed): the learning rate is constant, so its
+    evaluation at step s stands for a run of s steps."""
+    if dataset not in (None, "fashion-mnist"):
+        raise MvqError("training-length uses fig5's FashionMNIST cells: drop --dataset")
+    if scale != "quick":
+        raise MvqError("training-length is a --scale quick study (fig5's quick cells trained "
+                       "longer); at paper scale fig5's runs train 350 epochs already")
+    data, first = DATASETS["fashion-mnist"], fig5(scale, 1)
+    steps, j, every = TRAINING_LENGTHS[-1], 128, TRAINING_LENGTHS[0]
+    cadence = Changes(train={"val_every": every, "ckpt_every": every})
+    runs = []
+    for factor in (28, 14):  # 1+1 tokens first: a partial report already compares them
+        preset = f"fmnist_f{factor}_k16_quick.yaml"  # fig5's, through fig5's builder
+        for s in range(seeds):
+            runs.append(_run(data, preset, "hvqvae", factor, 16, steps, s, extra=cadence))
+            runs.append(_run(data, preset, "mvqvae", factor, 16, steps, s, j, extra=cadence))
+    lengths = ", ".join(f"{s:,}" for s in TRAINING_LENGTHS[:-1]) + f" and {steps:,}"
+    return Plan("training-length", scale, "MVQVAE (J = 128) against the hierarchical baseline "
+                "(A.6, hvqvae) at 1+1 and 4+1 tokens, K = 16, after 1200, 4800 and 18,750 "
+                "training steps, FashionMNIST", runs, first.eval_n, first.metrics,
+                ("tokens", "K", "model", "J", "steps"), baseline={"model": "hvqvae"},
+                match=("tokens", "K", "steps"), kind=TrainingLength(lengths=TRAINING_LENGTHS),
+                notes=[f"the learning rate is constant (Adam at train.lr, no schedule), so one "
+                       f"run's evaluation at step s stands for a run of s steps: each (model, "
+                       f"tokens, seed) is one run of {steps:,} steps of batch 32 (10 epochs of "
+                       f"FashionMNIST's 60,000 training images), evaluated at {lengths} steps "
+                       "(its training stops at each, is evaluated there, and resumes)",
+                       f"fig5's K = 16 cells and settings (fig5's presets and run builder) but "
+                       f"the length, and validation / checkpoints every {every} steps; "
+                       f"{seeds} seed{'s' * (seeds != 1)} per cell; evaluation on the first "
+                       f"{first.eval_n} test images at every length, as fig5's; each run's "
+                       "training time is "
+                       f"counted once, on its {steps:,}-step row"])
+
+
 def table1(scale: str, seeds: int, dataset: str | None = None, prior_steps: int = 0) -> Plan:
     """MVQ Table 1: hvqgan against mvqgan at 1+1 and 4+1 tokens, K in {16, 256}."""
     data = _data(dataset, scale)
@@ -252,6 +295,48 @@ ABLATION_STEPS = _variants(
     ("+ SpatialNorm, F0 Fourier (MoVQ)", "+ SpatialNorm, F0 sinusoidal"),
     ("+ SpatialNorm, F0 Fourier (MoVQ)", "+ SpatialNorm, F0 constant"),
     ("MoVQ c=2", "MoVQ c=1"), ("+ SpatialNorm, F0 Fourier (MoVQ)", "MoVQ c=2"))
+
+
+# MoVQ Fig. 6 (b): VQGAN and MoVQ at the paper's 1024 and 16384 codebook entries; at quick scale
+# a quarter of each (the quick presets' 256 entries stand for the paper's 1024), 16x apart as there
+CODEBOOK_SIZES = {"quick": (256, 4096), "paper": (1024, 16384)}
+CODEBOOK_VARIANTS = {"VQGAN": "VQGAN", "MoVQ": "+ SpatialNorm, F0 Fourier (MoVQ)"}
+
+
+def movq_codebook(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """MoVQ Fig. 6 (b): VQGAN and MoVQ each with a small and a 16x larger codebook; the small
+    one's runs are movq-ablation's (the same folders)."""
+    if dataset is not None:
+        raise MvqError("movq-codebook uses movq-ablation's settings (FashionMNIST at quick "
+                       "scale, an ImageNet folder at paper scale): drop --dataset")
+    base = movq_ablation(scale, seeds)
+    small, large = CODEBOOK_SIZES[scale]
+    runs = []
+    for label, variant in CODEBOOK_VARIANTS.items():
+        for r in [r for r in base.runs if r.labels["variant"] == variant]:
+            for k in (small, large):
+                head, _, seed = r.name.rpartition("_s")
+                name = r.name if k == small else f"{head}_k{k}_s{seed}"
+                changes = r.changes + Changes(model={"codebook_size": k}) if k != small \
+                    else r.changes
+                runs.append(replace(r, name=name, changes=changes,
+                                    labels={"variant": label, "K": k}))
+    return Plan("movq-codebook", scale, f"MoVQ paper Fig. 6 (b): VQGAN and MoVQ with {small} "
+                f"and {large} codebook entries", runs, base.eval_n, base.metrics,
+                ("variant", "K"), baseline={"K": small}, match=("variant",),
+                pairs=tuple(({"variant": "MoVQ", "K": k}, {"variant": "VQGAN", "K": k})
+                            for k in (small, large)),
+                notes=["the paper compares 1024 and 16384 entries (FFHQ, MoVQ Fig. 6 b); "
+                       + (f"the quick presets hold a quarter of the paper's codebook ({small} "
+                          f"for 1024), so {small} and {large} here, 16x apart as there; "
+                          if scale == "quick" else "")
+                       + f"the {small}-entry runs are movq-ablation's VQGAN and MoVQ (Fourier "
+                       f"F0) runs; each size against the {small}-entry one of its model, and "
+                       "MoVQ against VQGAN at each size",
+                       ("800 steps of batch 32 (GAN terms from step 300) on FashionMNIST, a 7x7 "
+                        "grid of 1 (VQGAN) or 4 (MoVQ) ids per position"
+                        if scale == "quick" else "the movq_paper_* presets (256 px ImageNet)")
+                       + f"; evaluation on the first {base.eval_n} test images"])
 
 
 # --- generation: priors on shared tokenizer runs (one row per prior and decoding) ---------
@@ -391,7 +476,8 @@ def table6(scale: str, seeds: int, dataset: str | None = None) -> Plan:
 EXPERIMENTS = {"fig5": fig5, "table1": table1, "table5": table5, "two-vs-five": two_vs_five,
                "movq-ablation": movq_ablation, "movq-table2": movq_table2,
                "pixelcnn-vs-gpt": pixelcnn_vs_gpt, "class-conditional": class_conditional,
-               "mask-sampling": mask_sampling, "table6": table6}
+               "mask-sampling": mask_sampling, "training-length": training_length,
+               "movq-codebook": movq_codebook, "table6": table6}
 
 # one line per experiment for `mvq reproduce --help` (in EXPERIMENTS' order)
 SUMMARIES = {
@@ -404,6 +490,8 @@ SUMMARIES = {
     "pixelcnn-vs-gpt": "gated PixelCNN vs two-stage GPT on hvqvae tokens: NLL, FID*",
     "class-conditional": "class-conditional vs unconditional GPT on MVQ tokens, class grid",
     "mask-sampling": "MH-Dropout masks per instance vs one bank per batch (fig5's 1+1 cell)",
+    "training-length": "fig5's K=16 cells at 1200 / 4800 / 18750 steps (one run per seed)",
+    "movq-codebook": "VQGAN and MoVQ with a small and a 16x larger codebook (MoVQ Fig. 6b)",
     "table6": "token sampling times (MVQ Table 6; the sampling benchmark)",
 }
 

@@ -85,10 +85,11 @@ def from_json(entry: dict) -> Record:
     return cls(**{k: v for k, v in entry.items() if k in names})
 
 
-def run_record(st: RunState) -> RunRecord:
-    """The record of one finished, evaluated run (reads its eval.json and config)."""
+def run_record(st: RunState, step: int | None = None) -> RunRecord:
+    """The record of one finished, evaluated run (reads its eval.json and config); ``step``:
+    its evaluation at that earlier step instead (``RunState.eval_path``)."""
     ckpt = st.out_dir / "checkpoint"
-    evaluation = json.loads((st.out_dir / "eval.json").read_text())
+    evaluation = json.loads(st.eval_path(st.steps if step is None else step).read_text())
     samples = json.loads(st.samples[0].path.read_text()) if st.samples else None
     prior = (None if samples is None else _sum(
         read_json(st.samples[0].path.parent / "run.json").get("train_seconds"),

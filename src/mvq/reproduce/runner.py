@@ -5,7 +5,9 @@ Each run lives in ``OUT/runs/NAME`` (shared by the experiments that need it); it
 ``OUT/runs/NAME/eval.json``; each prior of a run (`PriorSpec`) in ``priors/FOLDER/``, with one
 ``samples_DECODING.json`` per decoding (table5: one GPT, one decoding). A finished run is one
 whose checkpoint reached the planned steps; an evaluation is reused only if it was made with the
-same N and metrics on that checkpoint's step.
+same N and metrics on that checkpoint's step. A training-length plan (kinds.TrainingLength) also
+evaluates each run at earlier steps, into ``eval_<STEP>steps.json``: the run is trained to each
+such step in turn, evaluated there, and resumed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from mvq.outputs import try_lock, write_text
 from mvq.reproduce.kept import check_kept, keep, kept_folder
 from mvq.reproduce.kinds import Plan
 from mvq.reproduce.records import Record
-from mvq.reproduce.spec import PriorSpec, Run, RunState
+from mvq.reproduce.spec import Changes, PriorSpec, Run, RunState, eval_path
 from mvq.reproduce.timing import (
     MEASURED,
     MODEL,
@@ -53,6 +55,15 @@ from mvq.train.prior import PriorTraining, train_prior
 def _eval_matches(path: Path, plan: Plan, step: int) -> bool:
     """The tokenizer's eval.json at ``path`` was made with the plan's N and metrics at ``step``."""
     return _made_with(path, plan.eval_n, step, plan.metrics)
+
+
+def _to_evaluate(plan: Plan, folder: Path, steps: int) -> list[int]:
+    """The steps of the plan's evaluations (``kind.stops``: its last step, and the earlier
+    lengths of a training-length plan) that the run in ``folder`` has no matching one of."""
+    if not plan.metrics:
+        return []
+    return [s for s in plan.kind.stops(steps)
+            if not _eval_matches(eval_path(folder, s, steps), plan, s)]
 
 
 def _sampled(path: Path, plan: Plan, step: int) -> bool:
@@ -91,8 +102,7 @@ def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None,
             raise MvqError(f"{out_dir} holds a run with other model settings than the plan "
                            f"for {run.name}: move it away or pick another --out")
     steps = cfg.train.steps
-    st = RunState(run, out_dir, step, steps,
-                  not plan.metrics or _eval_matches(out_dir / "eval.json", plan, steps), False)
+    st = RunState(run, out_dir, step, steps, not _to_evaluate(plan, out_dir, steps), False)
     st.sampled = all(_sampled(s.path, plan, steps) for s in st.samples)
     if kept is None or st.status == "done":
         return st
@@ -103,8 +113,7 @@ def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None,
     if why:
         st.note = why
         return st
-    got = RunState(run, folder, step, steps,
-                   not plan.metrics or _eval_matches(folder / "eval.json", plan, steps), False,
+    got = RunState(run, folder, step, steps, not _to_evaluate(plan, folder, steps), False,
                    kept=True)
     got.sampled = all(_sampled(s.path, plan, steps) for s in got.samples)
     if got.status != "done":  # no weights kept: what is missing is trained again
@@ -127,9 +136,10 @@ def estimate(plan: Plan, states: list[RunState], measured: Measured,
             parts.append(part(name, "", "training", st.steps - st.step,
                               measured.get(("train", tok)),
                               model_step_seconds(cfg.model.type, masks)))
-        if not st.evaluated and plan.metrics:
+        left = _to_evaluate(plan, st.out_dir, st.steps)
+        if left:
             inception = any(m in plan.metrics for m in ("rfid", "prd"))
-            parts.append(part(name, "", "evaluation", 1,
+            parts.append(part(name, "", "evaluation", len(left),
                               measured.get(("eval", tok, plan.eval_n, tuple(plan.metrics))),
                               model_inception_seconds(plan.eval_n) * inception))
         for sample in [] if st.sampled else st.samples:
@@ -264,22 +274,40 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str
     cfg = st.run.config(data_root, st.out_dir)
     if device != "auto":
         cfg.train.device = device
-    ckpt = st.out_dir / "checkpoint"
-    if st.step < st.steps:
-        result = mvq.train.train(cfg, resume=st.step > 0, progress=progress or LINES,
-                                 desc=st.run.name[:40])
-        seconds = result.seconds + read_json(st.out_dir / "run.json").get("train_seconds", 0.0)
-        _merge_json(st.out_dir / "run.json", {"train_seconds": round(seconds, 1)})
-    eval_path = st.out_dir / "eval.json"
-    if plan.metrics and not _eval_matches(eval_path, plan, st.steps):
-        settings = EvalSettings(n=plan.eval_n, device=device, progress=progress,
-                                data_root=data_root)
-        result = evaluate_checkpoint(ckpt, settings, metrics=plan.metrics)
-        result["planned_metrics"] = list(plan.metrics)
-        _write_json(eval_path, result)
+    step, left = st.step, _to_evaluate(plan, st.out_dir, st.steps)
+    # to each evaluation's step in turn (one, the last, but for a training-length plan): the
+    # training stops there, is evaluated, and resumes: one run's trajectory, checkpointed at
+    # each step evaluated; an evaluation made before a kill is not made again
+    for stop in plan.kind.stops(st.steps):
+        if step < stop:
+            part_cfg = cfg if stop == st.steps else Changes(train={"steps": stop}).apply(cfg)
+            result = mvq.train.train(part_cfg, resume=step > 0, progress=progress or LINES,
+                                     desc=st.run.name[:40])
+            seconds = result.seconds + read_json(st.out_dir / "run.json").get(
+                "train_seconds", 0.0)
+            _merge_json(st.out_dir / "run.json", {"train_seconds": round(seconds, 1)})
+            step = stop
+        if stop in left:
+            _evaluate(plan, st, stop, data_root, progress, device)
     if st.run.priors:
         _do_priors(plan, st, data_root, progress, device)
     return plan.kind.records(st)
+
+
+def _evaluate(plan: Plan, st: RunState, step: int, data_root, progress: bool,
+              device: str) -> None:
+    """Evaluate the run's checkpoint at ``step`` into ``st.eval_path(step)``; MvqError when its
+    newest checkpoint is at another step (trained on past an evaluation that was never made)."""
+    found, at = latest_checkpoint(st.out_dir / "checkpoint")
+    if found is None or at != step:
+        raise MvqError(f"{st.out_dir} has no checkpoint at step {step} to evaluate (its newest "
+                       f"is at step {at}): {st.eval_path(step).name} cannot be made; move the "
+                       "run folder away to train it again")
+    settings = EvalSettings(n=plan.eval_n, device=device, progress=progress,
+                            data_root=data_root)
+    result = evaluate_checkpoint(found, settings, metrics=plan.metrics)
+    result["planned_metrics"] = list(plan.metrics)
+    _write_json(st.eval_path(step), result)
 
 
 def collect(plan: Plan, out: Path, data_root: str | None, kept: Path | None = None

@@ -175,3 +175,13 @@ class RunState:
     @property
     def samples(self) -> list[PriorSample]:
         return prior_samples(self.run, self.out_dir)
+
+    def eval_path(self, step: int) -> Path:
+        """The evaluation of the run's checkpoint at ``step``: ``eval.json`` at its last step,
+        ``eval_<step>steps.json`` at an earlier one (the training-length study's)."""
+        return eval_path(self.out_dir, step, self.steps)
+
+
+def eval_path(folder: Path, step: int, steps: int) -> Path:
+    """``folder/eval.json`` for the last step ``steps``, else ``folder/eval_<step>steps.json``."""
+    return folder / ("eval.json" if step == steps else f"eval_{step}steps.json")
