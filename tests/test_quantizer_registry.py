@@ -17,7 +17,8 @@ from mvq.config import (
     model_hash,
 )
 from mvq.errors import MvqError
-from mvq.models import build_model
+from mvq.models import VQVAE, build_model
+from mvq.quantize import registry
 from mvq.quantize.registry import DEFAULT, FAMILIES, FAMILY_FIELDS
 from mvq.sections import ModelConfig
 
@@ -125,3 +126,21 @@ def test_a_family_changes_the_hash_and_the_record_keeps_only_its_keys():
 def test_bad_quantizer_keys_are_one_line_errors(overrides, message):
     with pytest.raises(MvqError, match=message.replace("[", r"\[")):
         load_config("fmnist_f28_k16_quick", overrides)
+
+
+def test_the_architecture_docs_example_family_is_a_working_quantizer(monkeypatch, tmp_path):
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text[text.index("## How to add a quantizer"):text.index("## How to add a prior")]
+    source = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {"__name__": "mvq.quantize.families.sign"}
+    exec(compile(source, "sign.py", "exec"), namespace)  # noqa: S102 - the docs' own example
+    fam = namespace["FAMILY"]
+    monkeypatch.setitem(registry.FAMILIES, fam.name, fam)  # as if the file were in families/
+    cfg = tiny_model_config(type="vqvae", quantizer=fam.name, factor=7, dim=4)
+    model = VQVAE(cfg)
+    x = torch.rand(4, 1, 28, 28)
+    model(x).loss.backward()
+    codes = model.eval().encode(x)
+    assert codes.primary.shape == (4, 4, 4) and model.codebook_sizes == [16]
+    assert model.bits_per_image == 16 * 4
+    torch.testing.assert_close(model.decode(codes), model(x).recon)
