@@ -14,15 +14,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mvq import presets
+from mvq.codes import MAX_CODEBOOK
 from mvq.data import canonical_name
 from mvq.devices import check_device, pick_device
 from mvq.errors import MvqError
 from mvq.fields import Range, build_checked
 from mvq.memory import check_fits
+from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
+from mvq.quantize.registry import FAMILY_FIELDS, family
 from mvq.sections import (
     GAN_TYPES,
     MODEL_TYPES,
     PRECISIONS,
+    QUANTIZER_TYPES,
     RANGES,
     DataConfig,
     ModelConfig,
@@ -32,11 +36,12 @@ from mvq.sections import (
 )
 
 __all__ = [  # the section classes and tables are defined in mvq.sections, re-exported here
-    "GAN_TYPES", "MODEL_TYPES", "PRECISIONS", "RANGES", "RESUME_MAY_CHANGE", "Config",
-    "DataConfig", "ModelConfig", "MoVQConfig", "TrainConfig", "VQGANLossConfig",
+    "GAN_TYPES", "MODEL_TYPES", "PRECISIONS", "QUANTIZER_TYPES", "RANGES", "RESUME_MAY_CHANGE",
+    "Config", "DataConfig", "ModelConfig", "MoVQConfig", "TrainConfig", "VQGANLossConfig",
     "apply_overrides", "changed_keys", "check_model", "check_ready", "check_resume",
     "check_section", "check_training_sizes", "check_writable", "codebook_sizes",
-    "config_from_dict", "config_to_dict", "load_config", "model_hash", "resolve_config",
+    "config_from_dict", "config_to_dict", "load_config", "model_hash", "model_record",
+    "resolve_config",
     "resume_changes",
 ]
 from mvq.yamlio import parse_yaml, read_mapping
@@ -68,17 +73,47 @@ def _build(cls, values: dict, where: str):
 
 
 def codebook_sizes(model) -> list[int]:
-    """Entries per codebook of a model config: [K] for one-codebook models (vqvae, movq),
-    [K/2, K/2] for the two-codebook ones (the paper's convention: K is the total)."""
+    """Entries per codebook of a model config: [K] for one-codebook models (vqvae: its
+    quantizer family's K; movq), [K/2, K/2] for the two-codebook ones (the paper's convention:
+    K is the total)."""
     k = model.codebook_size
-    return [k] if model.type in ("vqvae", "movq") else [k // 2, k // 2]
+    if model.type in QUANTIZER_TYPES:
+        return [family(model.quantizer).codebook_size(model)]
+    return [k] if model.type == "movq" else [k // 2, k // 2]
+
+
+def _check_quantizer(model) -> None:
+    """The quantizer family's keys: only the chosen family's may leave their defaults (another
+    family's key would be silently ignored), the family's own checks, and a codebook a token
+    file can hold."""
+    chosen = family(getattr(model, "quantizer", DEFAULT_QUANTIZER))
+    if model.type not in QUANTIZER_TYPES and chosen.name != DEFAULT_QUANTIZER:
+        raise MvqError(f"model.quantizer={chosen.name} needs the one-level backbone: set "
+                       f"model.type={' or '.join(QUANTIZER_TYPES)} (model.type={model.type} has "
+                       f"its own quantizers)")
+    defaults = ModelConfig()
+    for key in sorted(FAMILY_FIELDS - chosen.reads()):
+        if hasattr(model, key) and getattr(model, key) != getattr(defaults, key):
+            raise MvqError(f"model.{key} is not read by model.quantizer={chosen.name}; drop it, "
+                           f"or choose the quantizer it belongs to (`mvq quantizers`)")
+    if model.type in QUANTIZER_TYPES:
+        chosen.check(model)
+        k = chosen.codebook_size(model)
+        if k > MAX_CODEBOOK:
+            raise MvqError(f"model.quantizer={chosen.name} with these keys has {k} codes, more "
+                           f"than the {MAX_CODEBOOK} a token file holds; choose fewer")
 
 
 def check_model(model) -> None:
-    """Checks across the model keys: two-codebook models split K evenly (K/2 each), and every
-    codebook has at least two entries (a one-entry codebook is a 0-bit code)."""
+    """Checks across the model keys: the quantizer family's keys (:func:`_check_quantizer`),
+    two-codebook models split K evenly (K/2 each), and every codebook has at least two entries
+    (a one-entry codebook is a 0-bit code)."""
     k, kind = model.codebook_size, model.type
-    if kind in ("vqvae", "movq"):
+    if isinstance(model, ModelConfig):
+        _check_quantizer(model)
+    if kind in QUANTIZER_TYPES:
+        return
+    if kind == "movq":
         if k < 2:
             raise MvqError(f"model.codebook_size must be >= 2 for {kind} (one entry is a 0-bit "
                            f"code), found {k}; set model.codebook_size=16 or more")
@@ -136,9 +171,23 @@ def check_section(section, where: str):
     return checked
 
 
+def model_record(model) -> dict:
+    """A model config as a dict, without the quantizer keys its family does not read (checked
+    to be at their defaults) and without ``quantizer`` when it is the default: a model of
+    today's quantizer is recorded, and hashed, exactly as before families could be chosen."""
+    out = asdict(model)
+    if "quantizer" in out:
+        chosen = family(out["quantizer"])
+        for key in FAMILY_FIELDS - chosen.reads():
+            out.pop(key, None)
+        if chosen.name == DEFAULT_QUANTIZER:
+            del out["quantizer"]
+    return out
+
+
 def config_to_dict(cfg: Config) -> dict:
-    """Plain JSON-able dict (tuples become lists)."""
-    return json.loads(json.dumps(asdict(cfg)))
+    """Plain JSON-able dict (tuples become lists); the model as :func:`model_record`."""
+    return json.loads(json.dumps({**asdict(cfg), "model": model_record(cfg.model)}))
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -241,7 +290,7 @@ def resume_changes(saved: Config, new: Config, where: str) -> list[tuple[str, ob
 
 def model_hash(model: ModelConfig) -> str:
     """Short hash of the architecture config (tags codes and token files)."""
-    blob = json.dumps(asdict(model), sort_keys=True).encode()
+    blob = json.dumps(model_record(model), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 

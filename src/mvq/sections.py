@@ -13,9 +13,12 @@ from mvq.errors import MvqError
 from mvq.fields import ANY, Range, at_least, one_of, positive, unit_interval
 from mvq.nn.spatial_norm import F0_KINDS
 from mvq.nn.taming import SPATIAL_NORM_KINDS
+from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
+from mvq.quantize.registry import FAMILIES
 
 MODEL_TYPES = ("vqvae", "hvqvae", "mvqvae", "hvqgan", "mvqgan", "movq")
 GAN_TYPES = ("hvqgan", "mvqgan", "movq")  # trained with the VQGAN loss (LPIPS + PatchGAN)
+QUANTIZER_TYPES = ("vqvae",)  # the one-level backbone whose quantizer model.quantizer picks
 
 
 @dataclass
@@ -42,6 +45,12 @@ class ModelConfig:
     eval_masks: int = 0  # masks searched by encode(); 0 = num_masks
     chunk_size: int = 256  # hypotheses per chunk of the no-grad search
     search_seed: int = 0
+    # the quantizer of the one-level backbone (type vqvae): a family of mvq.quantize.registry
+    # (`mvq quantizers`); the keys below belong to one family each (mvq.quantize.families)
+    quantizer: str = DEFAULT_QUANTIZER
+    levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ's levels per channel: prod(levels) codes
+    bits: int = 10  # LFQ's sign channels: 2^bits codes
+    depth: int = 4  # residual VQ's stages of K entries each
 
 
 @dataclass
@@ -175,7 +184,8 @@ RANGES: dict[str, dict[str, Range]] = {
         **_COMMON_MODEL, "factor": at_least(1), "dim": at_least(1), "dim2": at_least(1),
         "hidden": at_least(1), "res_blocks": at_least(0), "res_channels": at_least(1),
         "num_masks": at_least(1), "eval_masks": at_least(0), "chunk_size": at_least(1),
-        "search_seed": ANY,
+        "search_seed": ANY, "quantizer": one_of(*FAMILIES),
+        **{key: rng for f in FAMILIES.values() for key, rng in f.fields.items()},
     },
     "MoVQConfig": {
         **_COMMON_MODEL, "ch": at_least(1), "ch_mult": at_least(1), "num_res_blocks": at_least(1),

