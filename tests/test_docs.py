@@ -125,3 +125,23 @@ def test_the_layers_of_the_docs_are_the_import_contract():
     contract = [{m.strip() for m in re.split(r"[|:]", line)} for line in layers["layers"]]
     assert _doc_layers() == contract
     assert layers["exhaustive"] is True  # every module is placed (a new one must be)
+
+
+def _script(name: str):
+    """A module of scripts/ (their names have dashes), imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_"), ROOT / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_reference_is_current():
+    """docs/cli.md is what scripts/cli-reference.py prints from today's parser, every command
+    in it: after changing a command, run `python scripts/cli-reference.py > docs/cli.md`."""
+    page = (ROOT / "docs" / "cli.md").read_text()
+    assert page == _script("cli-reference.py").reference(), (
+        "docs/cli.md is stale: run `python scripts/cli-reference.py > docs/cli.md`")
+    for name in COMMANDS:
+        assert f"\n## mvq {name}\n" in page, name
