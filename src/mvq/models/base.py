@@ -1,10 +1,10 @@
-"""The :class:`Tokenizer` interface every tokenizer implements, and the builder of a
+"""The `Tokenizer` interface every tokenizer implements, and the builder of a
 tokenizer from its model config.
 
 ``encode(x) -> Codes``, ``decode(codes) -> x``, ``forward(x) -> TokenizerOutput``
 (reconstruction, losses, statistics). Images are (B, C, H, W) in [0, 1]; the networks see them
 in [-1, 1]. Each subclass names the ``model.type`` values it is built for (``model_types``);
-:func:`build_model` looks the type up among them.
+`build_model` looks the type up among them.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ NEAREST_BLOCK = 1 << 19  # distances scored at once by the nearest-code search (
 
 @dataclass
 class QuantizeOutput:
-    """Result of :class:`VectorQuantizer`.
+    """Result of `VectorQuantizer`.
 
     quantized: (B, D, H, W) straight-through codes (forward value = codes, gradient -> input).
     codes: (B, D, H, W) the raw code vectors (gradient -> codebook only).
@@ -236,7 +236,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _restart_in_place(self, flat: torch.Tensor, ok: torch.Tensor) -> None:
-        """:meth:`_restart` without reading the number of dead codes on the host: a fresh
+        """`_restart` without reading the number of dead codes on the host: a fresh
         candidate is drawn for every code and taken where the code is dead (and the batch
         finite). Same rule, other random draws."""
         dead, expected = self._dead(flat)
