@@ -125,3 +125,84 @@ def test_the_layers_of_the_docs_are_the_import_contract():
     contract = [{m.strip() for m in re.split(r"[|:]", line)} for line in layers["layers"]]
     assert _doc_layers() == contract
     assert layers["exhaustive"] is True  # every module is placed (a new one must be)
+
+
+def _script(name: str):
+    """A module of scripts/ (their names have dashes), imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_"), ROOT / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_reference_is_current():
+    """docs/cli.md is what scripts/cli-reference.py prints from today's parser, every command
+    in it: after changing a command, run `python scripts/cli-reference.py > docs/cli.md`."""
+    page = (ROOT / "docs" / "cli.md").read_text()
+    assert page == _script("cli-reference.py").reference(), (
+        "docs/cli.md is stale: run `python scripts/cli-reference.py > docs/cli.md`")
+    for name in COMMANDS:
+        assert f"\n## mvq {name}\n" in page, name
+
+
+SPHINX_ROLE = re.compile(r":(?:py:)?(?:class|meth|func|mod|data|attr|exc|obj|const|ref):`")
+
+
+def _docstrings(tree) -> list[tuple[int, str]]:
+    """(line, text) of the module's, its classes' and its functions' docstrings."""
+    import ast
+
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(
+        n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))]
+    return [(getattr(n, "lineno", 1), doc) for n in nodes
+            if (doc := ast.get_docstring(n, clean=False))]
+
+
+def test_docstrings_have_no_sphinx_roles():
+    """The API reference (mkdocstrings) renders markdown: cross references are
+    [`Name`][mvq.module.Name] (to an object docs/api.md documents) or plain `Name`, never
+    Sphinx's :class:`Name`, which would show raw."""
+    import ast
+
+    found = [f"{path.relative_to(ROOT)}:{line}: {SPHINX_ROLE.search(doc).group(0)}"
+             for path in sorted((ROOT / "src" / "mvq").rglob("*.py"))
+             for line, doc in _docstrings(ast.parse(path.read_text()))
+             if SPHINX_ROLE.search(doc)]
+    assert not found, found
+
+
+def _documented() -> set[str]:
+    return set(re.findall(r"^::: ([\w.]+)", (ROOT / "docs" / "api.md").read_text(), flags=re.M))
+
+
+def test_api_reference_documents_every_public_name():
+    """Every name `mvq` exports has its entry in docs/api.md (by its defining module's path),
+    and so do `mvq.codes.Codes` and the engine that holds `VectorQuantize`'s defaults."""
+    import mvq
+    from mvq.codes import Codes
+
+    documented = _documented()
+    for name in sorted(set(mvq.__all__) - {"__version__"}):
+        obj = getattr(mvq, name)
+        assert f"{obj.__module__}.{obj.__qualname__}" in documented, name
+    assert {"mvq.codes.Codes", "mvq.quantize.vq.VectorQuantizer"} <= documented
+    assert Codes.load.__doc__  # members without a docstring are not rendered
+
+
+def test_vector_quantize_docstring_lists_the_engine_defaults():
+    """`VectorQuantize`'s keyword arguments live on its engine; its Args list them with the
+    engine's defaults (the layer's page shows them)."""
+    import ast
+    import inspect
+
+    from mvq import VectorQuantize
+    from mvq.quantize.vq import VectorQuantizer
+
+    listed = {name: ast.literal_eval(value)
+              for name, value in re.findall(r"``(\w+)=([^`]+)``", VectorQuantize.__doc__)}
+    defaults = {name: p.default
+                for name, p in inspect.signature(VectorQuantizer.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert listed == defaults

@@ -384,6 +384,25 @@ def test_decode_refuses_codes_that_do_not_fit(kind):
             model.decode(c)
 
 
+def test_decode_refuses_codes_of_another_config():
+    """Codes of an mvqvae of another config fit this one's layout but are not its codes: their
+    meta's config hash says so (docs/python-api.md); force=True or codes without meta decode."""
+    model = tiny("mvqvae")
+    torch.manual_seed(0)
+    other = build_model(tiny_model_config(hidden=24)).eval()
+    codes = other.encode(_images(other))
+    assert codes.meta["config_hash"] != model._meta()["config_hash"]
+    with pytest.raises(MvqError) as err:
+        model.decode(codes)
+    for fragment in (codes.meta["config_hash"], model._meta()["config_hash"], "mvqvae",
+                     "tokenizer that encoded them", "force=True"):
+        assert fragment in str(err.value)
+    forced = model.decode(codes, force=True)
+    bare = Codes(codes.primary, codes.secondary, codes.mask)
+    assert torch.equal(forced, model.decode(bare))
+    assert torch.equal(other.decode(codes), other.decode(bare))
+
+
 def test_decode_takes_01_masks_and_int32_ids_as_the_same_codes():
     model = tiny("mvqvae")
     codes = model.encode(_images(model))

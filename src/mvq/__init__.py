@@ -2,10 +2,10 @@
 
 The library's front door:
 
-- drop-in quantizer layers: :class:`VectorQuantize`, :class:`MaskedVectorQuantize` (MVQ with
-  MH-Dropout), :class:`MultiChannelVectorQuantize` (MoVQ), and the field's :class:`FSQ`,
-  :class:`LFQ` and :class:`ResidualVQ`, each ``quantized, indices, loss = layer(x)``;
-- :func:`load`: whatever a saved folder holds (a tokenizer or a prior), in eval mode;
+- drop-in quantizer layers: `VectorQuantize`, `MaskedVectorQuantize` (MVQ with
+  MH-Dropout), `MultiChannelVectorQuantize` (MoVQ), and the field's `FSQ`,
+  `LFQ` and `ResidualVQ`, each ``quantized, indices, loss = layer(x)``;
+- `load`: whatever a saved folder holds (a tokenizer or a prior), in eval mode;
   ``Tokenizer.from_pretrained`` / ``save_pretrained`` and the same on priors.
 """
 

@@ -2,7 +2,7 @@
 
 A folder of config.json (format, kind, the config that rebuilds the model, its step) +
 model.safetensors + the model card README.md (+ train_state.safetensors while training) +
-manifest.json. Folders are written all-or-nothing and checked on load by :mod:`mvq.sealed`.
+manifest.json. Folders are written all-or-nothing and checked on load by `mvq.sealed`.
 
 Nothing here unpickles: tensors go through safetensors, everything else through JSON.
 """

@@ -96,6 +96,7 @@ class Codes:
 
     @classmethod
     def load(cls, path: str | Path) -> Codes:
+        """The codes of a file `Codes.save` wrote (meta included); MvqError on a bad file."""
         return cls.read(path)[0]
 
 

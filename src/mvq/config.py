@@ -105,7 +105,7 @@ def _check_quantizer(model) -> None:
 
 
 def check_model(model) -> None:
-    """Checks across the model keys: the quantizer family's keys (:func:`_check_quantizer`),
+    """Checks across the model keys: the quantizer family's keys (`_check_quantizer`),
     two-codebook models split K evenly (K/2 each), and every codebook has at least two entries
     (a one-entry codebook is a 0-bit code)."""
     k, kind = model.codebook_size, model.type
@@ -186,7 +186,7 @@ def model_record(model) -> dict:
 
 
 def config_to_dict(cfg: Config) -> dict:
-    """Plain JSON-able dict (tuples become lists); the model as :func:`model_record`."""
+    """Plain JSON-able dict (tuples become lists); the model as `model_record`."""
     return json.loads(json.dumps({**asdict(cfg), "model": model_record(cfg.model)}))
 
 

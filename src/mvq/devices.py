@@ -38,7 +38,7 @@ def check_device(name: str) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    """The torch.device ``name`` names (checked by :func:`check_device`); ``auto`` is the
+    """The torch.device ``name`` names (checked by `check_device`); ``auto`` is the
     first CUDA GPU when there is one, else the CPU."""
     check_device(name)
     if name == "auto":
@@ -53,7 +53,7 @@ def host_reads_free(t: torch.Tensor) -> bool:
     """Whether reading ``t``'s values on the host costs nothing: on the CPU there is no device
     queue to wait for. Code inside a training step that would read data on the host (a count,
     a maximum) takes a read-free path where this is False, so a GPU step never stalls its
-    queue; :func:`sync_free` makes it False on the CPU too."""
+    queue; `sync_free` makes it False on the CPU too."""
     return t.device.type == "cpu" and not _SYNC_FREE.get()
 
 

@@ -1,9 +1,9 @@
 """Multi-process data-parallel training under ``torchrun`` (plain PyTorch DDP).
 
 ``torchrun --nproc_per_node N -m mvq train ...`` starts N processes with RANK / WORLD_SIZE /
-LOCAL_RANK set; :func:`setup` joins them into one process group (NCCL on GPUs, Gloo on CPU).
+LOCAL_RANK set; `setup` joins them into one process group (NCCL on GPUs, Gloo on CPU).
 Outside torchrun everything here is a no-op, so single-process code pays nothing. The
-collectives run only inside :func:`synced` (which :func:`run`, used by mvq's training loops,
+collectives run only inside `synced` (which `run`, used by mvq's training loops,
 enters): a quantizer or loss used in a user's own process group, or on one rank alone, never
 waits for the others.
 
@@ -32,7 +32,7 @@ TIMEOUT = timedelta(minutes=60)
 
 
 def world_size() -> int:
-    """Processes that keep the model in step: the group's size inside :func:`synced`, else 1."""
+    """Processes that keep the model in step: the group's size inside `synced`, else 1."""
     if _SYNC and dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1

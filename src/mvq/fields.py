@@ -2,9 +2,9 @@
 
 A config value is coerced to its dataclass field's annotated type (``int``, ``float``, ``bool``,
 ``str``, ``X | None``, ``tuple[float, float]``, ``tuple[int, ...]``) and then checked against a
-:class:`Range`. YAML reads ``5e-4`` (no dot) as a string and a command-line override arrives the
+`Range`. YAML reads ``5e-4`` (no dot) as a string and a command-line override arrives the
 same way, so numbers written as text are accepted for numeric fields; anything else that does
-not fit is one :class:`MvqError` naming the key, what was expected, what was found and what to do.
+not fit is one `MvqError` naming the key, what was expected, what was found and what to do.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Labelled figures: every PNG mvq writes is a :class:`Figure` (one look across commands).
+"""Labelled figures: every PNG mvq writes is a `Figure` (one look across commands).
 
 A figure is rows of images with a title on top, optional column labels above, row labels on
 the left, a caption under each image and a note (a legend) at the bottom. Small images are
-upscaled nearest-neighbour to a readable size (:func:`readable_scale`); the text is drawn with
-Pillow's bundled font (nothing is downloaded). :func:`change_heatmap` shows where two decodes
+upscaled nearest-neighbour to a readable size (`readable_scale`); the text is drawn with
+Pillow's bundled font (nothing is downloaded). `change_heatmap` shows where two decodes
 differ, in the one colour map that the analysis grids and the explorer share.
 """
 
@@ -71,7 +71,7 @@ def wrap(text: str, width: int, px: int = TEXT_PX) -> str:
 
 def check_grid_size(rows: int, cols: int, size: int, scale: int, fix: str) -> None:
     """MvqError before any work when rows x cols images of ``size`` px, upscaled by ``scale``,
-    would make a figure wider or taller than :data:`MAX_PNG_SIDE` (labels not counted);
+    would make a figure wider or taller than `MAX_PNG_SIDE` (labels not counted);
     ``fix`` says what to lower."""
     height, width = (rows * (size * scale + GAP), cols * (size * scale + GAP))
     if max(height, width) > MAX_PNG_SIDE:
@@ -100,7 +100,7 @@ def change_size(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def change_heatmap(a: torch.Tensor, b: torch.Tensor, top: float | None = None) -> torch.Tensor:
     """(N, 3, H, W) in [0, 1]: |a - b| averaged over channels, divided by ``top`` (default the
-    largest value in the batch) and drawn from white (no change) to :data:`HEAT` (``top``)."""
+    largest value in the batch) and drawn from white (no change) to `HEAT` (``top``)."""
     diff = (a.float() - b.float()).abs().mean(1, keepdim=True)
     top = float(diff.max()) if top is None else top
     v = (diff / max(top, 1e-8)).clamp(0, 1)
@@ -131,7 +131,7 @@ def image_format(path: str | Path, option: str = "--out") -> str:
 
 def save_png(img: Image.Image, path: str | Path) -> Path:
     """Write ``img`` through the atomic writer in the format its suffix names (PNG, or JPEG
-    for .jpg / .jpeg, see :func:`image_format`); returns the path."""
+    for .jpg / .jpeg, see `image_format`); returns the path."""
     fmt = image_format(path, "output")
     if fmt == "JPEG":
         img = img.convert("RGB")
@@ -216,6 +216,6 @@ class Figure:
 
     def save(self, path: str | Path, scale: int | None = None,
              fix: str = "show fewer images or lower --scale") -> Path:
-        """Write :meth:`render` as a PNG (JPEG for .jpg / .jpeg) through the atomic writer;
-        returns the path."""
+        """Write [`render`][mvq.figures.Figure.render] as a PNG (JPEG for .jpg / .jpeg) through
+        the atomic writer; returns the path."""
         return save_png(self.render(scale, fix), path)

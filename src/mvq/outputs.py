@@ -1,7 +1,7 @@
-"""Writing outputs without losing files: every file mvq writes goes through :func:`atomic_write`
+"""Writing outputs without losing files: every file mvq writes goes through `atomic_write`
 (a temporary file beside the target, renamed over it when complete, removed on failure), and
-the commands check their output paths with :func:`check_outputs` before any work starts: each
-against the others and against the command's inputs, then each on its own (:func:`check_output`)."""
+the commands check their output paths with `check_outputs` before any work starts: each
+against the others and against the command's inputs, then each on its own (`check_output`)."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def check_outputs(outputs: list[Named], overwrite: bool, inputs: list[Named] = (
     """MvqError before any work when the files one command writes (``outputs``, (option, path)
     pairs; None paths are skipped) could lose a file: two of them are one file, one of them is
     an input file (``inputs``, e.g. ("--checkpoint", folder), ("--images", file)), or one fails
-    :func:`check_output`. Returns the paths (as Path, None kept) in order."""
+    `check_output`. Returns the paths (as Path, None kept) in order."""
     given = [(opt, Path(p)) for opt, p in outputs if p is not None]
     for i, (opt, path) in enumerate(given):
         for other_opt, other in given[:i]:

@@ -5,7 +5,7 @@ A saved folder is the same all-or-nothing checkpoint folder training writes (che
 ``config.json`` (what it is and the config that rebuilds it), ``model.safetensors``, a model card
 ``README.md`` and ``manifest.json``. So a training checkpoint (``OUT/checkpoint``, or the run
 folder ``OUT``), a folder written by ``save_pretrained`` and one downloaded from a hub repository
-all load through :func:`load`, which returns whatever the folder holds (a tokenizer or a prior)
+all load through `load`, which returns whatever the folder holds (a tokenizer or a prior)
 in eval mode on the device asked for.
 
 huggingface_hub's ``ModelHubMixin`` is not used: it would write a second config format beside
@@ -37,7 +37,8 @@ REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 class Pretrained:
-    """Mixin of the loadable models (:class:`~mvq.models.Tokenizer`, :class:`~mvq.priors.Prior`).
+    """Mixin of the loadable models ([`Tokenizer`][mvq.models.base.Tokenizer],
+    [`Prior`][mvq.priors.base.Prior]).
 
     A subclass that is a base of one kind sets ``saved_kind`` (the ``kind`` in config.json) and
     implements ``_from_checkpoint`` and ``_checkpoint_info``.
@@ -128,7 +129,7 @@ class Pretrained:
                         token: str | None = None):
         """The model saved in a folder (or a run folder holding ``checkpoint/``, or a hub
         repository id), in eval mode on ``device``; MvqError when it holds another kind.
-        The options are :func:`load`'s."""
+        The options are [`load`][mvq.pretrained.load]'s."""
         model = load(path_or_repo_id, device, verify, revision, token)
         if not isinstance(model, cls):
             raise MvqError(f"{path_or_repo_id} holds a {type(model).__name__}, not a "
@@ -155,7 +156,7 @@ def resolve(path_or_repo_id: str | Path, revision: str | None = None,
             token: str | None = None) -> Path:
     """The checkpoint folder that ``path_or_repo_id`` names: the folder itself when it holds
     config.json, else its ``checkpoint/`` (a training run's folder), else a hub repository.
-    A name that exists here or looks like a local path (:func:`_looks_local`) never goes to
+    A name that exists here or looks like a local path (`_looks_local`) never goes to
     the network."""
     if not isinstance(path_or_repo_id, (str, os.PathLike)):
         raise MvqError(f"expected a folder path or a hub repository id (owner/name), found "
@@ -218,7 +219,7 @@ _VERIFY: ContextVar[bool] = ContextVar("mvq_verify", default=True)
 
 @contextmanager
 def unverified() -> Iterator[None]:
-    """Within the block, :func:`load` with ``verify`` unset loads unverified folders (with a
+    """Within the block, `load` with ``verify`` unset loads unverified folders (with a
     warning): ``mvq --no-verify COMMAND``."""
     token = _VERIFY.set(False)
     try:
@@ -259,14 +260,15 @@ def _check_info(folder: Path, info: dict, kind: str) -> None:
 
 def load(path_or_repo_id: str | Path, device: str = "cpu", verify: bool | None = None,
          revision: str | None = None, token: str | None = None):
-    """Whatever the folder holds — a :class:`~mvq.models.Tokenizer` or a
-    :class:`~mvq.priors.Prior` — rebuilt from its config, its files checked against the
+    """Whatever the folder holds — a [`Tokenizer`][mvq.models.base.Tokenizer] or a
+    [`Prior`][mvq.priors.base.Prior] — rebuilt from its config, its files checked against the
     manifest (which must list the weights and config.json; the model card is not checked), in
     eval mode on ``device``. ``model.checkpoint_info`` is its config.json. ``verify=False``
     loads a folder that no manifest vouches for (one from before manifests), with a
-    :class:`UnverifiedWarning` (None: True, unless inside :func:`unverified`). A hub repository
-    id (``owner/name``; never a name that exists here or looks like a local path) is downloaded
-    at ``revision`` (a branch, tag or commit; default main) with ``token`` (private ones)."""
+    [`UnverifiedWarning`][mvq.pretrained.UnverifiedWarning] (None: True, unless inside
+    `unverified`). A hub repository id (``owner/name``; never a name that exists here or looks
+    like a local path) is downloaded at ``revision`` (a branch, tag or commit; default main)
+    with ``token`` (private ones)."""
     verify = _VERIFY.get() if verify is None else bool(verify)
     dev = str(pick_device(device))  # checked before reading: no GPU is no damaged checkpoint
     folder = resolve(path_or_repo_id, revision, token)

@@ -20,7 +20,7 @@ from mvq.pretrained import load_tokenizer
 
 @dataclass(frozen=True)
 class Reconstruction:
-    """What :func:`reconstruct` wrote and measured: the figure's path, the number of images,
+    """What `reconstruct` wrote and measured: the figure's path, the number of images,
     their MSE and mean per-image PSNR (dB) in [0, 1] pixel units."""
 
     path: Path

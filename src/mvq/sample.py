@@ -156,7 +156,7 @@ def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path,
                   force: bool = False) -> Path:
     """Sample ``sampling.n`` images (seeded: same seed, same PNG) and write them 8 per row, one
     block of rows per class for a class-conditional prior, as a labelled figure (``scale``: the
-    images' upscale, default :func:`mvq.figures.readable_scale`); returns the path.
+    images' upscale, default `mvq.figures.readable_scale`); returns the path.
 
     The MVQ mask bits are drawn at random from the same seeded generator (the prior's sample).
     An existing ``out`` is replaced only with ``overwrite``. None: `Sampling`'s defaults.

@@ -4,9 +4,9 @@ A folder is written into a fresh hidden folder beside its target, its manifest (
 sha256 of every file) is written last, and only then is the folder renamed into place. A folder
 named ``checkpoint`` is therefore always complete; a kill leaves at worst a hidden
 ``.checkpoint.tmp-*`` folder (removed by the next run) or, between the two renames of a swap,
-the previous checkpoint under its retired name ``checkpoint-NNNNNN``, which :func:`latest`
-finds. Loading checks the manifest (:func:`verify`), so a damaged file is named, not used.
-What a checkpoint holds is :mod:`mvq.checkpoint`'s business; this module only seals folders.
+the previous checkpoint under its retired name ``checkpoint-NNNNNN``, which `latest`
+finds. Loading checks the manifest (`verify`), so a damaged file is named, not used.
+What a checkpoint holds is `mvq.checkpoint`'s business; this module only seals folders.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _write_manifest(folder: Path, step: int, run: str) -> None:
 
 
 def target_of(folder: str | Path) -> Path:
-    """The folder that ``folder``, one of :func:`writing`'s hidden folders, will become (any
+    """The folder that ``folder``, one of `writing`'s hidden folders, will become (any
     other folder: itself)."""
     folder = Path(folder)
     if folder.name.startswith(".") and ".tmp-" in folder.name:
@@ -115,7 +115,7 @@ def verify(folder: str | Path, needs: tuple[str, ...] = (), optional: tuple[str,
            ) -> None:
     """MvqError naming the file unless every file the manifest lists is whole and unchanged
     (the model card, which people edit, aside; files named in ``optional`` may be absent, e.g.
-    a training state a download left out); :class:`Unverified` when there is no manifest or
+    a training state a download left out); `Unverified` when there is no manifest or
     it does not list each of ``needs``."""
     folder = Path(folder)
     path = folder / MANIFEST

@@ -1,7 +1,7 @@
 """The sections of a config: one dataclass per section (tokenizer architectures, data,
 training, the VQGAN loss) and the range table every int/float key is checked against.
 
-They live here, below the models and losses that read them, so that :mod:`mvq.config` (which
+They live here, below the models and losses that read them, so that `mvq.config` (which
 loads and checks a whole config) imports no model and no model imports the loader.
 """
 
@@ -153,7 +153,7 @@ class MoVQConfig:
 
 @dataclass
 class VQGANLossConfig:
-    """Settings of :class:`VQGANLoss` (taming defaults where they apply)."""
+    """Settings of `VQGANLoss` (taming defaults where they apply)."""
 
     disc_start: int = 10000  # generator step at which the GAN terms switch on
     disc_weight: float = 0.8  # multiplies the adaptive weight

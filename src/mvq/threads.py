@@ -3,7 +3,7 @@
 ``mvq --threads N`` wins; otherwise ``OMP_NUM_THREADS`` when it is set; otherwise torch's default
 (one thread per physical core) shared fairly among the mvq processes already running here.
 Training results depend on the thread count (CPU kernels sum in another order), so a training
-run records its count in config.json and a resumed run takes it again (:func:`resume_threads`):
+run records its count in config.json and a resumed run takes it again (`resume_threads`):
 an exact resume does not depend on what else runs on the machine.
 Two runs that each take every core make both wait on each other's threads: on a 2-core machine
 two default ``mvq train`` runs took 3.3x the time of one alone with 2 threads each, 1.6x with one

@@ -1,10 +1,10 @@
 """`mvq analyze`: see and measure what the masked secondary codes of an MVQ tokenizer learned.
 
-:func:`analyze` writes one file per analysis: a labelled figure (:mod:`mvq.figures`) for each
-of :data:`FIGURES` (``OUT/dims.png`` ...; the figures are in :mod:`mvq.analysis.figures`, the
-code operations in :mod:`mvq.analysis.codes`), a JSON record for each of :data:`MEASURES`
-(``OUT/factors.json``: :mod:`mvq.analysis.factors`; ``OUT/classkeep.json``:
-:mod:`mvq.analysis.classkeep`).
+`analyze` writes one file per analysis: a labelled figure (`mvq.figures`) for each
+of `FIGURES` (``OUT/dims.png`` ...; the figures are in `mvq.analysis.figures`, the
+code operations in `mvq.analysis.codes`), a JSON record for each of `MEASURES`
+(``OUT/factors.json``: `mvq.analysis.factors`; ``OUT/classkeep.json``:
+`mvq.analysis.classkeep`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ POOL = 256  # test images encoded to find ones with different primary codes
 
 @dataclass(frozen=True)
 class AnalysisOptions:
-    """How :func:`analyze` runs. ``images``: test images per grid (rows or blocks), or scored
-    by a measure (default per analysis, :data:`DEFAULT_IMAGES`); ``masks``: random masks in
+    """How `analyze` runs. ``images``: test images per grid (rows or blocks), or scored
+    by a measure (default per analysis, `DEFAULT_IMAGES`); ``masks``: random masks in
     transfer and diversity (compose uses the first 4 of the same draw); ``seed``: of the masks
     and of classkeep's classifier; ``sum_mode``: compose's corners (``codes`` or ``outputs``);
     ``scale``: integer upscaling of the figures; ``bins``: equal-count bins per continuous
@@ -83,7 +83,7 @@ def analyze(checkpoint: str | Path, what: list[str], out: str | Path = "runs/ana
 
 def draw_figures(checkpoint: str | Path, paths: dict[str, Path], opts: AnalysisOptions
                  ) -> list[Path]:
-    """Draw each figure named in ``paths`` (one of :data:`FIGURES` -> its PNG path) from the
+    """Draw each figure named in ``paths`` (one of `FIGURES` -> its PNG path) from the
     MVQ tokenizer in ``checkpoint``; returns the paths written."""
     model, cfg = C.load_mvq(checkpoint)
     pool = first_images(cfg, "test", max(POOL, opts.images or 0))[0]
@@ -107,7 +107,7 @@ def draw_figures(checkpoint: str | Path, paths: dict[str, Path], opts: AnalysisO
 
 
 def measure(checkpoint: str | Path, what: str, opts: AnalysisOptions) -> dict:
-    """The JSON record of one of :data:`MEASURES` for the tokenizer in ``checkpoint``."""
+    """The JSON record of one of `MEASURES` for the tokenizer in ``checkpoint``."""
     n = opts.images or DEFAULT_IMAGES[what]
     if what == "factors":
         return factors.score_checkpoint(str(checkpoint), n, opts.bins)

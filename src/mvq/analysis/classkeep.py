@@ -8,7 +8,7 @@ accuracy on the test images and on the targets' own reconstructions.
 
     mvq analyze --checkpoint runs/demo/mvqvae/checkpoint --what classkeep --images 1000
 
-writes ``OUT/classkeep.json`` (:func:`transfer_class_rates`' record).
+writes ``OUT/classkeep.json`` (`transfer_class_rates`' record).
 """
 
 from __future__ import annotations

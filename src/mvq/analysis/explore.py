@@ -53,7 +53,7 @@ SOCKET_TIMEOUT = 10.0  # seconds a connection may sit idle or half-sent before i
 class Explorer:
     """The model, the test images and their codes, and the decoding the API needs.
 
-    Every decode is of one code at a time (:meth:`decode_each`), so an image shows the same
+    Every decode is of one code at a time (`decode_each`), so an image shows the same
     pixels whichever request computed it (the atlas' thumbnail and the toggled bit agree)."""
 
     def __init__(self, model: MVQVAE, images: torch.Tensor) -> None:
@@ -301,7 +301,7 @@ def _int(text: str) -> int:
 def make_server(checkpoint: str | Path, port: int = 8765, images: int = 64,
                 prior: str | Path | None = None, force: bool = False,
                 timeout: float = SOCKET_TIMEOUT) -> ExploreServer:
-    """An :class:`ExploreServer` on 127.0.0.1:port (0: any free port) for an MVQ checkpoint and,
+    """An `ExploreServer` on 127.0.0.1:port (0: any free port) for an MVQ checkpoint and,
     optionally, a prior trained on its codes (``force``: other weights of the same tokenizer)."""
     model, cfg = C.load_mvq(checkpoint)
     explorer = Explorer(model, first_images(cfg, "test", images)[0])

@@ -1,7 +1,7 @@
 """How much each secondary-code dimension tells about each known factor of the shapes set
 (measured, beyond the MVQ paper).
 
-Factors (shape, size, x, y, colour) come with :class:`mvq.data.shapes.Shapes`; the continuous
+Factors (shape, size, x, y, colour) come with `mvq.data.shapes.Shapes`; the continuous
 ones are cut into ``bins`` equal-count bins. A *dimension* is one binary variable of the code:
 for MVQ each mask bit (summed over secondary tokens: on in any), for the hierarchical
 baseline each secondary id's indicator (the id is one of K/2 entries: one-hot). For every
@@ -10,7 +10,7 @@ factor the best dimension's share and the MIG-style gap (best - second best) / H
 
     mvq analyze --checkpoint runs/shapes_mvqvae/checkpoint --what factors --out runs/shapes_mvqvae
 
-writes ``OUT/factors.json`` (:func:`score_checkpoint`'s record).
+writes ``OUT/factors.json`` (`score_checkpoint`'s record).
 """
 
 from __future__ import annotations

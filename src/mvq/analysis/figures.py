@@ -1,14 +1,14 @@
 """The four mask analyses of the MVQ paper as labelled figures (`mvq analyze`).
 
 Each function takes an MVQ model and the Codes of some test images and returns a
-:class:`mvq.figures.Figure`:
+`mvq.figures.Figure`:
 
-- :func:`dims` (Fig. 2): each single mask dimension switched on and off in one image's code,
+- `dims` (Fig. 2): each single mask dimension switched on and off in one image's code,
   with a heatmap of where the two decodes differ;
-- :func:`transfer` (Fig. 6a / 9): masked configurations of one primary code on other primaries;
-- :func:`compose` (Fig. 6b): 3x3, e alone in the centre, one configuration on each side, the
+- `transfer` (Fig. 6a / 9): masked configurations of one primary code on other primaries;
+- `compose` (Fig. 6b): 3x3, e alone in the centre, one configuration on each side, the
   corners the sum of their two neighbours' configurations (see ``codes.decode_sum``);
-- :func:`diversity` (Fig. 8): random masks of the same (e, e').
+- `diversity` (Fig. 8): random masks of the same (e, e').
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The `mvq` command line.
 
-Every subcommand is one :class:`~mvq.cli.command.Command` (name, texts, arguments, run) in
-the table of its module (:mod:`mvq.cli.tokenizers`, :mod:`mvq.cli.priors`,
-:mod:`mvq.cli.experiments`); :func:`build_parser` and :data:`COMMANDS` are both built from
-:data:`TABLE`. The commands parse arguments and call the library; the work is done there.
+Every subcommand is one `Command` (name, texts, arguments, run) in
+the table of its module (`mvq.cli.tokenizers`, `mvq.cli.priors`,
+`mvq.cli.experiments`); `build_parser` and `COMMANDS` are both built from
+`TABLE`. The commands parse arguments and call the library; the work is done there.
 """
 
 from __future__ import annotations

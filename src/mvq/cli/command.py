@@ -14,7 +14,7 @@ from mvq.decoding import Decoding
 class Command:
     """A subcommand: its name and texts, the function that adds its arguments to its parser,
     and the function that runs it on the parsed arguments (returns the exit code). Listed once
-    in a table; the parser and the dispatch of :func:`mvq.cli.main` are both built from it."""
+    in a table; the parser and the dispatch of `mvq.cli.main` are both built from it."""
 
     name: str
     help: str

@@ -2,7 +2,7 @@
 
 Every item is ``(image, label)``: ``image`` a float32 tensor ``(C, H, W)`` with values in
 ``[0, 1]``, ``label`` an int. Data set objects carry ``name``, ``split``, ``image_size``,
-``channels``, ``num_classes``, ``skipped`` and a one-line :meth:`describe`.
+``channels``, ``num_classes``, ``skipped`` and a one-line `describe`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ _ALIASES = {
 
 
 def canonical_name(name: str) -> str:
-    """Map a data set name (or a common alias) to one of :data:`DATASETS`."""
+    """Map a data set name (or a common alias) to one of `DATASETS`."""
     key = str(name).strip().lower()
     if key not in _ALIASES:
         raise MvqError(
@@ -74,10 +74,10 @@ def build_dataset(
 ) -> torch.utils.data.Dataset:
     """Build a data set by name; items are ``(float32 (C, size, size) in [0, 1], int label)``.
 
-    ``root``: data folder (fashion-mnist defaults to :func:`default_fashion_mnist_root`;
+    ``root``: data folder (fashion-mnist defaults to `default_fashion_mnist_root`;
     ignored by shapes). ``size``/``channels`` (1 or 3) convert every item when given.
     ``limit`` keeps the first ``limit`` items (for shapes: sets the length). ``seed`` only
-    affects shapes. Raises :class:`MvqError` for anything the user can fix.
+    affects shapes. Raises `MvqError` for anything the user can fix.
     """
     kind = canonical_name(name)
     check_split(split)

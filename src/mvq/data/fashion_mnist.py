@@ -67,7 +67,7 @@ def default_fashion_mnist_root() -> str | None:
 
 
 def fashion_mnist_available(root: str | None = None) -> bool:
-    """True when ``root`` (default: :func:`default_fashion_mnist_root`) holds all four files."""
+    """True when ``root`` (default: `default_fashion_mnist_root`) holds all four files."""
     root = root if root is not None else default_fashion_mnist_root()
     return root is not None and os.path.isdir(root) and _has_all_files(root)
 

@@ -33,7 +33,7 @@ _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
 def is_image_file(name: str) -> bool:
-    """True when ``name`` has one of :data:`EXTENSIONS` (case-insensitive)."""
+    """True when ``name`` has one of `EXTENSIONS` (case-insensitive)."""
     return name.lower().endswith(EXTENSIONS)
 
 

@@ -3,7 +3,7 @@
 Factors (drawn at construction, vectorized, from ``(seed, split)``; each factor has its own
 random stream, so a shorter set is an exact prefix of a longer one):
 
-- ``shape``: int class id, see :data:`SHAPES` (also the label)
+- ``shape``: int class id, see `SHAPES` (also the label)
 - ``size``: half-extent of the shape as a fraction of the image side, in [0.15, 0.35]
 - ``x``, ``y``: centre as a fraction of the image side (the shape always fits)
 - ``color``: ``(N, C)`` intensities in [0.25, 1]; RGB for 3 channels, brightness for 1

@@ -49,7 +49,7 @@ def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings | None = 
     a comma-separated string).
 
     ``refine``: MVQ models only, encode with inference-time mask refinement
-    (:mod:`mvq.quantize.refine`); bits_per_image then counts D' mask bits per secondary token.
+    (`mvq.quantize.refine`); bits_per_image then counts D' mask bits per secondary token.
 
     Returns a JSON-serialisable dict: the metric values under ``"metrics"`` and, top level, what
     makes them comparable (checkpoint, model, step, data set, split, n, sizes, extractor hashes,

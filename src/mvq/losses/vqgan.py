@@ -1,6 +1,6 @@
 """VQGAN training objective: reconstruction + LPIPS + PatchGAN hinge loss with adaptive weight.
 
-Generator side (:meth:`VQGANLoss.forward`), images x and recon in [0, 1]::
+Generator side (`VQGANLoss.forward`), images x and recon in [0, 1]::
 
     nll   = rec_weight * rec(x, recon) + perceptual_weight * LPIPS(x, recon)
     g_adv = -mean(D(recon))
@@ -14,13 +14,13 @@ Before ``disc_start`` the discriminator is not even run (no BatchNorm statistics
 adversarial term is 0. During the generator pass the discriminator's parameters are frozen, so no
 gradient accumulates in them.
 
-Discriminator side (:meth:`VQGANLoss.discriminator_step`), run with its own optimizer::
+Discriminator side (`VQGANLoss.discriminator_step`), run with its own optimizer::
 
     d_loss = disc_factor * 0.5 * (mean(relu(1 - D(x))) + mean(relu(1 + D(sg[recon]))))
 
 Before ``disc_start`` it returns a zero loss and does not touch the discriminator.
 
-LPIPS comes from :class:`mvq.metrics.LPIPS` (offline weights). AlexNet LPIPS needs images of at
+LPIPS comes from `mvq.metrics.LPIPS` (offline weights). AlexNet LPIPS needs images of at
 least 32 px; smaller pairs are bilinearly resized to ``lpips_min_size`` first (as ``evaluate``
 does), which is exact for >= 32 px inputs.
 """
@@ -46,7 +46,7 @@ class PatchDiscriminator(nn.Module):
     ``n_layers`` stride-2 convs (width ch, 2ch, 4ch, ... capped at 8ch), then a stride-1 conv and
     a stride-1 conv to one channel: (B, C, s, s) -> (B, 1, s', s') logits, one per patch.
     norm: 'batch' (BatchNorm after every conv but the first and last) or 'none'.
-    Input images on the [-1, 1] scale. Needs s >= :meth:`min_input_size`.
+    Input images on the [-1, 1] scale. Needs s >= `min_input_size`.
     """
 
     def __init__(self, in_channels: int = 3, ch: int = 64, n_layers: int = 3,
@@ -188,7 +188,7 @@ class VQGANLoss(nn.Module):
     ``self.discriminator`` holds the only trainable parameters: give
     ``loss.discriminator.parameters()`` to a separate optimizer. (The LPIPS net is a frozen
     submodule; checkpoint ``loss.discriminator.state_dict()``, not the whole module.)
-    ``lpips``: an already built :class:`mvq.metrics.LPIPS` to share (default: build one).
+    ``lpips``: an already built `mvq.metrics.LPIPS` to share (default: build one).
     """
 
     def __init__(self, image_channels: int = 3, cfg: VQGANLossConfig | None = None,

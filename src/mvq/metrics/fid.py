@@ -2,7 +2,7 @@
 
 The network is pytorch-fid's ``FIDInceptionV3`` (its FID blocks on torchvision's Inception3),
 built here without pytorch-fid's download call and loaded from the offline resolver
-(:mod:`mvq.metrics.weights`). Features of a real set can be cached on disk (:class:`FeatureStats`)
+(`mvq.metrics.weights`). Features of a real set can be cached on disk (`FeatureStats`)
 keyed by (dataset, split, image size, N, sha256 of the weights file).
 """
 
@@ -101,7 +101,7 @@ _EXTRACTORS: dict[tuple[str, str], InceptionFeatureExtractor] = {}
 def get_inception(
     weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
 ) -> InceptionFeatureExtractor:
-    """A shared (memoised per weights file and device) :class:`InceptionFeatureExtractor`."""
+    """A shared (memoised per weights file and device) `InceptionFeatureExtractor`."""
     key = (str(inception_weights_path(weights)), str(torch.device(device)))
     if key not in _EXTRACTORS:
         _EXTRACTORS[key] = InceptionFeatureExtractor(key[0]).to(device)

@@ -91,7 +91,7 @@ def ssim(
     sigma: float = 1.5,
 ) -> torch.Tensor:
     """Per-image SSIM (B,) (Wang et al. 2004): gaussian window (11x11, sigma 1.5; shrunk for
-    tiny images, see :func:`ssim_window`), population statistics, mean over channels and the valid
+    tiny images, see `ssim_window`), population statistics, mean over channels and the valid
     interior (as scikit-image ``structural_similarity(gaussian_weights=True,
     use_sample_covariance=False)`` and pytorch-msssim). Computed in float64."""
     x, y = _check_pair(x, y, "SSIM")
@@ -135,7 +135,7 @@ def ms_ssim(
     Scale j < n: mean contrast-structure term cs_j; last scale: mean SSIM; each clipped at 0 and
     raised to beta_j, then multiplied. Between scales: 2x2 average pooling (as pytorch-msssim).
     Raises MvqError with the reason when the images are too small (see
-    :func:`ms_ssim_unavailable_reason`)."""
+    `ms_ssim_unavailable_reason`)."""
     x, y = _check_pair(x, y, "MS-SSIM")
     reason = ms_ssim_unavailable_reason(x.shape[-2], x.shape[-1], kernel_size, betas)
     if reason is not None:

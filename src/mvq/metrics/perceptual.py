@@ -2,7 +2,7 @@
 
 The ``lpips`` package ships the linear heads but downloads the ImageNet AlexNet / VGG16 trunk
 through torchvision. Here the trunk is built random (``pnet_rand=True``, no download) and then
-loaded from the offline resolver (:func:`mvq.metrics.weights.lpips_backbone_path`).
+loaded from the offline resolver (`mvq.metrics.weights.lpips_backbone_path`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _NET_MIN_SIDE = {"alex": 31, "vgg": 16}  # smallest side each trunk accepts
 def lpips_resize(x: torch.Tensor, min_side: int = LPIPS_MIN_SIDE) -> tuple[torch.Tensor, str]:
     """(x bilinearly resized so its shorter side is ``min_side`` and clamped to [0, 1], a note
     saying so), or (x, "none") when it is large enough. ``mvq evaluate`` and
-    :func:`lpips_distance` resize small images this one way."""
+    `lpips_distance` resize small images this one way."""
     h, w = x.shape[-2:]
     if min(h, w) >= min_side:
         return x, "none"
@@ -140,8 +140,8 @@ def lpips_distance(
 ) -> torch.Tensor:
     """Per-image LPIPS (B,) with a shared, memoised module on the inputs' device (no grad).
 
-    Images under :data:`LPIPS_MIN_SIDE` px are resized up first, as ``mvq evaluate`` does
-    (:func:`lpips_resize`), with a warning that says so. Images are float in [0, 1];
+    Images under `LPIPS_MIN_SIDE` px are resized up first, as ``mvq evaluate`` does
+    (`lpips_resize`), with a warning that says so. Images are float in [0, 1];
     anything else (0-255 pixels, NaN) is refused, not scored.
     """
     for name, t in (("x", x), ("y", y)):

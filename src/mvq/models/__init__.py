@@ -1,5 +1,5 @@
 """Tokenizers: vqvae, hvqvae (VQ-VAE-2 baseline), mvqvae (and their GAN-trained hvqgan /
-mvqgan), movq. Importing this package registers every ``model.type`` with :func:`build_model`."""
+mvqgan), movq. Importing this package registers every ``model.type`` with `build_model`."""
 
 from mvq.models.base import MODELS, Tokenizer, TokenizerOutput, build_model
 from mvq.models.movq import MoVQ

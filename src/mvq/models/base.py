@@ -1,10 +1,10 @@
-"""The :class:`Tokenizer` interface every tokenizer implements, and the builder of a
+"""The `Tokenizer` interface every tokenizer implements, and the builder of a
 tokenizer from its model config.
 
 ``encode(x) -> Codes``, ``decode(codes) -> x``, ``forward(x) -> TokenizerOutput``
 (reconstruction, losses, statistics). Images are (B, C, H, W) in [0, 1]; the networks see them
 in [-1, 1]. Each subclass names the ``model.type`` values it is built for (``model_types``);
-:func:`build_model` looks the type up among them.
+`build_model` looks the type up among them.
 """
 
 from __future__ import annotations
@@ -144,14 +144,34 @@ class Tokenizer(Pretrained, nn.Module):
                 return self._encode_batch(x.new_zeros(1, *x.shape[1:]), **options)[:0]
             return self._encode_batch(x, **options)
 
-    def decode(self, codes: Codes) -> torch.Tensor:
+    def decode(self, codes: Codes, force: bool = False) -> torch.Tensor:
         """Codes (ids within the codebooks, masks bool or 0/1, per ``code_layout``) -> images
-        (B, C, H, W) on the [0, 1] scale (not clamped)."""
+        (B, C, H, W) on the [0, 1] scale (not clamped).
+
+        Codes whose ``meta`` names another tokenizer config (its ``config_hash``: codes encoded
+        by another model, whose ids mean other vectors here) raise MvqError; ``force=True``
+        decodes them anyway. Codes without a ``config_hash`` in their meta are not checked."""
+        if not force:
+            self._check_origin(codes)
         codes = check_codes(codes, self.code_layout, self.cfg.type).to(self._param().device)
         if len(codes) == 0:
             s = self.cfg.image_size
             return self._param().new_zeros(0, self.cfg.channels, s, s)
         return self._decode_codes(codes)
+
+    def _check_origin(self, codes: Codes) -> None:
+        """MvqError when ``codes.meta`` carries a config hash other than this model's."""
+        meta = getattr(codes, "meta", None)
+        theirs = meta.get("config_hash") if isinstance(meta, dict) else None
+        if theirs is None:
+            return
+        mine = self._meta()
+        if theirs != mine["config_hash"]:
+            raise MvqError(
+                f"these codes were encoded by a {meta.get('model', '?')} tokenizer with config "
+                f"hash {theirs}, this is a {mine['model']} tokenizer with config hash "
+                f"{mine['config_hash']}: its ids mean other vectors here. Decode them with the "
+                "tokenizer that encoded them, or pass force=True to decode them anyway")
 
     def _encode_batch(self, x: torch.Tensor) -> Codes:
         raise NotImplementedError

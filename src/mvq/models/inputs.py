@@ -1,7 +1,7 @@
 """The checks at the tokenizers' public boundary: images into ``encode``, codes into ``decode``.
 
 Every tokenizer runs these before any network sees the input, so a wrong dtype, shape or value
-is one :class:`MvqError` saying what was expected and what was found, never a torch error deep
+is one `MvqError` saying what was expected and what was found, never a torch error deep
 inside a convolution or, worse, silently wrong codes.
 """
 
@@ -55,7 +55,7 @@ def values_checked() -> Iterator[None]:
 
 
 def values_deferred() -> bool:
-    """Whether :func:`values_checked` is in force."""
+    """Whether `values_checked` is in force."""
     return _VALUES_CHECKED.get()
 
 

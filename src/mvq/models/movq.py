@@ -18,7 +18,7 @@ Codes: ``Codes.primary`` is (B, h, w, c) for MoVQ (it is (B, h, w) for the other
 the c ids of a position belong to its c channel chunks, in channel order. ``tokens`` counts
 h * w * c ids per image, so ``bits_per_image = h * w * c * log2(K)``.
 
-The adversarial / perceptual objective lives in :class:`mvq.losses.VQGANLoss`; ``forward`` returns
+The adversarial / perceptual objective lives in `mvq.losses.VQGANLoss`; ``forward`` returns
 the plain tokenizer output (MSE 'rec' + quantizer 'vq'), like every tokenizer here.
 """
 

@@ -37,7 +37,7 @@ def _nets(cfg: ModelConfig, **kw) -> dict[str, nn.Module]:
 
 class VQVAE(Tokenizer):
     """One level: x -> E -> quantizer -> D. S positions; the quantizer is ``model.quantizer``,
-    a family of :mod:`mvq.quantize.registry` (default: VQ with K entries). A family of depth d
+    a family of `mvq.quantize.registry` (default: VQ with K entries). A family of depth d
     gives d ids per position (codes (B, H, W, d), S * d tokens)."""
 
     model_types = ("vqvae",)
@@ -195,7 +195,7 @@ class MVQVAE(Tokenizer):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, refine: bool = False) -> Codes:
-        """As :meth:`Tokenizer.encode`; ``refine`` improves each bank mask by greedy
+        """As `Tokenizer.encode`; ``refine`` improves each bank mask by greedy
         single-bit flips (never a larger distance to E's output; mvq.quantize.refine)."""
         return self._encode_checked(x, refine=refine)
 
@@ -244,7 +244,7 @@ class MVQVAE(Tokenizer):
                    sum_outputs: bool = False) -> torch.Tensor:
         """Images of a primary code (B, H, W) plus the sum of masked configurations, each the
         secondary code and mask of a Codes of B images (MVQ Fig. 6b; the sum as in
-        :meth:`mvq.quantize.masked.MaskedQuantizer.decode_sum`). [0, 1] scale, not clamped."""
+        `mvq.quantize.masked.MaskedQuantizer.decode_sum`). [0, 1] scale, not clamped."""
         dev = self._param().device
         layout = self.code_layout
         b = len(primary)

@@ -12,8 +12,8 @@ Residual blocks are norm -> SiLU -> conv3x3 -> norm -> SiLU -> dropout -> conv3x
 the width changes) shortcut. Attention is single-head self-attention over the H*W positions.
 
 Decoder norms come from a *norm factory* ``norm(channels, block_index) -> module`` whose modules
-are called as ``module(h, zq)``: :class:`~mvq.nn.spatial_norm.SpatialNorm` (MoVQ) or
-:class:`~mvq.nn.spatial_norm.PlainGroupNorm` (baseline VQGAN, ignores z_q). Decoder *blocks* are
+are called as ``module(h, zq)``: `SpatialNorm` (MoVQ) or
+`PlainGroupNorm` (baseline VQGAN, ignores z_q). Decoder *blocks* are
 numbered in the order the data passes them: 0 = mid block, 1..L = the up levels from the lowest
 resolution up, L + 1 = the output norm. MoVQ's "first three blocks" = indices 0, 1, 2.
 """

@@ -149,7 +149,7 @@ class SameConv2d(nn.Conv2d):
 
 def same_conv(c_in: int, c_out: int, k: int) -> nn.Conv2d:
     """A stride-1 convolution keeping the map's size: symmetric padding for an odd kernel,
-    :class:`SameConv2d` for an even one (the state dict's keys are a plain conv's)."""
+    `SameConv2d` for an even one (the state dict's keys are a plain conv's)."""
     if k % 2:
         return nn.Conv2d(c_in, c_out, k, padding=k // 2)
     return SameConv2d(c_in, c_out, k)

@@ -1,9 +1,9 @@
 """Quantizers. The drop-in layers (``quantized, indices, loss = vq(x)``) are
-:class:`VectorQuantize`, :class:`MaskedVectorQuantize` (MVQ + MH-Dropout) and
-:class:`MultiChannelVectorQuantize` (MoVQ); the engines under them are :class:`VectorQuantizer`,
-:class:`MaskedQuantizer` and :class:`MultiChannelQuantizer`. The field's quantizers have the
-same contract: :class:`FSQ` (finite scalar quantization), :class:`LFQ` (lookup-free
-quantization) and :class:`ResidualVQ` (residual VQ over :class:`VectorQuantize` stages)."""
+`VectorQuantize`, `MaskedVectorQuantize` (MVQ + MH-Dropout) and
+`MultiChannelVectorQuantize` (MoVQ); the engines under them are `VectorQuantizer`,
+`MaskedQuantizer` and `MultiChannelQuantizer`. The field's quantizers have the
+same contract: `FSQ` (finite scalar quantization), `LFQ` (lookup-free
+quantization) and `ResidualVQ` (residual VQ over `VectorQuantize` stages)."""
 
 from mvq.quantize.fsq import FSQ
 from mvq.quantize.layers import MaskedVectorQuantize, MultiChannelVectorQuantize, VectorQuantize

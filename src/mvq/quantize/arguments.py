@@ -3,7 +3,7 @@
 each refusal is an ``MvqError`` that names the layer, the argument, the value found and a valid
 example; arguments spelled as vector-quantize-pytorch spells them are refused with mvq's
 equivalent. The VQ codebook arguments (``beta``, ``ema``, ...) are checked by one function,
-:func:`check_vq_kwargs`, for every layer that owns codebooks."""
+`check_vq_kwargs`, for every layer that owns codebooks."""
 
 from __future__ import annotations
 
@@ -157,6 +157,6 @@ def tokens_of(x: torch.Tensor, channel_first: bool) -> tuple[torch.Tensor, tuple
 
 def from_tokens(rows: torch.Tensor, batch: int, grid: tuple[int, ...],
                 channel_first: bool) -> torch.Tensor:
-    """Inverse of :func:`tokens_of`: ``(B*M, D)`` rows back to the input's layout."""
+    """Inverse of `tokens_of`: ``(B*M, D)`` rows back to the input's layout."""
     out = rows.reshape(batch, *grid, rows.shape[-1])
     return out.movedim(-1, 1) if channel_first else out

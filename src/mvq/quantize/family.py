@@ -1,10 +1,10 @@
 """What the tokenizers and the config need to know of a quantizer family, said once.
 
-A :class:`Family` describes one quantizer that the one-level backbone (``model.type=vqvae``:
+A `Family` describes one quantizer that the one-level backbone (``model.type=vqvae``:
 x -> E -> quantizer -> D) can use as ``model.quantizer``: its name, a one-line summary, its
 bits per token, the model keys of its own, how to build its layer from the model config, and
-the shape and codebook of its ids. Each family is one module of :mod:`mvq.quantize.families`
-holding ``FAMILY = Family(...)``; :mod:`mvq.quantize.registry` collects them.
+the shape and codebook of its ids. Each family is one module of `mvq.quantize.families`
+holding ``FAMILY = Family(...)``; `mvq.quantize.registry` collects them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Family:
     name: the ``model.quantizer`` value. summary: one line for ``mvq quantizers``.
     bits: bits per token as a formula of its keys (text, e.g. ``"sum(log2 levels)"``).
     fields: the model keys it reads beyond the backbone's (``dim``, ...), each with its range;
-        every one is a field of :class:`mvq.sections.ModelConfig`, and a model of another
+        every one is a field of `mvq.sections.ModelConfig`, and a model of another
         family must leave it at its default.
     reads_codebook_size: whether ``model.codebook_size`` is its K (else K follows from
         ``fields``).

@@ -10,7 +10,7 @@ codes) on channel-first maps.
 
 One layout for everything that is not a feature map: ids are ``(B, *grid)``, multichannel ids
 ``(B, *grid, c)`` and MVQ masks ``(B, *grid, D')``, the per-position axis last, as in
-:class:`mvq.codes.Codes`.
+`mvq.codes.Codes`.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def from_columns(z: torch.Tensor, grid: tuple[int, ...], channel_first: bool) -> torch.Tensor:
-    """Inverse of :func:`to_columns`: ``(B, D, N, 1)`` back to the input's layout."""
+    """Inverse of `to_columns`: ``(B, D, N, 1)`` back to the input's layout."""
     b, d = z.shape[:2]
     z = z.squeeze(-1)
     return z.reshape(b, d, *grid) if channel_first else z.transpose(1, 2).reshape(b, *grid, d)
@@ -115,8 +115,13 @@ class VectorQuantize(VectorQuantizer):
         dim: vector size D.
         codebook_size: entries K.
         channel_first: inputs are ``(B, D, ...)`` feature maps.
-        **kwargs: ``beta``, ``ema``, ``decay``, ``restart_dead``, ``dead_threshold``,
-            ``kmeans_init`` of :class:`~mvq.quantize.vq.VectorQuantizer`.
+        **kwargs: the codebook keywords of the engine
+            [`VectorQuantizer`][mvq.quantize.vq.VectorQuantizer], with their defaults:
+            ``beta=0.25`` (commitment weight), ``ema=True`` (EMA codebook updates, no codebook
+            gradient), ``decay=0.99`` (EMA decay), ``restart_dead=True`` (re-seed rarely used
+            codes from the batch), ``dead_threshold=0.03`` (expected assignments per batch
+            below which a code is dead), ``kmeans_init=False`` (k-means on the first training
+            batch), ``eps=1e-5`` (EMA smoothing).
     """
 
     def __init__(self, dim: int, codebook_size: int, *, channel_first: bool = False,
@@ -157,7 +162,8 @@ class MultiChannelVectorQuantize(MultiChannelQuantizer):
     all quantized by one shared codebook.
 
     ``quantized, indices, loss = vq(x)``: x ``(B, N, D)`` (or ``(B, D, H, W)``), indices
-    ``(B, N, channels)`` (``(B, H, W, channels)``), loss as :class:`VectorQuantize`'s.
+    ``(B, N, channels)`` (``(B, H, W, channels)``), loss as
+    [`VectorQuantize`][mvq.quantize.layers.VectorQuantize]'s.
     """
 
     def __init__(self, dim: int, codebook_size: int, *, channels: int = 4,

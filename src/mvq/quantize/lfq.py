@@ -14,7 +14,7 @@ for every code, q is a product of independent bits, ``q(bit_i = +) = sigmoid(4 t
 the per-token entropy is a sum of ``bits`` binary entropies and needs no enumeration. The
 average does not factorize: it is built over the 2^bits codes in chunks of tokens (bounded
 memory; with autograd each chunk is recomputed in the backward pass instead of kept), and
-``bits`` above :data:`ENTROPY_MAX_BITS` is refused when the entropy term is on.
+``bits`` above `ENTROPY_MAX_BITS` is refused when the entropy term is on.
 
 Against vector-quantize-pytorch 1.32's ``LFQ`` (the test reference): the same codes, ids and
 straight-through output, and the same definition of both entropies, with one difference: it
@@ -22,7 +22,7 @@ takes ``log(max(p, 1e-5))`` inside the entropies, so where probabilities fall be
 its and this layer's default tau = 100, for most codes) its terms differ from the exact
 entropies computed here; they are equal where every probability is above 1e-5. Its commitment
 weight defaults to 0 (here 0.25, as in mvq's VQ), and in eval mode it returns a zero loss;
-here eval mode keeps the commitment term (as :class:`mvq.VectorQuantize` does) and drops the
+here eval mode keeps the commitment term (as `mvq.VectorQuantize` does) and drops the
 entropy term, a statistic of the training batch.
 """
 
@@ -94,7 +94,7 @@ def _summed_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 def average_code_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """``E_tokens[q(c | z)]`` ``(2^bits,)`` from ``(M, bits)`` logits, in chunks of tokens so
-    that no more than :data:`CHUNK_ELEMENTS` probabilities exist at once (M >= 1)."""
+    that no more than `CHUNK_ELEMENTS` probabilities exist at once (M >= 1)."""
     chunk = max(1, CHUNK_ELEMENTS >> logits.shape[1])
     if logits.shape[0] <= chunk:
         return _summed_probabilities(logits) / logits.shape[0]

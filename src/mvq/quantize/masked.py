@@ -43,11 +43,11 @@ SEARCH_ROWS = 8192
 
 @dataclass
 class MaskedOutput:
-    """Result of :class:`MaskedQuantizer`.
+    """Result of `MaskedQuantizer`.
 
     y_hat: (B, D, H, W) representation fed to the decoder (straight-through to the encoders).
-    mask: (B, H', W', D') bool, the winning mask (bits last, as in :class:`mvq.codes.Codes`).
-    primary, secondary: the two :class:`QuantizeOutput`.
+    mask: (B, H', W', D') bool, the winning mask (bits last, as in `mvq.codes.Codes`).
+    primary, secondary: the two `QuantizeOutput`.
     mhd_loss: ||y_hat_j* - y||^2 (mean over elements).
     """
 
@@ -65,7 +65,7 @@ class MaskedQuantizer(nn.Module):
         primary, secondary: the two codebooks (K/2 entries each in the paper).
         f: network mapping a masked secondary code map (B, D', H', W') to (B, D, H, W).
         num_masks: J, masks sampled while training.
-        eval_masks: masks searched by :meth:`search` at inference (default: ``num_masks``);
+        eval_masks: masks searched by `search` at inference (default: ``num_masks``);
             drawn once from ``search_seed`` and shared by every image, so codes are
             deterministic and independent of the batch an image sits in.
         chunk_size: hypotheses evaluated at once per instance in the no-grad search.
@@ -309,7 +309,7 @@ class MaskedQuantizer(nn.Module):
         j is (secondary_ids[j], masks[j]). Their masked secondary codes are summed before f,
         y = e + f(sum_j e'_j * m_j), or with ``sum_outputs`` what each adds through f,
         y = e + f(0) + sum_j (f(e'_j * m_j) - f(0)). One configuration gives
-        :meth:`decode_codes`; none (N = 0) gives e + f(0).
+        `decode_codes`; none (N = 0) gives e + f(0).
         """
         e = self.primary.lookup(primary_ids)
         n, b, *grid2 = secondary_ids.shape

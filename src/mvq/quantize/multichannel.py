@@ -2,7 +2,7 @@
 
 The latent z (B, c * n_q, H, W) is split along channels into c chunks
 ``z[:, k*n_q:(k+1)*n_q]``; every chunk is quantized by the same
-:class:`~mvq.quantize.vq.VectorQuantizer` of dimension n_q (the chunks are stacked on the batch
+`VectorQuantizer` of dimension n_q (the chunks are stacked on the batch
 axis, so one call does all of them and EMA / dead-code restart see every chunk's vectors). Each
 position thus carries c ids: K^c combinations from a K-entry codebook.
 
@@ -25,7 +25,7 @@ class MultiChannelQuantizer(nn.Module):
         num_codes: codebook entries K.
         dim_total: latent channels n_z = c * n_q.
         channels: number of chunks c (``dim_total % channels == 0``).
-        **vq_kwargs: passed to :class:`VectorQuantizer` (beta, ema, decay, restart_dead, ...).
+        **vq_kwargs: passed to `VectorQuantizer` (beta, ema, decay, restart_dead, ...).
     """
 
     def __init__(self, num_codes: int, dim_total: int, channels: int = 4, **vq_kwargs) -> None:

@@ -1,6 +1,6 @@
 """Inference-time mask refinement (beyond the MVQ paper).
 
-The bank search of :class:`~mvq.quantize.masked.MaskedQuantizer` picks each secondary token's
+The bank search of `MaskedQuantizer` picks each secondary token's
 mask m* among J_eval fixed masks. Refinement starts from m* and does greedy coordinate descent
 on the mask bits: every round it tries each single-bit flip, keeps the one that lowers
 

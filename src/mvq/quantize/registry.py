@@ -1,5 +1,5 @@
 """The quantizer families ``model.quantizer`` chooses from: every ``FAMILY`` of the modules of
-:mod:`mvq.quantize.families`, by name, the default first. Nothing outside this package names a
+`mvq.quantize.families`, by name, the default first. Nothing outside this package names a
 family; the config, the tokenizers and the CLI ask this registry."""
 
 from __future__ import annotations

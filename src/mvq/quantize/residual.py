@@ -1,7 +1,7 @@
 """Residual vector quantization (RVQ; SoundStream's Algorithm 1, Zeghidour et al. 2021) as a
 drop-in layer with mvq's contract: ``quantized, indices, loss = rvq(x)``.
 
-``depth`` stages, each one of mvq's own :class:`~mvq.quantize.layers.VectorQuantize` layers
+``depth`` stages, each one of mvq's own `VectorQuantize` layers
 (nearest code in fp32, EMA codebook and dead-code restart by default): the first quantizes the
 input, each next one what the stages before it left over (the residual); the output is the sum
 of the stages' codes. The residual is taken from each stage's straight-through output, so the
@@ -57,10 +57,12 @@ class ResidualVQ(nn.Module):
         depth: the number of stages.
         channel_first: inputs are ``(B, D, ...)`` feature maps.
         **vq_kwargs: each stage's ``beta``, ``ema``, ``decay``, ``restart_dead``,
-            ``dead_threshold``, ``kmeans_init`` (:class:`mvq.VectorQuantize`'s).
+            ``dead_threshold``, ``kmeans_init``
+            ([`mvq.VectorQuantize`][mvq.quantize.layers.VectorQuantize]'s).
 
     Attributes:
-        stages: the ``depth`` :class:`mvq.VectorQuantize` layers, first to last.
+        stages: the ``depth`` [`mvq.VectorQuantize`][mvq.quantize.layers.VectorQuantize]
+            layers, first to last.
         codebook_size: K (per stage).
         bits_per_token: depth * log2(K).
     """

@@ -29,7 +29,7 @@ NEAREST_BLOCK = 1 << 19  # distances scored at once by the nearest-code search (
 
 @dataclass
 class QuantizeOutput:
-    """Result of :class:`VectorQuantizer`.
+    """Result of `VectorQuantizer`.
 
     quantized: (B, D, H, W) straight-through codes (forward value = codes, gradient -> input).
     codes: (B, D, H, W) the raw code vectors (gradient -> codebook only).
@@ -86,7 +86,7 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("embed_sum", weight.clone())
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         # training batches holding NaN / Inf: their codebook update is skipped and counted
-        # (no host read per step); :meth:`check_finite` raises on a count
+        # (no host read per step); `check_finite` raises on a count
         self.register_buffer("nonfinite_batches", torch.zeros((), dtype=torch.long),
                              persistent=False)
         self._init_checked = not kmeans_init  # host mirror of ``initialized`` once True
@@ -236,7 +236,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _restart_in_place(self, flat: torch.Tensor, ok: torch.Tensor) -> None:
-        """:meth:`_restart` without reading the number of dead codes on the host: a fresh
+        """`_restart` without reading the number of dead codes on the host: a fresh
         candidate is drawn for every code and taken where the code is dead (and the batch
         finite). Same rule, other random draws."""
         dead, expected = self._dead(flat)

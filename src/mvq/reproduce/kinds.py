@@ -3,14 +3,14 @@
 A kind decides what a finished run contributes to the report (one row per tokenizer, or one
 per prior and decoding), the size columns of the table, and the figures and text of its own
 (the fig5 plot, the class grid and class agreement). The generic report
-(:mod:`mvq.reproduce.report`) asks the plan's kind and names no experiment.
+(`mvq.reproduce.report`) asks the plan's kind and names no experiment.
 
-- :class:`TokenizerSweep`: tokenizers compared by their reconstructions (fig5, table1, ...);
-- :class:`TrainingLength`: a sweep whose runs are also evaluated at earlier steps, one row per
+- `TokenizerSweep`: tokenizers compared by their reconstructions (fig5, table1, ...);
+- `TrainingLength`: a sweep whose runs are also evaluated at earlier steps, one row per
   (run, length) (training-length);
-- :class:`Generation`: priors on shared tokenizer runs, compared by their samples;
-- :class:`ClassConditional`: a generation experiment with a class grid and class agreement;
-- :class:`Benchmark`: a benchmark that runs alone (table6: token sampling times).
+- `Generation`: priors on shared tokenizer runs, compared by their samples;
+- `ClassConditional`: a generation experiment with a class grid and class agreement;
+- `Benchmark`: a benchmark that runs alone (table6: token sampling times).
 """
 
 from __future__ import annotations

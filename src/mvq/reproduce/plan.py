@@ -1,6 +1,6 @@
 """The papers' experiments as plans: which models to train, with which settings and seeds.
 
-A plan is a list of :class:`Run` (one trained tokenizer each, optionally with a prior) and the
+A plan is a list of `Run` (one trained tokenizer each, optionally with a prior) and the
 evaluation every run gets. Runs are named by what they are (data, factor, K, model, J, seed,
 steps), so two experiments that need the same model share one run folder: ``two-vs-five``
 reuses ``fig5``'s runs.

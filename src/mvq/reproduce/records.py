@@ -1,8 +1,8 @@
 """What a finished run leaves for the report, and the report's rows.
 
-A tokenizer run leaves a :class:`RunRecord` (its evaluation, its config; table5: its one
-prior's sample metrics); the generation experiments read one :class:`SampleRecord` per prior
-and decoding. The report aggregates records into :class:`Cell` rows (mean / std over seeds).
+A tokenizer run leaves a `RunRecord` (its evaluation, its config; table5: its one
+prior's sample metrics); the generation experiments read one `SampleRecord` per prior
+and decoding. The report aggregates records into `Cell` rows (mean / std over seeds).
 Each record's ``to_json`` is its entry in results.json.
 """
 

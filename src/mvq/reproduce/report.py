@@ -51,7 +51,7 @@ def comparisons(plan: Plan, cells: list[Cell]) -> list[dict]:
     """Each non-baseline cell against each baseline cell that shares its ``plan.match`` labels
     (the same tokens and K by default), then each of ``plan.pairs`` whose two rows are both
     there: one entry per metric measured on both sides, with its Welch test, its q over all the
-    report's comparisons and its verdict (:mod:`mvq.reproduce.stats`)."""
+    report's comparisons and its verdict (`mvq.reproduce.stats`)."""
     def has(c: Cell, labels: dict) -> bool:
         return all(c.labels.get(k) == v for k, v in labels.items())
 

@@ -1,7 +1,7 @@
 """One training engine for tokenizers and priors.
 
-A model supplies a :class:`Trainee` (its step, its validation, the contents of its checkpoint);
-:func:`fit` supplies everything around it: step-seeded batches, exact resume, the validation
+A model supplies a `Trainee` (its step, its validation, the contents of its checkpoint);
+`fit` supplies everything around it: step-seeded batches, exact resume, the validation
 and checkpoint cadence, the CSV log, the progress bar, DDP under torchrun, the divergence stop
 and the lock on the output folder.
 
@@ -213,7 +213,7 @@ def fit(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device: tor
 def _run(trainee: Trainee, schedule: Schedule, out_dir: Path, launch, device,
          resume_from: Path | None, target: Path | None, progress: bool | str) -> FitResult:
     """Resume (or not: the training state, the settings that may change, the run's threads),
-    then :func:`_wrapped`."""
+    then `_wrapped`."""
     step, metrics, initial = 0, {}, {}
     threads = torch.get_num_threads()
     run = sealed.run_of(resume_from) if resume_from is not None else None

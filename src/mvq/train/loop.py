@@ -97,7 +97,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | str = True,
     run that has reached ``train.steps`` trains nothing and returns its final metrics. On
     resume, ``cfg`` may differ from the run's config only in keys of
     ``config.RESUME_MAY_CHANGE`` (applied and logged); other differences are refused.
-    ``progress``: as :func:`mvq.train.engine.fit`.
+    ``progress``: as `mvq.train.engine.fit`.
 
     Under ``torchrun --nproc_per_node N`` the N processes train one model with DDP: each takes
     1/N of every batch (train.batch_size stays the global batch), the EMA codebooks and the
