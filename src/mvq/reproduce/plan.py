@@ -462,7 +462,7 @@ def mask_sampling(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     return Plan("mask-sampling", scale, "MH-Dropout's training masks per instance (the paper's "
                 "reading) against one bank per batch (the table search), MVQVAE 1+1, K=16",
                 runs, first.eval_n, first.metrics, ("tokens", "K", "J", "masks"),
-                baseline={"masks": "per instance"}, match=("J",),
+                baseline={"masks": "per instance"}, match=("tokens", "K", "J"),
                 notes=first.notes + ["the per-instance runs are fig5's; the per-batch runs "
                                      "differ only in train.mask_sampling=batch"])
 
