@@ -237,6 +237,10 @@ def test_prior_panel_draws_samples_and_redraws_the_mask_of_a_fixed_code(prior_se
     assert all(len(b) == info["tokens2"] * info["bits"] for b in m0["masks"])
     status, _, body = get(prior_server, "/api/prior/masks?seed=3&n=4&pick=9")
     assert status == 400 and "pick 9 is outside" in json.loads(body)["error"]
+    for query in (f"samples?seed={2**64}&n=2", "samples?seed=-1&n=2",
+                  f"masks?seed=3&n=4&pick=1&draw={2**64}"):  # was a 500 (generator's error)
+        status, _, body = get(prior_server, f"/api/prior/{query}")
+        assert status == 400 and "seed from 0 to 2**64 - 1" in json.loads(body)["error"]
 
 
 def test_without_a_prior_the_prior_api_says_how_to_get_one(server):

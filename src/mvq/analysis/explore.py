@@ -215,10 +215,10 @@ def _routes(explorer: Explorer, panel: PriorPanel | None):
         "/api/atlas": lambda q: js(explorer.atlas(*mask_query(q)[:2])),
         "/api/grid.png": grid,
         "/api/prior/samples": lambda q: js(need_panel().samples(
-            _int(q.get("seed", "0")), _int(q.get("n", "8")), cls(q))),
+            _seed(q.get("seed", "0")), _int(q.get("n", "8")), cls(q))),
         "/api/prior/masks": lambda q: js(need_panel().masks(
-            _int(q.get("seed", "0")), _int(q.get("n", "8")), _int(q.get("pick", "0")),
-            _int(q.get("draw", "0")), _int(q.get("count", "8")), cls(q))),
+            _seed(q.get("seed", "0")), _int(q.get("n", "8")), _int(q.get("pick", "0")),
+            _seed(q.get("draw", "0")), _int(q.get("count", "8")), cls(q))),
     }
 
 
@@ -296,6 +296,14 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise MvqError(f"expected an integer, found {text[:20]!r}") from None
+
+
+def _seed(text: str) -> int:
+    """A seed of the prior panel: an integer a torch generator takes, 0 to 2**64 - 1."""
+    seed = _int(text)
+    if not 0 <= seed < 2**64:
+        raise MvqError(f"expected a seed from 0 to 2**64 - 1, found {text[:24]}")
+    return seed
 
 
 def make_server(checkpoint: str | Path, port: int = 8765, images: int = 64,
