@@ -48,9 +48,19 @@ def comparable(config: dict) -> dict:
     return out
 
 
+# fields added since runs were kept, with the value every run made before them had (not
+# today's default, which may change)
+ADDED_FIELDS = (("train", "mask_sampling", "instance"),)
+
+
 def _with_defaults(saved: dict) -> dict:
-    """A saved config as this version resolves it: a field added since it was written takes
-    its default (a run made before ``train.mask_sampling`` existed drew masks per instance)."""
+    """A saved config as this version resolves it: a field added since it was written takes the
+    value the run was made with (``ADDED_FIELDS``), any other its default."""
+    saved = {name: dict(section) if isinstance(section, dict) else section
+             for name, section in saved.items()} if isinstance(saved, dict) else saved
+    for section, name, value in ADDED_FIELDS:
+        if isinstance(saved, dict) and isinstance(saved.get(section), dict):
+            saved[section].setdefault(name, value)
     try:
         return config_to_dict(config_from_dict(saved))
     except MvqError:  # unreadable as a config: compared as written, so the difference is named
