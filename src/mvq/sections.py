@@ -13,6 +13,7 @@ from mvq.errors import MvqError
 from mvq.fields import ANY, Range, at_least, one_of, positive, unit_interval
 from mvq.nn.spatial_norm import F0_KINDS
 from mvq.nn.taming import SPATIAL_NORM_KINDS
+from mvq.quantize.masked import MASK_SAMPLING
 from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
 from mvq.quantize.registry import FAMILIES
 
@@ -62,7 +63,6 @@ class DataConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-MASK_SAMPLING = ("instance", "batch")  # as mvq.quantize.masked.MASK_SAMPLING
 
 
 @dataclass

@@ -22,6 +22,7 @@ API (GET; BITS is the mask as '0'/'1', secondary token by token, D' bits each):
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import sys
@@ -33,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 import torch
 from PIL import Image
 
+from mvq import argtypes
 from mvq.analysis import codes as C
 from mvq.analysis import pick_distinct
 from mvq.analysis.explore_page import PAGE
@@ -299,11 +301,11 @@ def _int(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    """A seed of the prior panel: an integer a torch generator takes, 0 to 2**64 - 1."""
-    seed = _int(text)
-    if not 0 <= seed < 2**64:
-        raise MvqError(f"expected a seed from 0 to 2**64 - 1, found {text[:24]}")
-    return seed
+    """A seed of the prior panel, checked as the command line checks one (argtypes.seed)."""
+    try:
+        return argtypes.seed(text)
+    except argparse.ArgumentTypeError as err:
+        raise MvqError(str(err)) from None
 
 
 def make_server(checkpoint: str | Path, port: int = 8765, images: int = 64,

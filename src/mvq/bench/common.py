@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from mvq.argtypes import positive_int
 from mvq.config import check_writable
 from mvq.errors import MvqError
 from mvq.outputs import write_text
@@ -31,15 +32,12 @@ def json_path(text: str) -> Path:
 
 
 def positive_ints(text: str) -> list[int]:
-    """``1,4,16``: a comma-separated list of integers >= 1."""
+    """``1,4,16``: a comma-separated list of integers >= 1 (each as argtypes.positive_int)."""
     try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
+        return [positive_int(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected integers >= 1 separated by commas, such as "
                                          f"1,4,16; found {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, found {text!r}")
-    return values
 
 
 def write_json(path: Path | None, data: object) -> None:

@@ -81,6 +81,15 @@ def _check_mask(mask: object, shape: tuple) -> torch.Tensor:
     return mask.bool()
 
 
+def check_ids_per_position(indices: object, n: int, what: str) -> tuple[int, ...]:
+    """Integer ids ``(B, *grid, n)`` (``n`` per position, one per ``what``); returns the grid."""
+    _check_ids(indices, "indices")
+    if indices.dim() < 2 or indices.shape[-1] != n:
+        raise MvqError(f"indices must be (B, *grid, {n}) (one id per {what}), found shape "
+                       f"{tuple(indices.shape)}")
+    return tuple(indices.shape[1:-1])
+
+
 def to_columns(x: torch.Tensor, channel_first: bool) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Any ``(B, ..., D)`` (or channel-first ``(B, D, ...)``) as a ``(B, D, N, 1)`` map whose
     N positions are the input's, in order; also returns the grid ``...``."""
@@ -198,11 +207,7 @@ class MultiChannelVectorQuantize(MultiChannelQuantizer):
 
     def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Vectors for ids ``(B, *grid, channels)``, in the layer's layout."""
-        _check_ids(indices, "indices")
-        if indices.dim() < 2 or indices.shape[-1] != self.channels:
-            raise MvqError(f"indices must be (B, *grid, {self.channels}), found shape "
-                           f"{tuple(indices.shape)}")
-        grid = tuple(indices.shape[1:-1])
+        grid = check_ids_per_position(indices, self.channels, "channel")
         flat = indices.reshape(indices.shape[0], math.prod(grid), 1, self.channels)
         return from_columns(self.lookup(flat), grid, self.channel_first)
 

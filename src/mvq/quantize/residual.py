@@ -17,12 +17,11 @@ import math
 import torch
 from torch import nn
 
-from mvq.errors import MvqError
 from mvq.quantize.arguments import check_bool, check_codebook, check_int, check_vq_kwargs
 from mvq.quantize.layers import (
     VectorQuantize,
-    _check_ids,
     _check_input,
+    check_ids_per_position,
     from_columns,
     to_columns,
 )
@@ -104,11 +103,7 @@ class ResidualVQ(nn.Module):
 
     def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """The sum of the stages' codes for ids ``(B, *grid, depth)``, in the layer's layout."""
-        _check_ids(indices, "indices")
-        if indices.dim() < 2 or indices.shape[-1] != self.depth:
-            raise MvqError(f"indices must be (B, *grid, {self.depth}) (one id per stage), found "
-                           f"shape {tuple(indices.shape)}")
-        grid = tuple(indices.shape[1:-1])
+        grid = check_ids_per_position(indices, self.depth, "stage")
         flat = indices.reshape(indices.shape[0], math.prod(grid), 1, self.depth)
         codes = sum(stage.lookup(flat[..., k]) for k, stage in enumerate(self.stages))
         return from_columns(codes, grid, self.channel_first)
