@@ -261,8 +261,11 @@ class MaskedQuantizer(nn.Module):
         random masks (per instance or per batch, ``mask_sampling``) when training, the seeded
         bank at inference.
         """
-        # the rows the secondary codes are looked up in, before training updates them
-        rows = self.secondary.embedding.detach().clone() if self.training else None
+        # the rows the secondary codes are looked up in, before training updates them: only
+        # where the masks are shared, so the table search may use them
+        shared = masks.dim() == y2.dim() if masks is not None else self.mask_sampling == "batch"
+        rows = (self.secondary.embedding.detach().clone()
+                if self.training and shared and self.search != "chunked" else None)
         q1, q2 = self.primary(y), self.secondary(y2)
         e, e2 = q1.quantized, q2.quantized  # straight-through codes
         if masks is None:

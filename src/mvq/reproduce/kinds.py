@@ -229,13 +229,7 @@ def plot(plan: Plan, axes_of: Plot, cells: list[Cell], path: Path) -> Path | Non
             axes[row][col].set_title(f"{axes_of.title(value)}: {METRIC_NAMES[m]}")
             if row == 0 and col == 0:
                 axes[row][col].legend(fontsize=8)
-    fig.suptitle(textwrap.fill(f"{plan.title}: mean ± std over seeds (mvq reproduce "
-                               f"{plan.experiment} --scale {plan.scale})", 60 * len(series)),
-                 fontsize=10)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, plan, path, 60 * len(series), "std")
 
 
 def length_plot(plan: Plan, cells: list[Cell], path: Path) -> Path | None:
@@ -270,9 +264,13 @@ def length_plot(plan: Plan, cells: list[Cell], path: Path) -> Path | None:
             ax.grid(alpha=0.3)
             if row == 0 and col == 0:
                 ax.legend(fontsize=8)
-    fig.suptitle(textwrap.fill(f"{plan.title}: mean ± sd over seeds (mvq reproduce "
-                               f"{plan.experiment} --scale {plan.scale})", 52 * len(tokens)),
-                 fontsize=10)
+    return _finish(plt, fig, plan, path, 52 * len(tokens), "sd")
+
+
+def _finish(plt, fig, plan: Plan, path: Path, width: int, spread: str) -> Path:
+    """Title (what the plot is and the command that made it), layout, an atomic PNG."""
+    fig.suptitle(textwrap.fill(f"{plan.title}: mean ± {spread} over seeds (mvq reproduce "
+                               f"{plan.experiment} --scale {plan.scale})", width), fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
