@@ -23,13 +23,15 @@ VQ_RENAMED = {
     "threshold_ema_dead_code": "give restart_dead=True and dead_threshold= (expected "
                                "assignments per batch, e.g. dead_threshold=0.03)",
     "accept_image_fmap": "pass channel_first=True for (B, D, H, W) maps",
-    "codebook_dim": "not supported: mvq's codes have the input's size dim; project the input "
-                    "to the size you want first",
+    "codebook_dim": "not supported by this layer: VectorQuantize takes codebook_dim= (a "
+                    "low-dimensional lookup); here project the input to the size you want first",
     "heads": "not supported: mvq's VQ has one head (MultiChannelVectorQuantize splits each "
              "vector into channels= chunks over one shared codebook)",
     "separate_codebook_per_head": "not supported: mvq's VQ has one head",
-    "use_cosine_sim": "not supported: mvq's VQ uses Euclidean distance",
-    "rotation_trick": "not supported: mvq's VQ uses the straight-through estimator",
+    "use_cosine_sim": "not supported by this layer (Euclidean distance): VectorQuantize takes "
+                      "cosine=True",
+    "rotation_trick": "not supported by this layer (straight-through estimator): "
+                      "VectorQuantize takes rotation_trick=True",
     "orthogonal_reg_weight": "not supported",
     "stochastic_sample_codes": "not supported: mvq's VQ takes the nearest code",
     "sample_codebook_temp": "not supported: mvq's VQ takes the nearest code",
@@ -37,6 +39,8 @@ VQ_RENAMED = {
     "sync_kmeans": "not supported: k-means runs on rank 0 and is broadcast",
     "sync_codebook": "not supported: EMA statistics are always all-reduced under DDP",
 }
+# VectorQuantize's own spellings of vector-quantize-pytorch's lookup options
+LOOKUP_RENAMED = {"use_cosine_sim": "give cosine=True (inputs and codes l2-normalised)"}
 VQ_ARGUMENTS = ("beta", "ema", "decay", "restart_dead", "dead_threshold", "kmeans_init", "eps")
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from mvq.errors import MvqError
 from mvq.quantize.arguments import (
+    LOOKUP_RENAMED,
     check_bool,
     check_choice,
     check_codebook,
@@ -30,6 +31,7 @@ from mvq.quantize.arguments import (
     check_module,
     check_optional_int,
     check_vq_kwargs,
+    linear,
 )
 from mvq.quantize.masked import MASK_SAMPLING, SEARCHES, MaskedOutput, MaskedQuantizer
 from mvq.quantize.multichannel import MultiChannelQuantizer
@@ -124,6 +126,12 @@ class VectorQuantize(VectorQuantizer):
         dim: vector size D.
         codebook_size: entries K.
         channel_first: inputs are ``(B, D, ...)`` feature maps.
+        codebook_dim: search a codebook of this size: a linear map takes each vector from
+            ``dim`` down to it before the lookup and another back after (ViT-VQGAN's
+            low-dimensional code lookup; the loss is the looked-up space's). Default ``dim``:
+            no projection.
+        cosine: l2-normalise vectors and codes before the lookup (cosine similarity).
+        rotation_trick: the rotation trick's gradient instead of straight through.
         **kwargs: the codebook keywords of the engine
             [`VectorQuantizer`][mvq.quantize.vq.VectorQuantizer], with their defaults:
             ``beta=0.25`` (commitment weight), ``ema=True`` (EMA codebook updates, no codebook
@@ -134,22 +142,35 @@ class VectorQuantize(VectorQuantizer):
     """
 
     def __init__(self, dim: int, codebook_size: int, *, channel_first: bool = False,
-                 **kwargs: object) -> None:
+                 codebook_dim: int | None = None, cosine: bool = False,
+                 rotation_trick: bool = False, **kwargs: object) -> None:
         layer = "VectorQuantize"
         check_int(layer, "dim", dim, 1, "dim=64")
         check_int(layer, "codebook_size", codebook_size, 1, "codebook_size=512")
-        check_bool(layer, "channel_first", channel_first)
-        kwargs = check_vq_kwargs(layer, kwargs, "dim, codebook_size, channel_first")
-        check_codebook(layer, codebook_size, dim)
-        super().__init__(codebook_size, dim, **kwargs)
-        self.channel_first = channel_first
+        lookup = dim if codebook_dim is None else check_int(layer, "codebook_dim", codebook_dim,
+                                                            1, "codebook_dim=8")
+        for name, value in (("channel_first", channel_first), ("cosine", cosine),
+                            ("rotation_trick", rotation_trick)):
+            check_bool(layer, name, value)
+        kwargs = check_vq_kwargs(layer, kwargs, "dim, codebook_size, channel_first, "
+                                 "codebook_dim, cosine, rotation_trick", LOOKUP_RENAMED)
+        check_codebook(layer, codebook_size, lookup)
+        super().__init__(codebook_size, lookup, cosine=cosine, rotation_trick=rotation_trick,
+                         **kwargs)
+        self.channel_first, self.input_dim = channel_first, dim
+        projects = lookup != dim
+        self.project_in = nn.Linear(dim, lookup) if projects else nn.Identity()
+        self.project_out = nn.Linear(lookup, dim) if projects else nn.Identity()
 
     def quantize(self, z: torch.Tensor) -> QuantizeOutput:
-        """The detailed output on a ``(B, D, H, W)`` map (every loss term, the raw codes)."""
+        """The detailed output on a ``(B, D, H, W)`` map of the looked-up size
+        (``codebook_dim``): every loss term, the raw codes."""
         return VectorQuantizer.forward(self, z)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = _check_input(x, self.dim, self.channel_first, "VectorQuantize")
+        x = _check_input(x, self.input_dim, self.channel_first, "VectorQuantize")
+        if self.input_dim != self.dim:
+            return self._projected(x)
         if not self.channel_first:  # (B, ..., D): its rows as (M, D, 1, 1), no transpose
             out = self.quantize(as_rows(x, self.dim))
             return out.quantized.reshape(x.shape), out.indices.reshape(x.shape[:-1]), out.loss
@@ -158,11 +179,26 @@ class VectorQuantize(VectorQuantizer):
         return (from_columns(out.quantized, grid, self.channel_first),
                 out.indices.reshape(x.shape[0], *grid), out.loss)
 
+    def _projected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Down to ``codebook_dim``, the lookup, back up (fp32 maths under autocast)."""
+        last = x.movedim(1, -1) if self.channel_first else x
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            rows = last.reshape(-1, self.input_dim)
+            rows = rows if rows.dtype == torch.float64 else rows.float()
+            out = self.quantize(linear(self.project_in, rows)[:, :, None, None])
+            up = linear(self.project_out, out.quantized.flatten(1)).reshape(last.shape)
+        up = up.movedim(-1, 1) if self.channel_first else up
+        return up.to(x.dtype), out.indices.reshape(last.shape[:-1]), out.loss
+
     def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code vectors for ids ``(B, *grid)``, in the layer's layout."""
+        """Code vectors for ids ``(B, *grid)`` (after ``project_out``), in the layer's layout."""
         _check_ids(indices, "indices")
         grid = tuple(indices.shape[1:])
         codes = self.lookup(indices.reshape(indices.shape[0], math.prod(grid), 1))  # (B, D, N, 1)
+        if self.input_dim != self.dim:
+            with torch.autocast(device_type=codes.device.type, enabled=False):
+                up = linear(self.project_out, codes.squeeze(-1).transpose(1, 2))
+            codes = up.transpose(1, 2).unsqueeze(-1)
         return from_columns(codes, grid, self.channel_first)
 
 

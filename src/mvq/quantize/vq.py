@@ -58,6 +58,12 @@ class VectorQuantizer(nn.Module):
         restart_dead: replace codes whose running usage falls below ``dead_threshold``
             (in expected assignments per batch) by random encoder outputs of the batch.
         kmeans_init: initialise the codebook with k-means on the first training batch.
+        cosine: search and output on the unit sphere: inputs and codes are l2-normalised
+            (ViT-VQGAN's cosine code lookup); the losses compare the normalised vectors.
+        rotation_trick: pass the gradient to the input through the rotation that takes it
+            onto its code, scaled by their norm ratio (Fifty et al. 2024, "Restructuring
+            Vector Quantization with the Rotation Trick"), instead of straight through; the
+            forward value is the code either way.
     """
 
     def __init__(
@@ -71,6 +77,8 @@ class VectorQuantizer(nn.Module):
         restart_dead: bool = True,
         dead_threshold: float = 0.03,
         kmeans_init: bool = False,
+        cosine: bool = False,
+        rotation_trick: bool = False,
     ) -> None:
         super().__init__()
         if num_codes < 1 or dim < 1:
@@ -79,6 +87,7 @@ class VectorQuantizer(nn.Module):
         self.ema, self.decay, self.eps = ema, decay, eps
         self.restart_dead, self.dead_threshold = restart_dead, dead_threshold
         self.kmeans_init = kmeans_init
+        self.cosine, self.rotation_trick = cosine, rotation_trick
         weight = torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
         self.embedding = nn.Parameter(weight, requires_grad=not ema)
         # Running assignment counts (all modes: drives dead-code restart and usage stats).
@@ -111,12 +120,17 @@ class VectorQuantizer(nn.Module):
                            "check the input)")
 
     # ----------------------------------------------------------------- lookups
+    def codebook(self) -> torch.Tensor:
+        """The code vectors as the search and the output use them: the embedding, each row
+        at unit length under ``cosine`` (the EMA averages normalised inputs)."""
+        return F.normalize(self.embedding, dim=1) if self.cosine else self.embedding
+
     @torch.no_grad()
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Ids of the nearest codes, computed in fp32. flat: (N, D) -> (N,)."""
         if flat.dtype != torch.float64:
             flat = flat.float()
-        weight = self.embedding.to(flat.dtype)
+        weight = self.codebook().to(flat.dtype)
         # ||x||^2 is the same for every code: argmin over ||e||^2 - 2 x.e (one fused addmm),
         # in blocks of rows whose distances stay in the cache (a (N, K) matrix would not)
         norms, codes_t = weight.pow(2).sum(1), weight.t()
@@ -138,7 +152,7 @@ class VectorQuantizer(nn.Module):
                 f"code ids must lie in [0, {self.num_codes}), found "
                 f"[{int(indices.min())}, {int(indices.max())}]"
             )
-        return F.embedding(indices, self.embedding).permute(0, 3, 1, 2).contiguous()
+        return F.embedding(indices, self.codebook()).permute(0, 3, 1, 2).contiguous()
 
     # ----------------------------------------------------------------- forward
     def forward(self, z: torch.Tensor) -> QuantizeOutput:
@@ -148,6 +162,8 @@ class VectorQuantizer(nn.Module):
                            f"{tuple(z.shape)}")
         with torch.autocast(device_type=z.device.type, enabled=False):
             z32 = z if z.dtype == torch.float64 else z.float()  # at least fp32
+            if self.cosine:
+                z32 = F.normalize(z32, dim=1)
             flat = z32.permute(0, 2, 3, 1).reshape(-1, self.dim)
             empty = flat.shape[0] == 0  # an empty batch or grid: no update, zero losses
             if self.training and not self._init_checked and not empty:
@@ -155,7 +171,7 @@ class VectorQuantizer(nn.Module):
                     self._kmeans(flat.detach())
                 self._init_checked = True
             indices = self.nearest(flat)
-            codes = F.embedding(indices, self.embedding).to(z32.dtype)
+            codes = F.embedding(indices, self.codebook()).to(z32.dtype)
             codes = codes.view(z.shape[0], z.shape[2], z.shape[3], self.dim).permute(0, 3, 1, 2)
             codebook_loss = mse(codes, z32.detach())  # ||sg[y] - e||^2: moves e
             commit_loss = mse(z32, codes.detach())  # ||y - sg[e]||^2: moves y
@@ -166,7 +182,10 @@ class VectorQuantizer(nn.Module):
             loss = self.beta * commit_loss
             if not self.ema:
                 loss = loss + codebook_loss
-            quantized = z32 + (codes - z32).detach()  # straight-through estimator
+            if self.rotation_trick and torch.is_grad_enabled() and z32.requires_grad:
+                quantized = rotated(z32, codes)
+            else:
+                quantized = z32 + (codes - z32).detach()  # straight-through estimator
         return QuantizeOutput(
             quantized=quantized.to(z.dtype),
             codes=codes,
@@ -270,7 +289,24 @@ class VectorQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     def extra_repr(self) -> str:
-        return f"K={self.num_codes}, D={self.dim}, beta={self.beta}, ema={self.ema}"
+        return (f"K={self.num_codes}, D={self.dim}, beta={self.beta}, ema={self.ema}"
+                + ", cosine" * self.cosine + ", rotation_trick" * self.rotation_trick)
+
+
+def rotated(z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The codes ``(B, D, H, W)`` in the forward pass; in the backward pass the rotation
+    trick's gradient to z: with u = z / |z| and q = e / |e| (constants), R = I - 2 w w^T +
+    2 q u^T for w = (u + q) / |u + q| turns u onto q, and the output's gradient reaches z as
+    (|e| / |z|) R^T g. R and the scale are held constant, so the map is linear in z."""
+    tiny = torch.finfo(z.dtype).tiny
+    e, x = codes.detach(), z.detach()
+    z_norm, e_norm = x.norm(dim=1, keepdim=True), e.norm(dim=1, keepdim=True)
+    q, live = e / e_norm.clamp_min(tiny), z_norm > 0
+    u = torch.where(live, x / z_norm.clamp_min(tiny), q)  # z = 0: R = I, straight through
+    w = F.normalize(u + q, dim=1)  # 0 where u = -q: R is then I + 2 q u^T, still u -> q
+    turned = z - 2 * (z * w).sum(1, keepdim=True) * w + 2 * (z * u).sum(1, keepdim=True) * q
+    moved = turned * torch.where(live, e_norm / z_norm.clamp_min(tiny), 1.0)
+    return e + (moved - moved.detach())  # the code's exact value, the rotation's gradient
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
