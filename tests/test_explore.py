@@ -2,9 +2,16 @@ import base64
 import http.client
 import io
 import json
+import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
+from fnmatch import fnmatch
+from html.parser import HTMLParser
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +20,7 @@ from conftest import tiny_model_config
 from PIL import Image
 
 from mvq.analysis import codes as C
+from mvq.analysis import explore_page
 from mvq.analysis.explore import ExploreServer, make_server
 from mvq.checkpoint import save_checkpoint
 from mvq.cli import main
@@ -105,8 +113,66 @@ def test_page_info_image_and_decode(server):
     assert status == 200 and kind == "image/png" and png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _page(name):
+    return resources.files("mvq.analysis").joinpath("page").joinpath(name)
+
+
+@pytest.mark.parametrize("path, name, kind", [("/", "index.html", "text/html"),
+                                              ("/style.css", "style.css", "text/css"),
+                                              ("/app.js", "app.js", "text/javascript")])
+def test_the_page_is_package_data_served_as_it_is(server, path, name, kind):
+    assert explore_page.FILES[path] == name and _page(name).is_file()
+    status, served, body = get(server, path)
+    assert status == 200 and served == f"{kind}; charset=utf-8"
+    assert body == _page(name).read_bytes()
+    body.decode("ascii")  # ASCII only: no charset to get wrong anywhere
+
+
+class _Ids(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.ids += [attrs["id"]] if "id" in attrs else []
+        self.links += [attrs[a] for a in ("src", "href") if attrs.get(a) not in (None, "#")]
+
+
+def test_the_page_script_finds_every_element_it_names_and_loads_nothing_from_outside():
+    page = _Ids()
+    page.feed(_page("index.html").read_text())
+    assert len(page.ids) == len(set(page.ids)), "an id used twice"
+    assert sorted(page.links) == ["app.js", "style.css"]  # the page works offline
+    named = set(re.findall(r'\$\("([\w-]+)"\)', _page("app.js").read_text()))
+    assert named and named <= set(page.ids), named - set(page.ids)
+    assert "http" not in _page("style.css").read_text() + _page("app.js").read_text()
+
+
+def test_every_file_of_the_page_is_declared_package_data():
+    """The wheel carries what pyproject.toml's package-data names (tests/test_wheel.py builds
+    it; this is the quick check that no file of page/ is left out of the patterns)."""
+    import tomllib  # Python 3.11+, like tests/test_docs.py
+
+    root = Path(__file__).resolve().parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = data["package-data"]["mvq.analysis"]
+    files = sorted(f.name for f in (root / "src/mvq/analysis/page").iterdir())
+    assert files == sorted(explore_page.FILES.values())
+    assert all(any(fnmatch(f"page/{f}", pat) for pat in patterns) for f in files), patterns
+
+
+def test_the_page_script_parses():
+    """node's own parser (`node --check`) over app.js; no HTML or CSS linter is installed."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node not installed: the script's syntax is checked by the browser tests")
+    done = subprocess.run([node, "--check", str(_page("app.js"))], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("path", ["/etc/passwd", "/../README.md", "/api/", "/api/infos",
-                                  "/favicon.ico"])
+                                  "/favicon.ico", "/page/app.js", "/index.html"])
 def test_other_paths_are_404(server, path):
     assert get(server, path)[0] == 404
 

@@ -7,7 +7,7 @@ socket timeout, so an idle or half-sent connection holds up no other request; a 
 goes away mid-answer is logged as one line.
 
 API (GET; BITS is the mask as '0'/'1', secondary token by token, D' bits each):
-  /                               the page
+  /, /style.css, /app.js          the page (package data: analysis/page/)
   /api/info                       images, tokens2, bits (D'), size, default transfer targets
   /api/image/I                    test image I: its input and encoded mask
   /api/decode?image=I&mask=BITS&targets=J,K   (e, e', BITS) of image I decoded on its own
@@ -36,8 +36,7 @@ from PIL import Image
 
 from mvq import argtypes
 from mvq.analysis import codes as C
-from mvq.analysis import pick_distinct
-from mvq.analysis.explore_page import PAGE
+from mvq.analysis import explore_page, pick_distinct
 from mvq.codes import Codes
 from mvq.config import model_hash
 from mvq.data import class_names, first_images
@@ -208,8 +207,12 @@ def _routes(explorer: Explorer, panel: PriorPanel | None):
     def cls(q: dict) -> int | None:
         return _int(q["class"]) if q.get("class", "") != "" else None
 
+    def static(body: bytes, kind: str):
+        return lambda q: (200, body, kind, {})
+
+    page = {path: static(*file) for path, file in explore_page.files().items()}
     return {
-        "/": lambda q: (200, PAGE.encode(), "text/html; charset=utf-8", {}),
+        **page,
         "/api/info": lambda q: js({**explorer.info(),
                                    "prior": panel.info() if panel else None}),
         "/api/decode": lambda q: js({"images": [_png(d) for d in
