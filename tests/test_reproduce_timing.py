@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from test_reproduce import _plan, _run
 
-from mvq.config import config_to_dict
+from mvq.config import config_to_dict, load_config
 from mvq.models.base import build_model
 from mvq.reproduce import build_plan
 from mvq.reproduce.kinds import Generation
@@ -193,6 +193,17 @@ def test_the_prior_model_grows_with_the_transformer_work_per_image():
     measured = {"gpt 1+1": 0.030, "gpt 4+1": 0.13, "gpt movq": 0.77, "maskgit movq": 0.18}
     assert all(0.8 < step[k] / measured[k] < 1.25 for k in measured), step
     assert model_prior_step_seconds("pixelcnn") > 0
+
+
+def test_the_config_only_token_count_is_the_model_class_own():
+    """tokens_per_image asks the tokenizer class (tokens_of), so it counts a residual VQ's
+    depth ids per position as the built model does (a copy of the geometry here had counted
+    one id per position)."""
+    for over in ([], ["model.type=vqvae"], ["model.type=vqvae", "model.quantizer=rvq",
+                                            "model.depth=3"]):
+        cfg = load_config("fmnist_f28_k16_quick", over).model
+        assert tokens_per_image(cfg) == build_model(cfg).tokens
+    assert tokens_per_image(cfg) == (3, 0)
 
 
 def test_the_report_counts_all_the_recorded_work_and_each_prior_once():

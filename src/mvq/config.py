@@ -24,36 +24,37 @@ from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
 from mvq.quantize.registry import FAMILY_FIELDS, family
 from mvq.sections import (
     GAN_TYPES,
+    MASK_TYPES,
     MODEL_TYPES,
     PRECISIONS,
     QUANTIZER_TYPES,
     RANGES,
     DataConfig,
     ModelConfig,
+    ModelType,
     MoVQConfig,
     TrainConfig,
     VQGANLossConfig,
+    model_type,
 )
 
 __all__ = [  # the section classes and tables are defined in mvq.sections, re-exported here
-    "GAN_TYPES", "MODEL_TYPES", "PRECISIONS", "QUANTIZER_TYPES", "RANGES", "RESUME_MAY_CHANGE",
-    "Config", "DataConfig", "ModelConfig", "MoVQConfig", "TrainConfig", "VQGANLossConfig",
+    "GAN_TYPES", "MASK_TYPES", "MODEL_TYPES", "PRECISIONS", "QUANTIZER_TYPES", "RANGES",
+    "RESUME_MAY_CHANGE", "Config", "DataConfig", "ModelConfig", "ModelType", "MoVQConfig",
+    "TrainConfig", "VQGANLossConfig",
     "apply_overrides", "changed_keys", "check_model", "check_ready", "check_resume",
     "check_section", "check_training_sizes", "check_writable", "codebook_sizes",
     "config_from_dict", "config_to_dict", "load_config", "model_hash", "model_record",
+    "model_type",
     "resolve_config",
     "resume_changes",
 ]
 from mvq.yamlio import parse_yaml, read_mapping
 
 
-def _model_config_cls(model_type: str):
-    return MoVQConfig if model_type == "movq" else ModelConfig
-
-
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)  # MoVQConfig when type is movq
+    model: ModelConfig = field(default_factory=ModelConfig)  # or its type's section (MoVQConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # VQGANLossConfig (GAN types)
@@ -73,13 +74,13 @@ def _build(cls, values: dict, where: str):
 
 
 def codebook_sizes(model) -> list[int]:
-    """Entries per codebook of a model config: [K] for one-codebook models (vqvae: its
-    quantizer family's K; movq), [K/2, K/2] for the two-codebook ones (the paper's convention:
-    K is the total)."""
-    k = model.codebook_size
-    if model.type in QUANTIZER_TYPES:
+    """Entries per codebook of a model config, as its type's record says (`ModelType`): [K]
+    for one-codebook models (the quantizer family's K on the one-level backbone), [K/2, K/2]
+    for the two-codebook ones (the paper's convention: K is the total)."""
+    k, kind = model.codebook_size, model_type(model.type)
+    if kind.quantizer:
         return [family(model.quantizer).codebook_size(model)]
-    return [k] if model.type == "movq" else [k // 2, k // 2]
+    return [k] if kind.codebooks == 1 else [k // 2, k // 2]
 
 
 def _check_quantizer(model) -> None:
@@ -87,7 +88,8 @@ def _check_quantizer(model) -> None:
     family's key would be silently ignored), the family's own checks, and a codebook a token
     file can hold."""
     chosen = family(getattr(model, "quantizer", DEFAULT_QUANTIZER))
-    if model.type not in QUANTIZER_TYPES and chosen.name != DEFAULT_QUANTIZER:
+    picks = model_type(model.type).quantizer
+    if not picks and chosen.name != DEFAULT_QUANTIZER:
         raise MvqError(f"model.quantizer={chosen.name} needs the one-level backbone: set "
                        f"model.type={' or '.join(QUANTIZER_TYPES)} (model.type={model.type} has "
                        f"its own quantizers)")
@@ -96,7 +98,7 @@ def _check_quantizer(model) -> None:
         if hasattr(model, key) and getattr(model, key) != getattr(defaults, key):
             raise MvqError(f"model.{key} is not read by model.quantizer={chosen.name}; drop it, "
                            f"or choose the quantizer it belongs to (`mvq quantizers`)")
-    if model.type in QUANTIZER_TYPES:
+    if picks:
         chosen.check(model)
         k = chosen.codebook_size(model)
         if k > MAX_CODEBOOK:
@@ -111,9 +113,10 @@ def check_model(model) -> None:
     k, kind = model.codebook_size, model.type
     if isinstance(model, ModelConfig):
         _check_quantizer(model)
-    if kind in QUANTIZER_TYPES:
+    record = model_type(kind)
+    if record.quantizer:
         return
-    if kind == "movq":
+    if record.codebooks == 1:
         if k < 2:
             raise MvqError(f"model.codebook_size must be >= 2 for {kind} (one entry is a 0-bit "
                            f"code), found {k}; set model.codebook_size=16 or more")
@@ -135,11 +138,8 @@ def config_from_dict(data: dict) -> Config:
         if not isinstance(data.get(name) or {}, dict):
             raise MvqError(f"config section '{name}' must be a mapping of key: value, found "
                            f"{data[name]!r:.80}; write it as {name}: {{key: value, ...}}")
-    model_type = (data.get("model") or {}).get("type", ModelConfig.type)
-    if model_type not in MODEL_TYPES:
-        raise MvqError(f"model.type must be one of {', '.join(MODEL_TYPES)}, "
-                       f"got {model_type!r:.80}")
-    classes = {**_SECTIONS, "model": _model_config_cls(model_type), "loss": VQGANLossConfig}
+    kind = model_type((data.get("model") or {}).get("type", ModelConfig.type))
+    classes = {**_SECTIONS, "model": kind.section, "loss": VQGANLossConfig}
     data = _upgrade(data)
     cfg = Config(**{name: _build(cls, data.get(name) or {}, name) for name, cls in classes.items()})
     check_model(cfg.model)
@@ -340,7 +340,7 @@ def check_training_sizes(cfg: Config) -> None:
                        f"the batch), found train.batch_size={cfg.train.batch_size}, "
                        f"train_limit={cfg.data.train_limit}; set both to 2 or more")
     m = cfg.model
-    if m.type in ("mvqvae", "mvqgan"):
+    if model_type(m.type).masks:
         # torch.rand of (B, J, D') masks (4 bytes each, 1 more as bool), the J_eval bank, and
         # one chunk of f's outputs (B * chunk, D, g, g) in fp32
         grid = max(1, m.image_size // m.factor)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mvq.config import check_writable, load_config
+from mvq.config import check_writable, load_config, model_type
 from mvq.data import default_fashion_mnist_root, fashion_mnist_available
 from mvq.evaluation import EvalSettings, evaluate_checkpoint
 from mvq.figures import Figure
@@ -17,13 +17,12 @@ from mvq.pretrained import load_tokenizer
 from mvq.train import build_data, train
 
 PRESET = "fmnist_f28_k16_quick"
-MODELS = ("hvqvae", "mvqvae")
 EVAL_N = 256  # fixed subset (first N test images) for LPIPS and rFID, the same for both models
 
 
-def demo_config(model_type: str, out: Path, steps: int | None, num_masks: int | None,
+def demo_config(name: str, out: Path, steps: int | None, num_masks: int | None,
                 data_name: str, data_root: str | None, extra: list[str] | None = None):
-    overrides = [f"model.type={model_type}", f"train.out_dir={out / model_type}",
+    overrides = [f"model.type={name}", f"train.out_dir={out / name}",
                  f"data.name={data_name}", *(extra or [])]
     if data_root:
         overrides.append(f"data.root={data_root}")
@@ -33,6 +32,13 @@ def demo_config(model_type: str, out: Path, steps: int | None, num_masks: int | 
     if num_masks is not None:
         overrides.append(f"model.num_masks={num_masks}")
     return load_config(PRESET, overrides)
+
+
+def demo_models() -> tuple[str, str]:
+    """The two model types the demo compares, in its order: the same tokenizer without MVQ's
+    mask (the hierarchical baseline), then the preset's MVQ type."""
+    masked = load_config(PRESET).model.type
+    return model_type(masked).unmasked, masked
 
 
 def pick_data(data_root: str | None) -> tuple[str, str | None]:
@@ -57,26 +63,27 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
     data_name, root = pick_data(data_root)
     rows, models = [], {}
     data = None
-    for model_type in MODELS:
-        cfg = demo_config(model_type, out_dir, steps, num_masks, data_name, root, overrides)
+    names = demo_models()
+    for name in names:
+        cfg = demo_config(name, out_dir, steps, num_masks, data_name, root, overrides)
         if data is None:
             data = build_data(cfg)
             print(f"mvq demo: {data[0].describe()}; validation: first {len(data[1])} test images",
                   file=sys.stderr)
-        result = train(cfg, progress=progress, desc=f"{model_type}", data=data, overwrite=True)
+        result = train(cfg, progress=progress, desc=f"{name}", data=data, overwrite=True)
         ckpt = result.out_dir / "checkpoint"
         model, _, _ = load_tokenizer(ckpt)
-        models[model_type] = model.eval()
+        models[name] = model.eval()
         s, s2 = model.tokens
         m = result.metrics
         settings = EvalSettings(n=eval_n, progress=progress, data_root=root)
         ev = evaluate_checkpoint(ckpt, settings, metrics=("lpips", "rfid"))["metrics"]
         rows.append({
-            "model": model_type, "tokens": f"{s}+{s2}", "tokens_per_image": s + s2,
+            "model": name, "tokens": f"{s}+{s2}", "tokens_per_image": s + s2,
             "codebook_entries": cfg.model.codebook_size,
             "bits_per_image": round(model.bits_per_image, 2),
             "mask_bits": round(model.mask_bits, 2), "parameters": model.num_parameters,
-            "num_masks": cfg.model.num_masks if model_type == "mvqvae" else None,
+            "num_masks": cfg.model.num_masks if model_type(name).masks else None,
             "val_mse": round(m["val_mse"], 5), "val_psnr": round(m["val_psnr"], 3),
             "lpips": round(ev["lpips"], 4), "rfid": round(ev["rfid"], 2), "eval_images": eval_n,
             "usage": round(m["val_usage"], 3),
@@ -87,11 +94,11 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, num_masks: int | 
         })
     images = data[1].stacked(0, 16)[0]
     with torch.no_grad():
-        recs = [models[t].reconstruct(images) for t in MODELS]
+        recs = [models[t].reconstruct(images) for t in names]
     grid = comparison_figure(images, recs, rows).save(out_dir / "comparison.png")
     write_text(out_dir / "summary.json", json.dumps(rows, indent=2))
     print(format_table(rows))
-    print(f"\ngrid (rows: original, {', '.join(MODELS)}): {grid}\n"
+    print(f"\ngrid (rows: original, {', '.join(names)}): {grid}\n"
           f"summary: {out_dir / 'summary.json'}")
     return rows
 

@@ -17,10 +17,6 @@ from mvq.quantize.masked import MASK_SAMPLING
 from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
 from mvq.quantize.registry import FAMILIES
 
-MODEL_TYPES = ("vqvae", "hvqvae", "mvqvae", "hvqgan", "mvqgan", "movq")
-GAN_TYPES = ("hvqgan", "mvqgan", "movq")  # trained with the VQGAN loss (LPIPS + PatchGAN)
-QUANTIZER_TYPES = ("vqvae",)  # the one-level backbone whose quantizer model.quantizer picks
-
 
 @dataclass
 class ModelConfig:
@@ -131,8 +127,10 @@ class MoVQConfig:
         return self.image_size // self.factor
 
     def validate(self) -> None:
-        if self.type != "movq":
-            raise MvqError(f"MoVQConfig.type must be 'movq', got {self.type!r}")
+        if self.type not in types_of(MoVQConfig):
+            raise MvqError(f"MoVQConfig.type must be "
+                           f"{' or '.join(repr(t) for t in types_of(MoVQConfig))}, "
+                           f"got {self.type!r}")
         if not self.ch_mult or self.image_size % self.factor:
             raise MvqError(f"model.image_size {self.image_size} must be divisible by the "
                            f"downsampling factor 2^(len(ch_mult)-1) = {self.factor}")
@@ -149,6 +147,60 @@ class MoVQConfig:
                      "num_res_blocks", "fourier_frequencies"):
             if getattr(self, name) < 1:
                 raise MvqError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """What the config layer knows of one ``model.type``, said once: the tokenizer class that
+    builds it (`mvq.models`, above this layer) names it in its ``model_types``, and everything
+    else asks this record (through `model_type`) or the class, never the name.
+
+    name: the ``model.type`` value. section: the dataclass of its model section.
+    codebooks: 1 (one codebook of ``model.codebook_size`` entries, or of the quantizer family's K
+        when ``quantizer``) or 2 (two codebooks of K/2 each, the paper's convention: K is the
+        total). masks: MVQ's masked secondary code (``num_masks``, ``eval_masks``,
+        ``chunk_size``, ``search_seed``, ``train.mask_sampling``). gan: trained with the VQGAN
+        loss (LPIPS + PatchGAN, the ``loss`` section). quantizer: the one-level backbone whose
+        quantizer ``model.quantizer`` picks. unmasked: for a masked type, the same tokenizer
+        without the mask (the baseline MVQ is compared against).
+    """
+
+    name: str
+    section: type
+    codebooks: int
+    masks: bool = False
+    gan: bool = False
+    quantizer: bool = False
+    unmasked: str = ""
+
+
+# Every model.type, in the order messages list them. This is the one place below mvq.models
+# that names them: a config is loaded and checked (its model section's class, its codebooks)
+# before, and without, any model being imported (docs/architecture.md, Layers).
+MODEL_TYPES: dict[str, ModelType] = {t.name: t for t in (
+    ModelType("vqvae", ModelConfig, codebooks=1, quantizer=True),
+    ModelType("hvqvae", ModelConfig, codebooks=2),
+    ModelType("mvqvae", ModelConfig, codebooks=2, masks=True, unmasked="hvqvae"),
+    ModelType("hvqgan", ModelConfig, codebooks=2, gan=True),
+    ModelType("mvqgan", ModelConfig, codebooks=2, masks=True, gan=True, unmasked="hvqgan"),
+    ModelType("movq", MoVQConfig, codebooks=1, gan=True),
+)}
+GAN_TYPES = tuple(t for t, m in MODEL_TYPES.items() if m.gan)  # trained with the VQGAN loss
+MASK_TYPES = tuple(t for t, m in MODEL_TYPES.items() if m.masks)  # MVQ's masked secondary code
+# the one-level backbone whose quantizer model.quantizer picks
+QUANTIZER_TYPES = tuple(t for t, m in MODEL_TYPES.items() if m.quantizer)
+
+
+def model_type(name: str) -> ModelType:
+    """The record of ``model.type`` ``name``; MvqError listing the types otherwise."""
+    if not isinstance(name, str) or name not in MODEL_TYPES:
+        raise MvqError(f"model.type must be one of {', '.join(MODEL_TYPES)}, got {name!r:.80}")
+    return MODEL_TYPES[name]
+
+
+def types_of(section: type) -> tuple[str, ...]:
+    """The model types whose model section is the dataclass ``section``."""
+    return tuple(t for t, m in MODEL_TYPES.items() if m.section is section)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 
 from mvq.checkpoint import read_info
 from mvq.codes import Codes
+from mvq.config import MASK_TYPES
 from mvq.errors import MvqError
 from mvq.models.tokenizers import MVQVAE
 from mvq.pretrained import load_tokenizer, resolve
@@ -23,9 +24,10 @@ SUM_MODES = ("codes", "outputs")
 def load_mvq(checkpoint: str | Path, device: str = "cpu") -> tuple[MVQVAE, object]:
     """(model in eval mode, config) of an MVQ checkpoint; MvqError for any other tokenizer."""
     kind = read_info(resolve(checkpoint)).get("model_type")
-    if kind not in ("mvqvae", "mvqgan"):
+    if kind not in MASK_TYPES:
         raise MvqError(f"{checkpoint} holds a {kind} checkpoint; the mask analyses need an MVQ "
-                       "tokenizer (mvqvae or mvqgan), whose codes carry a mask: pass one of those")
+                       f"tokenizer ({' or '.join(MASK_TYPES)}), whose codes carry a mask: pass "
+                       "one of those")
     model, cfg, _ = load_tokenizer(checkpoint, device=device)
     return model.eval(), cfg
 

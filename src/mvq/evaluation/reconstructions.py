@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from mvq.config import MASK_TYPES
 from mvq.errors import MvqError, expect_value
 from mvq.evaluation.common import (
     EvalRun,
@@ -61,7 +62,7 @@ def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings | None = 
     run = open_run(checkpoint, settings, chosen, inception, "reconstructions")
     model, result = run.model, run.result
     if refine and not hasattr(model, "refined_mask_bits"):
-        raise MvqError(f"mask refinement needs an MVQ checkpoint (mvqvae or mvqgan); "
+        raise MvqError(f"mask refinement needs an MVQ checkpoint ({' or '.join(MASK_TYPES)}); "
                        f"{checkpoint} holds a {result['model_type']}: drop --refine")
     result.update(lpips_net=None, lpips_backbone_sha256=None, lpips_resize=None,
                   mask_refine=refine, encode_seconds=0.0)

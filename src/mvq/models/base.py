@@ -3,8 +3,10 @@ tokenizer from its model config.
 
 ``encode(x) -> Codes``, ``decode(codes) -> x``, ``forward(x) -> TokenizerOutput``
 (reconstruction, losses, statistics). Images are (B, C, H, W) in [0, 1]; the networks see them
-in [-1, 1]. Each subclass names the ``model.type`` values it is built for (``model_types``);
-`build_model` looks the type up among them.
+in [-1, 1]. Each subclass names the ``model.type`` values it is built for (``model_types``,
+each a record of `mvq.config.MODEL_TYPES`: what the config knows of it) and says what the
+layers above need of each (its tokens for a config, reproduce's seconds per training step);
+`build_model` looks the type up among them, and `model_class` gives the class of a type.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from torch import nn
 
 from mvq import checkpoint
 from mvq.codes import Codes
-from mvq.config import Config, ModelConfig, check_section, config_from_dict, model_hash
+from mvq.config import (
+    MODEL_TYPES,
+    Config,
+    ModelConfig,
+    check_section,
+    config_from_dict,
+    model_hash,
+)
 from mvq.errors import MvqError
 from mvq.memory import check_fits
 from mvq.models.inputs import CodeLayout, check_codes, check_images, values_deferred
@@ -53,10 +62,20 @@ class Tokenizer(Pretrained, nn.Module):
 
     saved_kind = "tokenizer"
     model_types: ClassVar[tuple[str, ...]] = ()  # the model.type values this class is built for
+    # reproduce's timing model (mvq.reproduce.timing) for a run nobody has measured yet: seconds
+    # of one training step (batch 32, the quick presets, a quiet 2-core CPU) of each of
+    # model_types, before MH-Dropout's per-mask search
+    step_seconds: ClassVar[dict[str, float]] = {}
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        for name in cls.__dict__.get("model_types", ()):
+        names = cls.__dict__.get("model_types", ())
+        for name in names:
+            if name not in MODEL_TYPES:
+                raise MvqError(f"{cls.__name__} names model.type {name!r}, which has no record "
+                               "in mvq.sections.MODEL_TYPES: add its ModelType there")
+            if name not in cls.step_seconds:
+                raise MvqError(f"{cls.__name__} has no step_seconds for model.type {name!r}")
             if name in MODELS and MODELS[name].__qualname__ != cls.__qualname__:
                 raise MvqError(f"model.type {name!r} is built by {MODELS[name].__name__} "
                                f"already; give {cls.__name__} a model_types name of its own")
@@ -87,10 +106,16 @@ class Tokenizer(Pretrained, nn.Module):
     def codebook_sizes(self) -> list[int]:
         raise NotImplementedError
 
+    @classmethod
+    def tokens_of(cls, cfg) -> tuple[int, int]:
+        """(S, S'): primary and secondary tokens per image of a model of config ``cfg``,
+        without building it."""
+        raise NotImplementedError
+
     @property
     def tokens(self) -> tuple[int, int]:
         """(S, S'): primary and secondary tokens per image."""
-        raise NotImplementedError
+        return self.tokens_of(self.cfg)
 
     @property
     def mask_bits(self) -> float:
@@ -239,10 +264,17 @@ def model_bytes(cfg) -> int:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
+def model_class(name: str) -> type[Tokenizer]:
+    """The tokenizer class built for ``model.type`` ``name``; MvqError listing the types
+    otherwise."""
+    if not isinstance(name, str) or name not in MODELS:
+        raise MvqError(f"model.type must be one of {', '.join(MODELS)}, got {name!r}")
+    return MODELS[name]
+
+
 def _construct(cfg) -> Tokenizer:
-    if cfg.type not in MODELS:
-        raise MvqError(f"model.type must be one of {', '.join(MODELS)}, got {cfg.type!r}")
+    cls = model_class(cfg.type)
     try:
-        return MODELS[cfg.type](cfg)
+        return cls(cfg)
     except ValueError as err:
         raise MvqError(f"cannot build {cfg.type}: {err}") from None

@@ -45,6 +45,7 @@ class MoVQ(Tokenizer):
     ``forward(x) -> TokenizerOutput`` (recon in [0, 1] scale, losses 'rec' (MSE) and 'vq')."""
 
     model_types = ("movq",)
+    step_seconds = {"movq": 0.55}
 
     def __init__(self, cfg: MoVQConfig) -> None:
         nn.Module.__init__(self)  # Tokenizer.__init__ computes a vqvae2 geometry we do not use
@@ -73,10 +74,10 @@ class MoVQ(Tokenizer):
     # token accounting ------------------------------------------------------
     codebook_sizes = property(lambda self: [self.cfg.codebook_size])
 
-    @property
-    def tokens(self) -> tuple[int, int]:
+    @classmethod
+    def tokens_of(cls, cfg: MoVQConfig) -> tuple[int, int]:
         """(h * w * c, 0): every channel id counts as a token."""
-        return (self.cfg.grid ** 2 * self.cfg.num_channels, 0)
+        return (cfg.grid ** 2 * cfg.num_channels, 0)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

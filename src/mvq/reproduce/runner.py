@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 import mvq.train
-from mvq.config import config_to_dict
+from mvq.config import config_to_dict, model_type
 from mvq.errors import MvqError
 from mvq.evaluation import EvalSettings, evaluate_checkpoint, evaluate_samples
 from mvq.outputs import try_lock, write_text
@@ -132,7 +132,7 @@ def estimate(plan: Plan, states: list[RunState], measured: Measured,
         tok = tokenizer_key(config_to_dict(cfg)["model"], cfg.train.batch_size)
         name = st.run.name
         if st.steps > st.step:
-            masks = cfg.model.num_masks if cfg.model.type in ("mvqvae", "mvqgan") else 0
+            masks = cfg.model.num_masks if model_type(cfg.model.type).masks else 0
             parts.append(part(name, "", "training", st.steps - st.step,
                               measured.get(("train", tok)),
                               model_step_seconds(cfg.model.type, masks)))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mvq import sealed
 from mvq.errors import MvqError
-from mvq.nn.vqvae2 import geometry
+from mvq.models import MODELS, model_class
 from mvq.outputs import wait_lock, write_text
 from mvq.priors.gpt import table4_size
 from mvq.priors.maskgit import MaskGITConfig
@@ -33,9 +33,10 @@ from mvq.priors.maskgit import MaskGITConfig
 MEASURED, MODEL = "measured", "model"
 
 # The model: seconds per training step of batch 32 on this project's 2-core CPU (measured with
-# the quick presets on a quiet machine), per prior step of batch 64, Inception's images per s.
-_STEP_SECONDS = {"vqvae": 0.13, "hvqvae": 0.16, "mvqvae": 0.17, "hvqgan": 0.30, "mvqgan": 0.31,
-                 "movq": 0.55}
+# the quick presets on a quiet machine: each tokenizer class's step_seconds, per model.type;
+# _OTHER_STEP_SECONDS for a type without one), per prior step of batch 64, Inception's images
+# per s.
+_OTHER_STEP_SECONDS = 0.3
 _MASK_SECONDS = 0.00022  # per mask J per step (MH-Dropout search, F=28, batch 32)
 _INCEPTION_IMAGES_PER_S = 6.0
 # A transformer prior's step (batch 64) grows with the multiply-adds of its blocks per image,
@@ -190,17 +191,15 @@ def part(run: str, prior: str, what: str, count: float, measured: float | None,
 
 def model_step_seconds(model_type: str, num_masks: int = 0) -> float:
     """The model's seconds per tokenizer training step (batch 32)."""
-    return _STEP_SECONDS.get(model_type, 0.3) + _MASK_SECONDS * num_masks
+    cls = MODELS.get(model_type)
+    step = cls.step_seconds.get(model_type, _OTHER_STEP_SECONDS) if cls else _OTHER_STEP_SECONDS
+    return step + _MASK_SECONDS * num_masks
 
 
 def tokens_per_image(model) -> tuple[int, int]:
     """(primary, secondary) token ids per image of a tokenizer's model section, as its model's
-    ``tokens`` says, without building it: MoVQ's c ids at each grid position, else the
-    Table 3 geometry of F (a plain VQ-VAE has no secondary token)."""
-    if model.type == "movq":
-        return model.grid ** 2 * model.num_channels, 0
-    geo = geometry(model.factor, model.image_size)
-    return geo.tokens, 0 if model.type == "vqvae" else geo.tokens2
+    ``tokens`` says (its class's ``tokens_of``), without building it."""
+    return model_class(model.type).tokens_of(model)
 
 
 def prior_work(kind: str, sizes, model) -> float:
