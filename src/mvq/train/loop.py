@@ -38,10 +38,10 @@ from mvq.train.engine import (
     Schedule,
     StepOutput,
     Trainee,
-    claim_run,
     fit,
     set_lr,
 )
+from mvq.train.runs import claim_run
 
 __all__ = ["TrainResult", "build_data", "train", "validate"]
 
@@ -171,6 +171,13 @@ class GanParts:
     last_layer: torch.Tensor
 
 
+FIELDS = ("rec", "vq", "vq2", "mhd", "usage", "perplexity", "usage2", "perplexity2",
+          "val_mse", "val_psnr", "val_usage", "val_usage2",
+          # GAN models (VQGAN loss): its own reconstruction term (L1 on [-1, 1]), the rest
+          "gan_rec", "gan_perceptual", "gan_nll", "gan_g_adv", "gan_d_weight",
+          "gan_disc_factor", "d_loss", "logits_real", "logits_fake")  # metrics.csv's columns
+
+
 class TokenizerTrainee(Trainee):
     """A tokenizer (plus VQGAN loss and EMA weights when configured) for the engine."""
 
@@ -179,6 +186,7 @@ class TokenizerTrainee(Trainee):
 
     def __init__(self, cfg: Config, launch, device: torch.device, resume_from: Path | None,
                  data=None) -> None:
+        super().__init__(FIELDS)
         tc = self.tc = cfg.train
         self.cfg, self.device = cfg, device
         main = launch.rank == 0
@@ -295,12 +303,6 @@ class TokenizerTrainee(Trainee):
 
     def postfix(self, loss: float, terms: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{loss:.4f}", "usage": f"{terms.get('usage', 0):.2f}"}
-
-    fields = ["rec", "vq", "vq2", "mhd", "usage", "perplexity", "usage2", "perplexity2",
-              "val_mse", "val_psnr", "val_usage", "val_usage2",
-              # GAN models (VQGAN loss): its own reconstruction term (L1 on [-1, 1]), the rest
-              "gan_rec", "gan_perceptual", "gan_nll", "gan_g_adv", "gan_d_weight",
-              "gan_disc_factor", "d_loss", "logits_real", "logits_fake"]
 
 
 @torch.no_grad()
