@@ -5,8 +5,8 @@ A model supplies a `Trainee` (its step, its validation, the contents of its chec
 and checkpoint cadence, the CSV log, the progress bar, DDP under torchrun, the divergence stop
 and the lock on the output folder.
 
-Batches are a pure function of (seed, step) (mvq.train.batches), and the training state is
-checkpointed, so a resumed run continues the exact trajectory of an uninterrupted one
+Batches are a pure function of (seed, step) (mvq.train.batches), and the training state (with the
+RNG state) is checkpointed, so a resumed run continues the exact trajectory of an uninterrupted one
 (tests/test_train.py, tests/test_faults.py). Who may use the output folder is mvq.train.runs'.
 """
 

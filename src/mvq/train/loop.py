@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from mvq import checkpoint, distributed, pretrained, sealed
 from mvq.config import (
@@ -33,6 +34,7 @@ from mvq.models.base import SIZE_FIX, model_bytes
 from mvq.models.inputs import check_images, values_checked
 from mvq.modes import eval_mode
 from mvq.quantize import MaskedQuantizer
+from mvq.train.batches import StepSampler
 from mvq.train.ema import WeightEMA, check_decay
 from mvq.train.engine import (
     Schedule,
@@ -242,12 +244,19 @@ class TokenizerTrainee(Trainee):
             aux["trained"] = (self.model, None)
         return aux
 
-    def batch(self, indices: torch.Tensor) -> torch.Tensor:
-        """The images of the data set's ``indices``, stacked on the host, then on the device."""
-        return torch.stack([self.train_set[j][0] for j in indices.tolist()]).to(self.device)
+    def batches(self, sampler: StepSampler) -> DataLoader:
+        """Each step's images, stacked on the host by a DataLoader over the step-seeded
+        ``sampler`` in train.num_workers worker processes (0: in this one). The items are a
+        pure function of their index, so the batches are the same for any number of workers;
+        the loader draws its workers' seeds from its own generator, not from the global one
+        (which MH-Dropout's masks draw from)."""
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.tc.num_workers,
+                          collate_fn=stack_images,
+                          generator=torch.Generator().manual_seed(self.tc.seed))
 
-    def step(self, step: int, indices: torch.Tensor) -> StepOutput:
-        x = self.batch(indices)
+    def step(self, step: int, images: torch.Tensor) -> StepOutput:
+        """One step on the ``images`` of `batches` (on the host)."""
+        x = images.to(self.device)
         if not self.door_checked:  # the first batch's pixels, read once; then the data set's
             check_images(x, self.cfg.model.channels, self.cfg.model.image_size,  # conversion
                          self.cfg.model.type)  # holds them in [0, 1] and a NaN shows in the loss
@@ -303,6 +312,11 @@ class TokenizerTrainee(Trainee):
 
     def postfix(self, loss: float, terms: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{loss:.4f}", "usage": f"{terms.get('usage', 0):.2f}"}
+
+
+def stack_images(items: list) -> torch.Tensor:
+    """The images of data set items ``(image, label)`` as one batch (the DataLoader's collate)."""
+    return torch.stack([image for image, _ in items])
 
 
 @torch.no_grad()
