@@ -1,6 +1,6 @@
 """The training loop as one object: a trainee's run state lives on its instance, and the
-tokenizer's batches come from a DataLoader over the step-seeded sampler, the same for any
-train.num_workers (and so the same trajectory, resumed or not)."""
+tokenizer's batches come from the step-seeded sampler (through a DataLoader with workers), the
+same for any train.num_workers (and so the same trajectory, resumed or not)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ contents of its checkpoint folder."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,15 +245,22 @@ class TokenizerTrainee(Trainee):
             aux["trained"] = (self.model, None)
         return aux
 
-    def batches(self, sampler: StepSampler) -> DataLoader:
-        """Each step's images, stacked on the host by a DataLoader over the step-seeded
-        ``sampler`` in train.num_workers worker processes (0: in this one). The items are a
-        pure function of their index, so the batches are the same for any number of workers;
-        the loader draws its workers' seeds from its own generator, not from the global one
-        (which MH-Dropout's masks draw from)."""
+    def batches(self, sampler: StepSampler) -> Iterable[torch.Tensor]:
+        """Each step's images, stacked on the host: by `batch` in this process
+        (train.num_workers 0), else by a DataLoader over the same step-seeded ``sampler`` in
+        train.num_workers worker processes, which make the next steps' batches while this one
+        trains. The items are a pure function of their index, so the batches are the same for
+        any number of workers (tests/test_train_loop.py); the loader draws its workers' seeds
+        from its own generator, not from the global one that MH-Dropout's masks draw from."""
+        if not self.tc.num_workers:
+            return map(self.batch, sampler)
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.tc.num_workers,
                           collate_fn=stack_images,
                           generator=torch.Generator().manual_seed(self.tc.seed))
+
+    def batch(self, indices: list[int]) -> torch.Tensor:
+        """The images of the data set's ``indices``, stacked on the host."""
+        return stack_images([self.train_set[j] for j in indices])
 
     def step(self, step: int, images: torch.Tensor) -> StepOutput:
         """One step on the ``images`` of `batches` (on the host)."""
