@@ -4,11 +4,13 @@ contents of its checkpoint folder."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from mvq import checkpoint, distributed, pretrained, sealed
 from mvq.config import (
@@ -33,15 +35,16 @@ from mvq.models.base import SIZE_FIX, model_bytes
 from mvq.models.inputs import check_images, values_checked
 from mvq.modes import eval_mode
 from mvq.quantize import MaskedQuantizer
+from mvq.train.batches import StepSampler
 from mvq.train.ema import WeightEMA, check_decay
 from mvq.train.engine import (
     Schedule,
     StepOutput,
     Trainee,
-    claim_run,
     fit,
     set_lr,
 )
+from mvq.train.runs import claim_run
 
 __all__ = ["TrainResult", "build_data", "train", "validate"]
 
@@ -171,6 +174,13 @@ class GanParts:
     last_layer: torch.Tensor
 
 
+FIELDS = ("rec", "vq", "vq2", "mhd", "usage", "perplexity", "usage2", "perplexity2",
+          "val_mse", "val_psnr", "val_usage", "val_usage2",
+          # GAN models (VQGAN loss): its own reconstruction term (L1 on [-1, 1]), the rest
+          "gan_rec", "gan_perceptual", "gan_nll", "gan_g_adv", "gan_d_weight",
+          "gan_disc_factor", "d_loss", "logits_real", "logits_fake")  # metrics.csv's columns
+
+
 class TokenizerTrainee(Trainee):
     """A tokenizer (plus VQGAN loss and EMA weights when configured) for the engine."""
 
@@ -179,6 +189,7 @@ class TokenizerTrainee(Trainee):
 
     def __init__(self, cfg: Config, launch, device: torch.device, resume_from: Path | None,
                  data=None) -> None:
+        super().__init__(FIELDS)
         tc = self.tc = cfg.train
         self.cfg, self.device = cfg, device
         main = launch.rank == 0
@@ -234,12 +245,26 @@ class TokenizerTrainee(Trainee):
             aux["trained"] = (self.model, None)
         return aux
 
-    def batch(self, indices: torch.Tensor) -> torch.Tensor:
-        """The images of the data set's ``indices``, stacked on the host, then on the device."""
-        return torch.stack([self.train_set[j][0] for j in indices.tolist()]).to(self.device)
+    def batches(self, sampler: StepSampler) -> Iterable[torch.Tensor]:
+        """Each step's images, stacked on the host: by `batch` in this process
+        (train.num_workers 0), else by a DataLoader over the same step-seeded ``sampler`` in
+        train.num_workers worker processes, which make the next steps' batches while this one
+        trains. The items are a pure function of their index, so the batches are the same for
+        any number of workers (tests/test_train_loop.py); the loader draws its workers' seeds
+        from its own generator, not from the global one that MH-Dropout's masks draw from."""
+        if not self.tc.num_workers:
+            return map(self.batch, sampler)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.tc.num_workers,
+                          collate_fn=stack_images,
+                          generator=torch.Generator().manual_seed(self.tc.seed))
 
-    def step(self, step: int, indices: torch.Tensor) -> StepOutput:
-        x = self.batch(indices)
+    def batch(self, indices: list[int]) -> torch.Tensor:
+        """The images of the data set's ``indices``, stacked on the host."""
+        return stack_images([self.train_set[j] for j in indices])
+
+    def step(self, step: int, images: torch.Tensor) -> StepOutput:
+        """One step on the ``images`` of `batches` (on the host)."""
+        x = images.to(self.device)
         if not self.door_checked:  # the first batch's pixels, read once; then the data set's
             check_images(x, self.cfg.model.channels, self.cfg.model.image_size,  # conversion
                          self.cfg.model.type)  # holds them in [0, 1] and a NaN shows in the loss
@@ -296,11 +321,10 @@ class TokenizerTrainee(Trainee):
     def postfix(self, loss: float, terms: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{loss:.4f}", "usage": f"{terms.get('usage', 0):.2f}"}
 
-    fields = ["rec", "vq", "vq2", "mhd", "usage", "perplexity", "usage2", "perplexity2",
-              "val_mse", "val_psnr", "val_usage", "val_usage2",
-              # GAN models (VQGAN loss): its own reconstruction term (L1 on [-1, 1]), the rest
-              "gan_rec", "gan_perceptual", "gan_nll", "gan_g_adv", "gan_d_weight",
-              "gan_disc_factor", "d_loss", "logits_real", "logits_fake"]
+
+def stack_images(items: list) -> torch.Tensor:
+    """The images of data set items ``(image, label)`` as one batch (the DataLoader's collate)."""
+    return torch.stack([image for image, _ in items])
 
 
 @torch.no_grad()

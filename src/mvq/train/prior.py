@@ -30,10 +30,10 @@ from mvq.train.engine import (
     Schedule,
     StepOutput,
     Trainee,
-    claim_run,
     fit,
     set_lr,
 )
+from mvq.train.runs import claim_run
 
 
 def write_prior(directory: Path, prior: Prior, info: dict) -> None:
@@ -180,11 +180,11 @@ class PriorTrainee(Trainee):
     def __init__(self, model: Prior, codes: Codes, labels: torch.Tensor, n_val: int,
                  info: dict, settings: PriorTraining, device: torch.device,
                  resume_from: Path | None) -> None:
+        super().__init__([*model.stages, "val_nll"] + [f"val_{s}_{u}" for u in ("nll", "bits")
+                                                        for s in model.stages])
         seed, lr = settings.seed, settings.lr  # resolved by train_prior
         self.info, self.device, self.lr = info, device, lr
         self.name = f"prior {model.kind}"
-        self.fields = [*model.stages, "val_nll"] + [f"val_{s}_{u}" for u in ("nll", "bits")
-                                                     for s in model.stages]
         perm = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))
         self.val_codes = codes[perm[:n_val]].to(device)
         self.train_codes = codes[perm[n_val:]].to(device)
@@ -210,6 +210,7 @@ class PriorTrainee(Trainee):
         set_lr(self.optimizer, self.lr)  # may change on resume (PRIOR_MAY_CHANGE)
 
     def step(self, step: int, indices: torch.Tensor) -> StepOutput:
+        """One step on the items ``indices`` (the engine's default batches)."""
         idx = indices.to(self.device)
         labels = None if self.train_labels is None else self.train_labels[idx]
         loss, parts = self.net(self.train_codes[idx], labels)
