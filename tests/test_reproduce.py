@@ -488,10 +488,13 @@ def test_generation_plans_share_the_tokenizer_runs():
     assert [s.class_conditional for s in cond.runs[0].priors] == [False, True] * 3
 
 
-def test_every_experiment_has_its_help_line():
-    from mvq.reproduce.plan import EXPERIMENTS, SUMMARIES
+def test_every_experiment_has_its_help_line_and_seeds():
+    from mvq.reproduce.plan import EXPERIMENTS, SCALES
 
-    assert list(SUMMARIES) == list(EXPERIMENTS)
+    for name, e in EXPERIMENTS.items():
+        assert e.name == name and e.summary and "\n" not in e.summary
+        assert set(e.seeds) == set(SCALES)
+    assert build_plan("fig5", "quick").runs == build_plan("fig5", "quick", seeds=3).runs
 
 
 def test_fig5_plot_draws_each_codebook_against_its_own_baseline(tmp_path):
