@@ -17,8 +17,8 @@ from types import MappingProxyType
 
 from mvq.decoding import Decoding
 from mvq.errors import MvqError
+from mvq.reproduce.benchmark import Benchmark
 from mvq.reproduce.kinds import (
-    Benchmark,
     ClassConditional,
     Generation,
     Plan,
@@ -28,8 +28,8 @@ from mvq.reproduce.kinds import (
 )
 from mvq.reproduce.spec import Changes, Decode, PriorSpec, Run
 
-__all__ = ["DATASETS", "EXPERIMENTS", "SCALES", "Changes", "Dataset", "Decode", "Experiment",
-           "Plan", "PriorSpec", "Run", "build_plan"]
+__all__ = ["DATASETS", "EXPERIMENTS", "SCALES", "Benchmark", "Changes", "Dataset", "Decode",
+           "Experiment", "Plan", "PriorSpec", "Run", "build_plan"]
 
 SCALES = ("quick", "paper")
 
@@ -469,10 +469,10 @@ def mask_sampling(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                                      "differ only in train.mask_sampling=batch"])
 
 
-def table6(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+def table6(scale: str, seeds: int, dataset: str | None = None) -> Benchmark:
     """MVQ Table 6: the token sampling benchmark (mvq.bench.sampling), its output kept."""
-    return Plan("table6", scale, "MVQ paper Table 6: token sampling times", [], 0, (), (),
-                kind=Benchmark("mvq.bench.sampling", {"quick": "1 min", "paper": "15-25 min"}))
+    return Benchmark("table6", scale, "MVQ paper Table 6: token sampling times",
+                     "mvq.bench.sampling", {"quick": "1 min", "paper": "15-25 min"}[scale])
 
 
 # seeds per compared cell without --seeds: 3 at quick scale (single runs of one variant differ
@@ -483,13 +483,13 @@ DEFAULT_SEEDS = MappingProxyType({"quick": 3, "paper": 1})
 @dataclass(frozen=True)
 class Experiment:
     """One experiment of `mvq reproduce`: its name on the command line, the one line
-    `mvq reproduce --help` lists it with, the builder of its plan at a scale
-    (``build(scale, seeds, dataset)``) and its seeds per compared cell without --seeds, by
-    scale."""
+    `mvq reproduce --help` lists it with, the builder of its work at a scale
+    (``build(scale, seeds, dataset)``: a `Plan` of runs, or a `Benchmark` that runs alone) and
+    its seeds per compared cell without --seeds, by scale."""
 
     name: str
     summary: str
-    build: Callable[[str, int, str | None], Plan]
+    build: Callable[[str, int, str | None], Plan | Benchmark]
     seeds: Mapping[str, int] = field(default_factory=lambda: DEFAULT_SEEDS)
 
     def __post_init__(self) -> None:
@@ -527,8 +527,9 @@ MAX_SEEDS = 20  # the papers report 1-5 seeds; more is a typo, not a plan
 
 
 def build_plan(experiment: str, scale: str = "quick", seeds: int | None = None,
-               dataset: str | None = None) -> Plan:
-    """The plan of ``experiment`` at ``scale``; MvqError for an unknown name or bad option."""
+               dataset: str | None = None) -> Plan | Benchmark:
+    """The plan of ``experiment`` at ``scale`` (a `Benchmark` for a benchmark); MvqError for an
+    unknown name or bad option."""
     if experiment not in EXPERIMENTS:
         raise MvqError(f"unknown experiment {experiment!r}: expected one of "
                        f"{', '.join(EXPERIMENTS)}")
