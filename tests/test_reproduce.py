@@ -625,3 +625,21 @@ def test_table6_is_a_benchmark_not_a_plan_of_runs(tmp_path, monkeypatch, capsys)
     assert report.startswith("# MVQ paper Table 6: token sampling times\n\n`python -m fakebench")
     assert "256     1.0" in report and "--quick" in report
     assert json.loads((folder / "results.json").read_text())["args"][-1] == "--quick"
+
+
+def test_plans_select_runs_by_their_role_not_by_a_model_name():
+    """The plans pick another plan's runs as its baseline or compared runs (`Plan.is_baseline`),
+    never by comparing a label with a model name."""
+    import re
+    from pathlib import Path
+
+    import mvq.reproduce.plan
+
+    names = r"(vqvae|hvqvae|mvqvae|hvqgan|mvqgan|movq)"
+    pattern = re.compile(rf"labels(\[|\.get\()\"model\"\S*\s*[!=]=|[!=]=\s*\"{names}\"")
+    path = Path(mvq.reproduce.plan.__file__)
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        assert not pattern.search(line), f"{path.name}:{number}: {line.strip()}"
+    fig5 = build_plan("fig5", "quick", 1)
+    assert {r.labels["model"] for r in fig5.baseline_runs()} == {"hvqvae"}
+    assert {r.labels["model"] for r in fig5.compared_runs()} == {"mvqvae"}

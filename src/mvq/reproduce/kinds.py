@@ -170,6 +170,17 @@ class Plan:
     pairs: tuple[tuple[dict, dict], ...] = ()
     kind: TokenizerSweep = field(default_factory=TokenizerSweep)
 
+    def is_baseline(self, run: Run) -> bool:
+        """Whether ``run`` is one of the baseline's (its labels hold ``baseline``'s)."""
+        return all(run.labels.get(k) == v for k, v in self.baseline.items())
+
+    def baseline_runs(self) -> list[Run]:
+        return [r for r in self.runs if self.is_baseline(r)]
+
+    def compared_runs(self) -> list[Run]:
+        """The runs set against the baseline (fig5: the MVQ ones)."""
+        return [r for r in self.runs if not self.is_baseline(r)]
+
 
 def _params(cell: Cell) -> str:
     params = cell.stats["parameters"].mean if "parameters" in cell.stats else None

@@ -141,9 +141,9 @@ def two_vs_five(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     """MVQ 4.2: MVQVAE with 1+1 tokens against the VQ-VAE-2 baseline with 4+1 tokens."""
     base = fig5(scale, seeds, dataset)
     j = 128 if scale == "quick" else 2048
-    runs = [r for r in base.runs
-            if (r.labels["model"] == "mvqvae" and r.labels["F"] == 28 and r.labels["J"] == j)
-            or (r.labels["model"] == "hvqvae" and r.labels["F"] in (28, 14))]
+    runs = [r for r in base.runs  # fig5's order
+            if (r.labels["F"] in (28, 14) if base.is_baseline(r)
+                else r.labels["F"] == 28 and r.labels["J"] == j)]
     return Plan("two-vs-five", scale, "MVQ paper 4.2: MVQVAE with 2 tokens (1+1) against the "
                 "VQ-VAE-2 baseline with 2 and 5 tokens (1+1, 4+1), FashionMNIST", runs,
                 base.eval_n, base.metrics, ("tokens", "K", "model", "J"),
@@ -401,7 +401,7 @@ def pixelcnn_vs_gpt(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     if dataset not in (None, "fashion-mnist"):
         raise MvqError("pixelcnn-vs-gpt uses fig5's FashionMNIST tokenizers: drop --dataset")
     base = fig5(scale, 1)
-    toks = [r for r in base.runs if r.labels["model"] == "hvqvae" and r.labels["K"] == 16]
+    toks = [r for r in base.baseline_runs() if r.labels["K"] == 16]
     steps = _prior_steps(scale)
     runs = []
     for tok in toks:
@@ -429,8 +429,8 @@ def class_conditional(scale: str, seeds: int, dataset: str | None = None) -> Pla
         raise MvqError("class-conditional uses fig5's FashionMNIST tokenizers: drop --dataset")
     base = fig5(scale, 1)
     j = 128 if scale == "quick" else 2048
-    tok = next(r for r in base.runs if r.labels["model"] == "mvqvae" and r.labels["F"] == 28
-               and r.labels["K"] == 16 and r.labels["J"] == j)
+    tok = next(r for r in base.compared_runs() if r.labels["F"] == 28 and r.labels["K"] == 16
+               and r.labels["J"] == j)
     steps = _prior_steps(scale)
     specs = []
     for s in range(seeds):
@@ -452,8 +452,8 @@ def mask_sampling(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     if dataset not in (None, "fashion-mnist"):
         raise MvqError("mask-sampling uses fig5's FashionMNIST tokenizers: drop --dataset")
     js = (128, 1024) if scale == "quick" else (2048,)
-    base = [r for r in fig5(scale, seeds).runs if r.labels["model"] == "mvqvae"
-            and r.labels["F"] == 28 and r.labels["K"] == 16 and r.labels["J"] in js]
+    base = [r for r in fig5(scale, seeds).compared_runs() if r.labels["F"] == 28
+            and r.labels["K"] == 16 and r.labels["J"] in js]
     runs = []
     for run in base:
         runs.append(replace(run, labels={**run.labels, "masks": "per instance"}))
