@@ -488,10 +488,13 @@ def test_generation_plans_share_the_tokenizer_runs():
     assert [s.class_conditional for s in cond.runs[0].priors] == [False, True] * 3
 
 
-def test_every_experiment_has_its_help_line():
-    from mvq.reproduce.plan import EXPERIMENTS, SUMMARIES
+def test_every_experiment_has_its_help_line_and_seeds():
+    from mvq.reproduce.plan import EXPERIMENTS, SCALES
 
-    assert list(SUMMARIES) == list(EXPERIMENTS)
+    for name, e in EXPERIMENTS.items():
+        assert e.name == name and e.summary and "\n" not in e.summary
+        assert set(e.seeds) == set(SCALES)
+    assert build_plan("fig5", "quick").runs == build_plan("fig5", "quick", seeds=3).runs
 
 
 def test_fig5_plot_draws_each_codebook_against_its_own_baseline(tmp_path):
@@ -588,3 +591,55 @@ def test_movq_codebook_dry_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "256 and 4096 codebook entries" in err and "12 runs, evaluation on N=1000" in err
     assert "movq_quick_vqgan_800steps_k4096_s0" in err and "estimated" in err
+
+
+def test_table6_is_a_benchmark_not_a_plan_of_runs(tmp_path, monkeypatch, capsys):
+    """table6 builds a `Benchmark` (no runs): a dry run prints the command and its estimate and
+    writes nothing; a run keeps the module's output as report.md and results.json."""
+    import dataclasses
+    import os
+
+    from mvq.reproduce import plan as plans
+    from mvq.reproduce.benchmark import Benchmark
+
+    bench = build_plan("table6", "quick")
+    assert isinstance(bench, Benchmark) and bench.module == "mvq.bench.sampling"
+    assert build_plan("table6", "paper").minutes == "15-25 min"
+    assert main(["reproduce", "table6", "--dry-run", "--out", str(tmp_path / "dry")]) == 0
+    err = capsys.readouterr().err
+    assert "-m mvq.bench.sampling --json" in err and "--quick" in err and "estimated 1 min" in err
+    assert not (tmp_path / "dry").exists()
+    # a stand-in module with the benchmark's contract: --json PATH, a printed table
+    (tmp_path / "fakebench.py").write_text(
+        "import json, sys\nargs = sys.argv[1:]\n"
+        "json.dump({'args': args}, open(args[args.index('--json') + 1], 'w'))\n"
+        "print('length  ms\\n256     1.0')\n")
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path)
+    monkeypatch.setitem(plans.EXPERIMENTS, "table6", dataclasses.replace(
+        plans.EXPERIMENTS["table6"],
+        build=lambda scale, seeds, dataset: dataclasses.replace(bench, module="fakebench")))
+    assert main(["reproduce", "table6", "--out", str(tmp_path / "out")]) == 0
+    folder = tmp_path / "out" / "table6"
+    report = (folder / "report.md").read_text()
+    assert report.startswith("# MVQ paper Table 6: token sampling times\n\n`python -m fakebench")
+    assert "256     1.0" in report and "--quick" in report
+    assert json.loads((folder / "results.json").read_text())["args"][-1] == "--quick"
+
+
+def test_plans_select_runs_by_their_role_not_by_a_model_name():
+    """The plans pick another plan's runs as its baseline or compared runs (`Plan.is_baseline`),
+    never by comparing a label with a model name."""
+    import re
+    from pathlib import Path
+
+    import mvq.reproduce.plan
+
+    names = r"(vqvae|hvqvae|mvqvae|hvqgan|mvqgan|movq)"
+    pattern = re.compile(rf"labels(\[|\.get\()\"model\"\S*\s*[!=]=|[!=]=\s*\"{names}\"")
+    path = Path(mvq.reproduce.plan.__file__)
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        assert not pattern.search(line), f"{path.name}:{number}: {line.strip()}"
+    fig5 = build_plan("fig5", "quick", 1)
+    assert {r.labels["model"] for r in fig5.baseline_runs()} == {"hvqvae"}
+    assert {r.labels["model"] for r in fig5.compared_runs()} == {"mvqvae"}

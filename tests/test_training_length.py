@@ -206,7 +206,8 @@ def test_kept_records_carry_the_earlier_evaluations_and_regenerate_the_report(tm
     states = inspect(plan, tmp_path / "fresh", None, tmp_path / "partial")
     assert [s.kept for s in states] == [False, True, True, True]
     # the CLI on a fresh clone: --report-only --keep, nothing trained, the same report
-    monkeypatch.setitem(plans.EXPERIMENTS, "training-length", lambda scale, seeds, dataset: plan)
+    monkeypatch.setitem(plans.EXPERIMENTS, "training-length", dataclasses.replace(
+        plans.EXPERIMENTS["training-length"], build=lambda scale, seeds, dataset: plan))
     fresh = tmp_path / "fresh"
     assert main(["reproduce", "training-length", "--report-only", "--keep", str(kept),
                  "--out", str(fresh), "--no-progress"]) == 0

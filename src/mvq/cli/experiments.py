@@ -13,7 +13,7 @@ from mvq.cli.command import Command, add_device_and_progress, add_force, add_ove
 from mvq.demo import run_demo
 from mvq.errors import MvqError
 from mvq.reproduce import Options, reproduce
-from mvq.reproduce.plan import EXPERIMENTS, SUMMARIES
+from mvq.reproduce.plan import EXPERIMENTS
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -162,7 +162,7 @@ TABLE = (
         "OUT/EXPERIMENT/.",
         _reproduce_arguments, cmd_reproduce,
         epilog="experiments:\n"
-        + "".join(f"  {name:<18} {SUMMARIES[name]}\n" for name in EXPERIMENTS) + "\n"
+        + "".join(f"  {e.name:<18} {e.summary}\n" for e in EXPERIMENTS.values()) + "\n"
         "examples:\n  mvq reproduce fig5 --scale quick --dry-run\n"
         "  mvq reproduce fig5 --scale quick\n"
         "  mvq reproduce table1 --scale paper --dataset cifar10 --data-root "

@@ -17,7 +17,7 @@ from mvq.cli.command import (
 from mvq.sample import Sampling, sample_images
 from mvq.tokens import encode_dataset, load_tokens
 from mvq.train.engine import LINES
-from mvq.train.prior import PriorTraining, train_prior
+from mvq.train.prior import PRIOR_DEFAULTS, PriorTraining, train_prior
 
 
 def _encode_dataset_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,24 +51,31 @@ def _train_prior_arguments(p: argparse.ArgumentParser) -> None:
                    "--class)")
     p.add_argument("--out", default="runs/prior",
                    help="output folder, checkpoint in OUT/checkpoint (default runs/prior)")
-    own = "; with --resume: the run's own"
+    d, own = PRIOR_DEFAULTS, "; with --resume: the run's own"
     p.add_argument("--steps", type=positive_int,
-                   help=f"training steps, the run's target (default 2000{own})")
+                   help=f"training steps, the run's target (default {d.steps}{own})")
     p.add_argument("--batch-size", type=positive_int,
-                   help=f"token sequences per step, the global batch (default 64{own})")
-    p.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default 3e-4{own})")
-    p.add_argument("--seed", type=seed,
-                   help=f"seed of the initial weights, batches and held-out split (default 0{own})")
+                   help=f"token sequences per step, the global batch (default {d.batch_size}{own})")
+    p.add_argument("--lr", type=positive_float,
+                   help=f"Adam learning rate (default {_short(d.lr)}{own})")
+    p.add_argument("--seed", type=seed, help="seed of the initial weights, batches and held-out "
+                   f"split (default {d.seed}{own})")
     p.add_argument("--val-fraction", type=open_fraction,
                    help=f"share of the token file held out for the validation NLL (default "
-                   f"0.05{own})")
-    p.add_argument("--val-every", type=positive_int, default=250,
-                   help="validate and checkpoint every N steps (default 250)")
+                   f"{_short(d.val_fraction)}{own})")
+    every = PriorTraining.val_every
+    p.add_argument("--val-every", type=positive_int, default=every,
+                   help=f"validate and checkpoint every N steps (default {every})")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in OUT exactly (--steps and --lr may change)")
     p.add_argument("--overwrite", action="store_true",
                    help="start again over a run already in OUT (without it, mvq refuses)")
     add_device_and_progress(p)
+
+
+def _short(x: float) -> str:
+    """A default as the help shows it, the shorter of 0.05 and 5e-2 (3e-4 for 0.0003)."""
+    return min(f"{x:g}", f"{x:.0e}".replace("e-0", "e-"), key=len)
 
 
 def cmd_train_prior(args: argparse.Namespace) -> int:

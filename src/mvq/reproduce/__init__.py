@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mvq.errors import MvqError
+from mvq.reproduce.benchmark import Benchmark
 from mvq.reproduce.classgrid import class_agreement, class_grid
 from mvq.reproduce.plan import EXPERIMENTS, SCALES, Plan, build_plan
 from mvq.reproduce.report import write_report
 from mvq.reproduce.runner import collect, execute
 
-__all__ = ["EXPERIMENTS", "SCALES", "Options", "Plan", "build_plan", "class_agreement",
-           "class_grid", "reproduce"]
+__all__ = ["EXPERIMENTS", "SCALES", "Benchmark", "Options", "Plan", "build_plan",
+           "class_agreement", "class_grid", "reproduce"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
                                                          "--keep")
     plan = build_plan(experiment, scale, seeds, dataset)
     folder = out / plan.experiment
-    if plan.kind.standalone:  # a benchmark: no runs to train
-        return plan.kind.run(plan, folder, dry_run)
+    if isinstance(plan, Benchmark):  # no runs to train
+        return plan.run(folder, dry_run)
     if opts.report_only:
         records, missing = collect(plan, out, data_root, kept)
         if not records:

@@ -9,21 +9,19 @@ per prior and decoding), the size columns of the table, and the figures and text
 - `TrainingLength`: a sweep whose runs are also evaluated at earlier steps, one row per
   (run, length) (training-length);
 - `Generation`: priors on shared tokenizer runs, compared by their samples;
-- `ClassConditional`: a generation experiment with a class grid and class agreement;
-- `Benchmark`: a benchmark that runs alone (table6: token sampling times).
+- `ClassConditional`: a generation experiment with a class grid and class agreement.
+
+A benchmark (table6) is no plan of runs: `mvq.reproduce.benchmark`.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mvq._compat import missing
-from mvq.errors import MvqError
-from mvq.outputs import atomic_write, write_text
+from mvq.outputs import atomic_write
 from mvq.reproduce.classgrid import agreement_text, class_agreement, class_grid
 from mvq.reproduce.records import METRIC_NAMES, Cell, Record, columns, run_record, sample_records
 from mvq.reproduce.spec import Run, RunState
@@ -61,7 +59,6 @@ class TokenizerSweep:
     bits per image and parameters; ``plot``: the metric-against-label figure, if any."""
 
     plot: Plot | None = None
-    standalone = False  # runs trained and evaluated by the runner
     lengths: tuple[int, ...] = ()  # earlier steps each run is also evaluated at (none here)
 
     def stops(self, steps: int) -> tuple[int, ...]:
@@ -155,38 +152,6 @@ class ClassConditional(Generation):
 
 
 @dataclass
-class Benchmark:
-    """A benchmark that runs on its own (no tokenizer runs): ``module``'s output is the
-    report."""
-
-    module: str
-    minutes: dict[str, str]  # the estimate by scale
-    standalone = True
-
-    def run(self, plan: Plan, folder: Path, dry_run: bool) -> dict | None:
-        """Run the benchmark (quick: its --quick form), keep its output in report.md."""
-        args = [sys.executable, "-m", self.module, "--json", str(folder / "results.json")]
-        args += ["--quick"] if plan.scale == "quick" else ["--threads", "1"]
-        print(f"mvq reproduce {plan.experiment} --scale {plan.scale}: {' '.join(args[1:])}\n"
-              f"estimated {self.minutes[plan.scale]} on a 2-core CPU", file=sys.stderr)
-        if dry_run:
-            return None
-        folder.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(args, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise MvqError(f"the benchmark {self.module} failed: "
-                           f"{done.stderr.strip().splitlines()[-1:]}")
-        text = (f"# {plan.title}\n\n`python {' '.join(args[1:])}`\n\n"
-                f"```\n{done.stdout.rstrip()}\n```\n")
-        write_text(folder / "report.md", text)
-        print(text)
-        return {"experiment": plan.experiment, "scale": plan.scale, "output": done.stdout}
-
-
-Kind = TokenizerSweep | Benchmark
-
-
-@dataclass
 class Plan:
     """An experiment at one scale: its runs, the evaluation, and how the report reads them."""
 
@@ -203,7 +168,18 @@ class Plan:
     match: tuple[str, ...] = ("tokens", "K")  # labels a model shares with its baseline rows
     # named comparisons beside the baseline's: (a row's labels, the row it is set against)
     pairs: tuple[tuple[dict, dict], ...] = ()
-    kind: Kind = field(default_factory=TokenizerSweep)
+    kind: TokenizerSweep = field(default_factory=TokenizerSweep)
+
+    def is_baseline(self, run: Run) -> bool:
+        """Whether ``run`` is one of the baseline's (its labels hold ``baseline``'s)."""
+        return all(run.labels.get(k) == v for k, v in self.baseline.items())
+
+    def baseline_runs(self) -> list[Run]:
+        return [r for r in self.runs if self.is_baseline(r)]
+
+    def compared_runs(self) -> list[Run]:
+        """The runs set against the baseline (fig5: the MVQ ones)."""
+        return [r for r in self.runs if not self.is_baseline(r)]
 
 
 def _params(cell: Cell) -> str:

@@ -11,12 +11,14 @@ set-up (MVQ paper A.1 Table 2, MoVQ section 4), for a GPU and the user's data fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from mvq.decoding import Decoding
 from mvq.errors import MvqError
+from mvq.reproduce.benchmark import Benchmark
 from mvq.reproduce.kinds import (
-    Benchmark,
     ClassConditional,
     Generation,
     Plan,
@@ -26,8 +28,8 @@ from mvq.reproduce.kinds import (
 )
 from mvq.reproduce.spec import Changes, Decode, PriorSpec, Run
 
-__all__ = ["DATASETS", "EXPERIMENTS", "SCALES", "SUMMARIES", "Changes", "Dataset",
-           "Decode", "Plan", "PriorSpec", "Run", "build_plan", "default_seeds"]
+__all__ = ["DATASETS", "EXPERIMENTS", "SCALES", "Benchmark", "Changes", "Dataset", "Decode",
+           "Experiment", "Plan", "PriorSpec", "Run", "build_plan"]
 
 SCALES = ("quick", "paper")
 
@@ -139,9 +141,9 @@ def two_vs_five(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     """MVQ 4.2: MVQVAE with 1+1 tokens against the VQ-VAE-2 baseline with 4+1 tokens."""
     base = fig5(scale, seeds, dataset)
     j = 128 if scale == "quick" else 2048
-    runs = [r for r in base.runs
-            if (r.labels["model"] == "mvqvae" and r.labels["F"] == 28 and r.labels["J"] == j)
-            or (r.labels["model"] == "hvqvae" and r.labels["F"] in (28, 14))]
+    runs = [r for r in base.runs  # fig5's order
+            if (r.labels["F"] in (28, 14) if base.is_baseline(r)
+                else r.labels["F"] == 28 and r.labels["J"] == j)]
     return Plan("two-vs-five", scale, "MVQ paper 4.2: MVQVAE with 2 tokens (1+1) against the "
                 "VQ-VAE-2 baseline with 2 and 5 tokens (1+1, 4+1), FashionMNIST", runs,
                 base.eval_n, base.metrics, ("tokens", "K", "model", "J"),
@@ -399,7 +401,7 @@ def pixelcnn_vs_gpt(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     if dataset not in (None, "fashion-mnist"):
         raise MvqError("pixelcnn-vs-gpt uses fig5's FashionMNIST tokenizers: drop --dataset")
     base = fig5(scale, 1)
-    toks = [r for r in base.runs if r.labels["model"] == "hvqvae" and r.labels["K"] == 16]
+    toks = [r for r in base.baseline_runs() if r.labels["K"] == 16]
     steps = _prior_steps(scale)
     runs = []
     for tok in toks:
@@ -427,8 +429,8 @@ def class_conditional(scale: str, seeds: int, dataset: str | None = None) -> Pla
         raise MvqError("class-conditional uses fig5's FashionMNIST tokenizers: drop --dataset")
     base = fig5(scale, 1)
     j = 128 if scale == "quick" else 2048
-    tok = next(r for r in base.runs if r.labels["model"] == "mvqvae" and r.labels["F"] == 28
-               and r.labels["K"] == 16 and r.labels["J"] == j)
+    tok = next(r for r in base.compared_runs() if r.labels["F"] == 28 and r.labels["K"] == 16
+               and r.labels["J"] == j)
     steps = _prior_steps(scale)
     specs = []
     for s in range(seeds):
@@ -450,8 +452,8 @@ def mask_sampling(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     if dataset not in (None, "fashion-mnist"):
         raise MvqError("mask-sampling uses fig5's FashionMNIST tokenizers: drop --dataset")
     js = (128, 1024) if scale == "quick" else (2048,)
-    base = [r for r in fig5(scale, seeds).runs if r.labels["model"] == "mvqvae"
-            and r.labels["F"] == 28 and r.labels["K"] == 16 and r.labels["J"] in js]
+    base = [r for r in fig5(scale, seeds).compared_runs() if r.labels["F"] == 28
+            and r.labels["K"] == 16 and r.labels["J"] in js]
     runs = []
     for run in base:
         runs.append(replace(run, labels={**run.labels, "masks": "per instance"}))
@@ -467,55 +469,75 @@ def mask_sampling(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                                      "differ only in train.mask_sampling=batch"])
 
 
-def table6(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+def table6(scale: str, seeds: int, dataset: str | None = None) -> Benchmark:
     """MVQ Table 6: the token sampling benchmark (mvq.bench.sampling), its output kept."""
-    return Plan("table6", scale, "MVQ paper Table 6: token sampling times", [], 0, (), (),
-                kind=Benchmark("mvq.bench.sampling", {"quick": "1 min", "paper": "15-25 min"}))
+    return Benchmark("table6", scale, "MVQ paper Table 6: token sampling times",
+                     "mvq.bench.sampling", {"quick": "1 min", "paper": "15-25 min"}[scale])
 
 
-EXPERIMENTS = {"fig5": fig5, "table1": table1, "table5": table5, "two-vs-five": two_vs_five,
-               "movq-ablation": movq_ablation, "movq-table2": movq_table2,
-               "pixelcnn-vs-gpt": pixelcnn_vs_gpt, "class-conditional": class_conditional,
-               "mask-sampling": mask_sampling, "training-length": training_length,
-               "movq-codebook": movq_codebook, "table6": table6}
-
-# one line per experiment for `mvq reproduce --help` (in EXPERIMENTS' order)
-SUMMARIES = {
-    "fig5": "MVQVAE vs the hierarchical baseline, FID against J (MVQ Fig. 5)",
-    "table1": "hvqgan vs mvqgan at 1+1 / 4+1 tokens, K 16 / 256 (MVQ Table 1)",
-    "table5": "a GPT prior on each table1 tokenizer: FID*, F-scores, NLL (Table 5)",
-    "two-vs-five": "MVQVAE with 1+1 tokens vs the baseline with 4+1 (MVQ 4.2)",
-    "movq-ablation": "VQGAN / + multichannel / + SpatialNorm, F0 and c (MoVQ Fig. 6)",
-    "movq-table2": "MaskGIT at 4-16 steps vs autoregressive GPT on MoVQ tokens (MoVQ Table 2)",
-    "pixelcnn-vs-gpt": "gated PixelCNN vs two-stage GPT on hvqvae tokens: NLL, FID*",
-    "class-conditional": "class-conditional vs unconditional GPT on MVQ tokens, class grid",
-    "mask-sampling": "MH-Dropout masks per instance vs one bank per batch (fig5's 1+1 cell)",
-    "training-length": "fig5's K=16 cells at 1200 / 4800 / 18750 steps (one run per seed)",
-    "movq-codebook": "VQGAN and MoVQ with a small and a 16x larger codebook (MoVQ Fig. 6b)",
-    "table6": "token sampling times (MVQ Table 6; the sampling benchmark)",
-}
+# seeds per compared cell without --seeds: 3 at quick scale (single runs of one variant differ
+# by 10-35 rFID there), 1 at paper scale (a GPU day per run)
+DEFAULT_SEEDS = MappingProxyType({"quick": 3, "paper": 1})
 
 
-def default_seeds(experiment: str, scale: str) -> int:
-    """Seeds per compared cell without --seeds: 3 at quick scale (single runs of one variant
-    differ by 10-35 rFID there), 1 at paper scale (a GPU day per run)."""
-    return 3 if scale == "quick" else 1
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of `mvq reproduce`: its name on the command line, the one line
+    `mvq reproduce --help` lists it with, the builder of its work at a scale
+    (``build(scale, seeds, dataset)``: a `Plan` of runs, or a `Benchmark` that runs alone) and
+    its seeds per compared cell without --seeds, by scale."""
+
+    name: str
+    summary: str
+    build: Callable[[str, int, str | None], Plan | Benchmark]
+    seeds: Mapping[str, int] = field(default_factory=lambda: DEFAULT_SEEDS)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", MappingProxyType(dict(self.seeds)))
+
+
+# in the order `mvq reproduce --help` lists them
+EXPERIMENTS = {e.name: e for e in (
+    Experiment("fig5", "MVQVAE vs the hierarchical baseline, FID against J (MVQ Fig. 5)", fig5),
+    Experiment("table1", "hvqgan vs mvqgan at 1+1 / 4+1 tokens, K 16 / 256 (MVQ Table 1)",
+               table1),
+    Experiment("table5", "a GPT prior on each table1 tokenizer: FID*, F-scores, NLL (Table 5)",
+               table5),
+    Experiment("two-vs-five", "MVQVAE with 1+1 tokens vs the baseline with 4+1 (MVQ 4.2)",
+               two_vs_five),
+    Experiment("movq-ablation", "VQGAN / + multichannel / + SpatialNorm, F0 and c (MoVQ Fig. 6)",
+               movq_ablation),
+    Experiment("movq-table2", "MaskGIT at 4-16 steps vs autoregressive GPT on MoVQ tokens "
+               "(MoVQ Table 2)", movq_table2),
+    Experiment("pixelcnn-vs-gpt", "gated PixelCNN vs two-stage GPT on hvqvae tokens: NLL, FID*",
+               pixelcnn_vs_gpt),
+    Experiment("class-conditional", "class-conditional vs unconditional GPT on MVQ tokens, "
+               "class grid", class_conditional),
+    Experiment("mask-sampling", "MH-Dropout masks per instance vs one bank per batch (fig5's "
+               "1+1 cell)", mask_sampling),
+    Experiment("training-length", "fig5's K=16 cells at 1200 / 4800 / 18750 steps (one run per "
+               "seed)", training_length),
+    Experiment("movq-codebook", "VQGAN and MoVQ with a small and a 16x larger codebook (MoVQ "
+               "Fig. 6b)", movq_codebook),
+    Experiment("table6", "token sampling times (MVQ Table 6; the sampling benchmark)", table6),
+)}
 
 
 MAX_SEEDS = 20  # the papers report 1-5 seeds; more is a typo, not a plan
 
 
 def build_plan(experiment: str, scale: str = "quick", seeds: int | None = None,
-               dataset: str | None = None) -> Plan:
-    """The plan of ``experiment`` at ``scale``; MvqError for an unknown name or bad option."""
+               dataset: str | None = None) -> Plan | Benchmark:
+    """The plan of ``experiment`` at ``scale`` (a `Benchmark` for a benchmark); MvqError for an
+    unknown name or bad option."""
     if experiment not in EXPERIMENTS:
         raise MvqError(f"unknown experiment {experiment!r}: expected one of "
                        f"{', '.join(EXPERIMENTS)}")
     if scale not in SCALES:
         raise MvqError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if seeds is None:
-        seeds = default_seeds(experiment, scale)
+        seeds = EXPERIMENTS[experiment].seeds[scale]
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
         raise MvqError(f"--seeds must be an integer in [1, {MAX_SEEDS}] (each seed trains every "
                        f"run of the plan once more), got {seeds!r}")
-    return EXPERIMENTS[experiment](scale, seeds, dataset)
+    return EXPERIMENTS[experiment].build(scale, seeds, dataset)

@@ -13,7 +13,7 @@ train_state.safetensors (resume) and manifest.json. One format for every saved m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -44,14 +44,34 @@ def write_prior(directory: Path, prior: Prior, info: dict) -> None:
 
 
 @dataclass(frozen=True)
+class PriorSchedule:
+    """A prior run's training settings, as config.json's "train" stores them (under these
+    names); the defaults are a new run's. Fixed for the run's life but ``steps`` and ``lr``
+    (PRIOR_MAY_CHANGE), which a resume may change."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-4
+    seed: int = 0
+    val_fraction: float = 0.05
+
+
+PRIOR_DEFAULTS = PriorSchedule()
+PRIOR_MAY_CHANGE = frozenset({"steps", "lr"})  # on resume; the others are fixed
+# each setting's flag of `mvq train-prior`, which names it in the messages of a resume
+FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in fields(PriorSchedule)}
+
+
+@dataclass(frozen=True)
 class PriorTraining:
     """How to train a prior (`train_prior`); MvqError for a bad value when it is made.
 
     ``kind``: a registry name ("gpt", "maskgit", "pixelcnn"); None picks the default for the
     tokens' layout (MaskGIT for multichannel MoVQ codes, the two-stage GPT otherwise).
-    ``steps``, ``batch_size``, ``lr``, ``seed``, ``val_fraction`` (and ``kind``): None is the
-    resumed run's own value, PRIOR_DEFAULTS for a new run; on resume only steps and lr may
-    change (applied and logged), the others are refused with both values.
+    ``steps``, ``batch_size``, ``lr``, ``seed``, ``val_fraction`` (`PriorSchedule`'s fields;
+    and ``kind``): None is the resumed run's own value, `PriorSchedule`'s default for a new
+    run; on resume only steps and lr may change (applied and logged), the others are refused
+    with both values.
     ``sizes``: the prior's sizes (GPT: {"primary": {n_layer, n_head, n_embd}, "secondary":
     {...}}, None: MVQ Table 4; MaskGIT: {n_layer, n_head, n_embd}; PixelCNN: {channels,
     n_layers, kernel_size}). ``class_conditional`` conditions it on the token file's labels
@@ -98,29 +118,25 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path,
     1/N of every batch (batch_size stays the global batch); rank 0 validates, logs and saves.
     """
     st = expect_value(settings, PriorTraining, "settings")
-    given = {"--steps": st.steps, "--batch-size": st.batch_size, "--lr": st.lr,
-             "--seed": st.seed, "--val-fraction": st.val_fraction}
     out = Path(out_dir)
     target = out / "checkpoint"
     resume_from = claim_run(out, "prior", resume, overwrite, "--out")
-    own, run_kind, changes = _settings(given, resume_from, out)
-    steps, batch_size, lr, seed, val_fraction = own.values()
-    st = replace(st, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                 val_fraction=val_fraction)  # resolved: no None left among these
+    own, run_kind, changes = _settings(st, resume_from, out)
+    st = replace(st, **asdict(own))  # resolved: no None left among these
+    steps, batch_size, seed = own.steps, own.batch_size, own.seed
     codes, labels, tmeta = load_tokens(tokens_path)
     kind = st.kind or run_kind or default_kind(codes)
     prior_class(kind).check_layout(codes)
     num_classes = _num_classes(labels, tokens_path) if st.class_conditional else 0
     n = len(codes)
-    n_val = max(1, round(n * val_fraction))
+    n_val = max(1, round(n * own.val_fraction))
     if n - n_val < 1:
         raise MvqError(f"{tokens_path} has {n} items: too few to hold out {n_val} for validation")
     info = {"tokens": {**tmeta, "path": str(tokens_path)}, "num_classes": num_classes,
             "tokenizer_config_hash": codes.meta.get("config_hash"),
             # the exact tokenizer weights (None: a token file from before mvq recorded them)
             "tokenizer_weights_sha256": tmeta.get("weights_sha256"),
-            "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-                      "val_fraction": val_fraction, "n_train": n - n_val, "n_val": n_val}}
+            "train": {**asdict(own), "n_train": n - n_val, "n_val": n_val}}
     schedule = Schedule(steps, batch_size, seed, st.log_every, st.val_every,
                         ckpt_every=st.val_every, keep_checkpoints=st.keep_checkpoints,
                         batch_option="--batch-size")
@@ -137,27 +153,23 @@ def train_prior(tokens_path: str | Path, out_dir: str | Path,
     return distributed.run(pick_device(device), batch_size, "--batch-size", run)
 
 
-PRIOR_DEFAULTS = {"--steps": 2000, "--batch-size": 64, "--lr": 3e-4, "--seed": 0,
-                  "--val-fraction": 0.05}
-PRIOR_MAY_CHANGE = frozenset({"--steps", "--lr"})  # on resume; the others are fixed
-_STORED = {"--steps": "steps", "--batch-size": "batch_size", "--lr": "lr", "--seed": "seed",
-           "--val-fraction": "val_fraction"}  # their names in config.json's "train"
-
-
-def _settings(given: dict, resume_from: Path | None, out: Path) -> tuple[dict, str | None, list]:
-    """The run's training settings (PRIOR_DEFAULTS' keys, in order), its prior type and the
-    changes a resume makes: the ``given`` settings (None: not given), else the resumed run's
-    own, else the defaults. A resume that changes a fixed one is refused."""
+def _settings(st: PriorTraining, resume_from: Path | None,
+              out: Path) -> tuple[PriorSchedule, str | None, list]:
+    """The run's `PriorSchedule`, its prior type and the changes a resume makes (named by
+    their flags): ``st``'s settings where given (not None), else the resumed run's own (its
+    config.json's "train"), else the defaults. A resume that changes a fixed one is refused."""
+    given = {f.name: getattr(st, f.name) for f in fields(PriorSchedule)}
     if resume_from is None:
-        return {k: PRIOR_DEFAULTS[k] if v is None else v for k, v in given.items()}, None, []
+        return replace(PRIOR_DEFAULTS, **{k: v for k, v in given.items() if v is not None}), \
+            None, []
     info = sealed.read_json(resume_from / "config.json")
     stored = info.get("train") if isinstance(info.get("train"), dict) else {}
-    run = {k: stored.get(_STORED[k], PRIOR_DEFAULTS[k]) for k in given}
+    run = {k: stored.get(k, getattr(PRIOR_DEFAULTS, k)) for k in given}
     new = {k: run[k] if v is None else v for k, v in given.items()}
-    changes = [(k, run[k], new[k]) for k in given if new[k] != run[k]]
-    check_resume(changes, PRIOR_MAY_CHANGE, str(out), "start a new run (--overwrite, or "
-                 "another --out)")
-    return new, info.get("prior_type"), changes
+    changes = [(FLAGS[k], run[k], new[k]) for k in given if new[k] != run[k]]
+    check_resume(changes, {FLAGS[k] for k in PRIOR_MAY_CHANGE}, str(out), "start a new run "
+                 "(--overwrite, or another --out)")
+    return PriorSchedule(**new), info.get("prior_type"), changes
 
 
 def _num_classes(labels: torch.Tensor, path) -> int:
