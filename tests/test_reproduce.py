@@ -154,31 +154,39 @@ def test_plan_refuses_a_folder_with_other_settings(tmp_path):
 def test_quick_plans_fit_their_claims():
     fig5 = build_plan("fig5", "quick")
     names = [r.name for r in fig5.runs]
-    # 2 factors x 2 K x (3 baseline + 3 seeds at each of 4 J)
-    assert len(names) == len(set(names)) == 2 * 2 * (3 + 3 * 4)
+    # 2 factors x 2 K x (3 baseline + 3 seeds at each of 4 J), the headline cell (1+1 tokens,
+    # K = 16) with 5 seeds
+    assert len(names) == len(set(names)) == 3 * (3 + 3 * 4) + 5 * (1 + 4)
     per = {}
     for r in fig5.runs:
         key = (r.labels["F"], r.labels["K"], r.labels["model"], r.labels.get("J"))
         per.setdefault(key, []).append(r.seed)
     assert set(per) == {(f, k, "hvqvae", None) for f in (28, 14) for k in (16, 256)} | {
         (f, k, "mvqvae", j) for f in (28, 14) for k in (16, 256) for j in (1, 16, 128, 1024)}
-    assert all(seeds == [0, 1, 2] for seeds in per.values())
+    assert all(seeds == ([0, 1, 2, 3, 4] if key[:2] == (28, 16) else [0, 1, 2])
+               for key, seeds in per.items())
+    assert "(5 at 1+1 tokens, K = 16, the headline cell)" in fig5.notes[0]
+    assert len(build_plan("fig5", "quick", seeds=6).runs) == 4 * 6 * 5  # never fewer than asked
     cfg = fig5.runs[0].config(None, "x")
     assert (cfg.model.factor, cfg.model.codebook_size, cfg.train.steps) == (28, 16, 1200)
     k256 = next(r for r in fig5.runs if r.labels["K"] == 256).config(None, "x")
     assert k256.model.codebook_size == 256
     assert "the baseline and every J with 3 seeds" in fig5.notes[0]
     # every experiment defaults to 3 seeds at quick scale, 1 at paper scale
-    assert sorted({r.seed for r in build_plan("table1", "quick").runs}) == [0, 1, 2]
+    t1 = build_plan("table1", "quick").runs
+    assert sorted({r.seed for r in t1 if (r.labels["F"], r.labels["K"]) != (28, 16)}) == [0, 1, 2]
+    assert sorted({r.seed for r in t1 if (r.labels["F"], r.labels["K"]) == (28, 16)}) == list(
+        range(5))
+    assert {r.seed for r in build_plan("table5", "quick").runs} == {0, 1, 2}  # priors on 3
     assert sorted({s.seed for s in build_plan("movq-table2", "quick").runs[0].priors}) == [0, 1, 2]
     assert {r.seed for r in build_plan("table1", "paper", dataset="cifar10").runs} == {0}
     # two-vs-five reuses fig5's runs: the same names, so the same folders
     assert {r.name for r in build_plan("two-vs-five", "quick").runs} <= set(names)
     t1 = build_plan("table1", "quick", seeds=1)
-    assert sorted((r.labels["model"], r.labels["F"], r.labels["K"]) for r in t1.runs) == sorted(
-        (m, f, k) for m in ("hvqgan", "mvqgan") for f in (28, 14) for k in (16, 256))
+    assert {(r.labels["model"], r.labels["F"], r.labels["K"]) for r in t1.runs} == {
+        (m, f, k) for m in ("hvqgan", "mvqgan") for f in (28, 14) for k in (16, 256)}
     t5 = build_plan("table5", "quick", seeds=1)
-    assert [r.name for r in t5.runs] == [r.name for r in t1.runs] and all(
+    assert [r.name for r in t5.runs] == [r.name for r in t1.runs if r.seed == 0] and all(
         [s.kind for s in r.priors] == ["gpt"] for r in t5.runs)
     movq = build_plan("movq-ablation", "quick", seeds=1)
     cfgs = [r.config(None, "x").model for r in movq.runs]
@@ -218,7 +226,7 @@ def test_cli_errors(argv, message, tmp_path, capsys):
 def test_cli_dry_run_prints_plan_and_estimate(tmp_path, capsys):
     assert main(["reproduce", "fig5", "--dry-run", "--out", str(tmp_path / "new")]) == 0
     err = capsys.readouterr().err
-    assert "60 runs" in err and "estimated 5 h" in err and "to train" in err
+    assert "70 runs" in err and "estimated 6 h" in err and "to train" in err
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
 
 
