@@ -418,7 +418,7 @@ def pixelcnn_vs_gpt(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     if dataset not in (None, "fashion-mnist"):
         raise MvqError("pixelcnn-vs-gpt uses fig5's FashionMNIST tokenizers: drop --dataset")
     base = fig5(scale, 1)
-    toks = [r for r in base.baseline_runs() if r.labels["K"] == 16]
+    toks = [r for r in base.baseline_runs() if r.labels["K"] == 16 and r.seed == 0]
     steps = _prior_steps(scale)
     runs = []
     for tok in toks:
@@ -470,7 +470,7 @@ def mask_sampling(scale: str, seeds: int, dataset: str | None = None) -> Plan:
         raise MvqError("mask-sampling uses fig5's FashionMNIST tokenizers: drop --dataset")
     js = (128, 1024) if scale == "quick" else (2048,)
     base = [r for r in fig5(scale, seeds).compared_runs() if r.labels["F"] == 28
-            and r.labels["K"] == 16 and r.labels["J"] in js]
+            and r.labels["K"] == 16 and r.labels["J"] in js and r.seed < seeds]
     runs = []
     for run in base:
         runs.append(replace(run, labels={**run.labels, "masks": "per instance"}))
