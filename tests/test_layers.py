@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq import MaskedVectorQuantize, MultiChannelVectorQuantize, VectorQuantize
+from mvq import FSQ, LFQ, MaskedVectorQuantize, MultiChannelVectorQuantize, VectorQuantize
 from mvq.errors import MvqError
 
 
@@ -94,12 +94,60 @@ def test_masked_layer_picks_each_positions_nearest_hypothesis():
     assert torch.allclose(loss, out.primary.loss + out.secondary.loss + out.mhd_loss, atol=1e-6)
 
 
+@pytest.mark.parametrize("secondary", ["fsq", "lfq"])
+def test_masked_layer_over_a_channel_code_secondary(secondary):
+    """MVQ over an FSQ / LFQ secondary: e' is the rounded channels / the signs, the mask covers
+    them (D' = len(levels) / bits), each position's bank winner is the brute-force nearest,
+    the ids decode back, and the rate is the secondary's: K' = prod(levels) / 2^bits."""
+    torch.manual_seed(4)
+    layer2 = FSQ([5, 3, 4]) if secondary == "fsq" else LFQ(3)
+    mvq = MaskedVectorQuantize(4, 8, num_masks=16, restart_dead=False, secondary=layer2)
+    assert (mvq.dim2, mvq.secondary.num_codes) == (3, 60 if secondary == "fsq" else 8)
+    x = torch.randn(2, 5, 4, requires_grad=True)
+    quantized, (ids, ids2), loss, mask = mvq(x)  # training: fresh masks
+    (quantized.pow(2).mean() + loss).backward()
+    assert x.grad.abs().sum() > 0 and mvq.secondary_encoder.weight.grad.abs().sum() > 0
+    mvq.eval()
+    quantized, (ids, ids2), loss, mask = mvq(x.detach())
+    assert ids2.shape == (2, 5) and mask.shape == (2, 5, 3)
+    assert int(ids2.max()) < mvq.secondary.num_codes
+    bank = mvq.eval_mask_bank(torch.zeros(1, 3, 1, 1))[:, :, 0, 0]  # (J, D')
+    with torch.no_grad():
+        e = mvq.primary.embedding[ids]
+        e2 = layer2.indices_to_codes(ids2)  # (2, 5, 3): the rounded channels / signs
+        z2 = mvq.secondary_encoder(x.detach().reshape(10, 4, 1, 1)).reshape(2, 5, 3)
+        assert torch.equal(e2, layer2(z2)[0])  # the secondary's own code of E'(x)
+        f = lambda c: mvq.f(c.reshape(-1, 3, 1, 1)).reshape(*c.shape[:-1], 4)  # noqa: E731
+        hyp = e[:, :, None] + f(e2[:, :, None] * bank)
+        best = (hyp - x.detach()[:, :, None]).pow(2).sum(-1).argmin(-1)
+        assert torch.equal(mask, bank[best])
+        assert torch.allclose(mvq.get_output_from_indices(ids, ids2, mask), quantized, atol=1e-6)
+    assert mvq(torch.randn(0, 5, 4))[3].shape == (0, 5, 3)
+    with pytest.raises(MvqError, match=r"lie in \[0,"):
+        mvq.get_output_from_indices(ids, ids2 + 1000, mask)
+
+
+def test_masked_layer_refuses_a_secondary_it_cannot_mask():
+    with pytest.raises(MvqError, match="without dim"):
+        MaskedVectorQuantize(4, 8, secondary=FSQ([5, 3], dim=6))
+    with pytest.raises(MvqError, match="dim2=5 disagrees"):
+        MaskedVectorQuantize(4, 8, dim2=5, secondary=LFQ(3))
+    with pytest.raises(MvqError, match="codebook_size2=4 disagrees"):
+        MaskedVectorQuantize(4, 8, codebook_size2=4, secondary=LFQ(3))
+    with pytest.raises(MvqError, match="channel-code quantizer"):
+        MaskedVectorQuantize(4, 8, secondary=VectorQuantize(4, 8))
+
+
 @pytest.mark.parametrize("channel_first", [False, True])
 def test_gradients_reach_the_encoder_through_every_layer(channel_first):
     torch.manual_seed(3)
     layers = [VectorQuantize(4, 8, channel_first=channel_first),
               MultiChannelVectorQuantize(4, 8, channels=2, channel_first=channel_first),
-              MaskedVectorQuantize(4, 8, num_masks=8, channel_first=channel_first)]
+              MaskedVectorQuantize(4, 8, num_masks=8, channel_first=channel_first),
+              MaskedVectorQuantize(4, 8, num_masks=8, channel_first=channel_first,
+                                   secondary=FSQ([5, 3, 4, 3])),
+              MaskedVectorQuantize(4, 8, num_masks=8, channel_first=channel_first,
+                                   secondary=LFQ(4))]
     for layer in layers:
         enc = nn.Linear(3, 4)
         h = enc(torch.randn(2, 6, 3))  # (B, N, D)

@@ -2,7 +2,17 @@ import pytest
 import torch
 from torch import nn
 
-from mvq.quantize import MaskedQuantizer, VectorQuantizer
+from mvq.quantize import FSQ, LFQ, MaskedQuantizer, VectorQuantizer
+from mvq.quantize.secondary import ChannelCode
+
+# MVQ's secondary code, D' = 5 channels each: a VQ codebook (the paper's), an FSQ code (the
+# rounded channels), an LFQ code (the signs), and an LFQ code too large to keep whole (the
+# table search scores the codes a batch uses)
+SECONDARIES = {
+    "vq": lambda: VectorQuantizer(6, 5, ema=False, restart_dead=False),
+    "fsq": lambda: ChannelCode(FSQ([3, 4, 5, 3, 3], channel_first=True)),
+    "lfq": lambda: ChannelCode(LFQ(5)),
+}
 
 
 def _f(d2: int, d: int) -> nn.Module:
@@ -10,11 +20,11 @@ def _f(d2: int, d: int) -> nn.Module:
                          nn.Upsample(size=(2, 2)))
 
 
-def _mq(naive=False, chunk=3, dtype=torch.float64, j=7):
+def _mq(naive=False, chunk=3, dtype=torch.float64, j=7, secondary="vq", **kw):
     torch.manual_seed(1)
     mq = MaskedQuantizer(VectorQuantizer(6, 4, ema=False, restart_dead=False),
-                         VectorQuantizer(6, 5, ema=False, restart_dead=False),
-                         _f(5, 4), num_masks=j, chunk_size=chunk, naive=naive)
+                         SECONDARIES[secondary](), _f(5, 4), num_masks=j, chunk_size=chunk,
+                         naive=naive, **kw)
     return mq.to(dtype)
 
 
@@ -37,13 +47,18 @@ def test_winner_equals_brute_force_argmin():
         assert torch.equal(got_shared[b], bank[int(torch.stack(dists).argmin())])
 
 
-def test_chunked_search_gradients_equal_naive_all_hypotheses():
+@pytest.mark.parametrize("secondary", sorted(SECONDARIES))
+@pytest.mark.parametrize("shared", [False, True])
+def test_chunked_search_gradients_equal_naive_all_hypotheses(secondary, shared):
+    """Per-instance masks (the chunked search) and a bank shared by the batch (the table
+    search), for every secondary quantizer: the naive form's winners and gradients."""
+    torch.manual_seed(0)
     y = torch.randn(3, 4, 2, 2, dtype=torch.float64)
     y2 = torch.randn(3, 5, 1, 1, dtype=torch.float64)
-    masks = torch.rand(3, 7, 5, 1, 1) < 0.5
+    masks = torch.rand(7, 5, 1, 1) < 0.5 if shared else torch.rand(3, 7, 5, 1, 1) < 0.5
     grads = []
     for naive in (False, True):
-        mq = _mq(naive=naive)
+        mq = _mq(naive=naive, secondary=secondary, search="table" if shared else "auto")
         yy, yy2 = y.clone().requires_grad_(), y2.clone().requires_grad_()
         out = mq(yy, yy2, masks=masks)
         loss = out.mhd_loss + (out.y_hat ** 3).sum() + out.primary.loss + out.secondary.loss
@@ -57,6 +72,34 @@ def test_chunked_search_gradients_equal_naive_all_hypotheses():
     for a, b in zip(*grads):
         assert a is not None and b is not None
         assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)
+    assert grads[0][1].abs().sum() > 0  # the secondary encoder output gets gradient
+
+
+@pytest.mark.parametrize("secondary", ["fsq", "lfq", "lfq-large"])
+def test_channel_code_secondary_winners_equal_brute_force(secondary, monkeypatch):
+    """An FSQ / LFQ secondary: the chunked and the table search (over every implicit code, or
+    the batch's codes when the codebook is too large to keep) pick the brute-force winner of
+    ||e + f(e' * m_j) - y||^2, with e' the rounded channels / signs."""
+    large = secondary == "lfq-large"
+    if large:  # 32 codes, more than the 8 kept whole
+        monkeypatch.setattr("mvq.quantize.secondary.TABLE_CODES", 8)
+    mq = _mq(secondary=secondary.split("-")[0])
+    assert (mq.secondary.embedding is None) == large
+    e = torch.randn(6, 4, 2, 2, dtype=torch.float64)
+    y = torch.randn(6, 4, 2, 2, dtype=torch.float64)
+    q2 = mq.secondary(torch.randn(6, 5, 1, 1, dtype=torch.float64))
+    e2, ids2 = q2.codes, q2.indices
+    assert torch.equal(mq.secondary.lookup(ids2), e2)  # ids give the codes back
+    bank = torch.rand(9, 5, 1, 1) < 0.5
+    for search in ("chunked", "table"):
+        mq.search = search
+        for train in (True, False):
+            mq.train(train)
+            got = mq.best_masks(e, e2, y, bank, ids2)
+            for b in range(6):
+                dists = [((e[b] + mq.f((e2[b] * bank[j])[None])[0] - y[b]) ** 2).sum()
+                         for j in range(9)]
+                assert torch.equal(got[b], bank[int(torch.stack(dists).argmin())])
 
 
 def test_only_winner_gets_gradient_in_f():

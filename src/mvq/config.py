@@ -21,7 +21,7 @@ from mvq.errors import MvqError
 from mvq.fields import Range, build_checked
 from mvq.memory import check_fits
 from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
-from mvq.quantize.registry import FAMILY_FIELDS, family
+from mvq.quantize.registry import FAMILY_FIELDS, family, secondary_family, secondary_sizes
 from mvq.sections import (
     GAN_TYPES,
     MASK_TYPES,
@@ -80,6 +80,8 @@ def codebook_sizes(model) -> list[int]:
     k, kind = model.codebook_size, model_type(model.type)
     if kind.quantizer:
         return [family(model.quantizer).codebook_size(model)]
+    if kind.masks:  # the secondary code's K': K/2, or an FSQ / LFQ secondary's implicit codes
+        return [k // 2, secondary_sizes(model)[1]]
     return [k] if kind.codebooks == 1 else [k // 2, k // 2]
 
 
@@ -94,7 +96,9 @@ def _check_quantizer(model) -> None:
                        f"model.type={' or '.join(QUANTIZER_TYPES)} (model.type={model.type} has "
                        f"its own quantizers)")
     defaults = ModelConfig()
-    for key in sorted(FAMILY_FIELDS - chosen.reads()):
+    second = _check_secondary(model, defaults)
+    reads = chosen.reads() | (second.reads() if second.secondary is not None else set())
+    for key in sorted(FAMILY_FIELDS - reads):
         if hasattr(model, key) and getattr(model, key) != getattr(defaults, key):
             raise MvqError(f"model.{key} is not read by model.quantizer={chosen.name}; drop it, "
                            f"or choose the quantizer it belongs to (`mvq quantizers`)")
@@ -104,6 +108,26 @@ def _check_quantizer(model) -> None:
         if k > MAX_CODEBOOK:
             raise MvqError(f"model.quantizer={chosen.name} with these keys has {k} codes, more "
                            f"than the {MAX_CODEBOOK} a token file holds; choose fewer")
+
+
+def _check_secondary(model, defaults: ModelConfig):
+    """``model.secondary``: only masked types have one; an FSQ / LFQ secondary sets D' to its
+    channels (so ``dim2`` stays at its default) and has codes a token file can hold. Returns
+    its family."""
+    second = secondary_family(getattr(model, "secondary", DEFAULT_QUANTIZER))
+    if second.secondary is None:
+        return second
+    if not model_type(model.type).masks:
+        raise MvqError(f"model.secondary={second.name} is MVQ's masked secondary code: set "
+                       f"model.type={' or '.join(MASK_TYPES)} (model.type={model.type} has none)")
+    dim2, k2 = secondary_sizes(model)
+    if model.dim2 != defaults.dim2:
+        raise MvqError(f"model.dim2 is not read with model.secondary={second.name}: D' is the "
+                       f"secondary code's {dim2} channels; drop model.dim2")
+    if k2 > MAX_CODEBOOK:
+        raise MvqError(f"model.secondary={second.name} with these keys has {k2} codes, more "
+                       f"than the {MAX_CODEBOOK} a token file holds; choose fewer")
+    return second
 
 
 def check_model(model) -> None:
@@ -173,12 +197,19 @@ def check_section(section, where: str):
 
 def model_record(model) -> dict:
     """A model config as a dict, without the quantizer keys its family does not read (checked
-    to be at their defaults) and without ``quantizer`` when it is the default: a model of
-    today's quantizer is recorded, and hashed, exactly as before families could be chosen."""
+    to be at their defaults) and without ``quantizer`` and ``secondary`` when they are the
+    defaults: a model of today's quantizers is recorded, and hashed, exactly as before families
+    could be chosen. An FSQ / LFQ secondary is recorded with its keys and without ``dim2``."""
     out = asdict(model)
     if "quantizer" in out:
         chosen = family(out["quantizer"])
-        for key in FAMILY_FIELDS - chosen.reads():
+        second = secondary_family(out.pop("secondary", DEFAULT_QUANTIZER))
+        reads = chosen.reads()
+        if second.secondary is not None:  # recorded only when not the default
+            reads |= second.reads()
+            out["secondary"] = second.name
+            out.pop("dim2")  # D' is the secondary's channels
+        for key in FAMILY_FIELDS - reads:
             out.pop(key, None)
         if chosen.name == DEFAULT_QUANTIZER:
             del out["quantizer"]
@@ -345,9 +376,10 @@ def check_training_sizes(cfg: Config) -> None:
         # one chunk of f's outputs (B * chunk, D, g, g) in fp32
         grid = max(1, m.image_size // m.factor)
         chunk = min(m.chunk_size, m.num_masks)
-        need = (5 * cfg.train.batch_size * m.num_masks * m.dim2
-                + 5 * (m.eval_masks or m.num_masks) * m.dim2
-                + 4 * 3 * cfg.train.batch_size * chunk * (m.dim2 + m.dim * grid * grid))
+        dim2 = secondary_sizes(m)[0]
+        need = (5 * cfg.train.batch_size * m.num_masks * dim2
+                + 5 * (m.eval_masks or m.num_masks) * dim2
+                + 4 * 3 * cfg.train.batch_size * chunk * (dim2 + m.dim * grid * grid))
         check_fits(need, f"MH-Dropout with model.num_masks={m.num_masks} (J), "
                    f"eval_masks={m.eval_masks}, chunk_size={m.chunk_size} at batch "
                    f"{cfg.train.batch_size}", "lower model.num_masks / model.chunk_size or "

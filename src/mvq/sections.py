@@ -15,7 +15,7 @@ from mvq.nn.spatial_norm import F0_KINDS
 from mvq.nn.taming import SPATIAL_NORM_KINDS
 from mvq.quantize.masked import MASK_SAMPLING
 from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
-from mvq.quantize.registry import FAMILIES
+from mvq.quantize.registry import FAMILIES, SECONDARIES
 
 
 @dataclass
@@ -48,6 +48,10 @@ class ModelConfig:
     levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ's levels per channel: prod(levels) codes
     bits: int = 10  # LFQ's sign channels: 2^bits codes
     depth: int = 4  # residual VQ's stages of K entries each
+    # MVQ's secondary code (masked types): its own VQ codebook of K/2 entries of dim2 (the
+    # default), or a channel-code family of mvq.quantize.registry.SECONDARIES (FSQ, LFQ), read
+    # with its keys (levels, bits), whose channels the masks cover (D' = len(levels) or bits)
+    secondary: str = DEFAULT_QUANTIZER
 
 
 @dataclass
@@ -236,7 +240,7 @@ RANGES: dict[str, dict[str, Range]] = {
         **_COMMON_MODEL, "factor": at_least(1), "dim": at_least(1), "dim2": at_least(1),
         "hidden": at_least(1), "res_blocks": at_least(0), "res_channels": at_least(1),
         "num_masks": at_least(1), "eval_masks": at_least(0), "chunk_size": at_least(1),
-        "search_seed": ANY, "quantizer": one_of(*FAMILIES),
+        "search_seed": ANY, "quantizer": one_of(*FAMILIES), "secondary": one_of(*SECONDARIES),
         **{key: rng for f in FAMILIES.values() for key, rng in f.fields.items()},
     },
     "MoVQConfig": {

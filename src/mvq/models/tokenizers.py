@@ -18,7 +18,7 @@ from mvq.modes import eval_mode
 from mvq.nn.vqvae2 import Widths, build_networks, geometry
 from mvq.quantize.layers import MaskedVectorQuantize, VectorQuantize
 from mvq.quantize.refine import refine_masks
-from mvq.quantize.registry import family
+from mvq.quantize.registry import family, secondary_family, secondary_sizes
 
 
 def _vq_settings(cfg: ModelConfig) -> dict:
@@ -30,8 +30,8 @@ def _vq(cfg: ModelConfig, k: int, dim: int) -> VectorQuantize:
     return VectorQuantize(dim, k, channel_first=True, **_vq_settings(cfg))
 
 
-def _nets(cfg: ModelConfig, **kw) -> dict[str, nn.Module]:
-    return build_networks(cfg.factor, cfg.image_size, cfg.channels, cfg.dim, cfg.dim2,
+def _nets(cfg: ModelConfig, dim2: int | None = None, **kw) -> dict[str, nn.Module]:
+    return build_networks(cfg.factor, cfg.image_size, cfg.channels, cfg.dim, dim2 or cfg.dim2,
                           Widths(cfg.hidden, cfg.res_blocks, cfg.res_channels), **kw)
 
 
@@ -147,24 +147,33 @@ class HVQVAE(Tokenizer):
 
 
 class MVQVAE(Tokenizer):
-    """Masked VQ (MVQ paper Fig. 3): y = E(x), y' = E'(y), y_hat = e + f(e' * m*), x = D(y_hat)."""
+    """Masked VQ (MVQ paper Fig. 3): y = E(x), y' = E'(y), y_hat = e + f(e' * m*), x = D(y_hat).
+
+    The primary codebook has K/2 entries. The secondary code e' is, by default, a VQ codebook
+    of K/2 entries of ``dim2``; ``model.secondary`` may name an FSQ or LFQ family instead
+    (`mvq.quantize.registry.SECONDARIES`): e' is then its rounded channels (D' = len(levels),
+    K' = prod(levels)) or its signs (D' = bits, K' = 2^bits), and the masks cover them."""
 
     model_types = ("mvqvae", "mvqgan")
     step_seconds = {"mvqvae": 0.17, "mvqgan": 0.31}
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        nets = _nets(cfg)
+        second = secondary_family(cfg.secondary)
+        self._dim2, self._k2 = secondary_sizes(cfg)
+        nets = _nets(cfg, dim2=self._dim2)
         self.encoder, self.decoder = nets["E"], nets["D"]
         half = cfg.codebook_size // 2
+        layer2 = second.secondary(cfg) if second.secondary is not None else None
+        sizes2 = {} if layer2 is not None else dict(dim2=cfg.dim2, codebook_size2=half)
         # the layer owns E' (y -> y', onto the secondary grid) and f (masked e' -> primary grid)
         self.mvq = MaskedVectorQuantize(
-            cfg.dim, half, dim2=cfg.dim2, codebook_size2=half, num_masks=cfg.num_masks,
+            cfg.dim, half, **sizes2, secondary=layer2, num_masks=cfg.num_masks,
             eval_masks=cfg.eval_masks or None, secondary_encoder=nets["E2"], f=nets["f"],
             channel_first=True, chunk_size=cfg.chunk_size, search_seed=cfg.search_seed,
             **_vq_settings(cfg))
 
-    codebook_sizes = property(lambda self: [self.cfg.codebook_size // 2] * 2)
+    codebook_sizes = property(lambda self: [self.cfg.codebook_size // 2, self._k2])
     tokens_of = classmethod(_two_level_tokens)
     encoder2 = property(lambda self: self.mvq.secondary_encoder, doc="E': y -> y' (in the layer)")
 
@@ -187,7 +196,7 @@ class MVQVAE(Tokenizer):
         """Mask information the code of ``encode(x)`` really carries. It picks each secondary
         token's mask from a fixed bank of J_eval masks, so the mask is a bank index: log2(J_eval)
         bits per secondary token (at most D', the bits of a freely chosen mask)."""
-        per_token = min(math.log2(self.mvq.eval_masks), float(self.cfg.dim2))
+        per_token = min(math.log2(self.mvq.eval_masks), float(self._dim2))
         return self.geo.tokens2 * per_token
 
     @property
@@ -204,7 +213,7 @@ class MVQVAE(Tokenizer):
     def refined_mask_bits(self) -> float:
         """Mask bits of ``encode(x, refine=True)``: a refined mask is any of the 2^D' masks,
         D' bits per secondary token."""
-        return float(self.geo.tokens2 * self.cfg.dim2)
+        return float(self.geo.tokens2 * self._dim2)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, refine: bool = False) -> Codes:
@@ -228,15 +237,15 @@ class MVQVAE(Tokenizer):
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> TokenizerOutput:
         out, codes = self._quantize(x, masks)
-        k = self.cfg.codebook_size // 2
+        k, k2 = self.codebook_sizes
         losses = {"vq": out.primary.loss, "vq2": out.secondary.loss, "mhd": out.mhd_loss}
         return self._output(x, self.decoder(out.y_hat), losses, codes,
-                            [(out.primary.indices, k), (out.secondary.indices, k)])
+                            [(out.primary.indices, k), (out.secondary.indices, k2)])
 
     @property
     def code_layout(self) -> CodeLayout:
-        g, g2, half = self.geo.grid, self.geo.grid2, self.cfg.codebook_size // 2
-        return CodeLayout((g, g), half, (g2, g2), half, (g2, g2, self.cfg.dim2))
+        g, g2, (half, k2) = self.geo.grid, self.geo.grid2, self.codebook_sizes
+        return CodeLayout((g, g), half, (g2, g2), k2, (g2, g2, self._dim2))
 
     def _encode_batch(self, x: torch.Tensor, refine: bool = False) -> Codes:
         """Deterministic: the mask is searched over the seeded bank of ``eval_masks`` masks."""

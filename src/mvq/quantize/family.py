@@ -40,6 +40,10 @@ class Family:
     depth: model config -> ids per position: 1 gives ids ``(B, H, W)``, d > 1 ids
         ``(B, H, W, d)`` (the multichannel layout, modelled as d tokens per position).
     check: model config -> None, MvqError for a combination of keys the ranges cannot refuse.
+    secondary: model config -> the channel-code layer (no projection: its code vector is its
+        channels) that MVQ's masked secondary code is when ``model.secondary`` names this
+        family (`mvq.quantize.secondary.ChannelCode`); None where the family cannot be one
+        (the default, VQ, is MVQ's own secondary codebook of K/2 entries of ``dim2``).
     """
 
     name: str
@@ -51,6 +55,7 @@ class Family:
     reads_codebook_size: bool = False
     depth: Callable[[Any], int] = lambda cfg: 1
     check: Callable[[Any], None] = _no_check
+    secondary: Callable[[Any], nn.Module] | None = None
 
     def bits_per_token(self, cfg: Any) -> float:
         """Bits of one position's ids: depth * log2(K)."""

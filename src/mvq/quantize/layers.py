@@ -35,6 +35,7 @@ from mvq.quantize.arguments import (
 )
 from mvq.quantize.masked import MASK_SAMPLING, SEARCHES, MaskedOutput, MaskedQuantizer
 from mvq.quantize.multichannel import MultiChannelQuantizer
+from mvq.quantize.secondary import ChannelCode
 from mvq.quantize.vq import QuantizeOutput, VectorQuantizer
 
 
@@ -281,7 +282,7 @@ class MaskedVectorQuantize(MaskedQuantizer):
 
     ``quantized, (indices, indices2), loss, mask = mvq(x)``: x ``(B, N, D)`` (or
     ``(B, D, H, W)``); ids ``(B, N)`` each; mask ``(B, N, D')`` bool; loss = primary VQ +
-    secondary VQ + MH-Dropout terms.
+    secondary quantizer + MH-Dropout terms.
 
     The layer owns E' and f. By default both are per position (a 1x1 convolution and a
     two-layer 1x1 MLP), so every position is an independent instance of the search. Give your
@@ -310,6 +311,12 @@ class MaskedVectorQuantize(MaskedQuantizer):
             instances: the search becomes a table lookup, docs/implementation.md).
         search: ``"auto"``, ``"table"`` or ``"chunked"`` (the reference search); the winners
             are the same.
+        secondary: the secondary quantizer: ``None`` (a VQ codebook of ``codebook_size2``
+            entries of ``dim2``) or a channel-code layer, ``mvq.FSQ(levels)`` (e' = the rounded
+            channels, D' = len(levels), K' = prod(levels)) or ``mvq.LFQ(bits)`` (e' = the
+            signs, D' = bits, K' = 2^bits), built without ``dim`` (no projection: the mask
+            covers the code's own channels); ``dim2`` and ``codebook_size2`` follow from it.
+            Its loss (LFQ's commitment and entropy terms; FSQ has none) joins the layer's.
         **vq_kwargs: both codebooks' ``beta``, ``ema``, ``decay``, ``restart_dead``,
             ``dead_threshold``, ``kmeans_init``.
     """
@@ -320,10 +327,20 @@ class MaskedVectorQuantize(MaskedQuantizer):
                  f: nn.Module | None = None, hidden: int | None = None,
                  channel_first: bool = False, chunk_size: int = 256, search_seed: int = 0,
                  naive: bool = False, mask_sampling: str = "instance", search: str = "auto",
-                 **vq_kwargs: object) -> None:
+                 secondary: nn.Module | None = None, **vq_kwargs: object) -> None:
         layer = "MaskedVectorQuantize"
         check_int(layer, "dim", dim, 1, "dim=64")
         check_int(layer, "codebook_size", codebook_size, 1, "codebook_size=512")
+        channel_code = None if secondary is None else ChannelCode(secondary)
+        if channel_code is not None:
+            for name, given, implied in (("dim2", dim2, channel_code.dim),
+                                         ("codebook_size2", codebook_size2,
+                                          channel_code.num_codes)):
+                if given is not None and given != implied:
+                    raise MvqError(f"MaskedVectorQuantize: {name}={given!r} disagrees with the "
+                                   f"secondary {type(secondary).__name__}, which has {implied}; "
+                                   f"leave {name} out")
+            dim2, codebook_size2 = channel_code.dim, channel_code.num_codes
         dim2 = check_optional_int(layer, "dim2", dim2, 1, "dim2=16 (or None: dim)") or dim
         codebook_size2 = check_optional_int(layer, "codebook_size2", codebook_size2, 1,
                                             "codebook_size2=512 (or None: codebook_size)"
@@ -343,8 +360,9 @@ class MaskedVectorQuantize(MaskedQuantizer):
         vq_kwargs = check_vq_kwargs(layer, vq_kwargs, "dim, codebook_size, dim2, codebook_size2, "
                                     "num_masks, eval_masks, secondary_encoder, f, hidden, "
                                     "channel_first, chunk_size, search_seed, naive, "
-                                    "mask_sampling, search")
-        check_codebook(layer, codebook_size + codebook_size2, max(dim, dim2))
+                                    "mask_sampling, search, secondary")
+        check_codebook(layer, codebook_size + (0 if channel_code else codebook_size2),
+                       max(dim, dim2))
         custom = secondary_encoder is not None or f is not None
         if custom and (secondary_encoder is None or f is None):
             raise MvqError("MaskedVectorQuantize: give both secondary_encoder and f, or neither "
@@ -353,7 +371,7 @@ class MaskedVectorQuantize(MaskedQuantizer):
             raise MvqError("MaskedVectorQuantize: a custom secondary_encoder / f works on "
                            "feature maps; pass channel_first=True and (B, D, H, W) inputs")
         primary = VectorQuantizer(codebook_size, dim, **vq_kwargs)
-        secondary = VectorQuantizer(codebook_size2, dim2, **vq_kwargs)
+        secondary = channel_code or VectorQuantizer(codebook_size2, dim2, **vq_kwargs)
         width = hidden or 2 * max(dim, dim2)
         super().__init__(primary, secondary, f if custom else pointwise_mlp(dim2, dim, width),
                          num_masks=num_masks, eval_masks=eval_masks, chunk_size=chunk_size,

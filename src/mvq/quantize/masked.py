@@ -17,7 +17,10 @@ Two searches give the same winners (tests/test_masked.py):
   then, per instance, J dot products against its row of the table,
   ``argmin_j ||T[k, j]||^2 - 2 T[k, j] . (y - e)``, like VQ's nearest-code search. In training
   the table is built when K' is at most the number of instances (fewer f calls than the chunked
-  search); at inference it is built once and kept until the weights change.
+  search); at inference it is built once and kept until the weights change. An FSQ or LFQ
+  secondary (`ChannelCode`) has K' implicit codes: up to `mvq.quantize.secondary.TABLE_CODES`
+  the table covers them all as it covers a codebook, beyond that it covers the codes the batch
+  uses (built per batch, never kept).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch import nn
 from mvq.devices import host_reads_free
 from mvq.errors import MvqError
 from mvq.memory import check_fits
+from mvq.quantize.secondary import ChannelCode
 from mvq.quantize.vq import QuantizeOutput, VectorQuantizer, mse
 
 MASK_SAMPLING = ("instance", "batch")  # J masks per instance (the paper) / one bank per batch
@@ -62,7 +66,9 @@ class MaskedQuantizer(nn.Module):
     """Primary VQ + secondary VQ + MH-Dropout over masks of the secondary code.
 
     Args:
-        primary, secondary: the two codebooks (K/2 entries each in the paper).
+        primary, secondary: the two codebooks (K/2 entries each in the paper); the secondary
+            may be an FSQ or LFQ code instead (`mvq.quantize.secondary.ChannelCode`: the mask
+            covers its rounded channels or signs).
         f: network mapping a masked secondary code map (B, D', H', W') to (B, D, H, W).
         num_masks: J, masks sampled while training.
         eval_masks: masks searched by `search` at inference (default: ``num_masks``);
@@ -81,7 +87,7 @@ class MaskedQuantizer(nn.Module):
     def __init__(
         self,
         primary: VectorQuantizer,
-        secondary: VectorQuantizer,
+        secondary: VectorQuantizer | ChannelCode,
         f: nn.Module,
         num_masks: int = 64,
         eval_masks: int | None = None,
@@ -166,7 +172,11 @@ class MaskedQuantizer(nn.Module):
         shared = masks.dim() == e2.dim()
         if shared and self._use_table(e2, ids2):
             rows = self.secondary.embedding if codebook2 is None else codebook2
-            j = self._table_search(e, y, masks, ids2.reshape(-1), rows.detach())
+            ids, keep = ids2.reshape(-1), True
+            if rows is None:  # an implicit codebook too large to keep: the codes in use
+                used, ids = torch.unique(ids, return_inverse=True)
+                rows, keep = self.secondary.rows(used), False
+            j = self._table_search(e, y, masks, ids, rows.detach(), keep)
             return masks[j]
         return self._chunked_search(e, e2, y, masks)
 
@@ -218,9 +228,10 @@ class MaskedQuantizer(nn.Module):
         table = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         return table, table.pow(2).sum(2)
 
-    def _kept_table(self, rows, masks, dtype):
-        """At inference: the table of the whole codebook, built once per weights and bank."""
-        if self.training:
+    def _kept_table(self, rows, masks, dtype, keep=True):
+        """At inference: the table of the whole codebook, built once per weights and bank
+        (``keep=False``: rows of one batch, never kept)."""
+        if self.training or not keep:
             return self.mask_table(rows, masks, dtype)
         tensors = [rows, masks, *self.f.parameters(), *self.f.buffers()]
         key = (dtype, *((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
@@ -230,11 +241,11 @@ class MaskedQuantizer(nn.Module):
             kept = self._table = (key, *self.mask_table(rows, masks, dtype))
         return kept[1], kept[2]
 
-    def _table_search(self, e, y, masks, ids, rows) -> torch.Tensor:
+    def _table_search(self, e, y, masks, ids, rows, keep=True) -> torch.Tensor:
         """Index of the winning mask per instance, by the table (module docstring)."""
         dtype = torch.promote_types(y.dtype, torch.float32)
         table, norms = self._kept_table(rows.to(torch.promote_types(rows.dtype, e.dtype)),
-                                        masks, dtype)
+                                        masks, dtype, keep)
         target = (y - e).to(dtype).flatten(1)  # (B, P)
         if table.shape[2] != target.shape[1]:
             raise MvqError(f"f gives {table.shape[2]} values per instance, the primary code "
@@ -264,8 +275,10 @@ class MaskedQuantizer(nn.Module):
         # the rows the secondary codes are looked up in, before training updates them: only
         # where the masks are shared, so the table search may use them
         shared = masks.dim() == y2.dim() if masks is not None else self.mask_sampling == "batch"
-        rows = (self.secondary.embedding.detach().clone()
-                if self.training and shared and self.search != "chunked" else None)
+        book = self.secondary.embedding  # None: an implicit codebook too large to keep
+        rows = (book.detach().clone()
+                if book is not None and self.training and shared and self.search != "chunked"
+                else None)
         q1, q2 = self.primary(y), self.secondary(y2)
         e, e2 = q1.quantized, q2.quantized  # straight-through codes
         if masks is None:

@@ -37,6 +37,29 @@ FAMILIES: dict[str, Family] = _discover()
 FAMILY_FIELDS: frozenset[str] = frozenset().union(*(f.fields for f in FAMILIES.values()))
 
 
+# the families ``model.secondary`` takes: MVQ's masked secondary code (the default: its own VQ
+# codebook; else a family whose code vector is its channels)
+SECONDARIES: tuple[str, ...] = tuple(name for name, f in FAMILIES.items()
+                                     if name == DEFAULT or f.secondary is not None)
+
+
+def secondary_family(name: str) -> Family:
+    """The family ``model.secondary`` names; MvqError listing the ones it takes otherwise."""
+    if name not in SECONDARIES:
+        raise MvqError(f"model.secondary must be one of {', '.join(SECONDARIES)} (MVQ's "
+                       f"secondary code: masks over its channels), got {name!r:.80}")
+    return FAMILIES[name]
+
+
+def secondary_sizes(cfg) -> tuple[int, int]:
+    """(D', K') of the secondary code of a masked model config: ``dim2`` and K/2 for the
+    default VQ codebook, else the family's code channels and implicit codes."""
+    chosen = secondary_family(getattr(cfg, "secondary", DEFAULT))
+    if chosen.secondary is None:
+        return cfg.dim2, cfg.codebook_size // 2
+    return chosen.secondary(cfg).dim, chosen.codebook_size(cfg)
+
+
 def family(name: str) -> Family:
     """The family called ``name``; MvqError listing the names otherwise."""
     if name not in FAMILIES:

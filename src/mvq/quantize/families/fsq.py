@@ -16,4 +16,6 @@ FAMILY = Family(
     build=lambda cfg: FSQ(list(cfg.levels), dim=cfg.dim, channel_first=True),
     codebook_size=lambda cfg: math.prod(cfg.levels),
     fields={"levels": at_least(3)},
+    # MVQ over FSQ: the mask covers the len(levels) rounded channels
+    secondary=lambda cfg: FSQ(list(cfg.levels), channel_first=True),
 )

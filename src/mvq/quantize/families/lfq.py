@@ -16,4 +16,6 @@ FAMILY = Family(
     build=lambda cfg: LFQ(cfg.bits, dim=cfg.dim, channel_first=True),
     codebook_size=lambda cfg: 1 << cfg.bits,
     fields={"bits": Range(low=1, high=MAX_BITS)},
+    # MVQ over LFQ: the mask covers the bits signs
+    secondary=lambda cfg: LFQ(cfg.bits, channel_first=True),
 )
