@@ -94,6 +94,12 @@ def _check_quantizer(model) -> None:
                        f"model.type={' or '.join(QUANTIZER_TYPES)} (model.type={model.type} has "
                        f"its own quantizers)")
     defaults = ModelConfig()
+    if not picks:  # the two-level types build their own quantizers, which read none of these
+        for key in sorted(chosen.fields):
+            if getattr(model, key, getattr(defaults, key)) != getattr(defaults, key):
+                raise MvqError(f"model.{key} is a key of model.quantizer={chosen.name} on the "
+                               f"one-level backbone (model.type={' or '.join(QUANTIZER_TYPES)}); "
+                               f"model.type={model.type} builds its own quantizers: drop it")
     for key in sorted(FAMILY_FIELDS - chosen.reads()):
         if hasattr(model, key) and getattr(model, key) != getattr(defaults, key):
             raise MvqError(f"model.{key} is not read by model.quantizer={chosen.name}; drop it, "
@@ -173,13 +179,18 @@ def check_section(section, where: str):
 
 def model_record(model) -> dict:
     """A model config as a dict, without the quantizer keys its family does not read (checked
-    to be at their defaults) and without ``quantizer`` when it is the default: a model of
-    today's quantizer is recorded, and hashed, exactly as before families could be chosen."""
+    to be at their defaults), without its family's optional keys left at their defaults, and
+    without ``quantizer`` when it is the default: a model of today's quantizer is recorded, and
+    hashed, exactly as before families could be chosen."""
     out = asdict(model)
     if "quantizer" in out:
         chosen = family(out["quantizer"])
+        defaults = asdict(ModelConfig())
         for key in FAMILY_FIELDS - chosen.reads():
             out.pop(key, None)
+        for key in chosen.optional:  # recorded only when set (`Family.optional`)
+            if key in out and out[key] == defaults[key]:
+                del out[key]
         if chosen.name == DEFAULT_QUANTIZER:
             del out["quantizer"]
     return out

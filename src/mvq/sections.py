@@ -48,6 +48,11 @@ class ModelConfig:
     levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ's levels per channel: prod(levels) codes
     bits: int = 10  # LFQ's sign channels: 2^bits codes
     depth: int = 4  # residual VQ's stages of K entries each
+    # VQ's lookup options (vq family): a linear map down to lookup_dim before the lookup and
+    # back after (0 = none), cosine lookup (l2-normalised vectors and codes), the rotation trick
+    lookup_dim: int = 0
+    cosine: bool = False
+    rotation_trick: bool = False
 
 
 @dataclass

@@ -40,6 +40,9 @@ class Family:
     depth: model config -> ids per position: 1 gives ids ``(B, H, W)``, d > 1 ids
         ``(B, H, W, d)`` (the multichannel layout, modelled as d tokens per position).
     check: model config -> None, MvqError for a combination of keys the ranges cannot refuse.
+    optional: those of ``fields`` recorded (and hashed) only when they leave their default:
+        options added to a family whose models were written before them, so that those
+        models keep their record and hash (the vq family's lookup options).
     """
 
     name: str
@@ -51,6 +54,7 @@ class Family:
     reads_codebook_size: bool = False
     depth: Callable[[Any], int] = lambda cfg: 1
     check: Callable[[Any], None] = _no_check
+    optional: frozenset[str] = frozenset()
 
     def bits_per_token(self, cfg: Any) -> float:
         """Bits of one position's ids: depth * log2(K)."""
