@@ -40,6 +40,8 @@ class Family:
     depth: model config -> ids per position: 1 gives ids ``(B, H, W)``, d > 1 ids
         ``(B, H, W, d)`` (the multichannel layout, modelled as d tokens per position).
     check: model config -> None, MvqError for a combination of keys the ranges cannot refuse.
+    rate: bits per token (an integer) -> the model keys of its own that give about that many
+        (None: the family sets no rate; rate sweeps such as ``mvq reproduce frontier`` ask it).
     optional: those of ``fields`` recorded (and hashed) only when they leave their default:
         options added to a family whose models were written before them, so that those
         models keep their record and hash (the vq family's lookup options).
@@ -55,6 +57,7 @@ class Family:
     depth: Callable[[Any], int] = lambda cfg: 1
     check: Callable[[Any], None] = _no_check
     optional: frozenset[str] = frozenset()
+    rate: Callable[[int], dict] | None = None
 
     def bits_per_token(self, cfg: Any) -> float:
         """Bits of one position's ids: depth * log2(K)."""

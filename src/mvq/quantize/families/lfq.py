@@ -16,4 +16,5 @@ FAMILY = Family(
     build=lambda cfg: LFQ(cfg.bits, dim=cfg.dim, channel_first=True),
     codebook_size=lambda cfg: 1 << cfg.bits,
     fields={"bits": Range(low=1, high=MAX_BITS)},
+    rate=lambda bits: {"bits": bits},
 )

@@ -53,4 +53,5 @@ FAMILY = Family(
     reads_codebook_size=True,
     check=_check,
     optional=LOOKUP_KEYS,
+    rate=lambda bits: {"codebook_size": 2 ** bits},
 )
