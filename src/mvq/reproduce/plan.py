@@ -599,8 +599,8 @@ def frontier(scale: str, seeds: int, dataset: str | None = None) -> Plan:
     pairs = tuple(({"rate": r, "family": FRONTIER_MVQ}, {"rate": r, "family": o})
                   for r in FRONTIER_RATES for o in others)
     return Plan("frontier", scale, "Rate against distortion: every quantizer family on the same "
-                f"backbone (Table 3, F = {FRONTIER_FACTOR}) at {', '.join(map(str, FRONTIER_RATES))} "
-                "bits per image, FashionMNIST", runs, FRONTIER_N, ("mse", "lpips", "rfid"),
+                f"backbone (Table 3, F = {FRONTIER_FACTOR}) at "
+                f"{', '.join(map(str, FRONTIER_RATES))} bits per image, FashionMNIST", runs, FRONTIER_N, ("mse", "lpips", "rfid"),
                 ("rate", "family", "tokens", "settings"), baseline={"family": FRONTIER_BASELINE},
                 match=("rate",), pairs=pairs, sample_metrics=("nll",),
                 kind=Frontier(nll_rates=FRONTIER_NLL_RATES),
@@ -619,8 +619,8 @@ def frontier(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                        f"the GPT prior's NLL (bits per image: per-token bits x tokens, plus MVQ's "
                        f"uniform mask bits) at {' and '.join(map(str, FRONTIER_NLL_RATES))} bits "
                        f"per image only (the budget): {_prior_steps('quick')} steps of batch 64, "
-                       "one size for all (Table 4's for 4 + 1 tokens); encode ms/img: wall time of the evaluation's encode "
-                       "calls per image on this machine (shared, one thread), not compared"])
+                       "one size for all (Table 4's for 4 + 1 tokens); encode ms/img: wall "
+                       "time of the evaluation's encode calls per image on this machine (shared, one thread), not compared"])
 
 
 def table6(scale: str, seeds: int, dataset: str | None = None) -> Benchmark:

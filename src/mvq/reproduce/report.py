@@ -17,8 +17,8 @@ from mvq.reproduce.timing import read_estimates
 if TYPE_CHECKING:  # the plan names its kind, and the kinds draw with this module's table
     from mvq.reproduce.kinds import Plan
 
-LABEL_ORDER = ("rate", "family", "variant", "tokens", "K", "model", "J", "masks", "steps", "f0", "c", "prior",
-               "decoding", "settings")
+LABEL_ORDER = ("rate", "family", "variant", "tokens", "K", "model", "J", "masks", "steps", "f0",
+               "c", "prior", "decoding", "settings")
 
 
 def aggregate(plan: Plan, records: list[Record]) -> list[Cell]:
