@@ -600,7 +600,8 @@ def frontier(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                   for r in FRONTIER_RATES for o in others)
     return Plan("frontier", scale, "Rate against distortion: every quantizer family on the same "
                 f"backbone (Table 3, F = {FRONTIER_FACTOR}) at "
-                f"{', '.join(map(str, FRONTIER_RATES))} bits per image, FashionMNIST", runs, FRONTIER_N, ("mse", "lpips", "rfid"),
+                f"{', '.join(map(str, FRONTIER_RATES))} bits per image, FashionMNIST", runs,
+                FRONTIER_N, ("mse", "lpips", "rfid"),
                 ("rate", "family", "tokens", "settings"), baseline={"family": FRONTIER_BASELINE},
                 match=("rate",), pairs=pairs, sample_metrics=("nll",),
                 kind=Frontier(nll_rates=FRONTIER_NLL_RATES),
@@ -620,7 +621,8 @@ def frontier(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                        f"uniform mask bits) at {' and '.join(map(str, FRONTIER_NLL_RATES))} bits "
                        f"per image only (the budget): {_prior_steps('quick')} steps of batch 64, "
                        "one size for all (Table 4's for 4 + 1 tokens); encode ms/img: wall "
-                       "time of the evaluation's encode calls per image on this machine (shared, one thread), not compared"])
+                       "time of the evaluation's encode calls per image on this machine "
+                       "(shared, one thread), not compared"])
 
 
 def table6(scale: str, seeds: int, dataset: str | None = None) -> Benchmark:
