@@ -144,3 +144,70 @@ def test_the_architecture_docs_example_family_is_a_working_quantizer(monkeypatch
     assert codes.primary.shape == (4, 4, 4) and model.codebook_sizes == [16]
     assert model.bits_per_image == 16 * 4
     torch.testing.assert_close(model.decode(codes), model(x).recon)
+
+
+# the vq family's lookup options (VectorQuantize's codebook_dim, cosine, rotation_trick)
+LOOKUPS = {"low-dim": dict(lookup_dim=4), "cosine": dict(cosine=True),
+           "rotation": dict(rotation_trick=True),
+           "modern": dict(lookup_dim=4, cosine=True, rotation_trick=True)}
+
+
+@pytest.mark.parametrize("name", sorted(LOOKUPS))
+def test_vq_lookup_options_train_and_decode_what_they_encode(name):
+    cfg = tiny("vq", **LOOKUPS[name])
+    model = build_model(cfg)
+    q = model.quantizer
+    assert q.dim == (4 if "lookup_dim" in LOOKUPS[name] else cfg.dim)  # the looked-up size
+    assert q.cosine == LOOKUPS[name].get("cosine", False)
+    assert q.rotation_trick == LOOKUPS[name].get("rotation_trick", False)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.rand(8, 1, 28, 28)
+    for _ in range(4):  # a few steps: finite losses, the encoder reached through the lookup
+        opt.zero_grad()
+        out = model(x)
+        out.loss.backward()
+        assert torch.isfinite(out.loss)
+        assert all(p.grad is not None for p in model.encoder.parameters())
+        opt.step()
+    model.eval()
+    codes = model.encode(x)
+    assert codes.primary.shape == (8, 4, 4) and int(codes.primary.max()) < 16
+    torch.testing.assert_close(model.decode(codes), model(x).recon, atol=1e-5, rtol=1e-5)
+    assert model.bits_per_image == 16 * 4  # the options change the lookup, not the rate
+
+
+def test_vq_lookup_options_are_recorded_and_hashed_only_when_set():
+    base = load_config("fmnist_f28_k16_quick", ["model.type=vqvae"])
+    assert model_hash(base.model) == PINNED[("fmnist_f28_k16_quick", "vqvae")]
+    assert not {"lookup_dim", "cosine", "rotation_trick"} & set(config_to_dict(base)["model"])
+    modern = load_config("fmnist_f28_k16_quick", ["model.type=vqvae", "model.lookup_dim=4",
+                                                  "model.cosine=true",
+                                                  "model.rotation_trick=true"])
+    record = config_to_dict(modern)["model"]
+    assert (record["lookup_dim"], record["cosine"], record["rotation_trick"]) == (4, True, True)
+    assert "quantizer" not in record and model_hash(modern.model) != model_hash(base.model)
+    assert config_from_dict(config_to_dict(modern)) == modern
+    cos = load_config("fmnist_f28_k16_quick", ["model.type=vqvae", "model.cosine=true"])
+    assert set(config_to_dict(cos)["model"]) - set(config_to_dict(base)["model"]) == {"cosine"}
+
+
+@pytest.mark.parametrize("key", ["model.lookup_dim=4", "model.cosine=true",
+                                 "model.rotation_trick=true"])
+@pytest.mark.parametrize("where", [["model.type=vqvae", "model.quantizer=fsq"],
+                                   ["model.type=vqvae", "model.quantizer=lfq"],
+                                   ["model.type=vqvae", "model.quantizer=rvq"],
+                                   ["model.type=hvqvae"], ["model.type=mvqvae"],
+                                   ["model.type=mvqgan"]])
+def test_vq_lookup_options_are_refused_for_other_families_and_types(key, where):
+    with pytest.raises(MvqError, match=rf"model\.{key.split('.')[1].split('=')[0]} "):
+        load_config("fmnist_f28_k16_quick", [*where, key])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.lookup_dim=-1"], "model.lookup_dim"),
+    (["model.lookup_dim=32"], "larger than model.dim"),
+    (["model.cosine=maybe"], "model.cosine"),
+])
+def test_bad_vq_lookup_options_are_one_line_errors(overrides, message):
+    with pytest.raises(MvqError, match=message):
+        load_config("fmnist_f28_k16_quick", ["model.type=vqvae", *overrides])

@@ -97,6 +97,12 @@ def _check_quantizer(model) -> None:
                        f"its own quantizers)")
     defaults = ModelConfig()
     second = _check_secondary(model, defaults)
+    if not picks:  # the two-level types build their own quantizers, which read none of these
+        for key in sorted(chosen.fields):
+            if getattr(model, key, getattr(defaults, key)) != getattr(defaults, key):
+                raise MvqError(f"model.{key} is a key of model.quantizer={chosen.name} on the "
+                               f"one-level backbone (model.type={' or '.join(QUANTIZER_TYPES)}); "
+                               f"model.type={model.type} builds its own quantizers: drop it")
     reads = chosen.reads() | (second.reads() if second.secondary is not None else set())
     for key in sorted(FAMILY_FIELDS - reads):
         if hasattr(model, key) and getattr(model, key) != getattr(defaults, key):
@@ -197,12 +203,14 @@ def check_section(section, where: str):
 
 def model_record(model) -> dict:
     """A model config as a dict, without the quantizer keys its family does not read (checked
-    to be at their defaults) and without ``quantizer`` and ``secondary`` when they are the
-    defaults: a model of today's quantizers is recorded, and hashed, exactly as before families
-    could be chosen. An FSQ / LFQ secondary is recorded with its keys and without ``dim2``."""
+    to be at their defaults), without its family's optional keys left at their defaults, and
+    without ``quantizer`` and ``secondary`` when they are the defaults: a model of today's
+    quantizers is recorded, and hashed, exactly as before families could be chosen. An FSQ /
+    LFQ secondary is recorded with its keys and without ``dim2``."""
     out = asdict(model)
     if "quantizer" in out:
         chosen = family(out["quantizer"])
+        defaults = asdict(ModelConfig())
         second = secondary_family(out.pop("secondary", DEFAULT_QUANTIZER))
         reads = chosen.reads()
         if second.secondary is not None:  # recorded only when not the default
@@ -211,6 +219,9 @@ def model_record(model) -> dict:
             out.pop("dim2")  # D' is the secondary's channels
         for key in FAMILY_FIELDS - reads:
             out.pop(key, None)
+        for key in chosen.optional:  # recorded only when set (`Family.optional`)
+            if key in out and out[key] == defaults[key]:
+                del out[key]
         if chosen.name == DEFAULT_QUANTIZER:
             del out["quantizer"]
     return out

@@ -52,6 +52,11 @@ class ModelConfig:
     # default), or a channel-code family of mvq.quantize.registry.SECONDARIES (FSQ, LFQ), read
     # with its keys (levels, bits), whose channels the masks cover (D' = len(levels) or bits)
     secondary: str = DEFAULT_QUANTIZER
+    # VQ's lookup options (vq family): a linear map down to lookup_dim before the lookup and
+    # back after (0 = none), cosine lookup (l2-normalised vectors and codes), the rotation trick
+    lookup_dim: int = 0
+    cosine: bool = False
+    rotation_trick: bool = False
 
 
 @dataclass

@@ -66,6 +66,10 @@ TABLE: tuple[Metric, ...] = (
            "{:.4f}", "lower", "tokens", "nll"),
     Metric("nll_masked_bits", "NLL masked tokens, MaskGIT at a fixed 50% mask (bits/token)",
            "{:.4f}", "lower", "tokens", "nll", "NLL masked bits (MaskGIT)", 3),
+    # the GPT's NLL of a tokenizer's codes, bits per image: the per-token bits times the tokens,
+    # plus the mask bank index of an MVQ code (uniform: not modelled); mvq reproduce frontier
+    Metric("nll_bits_image", "NLL (bits/image)", "{:.2f}", "lower", "tokens", "",
+           "NLL bits/img", 1),
     # wall seconds per sample, shown in ms by the reports
     Metric("tokens_s_per_img", "token sampling, s / image", "{:.5f}", "lower", "samples",
            column="ms/img tokens", scale=1000.0),

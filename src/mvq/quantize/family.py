@@ -44,6 +44,11 @@ class Family:
         channels) that MVQ's masked secondary code is when ``model.secondary`` names this
         family (`mvq.quantize.secondary.ChannelCode`); None where the family cannot be one
         (the default, VQ, is MVQ's own secondary codebook of K/2 entries of ``dim2``).
+    rate: bits per token (an integer) -> the model keys of its own that give about that many
+        (None: the family sets no rate; rate sweeps such as ``mvq reproduce frontier`` ask it).
+    optional: those of ``fields`` recorded (and hashed) only when they leave their default:
+        options added to a family whose models were written before them, so that those
+        models keep their record and hash (the vq family's lookup options).
     """
 
     name: str
@@ -56,6 +61,8 @@ class Family:
     depth: Callable[[Any], int] = lambda cfg: 1
     check: Callable[[Any], None] = _no_check
     secondary: Callable[[Any], nn.Module] | None = None
+    optional: frozenset[str] = frozenset()
+    rate: Callable[[int], dict] | None = None
 
     def bits_per_token(self, cfg: Any) -> float:
         """Bits of one position's ids: depth * log2(K)."""

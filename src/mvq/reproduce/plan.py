@@ -17,9 +17,13 @@ from types import MappingProxyType
 
 from mvq.decoding import Decoding
 from mvq.errors import MvqError
+from mvq.priors.gpt import table4_size
+from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
+from mvq.quantize.registry import FAMILIES
 from mvq.reproduce.benchmark import Benchmark
 from mvq.reproduce.kinds import (
     ClassConditional,
+    Frontier,
     Generation,
     Plan,
     Plot,
@@ -27,6 +31,7 @@ from mvq.reproduce.kinds import (
     TrainingLength,
 )
 from mvq.reproduce.spec import Changes, Decode, PriorSpec, Run
+from mvq.reproduce.timing import tokens_per_image as model_tokens
 
 __all__ = ["DATASETS", "EXPERIMENTS", "SCALES", "Benchmark", "Changes", "Dataset", "Decode",
            "Experiment", "Plan", "PriorSpec", "Run", "build_plan"]
@@ -486,6 +491,140 @@ def mask_sampling(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                                      "differ only in train.mask_sampling=batch"])
 
 
+# --- frontier: every quantizer family at the same rates ------------------------------------
+
+FRONTIER_RATES = (8, 16, 32, 64)  # bits per image
+# every family on the Table 3 networks of F = 14 at 28 px: a 2 x 2 primary grid (4 positions;
+# 4 + 1 tokens for the two-level types, whose secondary code is one token)
+FRONTIER_FACTOR = 14
+FRONTIER_PRESET = "fmnist_f28_k16_quick.yaml"  # fig5's quick settings (lr, batch, steps, ...)
+FRONTIER_STEPS, FRONTIER_N = 1200, 500
+FRONTIER_NLL_RATES = (16, 32)  # the GPT prior's NLL at these two rates only (the budget)
+# "VQ with the modern options": a 4-dimensional cosine lookup (ViT-VQGAN) and the rotation trick
+MODERN_LOOKUP = {"lookup_dim": 4, "cosine": True, "rotation_trick": True}
+FRONTIER_BASELINE, FRONTIER_MVQ = DEFAULT_QUANTIZER.upper(), "MVQ"
+
+
+@dataclass(frozen=True)
+class FrontierLine:
+    """One line of the frontier: its label in the report, and its model keys at a rate in bits
+    per image (``model(rate)``: ``model.type`` and the keys that set the rate)."""
+
+    label: str
+    model: Callable[[int], dict]
+
+
+def _positions() -> int:
+    return (DATASETS["fashion-mnist"].image_size // FRONTIER_FACTOR) ** 2
+
+
+def _one_level(name: str, extra: Mapping | None = None) -> Callable[[int], dict]:
+    """The one-level backbone with the family ``name`` at rate / positions bits per token."""
+    fam = FAMILIES[name]
+    return lambda rate: {"type": "vqvae", "quantizer": name,
+                         **fam.rate(rate // _positions()), **(extra or {})}
+
+
+def _hierarchical(rate: int) -> dict:
+    """VQ-VAE-2 (A.6) with 4 + 1 tokens of K/2 entries: K/2 = 2^(rate / 5), rounded."""
+    return {"type": "hvqvae", "codebook_size": 2 * max(2, round(2 ** (rate / (_positions() + 1))))}
+
+
+def _masked(rate: int) -> dict:
+    """MVQ with 4 + 1 tokens of K/2 = 2^a entries and J = 2^j masks (log2 J bits per secondary
+    token): a = (rate - 7) / 5 rounded, at least 1, so that J stays near fig5's 128; j the rest."""
+    a = max(1, round((rate - 7) / (_positions() + 1)))
+    return {"type": "mvqvae", "codebook_size": 2 * 2 ** a,
+            "num_masks": 2 ** (rate - (_positions() + 1) * a), "eval_masks": 0}
+
+
+def frontier_lines() -> tuple[FrontierLine, ...]:
+    """Every family on the frontier: each family of `mvq.quantize.registry` that sets a rate
+    (the default first: the baseline), VQ with the modern lookup options, the hierarchical
+    baseline and MVQ. A family added to the registry with a ``rate`` joins it as it is."""
+    one = [FrontierLine(name.upper(), _one_level(name)) for name, fam in FAMILIES.items()
+           if fam.rate is not None]
+    modern = FrontierLine(f"{FRONTIER_BASELINE} (low-dim, cosine, rotation)",
+                          _one_level(DEFAULT_QUANTIZER, MODERN_LOOKUP))
+    return (one[0], modern, *one[1:], FrontierLine("hierarchical VQ (A.6)", _hierarchical),
+            FrontierLine(FRONTIER_MVQ, _masked))
+
+
+# the short names of the model keys in run names
+_SHORT = {"codebook_size": "k", "levels": "l", "bits": "b", "depth": "d", "lookup_dim": "lookup",
+          "cosine": "cos", "rotation_trick": "rot", "num_masks": "j"}
+
+
+def _frontier_run(data: Dataset, line: FrontierLine, rate: int, seed: int, prior: bool) -> Run:
+    model = line.model(rate)
+    kind = model.pop("type")
+    model.pop("eval_masks", None)
+    quantizer = model.pop("quantizer", None)
+    parts = [kind] + ([quantizer] if quantizer else [])
+    for key, value in model.items():
+        text = "-".join(map(str, value)) if isinstance(value, tuple) else \
+            "" if value is True else str(value)
+        parts.append(_SHORT.get(key, key) + text)
+    steps = FRONTIER_STEPS
+    name = f"{data.key}_f{FRONTIER_FACTOR}_{'-'.join(parts)}_{steps}steps_s{seed}"
+    settings = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                         if v is not True else k for k, v in model.items())
+    extra = {"eval_masks": 0} if "num_masks" in model else {}
+    changes = Changes(model={"type": kind, "factor": FRONTIER_FACTOR, "image_size": data.image_size,
+                             "channels": data.channels, "dim": data.dim, "dim2": data.dim,
+                             **({"quantizer": quantizer} if quantizer else {}), **model, **extra},
+                      data={"name": data.data_name}, train={"steps": steps}) + _cadence(steps)
+    cfg = Run(name, FRONTIER_PRESET, changes, {}, seed).config(None, "x")
+    s, s2 = model_tokens(cfg.model)
+    labels = {"rate": rate, "family": line.label, "tokens": f"{s}+{s2}" if s2 else f"{s}",
+              "settings": settings, "model": kind}
+    # one prior size for every family (Table 4's for 4 + 1 tokens): the NLL compares the codes
+    priors = (PriorSpec("gpt", _prior_steps("quick"), seed, sizes=table4_size(_positions())),) \
+        if prior else ()
+    return Run(name, FRONTIER_PRESET, changes, labels, seed, priors)
+
+
+def frontier(scale: str, seeds: int, dataset: str | None = None) -> Plan:
+    """Every quantizer family on the same backbone at 8 to 64 bits per image: reconstruction
+    against rate, each family against plain VQ at each rate, MVQ against each family."""
+    if dataset not in (None, "fashion-mnist"):
+        raise MvqError("frontier runs on FashionMNIST: drop --dataset")
+    if scale != "quick":
+        raise MvqError("frontier is a --scale quick study (FashionMNIST, 1200 steps); drop "
+                       "--scale paper")
+    data, lines = DATASETS["fashion-mnist"], frontier_lines()
+    runs = [_frontier_run(data, line, rate, s, rate in FRONTIER_NLL_RATES)
+            for rate in FRONTIER_RATES for line in lines for s in range(seeds)]
+    others = [ln.label for ln in lines if ln.label not in (FRONTIER_BASELINE, FRONTIER_MVQ)]
+    pairs = tuple(({"rate": r, "family": FRONTIER_MVQ}, {"rate": r, "family": o})
+                  for r in FRONTIER_RATES for o in others)
+    return Plan("frontier", scale, "Rate against distortion: every quantizer family on the same "
+                f"backbone (Table 3, F = {FRONTIER_FACTOR}) at "
+                f"{', '.join(map(str, FRONTIER_RATES))} bits per image, FashionMNIST", runs,
+                FRONTIER_N, ("mse", "lpips", "rfid"),
+                ("rate", "family", "tokens", "settings"), baseline={"family": FRONTIER_BASELINE},
+                match=("rate",), pairs=pairs, sample_metrics=("nll",),
+                kind=Frontier(nll_rates=FRONTIER_NLL_RATES),
+                notes=[f"{FRONTIER_STEPS} steps of batch 32 per tokenizer ({FRONTIER_PRESET}'s "
+                       f"settings), {seeds} seeds per cell, evaluation on the first {FRONTIER_N} "
+                       "test images through the discrete codes",
+                       f"one-level families: {_positions()} positions of rate / "
+                       f"{_positions()} bits (residual VQ: 2 stages; FSQ: the paper's levels "
+                       "from 2^8 codes, channels of 4 levels below); VQ (modern): "
+                       + ", ".join(f"{k}={v}" for k, v in MODERN_LOOKUP.items())
+                       + f"; hierarchical VQ and MVQ: {_positions()} + 1 tokens of K/2 entries, "
+                       "MVQ with log2 J mask bits per secondary token",
+                       "each family against plain VQ at each rate, and MVQ against every other "
+                       "family; the leaders: the best mean at each rate, resolved where it is "
+                       "ahead of the runner-up (Welch, BH over the leader tests)",
+                       f"the GPT prior's NLL (bits per image: per-token bits x tokens, plus MVQ's "
+                       f"uniform mask bits) at {' and '.join(map(str, FRONTIER_NLL_RATES))} bits "
+                       f"per image only (the budget): {_prior_steps('quick')} steps of batch 64, "
+                       "one size for all (Table 4's for 4 + 1 tokens); encode ms/img: wall "
+                       "time of the evaluation's encode calls per image on this machine "
+                       "(shared, one thread), not compared"])
+
+
 def table6(scale: str, seeds: int, dataset: str | None = None) -> Benchmark:
     """MVQ Table 6: the token sampling benchmark (mvq.bench.sampling), its output kept."""
     return Benchmark("table6", scale, "MVQ paper Table 6: token sampling times",
@@ -536,6 +675,8 @@ EXPERIMENTS = {e.name: e for e in (
                "seed)", training_length),
     Experiment("movq-codebook", "VQGAN and MoVQ with a small and a 16x larger codebook (MoVQ "
                "Fig. 6b)", movq_codebook),
+    Experiment("frontier", "every quantizer family at 8-64 bits per image: rate vs MSE, "
+               "LPIPS, rFID", frontier),
     Experiment("table6", "token sampling times (MVQ Table 6; the sampling benchmark)", table6),
 )}
 

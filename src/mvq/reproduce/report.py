@@ -17,8 +17,8 @@ from mvq.reproduce.timing import read_estimates
 if TYPE_CHECKING:  # the plan names its kind, and the kinds draw with this module's table
     from mvq.reproduce.kinds import Plan
 
-LABEL_ORDER = ("variant", "tokens", "K", "model", "J", "masks", "steps", "f0", "c", "prior",
-               "decoding")
+LABEL_ORDER = ("rate", "family", "variant", "tokens", "K", "model", "J", "masks", "steps", "f0",
+               "c", "prior", "decoding", "settings")
 
 
 def aggregate(plan: Plan, records: list[Record]) -> list[Cell]:
@@ -78,12 +78,15 @@ def comparisons(plan: Plan, cells: list[Cell]) -> list[dict]:
             for title, c, b, comp in found]
 
 
+QUIET = ("settings",)  # labels a comparison's title leaves to the table
+
+
 def _title(c: Cell, b: Cell, shared: tuple[str, ...]) -> str:
     """'ROW vs AGAINST (SHARED LABELS)': the two rows by the labels they do not share."""
     def own(cell: Cell) -> str:
-        return " ".join(f"{k}={v}" if k not in ("model", "prior", "decoding", "variant")
-                        else str(v)
-                        for k, v in cell.labels.items() if k not in shared)
+        return " ".join(f"{k}={v}" if k not in ("model", "prior", "decoding", "variant",
+                                                "family") else str(v)
+                        for k, v in cell.labels.items() if k not in shared and k not in QUIET)
 
     where = ", ".join(f"{k} {c.labels[k]}" for k in shared if k in c.labels)
     return f"{own(c)} vs {own(b)}" + (f" ({where})" if where else "")
@@ -135,6 +138,8 @@ def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[
         lines += [f"{what}: change and difference are the row minus the one it is compared "
                   f"with; n: the seeds of each. {RULE}", "", comparison_table(comp), ""]
     lines += plan.kind.sections(extra)
+    summary, summary_json = plan.kind.summary(plan, cells)
+    lines += summary
     for fig in (*plan.kind.figures(plan, cells, folder), *figures):
         lines += [f"![{fig.stem}]({fig.name})", ""]
     estimates = read_estimates(folder)
@@ -146,7 +151,7 @@ def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[
             "eval_n": plan.eval_n, "metrics": list(plan.metrics), "notes": plan.notes,
             "cells": [c.to_json() for c in cells], "comparisons": comp,
             "runs": [r.to_json() for r in records], "missing": missing,
-            "estimates": estimates, **extra}
+            "estimates": estimates, **extra, **summary_json}
     write_text(folder / "results.json", json.dumps(data, indent=2) + "\n")
     write_text(folder / "report.md", "\n".join(lines) + "\n")
     return data

@@ -122,6 +122,9 @@ def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None,
     return got
 
 
+_NLL_SECONDS = 20.0  # the model's sample evaluation without Inception: the NLL and N samples
+
+
 def estimate(plan: Plan, states: list[RunState], measured: Measured,
              data_root: str | None) -> Estimate:
     """The work left in ``states``, each part from the seconds earlier runs measured for the same
@@ -154,8 +157,10 @@ def estimate(plan: Plan, states: list[RunState], measured: Measured,
             if not _sampled(path, plan, st.steps):
                 key = ("samples", tok, variant, path.name, plan.eval_n,
                        tuple(plan.sample_metrics))
+                inception = any(m in plan.sample_metrics for m in ("fid", "prd"))
                 parts.append(part(name, spec.folder, path.name, 1, measured.get(key),
-                                  model_inception_seconds(plan.eval_n)))
+                                  model_inception_seconds(plan.eval_n) if inception
+                                  else _NLL_SECONDS))
     if parts and (plan.sample_metrics or any(m in plan.metrics for m in ("rfid", "prd"))):
         parts.append(part("", "", "the real images' Inception features, once", 1, None,
                           model_inception_seconds(plan.eval_n)))

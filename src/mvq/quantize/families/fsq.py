@@ -8,6 +8,18 @@ from mvq.fields import at_least
 from mvq.quantize.family import Family
 from mvq.quantize.fsq import FSQ
 
+# the FSQ paper's levels for about 2^8 ... 2^16 codes (Mentzer et al. 2023, Table 1); below
+# 2^8, channels of 4 levels (2 bits each)
+PAPER_LEVELS = {8: (8, 6, 5), 10: (8, 5, 5, 5), 12: (7, 5, 5, 5, 5), 14: (8, 8, 8, 6, 5),
+                16: (8, 8, 8, 5, 5, 5)}
+
+
+def levels_for(bits: int) -> tuple[int, ...]:
+    """Levels of about ``bits`` bits per token: the paper's where it gives some, else
+    ceil(bits / 2) channels of 4 levels."""
+    return PAPER_LEVELS.get(bits, (4,) * -(-bits // 2))
+
+
 FAMILY = Family(
     name="fsq",
     summary="finite scalar quantization: channels rounded to their levels, prod(levels) "
@@ -18,4 +30,5 @@ FAMILY = Family(
     fields={"levels": at_least(3)},
     # MVQ over FSQ: the mask covers the len(levels) rounded channels
     secondary=lambda cfg: FSQ(list(cfg.levels), channel_first=True),
+    rate=lambda bits: {"levels": levels_for(bits)},
 )

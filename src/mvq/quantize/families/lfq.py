@@ -18,4 +18,5 @@ FAMILY = Family(
     fields={"bits": Range(low=1, high=MAX_BITS)},
     # MVQ over LFQ: the mask covers the bits signs
     secondary=lambda cfg: LFQ(cfg.bits, channel_first=True),
+    rate=lambda bits: {"bits": bits},
 )

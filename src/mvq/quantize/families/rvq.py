@@ -8,6 +8,8 @@ from mvq.quantize.families.vq import check_codebook, vq_settings
 from mvq.quantize.family import Family
 from mvq.quantize.residual import ResidualVQ
 
+RATE_DEPTH = 2  # a rate sweep's stages: K = 2^(bits / 2) each
+
 FAMILY = Family(
     name="rvq",
     summary="residual VQ: depth stages of K entries, each quantizing what the earlier ones "
@@ -20,4 +22,5 @@ FAMILY = Family(
     reads_codebook_size=True,
     depth=lambda cfg: cfg.depth,
     check=check_codebook,
+    rate=lambda bits: {"depth": RATE_DEPTH, "codebook_size": 2 ** -(-bits // RATE_DEPTH)},
 )
