@@ -12,14 +12,14 @@ set-up (MVQ paper A.1 Table 2, MoVQ section 4), for a GPU and the user's data fi
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from types import MappingProxyType
+from dataclasses import asdict, dataclass, field, replace
+from types import MappingProxyType, SimpleNamespace
 
 from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.priors.gpt import table4_size
 from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
-from mvq.quantize.registry import FAMILIES
+from mvq.quantize.registry import FAMILIES, SECONDARIES
 from mvq.reproduce.benchmark import Benchmark
 from mvq.reproduce.kinds import (
     ClassConditional,
@@ -32,6 +32,7 @@ from mvq.reproduce.kinds import (
 )
 from mvq.reproduce.spec import Changes, Decode, PriorSpec, Run
 from mvq.reproduce.timing import tokens_per_image as model_tokens
+from mvq.sections import ModelConfig
 
 __all__ = ["DATASETS", "EXPERIMENTS", "SCALES", "Benchmark", "Changes", "Dataset", "Decode",
            "Experiment", "Plan", "PriorSpec", "Run", "build_plan"]
@@ -538,20 +539,46 @@ def _masked(rate: int) -> dict:
             "num_masks": 2 ** (rate - (_positions() + 1) * a), "eval_masks": 0}
 
 
+def _masked_over(name: str) -> Callable[[int], dict]:
+    """MVQ whose secondary code is the channel-code family ``name`` (FSQ, LFQ): MVQ's primary
+    (4 tokens of K/2 = 2^a, a as `_masked`'s), then the secondary's keys (its ``rate``) and
+    J = 2^m masks (m <= its channels D', at least 1) whose bits come closest to the rest of the
+    rate; among equals, the most mask bits."""
+    fam = FAMILIES[name]
+
+    def model(rate: int) -> dict:
+        a = max(1, round((rate - 7) / (_positions() + 1)))
+        rest, options = rate - _positions() * a, []
+        for bits in range(1, 21):
+            keys = fam.rate(bits)
+            layer = fam.secondary(SimpleNamespace(**{**asdict(ModelConfig()), **keys}))
+            for m in range(1, layer.dim + 1):
+                options.append((abs(layer.bits_per_token + m - rest), -m, bits, keys))
+        _, m, _, keys = min(options, key=lambda o: o[:3])
+        return {"type": "mvqvae", "codebook_size": 2 * 2 ** a, "secondary": name, **keys,
+                "num_masks": 2 ** -m, "eval_masks": 0}
+
+    return model
+
+
 def frontier_lines() -> tuple[FrontierLine, ...]:
     """Every family on the frontier: each family of `mvq.quantize.registry` that sets a rate
     (the default first: the baseline), VQ with the modern lookup options, the hierarchical
-    baseline and MVQ. A family added to the registry with a ``rate`` joins it as it is."""
+    baseline, MVQ, and MVQ over each family that can be its secondary code. A family added to
+    the registry with a ``rate`` (and a ``secondary``) joins it as it is."""
     one = [FrontierLine(name.upper(), _one_level(name)) for name, fam in FAMILIES.items()
            if fam.rate is not None]
     modern = FrontierLine(f"{FRONTIER_BASELINE} (low-dim, cosine, rotation)",
                           _one_level(DEFAULT_QUANTIZER, MODERN_LOOKUP))
+    over = [FrontierLine(f"{FRONTIER_MVQ} over {name.upper()}", _masked_over(name))
+            for name in SECONDARIES if FAMILIES[name].secondary is not None
+            and FAMILIES[name].rate is not None]
     return (one[0], modern, *one[1:], FrontierLine("hierarchical VQ (A.6)", _hierarchical),
-            FrontierLine(FRONTIER_MVQ, _masked))
+            FrontierLine(FRONTIER_MVQ, _masked), *over)
 
 
 # the short names of the model keys in run names
-_SHORT = {"codebook_size": "k", "levels": "l", "bits": "b", "depth": "d", "lookup_dim": "lookup",
+_SHORT = {"secondary": "over-", "codebook_size": "k", "levels": "l", "bits": "b", "depth": "d", "lookup_dim": "lookup",
           "cosine": "cos", "rotation_trick": "rot", "num_masks": "j"}
 
 

@@ -15,8 +15,10 @@ PAPER_LEVELS = {8: (8, 6, 5), 10: (8, 5, 5, 5), 12: (7, 5, 5, 5, 5), 14: (8, 8, 
 
 
 def levels_for(bits: int) -> tuple[int, ...]:
-    """Levels of about ``bits`` bits per token: the paper's where it gives some, else
-    ceil(bits / 2) channels of 4 levels."""
+    """Levels of about ``bits`` bits per token: the paper's where it gives some, one channel
+    of 2^bits levels (at least 3) up to 3 bits, else ceil(bits / 2) channels of 4 levels."""
+    if bits <= 3:  # one channel of about 2^bits levels (at least 3)
+        return PAPER_LEVELS.get(bits, (max(3, 2**bits),))
     return PAPER_LEVELS.get(bits, (4,) * -(-bits // 2))
 
 
