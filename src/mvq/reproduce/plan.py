@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.reproduce.benchmark import Benchmark
 from mvq.reproduce.kinds import (
@@ -27,6 +26,7 @@ from mvq.reproduce.kinds import (
     TrainingLength,
 )
 from mvq.reproduce.spec import Changes, Decode, PriorSpec, Run
+from mvq.values.decoding import Decoding
 
 __all__ = ["DATASETS", "EXPERIMENTS", "SCALES", "Benchmark", "Changes", "Dataset", "Decode",
            "Experiment", "Plan", "PriorSpec", "Run", "build_plan"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from mvq.fields import at_least
 from mvq.quantize.family import Family
 from mvq.quantize.fsq import FSQ
+from mvq.values.fields import at_least
 
 FAMILY = Family(
     name="fsq",
