@@ -37,7 +37,7 @@ demo: setup
 
 # deptry: every import of src/ declared in pyproject.toml, nothing declared unused;
 # ruff: the lint rules pinned in pyproject.toml's [tool.ruff.lint] pass;
-# vulture: no dead code; lint-imports: the layers of docs/architecture.md (pyproject.toml's
+# vulture: no dead code; lint-imports: the tiers of docs/architecture.md (pyproject.toml's
 # [tool.importlinter]) and no import circles; mkdocs: the docs and the API reference build
 # without a warning
 test: setup

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from mvq.outputs import write_text
+from mvq.files.outputs import write_text
 from mvq.reproduce import build_plan
 from mvq.reproduce.kept import differences
 

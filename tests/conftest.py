@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mvq.config import ModelConfig
-from mvq.figures import MARGIN, TITLE_PX
+from mvq.configuration.config import ModelConfig
+from mvq.files.figures import MARGIN, TITLE_PX
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +22,7 @@ def tiny_model_config(**kw) -> ModelConfig:
 
 
 def assert_labelled(path, row_labels: bool = True) -> None:
-    """A PNG written through mvq.figures: a title's ink in the top band and, with
+    """A PNG written through mvq.files.figures: a title's ink in the top band and, with
     ``row_labels``, text (dark pixels on a mostly white band) left of the images."""
     img = np.asarray(Image.open(path).convert("L"))
     assert (img[MARGIN : MARGIN + TITLE_PX // 2 + 2] < 128).any(), f"{path}: no title"

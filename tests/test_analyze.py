@@ -5,13 +5,13 @@ from PIL import Image
 
 from mvq.analysis import analyze, figures, pick_distinct
 from mvq.analysis import codes as C
-from mvq.checkpoint import save_checkpoint
 from mvq.cli import main
-from mvq.config import Config, DataConfig
+from mvq.configuration.config import Config, DataConfig
 from mvq.data import first_images
 from mvq.errors import MvqError
-from mvq.figures import HEAT
+from mvq.files.figures import HEAT
 from mvq.models import build_model
+from mvq.saved.checkpoint import save_checkpoint
 
 
 def _checkpoint(path, **kw):
@@ -84,7 +84,7 @@ def test_transfer_keeps_the_configuration_and_swaps_the_primary(loaded):
 
 def Codes_on(codes, mask):
     """The first image's (e', mask) on the second image's primary code."""
-    from mvq.codes import Codes
+    from mvq.values.codes import Codes
 
     return Codes(codes.primary[1:2], codes.secondary[:1], mask, codes.meta)
 

@@ -5,11 +5,11 @@ from conftest import tiny_model_config
 
 from mvq.analysis import codes as C
 from mvq.analysis.classkeep import class_keeping, targets_of, train_classifier
-from mvq.checkpoint import save_checkpoint
 from mvq.cli import main
-from mvq.config import Config, DataConfig
+from mvq.configuration.config import Config, DataConfig
 from mvq.data import first_images
 from mvq.models import build_model
+from mvq.saved.checkpoint import save_checkpoint
 
 
 def test_targets_have_another_class():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mvq.cli import build_parser, main, split_overrides
-from mvq.config import MODEL_TYPES
+from mvq.configuration.config import MODEL_TYPES
 
 TINY = ["model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",
         "model.dim2=8", "model.num_masks=8", "data.name=shapes", "data.train_limit=8",

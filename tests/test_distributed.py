@@ -13,9 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from mvq import distributed
 from mvq.errors import MvqError
 from mvq.quantize import VectorQuantizer
+from mvq.runtime import distributed
 
 
 def _free_port() -> int:
@@ -123,7 +123,7 @@ def test_torchrun_matches_one_process_on_the_global_batch(tmp_path):
 
 
 def test_batch_must_split_over_the_processes(tmp_path, monkeypatch):
-    from mvq.config import load_config
+    from mvq.configuration.config import load_config
     from mvq.train import train
 
     monkeypatch.setenv("WORLD_SIZE", "3")
@@ -139,8 +139,8 @@ def test_torchrun_prior_training_matches_one_process(tmp_path):
     import csv
     import json
 
-    from mvq.codes import Codes
-    from mvq.tokens import TOKENS_FORMAT
+    from mvq.inference.tokens import TOKENS_FORMAT
+    from mvq.values.codes import Codes
 
     gen = torch.Generator().manual_seed(0)
     n = 64

@@ -15,9 +15,7 @@ import torch
 from conftest import tiny_model_config
 from safetensors.torch import load_file, save_file
 
-from mvq import checkpoint, memory, sealed
-from mvq.codes import Codes
-from mvq.config import (
+from mvq.configuration.config import (
     Config,
     DataConfig,
     TrainConfig,
@@ -27,17 +25,21 @@ from mvq.config import (
     model_hash,
 )
 from mvq.errors import MvqError
+from mvq.files import sealed
+from mvq.files.outputs import check_outputs
+from mvq.inference.tokens import load_tokens
 from mvq.metrics.fid import fid_from_features, frechet_distance
 from mvq.metrics.perceptual import lpips_distance
 from mvq.metrics.prd import prd_from_features
 from mvq.models import build_model
 from mvq.models.base import model_bytes
 from mvq.models.movq import MoVQConfig
-from mvq.outputs import check_outputs
-from mvq.pretrained import load_tokenizer
 from mvq.priors.registry import PRIORS
 from mvq.reproduce.plan import MAX_SEEDS, build_plan
-from mvq.tokens import load_tokens
+from mvq.runtime import memory
+from mvq.saved import checkpoint
+from mvq.saved.pretrained import load_tokenizer
+from mvq.values.codes import Codes
 
 
 def one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
@@ -331,8 +333,8 @@ DISK_FULL = textwrap.dedent("""
     import resource, sys
     sys.path.insert(0, sys.argv[2])
     from conftest import tiny_model_config
-    from mvq import checkpoint
-    from mvq.config import Config
+    from mvq.saved import checkpoint
+    from mvq.configuration.config import Config
     from mvq.errors import MvqError
     from mvq.models import build_model
     cfg = Config(model=tiny_model_config())

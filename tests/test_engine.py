@@ -20,11 +20,11 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from mvq.codes import Codes
-from mvq.config import Config, DataConfig, TrainConfig, load_config
-from mvq.tokens import TOKENS_FORMAT
+from mvq.configuration.config import Config, DataConfig, TrainConfig, load_config
+from mvq.inference.tokens import TOKENS_FORMAT
 from mvq.train import train
 from mvq.train.prior import PriorTraining, train_prior
+from mvq.values.codes import Codes
 
 TINY_PRIOR = {"primary": dict(n_layer=1, n_head=2, n_embd=16),
               "secondary": dict(n_layer=1, n_head=2, n_embd=16)}

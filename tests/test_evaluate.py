@@ -8,12 +8,12 @@ import torch
 from conftest import tiny_model_config
 
 import mvq.metrics.fid as fid_module
-from mvq.config import Config, DataConfig, TrainConfig
+from mvq.configuration.config import Config, DataConfig, TrainConfig
 from mvq.data import build_dataset
 from mvq.errors import MvqError
 from mvq.evaluation import EvalSettings, evaluate_checkpoint, format_table, write_reports
 from mvq.metrics import extract_features, fid_from_features, get_inception, ssim
-from mvq.pretrained import load_tokenizer
+from mvq.saved.pretrained import load_tokenizer
 from mvq.train import train
 
 NO_INCEPTION = ("mse", "psnr", "ssim", "lpips", "usage")

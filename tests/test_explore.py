@@ -22,14 +22,14 @@ from PIL import Image
 from mvq.analysis import codes as C
 from mvq.analysis import explore_page
 from mvq.analysis.explore import ExploreServer, make_server
-from mvq.checkpoint import save_checkpoint
 from mvq.cli import main
-from mvq.codes import Codes
-from mvq.config import Config, DataConfig
+from mvq.configuration.config import Config, DataConfig
 from mvq.data import first_images
+from mvq.inference.tokens import encode_dataset
 from mvq.models import build_model
-from mvq.tokens import encode_dataset
+from mvq.saved.checkpoint import save_checkpoint
 from mvq.train.prior import PriorTraining, train_prior
+from mvq.values.codes import Codes
 
 
 def _checkpoint(path, **kw):

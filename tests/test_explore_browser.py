@@ -13,10 +13,10 @@ import pytest
 from conftest import tiny_model_config
 
 from mvq.analysis.explore import make_server
-from mvq.checkpoint import save_checkpoint
-from mvq.config import Config, DataConfig
+from mvq.configuration.config import Config, DataConfig
+from mvq.inference.tokens import encode_dataset
 from mvq.models import build_model
-from mvq.tokens import encode_dataset
+from mvq.saved.checkpoint import save_checkpoint
 from mvq.train.prior import PriorTraining, train_prior
 
 ARTIFACTS = Path(__file__).parent / "artifacts"

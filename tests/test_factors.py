@@ -12,12 +12,12 @@ from mvq.analysis.factors import (
     mutual_information,
     score_checkpoint,
 )
-from mvq.checkpoint import save_checkpoint
 from mvq.cli import main
-from mvq.codes import Codes
-from mvq.config import Config, DataConfig
+from mvq.configuration.config import Config, DataConfig
 from mvq.errors import MvqError
 from mvq.models import build_model
+from mvq.saved.checkpoint import save_checkpoint
+from mvq.values.codes import Codes
 
 
 def test_mutual_information_of_copies_and_of_independent_bits():

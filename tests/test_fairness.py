@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model_config
 from torch import nn
 
-from mvq.config import ModelConfig
+from mvq.configuration.config import ModelConfig
 from mvq.models import build_model
 
 

@@ -16,12 +16,12 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mvq
-from mvq.config import Config, DataConfig, TrainConfig, load_config
-from mvq.devices import sync_free
+from mvq.configuration.config import Config, DataConfig, TrainConfig, load_config
 from mvq.errors import MvqError
 from mvq.quantize import MaskedQuantizer, VectorQuantizer
 from mvq.quantize.layers import Pointwise
 from mvq.quantize.masked import table_argmin
+from mvq.runtime.devices import sync_free
 from mvq.train import loop, train
 
 

@@ -16,9 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mvq import pretrained, sealed
-from mvq.config import load_config
+from mvq.configuration.config import load_config
 from mvq.errors import MvqError
+from mvq.files import sealed
+from mvq.saved import pretrained
 from mvq.train import train
 
 STEPS = 8

@@ -5,7 +5,7 @@ from conftest import assert_labelled
 from PIL import Image
 
 from mvq.errors import MvqError
-from mvq.figures import (
+from mvq.files.figures import (
     GAP,
     HEAT,
     MARGIN,
@@ -16,7 +16,7 @@ from mvq.figures import (
     text_size,
     wrap,
 )
-from mvq.sample import sample_figure
+from mvq.inference.sample import sample_figure
 
 
 def _rows(n_rows=2, n=3, size=10, channels=1):

@@ -24,18 +24,19 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from mvq import checkpoint, sealed
 from mvq.cli import main
-from mvq.codes import Codes
-from mvq.config import Config, load_config
+from mvq.configuration.config import Config, load_config
 from mvq.errors import MvqError
+from mvq.files import sealed
+from mvq.inference.tokens import load_tokens
 from mvq.metrics.fid import fid_from_features
 from mvq.metrics.perceptual import lpips_distance
 from mvq.metrics.prd import prd_from_features
 from mvq.models import build_model
-from mvq.pretrained import load_tokenizer
 from mvq.priors.registry import PRIORS
-from mvq.tokens import load_tokens
+from mvq.saved import checkpoint
+from mvq.saved.pretrained import load_tokenizer
+from mvq.values.codes import Codes
 
 LONG = os.environ.get("MVQ_FUZZ", "")  # "long" (make fuzz), or a number of examples per target
 EXAMPLES = 400 if LONG == "long" else int(LONG) if LONG.isdigit() else 12

@@ -18,18 +18,20 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import mvq
-from mvq import checkpoint, presets, sealed
+from mvq import presets
 from mvq.cli import main
-from mvq.config import Config, DataConfig, TrainConfig, resolve_config
-from mvq.decoding import Decoding
+from mvq.configuration.config import Config, DataConfig, TrainConfig, resolve_config
 from mvq.errors import MvqError
 from mvq.evaluation.reports import format_comparison, row_names
-from mvq.hashes import file_sha256
+from mvq.files import sealed
+from mvq.files.hashes import file_sha256
+from mvq.inference.tokens import encode_dataset
 from mvq.models import Tokenizer, build_model
-from mvq.pretrained import UnverifiedWarning, load_tokenizer
-from mvq.tokens import encode_dataset
+from mvq.saved import checkpoint
+from mvq.saved.pretrained import UnverifiedWarning, load_tokenizer
 from mvq.train import train
 from mvq.train.prior import PriorTraining, train_prior
+from mvq.values.decoding import Decoding
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def test_save_pretrained_takes_the_run_lock(run, tmp_path):
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from mvq.outputs import try_lock
+        from mvq.files.outputs import try_lock
         with try_lock(Path({str(out / '.lock')!r})) as holder:
             print(holder, flush=True)
             time.sleep(30)

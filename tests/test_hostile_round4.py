@@ -23,7 +23,7 @@ def test_import_mvq_imports_no_torchvision_and_patches_nothing():
     out = subprocess.run(
         [sys.executable, "-c", "import sys, mvq\n"
          "mvq.VectorQuantize, mvq.MaskedVectorQuantize, mvq.FSQ, mvq.LFQ, mvq.ResidualVQ\n"
-         "shim = sys.modules.get('mvq._compat')\n"
+         "shim = sys.modules.get('mvq.runtime.extras')\n"
          "print('torchvision' in sys.modules, 'mvq.metrics' in sys.modules,"
          " 'mvq.models' in sys.modules, shim is None or shim._LIBRARY is None)"],
         capture_output=True, text=True, env=ENV, check=True)
@@ -43,14 +43,15 @@ def test_import_mvq_loads_nothing_beyond_torch_but_its_layers():
         capture_output=True, text=True, env=ENV, check=True)
     packages, modules = (ast.literal_eval(line) for line in out.stdout.splitlines())
     assert packages == ["mvq"]
-    allowed = {"mvq._version", "mvq.devices", "mvq.distributed", "mvq.errors", "mvq.memory"}
+    allowed = {"mvq._version", "mvq.errors", "mvq.runtime", "mvq.runtime.devices",
+               "mvq.runtime.distributed", "mvq.runtime.memory"}
     assert {m for m in modules if not m.startswith("mvq.quantize")} <= allowed, modules
 
 
 def test_the_lazy_names_still_load():
     import mvq
 
-    assert mvq.load.__module__ == "mvq.pretrained"
+    assert mvq.load.__module__ == "mvq.saved.pretrained"
     assert mvq.Tokenizer.__name__ == "Tokenizer" and mvq.Prior.__name__ == "Prior"
     assert {"load", "Tokenizer", "Prior", "VectorQuantize"} <= set(dir(mvq))
     with pytest.raises(AttributeError):

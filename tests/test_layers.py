@@ -177,7 +177,7 @@ def test_masked_layer_with_own_modules_and_refusals():
 
 
 def test_tokenizers_are_built_on_the_layers():
-    from mvq.config import ModelConfig
+    from mvq.configuration.config import ModelConfig
     from mvq.models import build_model
     from mvq.models.movq import MoVQConfig
 

@@ -12,12 +12,13 @@ import torch
 from conftest import tiny_model_config
 from safetensors.torch import load_file, save_file
 
-from mvq import checkpoint, pretrained, sealed
 from mvq.cli import main
-from mvq.config import Config, DataConfig, TrainConfig, load_config
+from mvq.configuration.config import Config, DataConfig, TrainConfig, load_config
 from mvq.errors import MvqError
+from mvq.files import sealed
+from mvq.inference.tokens import encode_dataset, load_tokens
 from mvq.models import build_model
-from mvq.tokens import encode_dataset, load_tokens
+from mvq.saved import checkpoint, pretrained
 from mvq.train import train
 from mvq.train.prior import PriorTraining, train_prior
 

@@ -10,12 +10,18 @@ from conftest import tiny_model_config
 
 import mvq
 from mvq.cli import main
-from mvq.codes import Codes
-from mvq.config import codebook_sizes, config_from_dict, config_to_dict, load_config, model_hash
+from mvq.configuration.config import (
+    codebook_sizes,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    model_hash,
+)
 from mvq.errors import MvqError
 from mvq.models import build_model
 from mvq.quantize import FSQ, LFQ
 from mvq.quantize.registry import DEFAULT, SECONDARIES
+from mvq.values.codes import Codes
 
 # the secondary families and what their code is: (keys, D', K')
 CODES = {"fsq": ({"levels": (5, 3, 4)}, 3, 60), "lfq": ({"bits": 5}, 5, 32)}

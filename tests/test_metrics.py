@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq._compat import ensure_torchvision
 from mvq.errors import MvqError
 from mvq.metrics import codebook, fid, image, prd, weights
 from mvq.metrics.perceptual import LPIPS
+from mvq.runtime.extras import ensure_torchvision
 
 ensure_torchvision()  # these tests import lpips, pytorch-fid and torchvision themselves
 
@@ -485,7 +485,7 @@ def test_weights_hash_names_the_tensors_not_the_file(tmp_path):
     changed value, dtype or name does not."""
     from safetensors.torch import save_file
 
-    from mvq.hashes import state_dict_sha256
+    from mvq.files.hashes import state_dict_sha256
     from mvq.metrics.weights import weights_sha256
 
     state = {"b.weight": torch.arange(6.0).view(2, 3), "a.bias": torch.zeros(3),

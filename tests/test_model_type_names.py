@@ -1,14 +1,15 @@
 """No module outside the models package names a tokenizer type (``model.type``): what a type
 is (its model section, codebooks, masks, VQGAN loss, quantizer) is its record in
-mvq.sections.MODEL_TYPES, what the layers above need of it (tokens of a config, reproduce's
-seconds per step) is its class in mvq.models, and everything else asks those.
+mvq.configuration.sections.MODEL_TYPES, what the tiers above need of it (tokens of a config,
+reproduce's seconds per step) is its class in mvq.models, and everything else asks those.
 
 The allow-list, each for a reason:
 - ``models/``: the tokenizer classes name the types they are built for (``model_types``).
-- ``sections.py``: the one record of each type below the models. A config is loaded and
-  checked (which dataclass its model section is, how K splits into codebooks) in
-  mvq.config, which sits below mvq.models (docs/architecture.md, Layers; lint-imports), and
-  the section dataclasses' defaults (``type: str = "mvqvae"``) are type names.
+- ``configuration/sections.py``: the one record of each type below the models. A config is
+  loaded and checked (which dataclass its model section is, how K splits into codebooks) in
+  mvq.configuration.config, which the models import and which imports no model
+  (docs/architecture.md, Tiers; lint-imports), and the section dataclasses' defaults
+  (``type: str = "mvqvae"``) are type names.
 - ``reproduce/plan.py``: the experiments of the papers are comparisons of named models
   (hvqvae against mvqvae, VQGAN against MoVQ); their run names and labels carry them.
 """
@@ -16,11 +17,11 @@ The allow-list, each for a reason:
 import ast
 from pathlib import Path
 
-from mvq.config import GAN_TYPES, MASK_TYPES, MODEL_TYPES, QUANTIZER_TYPES, model_type
+from mvq.configuration.config import GAN_TYPES, MASK_TYPES, MODEL_TYPES, QUANTIZER_TYPES, model_type
 from mvq.models import MODELS
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mvq"
-ALLOWED = ("models/", "sections.py", "reproduce/plan.py")
+ALLOWED = ("models/", "configuration/sections.py", "reproduce/plan.py")
 
 
 def _type_literals(path: Path) -> list[tuple[int, str]]:
@@ -37,7 +38,7 @@ def test_no_module_outside_the_models_package_names_a_model_type():
         if rel.startswith(ALLOWED):
             continue
         found += [f"{rel}:{line} {name!r}" for line, name in _type_literals(path)]
-    assert not found, ("ask the type's record (mvq.config.model_type) or its class "
+    assert not found, ("ask the type's record (mvq.configuration.config.model_type) or its class "
                        "(mvq.models.model_class): " + ", ".join(found))
 
 

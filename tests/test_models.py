@@ -4,9 +4,7 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from mvq.checkpoint import save_checkpoint
-from mvq.codes import Codes
-from mvq.config import Config
+from mvq.configuration.config import Config
 from mvq.errors import MvqError
 from mvq.models import build_model
 from mvq.nn.vqvae2 import (
@@ -18,7 +16,9 @@ from mvq.nn.vqvae2 import (
     plan_decoder,
     plan_encoder,
 )
-from mvq.pretrained import load_tokenizer
+from mvq.saved.checkpoint import save_checkpoint
+from mvq.saved.pretrained import load_tokenizer
+from mvq.values.codes import Codes
 
 SIZES = {7: 28, 14: 28, 28: 28, 8: 32, 16: 32, 32: 32, 64: 64}
 
@@ -156,7 +156,7 @@ def test_every_preset_loads_and_builds():
     """Each shipped preset parses strictly, by name and by its file's path; the CPU presets
     also build their model."""
     from mvq import presets
-    from mvq.config import load_config
+    from mvq.configuration.config import load_config
 
     names = presets.names()
     assert len(names) >= 20

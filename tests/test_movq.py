@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from mvq.codes import Codes
 from mvq.errors import MvqError
 from mvq.models.movq import MoVQ, MoVQConfig, build_movq
 from mvq.nn.spatial_norm import (
@@ -21,6 +20,7 @@ from mvq.nn.spatial_norm import (
 from mvq.nn.taming import Decoder, Encoder, decoder_norm_factory, spatial_blocks
 from mvq.quantize.multichannel import MultiChannelQuantizer
 from mvq.quantize.vq import VectorQuantizer
+from mvq.values.codes import Codes
 
 
 def tiny_movq(**kw) -> MoVQConfig:

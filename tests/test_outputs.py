@@ -7,9 +7,9 @@ import torch
 from conftest import tiny_model_config
 
 from mvq.cli import main
-from mvq.config import Config, DataConfig, TrainConfig
+from mvq.configuration.config import Config, DataConfig, TrainConfig
 from mvq.errors import MvqError
-from mvq.outputs import atomic_write
+from mvq.files.outputs import atomic_write
 from mvq.train import train
 
 
@@ -86,6 +86,6 @@ def test_nothing_but_training_writes_into_a_checkpoint(ckpt, capsys):
                       str(ckpt / "config.json"), "--overwrite"], "lies in the checkpoint folder")
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
     with pytest.raises(MvqError, match="lies in the checkpoint folder"):
-        from mvq.tokens import encode_dataset
+        from mvq.inference.tokens import encode_dataset
 
         encode_dataset(ckpt, ckpt / "tokens.safetensors", overwrite=True)

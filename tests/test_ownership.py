@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from test_engine import TINY_PRIOR, tokenizer_config, toy_tokens
 
-from mvq import sealed
 from mvq.cli import main
 from mvq.errors import MvqError
-from mvq.outputs import check_outputs
+from mvq.files import sealed
+from mvq.files.outputs import check_outputs
 from mvq.train import train
 from mvq.train.engine import locked
 from mvq.train.prior import PriorTraining, train_prior

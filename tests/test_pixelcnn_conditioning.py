@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from mvq.codes import Codes
 from mvq.errors import MvqError
-from mvq.pretrained import load_prior
 from mvq.priors import PixelCNNPrior, build_prior
 from mvq.priors.pixelcnn import fold, unfold
+from mvq.saved.pretrained import load_prior
+from mvq.values.codes import Codes
 
 SIZES = dict(channels=8, n_layers=2)
 

@@ -13,7 +13,13 @@ from mvq import (
     ResidualVQ,
     VectorQuantize,
 )
-from mvq.config import Config, DataConfig, TrainConfig, config_from_dict, config_to_dict
+from mvq.configuration.config import (
+    Config,
+    DataConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from mvq.errors import MvqError
 from mvq.train import train
 
@@ -126,7 +132,7 @@ def test_the_gan_loss_takes_a_reconstruction_in_another_precision(cast):
 
 
 def test_bf16_trains_a_gan_tokenizer(tmp_path):
-    from mvq.sections import VQGANLossConfig
+    from mvq.configuration.sections import VQGANLossConfig
 
     cfg = _cfg(tmp_path, "bf16")
     cfg = Config(model=tiny_model_config(type="mvqgan", image_size=32, channels=3, factor=8),

@@ -14,14 +14,15 @@ from conftest import tiny_model_config
 from safetensors.torch import load_file, save_file
 
 import mvq
-from mvq import checkpoint, sealed
-from mvq.codes import Codes
-from mvq.config import Config, DataConfig, TrainConfig
+from mvq.configuration.config import Config, DataConfig, TrainConfig
 from mvq.errors import MvqError
+from mvq.files import sealed
 from mvq.models import Tokenizer, build_model
-from mvq.pretrained import UnverifiedWarning
 from mvq.priors import Prior, prior_class
+from mvq.saved import checkpoint
+from mvq.saved.pretrained import UnverifiedWarning
 from mvq.train import train
+from mvq.values.codes import Codes
 
 
 def _all_eval(module: torch.nn.Module) -> bool:
@@ -42,7 +43,7 @@ def test_saved_model_decodes_bit_identically_in_a_fresh_process(kind, tmp_path):
     codes.save(tmp_path / "codes.safetensors")
     script = textwrap.dedent(f"""
         import torch, mvq
-        from mvq.codes import Codes
+        from mvq.values.codes import Codes
         from safetensors.torch import save_file
         model = mvq.load({str(folder)!r})
         assert not any(m.training for m in model.modules()), "not in eval mode"
@@ -201,7 +202,7 @@ def test_save_refuses_a_folder_of_another_kind_and_load_checks_types(tmp_path):
 def test_weights_hash_is_the_one_recorded_before_the_rename():
     """Token files and priors record the tokenizer weights' sha256; the hash is taken under the
     names of before E' moved into the MVQ layer, so they still match."""
-    from mvq.hashes import state_dict_sha256
+    from mvq.files.hashes import state_dict_sha256
 
     model = build_model(tiny_model_config())
     old = {k.replace("mvq.secondary_encoder.", "encoder2."): v
@@ -215,14 +216,14 @@ def test_weights_hash_is_the_one_recorded_before_the_rename():
 def test_two_saves_into_one_folder_at_once_give_one_line(tmp_path):
     """While one process writes a folder (it holds .FOLDER.lock), a second save is refused in
     one line and the folder stays loadable."""
-    from mvq.outputs import try_lock
+    from mvq.files.outputs import try_lock
 
     model = build_model(tiny_model_config(type="vqvae"))
     model.save_pretrained(tmp_path / "m")
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from mvq.outputs import try_lock
+        from mvq.files.outputs import try_lock
         with try_lock(Path({str(tmp_path / '.m.lock')!r})) as holder:
             print(holder, flush=True)
             time.sleep(30)

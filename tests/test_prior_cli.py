@@ -8,18 +8,18 @@ import torch
 from conftest import assert_labelled, tiny_model_config
 from PIL import Image
 
-from mvq.checkpoint import save_checkpoint
-from mvq.config import Config, DataConfig, TrainConfig
+from mvq.configuration.config import Config, DataConfig, TrainConfig
 from mvq.data import build_dataset
-from mvq.decoding import Decoding
 from mvq.errors import MvqError
+from mvq.inference.sample import Sampling, grid_shape, sample_images
+from mvq.inference.tokens import encode_dataset, load_tokens
 from mvq.models import build_model
-from mvq.pretrained import load_prior, load_tokenizer
 from mvq.priors.base import validate_prior
-from mvq.sample import Sampling, grid_shape, sample_images
-from mvq.tokens import encode_dataset, load_tokens
+from mvq.saved.checkpoint import save_checkpoint
+from mvq.saved.pretrained import load_prior, load_tokenizer
 from mvq.train import train
 from mvq.train.prior import PriorTraining, train_prior
+from mvq.values.decoding import Decoding
 
 TINY = {"primary": dict(n_layer=1, n_head=2, n_embd=16),
         "secondary": dict(n_layer=1, n_head=2, n_embd=16)}
@@ -139,8 +139,8 @@ def test_sample_refuses_a_prior_of_another_tokenizer(run, tmp_path):
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # 12 images: rank-deficient covariances
 def test_evaluate_samples_against_hand_computation(run, tmp_path):
     from mvq.evaluation import EvalSettings, evaluate_samples, format_table
+    from mvq.inference.sample import sample_codes_and_images
     from mvq.metrics import extract_features, fid_from_features, get_inception, prd_f_scores
-    from mvq.sample import sample_codes_and_images
 
     n, ckpt = 12, run["prior"]["checkpoint"]
     res = evaluate_samples(run["tok_a"], ckpt, EvalSettings(
@@ -186,13 +186,13 @@ def test_evaluate_samples_against_hand_computation(run, tmp_path):
 def test_decoding_is_checked_once_per_command(run, tmp_path, monkeypatch):
     """`mvq sample` / `mvq evaluate --prior`: the decoding values are checked once, and the
     prior asked once which options it takes, however many batches are drawn."""
-    import mvq.decoding
+    import mvq.values.decoding
     from mvq.cli import main
     from mvq.priors.base import Prior
 
     values, options = [], []
-    check, ask = mvq.decoding.check_sampling, Prior.check_decoding
-    monkeypatch.setattr(mvq.decoding, "check_sampling",
+    check, ask = mvq.values.decoding.check_sampling, Prior.check_decoding
+    monkeypatch.setattr(mvq.values.decoding, "check_sampling",
                         lambda *a: (values.append(a), check(*a))[1])
     monkeypatch.setattr(Prior, "check_decoding",
                         lambda self, opts: (options.append(dict(opts)), ask(self, opts))[1])
@@ -206,7 +206,7 @@ def test_decoding_is_checked_once_per_command(run, tmp_path, monkeypatch):
                  "--json", str(tmp_path / "e.json"), "--no-progress", "--device", "cpu"]) == 0
     assert values == [(0.5, None, None)] and options == [{"temperature": 0.5}]
     values.clear(), options.clear()
-    from mvq.sample import sample_codes_and_images
+    from mvq.inference.sample import sample_codes_and_images
 
     codes, _ = sample_codes_and_images(run["tok_a"], ckpt, Sampling(5, Decoding(top_p=0.9),
                                                                     batch_size=2))

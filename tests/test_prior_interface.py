@@ -6,20 +6,20 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from mvq.checkpoint import save_checkpoint
-from mvq.codes import Codes
-from mvq.config import Config, DataConfig, TrainConfig
-from mvq.decoding import Decoding
+from mvq.configuration.config import Config, DataConfig, TrainConfig
 from mvq.errors import MvqError
+from mvq.inference.sample import Sampling, sample_codes_and_images
+from mvq.inference.tokens import encode_dataset, load_tokens
 from mvq.losses.vqgan import VQGANLossConfig
 from mvq.models import build_model
 from mvq.models.movq import MoVQConfig
-from mvq.pretrained import load_prior, load_tokenizer
 from mvq.priors import PRIORS, MaskGITPrior, default_kind, layout_of, prior_class
-from mvq.sample import Sampling, sample_codes_and_images
-from mvq.tokens import encode_dataset, load_tokens
+from mvq.saved.checkpoint import save_checkpoint
+from mvq.saved.pretrained import load_prior, load_tokenizer
 from mvq.train import train
 from mvq.train.prior import PriorTraining, train_prior
+from mvq.values.codes import Codes
+from mvq.values.decoding import Decoding
 
 SIZES = {"gpt": {"primary": dict(n_layer=1, n_head=2, n_embd=16),
                  "secondary": dict(n_layer=1, n_head=2, n_embd=16)},

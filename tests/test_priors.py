@@ -7,8 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mvq.codes import Codes
-from mvq.decoding import Draw
 from mvq.errors import MvqError
 from mvq.priors import (
     GPT,
@@ -24,6 +22,8 @@ from mvq.priors import (
     sample_logits,
     table4_size,
 )
+from mvq.values.codes import Codes
+from mvq.values.decoding import Draw
 
 
 def tiny_gpt(vocab=11, block=12, classes=0, dtype=torch.float32) -> GPT:

@@ -6,8 +6,8 @@ import torch
 
 import mvq
 from mvq.cli import main
-from mvq.codes import Codes
 from mvq.quantize.registry import FAMILIES
+from mvq.values.codes import Codes
 
 TINY = ["model.type=vqvae", "model.factor=7", "model.hidden=16", "model.res_blocks=1",
         "model.res_channels=8", "model.dim=8", "model.levels=[5,3]", "model.bits=4",

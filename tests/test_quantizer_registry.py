@@ -9,18 +9,18 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from mvq.config import (
+from mvq.configuration.config import (
     codebook_sizes,
     config_from_dict,
     config_to_dict,
     load_config,
     model_hash,
 )
+from mvq.configuration.sections import ModelConfig
 from mvq.errors import MvqError
 from mvq.models import VQVAE, build_model
 from mvq.quantize import registry
 from mvq.quantize.registry import DEFAULT, FAMILIES, FAMILY_FIELDS
-from mvq.sections import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 KEPT = sorted((ROOT / "docs" / "results" / "runs").glob("*/checkpoint/config.json"))

@@ -1,5 +1,6 @@
-"""mvq.reconstruct (what `mvq reconstruct` calls): the error it reports is the hand-computed
-one, the codes it saves decode to the figure's reconstructions, image paths are read in order."""
+"""mvq.inference.reconstruct (what `mvq reconstruct` calls): the error it reports is the
+hand-computed one, the codes it saves decode to the figure's reconstructions, image paths are
+read in order."""
 
 import math
 
@@ -8,14 +9,14 @@ import torch
 from conftest import assert_labelled, tiny_model_config
 from PIL import Image
 
-from mvq.checkpoint import save_checkpoint
-from mvq.codes import Codes
-from mvq.config import Config, DataConfig
+from mvq.configuration.config import Config, DataConfig
 from mvq.data import build_dataset
 from mvq.errors import MvqError
+from mvq.inference.reconstruct import load_images, reconstruct
 from mvq.models import build_model
-from mvq.pretrained import load_tokenizer
-from mvq.reconstruct import load_images, reconstruct
+from mvq.saved.checkpoint import save_checkpoint
+from mvq.saved.pretrained import load_tokenizer
+from mvq.values.codes import Codes
 
 
 @pytest.fixture(scope="module")

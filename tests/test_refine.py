@@ -61,10 +61,10 @@ def test_bits_per_image_counts_the_free_mask_when_refining():
 def test_evaluate_refine_counts_bits_and_refuses_other_models(tmp_path):
     import pytest
 
-    from mvq.checkpoint import save_checkpoint
-    from mvq.config import Config, DataConfig
+    from mvq.configuration.config import Config, DataConfig
     from mvq.errors import MvqError
     from mvq.evaluation import EvalSettings, evaluate_checkpoint
+    from mvq.saved.checkpoint import save_checkpoint
 
     def ck(name, **kw):
         cfg = Config(model=tiny_model_config(factor=14, eval_masks=4, **kw),

@@ -8,15 +8,15 @@ from PIL import Image
 
 import mvq.train
 from mvq.cli import main
-from mvq.decoding import Decoding
 from mvq.errors import MvqError
-from mvq.figures import GAP
+from mvq.files.figures import GAP
 from mvq.reproduce import build_plan
 from mvq.reproduce.kinds import ClassConditional, Plot, TokenizerSweep, plot
 from mvq.reproduce.plan import Changes, Decode, Plan, Run
 from mvq.reproduce.records import Cell, Stat
 from mvq.reproduce.report import aggregate
 from mvq.reproduce.runner import collect, execute, inspect
+from mvq.values.decoding import Decoding
 
 TINY = Changes(model={"hidden": 16, "res_blocks": 1, "res_channels": 8, "dim": 8, "dim2": 8},
                data={"name": "shapes", "train_limit": 64, "val_limit": 16},
@@ -439,7 +439,7 @@ def test_generation_plans_train_each_prior_and_report_one_row_per_decoding(tmp_p
     copied = folder / "priors" / "gpt_3steps_s0" / "samples_default.json"
     assert json.loads(copied.read_text())["prior_type"] == "pixelcnn"  # nothing written over
     grid = class_grid(records, tmp_path / "grid.png", "cpu", per_class=3)
-    from mvq.pretrained import load_prior
+    from mvq.saved.pretrained import load_prior
 
     classes = load_prior(rows[3].checkpoint)[0].num_classes
     assert classes >= 2

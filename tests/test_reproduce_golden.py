@@ -11,9 +11,9 @@ import pytest
 
 import mvq.reproduce
 from mvq.cli import main
-from mvq.decoding import Decoding
 from mvq.reproduce.kinds import Generation, Plot, TokenizerSweep
 from mvq.reproduce.plan import Changes, Decode, Plan, PriorSpec, Run
+from mvq.values.decoding import Decoding
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reproduce_golden"
 TINY = Changes(model={"hidden": 16, "res_blocks": 1, "res_channels": 8, "dim": 8, "dim2": 8},

@@ -286,7 +286,7 @@ def test_a_corrupt_record_is_not_kept_and_the_old_kept_copy_stays(tmp_path, monk
 def test_a_record_kept_before_mask_sampling_existed_drew_masks_per_instance():
     """A kept config without train.mask_sampling was made with masks per instance: it matches a
     plan that asks for that, and not one that asks for a bank per batch, whatever the default."""
-    from mvq.config import config_to_dict, load_config
+    from mvq.configuration.config import config_to_dict, load_config
     from mvq.reproduce.kept import differences
 
     cfg = load_config("fmnist_f28_k16_quick")

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from test_reproduce import _plan, _run
 
-from mvq.config import config_to_dict, load_config
+from mvq.configuration.config import config_to_dict, load_config
 from mvq.models.base import build_model
 from mvq.reproduce import build_plan
 from mvq.reproduce.kinds import Generation

@@ -18,9 +18,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_engine import toy_tokens
 
-from mvq import threads
 from mvq.cli import main
-from mvq.config import RESUME_MAY_CHANGE, Config
+from mvq.configuration.config import RESUME_MAY_CHANGE, Config
+from mvq.runtime import threads
 from mvq.train.prior import PRIOR_DEFAULTS, PRIOR_MAY_CHANGE
 
 TINY = ["model.hidden=16", "model.res_blocks=1", "model.res_channels=8", "model.dim=8",

@@ -18,14 +18,21 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mvq.checkpoint import save_checkpoint
 from mvq.cli import main
-from mvq.codes import Codes
-from mvq.config import RANGES, Config, DataConfig, ModelConfig, TrainConfig, load_config
+from mvq.configuration.config import (
+    RANGES,
+    Config,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    load_config,
+)
 from mvq.errors import MvqError
 from mvq.losses.vqgan import VQGANLossConfig
 from mvq.models import build_model
 from mvq.models.movq import MoVQConfig
+from mvq.saved.checkpoint import save_checkpoint
+from mvq.values.codes import Codes
 
 TINY_MOVQ = dict(image_size=16, channels=3, ch=8, ch_mult=(1, 2), num_res_blocks=1,
                  attn_resolutions=(8,), z_channels=8, codebook_size=16, code_dim=4,
@@ -168,7 +175,7 @@ def test_cli_train_refuses_an_unwritable_out_dir(tmp_path, capsys):
 
 
 def test_configs_built_in_python_get_the_same_checks(tmp_path):
-    from mvq.config import check_ready
+    from mvq.configuration.config import check_ready
     from mvq.train import train
 
     with pytest.raises(MvqError, match="model.codebook_size must be >= 1"):
@@ -185,7 +192,7 @@ def test_configs_built_in_python_get_the_same_checks(tmp_path):
 
 
 def test_check_writable_probes_without_leaving_files(tmp_path):
-    from mvq.config import check_writable
+    from mvq.configuration.config import check_writable
 
     check_writable(tmp_path / "new" / "deeper")
     assert list(tmp_path.iterdir()) == []  # nothing created, probe file removed
@@ -242,8 +249,8 @@ def test_bad_arguments_are_one_line_and_nonzero(tmp_path, capsys, argv, fragment
     (1.0, 2.5, "top_k"),
 ])
 def test_sampling_api_refuses_bad_settings(tmp_path, temperature, top_k, fragment):
-    from mvq.decoding import Decoding
-    from mvq.sample import Sampling, sample_images
+    from mvq.inference.sample import Sampling, sample_images
+    from mvq.values.decoding import Decoding
 
     with pytest.raises(MvqError, match=fragment):  # checked before any checkpoint is read
         sample_images(tmp_path / "no-tokenizer", tmp_path / "no-prior",
@@ -272,7 +279,7 @@ def test_reconstruct_refuses_a_png_no_viewer_opens(tokenizer_dir, tmp_path, caps
 
 # ----------------------------------------------------------------------------- threads
 def test_threads_option_and_default_policy(monkeypatch, capsys):
-    from mvq import threads
+    from mvq.runtime import threads
 
     before = torch.get_num_threads()
     try:
@@ -297,7 +304,7 @@ def test_threads_option_and_default_policy(monkeypatch, capsys):
     ([], False),
 ])
 def test_mvq_processes_are_recognised(argv, expected):
-    from mvq.threads import _is_mvq
+    from mvq.runtime.threads import _is_mvq
 
     assert _is_mvq(argv) is expected
 

@@ -6,7 +6,7 @@ import torch
 from conftest import assert_labelled, tiny_model_config
 from safetensors.torch import load_file
 
-from mvq.config import Config, DataConfig, TrainConfig
+from mvq.configuration.config import Config, DataConfig, TrainConfig
 from mvq.errors import MvqError
 from mvq.train import train
 
@@ -66,7 +66,7 @@ def _assert_same_checkpoint(run_a, run_b) -> None:
 
 
 def _gan_cfg(tmp_path, name, model_type="mvqgan", **train_kw) -> Config:
-    from mvq.config import load_config
+    from mvq.configuration.config import load_config
 
     over = ["data.name=shapes", "data.train_limit=32", "data.val_limit=8", "loss.disc_start=1",
             "loss.disc_channels=8", f"model.type={model_type}", f"train.out_dir={tmp_path / name}",

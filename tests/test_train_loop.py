@@ -10,10 +10,10 @@ import torch
 from conftest import tiny_model_config
 from safetensors.torch import load_file
 
-from mvq.config import Config, DataConfig, TrainConfig
+from mvq.configuration.config import Config, DataConfig, TrainConfig
 from mvq.data import build_dataset
 from mvq.data.base import TensorImageDataset
-from mvq.distributed import Launch
+from mvq.runtime.distributed import Launch
 from mvq.train import train
 from mvq.train.batches import StepBatches, StepSampler
 from mvq.train.engine import Trainee

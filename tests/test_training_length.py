@@ -13,7 +13,7 @@ from test_reproduce import TINY
 import mvq.reproduce.runner as runner
 import mvq.train
 from mvq.cli import main
-from mvq.config import config_to_dict
+from mvq.configuration.config import config_to_dict
 from mvq.errors import MvqError
 from mvq.reproduce import build_plan
 from mvq.reproduce import plan as plans

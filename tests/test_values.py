@@ -5,12 +5,12 @@ import math
 
 import pytest
 
-from mvq.decoding import Decoding
 from mvq.errors import MvqError
 from mvq.evaluation import EvalSettings, format_comparison, format_table, metrics_table
+from mvq.inference.sample import Sampling
 from mvq.reproduce import report
-from mvq.sample import Sampling
 from mvq.train.prior import PriorTraining
+from mvq.values.decoding import Decoding
 
 
 @pytest.mark.parametrize("kw, fragment", [
@@ -56,7 +56,7 @@ def test_decoding_for_prior_asks_the_prior_once():
 @pytest.mark.parametrize("make, fragment", [
     (lambda: Sampling(n=0), "n must be an integer >= 1, got 0"),
     (lambda: Sampling(batch_size=True), "batch_size must be an integer >= 1"),
-    (lambda: Sampling(decoding={"temperature": 1.0}), "decoding must be an mvq.decoding"),
+    (lambda: Sampling(decoding={"temperature": 1.0}), "decoding must be an mvq.values.decoding"),
     (lambda: EvalSettings(n=0), "n must be a positive number of images"),
     (lambda: EvalSettings(batch_size=2.5), "batch_size must be a positive integer"),
     (lambda: PriorTraining(steps=0), "steps, batch_size, val_every and log_every must be >= 1"),
@@ -75,7 +75,7 @@ def test_sampling_keeps_classes_as_a_tuple():
 
 def test_functions_refuse_settings_of_another_type(tmp_path):
     from mvq.evaluation import evaluate_checkpoint, evaluate_samples
-    from mvq.sample import sample_codes_and_images, sample_images
+    from mvq.inference.sample import sample_codes_and_images, sample_images
     from mvq.train.prior import train_prior
 
     calls = [

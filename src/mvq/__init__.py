@@ -26,7 +26,7 @@ __all__ = ["FSQ", "LFQ", "MaskedVectorQuantize", "MultiChannelVectorQuantize", "
 
 # The tokenizers, the priors and the loader are imported on first use: ``import mvq`` for the
 # layers costs little beyond ``import torch`` and imports no optional package.
-_LAZY = {"Tokenizer": "mvq.models", "Prior": "mvq.priors", "load": "mvq.pretrained"}
+_LAZY = {"Tokenizer": "mvq.models", "Prior": "mvq.priors", "load": "mvq.saved.pretrained"}
 
 
 def __getattr__(name: str):

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from mvq.config import check_writable, load_config, model_type
+from mvq.configuration.config import check_writable, load_config, model_type
 from mvq.data import default_fashion_mnist_root, fashion_mnist_available
 from mvq.evaluation import EvalSettings, evaluate_checkpoint
-from mvq.figures import Figure
-from mvq.outputs import write_text
-from mvq.pretrained import load_tokenizer
+from mvq.files.figures import Figure
+from mvq.files.outputs import write_text
+from mvq.saved.pretrained import load_tokenizer
 from mvq.train import build_data, train
 
 PRESET = "fmnist_f28_k16_quick"

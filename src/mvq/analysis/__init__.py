@@ -1,6 +1,6 @@
 """`mvq analyze`: see and measure what the masked secondary codes of an MVQ tokenizer learned.
 
-`analyze` writes one file per analysis: a labelled figure (`mvq.figures`) for each
+`analyze` writes one file per analysis: a labelled figure (`mvq.files.figures`) for each
 of `FIGURES` (``OUT/dims.png`` ...; the figures are in `mvq.analysis.figures`, the
 code operations in `mvq.analysis.codes`), a JSON record for each of `MEASURES`
 (``OUT/factors.json``: `mvq.analysis.factors`; ``OUT/classkeep.json``:
@@ -19,7 +19,7 @@ from mvq.analysis import classkeep, factors, figures
 from mvq.analysis import codes as C
 from mvq.data import first_images
 from mvq.errors import MvqError
-from mvq.outputs import check_outputs, write_text
+from mvq.files.outputs import check_outputs, write_text
 
 FIGURES = ("dims", "transfer", "compose", "diversity")
 MEASURES = ("factors", "classkeep")

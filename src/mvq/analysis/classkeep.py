@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.analysis import codes as C
-from mvq.codes import Codes
 from mvq.data import first_images
+from mvq.values.codes import Codes
 
 
 def classifier(channels: int, classes: int) -> nn.Module:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from mvq.checkpoint import read_info
-from mvq.codes import Codes
-from mvq.config import MASK_TYPES
+from mvq.configuration.config import MASK_TYPES
 from mvq.errors import MvqError
 from mvq.models.tokenizers import MVQVAE
-from mvq.pretrained import load_tokenizer, resolve
+from mvq.saved.checkpoint import read_info
+from mvq.saved.pretrained import load_tokenizer, resolve
+from mvq.values.codes import Codes
 
 SUM_MODES = ("codes", "outputs")
 

@@ -34,17 +34,17 @@ from urllib.parse import parse_qs, urlsplit
 import torch
 from PIL import Image
 
-from mvq import argtypes
 from mvq.analysis import codes as C
 from mvq.analysis import explore_page, pick_distinct
-from mvq.codes import Codes
-from mvq.config import model_hash
+from mvq.configuration.config import model_hash
 from mvq.data import class_names, first_images
 from mvq.errors import MvqError
-from mvq.figures import Figure, change_heatmap, change_size, png_bytes, to_uint8
+from mvq.files.figures import Figure, change_heatmap, change_size, png_bytes, to_uint8
+from mvq.inference.sample import check_same_tokenizer, class_labels
 from mvq.models.tokenizers import MVQVAE
-from mvq.pretrained import load_prior
-from mvq.sample import check_same_tokenizer, class_labels
+from mvq.saved.pretrained import load_prior
+from mvq.values import argtypes
+from mvq.values.codes import Codes
 
 MAX_TARGETS = 16
 MAX_SAMPLES = 32  # prior samples or masks per request

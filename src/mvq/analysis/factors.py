@@ -20,7 +20,7 @@ import torch
 from mvq.data import canonical_name
 from mvq.data.shapes import Shapes
 from mvq.errors import MvqError
-from mvq.pretrained import load_tokenizer
+from mvq.saved.pretrained import load_tokenizer
 
 
 def entropy(counts: torch.Tensor) -> float:

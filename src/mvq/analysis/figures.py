@@ -1,7 +1,7 @@
 """The four mask analyses of the MVQ paper as labelled figures (`mvq analyze`).
 
 Each function takes an MVQ model and the Codes of some test images and returns a
-`mvq.figures.Figure`:
+`mvq.files.figures.Figure`:
 
 - `dims` (Fig. 2): each single mask dimension switched on and off in one image's code,
   with a heatmap of where the two decodes differ;
@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 
 from mvq.analysis import codes as C
-from mvq.codes import Codes
-from mvq.figures import HEAT_LEGEND, Figure, change_heatmap, change_size
+from mvq.files.figures import HEAT_LEGEND, Figure, change_heatmap, change_size
 from mvq.models.tokenizers import MVQVAE
+from mvq.values.codes import Codes
 
 
 def _name(codes: Codes, i: int, index: int) -> str:

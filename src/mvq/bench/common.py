@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from mvq.argtypes import positive_int
-from mvq.config import check_writable
+from mvq.configuration.config import check_writable
 from mvq.errors import MvqError
-from mvq.outputs import write_text
+from mvq.files.outputs import write_text
+from mvq.values.argtypes import positive_int
 
 
 def json_path(text: str) -> Path:

@@ -2,7 +2,7 @@
 
 Times one short training run alone, then --jobs runs started at the same moment, each a
 separate process with OMP_NUM_THREADS removed from its environment (so mvq's default applies:
-torch's default threads shared among the mvq processes running, see src/mvq/threads.py), and
+torch's default threads shared among the mvq processes running, see src/mvq/runtime/threads.py), and
 prints each concurrent run's time over the lone run's. The goal (issue 13): every concurrent run
 at most 2.5x the lone one on a 2-core machine. --threads N passes `mvq --threads N` to every run
 instead, to compare a fixed policy.

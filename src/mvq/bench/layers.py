@@ -24,11 +24,11 @@ import warnings
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mvq._compat import missing
 from mvq.bench.common import gemm_peak_gflops, json_path, positive_ints, side_by_side, write_json
-from mvq.config import load_config, model_type
+from mvq.configuration.config import load_config, model_type
 from mvq.models import build_model
 from mvq.quantize import MaskedVectorQuantize, MultiChannelVectorQuantize, VectorQuantize
+from mvq.runtime.extras import missing
 
 SHAPES = ((32, 49, 32, 64), (32, 256, 64, 512))  # (B, N, D, K): the two shapes
 NAIVE_LIMIT = 1 << 21  # per-instance hypotheses B * N * J above which the chunked path is skipped

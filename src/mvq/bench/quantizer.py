@@ -17,9 +17,9 @@ from importlib.metadata import version
 
 import torch
 
-from mvq._compat import missing
 from mvq.bench.common import json_path, write_json
 from mvq.quantize import VectorQuantizer
+from mvq.runtime.extras import missing
 
 warnings.filterwarnings("ignore")
 

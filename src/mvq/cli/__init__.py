@@ -13,13 +13,13 @@ import re
 import sys
 from contextlib import nullcontext
 
-from mvq import pretrained
 from mvq._version import __version__
-from mvq.argtypes import OneLineParser, threads
 from mvq.cli import experiments, priors, tokenizers
 from mvq.cli.command import Command
 from mvq.errors import MvqError
-from mvq.threads import configure_threads
+from mvq.runtime.threads import configure_threads
+from mvq.saved import pretrained
+from mvq.values.argtypes import OneLineParser, threads
 
 EPILOG = """examples:
   mvq demo                                   # hvqvae vs mvqvae at 1+1 tokens on FashionMNIST

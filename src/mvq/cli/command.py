@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mvq.argtypes import device_name, positive_float, positive_int, top_p_fraction
-from mvq.decoding import Decoding
+from mvq.values.argtypes import device_name, positive_float, positive_int, top_p_fraction
+from mvq.values.decoding import Decoding
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def add_device_and_progress(p: argparse.ArgumentParser) -> None:
 
 
 def add_decoding(p: argparse.ArgumentParser, prefix: str) -> None:
-    """The decoding options (`mvq.decoding.Decoding` but its seed) of sample and evaluate
+    """The decoding options (`mvq.values.decoding.Decoding` but its seed) of sample and evaluate
     --prior: --temperature, --top-k, --top-p and MaskGIT's --steps / --choice-temperature."""
     p.add_argument("--temperature", type=positive_float, default=1.0,
                    help=prefix + "softmax temperature (default 1.0)")

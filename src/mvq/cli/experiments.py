@@ -7,13 +7,13 @@ import importlib
 
 from mvq.analysis import ANALYSES, DEFAULT_IMAGES, AnalysisOptions, analyze
 from mvq.analysis.explore import make_server
-from mvq.argtypes import positive_int, seed
 from mvq.bench import BENCHMARKS
 from mvq.cli.command import Command, add_device_and_progress, add_force, add_overwrite
 from mvq.demo import run_demo
 from mvq.errors import MvqError
 from mvq.reproduce import Options, reproduce
 from mvq.reproduce.plan import EXPERIMENTS
+from mvq.values.argtypes import positive_int, seed
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from mvq import distributed
-from mvq.argtypes import class_list, open_fraction, positive_float, positive_int, seed
 from mvq.cli.command import (
     Command,
     add_decoding,
@@ -14,10 +12,12 @@ from mvq.cli.command import (
     add_overwrite,
     decoding,
 )
-from mvq.sample import Sampling, sample_images
-from mvq.tokens import encode_dataset, load_tokens
+from mvq.inference.sample import Sampling, sample_images
+from mvq.inference.tokens import encode_dataset, load_tokens
+from mvq.runtime import distributed
 from mvq.train.engine import LINES
 from mvq.train.prior import PRIOR_DEFAULTS, PriorTraining, train_prior
+from mvq.values.argtypes import class_list, open_fraction, positive_float, positive_int, seed
 
 
 def _encode_dataset_arguments(p: argparse.ArgumentParser) -> None:

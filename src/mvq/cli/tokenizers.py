@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mvq import distributed, presets
-from mvq.argtypes import positive_int, seed
+from mvq import presets
 from mvq.cli.command import (
     Command,
     add_decoding,
@@ -17,7 +16,7 @@ from mvq.cli.command import (
     decoding,
     no_arguments,
 )
-from mvq.config import MODEL_TYPES, load_config
+from mvq.configuration.config import MODEL_TYPES, load_config
 from mvq.errors import MvqError
 from mvq.evaluation import (
     EvalSettings,
@@ -29,13 +28,15 @@ from mvq.evaluation import (
     write_reports,
 )
 from mvq.evaluation.metrics_table import METRICS, SAMPLE_METRICS
+from mvq.files.outputs import check_outputs, write_text
+from mvq.inference.reconstruct import reconstruct
 from mvq.metrics.weights import install_offline_weights
-from mvq.outputs import check_outputs, write_text
 from mvq.quantize.registry import FAMILIES
-from mvq.reconstruct import reconstruct
+from mvq.runtime import distributed
 from mvq.train import train
 from mvq.train.engine import LINES
 from mvq.train.loop import run_config
+from mvq.values.argtypes import positive_int, seed
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:

@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 
 from mvq._version import __version__
-from mvq.config import model_hash
+from mvq.configuration.config import model_hash
 from mvq.data import build_dataset, canonical_name
-from mvq.devices import pick_device
 from mvq.errors import MvqError
 from mvq.metrics import (
     FeatureStats,
@@ -32,7 +31,8 @@ from mvq.metrics.fid import (
     mean_cov,
     stats_cache_path,
 )
-from mvq.pretrained import load_tokenizer
+from mvq.runtime.devices import pick_device
+from mvq.saved.pretrained import load_tokenizer
 
 FEATURE_EXTRACTOR = "pytorch-fid FIDInceptionV3 pool3 2048-d"
 INCEPTION_RESIZE = "bilinear to 299 (pytorch-fid convention), gray repeated to RGB"

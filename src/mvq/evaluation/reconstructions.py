@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mvq.config import MASK_TYPES
+from mvq.configuration.config import MASK_TYPES
 from mvq.errors import MvqError, expect_value
 from mvq.evaluation.common import (
     EvalRun,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from mvq.errors import MvqError
 from mvq.evaluation.metrics_table import cell, label
-from mvq.jsonio import loads_object
-from mvq.outputs import write_text
+from mvq.files.jsonio import loads_object
+from mvq.files.outputs import write_text
 
 
 def _head(result: dict) -> str:

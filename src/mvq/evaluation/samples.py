@@ -9,8 +9,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mvq.codes import Codes
-from mvq.decoding import Decoding
 from mvq.errors import expect_value
 from mvq.evaluation.common import (
     EvalRun,
@@ -21,10 +19,12 @@ from mvq.evaluation.common import (
     real_features,
 )
 from mvq.evaluation.metrics_table import SAMPLE_METRICS, check_metrics, needs_features
+from mvq.inference.sample import check_same_tokenizer, class_labels, sample_batches
 from mvq.metrics import extract_features
-from mvq.pretrained import load_prior
 from mvq.priors.base import validate_prior
-from mvq.sample import check_same_tokenizer, class_labels, sample_batches
+from mvq.saved.pretrained import load_prior
+from mvq.values.codes import Codes
+from mvq.values.decoding import Decoding
 
 
 def evaluate_samples(checkpoint: str | Path, prior: str | Path,

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq import distributed
+from mvq.configuration.sections import VQGANLossConfig
 from mvq.metrics.perceptual import LPIPS
-from mvq.sections import VQGANLossConfig
+from mvq.runtime import distributed
 
 
 # ----------------------------------------------------------------------------- discriminator

@@ -22,17 +22,17 @@ from safetensors.numpy import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from mvq._compat import missing
-from mvq.devices import pick_device
 from mvq.errors import MvqError
-from mvq.hashes import state_dict_sha256
+from mvq.files.hashes import state_dict_sha256
+from mvq.files.outputs import wait_lock
 from mvq.metrics.weights import (
     _atomic_write,
     build_fid_inception,
     inception_weights_path,
     load_state_dict_file,
 )
-from mvq.outputs import wait_lock
+from mvq.runtime.devices import pick_device
+from mvq.runtime.extras import missing
 
 
 class InceptionFeatureExtractor(nn.Module):

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq._compat import ensure_torchvision, missing
 from mvq.errors import MvqError
 from mvq.metrics.weights import (
     _canonical_net,
@@ -22,6 +21,7 @@ from mvq.metrics.weights import (
     load_state_dict_file,
     lpips_backbone_path,
 )
+from mvq.runtime.extras import ensure_torchvision, missing
 
 LPIPS_MIN_SIDE = 32  # AlexNet's pooling stack collapses to 0x0 below ~31 px
 _NET_MIN_SIDE = {"alex": 31, "vgg": 16}  # smallest side each trunk accepts

@@ -17,8 +17,8 @@ import math
 import numpy as np
 import torch
 
-from mvq._compat import missing
 from mvq.errors import MvqError
+from mvq.runtime.extras import missing
 
 
 def cluster_histograms(

@@ -35,10 +35,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mvq._compat import ensure_torchvision, missing
 from mvq.errors import MvqError
-from mvq.hashes import state_dict_sha256
-from mvq.outputs import atomic_write
+from mvq.files.hashes import state_dict_sha256
+from mvq.files.outputs import atomic_write
+from mvq.runtime.extras import ensure_torchvision, missing
 
 INCEPTION_FILES = (
     "pt_inception-2015-12-05-6726825d.pth",  # pytorch-fid, clean-fid

@@ -4,8 +4,8 @@ tokenizer from its model config.
 ``encode(x) -> Codes``, ``decode(codes) -> x``, ``forward(x) -> TokenizerOutput``
 (reconstruction, losses, statistics). Images are (B, C, H, W) in [0, 1]; the networks see them
 in [-1, 1]. Each subclass names the ``model.type`` values it is built for (``model_types``,
-each a record of `mvq.config.MODEL_TYPES`: what the config knows of it) and says what the
-layers above need of each (its tokens for a config, reproduce's seconds per training step);
+each a record of `mvq.configuration.config.MODEL_TYPES`: what the config knows of it) and says
+what the layers above need of each (its tokens for a config, reproduce's seconds per training step);
 `build_model` looks the type up among them, and `model_class` gives the class of a type.
 """
 
@@ -19,9 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq import checkpoint
-from mvq.codes import Codes
-from mvq.config import (
+from mvq.configuration.config import (
     MODEL_TYPES,
     Config,
     ModelConfig,
@@ -30,12 +28,14 @@ from mvq.config import (
     model_hash,
 )
 from mvq.errors import MvqError
-from mvq.memory import check_fits
 from mvq.models.inputs import CodeLayout, check_codes, check_images, values_deferred
-from mvq.modes import eval_mode
 from mvq.nn.vqvae2 import geometry
-from mvq.pretrained import Pretrained
 from mvq.quantize.vq import usage_perplexity
+from mvq.runtime.memory import check_fits
+from mvq.runtime.modes import eval_mode
+from mvq.saved import checkpoint
+from mvq.saved.pretrained import Pretrained
+from mvq.values.codes import Codes
 
 # model.type -> class, filled by the subclasses' ``model_types`` (mvq.models imports them all)
 MODELS: dict[str, type[Tokenizer]] = {}
@@ -73,7 +73,7 @@ class Tokenizer(Pretrained, nn.Module):
         for name in names:
             if name not in MODEL_TYPES:
                 raise MvqError(f"{cls.__name__} names model.type {name!r}, which has no record "
-                               "in mvq.sections.MODEL_TYPES: add its ModelType there")
+                               "in mvq.configuration.sections.MODEL_TYPES: add its ModelType there")
             if name not in cls.step_seconds:
                 raise MvqError(f"{cls.__name__} has no step_seconds for model.type {name!r}")
             if name in MODELS and MODELS[name].__qualname__ != cls.__qualname__:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mvq.codes import Codes
 from mvq.errors import MvqError
+from mvq.values.codes import Codes
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def check_codes(codes, layout: CodeLayout, model: str) -> Codes:
     Returns them normalised (ids as int64, 0/1 masks as bool); MvqError otherwise."""
     if not isinstance(codes, Codes):
         raise MvqError(f"{model} decode expects mvq.Codes (from encode or a prior), found "
-                       f"{type(codes).__name__}; wrap ids as mvq.codes.Codes(primary, ...)")
+                       f"{type(codes).__name__}; wrap ids as mvq.values.codes.Codes(primary, ...)")
     primary = _ids(codes.primary, "primary", layout.primary, layout.primary_codes, model)
     parts = {"secondary": codes.secondary, "mask": codes.mask}
     wanted = {"secondary": layout.secondary, "mask": layout.mask}

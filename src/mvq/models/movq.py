@@ -29,15 +29,15 @@ import dataclasses
 import torch
 from torch import nn
 
-from mvq.codes import Codes
+from mvq.configuration.sections import MoVQConfig
 from mvq.errors import MvqError
 from mvq.models.base import Tokenizer, TokenizerOutput
 from mvq.models.inputs import CodeLayout
-from mvq.modes import eval_mode
 from mvq.nn.spatial_norm import build_f0
 from mvq.nn.taming import Decoder, Encoder, decoder_norm_factory, spatial_blocks
 from mvq.quantize.layers import MultiChannelVectorQuantize
-from mvq.sections import MoVQConfig
+from mvq.runtime.modes import eval_mode
+from mvq.values.codes import Codes
 
 
 class MoVQ(Tokenizer):

@@ -9,16 +9,16 @@ import math
 import torch
 from torch import nn
 
-from mvq.codes import Codes
-from mvq.config import ModelConfig
+from mvq.configuration.config import ModelConfig
 from mvq.errors import MvqError
 from mvq.models.base import Tokenizer, TokenizerOutput
 from mvq.models.inputs import CodeLayout
-from mvq.modes import eval_mode
 from mvq.nn.vqvae2 import Widths, build_networks, geometry
 from mvq.quantize.layers import MaskedVectorQuantize, VectorQuantize
 from mvq.quantize.refine import refine_masks
 from mvq.quantize.registry import family, secondary_family, secondary_sizes
+from mvq.runtime.modes import eval_mode
+from mvq.values.codes import Codes
 
 
 def _vq_settings(cfg: ModelConfig) -> dict:

@@ -20,12 +20,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mvq import checkpoint
-from mvq.codes import Codes
-from mvq.decoding import check_sampling
 from mvq.errors import MvqError
-from mvq.modes import eval_mode
-from mvq.pretrained import Pretrained
+from mvq.runtime.modes import eval_mode
+from mvq.saved import checkpoint
+from mvq.saved.pretrained import Pretrained
+from mvq.values.codes import Codes
+from mvq.values.decoding import check_sampling
 
 # The layouts of `Codes` a tokenizer produces, by name.
 LAYOUTS: dict[str, str] = {
@@ -158,7 +158,8 @@ class Prior(Pretrained, nn.Module):
         Shapes are each prior's own check. Called first by ``loss`` (so by ``nll``)."""
         if not isinstance(codes, Codes):
             raise MvqError(f"the {self.kind} prior takes mvq.Codes, found "
-                           f"{type(codes).__name__}; wrap ids as mvq.codes.Codes(primary, ...)")
+                           f"{type(codes).__name__}; wrap ids as "
+                           "mvq.values.codes.Codes(primary, ...)")
         _check_ids(codes.primary, "primary", self.codebook_sizes[0], None, self.kind)
         n = len(codes)
         if n == 0:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq.decoding import Draw
 from mvq.errors import MvqError
+from mvq.values.decoding import Draw
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 

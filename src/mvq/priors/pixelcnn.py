@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq.codes import Codes
-from mvq.decoding import Draw
 from mvq.errors import MvqError
-from mvq.modes import eval_mode
 from mvq.priors.base import Prior, codebook_sizes
 from mvq.priors.gpt import sample_logits
+from mvq.runtime.modes import eval_mode
+from mvq.values.codes import Codes
+from mvq.values.decoding import Draw
 
 
 class GatedLayer(nn.Module):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from mvq.codes import Codes
 from mvq.errors import MvqError
 from mvq.priors.base import Prior, layout_of
 from mvq.priors.maskgit import MaskGITPrior
 from mvq.priors.pixelcnn import PixelCNNPrior
 from mvq.priors.two_stage import MVQPrior
+from mvq.values.codes import Codes
 
 PRIORS: dict[str, type[Prior]] = {
     "gpt": MVQPrior,

@@ -17,12 +17,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mvq.codes import Codes
-from mvq.decoding import Draw
 from mvq.errors import MvqError
-from mvq.modes import eval_mode
 from mvq.priors.base import LAYOUTS, Prior, codebook_sizes
 from mvq.priors.gpt import GPT, GPTConfig, table4_size
+from mvq.runtime.modes import eval_mode
+from mvq.values.codes import Codes
+from mvq.values.decoding import Draw
 
 
 class MVQPrior(Prior):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mvq.errors import MvqError
-from mvq.memory import check_fits
+from mvq.runtime.memory import check_fits
 
 # vector-quantize-pytorch's VectorQuantize / ResidualVQ arguments and what to give mvq instead
 VQ_RENAMED = {

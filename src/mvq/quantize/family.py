@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from mvq.fields import Range
+from mvq.values.fields import Range
 
 
 def _no_check(cfg: Any) -> None:
@@ -30,7 +30,7 @@ class Family:
     name: the ``model.quantizer`` value. summary: one line for ``mvq quantizers``.
     bits: bits per token as a formula of its keys (text, e.g. ``"sum(log2 levels)"``).
     fields: the model keys it reads beyond the backbone's (``dim``, ...), each with its range;
-        every one is a field of `mvq.sections.ModelConfig`, and a model of another
+        every one is a field of `mvq.configuration.sections.ModelConfig`, and a model of another
         family must leave it at its default.
     reads_codebook_size: whether ``model.codebook_size`` is its K (else K follows from
         ``fields``).

@@ -10,7 +10,7 @@ codes) on channel-first maps.
 
 One layout for everything that is not a feature map: ids are ``(B, *grid)``, multichannel ids
 ``(B, *grid, c)`` and MVQ masks ``(B, *grid, D')``, the per-position axis last, as in
-`mvq.codes.Codes`.
+`mvq.values.codes.Codes`.
 """
 
 from __future__ import annotations

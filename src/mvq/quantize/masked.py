@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq.devices import host_reads_free
 from mvq.errors import MvqError
-from mvq.memory import check_fits
 from mvq.quantize.secondary import ChannelCode
 from mvq.quantize.vq import QuantizeOutput, VectorQuantizer, mse
+from mvq.runtime.devices import host_reads_free
+from mvq.runtime.memory import check_fits
 
 MASK_SAMPLING = ("instance", "batch")  # J masks per instance (the paper) / one bank per batch
 SEARCHES = ("auto", "table", "chunked")
@@ -50,7 +50,7 @@ class MaskedOutput:
     """Result of `MaskedQuantizer`.
 
     y_hat: (B, D, H, W) representation fed to the decoder (straight-through to the encoders).
-    mask: (B, H', W', D') bool, the winning mask (bits last, as in `mvq.codes.Codes`).
+    mask: (B, H', W', D') bool, the winning mask (bits last, as in `mvq.values.codes.Codes`).
     primary, secondary: the two `QuantizeOutput`.
     mhd_loss: ||y_hat_j* - y||^2 (mean over elements).
     """

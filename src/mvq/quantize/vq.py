@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq import distributed
-from mvq.devices import host_reads_free
 from mvq.errors import MvqError
+from mvq.runtime import distributed
+from mvq.runtime.devices import host_reads_free
 
 NEAREST_BLOCK = 1 << 19  # distances scored at once by the nearest-code search (2 MB in fp32)
 

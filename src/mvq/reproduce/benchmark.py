@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mvq.errors import MvqError
-from mvq.outputs import write_text
+from mvq.files.outputs import write_text
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,15 @@ import statistics
 from pathlib import Path
 
 from mvq.analysis.classkeep import ceilings, predict, train_classifier
-from mvq.checkpoint import read_info
 from mvq.data import class_names, first_images
-from mvq.decoding import Decoding
-from mvq.devices import pick_device
 from mvq.errors import MvqError
-from mvq.outputs import write_text
-from mvq.pretrained import load_prior, load_tokenizer
+from mvq.files.outputs import write_text
+from mvq.inference.sample import Sampling, class_labels, sample_codes_and_images, sample_figure
 from mvq.reproduce.records import Record, SampleRecord
-from mvq.sample import Sampling, class_labels, sample_codes_and_images, sample_figure
+from mvq.runtime.devices import pick_device
+from mvq.saved.checkpoint import read_info
+from mvq.saved.pretrained import load_prior, load_tokenizer
+from mvq.values.decoding import Decoding
 
 
 def _conditional(records: list[Record]) -> list[SampleRecord]:

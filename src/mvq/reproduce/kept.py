@@ -23,10 +23,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mvq import sealed
-from mvq.config import Config, config_from_dict, config_to_dict
+from mvq.configuration.config import Config, config_from_dict, config_to_dict
 from mvq.errors import MvqError
-from mvq.outputs import wait_lock, write_text
+from mvq.files import sealed
+from mvq.files.outputs import wait_lock, write_text
 from mvq.reproduce.spec import Run, RunState
 from mvq.reproduce.timing import config_and_step, latest_checkpoint
 

@@ -22,13 +22,13 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mvq._compat import missing
 from mvq.evaluation.metrics_table import lower_is_better
-from mvq.outputs import atomic_write
+from mvq.files.outputs import atomic_write
 from mvq.reproduce.classgrid import agreement_text, class_agreement, class_grid
 from mvq.reproduce.records import METRIC_NAMES, Cell, Record, columns, run_record, sample_records
 from mvq.reproduce.spec import Run, RunState
 from mvq.reproduce.stats import Comparison, adjust
+from mvq.runtime.extras import missing
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType, SimpleNamespace
 
-from mvq.decoding import Decoding
+from mvq.configuration.sections import ModelConfig
 from mvq.errors import MvqError
 from mvq.priors.gpt import table4_size
 from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
@@ -32,7 +32,7 @@ from mvq.reproduce.kinds import (
 )
 from mvq.reproduce.spec import Changes, Decode, PriorSpec, Run
 from mvq.reproduce.timing import tokens_per_image as model_tokens
-from mvq.sections import ModelConfig
+from mvq.values.decoding import Decoding
 
 __all__ = ["DATASETS", "EXPERIMENTS", "SCALES", "Benchmark", "Changes", "Dataset", "Decode",
            "Experiment", "Plan", "PriorSpec", "Run", "build_plan"]
@@ -578,8 +578,8 @@ def frontier_lines() -> tuple[FrontierLine, ...]:
 
 
 # the short names of the model keys in run names
-_SHORT = {"secondary": "over-", "codebook_size": "k", "levels": "l", "bits": "b", "depth": "d", "lookup_dim": "lookup",
-          "cosine": "cos", "rotation_trick": "rot", "num_masks": "j"}
+_SHORT = {"secondary": "over-", "codebook_size": "k", "levels": "l", "bits": "b", "depth": "d",
+          "lookup_dim": "lookup", "cosine": "cos", "rotation_trick": "rot", "num_masks": "j"}
 
 
 def _frontier_run(data: Dataset, line: FrontierLine, rate: int, seed: int, prior: bool) -> Run:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mvq.evaluation.metrics_table import BY_KEY
-from mvq.outputs import write_text
+from mvq.files.outputs import write_text
 from mvq.reproduce.records import METRIC_NAMES, Cell, Record, RunRecord, SampleRecord, Stat, columns
 from mvq.reproduce.records import aggregate as aggregate_cells
 from mvq.reproduce.stats import RULE, Comparison, adjust

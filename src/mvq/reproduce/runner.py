@@ -23,10 +23,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 import mvq.train
-from mvq.config import config_to_dict, model_type
+from mvq.configuration.config import config_to_dict, model_type
 from mvq.errors import MvqError
 from mvq.evaluation import EvalSettings, evaluate_checkpoint, evaluate_samples
-from mvq.outputs import try_lock, write_text
+from mvq.files.outputs import try_lock, write_text
+from mvq.inference.tokens import encode_dataset
 from mvq.reproduce.kept import check_kept, keep, kept_folder
 from mvq.reproduce.kinds import Plan
 from mvq.reproduce.records import Record
@@ -47,7 +48,6 @@ from mvq.reproduce.timing import (
     read_json,
     tokenizer_key,
 )
-from mvq.tokens import encode_dataset
 from mvq.train.engine import LINES
 from mvq.train.prior import PriorTraining, train_prior
 

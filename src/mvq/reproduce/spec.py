@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from mvq.config import Config, check_section, load_config
-from mvq.decoding import Decoding
+from mvq.configuration.config import Config, check_section, load_config
 from mvq.errors import MvqError
+from mvq.values.decoding import Decoding
 
 SECTIONS = ("model", "data", "train", "loss")
 

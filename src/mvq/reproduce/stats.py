@@ -20,8 +20,8 @@ import statistics
 import warnings
 from dataclasses import dataclass
 
-from mvq._compat import missing
 from mvq.evaluation.metrics_table import BY_KEY
+from mvq.runtime.extras import missing
 
 ALPHA = 0.05  # the false discovery rate of a report's ahead / behind verdicts
 MARGIN = 0.05  # equivalence: the difference within ± 5% of the compared-with row's mean

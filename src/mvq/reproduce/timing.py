@@ -23,10 +23,10 @@ from collections import defaultdict
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from mvq import sealed
 from mvq.errors import MvqError
+from mvq.files import sealed
+from mvq.files.outputs import wait_lock, write_text
 from mvq.models import MODELS, model_class
-from mvq.outputs import wait_lock, write_text
 from mvq.priors.gpt import table4_size
 from mvq.priors.maskgit import MaskGITConfig
 

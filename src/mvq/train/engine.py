@@ -23,9 +23,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mvq import checkpoint, distributed, sealed
 from mvq.errors import MvqError
-from mvq.threads import resume_threads
+from mvq.files import sealed
+from mvq.runtime import distributed
+from mvq.runtime.threads import resume_threads
+from mvq.saved import checkpoint
 from mvq.train.batches import StepBatches, StepSampler
 from mvq.train.logs import RunLog
 from mvq.train.runs import locked, log_resume
@@ -228,7 +230,8 @@ class Training:
             if launch.rank:  # own random draws (MH-Dropout masks) per rank; rank 0 as alone
                 torch.manual_seed(self.schedule.seed + 7919 * launch.rank + self.state.step)
             # buffers are not synced by DDP: the quantizers keep theirs in step
-            # (mvq.distributed); BatchNorm statistics stay per rank, the checkpoint holds rank 0's
+            # (mvq.runtime.distributed); BatchNorm statistics stay per rank, the checkpoint
+            # holds rank 0's
             trainee.net = torch.nn.parallel.DistributedDataParallel(
                 trainee.model, device_ids=[self.device.index] if self.device.type == "cuda"
                 else None, forward_sync_buffers=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvq.outputs import atomic_write
+from mvq.files.outputs import atomic_write
 
 
 class CsvLog:

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mvq import checkpoint, distributed, pretrained, sealed
-from mvq.config import (
+from mvq.configuration.config import (
     GAN_TYPES,
     Config,
     apply_overrides,
@@ -24,17 +23,20 @@ from mvq.config import (
     resume_changes,
 )
 from mvq.data import build_dataset
-from mvq.devices import pick_device
 from mvq.errors import MvqError
-from mvq.figures import Figure, save_png
+from mvq.files import sealed
+from mvq.files.figures import Figure, save_png
 from mvq.losses.vqgan import VQGANLoss, find_last_layer
-from mvq.memory import check_fits
 from mvq.metrics.image import MSE_FLOOR, psnr_from_mse
 from mvq.models import Tokenizer, build_model
 from mvq.models.base import SIZE_FIX, model_bytes
 from mvq.models.inputs import check_images, values_checked
-from mvq.modes import eval_mode
 from mvq.quantize import MaskedQuantizer
+from mvq.runtime import distributed
+from mvq.runtime.devices import pick_device
+from mvq.runtime.memory import check_fits
+from mvq.runtime.modes import eval_mode
+from mvq.saved import checkpoint, pretrained
 from mvq.train.batches import StepSampler
 from mvq.train.ema import WeightEMA, check_decay
 from mvq.train.engine import (

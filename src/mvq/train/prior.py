@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 
-from mvq import checkpoint, distributed, sealed
-from mvq.codes import Codes
-from mvq.config import check_resume
-from mvq.devices import pick_device
+from mvq.configuration.config import check_resume
 from mvq.errors import MvqError, expect_value
+from mvq.files import sealed
+from mvq.inference.tokens import load_tokens
 from mvq.priors.base import Prior, validate_prior
 from mvq.priors.registry import default_kind, prior_class
-from mvq.tokens import load_tokens
+from mvq.runtime import distributed
+from mvq.runtime.devices import pick_device
+from mvq.saved import checkpoint
 from mvq.train.engine import (
     Schedule,
     StepOutput,
@@ -34,6 +35,7 @@ from mvq.train.engine import (
     set_lr,
 )
 from mvq.train.runs import claim_run
+from mvq.values.codes import Codes
 
 
 def write_prior(directory: Path, prior: Prior, info: dict) -> None:

@@ -7,10 +7,12 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from mvq import checkpoint, distributed, sealed
-from mvq.config import check_writable
+from mvq.configuration.config import check_writable
 from mvq.errors import MvqError
-from mvq.outputs import is_checkpoint, try_lock
+from mvq.files import sealed
+from mvq.files.outputs import is_checkpoint, try_lock
+from mvq.runtime import distributed
+from mvq.saved import checkpoint
 
 
 @contextmanager

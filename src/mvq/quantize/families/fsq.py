@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from mvq.fields import at_least
 from mvq.quantize.family import Family
 from mvq.quantize.fsq import FSQ
+from mvq.values.fields import at_least
 
 # the FSQ paper's levels for about 2^8 ... 2^16 codes (Mentzer et al. 2023, Table 1); below
 # 2^8, channels of 4 levels (2 bits each)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from mvq.fields import Range
 from mvq.quantize.family import Family
 from mvq.quantize.lfq import LFQ
+from mvq.values.fields import Range
 
-MAX_BITS = 20  # 2^20 ids: the largest codebook a token file takes (mvq.codes.MAX_CODEBOOK)
+MAX_BITS = 20  # 2^20 ids: the largest codebook a token file takes (mvq.values.codes.MAX_CODEBOOK)
 
 FAMILY = Family(
     name="lfq",

@@ -3,10 +3,10 @@ before; ids (B, H, W, depth), one per stage, first stage first."""
 
 from __future__ import annotations
 
-from mvq.fields import at_least
 from mvq.quantize.families.vq import check_codebook, vq_settings
 from mvq.quantize.family import Family
 from mvq.quantize.residual import ResidualVQ
+from mvq.values.fields import at_least
 
 RATE_DEPTH = 2  # a rate sweep's stages: K = 2^(bits / 2) each
 

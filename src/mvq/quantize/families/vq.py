@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from mvq.errors import MvqError
-from mvq.fields import ANY, at_least
 from mvq.quantize.family import Family
 from mvq.quantize.layers import VectorQuantize
+from mvq.values.fields import ANY, at_least
 
 
 def vq_settings(cfg) -> dict:

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import torch
 
-from mvq.checkpoint import read_info, tensors_sha256
-from mvq.codes import Codes
-from mvq.config import model_hash
+from mvq.configuration.config import model_hash
 from mvq.data import class_names
-from mvq.decoding import Decoding
 from mvq.errors import MvqError, expect_value
-from mvq.figures import Figure, check_grid_size, image_format, readable_scale
-from mvq.outputs import check_outputs
-from mvq.pretrained import load_prior, load_tokenizer, resolve
+from mvq.files.figures import Figure, check_grid_size, image_format, readable_scale
+from mvq.files.outputs import check_outputs
+from mvq.saved.checkpoint import read_info, tensors_sha256
+from mvq.saved.pretrained import load_prior, load_tokenizer, resolve
+from mvq.values.codes import Codes
+from mvq.values.decoding import Decoding
 
 PER_ROW = 8
 
@@ -156,7 +156,7 @@ def sample_images(tokenizer_dir: str | Path, prior_dir: str | Path,
                   force: bool = False) -> Path:
     """Sample ``sampling.n`` images (seeded: same seed, same PNG) and write them 8 per row, one
     block of rows per class for a class-conditional prior, as a labelled figure (``scale``: the
-    images' upscale, default `mvq.figures.readable_scale`); returns the path.
+    images' upscale, default `mvq.files.figures.readable_scale`); returns the path.
 
     The MVQ mask bits are drawn at random from the same seeded generator (the prior's sample).
     An existing ``out`` is replaced only with ``overwrite``. None: `Sampling`'s defaults.

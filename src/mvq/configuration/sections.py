@@ -1,8 +1,9 @@
 """The sections of a config: one dataclass per section (tokenizer architectures, data,
 training, the VQGAN loss) and the range table every int/float key is checked against.
 
-They live here, below the models and losses that read them, so that `mvq.config` (which
-loads and checks a whole config) imports no model and no model imports the loader.
+They live here, below the models and losses that read them, so that
+`mvq.configuration.config` (which loads and checks a whole config) imports no model and no
+model imports the loader.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mvq.errors import MvqError
-from mvq.fields import ANY, Range, at_least, one_of, positive, unit_interval
 from mvq.nn.spatial_norm import F0_KINDS
 from mvq.nn.taming import SPATIAL_NORM_KINDS
 from mvq.quantize.masked import MASK_SAMPLING
 from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
 from mvq.quantize.registry import FAMILIES, SECONDARIES
+from mvq.values.fields import ANY, Range, at_least, one_of, positive, unit_interval
 
 
 @dataclass
@@ -185,7 +186,7 @@ class ModelType:
 
 # Every model.type, in the order messages list them. This is the one place below mvq.models
 # that names them: a config is loaded and checked (its model section's class, its codebooks)
-# before, and without, any model being imported (docs/architecture.md, Layers).
+# before, and without, any model being imported (docs/architecture.md, Tiers).
 MODEL_TYPES: dict[str, ModelType] = {t.name: t for t in (
     ModelType("vqvae", ModelConfig, codebooks=1, quantizer=True),
     ModelType("hvqvae", ModelConfig, codebooks=2),

@@ -12,8 +12,8 @@ import math
 import os
 from typing import NoReturn
 
-from mvq.devices import check_device
 from mvq.errors import MvqError
+from mvq.runtime.devices import check_device
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -14,15 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mvq import presets
-from mvq.codes import MAX_CODEBOOK
-from mvq.data import canonical_name
-from mvq.devices import check_device, pick_device
-from mvq.errors import MvqError
-from mvq.fields import Range, build_checked
-from mvq.memory import check_fits
-from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
-from mvq.quantize.registry import FAMILY_FIELDS, family, secondary_family, secondary_sizes
-from mvq.sections import (
+from mvq.configuration.sections import (
     GAN_TYPES,
     MASK_TYPES,
     MODEL_TYPES,
@@ -37,8 +29,17 @@ from mvq.sections import (
     VQGANLossConfig,
     model_type,
 )
+from mvq.data import canonical_name
+from mvq.errors import MvqError
+from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
+from mvq.quantize.registry import FAMILY_FIELDS, family, secondary_family, secondary_sizes
+from mvq.runtime.devices import check_device, pick_device
+from mvq.runtime.memory import check_fits
+from mvq.values.codes import MAX_CODEBOOK
+from mvq.values.fields import Range, build_checked
 
-__all__ = [  # the section classes and tables are defined in mvq.sections, re-exported here
+# the section classes and tables are defined in mvq.configuration.sections, re-exported here
+__all__ = [
     "GAN_TYPES", "MASK_TYPES", "MODEL_TYPES", "PRECISIONS", "QUANTIZER_TYPES", "RANGES",
     "RESUME_MAY_CHANGE", "Config", "DataConfig", "ModelConfig", "ModelType", "MoVQConfig",
     "TrainConfig", "VQGANLossConfig",
@@ -49,7 +50,7 @@ __all__ = [  # the section classes and tables are defined in mvq.sections, re-ex
     "resolve_config",
     "resume_changes",
 ]
-from mvq.yamlio import parse_yaml, read_mapping
+from mvq.files.yamlio import parse_yaml, read_mapping
 
 
 @dataclass
@@ -65,7 +66,8 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "lo
 
 
 def _ranges(cls) -> dict[str, Range]:
-    """The range table of a config section class (mvq.sections.RANGES, by class name)."""
+    """The range table of a config section class (mvq.configuration.sections.RANGES, by class
+    name)."""
     return RANGES[cls.__name__]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from mvq.errors import MvqError
-from mvq.memory import human
+from mvq.runtime.memory import human
 
 # the files training writes into a checkpoint folder; nothing else may replace them
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "train_state.safetensors",

@@ -12,10 +12,10 @@ import torch
 from mvq.data import first_images
 from mvq.data.folder import list_images, load_image
 from mvq.errors import MvqError
-from mvq.figures import Figure, check_grid_size
+from mvq.files.figures import Figure, check_grid_size
+from mvq.files.outputs import check_outputs
 from mvq.metrics.image import psnr
-from mvq.outputs import check_outputs
-from mvq.pretrained import load_tokenizer
+from mvq.saved.pretrained import load_tokenizer
 
 
 @dataclass(frozen=True)

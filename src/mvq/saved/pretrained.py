@@ -26,11 +26,12 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import ClassVar
 
-from mvq import checkpoint, sealed
-from mvq.config import config_from_dict
-from mvq.devices import pick_device
+from mvq.configuration.config import config_from_dict
 from mvq.errors import MvqError
-from mvq.outputs import try_lock
+from mvq.files import sealed
+from mvq.files.outputs import try_lock
+from mvq.runtime.devices import pick_device
+from mvq.saved import checkpoint
 
 RUN_LOCK = ".lock"  # the lock a training holds on its run folder (mvq.train.engine.locked)
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -129,7 +130,7 @@ class Pretrained:
                         token: str | None = None):
         """The model saved in a folder (or a run folder holding ``checkpoint/``, or a hub
         repository id), in eval mode on ``device``; MvqError when it holds another kind.
-        The options are [`load`][mvq.pretrained.load]'s."""
+        The options are [`load`][mvq.saved.pretrained.load]'s."""
         model = load(path_or_repo_id, device, verify, revision, token)
         if not isinstance(model, cls):
             raise MvqError(f"{path_or_repo_id} holds a {type(model).__name__}, not a "
@@ -265,7 +266,7 @@ def load(path_or_repo_id: str | Path, device: str = "cpu", verify: bool | None =
     manifest (which must list the weights and config.json; the model card is not checked), in
     eval mode on ``device``. ``model.checkpoint_info`` is its config.json. ``verify=False``
     loads a folder that no manifest vouches for (one from before manifests), with a
-    [`UnverifiedWarning`][mvq.pretrained.UnverifiedWarning] (None: True, unless inside
+    [`UnverifiedWarning`][mvq.saved.pretrained.UnverifiedWarning] (None: True, unless inside
     `unverified`). A hub repository id (``owner/name``; never a name that exists here or looks
     like a local path) is downloaded at ``revision`` (a branch, tag or commit; default main)
     with ``token`` (private ones)."""

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from mvq.errors import MvqError
-from mvq.outputs import atomic_write
+from mvq.files.outputs import atomic_write
 
 TEXT_PX = 13  # label text height
 TITLE_PX = 16
@@ -216,6 +216,6 @@ class Figure:
 
     def save(self, path: str | Path, scale: int | None = None,
              fix: str = "show fewer images or lower --scale") -> Path:
-        """Write [`render`][mvq.figures.Figure.render] as a PNG (JPEG for .jpg / .jpeg) through
-        the atomic writer; returns the path."""
+        """Write [`render`][mvq.files.figures.Figure.render] as a PNG (JPEG for .jpg /
+        .jpeg) through the atomic writer; returns the path."""
         return save_png(self.render(scale, fix), path)

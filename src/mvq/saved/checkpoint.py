@@ -2,7 +2,7 @@
 
 A folder of config.json (format, kind, the config that rebuilds the model, its step) +
 model.safetensors + the model card README.md (+ train_state.safetensors while training) +
-manifest.json. Folders are written all-or-nothing and checked on load by `mvq.sealed`.
+manifest.json. Folders are written all-or-nothing and checked on load by `mvq.files.sealed`.
 
 Nothing here unpickles: tensors go through safetensors, everything else through JSON.
 """
@@ -17,11 +17,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mvq._version import __version__
-from mvq.config import Config, config_to_dict
+from mvq.configuration.config import Config, config_to_dict
 from mvq.errors import MvqError
-from mvq.hashes import state_dict_sha256
-from mvq.outputs import save_safetensors
-from mvq.sealed import CARD, read_json, target_of, writing  # CARD: the model card
+from mvq.files.hashes import state_dict_sha256
+from mvq.files.outputs import save_safetensors
+from mvq.files.sealed import CARD, read_json, target_of, writing  # CARD: the model card
 
 FORMAT = "mvq-checkpoint-v1"  # every saved model; config.json's "kind" says which
 LEGACY_PRIOR_FORMAT = "mvq-prior-v1"  # priors saved by mvq before one format (read, not written)

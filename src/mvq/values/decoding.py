@@ -1,7 +1,7 @@
 """How a prior's codes are drawn: one `Decoding` value, checked once where it is made.
 
-`mvq sample`, `mvq evaluate --prior`, `mvq.sample` and `mvq.evaluation` all take a `Decoding`
-instead of listing the options again; the prior checks which of them it takes
+`mvq sample`, `mvq evaluate --prior`, `mvq.inference.sample` and `mvq.evaluation` all take a
+`Decoding` instead of listing the options again; the prior checks which of them it takes
 (`Decoding.for_prior`), once per call path, before any work.
 """
 

@@ -16,16 +16,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mvq.checkpoint import tensors_sha256
-from mvq.codes import Codes
-from mvq.config import codebook_sizes, config_from_dict, model_hash
+from mvq.configuration.config import codebook_sizes, config_from_dict, model_hash
 from mvq.data import build_dataset
-from mvq.devices import pick_device
 from mvq.errors import MvqError
-from mvq.jsonio import loads_object
-from mvq.outputs import check_outputs
-from mvq.pretrained import load_tokenizer
-from mvq.sealed import read_json
+from mvq.files.jsonio import loads_object
+from mvq.files.outputs import check_outputs
+from mvq.files.sealed import read_json
+from mvq.runtime.devices import pick_device
+from mvq.saved.checkpoint import tensors_sha256
+from mvq.saved.pretrained import load_tokenizer
+from mvq.values.codes import Codes
 
 TOKENS_FORMAT = "mvq-tokens-v1"
 

@@ -6,7 +6,7 @@ named ``checkpoint`` is therefore always complete; a kill leaves at worst a hidd
 ``.checkpoint.tmp-*`` folder (removed by the next run) or, between the two renames of a swap,
 the previous checkpoint under its retired name ``checkpoint-NNNNNN``, which `latest`
 finds. Loading checks the manifest (`verify`), so a damaged file is named, not used.
-What a checkpoint holds is `mvq.checkpoint`'s business; this module only seals folders.
+What a checkpoint holds is `mvq.saved.checkpoint`'s business; this module only seals folders.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mvq.errors import MvqError
-from mvq.hashes import file_sha256
-from mvq.jsonio import loads_object
-from mvq.outputs import CHECKPOINT_FILES, write_failure
+from mvq.files.hashes import file_sha256
+from mvq.files.jsonio import loads_object
+from mvq.files.outputs import CHECKPOINT_FILES, write_failure
 
 MANIFEST = "manifest.json"
 CARD = "README.md"  # the model card: listed in the manifest (it is ours) but not checked

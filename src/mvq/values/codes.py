@@ -11,8 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mvq.errors import MvqError
-from mvq.jsonio import loads_object
-from mvq.outputs import atomic_write, save_safetensors
+from mvq.files.jsonio import loads_object
+from mvq.files.outputs import atomic_write, save_safetensors
 
 
 @dataclass
