@@ -112,6 +112,15 @@ def test_folders_saved_in_the_earlier_formats_still_load(tmp_path):
     (folder / "manifest.json").unlink()  # written before manifests: nothing to check
     with pytest.warns(UnverifiedWarning):  # loads only when asked to, unverified
         assert type(mvq.load(folder, verify=False)) is type(prior)
+    one = {"n_layer": 1, "n_head": 1, "n_embd": 8}  # before the registry: no prior_type, a GPT
+    gpt = prior_class("gpt").from_codes(codes, sizes={"primary": one, "secondary": one})
+    early = gpt.save_pretrained(tmp_path / "gpt")
+    old = json.loads((early / "config.json").read_text())
+    old = {k: v for k, v in old.items() if k not in ("kind", "prior_type")}
+    (early / "config.json").write_text(json.dumps({**old, "format": "mvq-prior-v1"}))
+    (early / "manifest.json").unlink()
+    with pytest.warns(UnverifiedWarning):
+        assert type(mvq.load(early, verify=False)) is type(gpt)
     tok = model.save_pretrained(tmp_path / "tok")
     edited = json.loads((tok / "config.json").read_text())
     del edited["kind"]
