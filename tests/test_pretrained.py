@@ -100,24 +100,33 @@ def test_prior_round_trip_and_kind_checks(tmp_path):
 
 
 def test_folders_saved_in_the_earlier_formats_still_load(tmp_path):
-    """Priors saved as format mvq-prior-v1 (before one format), and tokenizers whose
-    config.json names no kind, load as before."""
+    """Priors saved as format mvq-prior-v1 (mvq 0.1.0, before one format) load as before; a
+    config.json of today's format that names no kind was never written and is refused."""
     model = build_model(tiny_model_config()).eval()
     codes = model.encode(torch.rand(6, 1, 28, 28))
     prior = prior_class("pixelcnn").from_codes(codes, sizes={"channels": 8, "n_layers": 2}).eval()
-    for folder, edit in [
-        (prior.save_pretrained(tmp_path / "prior"),
-         lambda info: {**{k: v for k, v in info.items() if k != "kind"},
-                       "format": "mvq-prior-v1"}),
-        (model.save_pretrained(tmp_path / "tok"),
-         lambda info: {k: v for k, v in info.items() if k != "kind"}),
-    ]:
-        info = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps(edit(info)))
-        (folder / "manifest.json").unlink()  # written before manifests: nothing to check
-        with pytest.warns(UnverifiedWarning):  # loads only when asked to, unverified
-            loaded = mvq.load(folder, verify=False)
-        assert type(loaded) is type(prior if folder.name == "prior" else model)
+    folder = prior.save_pretrained(tmp_path / "prior")
+    info = json.loads((folder / "config.json").read_text())
+    info = {**{k: v for k, v in info.items() if k != "kind"}, "format": "mvq-prior-v1"}
+    (folder / "config.json").write_text(json.dumps(info))
+    (folder / "manifest.json").unlink()  # written before manifests: nothing to check
+    with pytest.warns(UnverifiedWarning):  # loads only when asked to, unverified
+        assert type(mvq.load(folder, verify=False)) is type(prior)
+    one = {"n_layer": 1, "n_head": 1, "n_embd": 8}  # before the registry: no prior_type, a GPT
+    gpt = prior_class("gpt").from_codes(codes, sizes={"primary": one, "secondary": one})
+    early = gpt.save_pretrained(tmp_path / "gpt")
+    old = json.loads((early / "config.json").read_text())
+    old = {k: v for k, v in old.items() if k not in ("kind", "prior_type")}
+    (early / "config.json").write_text(json.dumps({**old, "format": "mvq-prior-v1"}))
+    (early / "manifest.json").unlink()
+    with pytest.warns(UnverifiedWarning):
+        assert type(mvq.load(early, verify=False)) is type(gpt)
+    tok = model.save_pretrained(tmp_path / "tok")
+    edited = json.loads((tok / "config.json").read_text())
+    del edited["kind"]
+    (tok / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(MvqError, match="kind None"):
+        mvq.load(tok, verify=False)
     info["format"] = "someone-else-v3"
     (folder / "config.json").write_text(json.dumps(info))
     with pytest.raises(MvqError, match="format 'someone-else-v3'"):

