@@ -19,8 +19,8 @@ import mvq
 from mvq.configuration.config import Config, DataConfig, TrainConfig, load_config
 from mvq.errors import MvqError
 from mvq.quantize import MaskedQuantizer, VectorQuantizer
-from mvq.quantize.layers import Pointwise
 from mvq.quantize.masked import table_argmin
+from mvq.quantize.pointwise import Pointwise
 from mvq.runtime.devices import sync_free
 from mvq.train import loop, train
 

@@ -11,7 +11,7 @@ from mvq.models import build_model
 from mvq.quantize.registry import FAMILIES
 from mvq.reproduce import build_plan
 from mvq.reproduce import plan as plans
-from mvq.reproduce.kinds import Frontier, leaders, pareto
+from mvq.reproduce.frontier import Frontier, leaders, pareto
 from mvq.reproduce.records import Cell, RunRecord, Stat
 from mvq.reproduce.report import write_report
 

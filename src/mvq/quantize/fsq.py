@@ -33,7 +33,7 @@ from mvq.quantize.arguments import (
     refuse_unknown,
     tokens_of,
 )
-from mvq.quantize.layers import _check_ids, _check_input
+from mvq.quantize.layout import check_ids, check_input
 
 EPS = 1e-3
 # vector-quantize-pytorch's FSQ arguments that this layer does not take, and what to do instead
@@ -131,7 +131,7 @@ class FSQ(nn.Module):
         return ((digits - half_width) / half_width).float()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = _check_input(x, self.dim, self.channel_first, "FSQ")
+        x = check_input(x, self.dim, self.channel_first, "FSQ")
         with torch.autocast(device_type=x.device.type, enabled=False):
             rows, grid = tokens_of(x, self.channel_first)
             z = linear(self.project_in, rows)
@@ -144,7 +144,7 @@ class FSQ(nn.Module):
 
     def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Vectors (after ``project_out``) for ids ``(B, *grid)``, in the layer's layout."""
-        _check_ids(indices, "indices")
+        check_ids(indices, "indices")
         if indices.dim() < 1:
             raise MvqError(f"indices must be (B, *grid), found shape {tuple(indices.shape)}")
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):

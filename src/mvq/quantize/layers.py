@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mvq.errors import MvqError
@@ -33,87 +32,20 @@ from mvq.quantize.arguments import (
     check_vq_kwargs,
     linear,
 )
+from mvq.quantize.layout import (
+    as_rows,
+    check_ids,
+    check_ids_per_position,
+    check_input,
+    check_mask,
+    from_columns,
+    to_columns,
+)
 from mvq.quantize.masked import MASK_SAMPLING, SEARCHES, MaskedOutput, MaskedQuantizer
 from mvq.quantize.multichannel import MultiChannelQuantizer
+from mvq.quantize.pointwise import Pointwise, pointwise_mlp
 from mvq.quantize.secondary import ChannelCode
 from mvq.quantize.vq import QuantizeOutput, VectorQuantizer
-
-
-def _check_input(x: object, dim: int, channel_first: bool, layer: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        found = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise MvqError(f"{layer} takes a float tensor, found {found}")
-    if x.is_meta:
-        raise MvqError(f"{layer}: a meta tensor holds no values to quantize; give a tensor on "
-                       "a real device (cpu, cuda, ...)")
-    axis = 1 if channel_first else -1
-    layout = f"(B, {dim}, H, W)" if channel_first else f"(B, N, {dim})"
-    if x.dim() < 3 or x.shape[axis] != dim:
-        hint = "" if channel_first else "; pass channel_first=True for (B, D, H, W) maps"
-        raise MvqError(f"{layer} expects {layout}, found shape {tuple(x.shape)}{hint}")
-    return x
-
-
-def _check_ids(ids: object, name: str, shape: tuple | None = None) -> torch.Tensor:
-    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool \
-            or ids.is_complex():
-        found = f"a {ids.dtype} tensor" if isinstance(ids, torch.Tensor) else type(ids).__name__
-        raise MvqError(f"{name} must be an integer tensor of code ids, found {found}")
-    if ids.is_meta:
-        raise MvqError(f"{name}: a meta tensor holds no ids; give a tensor on a real device")
-    if ids.dim() < 1:
-        raise MvqError(f"{name} must have a batch axis, (B, *grid), found a 0-d tensor; "
-                       "e.g. ids[None]")
-    if shape is not None and tuple(ids.shape) != tuple(shape):
-        raise MvqError(f"{name} has shape {tuple(ids.shape)}, expected {tuple(shape)}")
-    return ids
-
-
-def _check_mask(mask: object, shape: tuple) -> torch.Tensor:
-    """MVQ mask bits: a tensor of ``shape`` holding only 0 / 1 (bool, integer or float)."""
-    if not isinstance(mask, torch.Tensor) or mask.is_complex():
-        raise MvqError(f"mask must be a bool tensor, found {type(mask).__name__}")
-    if mask.is_meta:
-        raise MvqError("mask: a meta tensor holds no bits; give a tensor on a real device")
-    if tuple(mask.shape) != tuple(shape):
-        raise MvqError(f"mask has shape {tuple(mask.shape)}, expected {tuple(shape)} (the "
-                       "secondary ids' shape, then D')")
-    if mask.dtype != torch.bool and mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
-        raise MvqError("mask must hold bits (0 / 1 or False / True), found other values; "
-                       "e.g. mask > 0.5")
-    return mask.bool()
-
-
-def check_ids_per_position(indices: object, n: int, what: str) -> tuple[int, ...]:
-    """Integer ids ``(B, *grid, n)`` (``n`` per position, one per ``what``); returns the grid."""
-    _check_ids(indices, "indices")
-    if indices.dim() < 2 or indices.shape[-1] != n:
-        raise MvqError(f"indices must be (B, *grid, {n}) (one id per {what}), found shape "
-                       f"{tuple(indices.shape)}")
-    return tuple(indices.shape[1:-1])
-
-
-def to_columns(x: torch.Tensor, channel_first: bool) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Any ``(B, ..., D)`` (or channel-first ``(B, D, ...)``) as a ``(B, D, N, 1)`` map whose
-    N positions are the input's, in order; also returns the grid ``...``."""
-    if channel_first:
-        grid = tuple(x.shape[2:])
-        return x.reshape(*x.shape[:2], math.prod(grid), 1), grid
-    grid = tuple(x.shape[1:-1])
-    return x.reshape(x.shape[0], math.prod(grid), x.shape[-1]).transpose(1, 2).unsqueeze(-1), grid
-
-
-def as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Channels-last ``(B, ..., D)`` as ``(M, dim, 1, 1)`` instances, its rows of ``dim`` in
-    order (a view when x is contiguous): the engines' map layout without a transpose."""
-    return x.reshape(-1, dim)[:, :, None, None]
-
-
-def from_columns(z: torch.Tensor, grid: tuple[int, ...], channel_first: bool) -> torch.Tensor:
-    """Inverse of `to_columns`: ``(B, D, N, 1)`` back to the input's layout."""
-    b, d = z.shape[:2]
-    z = z.squeeze(-1)
-    return z.reshape(b, d, *grid) if channel_first else z.transpose(1, 2).reshape(b, *grid, d)
 
 
 class VectorQuantize(VectorQuantizer):
@@ -169,7 +101,7 @@ class VectorQuantize(VectorQuantizer):
         return VectorQuantizer.forward(self, z)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = _check_input(x, self.input_dim, self.channel_first, "VectorQuantize")
+        x = check_input(x, self.input_dim, self.channel_first, "VectorQuantize")
         if self.input_dim != self.dim:
             return self._projected(x)
         if not self.channel_first:  # (B, ..., D): its rows as (M, D, 1, 1), no transpose
@@ -193,7 +125,7 @@ class VectorQuantize(VectorQuantizer):
 
     def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Code vectors for ids ``(B, *grid)`` (after ``project_out``), in the layer's layout."""
-        _check_ids(indices, "indices")
+        check_ids(indices, "indices")
         grid = tuple(indices.shape[1:])
         codes = self.lookup(indices.reshape(indices.shape[0], math.prod(grid), 1))  # (B, D, N, 1)
         if self.input_dim != self.dim:
@@ -232,7 +164,7 @@ class MultiChannelVectorQuantize(MultiChannelQuantizer):
         return MultiChannelQuantizer.forward(self, z)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = _check_input(x, self.dim_total, self.channel_first, "MultiChannelVectorQuantize")
+        x = check_input(x, self.dim_total, self.channel_first, "MultiChannelVectorQuantize")
         if not self.channel_first:  # each chunk of each vector one row of the shared codebook
             out = self.vq(as_rows(x, self.code_dim))
             ids = out.indices.reshape(*x.shape[:-1], self.channels)
@@ -247,28 +179,6 @@ class MultiChannelVectorQuantize(MultiChannelQuantizer):
         grid = check_ids_per_position(indices, self.channels, "channel")
         flat = indices.reshape(indices.shape[0], math.prod(grid), 1, self.channels)
         return from_columns(self.lookup(flat), grid, self.channel_first)
-
-
-class Pointwise(nn.Conv2d):
-    """A 1x1 convolution computed as a matrix product over positions (channels last): the
-    same parameters and outputs as ``nn.Conv2d(dim_in, dim_out, 1)``, without the convolution
-    machinery that dominates on the many 1x1 maps of the per-position MVQ search."""
-
-    def __init__(self, dim_in: int, dim_out: int) -> None:
-        super().__init__(dim_in, dim_out, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            return super().forward(x)
-        weight = self.weight.flatten(1)
-        if x.shape[2] * x.shape[3] == 1:
-            return F.linear(x.flatten(1), weight, self.bias)[:, :, None, None]
-        return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
-
-
-def pointwise_mlp(dim_in: int, dim_out: int, hidden: int) -> nn.Module:
-    """Two 1x1 convolutions: a per-position MLP on ``(B, C, H, W)`` maps."""
-    return nn.Sequential(Pointwise(dim_in, hidden), nn.GELU(), Pointwise(hidden, dim_out))
 
 
 class MaskedVectorQuantize(MaskedQuantizer):
@@ -408,7 +318,7 @@ class MaskedVectorQuantize(MaskedQuantizer):
 
     def forward(self, x: torch.Tensor):
         """x -> (quantized, (ids, ids2), loss, mask); see the class docstring for shapes."""
-        x = _check_input(x, self.dim, self.channel_first, "MaskedVectorQuantize")
+        x = check_input(x, self.dim, self.channel_first, "MaskedVectorQuantize")
         z, grid = self._instances(x)
         out = self.quantize(z)
         loss = out.primary.loss + out.secondary.loss + out.mhd_loss
@@ -423,15 +333,15 @@ class MaskedVectorQuantize(MaskedQuantizer):
     def get_output_from_indices(self, indices: torch.Tensor, indices2: torch.Tensor,
                                 mask: torch.Tensor) -> torch.Tensor:
         """``e + f(e' * m)`` for ids and mask in the layouts ``forward`` returns."""
-        _check_ids(indices, "indices"), _check_ids(indices2, "indices2")
+        check_ids(indices, "indices"), check_ids(indices2, "indices2")
         if not self.per_position:
             if indices.dim() != 3 or indices2.dim() != 3 or indices.shape[0] != indices2.shape[0]:
                 raise MvqError(f"indices and indices2 must be (B, H, W) and (B, H', W'), found "
                                f"{tuple(indices.shape)} and {tuple(indices2.shape)}")
-            mask = _check_mask(mask, (*indices2.shape, self.dim2))
+            mask = check_mask(mask, (*indices2.shape, self.dim2))
             return self.decode_codes(indices, indices2, mask)
-        _check_ids(indices2, "indices2", indices.shape)
-        mask = _check_mask(mask, (*indices.shape, self.dim2))
+        check_ids(indices2, "indices2", indices.shape)
+        mask = check_mask(mask, (*indices.shape, self.dim2))
         b, grid = indices.shape[0], tuple(indices.shape[1:])
         flat = (indices.reshape(-1, 1, 1), indices2.reshape(-1, 1, 1),
                 mask.reshape(-1, 1, 1, self.dim2))

@@ -44,7 +44,7 @@ from mvq.quantize.arguments import (
     refuse_unknown,
     tokens_of,
 )
-from mvq.quantize.layers import _check_ids, _check_input
+from mvq.quantize.layout import check_ids, check_input
 
 ENTROPY_MAX_BITS = 24  # the batch's average over 2^bits codes: 64 MiB per fp32 row at 24 bits
 MAX_BITS = 62  # int64 ids
@@ -179,7 +179,7 @@ class LFQ(nn.Module):
         return per_token, -(average * average.clamp_min(_TINY).log()).sum()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = _check_input(x, self.dim, self.channel_first, "LFQ")
+        x = check_input(x, self.dim, self.channel_first, "LFQ")
         with torch.autocast(device_type=x.device.type, enabled=False):
             rows, grid = tokens_of(x, self.channel_first)
             z = linear(self.project_in, rows)
@@ -206,7 +206,7 @@ class LFQ(nn.Module):
 
     def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Vectors (after ``project_out``) for ids ``(B, *grid)``, in the layer's layout."""
-        _check_ids(indices, "indices")
+        check_ids(indices, "indices")
         if indices.dim() < 1:
             raise MvqError(f"indices must be (B, *grid), found shape {tuple(indices.shape)}")
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):

@@ -18,13 +18,8 @@ import torch
 from torch import nn
 
 from mvq.quantize.arguments import check_bool, check_codebook, check_int, check_vq_kwargs
-from mvq.quantize.layers import (
-    VectorQuantize,
-    _check_input,
-    check_ids_per_position,
-    from_columns,
-    to_columns,
-)
+from mvq.quantize.layers import VectorQuantize
+from mvq.quantize.layout import check_ids_per_position, check_input, from_columns, to_columns
 
 # ResidualVQ's own names in vector-quantize-pytorch (its VQ ones: arguments.VQ_RENAMED)
 _RENAMED = {
@@ -82,7 +77,7 @@ class ResidualVQ(nn.Module):
         self.bits_per_token = depth * math.log2(codebook_size)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = _check_input(x, self.dim, self.channel_first, "ResidualVQ")
+        x = check_input(x, self.dim, self.channel_first, "ResidualVQ")
         batch = x.shape[0]
         with torch.autocast(device_type=x.device.type, enabled=False):
             z, grid = to_columns(x, self.channel_first)  # (B, D, M, 1)

@@ -9,25 +9,23 @@ per prior and decoding), the size columns of the table, and the figures and text
 - `TrainingLength`: a sweep whose runs are also evaluated at earlier steps, one row per
   (run, length) (training-length);
 - `Generation`: priors on shared tokenizer runs, compared by their samples;
-- `ClassConditional`: a generation experiment with a class grid and class agreement.
+- `ClassConditional`: a generation experiment with a class grid and class agreement;
+- `Frontier` (`mvq.reproduce.frontier`, beside its experiment): quantizer families at several
+  rates, with their leaders and a rate-distortion plot.
 
 A benchmark (table6) is no plan of runs: `mvq.reproduce.benchmark`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mvq.evaluation.metrics_table import lower_is_better
 from mvq.files.outputs import atomic_write
 from mvq.reproduce.classgrid import agreement_text, class_agreement, class_grid
 from mvq.reproduce.records import METRIC_NAMES, Cell, Record, columns, run_record, sample_records
 from mvq.reproduce.spec import Run, RunState
-from mvq.reproduce.stats import Comparison, adjust
 from mvq.runtime.extras import missing
 
 
@@ -126,91 +124,6 @@ class TrainingLength(TokenizerSweep):
         return (png,) if png else ()
 
 
-# the frontier's metrics, each drawn against bits per image and led at each rate
-FRONTIER_METRICS = ("mse", "lpips", "rfid", "nll_bits_image")
-
-
-@dataclass
-class Frontier(TokenizerSweep):
-    """Quantizer families at several rates (mvq reproduce frontier): one row per (rate,
-    family); each row's encode ms per image (from its evaluation's encode seconds, a size
-    column: timings on a shared machine are not compared) and, where its run has a GPT prior,
-    the prior's NLL in bits per image; the plot: each metric against bits per image, a line per
-    family, the Pareto front marked; the leaders: the best family at each rate and metric, and
-    whether it is resolved against the runner-up."""
-
-    nll_rates: tuple[int, ...] = ()
-
-    def records(self, st: RunState) -> list[Record]:
-        rec = run_record(st)
-        ev = json.loads(st.eval_path(st.steps).read_text())
-        seconds, n = ev.get("encode_seconds"), ev.get("n")
-        if isinstance(seconds, (int, float)) and isinstance(n, int) and n > 0 and seconds > 0:
-            rec.metrics["encode_ms"] = 1000.0 * seconds / n
-        if rec.samples is not None:  # per image: families differ in tokens per image
-            bits = [rec.samples.get(k) for k in ("nll_primary_bits", "nll_secondary_bits")]
-            tokens = [ev.get("tokens_primary", 0), ev.get("tokens_secondary", 0)]
-            if bits[0] is not None:
-                rec.samples = {"nll_bits_image": sum((b or 0.0) * t for b, t in zip(bits, tokens))
-                               + float(rec.mask_bits or 0.0)}
-        return [rec]
-
-    def size_columns(self) -> list[str]:
-        return ["bits/img", "params", "encode ms/img"]
-
-    def size_cells(self, cell: Cell) -> list[str]:
-        ms = cell.stats.get("encode_ms")
-        return [*super().size_cells(cell),
-                f"{ms.mean:.2f}" if ms is not None and ms.mean is not None else "n/a"]
-
-    def figures(self, plan: Plan, cells: list[Cell], folder: Path) -> tuple[Path, ...]:
-        png = frontier_plot(plan, cells, folder / f"{plan.experiment}.png")
-        return (png,) if png else ()
-
-    def summary(self, plan: Plan, cells: list[Cell]) -> tuple[list[str], dict]:
-        found = leaders(cells)
-        if not found:
-            return [], {}
-        lines = ["Leaders: at each rate and metric, the family with the best mean, and whether "
-                 "its lead is resolved: ahead of the runner-up where a Welch test of their seeds "
-                 "gives q < 0.05 (Benjamini-Hochberg over these leader tests alone); else "
-                 "unresolved (the runner-up may be as good).", "",
-                 "| rate (bits/img) | metric | leader | runner-up | resolved | change | q |",
-                 "| --- | --- | --- | --- | --- | --- | --- |"]
-        for f in found:
-            q = "n/a" if f["q"] is None else "<0.001" if f["q"] < 0.001 else f"{f['q']:.3f}"
-            change = "n/a" if f["change"] is None else f"{f['change']:+.1%}"
-            lines.append(f"| {f['rate']} | {METRIC_NAMES[f['metric']]} | {f['leader']} | "
-                         f"{f['runner_up'] or 'n/a'} | {'yes' if f['resolved'] else 'no'} "
-                         f"({f['verdict']}) | {change} | {q} |")
-        return lines + [""], {"leaders": found}
-
-
-def leaders(cells: list[Cell]) -> list[dict]:
-    """At each rate and frontier metric, the family of best mean and its runner-up, the
-    leader's Welch test against the runner-up BH-adjusted over these tests (`adjust`)."""
-    found = []
-    for rate in sorted({c.labels.get("rate") for c in cells if "rate" in c.labels}):
-        here = [c for c in cells if c.labels.get("rate") == rate]
-        for m in FRONTIER_METRICS:
-            ranked = sorted((c for c in here if m in c.stats and c.stats[m].mean is not None),
-                            key=lambda c: c.stats[m].mean * (1 if lower_is_better(m) else -1))
-            if not ranked:
-                continue
-            lead, second = ranked[0], (ranked[1] if len(ranked) > 1 else None)
-            comp = (Comparison(m, lead.stats[m].values, second.stats[m].values)
-                    if second is not None and second.stats[m].mean else None)
-            found.append((rate, m, lead, second, comp))
-    adjust([f[4] for f in found if f[4] is not None])
-    return [{"rate": rate, "metric": m, "leader": lead.labels.get("family"),
-             "runner_up": second.labels.get("family") if second is not None else None,
-             "verdict": comp.verdict if comp else "unresolved (alone)",
-             "resolved": bool(comp and comp.verdict == "ahead"),
-             "change": comp.change if comp else None, "q": comp.q if comp else None,
-             "mean": lead.stats[m].mean}
-            for rate, m, lead, second, comp in found]
-
-
 @dataclass
 class Generation(TokenizerSweep):
     """Priors on shared tokenizer runs: one report row per prior and decoding, with the
@@ -284,7 +197,7 @@ def _params(cell: Cell) -> str:
 def plot(plan: Plan, axes_of: Plot, cells: list[Cell], path: Path) -> Path | None:
     """Metric against the x label, one panel per series and metric; the baseline as a
     horizontal band (mean ± std)."""
-    plt = _pyplot()
+    plt = pyplot()
 
     series = sorted({axes_of.key(c) for c in cells}, key=lambda k: tuple(map(str, k)))
     metrics = [m for m in ("rfid", "mse", "lpips") if m in columns(cells)]
@@ -299,13 +212,13 @@ def plot(plan: Plan, axes_of: Plot, cells: list[Cell], path: Path) -> Path | Non
             axes[row][col].set_title(f"{axes_of.title(value)}: {METRIC_NAMES[m]}")
             if row == 0 and col == 0:
                 axes[row][col].legend(fontsize=8)
-    return _finish(plt, fig, plan, path, 60 * len(series), "std")
+    return finish_figure(plt, fig, plan, path, 60 * len(series), "std")
 
 
 def length_plot(plan: Plan, cells: list[Cell], path: Path) -> Path | None:
     """rFID and MSE (those measured) against ``steps``: a panel per token count and metric, a
     line per model (mean over seeds, error bars the sample sd)."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = [m for m in ("rfid", "mse") if m in columns(cells)]
     tokens = sorted({c.labels.get("tokens") for c in cells}, key=str)
     if not metrics or not tokens:
@@ -334,57 +247,10 @@ def length_plot(plan: Plan, cells: list[Cell], path: Path) -> Path | None:
             ax.grid(alpha=0.3)
             if row == 0 and col == 0:
                 ax.legend(fontsize=8)
-    return _finish(plt, fig, plan, path, 52 * len(tokens), "sd")
+    return finish_figure(plt, fig, plan, path, 52 * len(tokens), "sd")
 
 
-def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both rate and metric (lower is better on both),
-    by rate."""
-    front, best = [], math.inf
-    for x, y in sorted(points):
-        if y < best:
-            front.append((x, y))
-            best = y
-    return front
-
-
-def frontier_plot(plan: Plan, cells: list[Cell], path: Path) -> Path | None:
-    """Each frontier metric measured against bits per image (log 2): a line per family (mean
-    over seeds at each rate, error bars the sd), the Pareto front over all families' means as
-    a black step line with ringed points."""
-    plt = _pyplot()
-    metrics = [m for m in FRONTIER_METRICS if any(m in c.stats and c.stats[m].mean is not None
-                                                  for c in cells)]
-    families = list(dict.fromkeys(c.labels.get("family") for c in cells))
-    if not metrics or not families:
-        return None
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.2), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        points = []
-        for i, fam in enumerate(families):
-            pts = sorted((c.stats["bits_per_image"].mean, c.stats[m]) for c in cells
-                         if c.labels.get("family") == fam and "bits_per_image" in c.stats
-                         and m in c.stats and c.stats[m].mean is not None)
-            if pts:
-                ax.errorbar([p[0] for p in pts], [p[1].mean for p in pts],
-                            yerr=[p[1].std or 0 for p in pts], marker="o", capsize=3,
-                            color=f"C{i % 10}", linestyle="-" if i < 10 else "--", label=fam)
-                points += [(p[0], p[1].mean * (1 if lower_is_better(m) else -1)) for p in pts]
-        front = [(x, y if lower_is_better(m) else -y) for x, y in pareto(points)]
-        if front:
-            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black",
-                    linewidth=1.2, alpha=0.7, label="Pareto front")
-            ax.scatter([p[0] for p in front], [p[1] for p in front], s=110, facecolors="none",
-                       edgecolors="black", zorder=5)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("bits per image")
-        ax.set_title(METRIC_NAMES[m])
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    return _finish(plt, fig, plan, path, 40 * len(metrics), "sd")
-
-
-def _finish(plt, fig, plan: Plan, path: Path, width: int, spread: str) -> Path:
+def finish_figure(plt, fig, plan: Plan, path: Path, width: int, spread: str) -> Path:
     """Title (what the plot is and the command that made it), layout, an atomic PNG."""
     fig.suptitle(textwrap.fill(f"{plan.title}: mean ± {spread} over seeds (mvq reproduce "
                                f"{plan.experiment} --scale {plan.scale})", width), fontsize=10)
@@ -399,7 +265,7 @@ def _model(labels: dict) -> str:
     return f"{labels.get('model')}" + (f" J={labels['J']}" if "J" in labels else "")
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
 
