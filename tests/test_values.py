@@ -100,9 +100,11 @@ OLD_COLUMNS = {"mse": "MSE", "psnr": "PSNR dB", "ssim": "SSIM", "lpips": "LPIPS"
                "prd_f8_samples": "samples F_8", "prd_f1_8_samples": "samples F_1/8",
                "nll_primary_bits": "NLL prim. bits", "nll_secondary_bits": "NLL sec. bits",
                "nll_masked_bits": "NLL masked bits (MaskGIT)",
+               # added: the frontier's prior NLL per image
+               "nll_bits_image": "NLL bits/img",
                "tokens_s_per_img": "ms/img tokens", "sample_s_per_img": "ms/img tokens+decode"}
 OLD_LOWER = {"mse", "lpips", "rfid", "fid_samples", "nll_primary_bits", "nll_secondary_bits",
-             "nll_masked_bits", "tokens_s_per_img", "sample_s_per_img"}
+             "nll_masked_bits", "tokens_s_per_img", "sample_s_per_img", "nll_bits_image"}
 OLD_DIGITS = {"mse": 4, "psnr": 2, "ssim": 3, "lpips": 4, "rfid": 1, "prd_f8": 3,
               "prd_f1_8": 3, "fid_samples": 1}
 
