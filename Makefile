@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mvq-installed
 
-.PHONY: setup data browser weights demo test fuzz bench movq-ablation clean
+.PHONY: setup data browser weights demo test test-fast fuzz bench movq-ablation clean
 
 setup: $(STAMP) data browser weights
 
@@ -47,6 +47,18 @@ test: setup
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .cache/site
 	$(PY) -m pytest -q
+
+# The inner loop (about a minute): ruff, the import tiers, and the tests of the layers,
+# quantizer families, configuration checks, values and the frontier plan; no training run
+# longer than a few steps, no metric weights, no browser. `make test` remains the whole suite.
+FAST_TESTS = tests/test_values.py tests/test_quantizer_names.py tests/test_model_type_names.py \
+	tests/test_quantizer_registry.py tests/test_layers.py tests/test_vq_lookup.py \
+	tests/test_masked.py tests/test_numbers.py tests/test_frontier.py tests/test_door_checks.py \
+	tests/test_field_quantizers.py
+test-fast: setup
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m pytest -q -x $(FAST_TESTS)
 
 # The hostile fuzz module at length (`make test` runs it with a few examples per target).
 fuzz: setup
