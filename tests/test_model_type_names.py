@@ -70,3 +70,24 @@ def test_the_derived_lists_keep_their_order():
     assert GAN_TYPES == ("hvqgan", "mvqgan", "movq")
     assert MASK_TYPES == ("mvqvae", "mvqgan")
     assert QUANTIZER_TYPES == ("vqvae",)
+
+
+def test_no_module_compares_against_an_experiment_name():
+    """What an experiment does is its `Experiment` record (mvq.reproduce.plan.EXPERIMENTS):
+    no code branches on an experiment's name (``experiment == "table6"``, ``in (...)``)."""
+    from mvq.reproduce.plan import EXPERIMENTS
+
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            names = [e for side in sides for e in (side.elts if isinstance(
+                side, (ast.Tuple, ast.List, ast.Set)) else [side])
+                if isinstance(e, ast.Constant) and e.value in EXPERIMENTS]
+            found += [f"{path.relative_to(SRC)}:{node.lineno} {e.value}" for e in names]
+    assert not found, found
+    probe = ast.parse('if plan.experiment == "fig5": pass')  # the scan sees such a comparison
+    assert any(isinstance(n, ast.Compare) and n.comparators[0].value in EXPERIMENTS
+               for n in ast.walk(probe))
