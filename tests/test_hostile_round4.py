@@ -19,29 +19,34 @@ from mvq.nn.vqvae2 import same_conv
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def _fresh_python(code: str) -> list[str]:
+    """The stdout lines of a fresh interpreter running ``code`` (one thread)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
+                         check=True)
+    return out.stdout.splitlines()
+
+
 def test_import_mvq_imports_no_torchvision_and_patches_nothing():
-    out = subprocess.run(
-        [sys.executable, "-c", "import sys, mvq\n"
-         "mvq.VectorQuantize, mvq.MaskedVectorQuantize, mvq.FSQ, mvq.LFQ, mvq.ResidualVQ\n"
-         "shim = sys.modules.get('mvq.runtime.extras')\n"
-         "print('torchvision' in sys.modules, 'mvq.metrics' in sys.modules,"
-         " 'mvq.models' in sys.modules, shim is None or shim._LIBRARY is None)"],
-        capture_output=True, text=True, env=ENV, check=True)
-    assert out.stdout.split() == ["False", "False", "False", "True"]
+    out = _fresh_python(
+        "import sys, mvq\n"
+        "mvq.VectorQuantize, mvq.MaskedVectorQuantize, mvq.FSQ, mvq.LFQ, mvq.ResidualVQ\n"
+        "shim = sys.modules.get('mvq.runtime.extras')\n"
+        "print('torchvision' in sys.modules, 'mvq.metrics' in sys.modules,"
+        " 'mvq.models' in sys.modules, shim is None or shim._LIBRARY is None)")
+    assert out[-1].split() == ["False", "False", "False", "True"]
 
 
 def test_import_mvq_loads_nothing_beyond_torch_but_its_layers():
     """What makes `import mvq` cheap, checked by what it loads rather than by a timing (this
     machine is shared): after torch, the layers bring no other package and only the quantizer
     modules of mvq (no models, metrics, config or I/O)."""
-    out = subprocess.run(
-        [sys.executable, "-c", "import sys, torch\n"
-         "before = {m.split('.')[0] for m in sys.modules}\n"
-         "import mvq\nmvq.VectorQuantize, mvq.FSQ, mvq.LFQ, mvq.ResidualVQ\n"
-         "print(sorted({m.split('.')[0] for m in sys.modules} - before))\n"
-         "print(sorted(m for m in sys.modules if m.startswith('mvq.')))"],
-        capture_output=True, text=True, env=ENV, check=True)
-    packages, modules = (ast.literal_eval(line) for line in out.stdout.splitlines())
+    lines = _fresh_python(
+        "import sys, torch\n"
+        "before = {m.split('.')[0] for m in sys.modules}\n"
+        "import mvq\nmvq.VectorQuantize, mvq.FSQ, mvq.LFQ, mvq.ResidualVQ\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} - before))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('mvq.')))")
+    packages, modules = (ast.literal_eval(line) for line in lines[-2:])
     assert packages == ["mvq"]
     allowed = {"mvq._version", "mvq.errors", "mvq.runtime", "mvq.runtime.devices",
                "mvq.runtime.distributed", "mvq.runtime.memory"}

@@ -72,22 +72,27 @@ def test_the_derived_lists_keep_their_order():
     assert QUANTIZER_TYPES == ("vqvae",)
 
 
+def _experiment_comparisons(tree: ast.AST, names) -> list[tuple[int, str]]:
+    """(line, name) of each comparison in ``tree`` with an experiment name on a side (alone or
+    in a tuple / list / set)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in (node.left, *node.comparators):
+                items = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                found += [(node.lineno, e.value) for e in items
+                          if isinstance(e, ast.Constant) and e.value in names]
+    return found
+
+
 def test_no_module_compares_against_an_experiment_name():
     """What an experiment does is its `Experiment` record (mvq.reproduce.plan.EXPERIMENTS):
     no code branches on an experiment's name (``experiment == "table6"``, ``in (...)``)."""
     from mvq.reproduce.plan import EXPERIMENTS
 
-    found = []
-    for path in sorted(SRC.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if not isinstance(node, ast.Compare):
-                continue
-            sides = [node.left, *node.comparators]
-            names = [e for side in sides for e in (side.elts if isinstance(
-                side, (ast.Tuple, ast.List, ast.Set)) else [side])
-                if isinstance(e, ast.Constant) and e.value in EXPERIMENTS]
-            found += [f"{path.relative_to(SRC)}:{node.lineno} {e.value}" for e in names]
+    found = [f"{path.relative_to(SRC)}:{line} {name}" for path in sorted(SRC.rglob("*.py"))
+             for line, name in _experiment_comparisons(ast.parse(path.read_text()), EXPERIMENTS)]
     assert not found, found
-    probe = ast.parse('if plan.experiment == "fig5": pass')  # the scan sees such a comparison
-    assert any(isinstance(n, ast.Compare) and n.comparators[0].value in EXPERIMENTS
-               for n in ast.walk(probe))
+    # the same scan finds such comparisons where they are
+    probe = ast.parse('if plan.experiment == "fig5" or name in ("table6", "x"): pass')
+    assert _experiment_comparisons(probe, EXPERIMENTS) == [(1, "fig5"), (1, "table6")]

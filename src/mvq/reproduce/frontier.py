@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 from mvq.configuration.sections import ModelConfig
 from mvq.errors import MvqError
 from mvq.evaluation.metrics_table import lower_is_better
 from mvq.priors.gpt import table4_size
 from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
-from mvq.quantize.registry import FAMILIES, SECONDARIES
+from mvq.quantize.registry import FAMILIES, SECONDARIES, secondary_sizes
 from mvq.reproduce.builders import DATASETS, Dataset, cadence, default_prior_steps
 from mvq.reproduce.kinds import Plan, TokenizerSweep, finish_figure, pyplot
 from mvq.reproduce.records import METRIC_NAMES, Cell, Record, run_record
@@ -84,9 +83,10 @@ def _masked_over(name: str) -> Callable[[int], dict]:
         rest, options = rate - _positions() * a, []
         for bits in range(1, 21):
             keys = fam.rate(bits)
-            layer = fam.secondary(SimpleNamespace(**{**asdict(ModelConfig()), **keys}))
-            for m in range(1, layer.dim + 1):
-                options.append((abs(layer.bits_per_token + m - rest), -m, bits, keys))
+            cfg = ModelConfig(type="mvqvae", secondary=name, **keys)
+            channels, own = secondary_sizes(cfg)[0], fam.bits_per_token(cfg)
+            for m in range(1, channels + 1):
+                options.append((abs(own + m - rest), -m, bits, keys))
         _, m, _, keys = min(options, key=lambda o: o[:3])
         return {"type": "mvqvae", "codebook_size": 2 * 2 ** a, "secondary": name, **keys,
                 "num_masks": 2 ** -m, "eval_masks": 0}
