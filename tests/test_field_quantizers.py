@@ -258,6 +258,28 @@ def test_residual_vq_matches_vector_quantize_pytorch():
     assert len(torch.unique(indices[..., 3])) > 1
 
 
+def test_multichannel_vq_matches_vector_quantize_pytorch_heads():
+    """The multichannel family's layer is vector-quantize-pytorch's VectorQuantize with heads
+    sharing one codebook (``separate_codebook_per_head=False``, ``codebook_dim = dim / heads``:
+    no projection): with the reference's codebook copied in, the same ids (chunk k at id k) and
+    output in eval mode."""
+    from vector_quantize_pytorch import VectorQuantize as Reference
+
+    from mvq import MultiChannelVectorQuantize
+
+    torch.manual_seed(0)
+    ref = Reference(dim=8, codebook_size=16, heads=4, codebook_dim=2,
+                    separate_codebook_per_head=False).eval()
+    ours = MultiChannelVectorQuantize(8, 16, channels=4).eval()
+    ours.embedding.data.copy_(ref._codebook.embed[0])
+    x = torch.randn(2, 25, 8)
+    quantized, indices, _ = ours(x)
+    want, want_ids, _ = ref(x)
+    assert indices.shape == (2, 25, 4) and torch.equal(indices, want_ids)
+    assert torch.allclose(quantized, want, atol=1e-6)
+    assert len(torch.unique(indices)) > 4
+
+
 def test_residual_vq_gradient_and_training_updates():
     rvq = ResidualVQ(4, 8, depth=2)
     x = torch.randn(3, 10, 4, requires_grad=True)

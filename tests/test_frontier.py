@@ -15,7 +15,8 @@ from mvq.reproduce.frontier import Frontier, leaders, pareto
 from mvq.reproduce.records import Cell, RunRecord, Stat
 from mvq.reproduce.report import write_report
 
-LABELS = ["VQ", "VQ (low-dim, cosine, rotation)", "FSQ", "LFQ", "RVQ", "hierarchical VQ (A.6)",
+LABELS = ["VQ", "VQ (low-dim, cosine, rotation)", "FSQ", "LFQ", "multichannel", "RVQ",
+          "hierarchical VQ (A.6)",
           "MVQ", "MVQ over FSQ", "MVQ over LFQ"]
 
 
@@ -61,7 +62,7 @@ def test_the_plan_is_families_by_rates_by_seeds_within_the_range():
 def test_the_dry_run_prints_the_plan_and_an_estimate(tmp_path, capsys):
     assert main(["reproduce", "frontier", "--dry-run", "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
-    assert "108 runs, evaluation on N=500" in err and "108 of 108 runs to do; estimated" in err
+    assert "120 runs, evaluation on N=500" in err and "120 of 120 runs to do; estimated" in err
     assert "gpt-sized_2000steps_s0" in err and not (tmp_path / "o").exists()
 
 

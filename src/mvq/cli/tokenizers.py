@@ -17,6 +17,7 @@ from mvq.cli.command import (
     no_arguments,
 )
 from mvq.configuration.config import MODEL_TYPES, load_config
+from mvq.configuration.sections import LISTED_TYPES
 from mvq.errors import MvqError
 from mvq.evaluation import (
     EvalSettings,
@@ -93,6 +94,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_quantizers(args: argparse.Namespace) -> int:
     rows = [(f.name, f.bits, ", ".join(f"model.{k}" for k in sorted(f.reads())), f.summary)
             for f in FAMILIES.values()]
+    for name, records in LISTED_TYPES.items():  # the two-level tokenizers' own quantizers
+        keys = "model.codebook_size" + (", model.num_masks, model.secondary"
+                                        if records[0].masks else "")
+        rows.append((name, records[0].bits, keys, records[0].summary))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for name, bits, keys, summary in rows:
         print(f"{name:<{widths[0]}}  bits/token {bits:<{widths[1]}}  {keys:<{widths[2]}}  "
@@ -225,8 +230,9 @@ TABLE = (
         "train.grad_clip, train.*_every, train.device, data.root, ...) are applied; others are "
         "refused.",
         _train_arguments, cmd_train,
-        epilog=f"model types: {', '.join(MODEL_TYPES)}; model.quantizer of vqvae: "
-        f"{', '.join(FAMILIES)} (`mvq quantizers`)\n\n"
+        epilog=f"model types: {', '.join(MODEL_TYPES)}; model.quantizer: "
+        f"{', '.join([*FAMILIES, *LISTED_TYPES])} (`mvq quantizers`; given alone, it sets "
+        "model.type too)\n\n"
         "override keys: model.* (type, factor, codebook_size, dim, dim2, num_masks, ema, ...), "
         "data.* (name, root, train_limit, val_limit), train.* (steps, batch_size, lr, seed, "
         "val_every, out_dir, device, ...); see `mvq presets`\n\n"
@@ -237,10 +243,14 @@ TABLE = (
         "One line per preset: its name (give it to `mvq train --config NAME`) and what it sets "
         "up.", no_arguments, cmd_presets),
     Command(
-        "quantizers", "list the quantizer families of model.quantizer (model.type=vqvae)",
-        "One line per family: its name (give it to `mvq train ... model.type=vqvae "
-        "model.quantizer=NAME`), its bits per token and what it is, with the model keys of its "
-        "own.", no_arguments, cmd_quantizers),
+        "quantizers", "list the quantizers model.quantizer chooses from",
+        "One line per quantizer: its name, its bits per token, the model keys of its own and "
+        "what it is. The families (vq, fsq, lfq, ...) drop into the one-level backbone "
+        "(model.type=vqvae); the two-level tokenizers (hierarchical, mvq) build their own "
+        "quantizers. `mvq train --config PRESET model.quantizer=NAME` trains any of them: "
+        "given without model.type, the quantizer sets the type (vqvae for a family; the "
+        "preset's hvqvae / mvqvae, or hvqgan / mvqgan with the VQGAN loss, for a two-level "
+        "one).", no_arguments, cmd_quantizers),
     Command(
         "weights", "convert the metrics' pretrained weights (FID Inception, LPIPS backbones) "
         "from their offline carrier packages into the torch hub cache",

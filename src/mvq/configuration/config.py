@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mvq import presets
+from mvq.configuration.choice import quantizer_picks_type
 from mvq.configuration.sections import (
     GAN_TYPES,
     MASK_TYPES,
@@ -282,11 +283,13 @@ def resolve_config(ref: str | Path) -> Path:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """A checked Config from a preset name or YAML file (``None``: the defaults), then
-    ``section.key=value`` overrides."""
+    ``section.key=value`` overrides; ``model.quantizer`` may choose the type
+    (`quantizer_picks_type`)."""
     data: dict = {}
     if path is not None:
         data = read_mapping(resolve_config(path), ", ".join(_SECTIONS))
-    return config_from_dict(apply_overrides(data, overrides or []))
+    overrides = overrides or []
+    return config_from_dict(quantizer_picks_type(apply_overrides(data, overrides), overrides))
 
 
 # Keys a resumed run may change: applied from the resumed step on (a new train.lr is set in the

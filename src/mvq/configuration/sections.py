@@ -49,6 +49,7 @@ class ModelConfig:
     levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ's levels per channel: prod(levels) codes
     bits: int = 10  # LFQ's sign channels: 2^bits codes
     depth: int = 4  # residual VQ's stages of K entries each
+    heads: int = 4  # multichannel VQ's chunks of each D-vector, one shared codebook of K
     # MVQ's secondary code (masked types): its own VQ codebook of K/2 entries of dim2 (the
     # default), or a channel-code family of mvq.quantize.registry.SECONDARIES (FSQ, LFQ), read
     # with its keys (levels, bits), whose channels the masks cover (D' = len(levels) or bits)
@@ -172,7 +173,10 @@ class ModelType:
         ``chunk_size``, ``search_seed``, ``train.mask_sampling``). gan: trained with the VQGAN
         loss (LPIPS + PatchGAN, the ``loss`` section). quantizer: the one-level backbone whose
         quantizer ``model.quantizer`` picks. unmasked: for a masked type, the same tokenizer
-        without the mask (the baseline MVQ is compared against).
+        without the mask (the baseline MVQ is compared against). listed_as: for a two-level
+        type, its name among the quantizers (``mvq quantizers``, ``model.quantizer=NAME``
+        chooses it; the GAN and non-GAN types of one name share it), with ``bits`` (per token,
+        as a formula) and a one-line ``summary``.
     """
 
     name: str
@@ -182,23 +186,45 @@ class ModelType:
     gan: bool = False
     quantizer: bool = False
     unmasked: str = ""
+    listed_as: str = ""
+    bits: str = ""
+    summary: str = ""
 
+
+_HIERARCHICAL = dict(
+    listed_as="hierarchical", bits="log2(K/2), top and bottom tokens",
+    summary="hierarchical VQ (VQ-VAE-2, MVQ paper A.6): a bottom code and a top code, two "
+            "codebooks of K/2; model.type=hvqvae (hvqgan with the VQGAN loss)")
+_MASKED = dict(
+    listed_as="mvq", bits="log2(K/2) primary, log2(K') secondary",
+    summary="masked VQ (MVQ): a primary code and a masked secondary code chosen by MH-Dropout "
+            "over J masks; model.type=mvqvae (mvqgan with the VQGAN loss)")
 
 # Every model.type, in the order messages list them. This is the one place below mvq.models
 # that names them: a config is loaded and checked (its model section's class, its codebooks)
 # before, and without, any model being imported (docs/architecture.md, Tiers).
 MODEL_TYPES: dict[str, ModelType] = {t.name: t for t in (
     ModelType("vqvae", ModelConfig, codebooks=1, quantizer=True),
-    ModelType("hvqvae", ModelConfig, codebooks=2),
-    ModelType("mvqvae", ModelConfig, codebooks=2, masks=True, unmasked="hvqvae"),
-    ModelType("hvqgan", ModelConfig, codebooks=2, gan=True),
-    ModelType("mvqgan", ModelConfig, codebooks=2, masks=True, gan=True, unmasked="hvqgan"),
+    ModelType("hvqvae", ModelConfig, codebooks=2, **_HIERARCHICAL),
+    ModelType("mvqvae", ModelConfig, codebooks=2, masks=True, unmasked="hvqvae", **_MASKED),
+    ModelType("hvqgan", ModelConfig, codebooks=2, gan=True, **_HIERARCHICAL),
+    ModelType("mvqgan", ModelConfig, codebooks=2, masks=True, gan=True, unmasked="hvqgan",
+              **_MASKED),
     ModelType("movq", MoVQConfig, codebooks=1, gan=True),
 )}
 GAN_TYPES = tuple(t for t, m in MODEL_TYPES.items() if m.gan)  # trained with the VQGAN loss
 MASK_TYPES = tuple(t for t, m in MODEL_TYPES.items() if m.masks)  # MVQ's masked secondary code
 # the one-level backbone whose quantizer model.quantizer picks
 QUANTIZER_TYPES = tuple(t for t, m in MODEL_TYPES.items() if m.quantizer)
+# the two-level tokenizers among the quantizers (`mvq quantizers`): name -> their model types
+LISTED_TYPES: dict[str, tuple[ModelType, ...]] = {}
+for _record in MODEL_TYPES.values():
+    if _record.listed_as:
+        LISTED_TYPES.setdefault(_record.listed_as, ())
+        LISTED_TYPES[_record.listed_as] += (_record,)
+if set(LISTED_TYPES) & set(FAMILIES):
+    raise MvqError(f"a two-level model type is listed as a quantizer family's name: "
+                   f"{sorted(set(LISTED_TYPES) & set(FAMILIES))}")
 
 
 def model_type(name: str) -> ModelType:

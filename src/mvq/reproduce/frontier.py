@@ -94,16 +94,21 @@ def _masked_over(name: str) -> Callable[[int], dict]:
     return model
 
 
+def _label(name: str) -> str:
+    """A family's label in the report: acronyms (vq, fsq, ...) in capitals, words as they are."""
+    return name.upper() if len(name) <= 3 else name
+
+
 def frontier_lines() -> tuple[FrontierLine, ...]:
     """Every family on the frontier: each family of `mvq.quantize.registry` that sets a rate
     (the default first: the baseline), VQ with the modern lookup options, the hierarchical
     baseline, MVQ, and MVQ over each family that can be its secondary code. A family added to
     the registry with a ``rate`` (and a ``secondary``) joins it as it is."""
-    one = [FrontierLine(name.upper(), _one_level(name)) for name, fam in FAMILIES.items()
+    one = [FrontierLine(_label(name), _one_level(name)) for name, fam in FAMILIES.items()
            if fam.rate is not None]
     modern = FrontierLine(f"{FRONTIER_BASELINE} (low-dim, cosine, rotation)",
                           _one_level(DEFAULT_QUANTIZER, MODERN_LOOKUP))
-    over = [FrontierLine(f"{FRONTIER_MVQ} over {name.upper()}", _masked_over(name))
+    over = [FrontierLine(f"{FRONTIER_MVQ} over {_label(name)}", _masked_over(name))
             for name in SECONDARIES if FAMILIES[name].secondary is not None
             and FAMILIES[name].rate is not None]
     return (one[0], modern, *one[1:], FrontierLine("hierarchical VQ (A.6)", _hierarchical),
