@@ -67,6 +67,10 @@ def test_a_two_level_name_keeps_the_gan_loss_and_refuses_a_clashing_type(tmp_pat
         load_config("fmnist_f28_k16_quick", ["model.quantizer=mvq", "model.type=hvqvae"])
     with pytest.raises(MvqError, match="one-level VQ-VAE backbone.*VQGAN loss"):
         load_config("fmnist_f28_k16_hvqgan_quick", ["model.quantizer=fsq"])
+    with pytest.raises(MvqError, match="whose model section is not this config's"):
+        load_config("movq_fmnist_movq_quick", ["model.quantizer=mvq"])
+    with pytest.raises(MvqError, match="must be one of vq, .*hierarchical, mvq"):
+        load_config("fmnist_f28_k16_quick", ["model.quantizer=Mvq"])
     # both in one file: the type is not silently replaced
     both = tmp_path / "both.yaml"
     both.write_text("model:\n  type: hvqvae\n  quantizer: fsq\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mvq.configuration.sections import LISTED_TYPES, MODEL_TYPES, QUANTIZER_TYPES, ModelConfig
 from mvq.errors import MvqError
+from mvq.quantize.registry import FAMILIES
 
 
 def quantizer_picks_type(data: dict, overrides: list[str]) -> dict:
@@ -19,8 +20,17 @@ def quantizer_picks_type(data: dict, overrides: list[str]) -> dict:
     name, given = model["quantizer"], {item.split("=", 1)[0].strip() for item in overrides}
     current = model.get("type", ModelConfig.type)
     record = MODEL_TYPES.get(current) if isinstance(current, str) else None
+    if name not in FAMILIES and name not in LISTED_TYPES:
+        raise MvqError(f"model.quantizer must be one of {', '.join([*FAMILIES, *LISTED_TYPES])} "
+                       f"(`mvq quantizers`), got {name!r:.80}")
     if name in LISTED_TYPES:
         records = LISTED_TYPES[name]
+        if record is not None and record not in records and record.section is not \
+                records[0].section:
+            raise MvqError(f"model.quantizer={name} is model.type="
+                           f"{' or '.join(r.name for r in records)}, whose model section is not "
+                           f"this config's (model.type={current}): start from a preset of "
+                           f"that type (`mvq presets`)")
         if record not in records:
             if "model.type" in given or "model.quantizer" not in given:
                 raise MvqError(f"model.quantizer={name} is model.type="
