@@ -128,3 +128,21 @@ def test_a_lead_within_the_seeds_spread_is_not_resolved():
 def test_the_pareto_front_keeps_the_points_nothing_beats():
     pts = [(8, 5.0), (16, 3.0), (16, 4.0), (32, 3.5), (64, 1.0)]
     assert pareto(pts) == [(8, 5.0), (16, 3.0), (64, 1.0)]
+
+
+def test_no_priors_keeps_the_tokenizer_runs_and_drops_the_priors(tmp_path, capsys):
+    from mvq.reproduce import without_priors
+
+    plan = build_plan("frontier", "quick")
+    bare = without_priors(plan)
+    assert [r.name for r in bare.runs] == [r.name for r in plan.runs]  # the same run folders
+    assert not any(r.priors for r in bare.runs) and any(r.priors for r in plan.runs)
+    assert "--no-priors" in bare.notes[-1] and "nll" in bare.notes[-1]
+    assert main(["reproduce", "frontier", "--no-priors", "--seeds", "1", "--dry-run", "--out",
+                 str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "prior gpt" not in err and f"{len(LABELS) * 4} of {len(LABELS) * 4} runs" in err
+    samples_only = build_plan("class-conditional", "quick")
+    assert not samples_only.metrics and samples_only.sample_metrics
+    with pytest.raises(Exception, match="--no-priors would leave nothing"):
+        without_priors(samples_only)

@@ -63,6 +63,10 @@ def _reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
     p.add_argument("--report-only", action="store_true",
                    help="write the report from the runs finished so far; train nothing")
+    p.add_argument("--no-priors", action="store_true",
+                   help="train and evaluate the tokenizers only, leaving the priors of the "
+                   "experiments that have them (NLL, samples) to a later run of the same command "
+                   "without it, which trains them on the tokenizers' weights in --out")
     p.add_argument("--keep", metavar="DIR",
                    help="keep each finished run's records (its JSON files, no weights) in "
                    "DIR/NAME, and count a run kept there as done: commit DIR and the results "
@@ -72,7 +76,8 @@ def _reproduce_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     options = Options(args.data_root, progress=not args.no_progress, device=args.device,
-                      dry_run=args.dry_run, report_only=args.report_only, keep=args.keep)
+                      dry_run=args.dry_run, report_only=args.report_only, keep=args.keep,
+                      priors=not args.no_priors)
     reproduce(args.experiment, args.scale, args.seeds, args.out, args.dataset, options)
     return 0
 

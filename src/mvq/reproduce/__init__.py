@@ -3,6 +3,7 @@
     mvq reproduce fig5 --scale quick            # plan, estimate, train / resume, evaluate, report
     mvq reproduce fig5 --scale quick --dry-run  # the plan and the estimate only
     mvq reproduce fig5 --report-only            # the report from the runs finished so far
+    mvq reproduce frontier --no-priors          # the tokenizers first, the priors on a later run
 
 Runs go to ``OUT/runs/NAME`` (shared between experiments), reports to ``OUT/EXPERIMENT/``
 (report.md, results.json, a PNG plot where the experiment has one).
@@ -11,7 +12,7 @@ Runs go to ``OUT/runs/NAME`` (shared between experiments), reports to ``OUT/EXPE
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mvq.errors import MvqError
@@ -22,7 +23,7 @@ from mvq.reproduce.report import write_report
 from mvq.reproduce.runner import collect, execute
 
 __all__ = ["EXPERIMENTS", "SCALES", "Benchmark", "Options", "Plan", "build_plan",
-           "class_agreement", "class_grid", "reproduce"]
+           "class_agreement", "class_grid", "reproduce", "without_priors"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class Options:
     """How to carry out an experiment: the data set's files (``data_root``), ``progress`` bars,
     the ``device``; ``dry_run``: the plan and estimate only; ``report_only``: the report from
     the runs finished so far, training nothing; ``keep``: the folder of kept runs
-    (mvq.reproduce.kept), None for none."""
+    (mvq.reproduce.kept), None for none; ``priors``: False trains and evaluates the tokenizers
+    only (`without_priors`), leaving the priors to a later run of the same plan."""
 
     data_root: str | None = None
     progress: bool = True
@@ -38,6 +40,7 @@ class Options:
     dry_run: bool = False
     report_only: bool = False
     keep: str | Path | None = None
+    priors: bool = True
 
 
 def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
@@ -51,6 +54,8 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
     kept = None if opts.keep is None else _check_out(Path(opts.keep), not dry_run,
                                                          "--keep")
     plan = build_plan(experiment, scale, seeds, dataset)
+    if not opts.priors and not isinstance(plan, Benchmark):
+        plan = without_priors(plan)
     folder = out / plan.experiment
     if isinstance(plan, Benchmark):  # no runs to train
         return plan.run(folder, dry_run)
@@ -70,6 +75,23 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
     print((folder / "report.md").read_text())
     print(f"written: {folder / 'report.md'}, {folder / 'results.json'}", file=sys.stderr)
     return result
+
+
+def without_priors(plan: Plan) -> Plan:
+    """The plan with its tokenizer runs only: no prior trained, no sample evaluated (a long
+    study's tokenizers first; the same command without ``--no-priors`` later trains the priors
+    on the runs' weights in ``--out``, skipping what is done). MvqError for a plan that
+    measures samples only (nothing would be left to report)."""
+    if not plan.metrics:
+        raise MvqError(f"{plan.experiment} measures its priors' samples only "
+                       f"({', '.join(plan.sample_metrics)}): --no-priors would leave nothing "
+                       "to report; run it without --no-priors")
+    if not any(run.priors for run in plan.runs):
+        return plan
+    note = ("Run with --no-priors: the tokenizers only, so the priors' sample metrics "
+            f"({', '.join(plan.sample_metrics)}) are absent from this report.")
+    return replace(plan, runs=[replace(run, priors=()) for run in plan.runs],
+                   notes=[*plan.notes, note])
 
 
 def _check_out(out: Path, create: bool = True, option: str = "--out") -> Path:
