@@ -171,7 +171,8 @@ def frontier(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                 match=("rate",), pairs=pairs, sample_metrics=("nll",),
                 kind=Frontier(nll_rates=FRONTIER_NLL_RATES),
                 notes=[f"{FRONTIER_STEPS} steps of batch 32 per tokenizer ({FRONTIER_PRESET}'s "
-                       f"settings), {seeds} seeds per cell, evaluation on the first {FRONTIER_N} "
+                       f"settings), {seeds} seed{'s' * (seeds != 1)} per cell, evaluation on "
+                       f"the first {FRONTIER_N} "
                        "test images through the discrete codes",
                        f"one-level families: {_positions()} positions of rate / "
                        f"{_positions()} bits (residual VQ: 2 stages; FSQ: the paper's levels "
