@@ -47,6 +47,8 @@ def test_each_listed_quantizer_trains_from_the_preset_given_alone(name, tmp_path
                         if name in FAMILIES else [])
     assert main(["train", "--config", "fmnist_f28_k16_quick", *keys, f"model.quantizer={name}",
                  f"train.out_dir={run}", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert f"trained {TYPES[name]}{f' ({name})' if name in FAMILIES else ''} for 2 steps" in said
     model = mvq.load(run / "checkpoint")
     assert model.cfg.type == TYPES[name]
     if name in FAMILIES:

@@ -74,9 +74,11 @@ def cmd_train(args: argparse.Namespace) -> int:
               "differ); give section.key=value to change a key that may change on resume",
               file=sys.stderr)
     m = result.metrics
+    what = cfg.model.type + (f" ({cfg.model.quantizer})" if MODEL_TYPES[cfg.model.type].quantizer
+                             else "")
     done = (f"{result.out_dir} had already finished {result.step} steps (nothing trained)"
             if result.finished_before else
-            f"trained {cfg.model.type} for {result.step} steps in {result.seconds:.0f}s")
+            f"trained {what} for {result.step} steps in {result.seconds:.0f}s")
     print(f"{done}: val MSE {m.get('val_mse', float('nan')):.4f}, "
           f"PSNR {m.get('val_psnr', float('nan')):.2f} dB; "
           f"checkpoint in {result.out_dir / 'checkpoint'}")
