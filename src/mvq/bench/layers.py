@@ -10,7 +10,9 @@ search over its seeded bank). Each cell is a median over rounds that run every l
 turn; ratios are to mvq's VectorQuantize in the same mode. GFLOP counts come from torch's
 FlopCounterMode (matrix products and convolutions) and are set against the fp32 GEMM peak
 measured in this run. ``--tokenizers`` adds the tokenizer-level step (mvq bench mh-dropout
-keeps the memory view).
+keeps the memory view). ``--argmin`` adds every layer with torch's argmin in place of
+`mvq.quantize.argmin.row_argmin` (rows "... torch argmin"), in the same rounds: the speed-up of
+the grouped argmin, side by side.
 
     python -m mvq.bench.layers [--quick] [--shapes 32,49,32,64 ...] [--masks 16 128 1024]
 """
@@ -18,6 +20,7 @@ keeps the memory view).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import warnings
 
@@ -28,11 +31,32 @@ from mvq.bench.common import gemm_peak_gflops, json_path, positive_ints, side_by
 from mvq.configuration.config import load_config, model_type
 from mvq.models import build_model
 from mvq.quantize import MaskedVectorQuantize, MultiChannelVectorQuantize, VectorQuantize
+from mvq.quantize import masked as masked_module
+from mvq.quantize import vq as vq_module
 from mvq.runtime.extras import missing
 
 SHAPES = ((32, 49, 32, 64), (32, 256, 64, 512))  # (B, N, D, K): the issue's two shapes
 NAIVE_LIMIT = 1 << 21  # per-instance hypotheses B * N * J above which the chunked path is skipped
 QUICK = "fmnist_f28_k16_quick"  # the preset whose tokenizer step --tokenizers times
+
+
+@contextlib.contextmanager
+def torch_argmin():
+    """The quantizers' searches end in torch's own argmin while inside (the baseline of
+    `mvq.quantize.argmin.row_argmin`)."""
+    saved = vq_module.row_argmin, masked_module.row_argmin
+    vq_module.row_argmin = masked_module.row_argmin = lambda x: x.argmin(-1)
+    try:
+        yield
+    finally:
+        vq_module.row_argmin, masked_module.row_argmin = saved
+
+
+def _with_torch_argmin(step):
+    def patched():
+        with torch_argmin():
+            step()
+    return patched
 
 
 def _train_step(layer, x: torch.Tensor):
@@ -78,7 +102,7 @@ def _layers(d: int, k: int, masks: list[int], n_instances: int, everything: bool
 
 
 def bench_shape(shape: tuple[int, ...], masks: list[int], repeats: int, everything: bool,
-                peak: float) -> list[dict]:
+                peak: float, argmin: bool = False) -> list[dict]:
     b, n, d, k = shape
     x = torch.randn(b, n, d)
     layers = _layers(d, k, masks, b * n, everything)
@@ -90,6 +114,9 @@ def bench_shape(shape: tuple[int, ...], masks: list[int], repeats: int, everythi
                 continue  # inference searches the seeded bank whatever the training masks
             layer.train(mode == "train")
             steps[name.removesuffix(" batch") if mode == "eval" else name] = make(layer, x)
+            if argmin and name != "vector-quantize-pytorch":
+                key = name.removesuffix(" batch") if mode == "eval" else name
+                steps[f"{key} torch argmin"] = _with_torch_argmin(steps[key])
         seconds = side_by_side(steps, repeats)
         base, theirs = seconds["VectorQuantize"], seconds["vector-quantize-pytorch"]
         for name, sec in seconds.items():
@@ -140,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"also per-instance masks above {NAIVE_LIMIT} hypotheses (minutes)")
     p.add_argument("--tokenizers", action="store_true",
                    help="also the quick preset's tokenizer step: hvqvae against mvqvae")
+    p.add_argument("--argmin", action="store_true",
+                   help="also each layer with torch's argmin instead of mvq's grouped one "
+                   "(rows '... torch argmin'), in the same rounds")
     p.add_argument("--quick", action="store_true", help="the first shape, J = 16, 3 rounds")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--json", type=json_path, help="also write the rows here")
@@ -166,11 +196,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for shape in shapes:
         print(f"\n(B, N, D, K) = {shape}")
-        print(f"{'mode':5} {'layer':25} {'ms':>9} {'x VQ':>7} {'x vqp':>7} {'GFLOP':>7} "
+        print(f"{'mode':5} {'layer':38} {'ms':>9} {'x VQ':>7} {'x vqp':>7} {'GFLOP':>7} "
               f"{'% peak':>7}")
-        for r in bench_shape(shape, masks, repeats, args.all, peak):
+        for r in bench_shape(shape, masks, repeats, args.all, peak, args.argmin):
             rows.append(r)
-            print(f"{r['mode']:5} {r['layer']:25} {r['ms']:9.2f} {r['vs_vq']:6.2f}x "
+            print(f"{r['mode']:5} {r['layer']:38} {r['ms']:9.2f} {r['vs_vq']:6.2f}x "
                   f"{r['vs_vqp']:6.2f}x {r['gflop']:7.3f} {100 * r['peak_fraction']:6.1f}%",
                   flush=True)
         skipped = [j for j in masks if shape[0] * shape[1] * j > NAIVE_LIMIT]

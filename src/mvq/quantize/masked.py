@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.errors import MvqError
+from mvq.quantize.argmin import row_argmin
 from mvq.quantize.secondary import ChannelCode
 from mvq.quantize.vq import QuantizeOutput, VectorQuantizer, mse
 from mvq.runtime.devices import host_reads_free
@@ -364,12 +365,12 @@ def table_argmin(table: torch.Tensor, norms: torch.Tensor, ids: torch.Tensor,
             x = target.new_zeros(k, width, p)
             x[sid, rank] = target[order]
             d = torch.baddbmm(norms[:, None, :], x, table.transpose(1, 2), alpha=-2.0)
-            best[order] = d.argmin(2)[sid, rank]
+            best[order] = row_argmin(d)[sid, rank]
             return best
         parts = []  # uneven usage: one GEMM per id
         for u, group in enumerate(target[order].split(counts.tolist())):
             if len(group):
-                parts.append(torch.addmm(norms[u], group, table[u].t(), alpha=-2.0).argmin(1))
+                parts.append(row_argmin(torch.addmm(norms[u], group, table[u].t(), alpha=-2.0)))
         best[order] = torch.cat(parts)
         return best
     step = max(1, (1 << 22) // max(1, j * p))  # ~4 M gathered values at a time

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.errors import MvqError
+from mvq.quantize.argmin import row_argmin
 from mvq.runtime import distributed
 from mvq.runtime.devices import host_reads_free
 
@@ -136,13 +137,13 @@ class VectorQuantizer(nn.Module):
         norms, codes_t = weight.pow(2).sum(1), weight.t()
         rows = max(1, NEAREST_BLOCK // self.num_codes)
         if flat.shape[0] <= rows:
-            return torch.addmm(norms, flat, codes_t, alpha=-2.0).argmin(1)
+            return row_argmin(torch.addmm(norms, flat, codes_t, alpha=-2.0))
         out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
         block = flat.new_empty(rows, self.num_codes)
         for start in range(0, flat.shape[0], rows):
             part = flat[start : start + rows]
             dist = torch.addmm(norms, part, codes_t, alpha=-2.0, out=block[: len(part)])
-            torch.argmin(dist, 1, out=out[start : start + rows])
+            out[start : start + rows] = row_argmin(dist)
         return out
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
