@@ -131,6 +131,25 @@ def test_bench_layers_measures_every_layer_side_by_side(tmp_path, capsys):
     assert data["gemm_peak_gflops"] > 0
 
 
+def test_bench_layers_argmin_times_each_layer_with_torchs_argmin_too(tmp_path, capsys):
+    """--argmin: a '... torch argmin' row beside each of mvq's layers, the same FLOPs, and the
+    searches' row_argmin restored afterwards."""
+    from mvq.quantize import masked, vq
+    from mvq.quantize.argmin import row_argmin
+
+    out = tmp_path / "layers.json"
+    assert main(["bench", "layers", "--shapes", "2,8,8,256", "--masks", "4", "--repeats", "1",
+                 "--argmin", "--json", str(out)]) == 0
+    capsys.readouterr()
+    rows = {(r["mode"], r["layer"]): r for r in json.loads(out.read_text())["layers"]}
+    for mode, layer in [("train", "VectorQuantize"), ("train", "MVQ J=4 batch"),
+                        ("train", "MultiChannel c=4"), ("eval", "MVQ J=4")]:
+        twin = rows[(mode, f"{layer} torch argmin")]
+        assert twin["ms"] > 0 and twin["gflop"] == rows[(mode, layer)]["gflop"]
+    assert ("train", "vector-quantize-pytorch torch argmin") not in rows
+    assert vq.row_argmin is row_argmin and masked.row_argmin is row_argmin
+
+
 @pytest.mark.parametrize("argv,said", [
     (["bench", "sampling", "--lengths", "abc"], "expected integers >= 1"),
     (["bench", "layers", "--masks", "0"], "expected integers >= 1"),
