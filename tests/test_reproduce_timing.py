@@ -128,6 +128,43 @@ def test_the_estimate_printed_at_each_start_goes_into_the_report(tmp_path, monke
     assert data["estimates"] == [entry]
     line = (out / "fig5" / "report.md").read_text().splitlines()[-1]
     assert line.startswith("- work estimated when it started") and "1 runs to do" in line
+    # run on the CPU: its CPU seconds over its threads beside the wall time, for later estimates
+    folder = out / "runs" / plan.runs[0].name
+    ran = json.loads((folder / "run.json").read_text())
+    assert 0 < ran["train_cpu_seconds"] <= 1.5 * ran["train_seconds"] + 0.2
+    evaluated = json.loads((folder / "eval.json").read_text())
+    assert 0 < evaluated["cpu_seconds"] <= 1.5 * evaluated["seconds"] + 0.2
+
+
+def test_cpu_seconds_win_over_a_wall_time_stretched_by_shared_cores(tmp_path):
+    """A run measured while other processes shared the cores took longer on the clock than its
+    CPU seconds say; the estimate reads the CPU seconds (what the work costs on its own)."""
+    out = tmp_path / "rep"
+    folder = _earlier(out, _run("hvqvae", 0), 4, 800.0, eval_seconds=90.0)
+    _write(folder / "run.json", {"train_seconds": 800.0, "train_cpu_seconds": 400.0})
+    _write(folder / "eval.json", {"seconds": 90.0, "cpu_seconds": 50.0, "n": 12,
+                                  "planned_metrics": ["mse", "psnr", "lpips"]})
+    est = _estimate(_plan([_run("hvqvae", 1)]), out)
+    got = {p.what: (p.seconds, p.source) for p in est.of("tiny_hvqvae_s1")}
+    assert got == {"training": (4 * 100.0, MEASURED), "evaluation": (50.0, MEASURED)}
+
+
+def test_the_cpu_clock_counts_on_the_cpu_only(monkeypatch):
+    import time
+
+    import torch
+
+    from mvq.reproduce import timing
+
+    with timing.cpu_clock("cpu") as clock:
+        end = time.process_time() + 0.05
+        while time.process_time() < end:
+            pass
+    assert clock["cpu_seconds"] == pytest.approx(0.05 / torch.get_num_threads(), rel=0.5)
+    monkeypatch.setattr(timing, "pick_device", lambda name: torch.device("cuda"))
+    with timing.cpu_clock("cuda") as clock:
+        pass
+    assert clock == {}
 
 
 def _log_estimates(folder, times):

@@ -37,6 +37,7 @@ from mvq.reproduce.timing import (
     MODEL,
     Estimate,
     Measured,
+    cpu_clock,
     latest_checkpoint,
     log_estimate,
     model_inception_seconds,
@@ -286,11 +287,17 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str
     for stop in plan.kind.stops(st.steps):
         if step < stop:
             part_cfg = cfg if stop == st.steps else Changes(train={"steps": stop}).apply(cfg)
-            result = mvq.train.train(part_cfg, resume=step > 0, progress=progress or LINES,
-                                     desc=st.run.name[:40])
-            seconds = result.seconds + read_json(st.out_dir / "run.json").get(
-                "train_seconds", 0.0)
-            _merge_json(st.out_dir / "run.json", {"train_seconds": round(seconds, 1)})
+            before = read_json(st.out_dir / "run.json")
+            with cpu_clock(cfg.train.device) as clock:
+                result = mvq.train.train(part_cfg, resume=step > 0, progress=progress or LINES,
+                                         desc=st.run.name[:40])
+            times = {"train_seconds": round(result.seconds + before.get("train_seconds", 0.0), 1)}
+            # CPU seconds cover the whole run only if every part of it counted them
+            if "cpu_seconds" in clock and ("train_cpu_seconds" in before
+                                           or "train_seconds" not in before):
+                times["train_cpu_seconds"] = round(
+                    clock["cpu_seconds"] + before.get("train_cpu_seconds", 0.0), 1)
+            _merge_json(st.out_dir / "run.json", times)
             step = stop
         if stop in left:
             _evaluate(plan, st, stop, data_root, progress, device)
@@ -310,8 +317,11 @@ def _evaluate(plan: Plan, st: RunState, step: int, data_root, progress: bool,
                        "run folder away to train it again")
     settings = EvalSettings(n=plan.eval_n, device=device, progress=progress,
                             data_root=data_root)
-    result = evaluate_checkpoint(found, settings, metrics=plan.metrics)
+    with cpu_clock(device) as clock:
+        result = evaluate_checkpoint(found, settings, metrics=plan.metrics)
     result["planned_metrics"] = list(plan.metrics)
+    if "cpu_seconds" in clock:
+        result["cpu_seconds"] = round(clock["cpu_seconds"], 1)
     _write_json(st.eval_path(step), result)
 
 

@@ -7,6 +7,12 @@ the same work where they exist: ``run.json``'s ``train_seconds`` over the checkp
 earlier run measured falls back to a model of a quiet 2-core CPU. Every estimate says which of
 the two it came from.
 
+A run on the CPU also records its CPU seconds over its torch threads (``train_cpu_seconds``,
+``eval.json``'s ``cpu_seconds``: `cpu_clock`), which is the wall time the work takes on a
+machine it has to itself; the estimate reads those where a run has them, so runs measured while
+other processes shared the cores (their wall time stretched) do not stretch it. On a GPU the
+wall time is the measure.
+
 "The same work": a tokenizer of the same model settings and batch size (any seed); its
 evaluation on the same N and metrics; a prior of the same folder variant (kind, class
 conditioning, sizes tag) on a tokenizer of the same model settings; its samples with the same
@@ -20,8 +26,12 @@ import re
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+import torch
 
 from mvq.errors import MvqError
 from mvq.files import sealed
@@ -29,6 +39,7 @@ from mvq.files.outputs import wait_lock, write_text
 from mvq.models import MODELS, model_class
 from mvq.priors.gpt import table4_size
 from mvq.priors.maskgit import MaskGITConfig
+from mvq.runtime.devices import pick_device
 
 MEASURED, MODEL = "measured", "model"
 
@@ -86,6 +97,18 @@ def positive_seconds(value) -> float | None:
     return float(value) if ok else None
 
 
+@contextmanager
+def cpu_clock(device: str) -> Iterator[dict]:
+    """Yields a dict that holds, once the block is done, ``cpu_seconds``: this process's CPU
+    seconds over its torch threads in the block, when ``device`` (a ``train.device`` value) is
+    the CPU; nothing on a GPU (the wall time is the measure there)."""
+    got: dict = {}
+    start = time.process_time()
+    yield got
+    if pick_device(device).type == "cpu":
+        got["cpu_seconds"] = (time.process_time() - start) / max(1, torch.get_num_threads())
+
+
 class Measured:
     """Seconds measured by the runs under one ``OUT/runs`` folder, by what they measured."""
 
@@ -109,9 +132,12 @@ class Measured:
             if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
                 continue
             tok = tokenizer_key(cfg["model"], (cfg.get("train") or {}).get("batch_size"))
-            found._add(("train", tok), read_json(folder / "run.json").get("train_seconds"), step)
+            run = read_json(folder / "run.json")
+            found._add(("train", tok), run.get("train_cpu_seconds", run.get("train_seconds")),
+                       step)
             ev = read_json(folder / "eval.json")
-            found._add(("eval", tok, ev.get("n"), _metrics(ev)), ev.get("seconds"))
+            found._add(("eval", tok, ev.get("n"), _metrics(ev)),
+                       ev.get("cpu_seconds", ev.get("seconds")))
             for prior in sorted((folder / "priors").glob("*/")):
                 found._add_prior(tok, prior)
         return found
