@@ -116,3 +116,24 @@ def test_each_family_trains_loads_encodes_a_dataset_and_trains_a_gpt(name, tmp_p
     prior = mvq.load(tmp_path / "prior" / "checkpoint")
     sample = prior.sample(2, generator=torch.Generator().manual_seed(0))
     assert model.decode(sample).shape == (2, 1, 28, 28)
+
+
+def test_resume_refuses_another_quantizer_by_name(tmp_path, capsys):
+    """--resume keeps the run's model: a quantizer name that would change it is refused as a
+    fixed key, with both values (not as the key clash it would cause)."""
+    run = tmp_path / "tok"
+    keys = [a for a in _keys("fsq") if a != "model.type=vqvae"]
+    assert main(["train", "--config", "fmnist_f28_k16_quick", *keys, "model.quantizer=fsq",
+                 f"train.out_dir={run}", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--config", "fmnist_f28_k16_quick", *keys,
+                 "model.quantizer=mvq", "train.steps=4", f"train.out_dir={run}",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.quantizer is fixed for a run's life" in err[0]
+    assert "'fsq'" in err[0] and "'mvq'" in err[0]
+    # the run's own keys (here without model.quantizer, which the preset would make mvqvae):
+    # the preset with them is no valid config, and the resume goes on with the run's own
+    assert main(["train", "--resume", "--config", "fmnist_f28_k16_quick", *keys,
+                 "train.steps=4", f"train.out_dir={run}", "--no-progress"]) == 0
+    assert "trained vqvae (fsq) for 4 steps" in capsys.readouterr().out

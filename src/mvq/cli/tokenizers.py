@@ -58,7 +58,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
-    cfg = load_config(args.config, overrides)
+    try:
+        cfg = load_config(args.config, overrides)
+    except MvqError:
+        if not args.resume:
+            raise
+        # a resume trains the run's own config with the overrides (run_config says what of
+        # them it refuses); the preset with the model overrides may not even be valid
+        cfg = load_config(args.config, [o for o in overrides if not o.startswith("model.")])
     named = any(o.startswith("train.out_dir=") for o in overrides)
     if args.config and not named and cfg.train.out_dir == "runs/train":
         cfg.train.out_dir = f"runs/{Path(args.config).stem}"

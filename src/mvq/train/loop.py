@@ -12,12 +12,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mvq.configuration.choice import quantizer_picks_type
 from mvq.configuration.config import (
     GAN_TYPES,
+    RESUME_MAY_CHANGE,
     Config,
     apply_overrides,
     changed_keys,
     check_ready,
+    check_resume,
     config_from_dict,
     config_to_dict,
     resume_changes,
@@ -159,11 +162,26 @@ def run_config(cfg: Config, overrides: list[str]) -> tuple[Config, list[str]]:
     if not isinstance(saved, dict):
         return cfg, []
     saved = {**saved, "train": {**(saved.get("train") or {}), "out_dir": cfg.train.out_dir}}
-    run = config_from_dict(apply_overrides(saved, overrides))
+    try:
+        run = config_from_dict(quantizer_picks_type(apply_overrides(saved, overrides), overrides))
+    except MvqError:  # a key the run cannot change, said as such rather than as what it breaks
+        _refuse_fixed(saved, apply_overrides(saved, overrides), overrides, cfg.train.out_dir)
+        raise
     given = {o.split("=", 1)[0] for o in overrides}
     ignored = [key for key, _, _ in changed_keys(config_to_dict(run), config_to_dict(cfg))
                if key not in given]
     return run, ignored
+
+
+def _refuse_fixed(saved: dict, merged: dict, overrides: list[str], where: str) -> None:
+    """MvqError naming the first override that changes a key fixed for the run's life."""
+    for key in (o.split("=", 1)[0].strip() for o in overrides):
+        section, _, name = key.partition(".")
+        old = (saved.get(section) or {}).get(name)
+        new = (merged.get(section) or {}).get(name)
+        if key not in RESUME_MAY_CHANGE and new != old:
+            check_resume([(key, old, new)], RESUME_MAY_CHANGE, where,
+                         "start a new run (--overwrite, or another train.out_dir)")
 
 
 @dataclass
