@@ -128,12 +128,17 @@ def test_the_estimate_printed_at_each_start_goes_into_the_report(tmp_path, monke
     assert data["estimates"] == [entry]
     line = (out / "fig5" / "report.md").read_text().splitlines()[-1]
     assert line.startswith("- work estimated when it started") and "1 runs to do" in line
-    # run on the CPU: its CPU seconds over its threads beside the wall time, for later estimates
+    # run on the CPU with one thread: its CPU seconds beside the wall time, for later estimates
+    # (the train call's, its set-up included, which a tiny run's loop does not outlast)
+    import torch
+
     folder = out / "runs" / plan.runs[0].name
     ran = json.loads((folder / "run.json").read_text())
-    assert 0 < ran["train_cpu_seconds"] <= 1.5 * ran["train_seconds"] + 0.2
     evaluated = json.loads((folder / "eval.json").read_text())
-    assert 0 < evaluated["cpu_seconds"] <= 1.5 * evaluated["seconds"] + 0.2
+    if torch.get_num_threads() == 1:
+        assert ran["train_cpu_seconds"] > 0 and evaluated["cpu_seconds"] > 0
+    else:
+        assert "train_cpu_seconds" not in ran and "cpu_seconds" not in evaluated
 
 
 def test_cpu_seconds_win_over_a_wall_time_stretched_by_shared_cores(tmp_path):
@@ -142,11 +147,13 @@ def test_cpu_seconds_win_over_a_wall_time_stretched_by_shared_cores(tmp_path):
     out = tmp_path / "rep"
     folder = _earlier(out, _run("hvqvae", 0), 4, 800.0, eval_seconds=90.0)
     _write(folder / "run.json", {"train_seconds": 800.0, "train_cpu_seconds": 400.0})
+    gone = _earlier(out, _run("hvqvae", 2), 4, 400.0)  # no CPU seconds left: the wall time
+    _write(gone / "run.json", {"train_seconds": 400.0, "train_cpu_seconds": None})
     _write(folder / "eval.json", {"seconds": 90.0, "cpu_seconds": 50.0, "n": 12,
                                   "planned_metrics": ["mse", "psnr", "lpips"]})
     est = _estimate(_plan([_run("hvqvae", 1)]), out)
     got = {p.what: (p.seconds, p.source) for p in est.of("tiny_hvqvae_s1")}
-    assert got == {"training": (4 * 100.0, MEASURED), "evaluation": (50.0, MEASURED)}
+    assert got == {"training": (4 * 100.0, MEASURED), "evaluation": (50.0, MEASURED)}  # median
 
 
 def test_the_cpu_clock_counts_on_the_cpu_only(monkeypatch):
@@ -160,11 +167,27 @@ def test_the_cpu_clock_counts_on_the_cpu_only(monkeypatch):
         end = time.process_time() + 0.05
         while time.process_time() < end:
             pass
-    assert clock["cpu_seconds"] == pytest.approx(0.05 / torch.get_num_threads(), rel=0.5)
+    assert 0.05 <= clock["cpu_seconds"] < 0.5
     monkeypatch.setattr(timing, "pick_device", lambda name: torch.device("cuda"))
     with timing.cpu_clock("cuda") as clock:
         pass
     assert clock == {}
+
+
+def test_cpu_seconds_are_kept_only_while_every_part_of_a_run_had_them():
+    from mvq.reproduce.runner import _train_times
+
+    cpu = {"cpu_seconds": 30.0}
+    assert _train_times({}, 40.0, cpu, 1) == {"train_seconds": 40.0, "train_cpu_seconds": 30.0}
+    resumed = _train_times({"train_seconds": 40.0, "train_cpu_seconds": 30.0}, 20.0, cpu, 1)
+    assert resumed == {"train_seconds": 60.0, "train_cpu_seconds": 60.0}
+    # a part on several threads, on a GPU (no CPU clock), or after parts without CPU seconds
+    gone = {"train_seconds": 60.0, "train_cpu_seconds": None}
+    assert _train_times({"train_seconds": 40.0, "train_cpu_seconds": 30.0}, 20.0, cpu, 2) == gone
+    assert _train_times({"train_seconds": 40.0, "train_cpu_seconds": 30.0}, 20.0, {}, 1) == gone
+    assert _train_times({"train_seconds": 40.0}, 20.0, cpu, 1) == {"train_seconds": 60.0}
+    assert _train_times({"train_seconds": 40.0, "train_cpu_seconds": None}, 20.0, cpu, 1) == gone
+    assert _train_times({}, 40.0, cpu, 4) == {"train_seconds": 40.0}
 
 
 def _log_estimates(folder, times):

@@ -42,11 +42,13 @@ def quantizer_picks_type(data: dict, overrides: list[str]) -> dict:
         del model["quantizer"]  # the two-level types build their own quantizers
     elif (record is not None and not record.quantizer and "model.quantizer" in given
           and "model.type" not in given):
-        if record.gan:
+        if record.gan or record.section is not ModelConfig:
+            others = (f", or choose model.quantizer={' or '.join(LISTED_TYPES)}"
+                      if record.section is ModelConfig else "")
             raise MvqError(f"model.quantizer={name} drops into the one-level VQ-VAE backbone "
-                           f"(model.type={' or '.join(QUANTIZER_TYPES)}), which trains without "
-                           f"the VQGAN loss of this config's model.type={current}: start from "
-                           "a VQ-VAE preset (e.g. fmnist_f28_k16_quick), or choose "
-                           f"model.quantizer={' or '.join(LISTED_TYPES)}")
+                           f"(model.type={' or '.join(QUANTIZER_TYPES)}), which has neither the "
+                           f"VQGAN loss nor the networks of this config's model.type={current}: "
+                           "start from a preset of the VQ-VAE networks (e.g. "
+                           f"fmnist_f28_k16_quick, whose model.type is mvqvae){others}")
         model["type"] = QUANTIZER_TYPES[0]
     return data

@@ -33,7 +33,13 @@ from mvq.configuration.sections import (
 from mvq.data import canonical_name
 from mvq.errors import MvqError
 from mvq.quantize.registry import DEFAULT as DEFAULT_QUANTIZER
-from mvq.quantize.registry import FAMILY_FIELDS, family, secondary_family, secondary_sizes
+from mvq.quantize.registry import (
+    FAMILIES,
+    FAMILY_FIELDS,
+    family,
+    secondary_family,
+    secondary_sizes,
+)
 from mvq.runtime.devices import check_device, pick_device
 from mvq.runtime.memory import check_fits
 from mvq.values.codes import MAX_CODEBOOK
@@ -109,8 +115,17 @@ def _check_quantizer(model) -> None:
     reads = chosen.reads() | (second.reads() if second.secondary is not None else set())
     for key in sorted(FAMILY_FIELDS - reads):
         if hasattr(model, key) and getattr(model, key) != getattr(defaults, key):
+            owners = " or ".join(f.name for f in FAMILIES.values() if key in f.fields)
+            if not picks:
+                seconds = [f.name for f in FAMILIES.values()
+                           if key in f.fields and f.secondary is not None]
+                also = (f", or set model.secondary={' or '.join(seconds)} (MVQ's masked "
+                        "secondary code)" if seconds and model_type(model.type).masks else "")
+                raise MvqError(f"model.{key} is a key of model.quantizer={owners}, not read by "
+                               f"model.type={model.type} (it builds its own quantizers): drop "
+                               f"it{also}")
             raise MvqError(f"model.{key} is not read by model.quantizer={chosen.name}; drop it, "
-                           f"or choose the quantizer it belongs to (`mvq quantizers`)")
+                           f"or choose the quantizer it belongs to ({owners}; `mvq quantizers`)")
     if picks:
         chosen.check(model)
         k = chosen.codebook_size(model)

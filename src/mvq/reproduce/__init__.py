@@ -54,7 +54,10 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
     kept = None if opts.keep is None else _check_out(Path(opts.keep), not dry_run,
                                                          "--keep")
     plan = build_plan(experiment, scale, seeds, dataset)
-    if not opts.priors and not isinstance(plan, Benchmark):
+    if not opts.priors and isinstance(plan, Benchmark):
+        raise MvqError(f"{experiment} is a benchmark: it trains no tokenizer and no prior, so "
+                       "--no-priors has nothing to leave out; run it without --no-priors")
+    if not opts.priors:
         plan = without_priors(plan)
     folder = out / plan.experiment
     if isinstance(plan, Benchmark):  # no runs to train

@@ -175,8 +175,9 @@ def frontier(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                        f"the first {FRONTIER_N} "
                        "test images through the discrete codes",
                        f"one-level families: {_positions()} positions of rate / "
-                       f"{_positions()} bits (residual VQ: 2 stages; FSQ: the paper's levels "
-                       "from 2^8 codes, channels of 4 levels below); VQ (modern): "
+                       f"{_positions()} bits (residual VQ: 2 stages; multichannel: 2 heads; "
+                       "FSQ: the paper's levels from 2^8 codes, channels of 4 levels below); "
+                       "VQ (modern): "
                        + ", ".join(f"{k}={v}" for k, v in MODERN_LOOKUP.items())
                        + f"; hierarchical VQ and MVQ: {_positions()} + 1 tokens of K/2 entries, "
                        "MVQ with log2 J mask bits per secondary token",

@@ -76,7 +76,7 @@ class TokenizerSweep:
 
     def size_cells(self, cell: Cell) -> list[str]:
         bits = cell.stats["bits_per_image"].mean if "bits_per_image" in cell.stats else None
-        return [f"{bits:.4g}" if bits is not None else "n/a", _params(cell)]
+        return [f"{round(bits, 2):g}" if bits is not None else "n/a", _params(cell)]
 
     def extras(self, plan: Plan, records: list[Record], folder: Path, device: str,
                data_root: str | None) -> tuple[tuple[Path, ...], dict]:

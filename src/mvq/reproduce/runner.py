@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 import mvq.train
@@ -37,6 +38,7 @@ from mvq.reproduce.timing import (
     MODEL,
     Estimate,
     Measured,
+    checkpoint_threads,
     cpu_clock,
     latest_checkpoint,
     log_estimate,
@@ -291,19 +293,28 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str
             with cpu_clock(cfg.train.device) as clock:
                 result = mvq.train.train(part_cfg, resume=step > 0, progress=progress or LINES,
                                          desc=st.run.name[:40])
-            times = {"train_seconds": round(result.seconds + before.get("train_seconds", 0.0), 1)}
-            # CPU seconds cover the whole run only if every part of it counted them
-            if "cpu_seconds" in clock and ("train_cpu_seconds" in before
-                                           or "train_seconds" not in before):
-                times["train_cpu_seconds"] = round(
-                    clock["cpu_seconds"] + before.get("train_cpu_seconds", 0.0), 1)
-            _merge_json(st.out_dir / "run.json", times)
+            _merge_json(st.out_dir / "run.json", _train_times(before, result.seconds, clock,
+                                                              checkpoint_threads(st.out_dir)))
             step = stop
         if stop in left:
             _evaluate(plan, st, stop, data_root, progress, device)
     if st.run.priors:
         _do_priors(plan, st, data_root, progress, device)
     return plan.kind.records(st)
+
+
+def _train_times(before: dict, seconds: float, clock: dict, threads: int | None) -> dict:
+    """run.json's times after a part of the training: the wall seconds, and the CPU seconds
+    while every part so far was measured by them on one thread (`timing.cpu_clock`); a part
+    that was not (a GPU, several threads) leaves none (None), as they would cover part of it."""
+    times = {"train_seconds": round(seconds + before.get("train_seconds", 0.0), 1)}
+    whole = before.get("train_cpu_seconds") is not None or "train_seconds" not in before
+    if "cpu_seconds" in clock and threads == 1 and whole:
+        times["train_cpu_seconds"] = round(clock["cpu_seconds"]
+                                           + (before.get("train_cpu_seconds") or 0.0), 1)
+    elif "train_cpu_seconds" in before:
+        times["train_cpu_seconds"] = None
+    return times
 
 
 def _evaluate(plan: Plan, st: RunState, step: int, data_root, progress: bool,
@@ -320,7 +331,7 @@ def _evaluate(plan: Plan, st: RunState, step: int, data_root, progress: bool,
     with cpu_clock(device) as clock:
         result = evaluate_checkpoint(found, settings, metrics=plan.metrics)
     result["planned_metrics"] = list(plan.metrics)
-    if "cpu_seconds" in clock:
+    if "cpu_seconds" in clock and torch.get_num_threads() == 1:
         result["cpu_seconds"] = round(clock["cpu_seconds"], 1)
     _write_json(st.eval_path(step), result)
 

@@ -7,11 +7,11 @@ the same work where they exist: ``run.json``'s ``train_seconds`` over the checkp
 earlier run measured falls back to a model of a quiet 2-core CPU. Every estimate says which of
 the two it came from.
 
-A run on the CPU also records its CPU seconds over its torch threads (``train_cpu_seconds``,
-``eval.json``'s ``cpu_seconds``: `cpu_clock`), which is the wall time the work takes on a
-machine it has to itself; the estimate reads those where a run has them, so runs measured while
-other processes shared the cores (their wall time stretched) do not stretch it. On a GPU the
-wall time is the measure.
+A run trained and evaluated on the CPU with one thread also records its CPU seconds
+(``train_cpu_seconds``, ``eval.json``'s ``cpu_seconds``: `cpu_clock`), which is the wall time
+the work takes on a core it has to itself; the estimate reads those where a run has them, so
+runs measured while other processes shared the cores (their wall time stretched) do not
+stretch it. On a GPU, or on several threads, the wall time is the measure.
 
 "The same work": a tokenizer of the same model settings and batch size (any seed); its
 evaluation on the same N and metrics; a prior of the same folder variant (kind, class
@@ -30,8 +30,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-
-import torch
 
 from mvq.errors import MvqError
 from mvq.files import sealed
@@ -100,13 +98,24 @@ def positive_seconds(value) -> float | None:
 @contextmanager
 def cpu_clock(device: str) -> Iterator[dict]:
     """Yields a dict that holds, once the block is done, ``cpu_seconds``: this process's CPU
-    seconds over its torch threads in the block, when ``device`` (a ``train.device`` value) is
-    the CPU; nothing on a GPU (the wall time is the measure there)."""
+    seconds in the block, when ``device`` (a ``train.device`` value) is the CPU; nothing on a
+    GPU (the wall time is the measure there). Only work done on one thread is measured by
+    them (the caller checks): there CPU seconds are the wall time of a core of its own, while
+    on several threads a serial part would count a fraction of its length."""
     got: dict = {}
     start = time.process_time()
     yield got
     if pick_device(device).type == "cpu":
-        got["cpu_seconds"] = (time.process_time() - start) / max(1, torch.get_num_threads())
+        got["cpu_seconds"] = time.process_time() - start
+
+
+def checkpoint_threads(run: Path) -> int | None:
+    """The torch threads the run in ``run`` last trained with (its newest checkpoint's)."""
+    found, _ = latest_checkpoint(run / "checkpoint")
+    if found is None:
+        return None
+    threads = read_json(found / "config.json").get("threads")
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) else None
 
 
 class Measured:
@@ -133,11 +142,11 @@ class Measured:
                 continue
             tok = tokenizer_key(cfg["model"], (cfg.get("train") or {}).get("batch_size"))
             run = read_json(folder / "run.json")
-            found._add(("train", tok), run.get("train_cpu_seconds", run.get("train_seconds")),
-                       step)
+            found._add(("train", tok), positive_seconds(run.get("train_cpu_seconds"))
+                       or run.get("train_seconds"), step)
             ev = read_json(folder / "eval.json")
             found._add(("eval", tok, ev.get("n"), _metrics(ev)),
-                       ev.get("cpu_seconds", ev.get("seconds")))
+                       positive_seconds(ev.get("cpu_seconds")) or ev.get("seconds"))
             for prior in sorted((folder / "priors").glob("*/")):
                 found._add_prior(tok, prior)
         return found

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from mvq.configuration.choice import quantizer_picks_type
 from mvq.configuration.config import (
     GAN_TYPES,
+    MODEL_TYPES,
     RESUME_MAY_CHANGE,
     Config,
     apply_overrides,
@@ -173,12 +174,25 @@ def run_config(cfg: Config, overrides: list[str]) -> tuple[Config, list[str]]:
     return run, ignored
 
 
+def _default(saved: dict, section: str, name: str):
+    """The default of ``section.name`` for the run of config ``saved`` (its record leaves keys
+    at their defaults out), as a record holds it (lists, not tuples)."""
+    if section == "model":
+        record = MODEL_TYPES.get(str((saved.get("model") or {}).get("type")))
+        holder = record.section() if record else None
+    else:
+        holder = getattr(Config(), section, None)
+    value = getattr(holder, name, None)
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _refuse_fixed(saved: dict, merged: dict, overrides: list[str], where: str) -> None:
     """MvqError naming the first override that changes a key fixed for the run's life."""
     for key in (o.split("=", 1)[0].strip() for o in overrides):
         section, _, name = key.partition(".")
-        old = (saved.get(section) or {}).get(name)
-        new = (merged.get(section) or {}).get(name)
+        default = _default(saved, section, name)
+        old = (saved.get(section) or {}).get(name, default)
+        new = (merged.get(section) or {}).get(name, default)
         if key not in RESUME_MAY_CHANGE and new != old:
             check_resume([(key, old, new)], RESUME_MAY_CHANGE, where,
                          "start a new run (--overwrite, or another train.out_dir)")
