@@ -211,10 +211,12 @@ def test_committed_reports_regenerate_from_the_kept_runs(experiment, tmp_path):
     """RESULTS.md's figures come from docs/results/EXPERIMENT/results.json; that report is what
     `mvq reproduce EXPERIMENT --report-only --keep docs/results/runs` writes on a fresh clone,
     from the committed records alone (no run folder, no training)."""
-    from mvq.reproduce import build_plan
+    from mvq.reproduce import build_plan, without_priors
 
     committed = json.loads((REPO / "docs" / "results" / experiment / "results.json").read_text())
-    plan = build_plan(experiment, committed["scale"])
+    plan = build_plan(experiment, committed["scale"], committed.get("seeds"))
+    if committed.get("priors") is False:  # made with --no-priors
+        plan = without_priors(plan)
     records, missing = collect(plan, tmp_path / "fresh", None, KEPT)
     assert not (tmp_path / "fresh").exists()
     data = write_report(plan, records, tmp_path / "report", missing)

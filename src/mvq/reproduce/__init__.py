@@ -57,11 +57,12 @@ def reproduce(experiment: str, scale: str = "quick", seeds: int | None = None,
     if not opts.priors and isinstance(plan, Benchmark):
         raise MvqError(f"{experiment} is a benchmark: it trains no tokenizer and no prior, so "
                        "--no-priors has nothing to leave out; run it without --no-priors")
-    if not opts.priors:
-        plan = without_priors(plan)
     folder = out / plan.experiment
     if isinstance(plan, Benchmark):  # no runs to train
         return plan.run(folder, dry_run)
+    plan.seeds = seeds  # recorded in results.json: the report is built again the same way
+    if not opts.priors:
+        plan = without_priors(plan)
     if opts.report_only:
         records, missing = collect(plan, out, data_root, kept)
         if not records:
@@ -90,11 +91,11 @@ def without_priors(plan: Plan) -> Plan:
                        f"({', '.join(plan.sample_metrics)}): --no-priors would leave nothing "
                        "to report; run it without --no-priors")
     if not any(run.priors for run in plan.runs):
-        return plan
+        return replace(plan, priors=False)
     note = ("Run with --no-priors: the tokenizers only, so the priors' sample metrics "
             f"({', '.join(plan.sample_metrics)}) are absent from this report.")
     return replace(plan, runs=[replace(run, priors=()) for run in plan.runs],
-                   notes=[*plan.notes, note])
+                   notes=[*plan.notes, note], priors=False)
 
 
 def _check_out(out: Path, create: bool = True, option: str = "--out") -> Path:

@@ -176,6 +176,10 @@ class Plan:
     # named comparisons beside the baseline's: (a row's labels, the row it is set against)
     pairs: tuple[tuple[dict, dict], ...] = ()
     kind: TokenizerSweep = field(default_factory=TokenizerSweep)
+    # how it was built, for its report to be built again the same way: --seeds (None: the
+    # scale's default) and whether its priors are in it (--no-priors: False)
+    seeds: int | None = None
+    priors: bool = True
 
     def is_baseline(self, run: Run) -> bool:
         """Whether ``run`` is one of the baseline's (its labels hold ``baseline``'s)."""
