@@ -89,8 +89,10 @@ def test_the_record_and_hash_change_only_with_a_secondary():
     (["model.type=hvqvae", "model.secondary=fsq"], "masked secondary code"),
     (["model.type=vqvae", "model.secondary=lfq"], "masked secondary code"),
     (["model.type=mvqvae", "model.secondary=fsq", "model.dim2=8"], "model.dim2 is not read"),
-    (["model.type=mvqvae", "model.secondary=fsq", "model.bits=4"], "model.bits is not read"),
-    (["model.type=mvqvae", "model.levels=[5,5]"], "model.levels is not read"),
+    (["model.type=mvqvae", "model.secondary=fsq", "model.bits=4"],
+     "model.bits is a key of model.quantizer=lfq, not read by model.type=mvqvae"),
+    (["model.type=mvqvae", "model.levels=[5,5]"],
+     "model.levels is a key of model.quantizer=fsq.*or set model.secondary=fsq"),
     (["model.type=mvqvae", "model.secondary=fsq", "model.levels=[64,64,64,64]"], "token file"),
 ])
 def test_bad_secondary_keys_are_one_line_errors(overrides, message):

@@ -151,8 +151,12 @@ def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[
             "eval_n": plan.eval_n, "metrics": list(plan.metrics), "notes": plan.notes,
             "cells": [c.to_json() for c in cells], "comparisons": comp,
             "runs": [r.to_json() for r in records], "missing": missing,
-            "estimates": estimates, "seeds": plan.seeds, "priors": plan.priors, **extra,
-            **summary_json}
+            "estimates": estimates, **extra, **summary_json}
+    # how the plan was built, where not by default (--seeds, --no-priors): built again so
+    if plan.seeds is not None:
+        data["seeds"] = plan.seeds
+    if not plan.priors:
+        data["priors"] = False
     write_text(folder / "results.json", json.dumps(data, indent=2) + "\n")
     write_text(folder / "report.md", "\n".join(lines) + "\n")
     return data

@@ -311,7 +311,7 @@ def _train_times(before: dict, seconds: float, clock: dict, threads: int | None)
     whole = before.get("train_cpu_seconds") is not None or "train_seconds" not in before
     if "cpu_seconds" in clock and threads == 1 and whole:
         times["train_cpu_seconds"] = round(clock["cpu_seconds"]
-                                           + (before.get("train_cpu_seconds") or 0.0), 1)
+                                           + (before.get("train_cpu_seconds") or 0.0), 3)
     elif "train_cpu_seconds" in before:
         times["train_cpu_seconds"] = None
     return times
@@ -332,7 +332,7 @@ def _evaluate(plan: Plan, st: RunState, step: int, data_root, progress: bool,
         result = evaluate_checkpoint(found, settings, metrics=plan.metrics)
     result["planned_metrics"] = list(plan.metrics)
     if "cpu_seconds" in clock and torch.get_num_threads() == 1:
-        result["cpu_seconds"] = round(clock["cpu_seconds"], 1)
+        result["cpu_seconds"] = round(clock["cpu_seconds"], 3)
     _write_json(st.eval_path(step), result)
 
 
