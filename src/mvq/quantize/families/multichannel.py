@@ -5,7 +5,7 @@ chunk k at id k (vector-quantize-pytorch's ``heads`` with one shared codebook)."
 from __future__ import annotations
 
 from mvq.errors import MvqError
-from mvq.quantize.families.vq import check_codebook, vq_settings
+from mvq.quantize.families.vq import check_codebook, split_rate, vq_settings
 from mvq.quantize.family import Family
 from mvq.quantize.layers import MultiChannelVectorQuantize
 from mvq.values.fields import at_least
@@ -33,5 +33,5 @@ FAMILY = Family(
     reads_codebook_size=True,
     depth=lambda cfg: cfg.heads,
     check=_check,
-    rate=lambda bits: {"heads": RATE_HEADS, "codebook_size": 2 ** -(-bits // RATE_HEADS)},
+    rate=split_rate("heads", RATE_HEADS),
 )

@@ -3,7 +3,7 @@ before; ids (B, H, W, depth), one per stage, first stage first."""
 
 from __future__ import annotations
 
-from mvq.quantize.families.vq import check_codebook, vq_settings
+from mvq.quantize.families.vq import check_codebook, split_rate, vq_settings
 from mvq.quantize.family import Family
 from mvq.quantize.residual import ResidualVQ
 from mvq.values.fields import at_least
@@ -22,5 +22,5 @@ FAMILY = Family(
     reads_codebook_size=True,
     depth=lambda cfg: cfg.depth,
     check=check_codebook,
-    rate=lambda bits: {"depth": RATE_DEPTH, "codebook_size": 2 ** -(-bits // RATE_DEPTH)},
+    rate=split_rate("depth", RATE_DEPTH),
 )

@@ -22,6 +22,12 @@ def check_codebook(cfg) -> None:
                        "model.codebook_size=16 or more")
 
 
+def split_rate(key: str, parts: int):
+    """A rate sweep's keys for a family of ``parts`` ids per position, each of K entries:
+    ``key`` = parts and K = 2^ceil(bits / parts) (residual VQ's stages, multichannel's heads)."""
+    return lambda bits: {key: parts, "codebook_size": 2 ** -(-bits // parts)}
+
+
 def lookup_options(cfg) -> dict:
     """VectorQuantize's modern lookup options from the model keys: ``lookup_dim`` (0: look up
     in ``dim`` itself, else a linear map down to it and back, ViT-VQGAN's low-dimensional
