@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from mvq.errors import MvqError
-from mvq.quantize import VectorQuantizer
+from mvq.quantize import VectorQuantize
 from mvq.runtime import distributed
 
 
@@ -30,11 +30,11 @@ def _quantizer_rank(rank: int, world: int, port: int, z: torch.Tensor, out: str,
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)  # the same initial codebook everywhere, as DDP starts
-        vq = VectorQuantizer(8, 4, **kw).train()
+        vq = VectorQuantize(4, 8, channel_first=True, **kw).train()
         torch.manual_seed(100 + rank)  # different draws on each rank: only rank 0's may be used
         with distributed.synced():
             for _ in range(3):  # each rank sees its own images of the batch
-                vq(z[rank::world])
+                vq.quantize(z[rank::world])
         save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, f"{out}/rank{rank}.st")
     finally:
         dist.destroy_process_group()
@@ -46,9 +46,9 @@ def test_ema_codebook_learns_from_the_global_batch(tmp_path):
     kw = dict(ema=True, restart_dead=False)
     mp.spawn(_quantizer_rank, args=(2, _free_port(), z, str(tmp_path), kw), nprocs=2, join=True)
     torch.manual_seed(0)
-    ref = VectorQuantizer(8, 4, **kw).train()
+    ref = VectorQuantize(4, 8, channel_first=True, **kw).train()
     for _ in range(3):
-        ref(z)
+        ref.quantize(z)
     for rank in (0, 1):
         got = load_file(str(tmp_path / f"rank{rank}.st"))
         for name, want in ref.state_dict().items():
@@ -65,10 +65,10 @@ def test_restart_and_kmeans_take_rank_0s_draw(tmp_path):
     for name in a:
         assert torch.equal(a[name], b[name]), name
     torch.manual_seed(0)  # what rank 1 would hold had it kept its own draws
-    alone = VectorQuantizer(8, 4, **kw).train()
+    alone = VectorQuantize(4, 8, channel_first=True, **kw).train()
     torch.manual_seed(101)
     for _ in range(3):
-        alone(z[1::2])
+        alone.quantize(z[1::2])
     assert not torch.equal(alone.embedding, b["embedding"])
 
 

@@ -184,7 +184,7 @@ def _documented() -> set[str]:
 
 def test_api_reference_documents_every_public_name():
     """Every name `mvq` exports has its entry in docs/api.md (by its defining module's path),
-    and so do `mvq.values.codes.Codes` and the engine that holds `VectorQuantize`'s defaults."""
+    and so do `mvq.values.codes.Codes` and the detailed output of `VectorQuantize.quantize`."""
     import mvq
     from mvq.values.codes import Codes
 
@@ -192,26 +192,23 @@ def test_api_reference_documents_every_public_name():
     for name in sorted(set(mvq.__all__) - {"__version__"}):
         obj = getattr(mvq, name)
         assert f"{obj.__module__}.{obj.__qualname__}" in documented, name
-    assert {"mvq.values.codes.Codes", "mvq.quantize.vq.VectorQuantizer"} <= documented
+    assert {"mvq.values.codes.Codes", "mvq.quantize.vq.QuantizeOutput"} <= documented
     assert Codes.load.__doc__  # members without a docstring are not rendered
 
 
-def test_vector_quantize_docstring_lists_the_engine_defaults():
-    """`VectorQuantize`'s keyword arguments live on its engine; its Args list them with the
-    engine's defaults (the layer's page shows them)."""
+def test_vector_quantize_docstring_lists_the_codebook_defaults():
+    """`VectorQuantize`'s codebook keywords are its own (one class, no engine under it); its
+    Args write each as ``name=default`` with the signature's default."""
     import ast
     import inspect
 
     from mvq import VectorQuantize
-    from mvq.quantize.vq import VectorQuantizer
+    from mvq.quantize.arguments import VQ_ARGUMENTS
 
     listed = {name: ast.literal_eval(value)
               for name, value in re.findall(r"``(\w+)=([^`]+)``", VectorQuantize.__doc__)}
     defaults = {name: p.default
-                for name, p in inspect.signature(VectorQuantizer.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    own = {name: p.default  # the lookup options the layer names itself, same defaults
-           for name, p in inspect.signature(VectorQuantize.__init__).parameters.items()
-           if name in defaults}
-    assert own == {"cosine": False, "rotation_trick": False}
-    assert listed == {k: v for k, v in defaults.items() if k not in own}
+                for name, p in inspect.signature(VectorQuantize.__init__).parameters.items()
+                if name in VQ_ARGUMENTS}
+    assert set(defaults) == set(VQ_ARGUMENTS)
+    assert listed == defaults

@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import mvq
 from mvq.configuration.config import Config, DataConfig, TrainConfig, load_config
 from mvq.errors import MvqError
-from mvq.quantize import MaskedQuantizer, VectorQuantizer
+from mvq.quantize import MaskedVectorQuantize
 from mvq.quantize.masked import table_argmin
 from mvq.quantize.pointwise import Pointwise
 from mvq.runtime.devices import sync_free
@@ -29,9 +29,10 @@ def _spatial_mq(search: str, j: int = 9, dtype=torch.float64, k2: int = 5):
     """A tokenizer-shaped quantizer: one secondary token per instance, f onto a 2x2 grid."""
     torch.manual_seed(3)
     f = nn.Sequential(nn.Conv2d(4, 12, 1), nn.Tanh(), nn.ConvTranspose2d(12, 3, 2, stride=2))
-    mq = MaskedQuantizer(VectorQuantizer(6, 3, ema=False, restart_dead=False),
-                         VectorQuantizer(k2, 4, ema=False, restart_dead=False), f,
-                         num_masks=j, chunk_size=4, search=search)
+    # y2 is given to `quantize`: the secondary encoder is never run
+    mq = MaskedVectorQuantize(3, 6, dim2=4, codebook_size2=k2, secondary_encoder=nn.Identity(),
+                              f=f, channel_first=True, ema=False, restart_dead=False,
+                              num_masks=j, chunk_size=4, search=search)
     return mq.to(dtype)
 
 
@@ -65,7 +66,7 @@ def test_table_search_gradients_equal_the_naive_form():
         mq = _spatial_mq(search)
         mq.naive = naive
         yy, yy2 = y.clone().requires_grad_(), y2.clone().requires_grad_()
-        out = mq(yy, yy2, masks=bank)
+        out = mq.quantize(yy, masks=bank, y2=yy2)
         (out.mhd_loss + (out.y_hat ** 3).sum() + out.primary.loss + out.secondary.loss).backward()
         grads.append([yy.grad, yy2.grad] + [p.grad for p in mq.parameters()])
         masks.append(out.mask)
@@ -160,9 +161,8 @@ def test_mask_sampling_draws_and_checks():
     assert vq.training_masks(5, torch.zeros(1, 6, 1, 1)).shape == (20, 6, 1, 1)
     vq.mask_sampling = "instance"
     assert vq.training_masks(5, torch.zeros(1, 6, 1, 1)).shape == (5, 20, 6, 1, 1)
-    with pytest.raises(ValueError, match="mask_sampling"):
-        MaskedQuantizer(VectorQuantizer(4, 2), VectorQuantizer(4, 2), nn.Identity(),
-                        mask_sampling="image")
+    with pytest.raises(MvqError, match="mask_sampling"):
+        MaskedVectorQuantize(2, 4, mask_sampling="image")
     with pytest.raises(MvqError, match="train.mask_sampling"):
         load_config("fmnist_f28_k16_quick", ["train.mask_sampling=images"])
 
@@ -183,7 +183,7 @@ def test_training_sets_the_mask_sampling_of_the_tokenizer(tmp_path):
                                    mask_sampling="batch"))
     trainee = loop.TokenizerTrainee(cfg, SimpleNamespace(rank=0, world=1),
                                     torch.device("cpu"), None)
-    layers = [m for m in trainee.model.modules() if isinstance(m, MaskedQuantizer)]
+    layers = [m for m in trainee.model.modules() if isinstance(m, MaskedVectorQuantize)]
     assert layers and all(m.mask_sampling == "batch" for m in layers)
 
 

@@ -2,16 +2,16 @@ import pytest
 import torch
 from torch import nn
 
-from mvq.quantize import FSQ, LFQ, MaskedQuantizer, VectorQuantizer
-from mvq.quantize.secondary import ChannelCode
+from mvq.errors import MvqError
+from mvq.quantize import FSQ, LFQ, MaskedVectorQuantize
 
 # MVQ's secondary code, D' = 5 channels each: a VQ codebook (the paper's), an FSQ code (the
 # rounded channels), an LFQ code (the signs), and an LFQ code too large to keep whole (the
 # table search scores the codes a batch uses)
 SECONDARIES = {
-    "vq": lambda: VectorQuantizer(6, 5, ema=False, restart_dead=False),
-    "fsq": lambda: ChannelCode(FSQ([3, 4, 5, 3, 3], channel_first=True)),
-    "lfq": lambda: ChannelCode(LFQ(5)),
+    "vq": lambda: None,  # the layer's own codebook, K' = 6
+    "fsq": lambda: FSQ([3, 4, 5, 3, 3], channel_first=True),
+    "lfq": lambda: LFQ(5),
 }
 
 
@@ -22,9 +22,12 @@ def _f(d2: int, d: int) -> nn.Module:
 
 def _mq(naive=False, chunk=3, dtype=torch.float64, j=7, secondary="vq", **kw):
     torch.manual_seed(1)
-    mq = MaskedQuantizer(VectorQuantizer(6, 4, ema=False, restart_dead=False),
-                         SECONDARIES[secondary](), _f(5, 4), num_masks=j, chunk_size=chunk,
-                         naive=naive, **kw)
+    second = SECONDARIES[secondary]()
+    own = {"dim2": 5, "codebook_size2": 6} if second is None else {}
+    # the tests give y2 to `quantize` themselves: the secondary encoder is never run
+    mq = MaskedVectorQuantize(4, 6, **own, secondary=second, secondary_encoder=nn.Identity(),
+                              f=_f(5, 4), channel_first=True, num_masks=j, chunk_size=chunk,
+                              naive=naive, ema=False, restart_dead=False, **kw)
     return mq.to(dtype)
 
 
@@ -60,7 +63,7 @@ def test_chunked_search_gradients_equal_naive_all_hypotheses(secondary, shared):
     for naive in (False, True):
         mq = _mq(naive=naive, secondary=secondary, search="table" if shared else "auto")
         yy, yy2 = y.clone().requires_grad_(), y2.clone().requires_grad_()
-        out = mq(yy, yy2, masks=masks)
+        out = mq.quantize(yy, masks=masks, y2=yy2)
         loss = out.mhd_loss + (out.y_hat ** 3).sum() + out.primary.loss + out.secondary.loss
         loss.backward()
         grads.append([yy.grad, yy2.grad] + [p.grad for p in mq.parameters()])
@@ -87,7 +90,7 @@ def test_channel_code_secondary_winners_equal_brute_force(secondary, monkeypatch
     assert (mq.secondary.embedding is None) == large
     e = torch.randn(6, 4, 2, 2, dtype=torch.float64)
     y = torch.randn(6, 4, 2, 2, dtype=torch.float64)
-    q2 = mq.secondary(torch.randn(6, 5, 1, 1, dtype=torch.float64))
+    q2 = mq.secondary.quantize(torch.randn(6, 5, 1, 1, dtype=torch.float64))
     e2, ids2 = q2.codes, q2.indices
     assert torch.equal(mq.secondary.lookup(ids2), e2)  # ids give the codes back
     bank = torch.rand(9, 5, 1, 1) < 0.5
@@ -109,7 +112,7 @@ def test_only_winner_gets_gradient_in_f():
     y2 = torch.randn(1, 5, 1, 1, dtype=torch.float64)
     all_off = torch.zeros(1, 2, 5, 1, 1, dtype=torch.bool)
     all_off[0, 1] = True  # hypothesis 1 keeps every channel
-    out = mq(y, y2, masks=all_off)
+    out = mq.quantize(y, masks=all_off, y2=y2)
     d = [((out.primary.codes + mq.f(out.secondary.codes * all_off[0, j].double()) - y) ** 2).sum()
          for j in range(2)]
     assert torch.equal(out.mask[0], all_off[0, int(torch.stack(d).argmin())].permute(1, 2, 0))
@@ -119,9 +122,9 @@ def test_eval_search_is_deterministic_and_batch_independent():
     mq = _mq().eval()
     y = torch.randn(5, 4, 2, 2, dtype=torch.float64)
     y2 = torch.randn(5, 5, 1, 1, dtype=torch.float64)
-    a, b = mq(y, y2), mq(y, y2)
+    a, b = mq.quantize(y, y2=y2), mq.quantize(y, y2=y2)
     assert torch.equal(a.mask, b.mask)
-    single = mq(y[2:3], y2[2:3])
+    single = mq.quantize(y[2:3], y2=y2[2:3])
     assert torch.equal(single.mask[0], a.mask[2])
 
 
@@ -136,7 +139,7 @@ def test_decode_codes_matches_forward():
     mq = _mq().eval()
     y = torch.randn(2, 4, 2, 2, dtype=torch.float64)
     y2 = torch.randn(2, 5, 1, 1, dtype=torch.float64)
-    out = mq(y, y2)
+    out = mq.quantize(y, y2=y2)
     again = mq.decode_codes(out.primary.indices, out.secondary.indices, out.mask)
     assert torch.allclose(again, out.y_hat)
 
@@ -146,12 +149,12 @@ def test_search_memory_bounded_by_chunk():
     mq = _mq(chunk=4, j=64, dtype=torch.float32)
     seen = []
     mq.f.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-    mq(torch.randn(3, 4, 2, 2), torch.randn(3, 5, 1, 1))
+    mq.quantize(torch.randn(3, 4, 2, 2), y2=torch.randn(3, 5, 1, 1))
     assert max(seen) <= 3 * 4
     assert len(seen) == 64 // 4 + 1  # 16 no-grad chunks + the winner with autograd
 
 
 @pytest.mark.parametrize("bad", [0, -1])
 def test_num_masks_validated(bad):
-    with pytest.raises(ValueError):
-        MaskedQuantizer(VectorQuantizer(4, 2), VectorQuantizer(4, 2), nn.Identity(), num_masks=bad)
+    with pytest.raises(MvqError, match="num_masks"):
+        MaskedVectorQuantize(2, 4, num_masks=bad)

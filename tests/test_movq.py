@@ -18,8 +18,8 @@ from mvq.nn.spatial_norm import (
     num_groups_for,
 )
 from mvq.nn.taming import Decoder, Encoder, decoder_norm_factory, spatial_blocks
-from mvq.quantize.multichannel import MultiChannelQuantizer
-from mvq.quantize.vq import VectorQuantizer
+from mvq.quantize.multichannel import MultiChannelVectorQuantize
+from mvq.quantize.vq import VectorQuantize
 from mvq.values.codes import Codes
 
 
@@ -117,10 +117,11 @@ def test_taming_encoder_decoder_shapes():
 # ----------------------------------------------------------------------------- quantizer
 @pytest.mark.parametrize("c", [1, 2, 4, 8])
 def test_multichannel_round_trip(c):
-    q = MultiChannelQuantizer(32, 16, channels=c, ema=False, restart_dead=False)
+    q = MultiChannelVectorQuantize(16, 32, channels=c, channel_first=True, ema=False,
+                                   restart_dead=False)
     q.eval()
     z = torch.randn(2, 16, 3, 5)
-    out = q(z)
+    out = q.quantize(z)
     assert out.indices.shape == (2, 3, 5, c) and out.quantized.shape == z.shape
     assert torch.equal(q.encode(z), out.indices)
     assert torch.allclose(q.lookup(out.indices), out.codes)
@@ -132,22 +133,22 @@ def test_multichannel_round_trip(c):
         assert torch.equal(q.vq.nearest(chunk).view(2, 3, 5), out.indices[..., k])
     ids = torch.randint(0, 32, (3, 4, 2, c))
     assert torch.equal(q.encode(q.lookup(ids)), ids)
-    with pytest.raises(ValueError):
+    with pytest.raises(MvqError, match="expected ids of shape"):
         q.lookup(ids[..., :1] if c > 1 else ids.repeat(1, 1, 1, 2))
 
 
 @pytest.mark.parametrize("ema", [True, False])
 def test_multichannel_c1_equals_plain_vq(ema):
     kw = dict(beta=0.25, ema=ema, restart_dead=True, dead_threshold=0.5)
-    vq = VectorQuantizer(8, 6, **kw)
-    mc = MultiChannelQuantizer(8, 6, channels=1, **kw)
+    vq = VectorQuantize(6, 8, channel_first=True, **kw)
+    mc = MultiChannelVectorQuantize(6, 8, channels=1, channel_first=True, **kw)
     mc.vq.load_state_dict(vq.state_dict())
     for step in range(3):  # training mode: EMA updates and restarts must match too
         z = torch.randn(4, 6, 3, 3) * (step + 1)
         torch.manual_seed(step)
-        a = vq(z)
+        a = vq.quantize(z)
         torch.manual_seed(step)
-        b = mc(z)
+        b = mc.quantize(z)
         assert torch.equal(a.quantized, b.quantized) and torch.equal(a.codes, b.codes)
         assert torch.equal(a.indices, b.indices[..., 0])
         for name in ("loss", "codebook_loss", "commit_loss"):

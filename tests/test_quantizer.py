@@ -2,17 +2,17 @@ import pytest
 import torch
 
 from mvq.errors import MvqError
-from mvq.quantize import VectorQuantizer, code_stats
+from mvq.quantize import VectorQuantize, code_stats
 
 
 def _vq(**kw):
-    return VectorQuantizer(8, 4, **{"ema": False, "restart_dead": False, **kw})
+    return VectorQuantize(4, 8, channel_first=True, **{"ema": False, "restart_dead": False, **kw})
 
 
 def test_codebook_term_moves_codebook_and_beta_term_moves_encoder():
     vq = _vq()
     z = torch.randn(2, 4, 3, 3, requires_grad=True)
-    out = vq(z)
+    out = vq.quantize(z)
     out.codebook_loss.backward(retain_graph=True)
     assert vq.embedding.grad.abs().sum() > 0
     assert z.grad is None or z.grad.abs().sum() == 0
@@ -25,7 +25,7 @@ def test_codebook_term_moves_codebook_and_beta_term_moves_encoder():
 def test_loss_values_match_hand_computation():
     vq = _vq(beta=0.25)
     z = torch.randn(3, 4, 2, 2)
-    out = vq(z)
+    out = vq.quantize(z)
     flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
     ids = torch.cdist(flat, vq.embedding.detach()).argmin(1)
     e = vq.embedding.detach()[ids]
@@ -37,18 +37,18 @@ def test_loss_values_match_hand_computation():
     # EMA codebooks: no gradient codebook term, only beta * commitment
     vq_ema = _vq(ema=True)
     vq_ema.load_state_dict(vq.state_dict())
-    assert torch.allclose(vq_ema(z).loss, 0.25 * expect)
+    assert torch.allclose(vq_ema.quantize(z).loss, 0.25 * expect)
     assert not vq_ema.embedding.requires_grad
 
 
 def test_nearest_matches_brute_force_and_vector_quantize_pytorch():
-    from vector_quantize_pytorch import VectorQuantize
+    from vector_quantize_pytorch import VectorQuantize as Reference
 
-    vq = VectorQuantizer(32, 6, ema=False)
+    vq = VectorQuantize(6, 32, channel_first=True, ema=False)
     x = torch.randn(500, 6)
     brute = ((x[:, None, :] - vq.embedding.detach()[None]) ** 2).sum(-1).argmin(1)
     assert torch.equal(vq.nearest(x), brute)
-    ref = VectorQuantize(dim=6, codebook_size=32, decay=0.99)
+    ref = Reference(dim=6, codebook_size=32, decay=0.99)
     ref.eval()
     ref._codebook.embed.data.copy_(vq.embedding.detach()[None])
     _, ref_ids, _ = ref(x[None])
@@ -60,36 +60,39 @@ def test_index_code_round_trip_and_straight_through():
     ids = torch.randint(0, 8, (2, 3, 3))
     codes = vq.lookup(ids)
     assert codes.shape == (2, 4, 3, 3)
-    out = vq(codes)
+    out = vq.quantize(codes)
     assert torch.equal(out.indices, ids)
     assert torch.allclose(out.quantized, codes)
     z = torch.randn(2, 4, 3, 3, requires_grad=True)
-    vq(z).quantized.sum().backward()
+    vq.quantize(z).quantized.sum().backward()
     assert torch.allclose(z.grad, torch.ones_like(z))  # identity gradient
     with pytest.raises(MvqError, match="code ids must lie in"):
         vq.lookup(torch.tensor([[[8]]]))
 
 
 def test_ema_update_equals_formula():
-    vq = VectorQuantizer(4, 2, ema=True, decay=0.9, eps=0.0, restart_dead=False)
+    eps = 1e-3  # Laplace smoothing of the counts: (size + eps) / (n + K eps) * n
+    vq = VectorQuantize(2, 4, channel_first=True, ema=True, decay=0.9, eps=eps,
+                        restart_dead=False)
     w0, size0, sum0 = vq.embedding.detach().clone(), vq.cluster_size.clone(), vq.embed_sum.clone()
     z = torch.randn(5, 2, 1, 1)
-    ids = vq(z).indices.flatten()
+    ids = vq.quantize(z).indices.flatten()
     flat = z.flatten(1)
     onehot = torch.nn.functional.one_hot(ids, 4).float()
     size = 0.9 * size0 + 0.1 * onehot.sum(0)
     esum = 0.9 * sum0 + 0.1 * onehot.t() @ flat
     assert torch.allclose(vq.cluster_size, size)
-    assert torch.allclose(vq.embedding, esum / size[:, None], atol=1e-6)
+    smoothed = (size + eps) / (size.sum() + 4 * eps) * size.sum()
+    assert torch.allclose(vq.embedding, esum / smoothed[:, None], atol=1e-6)
     assert not torch.allclose(vq.embedding, w0)
 
 
 def test_dead_codes_restart_onto_batch_vectors():
-    vq = VectorQuantizer(16, 2, ema=True, restart_dead=True, dead_threshold=0.5)
+    vq = VectorQuantize(2, 16, channel_first=True, ema=True, restart_dead=True, dead_threshold=0.5)
     vq.cluster_size.fill_(0.0)  # every code looks dead
     z = torch.randn(64, 2, 1, 1) + 10.0  # far from the initial codebook
     vq.train()
-    vq(z)
+    vq.quantize(z)
     # restarted codes now sit among the batch vectors (near 10), not near the initial ~0
     assert (vq.embedding.mean(1) > 5).float().mean() > 0.9
 
@@ -102,10 +105,10 @@ def test_code_stats_hand_case():
 
 
 def test_kmeans_init_places_codes_on_data():
-    vq = VectorQuantizer(4, 2, ema=True, kmeans_init=True, restart_dead=False)
+    vq = VectorQuantize(2, 4, channel_first=True, ema=True, kmeans_init=True, restart_dead=False)
     centers = torch.tensor([[5.0, 5.0], [-5.0, 5.0], [5.0, -5.0], [-5.0, -5.0]])
     x = (centers.repeat(50, 1) + 0.1 * torch.randn(200, 2)).view(200, 2, 1, 1)
     vq.train()
-    vq(x)
+    vq.quantize(x)
     got = sorted(map(tuple, vq.embedding.detach().round().tolist()))
     assert got == sorted(map(tuple, centers.tolist()))

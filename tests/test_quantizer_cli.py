@@ -132,6 +132,12 @@ def test_resume_refuses_another_quantizer_by_name(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.quantizer is fixed for a run's life" in err[0]
     assert "'fsq'" in err[0] and "'mvq'" in err[0]
+    # another family whose defaults the run lacks (LFQ's bits): still the quantizer named
+    assert main(["train", "--resume", "--config", "fmnist_f28_k16_quick", "model.quantizer=lfq",
+                 f"train.out_dir={run}", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.quantizer is fixed for a run's life" in err[0]
+    assert "'fsq'" in err[0] and "'lfq'" in err[0]
     # the run's own keys (here without model.quantizer, which the preset would make mvqvae):
     # the preset with them is no valid config, and the resume goes on with the run's own
     assert main(["train", "--resume", "--config", "fmnist_f28_k16_quick", *keys,

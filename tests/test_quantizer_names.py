@@ -41,3 +41,27 @@ def test_the_scan_sees_a_family_name(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text('if cfg.quantizer == "fsq":\n    losses = {"vq": 0}\n')
     assert _family_literals(probe) == [(1, "fsq")]
+
+
+def test_one_class_per_quantizer():
+    """No engine / layer pairs: no module class of mvq.quantize subclasses another (each
+    quantizer is one class, which the tokenizers and users share), and each exported layer
+    is its own module's."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from torch import nn
+
+    import mvq.quantize as package
+
+    classes = set()
+    for info in pkgutil.walk_packages(package.__path__, "mvq.quantize."):
+        module = importlib.import_module(info.name)
+        classes |= {cls for _, cls in inspect.getmembers(module, inspect.isclass)
+                    if cls.__module__ == module.__name__ and issubclass(cls, nn.Module)}
+    assert {"VectorQuantize", "MaskedVectorQuantize", "MultiChannelVectorQuantize", "FSQ", "LFQ",
+            "ResidualVQ"} <= {cls.__name__ for cls in classes}
+    pairs = [(cls.__name__, base.__name__) for cls in classes for base in cls.__mro__[1:]
+             if base in classes]
+    assert pairs == []

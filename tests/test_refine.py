@@ -38,7 +38,7 @@ def test_refine_masks_is_a_local_minimum_over_single_flips():
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         y = model.encoder(x * 2 - 1)
-        q1, q2 = model.mvq.primary(y), model.mvq.secondary(model.encoder2(y))
+        q1, q2 = model.mvq.primary.quantize(y), model.mvq.secondary.quantize(model.encoder2(y))
         start = torch.zeros(3, *q2.codes.shape[1:], dtype=torch.bool)
         mask, before, after = refine_masks(model.mvq, q1.codes, q2.codes, y, start)
         assert (after <= before).all()

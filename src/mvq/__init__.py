@@ -13,13 +13,11 @@ from importlib import import_module
 
 from mvq._version import __version__
 from mvq.quantize.fsq import FSQ
-from mvq.quantize.layers import (
-    MaskedVectorQuantize,
-    MultiChannelVectorQuantize,
-    VectorQuantize,
-)
 from mvq.quantize.lfq import LFQ
+from mvq.quantize.masked import MaskedVectorQuantize
+from mvq.quantize.multichannel import MultiChannelVectorQuantize
 from mvq.quantize.residual import ResidualVQ
+from mvq.quantize.vq import VectorQuantize
 
 __all__ = ["FSQ", "LFQ", "MaskedVectorQuantize", "MultiChannelVectorQuantize", "Prior",
            "ResidualVQ", "Tokenizer", "VectorQuantize", "__version__", "load"]

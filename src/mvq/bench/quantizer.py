@@ -1,4 +1,4 @@
-"""mvq VectorQuantizer vs vector-quantize-pytorch's VectorQuantize, forward + backward.
+"""mvq VectorQuantize vs vector-quantize-pytorch's VectorQuantize, forward + backward.
 
 Equal settings: EMA codebook (decay 0.99), commitment weight 0.25, dead-code restart on, no
 k-means init, straight-through gradients, fp32, the same input tensor (B, N, D) fed as
@@ -18,7 +18,7 @@ from importlib.metadata import version
 import torch
 
 from mvq.bench.common import json_path, write_json
-from mvq.quantize import VectorQuantizer
+from mvq.quantize import VectorQuantize as Ours
 from mvq.runtime.extras import missing
 
 warnings.filterwarnings("ignore")
@@ -39,7 +39,8 @@ def run(case, repeats: int) -> dict:
 
     b, n, d, k = case
     torch.manual_seed(0)
-    ours = VectorQuantizer(k, d, beta=0.25, ema=True, decay=0.99, restart_dead=True).train()
+    ours = Ours(d, k, channel_first=True, beta=0.25, ema=True, decay=0.99,
+                restart_dead=True).train()
     theirs = VectorQuantize(dim=d, codebook_size=k, decay=0.99, commitment_weight=0.25,
                             threshold_ema_dead_code=1, kmeans_init=False).train()
     side = int(n ** 0.5)
@@ -47,7 +48,7 @@ def run(case, repeats: int) -> dict:
 
     def step_ours():
         z = x.transpose(1, 2).reshape(b, d, side, side).contiguous().requires_grad_()
-        out = ours(z)
+        out = ours.quantize(z)
         (out.quantized.square().mean() + out.loss).backward()
 
     def step_theirs():

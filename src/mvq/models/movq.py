@@ -3,7 +3,7 @@
 Data flow (images in [0, 1], networks on [-1, 1])::
 
     x -> Encoder -> z (z_channels) -> quant_conv -> z_hat (c * n_q)
-      -> MultiChannelQuantizer (c chunks, one K x n_q codebook) -> z_q (c * n_q), ids (B, h, w, c)
+      -> MultiChannelVectorQuantize (c chunks, one K x n_q codebook) -> z_q, ids (B, h, w, c)
       -> F0(z_q) -> Decoder(F0, z_q)  (SpatialNorm(F, z_q) in the first blocks / all / none)
       -> recon
 
@@ -35,7 +35,7 @@ from mvq.models.base import Tokenizer, TokenizerOutput
 from mvq.models.inputs import CodeLayout
 from mvq.nn.spatial_norm import build_f0
 from mvq.nn.taming import Decoder, Encoder, decoder_norm_factory, spatial_blocks
-from mvq.quantize.layers import MultiChannelVectorQuantize
+from mvq.quantize.multichannel import MultiChannelVectorQuantize
 from mvq.runtime.modes import eval_mode
 from mvq.values.codes import Codes
 

@@ -14,9 +14,10 @@ from mvq.errors import MvqError
 from mvq.models.base import Tokenizer, TokenizerOutput
 from mvq.models.inputs import CodeLayout
 from mvq.nn.vqvae2 import Widths, build_networks, geometry
-from mvq.quantize.layers import MaskedVectorQuantize, VectorQuantize
+from mvq.quantize.masked import MaskedVectorQuantize
 from mvq.quantize.refine import refine_masks
 from mvq.quantize.registry import family, secondary_family, secondary_sizes
+from mvq.quantize.vq import VectorQuantize
 from mvq.runtime.modes import eval_mode
 from mvq.values.codes import Codes
 
@@ -266,7 +267,7 @@ class MVQVAE(Tokenizer):
                    sum_outputs: bool = False) -> torch.Tensor:
         """Images of a primary code (B, H, W) plus the sum of masked configurations, each the
         secondary code and mask of a Codes of B images (MVQ Fig. 6b; the sum as in
-        `mvq.quantize.masked.MaskedQuantizer.decode_sum`). [0, 1] scale, not clamped."""
+        `mvq.quantize.masked.MaskedVectorQuantize.decode_sum`). [0, 1] scale, not clamped."""
         dev = self._param().device
         layout = self.code_layout
         b = len(primary)

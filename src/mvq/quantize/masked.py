@@ -34,8 +34,26 @@ from torch import nn
 
 from mvq.errors import MvqError
 from mvq.quantize.argmin import row_argmin
+from mvq.quantize.arguments import (
+    check_bool,
+    check_choice,
+    check_codebook,
+    check_int,
+    check_module,
+    check_optional_int,
+    check_vq_kwargs,
+)
+from mvq.quantize.layout import (
+    as_rows,
+    check_ids,
+    check_input,
+    check_mask,
+    from_columns,
+    to_columns,
+)
+from mvq.quantize.pointwise import Pointwise, pointwise_mlp
 from mvq.quantize.secondary import ChannelCode
-from mvq.quantize.vq import QuantizeOutput, VectorQuantizer, mse
+from mvq.quantize.vq import QuantizeOutput, VectorQuantize, mse
 from mvq.runtime.devices import host_reads_free
 from mvq.runtime.memory import check_fits
 
@@ -48,7 +66,7 @@ SEARCH_ROWS = 8192
 
 @dataclass
 class MaskedOutput:
-    """Result of `MaskedQuantizer`.
+    """Result of `MaskedVectorQuantize.quantize`.
 
     y_hat: (B, D, H, W) representation fed to the decoder (straight-through to the encoders).
     mask: (B, H', W', D') bool, the winning mask (bits last, as in `mvq.values.codes.Codes`).
@@ -63,59 +81,126 @@ class MaskedOutput:
     mhd_loss: torch.Tensor
 
 
-class MaskedQuantizer(nn.Module):
-    """Primary VQ + secondary VQ + MH-Dropout over masks of the secondary code.
+class MaskedVectorQuantize(nn.Module):
+    """Masked VQ with Multiple Hypotheses Dropout (MVQ paper, section 3) as one layer.
+
+    Each position gets a primary code e, a secondary code e' of the secondary projection
+    y' = E'(x), and a mask m over e''s D' channels; the output is ``e + f(e' * m)`` (eq. 5).
+    Training searches ``num_masks`` random masks per position and keeps the nearest to x
+    (winner takes all); at inference the search runs over a fixed seeded bank, so codes are
+    deterministic.
+
+    ``quantized, (indices, indices2), loss, mask = mvq(x)``: x ``(B, N, D)`` (or
+    ``(B, D, H, W)``); ids ``(B, N)`` each; mask ``(B, N, D')`` bool; loss = primary VQ +
+    secondary quantizer + MH-Dropout terms.
+
+    The layer owns E' and f. By default both are per position (a 1x1 convolution and a
+    two-layer 1x1 MLP), so every position is an independent instance of the search. Give your
+    own ``secondary_encoder`` ((B, D, H, W) -> (B, D', H', W'), e.g. a downsampling network)
+    and ``f`` ((B, D', H', W') -> (B, D, H, W)) for a coarser secondary grid (VQ-VAE-2 style,
+    as the tokenizers do); then inputs must be ``channel_first`` maps, each image is one
+    instance, and ids / mask follow the two grids: ``(B, H, W)``, ``(B, H', W')``,
+    ``(B, H', W', D')``.
 
     Args:
-        primary, secondary: the two codebooks (K/2 entries each in the paper); the secondary
-            may be an FSQ or LFQ code instead (`mvq.quantize.secondary.ChannelCode`: the mask
-            covers its rounded channels or signs).
-        f: network mapping a masked secondary code map (B, D', H', W') to (B, D, H, W).
-        num_masks: J, masks sampled while training.
-        eval_masks: masks searched by `search` at inference (default: ``num_masks``);
-            drawn once from ``search_seed`` and shared by every image, so codes are
-            deterministic and independent of the batch an image sits in.
-        chunk_size: hypotheses evaluated at once per instance in the no-grad search.
+        dim: D, the input's vector size.
+        codebook_size: K of the primary codebook (the paper gives each codebook K/2).
+        dim2: D', the secondary code's size and the mask's bits (default D).
+        codebook_size2: K' of the secondary codebook (default K).
+        num_masks: J, hypotheses per instance while training.
+        eval_masks: the size of the seeded bank searched at inference (default J).
+        secondary_encoder: E', (B, D, H, W) -> (B, D', H', W') (default: a 1x1 convolution).
+        f: (B, D', H', W') -> (B, D, H, W) (default: a 1x1 two-layer MLP).
+        hidden: width of the default f (default 2 max(D, D')).
+        channel_first: inputs are ``(B, D, ...)`` feature maps.
+        chunk_size: hypotheses scored at once in the search (memory bound, not a result).
         search_seed: seed of the inference bank.
-        naive: evaluate all J hypotheses with autograd (reference / benchmark only).
-        mask_sampling: ``"instance"`` (J fresh masks for every instance, the paper's reading)
-            or ``"batch"`` (one bank of J fresh masks per training step, shared by the batch's
-            instances, which lets the table search run in training).
-        search: ``"auto"`` (the table where it applies, else chunked), ``"table"`` (the table
-            wherever it applies, whatever it costs) or ``"chunked"`` (the reference).
+        naive: score all J hypotheses with autograd (a reference; slower, same gradients).
+        mask_sampling: ``"instance"`` (J fresh masks per instance while training, the paper's
+            reading) or ``"batch"`` (one bank of J fresh masks per step, shared by the batch's
+            instances: the search becomes a table lookup, docs/implementation.md).
+        search: ``"auto"``, ``"table"`` or ``"chunked"`` (the reference search); the winners
+            are the same.
+        secondary: the secondary quantizer: ``None`` (a VQ codebook of ``codebook_size2``
+            entries of ``dim2``) or a channel-code layer, ``mvq.FSQ(levels)`` (e' = the rounded
+            channels, D' = len(levels), K' = prod(levels)) or ``mvq.LFQ(bits)`` (e' = the
+            signs, D' = bits, K' = 2^bits), built without ``dim`` (no projection: the mask
+            covers the code's own channels); ``dim2`` and ``codebook_size2`` follow from it.
+            Its loss (LFQ's commitment and entropy terms; FSQ has none) joins the layer's.
+        **vq_kwargs: both codebooks' ``beta``, ``ema``, ``decay``, ``restart_dead``,
+            ``dead_threshold``, ``kmeans_init``.
     """
 
-    def __init__(
-        self,
-        primary: VectorQuantizer,
-        secondary: VectorQuantizer | ChannelCode,
-        f: nn.Module,
-        num_masks: int = 64,
-        eval_masks: int | None = None,
-        chunk_size: int = 256,
-        search_seed: int = 0,
-        naive: bool = False,
-        mask_sampling: str = "instance",
-        search: str = "auto",
-    ) -> None:
+    def __init__(self, dim: int, codebook_size: int, *, dim2: int | None = None,
+                 codebook_size2: int | None = None, num_masks: int = 64,
+                 eval_masks: int | None = None, secondary_encoder: nn.Module | None = None,
+                 f: nn.Module | None = None, hidden: int | None = None,
+                 channel_first: bool = False, chunk_size: int = 256, search_seed: int = 0,
+                 naive: bool = False, mask_sampling: str = "instance", search: str = "auto",
+                 secondary: nn.Module | None = None, **vq_kwargs: object) -> None:
+        layer = "MaskedVectorQuantize"
+        check_int(layer, "dim", dim, 1, "dim=64")
+        check_int(layer, "codebook_size", codebook_size, 1, "codebook_size=512")
+        channel_code = None if secondary is None else ChannelCode(secondary)
+        if channel_code is not None:
+            for name, given, implied in (("dim2", dim2, channel_code.dim),
+                                         ("codebook_size2", codebook_size2,
+                                          channel_code.num_codes)):
+                if given is not None and given != implied:
+                    raise MvqError(f"MaskedVectorQuantize: {name}={given!r} disagrees with the "
+                                   f"secondary {type(secondary).__name__}, which has {implied}; "
+                                   f"leave {name} out")
+            dim2, codebook_size2 = channel_code.dim, channel_code.num_codes
+        dim2 = check_optional_int(layer, "dim2", dim2, 1, "dim2=16 (or None: dim)") or dim
+        codebook_size2 = check_optional_int(layer, "codebook_size2", codebook_size2, 1,
+                                            "codebook_size2=512 (or None: codebook_size)"
+                                            ) or codebook_size
+        check_int(layer, "num_masks", num_masks, 1, "num_masks=64")
+        check_optional_int(layer, "eval_masks", eval_masks, 1, "eval_masks=256 (or None: "
+                           "num_masks)")
+        check_optional_int(layer, "hidden", hidden, 1, "hidden=128 (or None: 2 max(dim, dim2))")
+        check_int(layer, "chunk_size", chunk_size, 1, "chunk_size=256")
+        check_int(layer, "search_seed", search_seed, 0, "search_seed=0")
+        check_bool(layer, "channel_first", channel_first)
+        check_bool(layer, "naive", naive)
+        check_choice(layer, "mask_sampling", mask_sampling, MASK_SAMPLING)
+        check_choice(layer, "search", search, SEARCHES)
+        check_module(layer, "secondary_encoder", secondary_encoder)
+        check_module(layer, "f", f)
+        vq_kwargs = check_vq_kwargs(layer, vq_kwargs, "dim, codebook_size, dim2, codebook_size2, "
+                                    "num_masks, eval_masks, secondary_encoder, f, hidden, "
+                                    "channel_first, chunk_size, search_seed, naive, "
+                                    "mask_sampling, search, secondary")
+        check_codebook(layer, codebook_size + (0 if channel_code else codebook_size2),
+                       max(dim, dim2))
+        custom = secondary_encoder is not None or f is not None
+        if custom and (secondary_encoder is None or f is None):
+            raise MvqError("MaskedVectorQuantize: give both secondary_encoder and f, or neither "
+                           "(the per-position defaults)")
+        if custom and not channel_first:
+            raise MvqError("MaskedVectorQuantize: a custom secondary_encoder / f works on "
+                           "feature maps; pass channel_first=True and (B, D, H, W) inputs")
         super().__init__()
-        if num_masks < 1:
-            raise ValueError(f"num_masks must be >= 1, got {num_masks}")
-        if mask_sampling not in MASK_SAMPLING:
-            raise ValueError(f"mask_sampling must be one of {MASK_SAMPLING}, got {mask_sampling!r}")
-        if search not in SEARCHES:
-            raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
-        self.primary, self.secondary, self.f = primary, secondary, f
+        self.primary = VectorQuantize(dim, codebook_size, channel_first=True, **vq_kwargs)
+        self.secondary = channel_code or VectorQuantize(dim2, codebook_size2,
+                                                        channel_first=True, **vq_kwargs)
+        width = hidden or 2 * max(dim, dim2)
+        self.f = f if custom else pointwise_mlp(dim2, dim, width)
+        self.secondary_encoder = secondary_encoder if custom else Pointwise(dim, dim2)
+        self.per_position = not custom
+        self.channel_first = channel_first
+        self.dim, self.dim2 = dim, dim2
         self.num_masks = num_masks
         self.eval_masks = eval_masks or num_masks
-        self.chunk_size = max(1, chunk_size)
+        self.chunk_size = chunk_size
         self.search_seed = search_seed
         self.naive = naive
         self.mask_sampling, self.search = mask_sampling, search
         self._bank: tuple | None = None  # (key, bank) of the inference masks
         self._table: tuple | None = None  # (key, table, norms) kept at inference
 
-    def train(self, mode: bool = True) -> MaskedQuantizer:
+
+    def train(self, mode: bool = True) -> MaskedVectorQuantize:
         # training changes the codebooks in place (EMA writes .data, which no version counter
         # sees): a kept table would be stale
         self._table = None
@@ -265,14 +350,18 @@ class MaskedQuantizer(nn.Module):
         return kept[1]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, y: torch.Tensor, y2: torch.Tensor, masks: torch.Tensor | None = None
-                ) -> MaskedOutput:
-        """y: primary encoder output (B, D, H, W); y2: secondary (B, D', H', W').
+    def quantize(self, y: torch.Tensor, masks: torch.Tensor | None = None,
+                 y2: torch.Tensor | None = None) -> MaskedOutput:
+        """The detailed output on y, the primary encoder output (B, D, H, W), each image one
+        instance (the per-position layer's instances are (B*N, D, 1, 1) maps).
 
         masks: optional hypotheses (B, J, D', H', W') or (J, D', H', W'); by default J fresh
         random masks (per instance or per batch, ``mask_sampling``) when training, the seeded
-        bank at inference.
+        bank at inference. y2: the secondary projection (B, D', H', W') when computed
+        elsewhere (default ``secondary_encoder(y)``).
         """
+        if y2 is None:
+            y2 = self.secondary_encoder(y)
         # the rows the secondary codes are looked up in, before training updates them: only
         # where the masks are shared, so the table search may use them
         shared = masks.dim() == y2.dim() if masks is not None else self.mask_sampling == "batch"
@@ -280,7 +369,7 @@ class MaskedQuantizer(nn.Module):
         rows = (book.detach().clone()
                 if book is not None and self.training and shared and self.search != "chunked"
                 else None)
-        q1, q2 = self.primary(y), self.secondary(y2)
+        q1, q2 = self.primary.quantize(y), self.secondary.quantize(y2)
         e, e2 = q1.quantized, q2.quantized  # straight-through codes
         if masks is None:
             masks = self.training_masks(y.shape[0], q2.codes) if self.training \
@@ -337,6 +426,57 @@ class MaskedQuantizer(nn.Module):
             return e + self.run_f(masked.sum(0)).to(e.dtype)
         f0 = self.run_f(torch.zeros_like(masked[0])).to(e.dtype)
         return e + f0 + sum(self.run_f(c).to(e.dtype) - f0 for c in masked)
+
+    def _instances(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Per-position: (B*N, D, 1, 1) instances; custom modules: the map as it is."""
+        if not self.per_position:
+            if x.dim() != 4:
+                raise MvqError(f"MaskedVectorQuantize with custom modules expects (B, {self.dim}, "
+                               f"H, W), found shape {tuple(x.shape)}")
+            return x, tuple(x.shape[2:])
+        if not self.channel_first:
+            return as_rows(x, self.dim), tuple(x.shape[1:-1])
+        z, grid = to_columns(x, self.channel_first)  # (B, D, N, 1)
+        return z.permute(0, 2, 1, 3).reshape(-1, self.dim, 1, 1), grid
+
+    def _restore(self, y: torch.Tensor, batch: int, grid: tuple[int, ...]) -> torch.Tensor:
+        if not self.per_position:
+            return y
+        if not self.channel_first:  # the rows of as_rows, back in place
+            return y.reshape(batch, *grid, self.dim)
+        cols = y.reshape(batch, math.prod(grid), self.dim, 1).permute(0, 2, 1, 3)  # (B, D, N, 1)
+        return from_columns(cols, grid, self.channel_first)
+
+    def forward(self, x: torch.Tensor):
+        """x -> (quantized, (ids, ids2), loss, mask); see the class docstring for shapes."""
+        x = check_input(x, self.dim, self.channel_first, "MaskedVectorQuantize")
+        z, grid = self._instances(x)
+        out = self.quantize(z)
+        loss = out.primary.loss + out.secondary.loss + out.mhd_loss
+        b = x.shape[0]
+        if self.per_position:
+            ids = out.primary.indices.reshape(b, *grid)
+            return (self._restore(out.y_hat, b, grid),
+                    (ids, out.secondary.indices.reshape(b, *grid)), loss,
+                    out.mask.reshape(b, *grid, self.dim2))
+        return out.y_hat, (out.primary.indices, out.secondary.indices), loss, out.mask
+
+    def get_output_from_indices(self, indices: torch.Tensor, indices2: torch.Tensor,
+                                mask: torch.Tensor) -> torch.Tensor:
+        """``e + f(e' * m)`` for ids and mask in the layouts ``forward`` returns."""
+        check_ids(indices, "indices"), check_ids(indices2, "indices2")
+        if not self.per_position:
+            if indices.dim() != 3 or indices2.dim() != 3 or indices.shape[0] != indices2.shape[0]:
+                raise MvqError(f"indices and indices2 must be (B, H, W) and (B, H', W'), found "
+                               f"{tuple(indices.shape)} and {tuple(indices2.shape)}")
+            mask = check_mask(mask, (*indices2.shape, self.dim2))
+            return self.decode_codes(indices, indices2, mask)
+        check_ids(indices2, "indices2", indices.shape)
+        mask = check_mask(mask, (*indices.shape, self.dim2))
+        b, grid = indices.shape[0], tuple(indices.shape[1:])
+        flat = (indices.reshape(-1, 1, 1), indices2.reshape(-1, 1, 1),
+                mask.reshape(-1, 1, 1, self.dim2))
+        return self._restore(self.decode_codes(*flat), b, grid)
 
 
 def table_argmin(table: torch.Tensor, norms: torch.Tensor, ids: torch.Tensor,

@@ -1,5 +1,5 @@
 """Per-position networks: a 1x1 convolution as a matrix product (MVQ's default E') and the
-two-layer MLP of them (its default ``f``; `mvq.quantize.layers.MaskedVectorQuantize`)."""
+two-layer MLP of them (its default ``f``; `mvq.quantize.masked.MaskedVectorQuantize`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Inference-time mask refinement (beyond the MVQ paper).
 
-The bank search of `MaskedQuantizer` picks each secondary token's
+The bank search of `MaskedVectorQuantize` picks each secondary token's
 mask m* among J_eval fixed masks. Refinement starts from m* and does greedy coordinate descent
 on the mask bits: every round it tries each single-bit flip, keeps the one that lowers
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from mvq.quantize.masked import MaskedQuantizer
+from mvq.quantize.masked import MaskedVectorQuantize
 
 
-def _distances(mvq: MaskedQuantizer, e2: torch.Tensor, target: torch.Tensor,
+def _distances(mvq: MaskedVectorQuantize, e2: torch.Tensor, target: torch.Tensor,
                masks: torch.Tensor) -> torch.Tensor:
     """masks (B, N, D', H', W') -> (B, N) squared distances || f(e' * m) - (y - e) ||^2."""
     b, n = masks.shape[:2]
@@ -32,7 +32,7 @@ def _distances(mvq: MaskedQuantizer, e2: torch.Tensor, target: torch.Tensor,
 
 
 @torch.no_grad()
-def refine_masks(mvq: MaskedQuantizer, e: torch.Tensor, e2: torch.Tensor, y: torch.Tensor,
+def refine_masks(mvq: MaskedVectorQuantize, e: torch.Tensor, e2: torch.Tensor, y: torch.Tensor,
                  mask: torch.Tensor, max_rounds: int | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy single-bit descent from ``mask``.

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from mvq.quantize.arguments import check_bool, check_codebook, check_int, check_vq_kwargs
-from mvq.quantize.layers import VectorQuantize
 from mvq.quantize.layout import check_ids_per_position, check_input, from_columns, to_columns
+from mvq.quantize.vq import VectorQuantize
 
 # ResidualVQ's own names in vector-quantize-pytorch (its VQ ones: arguments.VQ_RENAMED)
 _RENAMED = {
@@ -52,10 +52,10 @@ class ResidualVQ(nn.Module):
         channel_first: inputs are ``(B, D, ...)`` feature maps.
         **vq_kwargs: each stage's ``beta``, ``ema``, ``decay``, ``restart_dead``,
             ``dead_threshold``, ``kmeans_init``
-            ([`mvq.VectorQuantize`][mvq.quantize.layers.VectorQuantize]'s).
+            ([`mvq.VectorQuantize`][mvq.quantize.vq.VectorQuantize]'s).
 
     Attributes:
-        stages: the ``depth`` [`mvq.VectorQuantize`][mvq.quantize.layers.VectorQuantize]
+        stages: the ``depth`` [`mvq.VectorQuantize`][mvq.quantize.vq.VectorQuantize]
             layers, first to last.
         codebook_size: K (per stage).
         bits_per_token: depth * log2(K).

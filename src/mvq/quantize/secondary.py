@@ -1,6 +1,6 @@
 """MVQ's secondary code from a quantizer whose code vector is its channels (FSQ, LFQ).
 
-`MaskedQuantizer` masks the D' channels of a secondary code e'. By default e' is a row of a
+`MaskedVectorQuantize` masks the D' channels of a secondary code e'. By default e' is a row of a
 learned VQ codebook (K' entries of D'). `ChannelCode` lets it be an FSQ code (each channel
 rounded to its levels: D' = len(levels), K' = prod(levels)) or an LFQ code (a sign per
 channel: D' = bits, K' = 2^bits): the mask then selects which of the rounded channels (or
@@ -57,7 +57,7 @@ class ChannelCode(nn.Module):
     def embedding(self) -> torch.Tensor | None:
         return self._rows
 
-    def forward(self, z: torch.Tensor) -> QuantizeOutput:
+    def quantize(self, z: torch.Tensor) -> QuantizeOutput:
         """z (B, D', H', W') -> the straight-through code (forward value: the code exactly),
         the code itself (no gradient: nothing is learned in it), ids (B, H', W'), the layer's
         loss (FSQ: none; LFQ: commitment and, in training, entropy)."""

@@ -1,4 +1,4 @@
-"""Vector quantizer: nearest code in fp32, straight-through, explicit codebook + beta commitment.
+"""Vector quantization: nearest code in fp32, straight-through, explicit codebook + beta commitment.
 
 The loss follows the VQ-VAE paper (and MVQ eq. 2) exactly:
 
@@ -14,6 +14,7 @@ FashionMNIST, EMA ones did not).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,15 @@ from torch import nn
 
 from mvq.errors import MvqError
 from mvq.quantize.argmin import row_argmin
+from mvq.quantize.arguments import (
+    LOOKUP_RENAMED,
+    check_bool,
+    check_codebook,
+    check_int,
+    check_vq_kwargs,
+    linear,
+)
+from mvq.quantize.layout import as_rows, check_ids, check_input, from_columns, to_columns
 from mvq.runtime import distributed
 from mvq.runtime.devices import host_reads_free
 
@@ -30,7 +40,7 @@ NEAREST_BLOCK = 1 << 19  # distances scored at once by the nearest-code search (
 
 @dataclass
 class QuantizeOutput:
-    """Result of `VectorQuantizer`.
+    """Result of `VectorQuantize.quantize` (and of the multichannel and MVQ layers' codebooks).
 
     quantized: (B, D, H, W) straight-through codes (forward value = codes, gradient -> input).
     codes: (B, D, H, W) the raw code vectors (gradient -> codebook only).
@@ -47,52 +57,74 @@ class QuantizeOutput:
     commit_loss: torch.Tensor
 
 
-class VectorQuantizer(nn.Module):
-    """Nearest-neighbour vector quantizer over a codebook of ``num_codes`` vectors of ``dim``.
+class VectorQuantize(nn.Module):
+    """Nearest-code VQ with a straight-through gradient, EMA codebook by default.
+
+    ``quantized, indices, loss = vq(x)``: x ``(B, N, D)`` (or ``(B, D, H, W)`` with
+    ``channel_first``); quantized has x's shape, indices ``(B, N)`` (``(B, H, W)``), loss the
+    commitment term ``beta * ||x - sg[e]||^2`` (plus ``||sg[x] - e||^2`` without EMA).
+    ``vq.quantize(z)`` gives the detailed output the tokenizers use
+    ([`QuantizeOutput`][mvq.quantize.vq.QuantizeOutput]: every loss term, the raw codes) on a
+    ``(B, D, H, W)`` map of the looked-up size.
 
     Args:
-        num_codes: codebook entries K.
-        dim: code dimension D.
-        beta: weight of the commitment term.
-        ema: update the codebook with exponential moving averages (no gradient codebook term).
-        decay: EMA decay.
-        restart_dead: replace codes whose running usage falls below ``dead_threshold``
-            (in expected assignments per batch) by random encoder outputs of the batch.
-        kmeans_init: initialise the codebook with k-means on the first training batch.
+        dim: vector size D.
+        codebook_size: entries K.
+        channel_first: inputs are ``(B, D, ...)`` feature maps.
+        codebook_dim: search a codebook of this size: a linear map takes each vector from
+            ``dim`` down to it before the lookup and another back after (ViT-VQGAN's
+            low-dimensional code lookup; the loss is the looked-up space's). Default ``dim``:
+            no projection.
         cosine: search and output on the unit sphere: inputs and codes are l2-normalised
             (ViT-VQGAN's cosine code lookup); the losses compare the normalised vectors.
         rotation_trick: pass the gradient to the input through the rotation that takes it
             onto its code, scaled by their norm ratio (Fifty et al. 2024, "Restructuring
             Vector Quantization with the Rotation Trick"), instead of straight through; the
             forward value is the code either way.
+        beta: ``beta=0.25``, the weight of the commitment term.
+        ema: ``ema=True``, update the codebook with exponential moving averages (no codebook
+            gradient term).
+        decay: ``decay=0.99``, the EMA decay.
+        eps: ``eps=1e-5``, the EMA smoothing.
+        restart_dead: ``restart_dead=True``, re-seed codes whose running usage falls below
+            ``dead_threshold`` from random vectors of the batch.
+        dead_threshold: ``dead_threshold=0.03``, expected assignments per batch below which a
+            code is dead.
+        kmeans_init: ``kmeans_init=False``, k-means on the first training batch.
     """
 
-    def __init__(
-        self,
-        num_codes: int,
-        dim: int,
-        beta: float = 0.25,
-        ema: bool = True,
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        restart_dead: bool = True,
-        dead_threshold: float = 0.03,
-        kmeans_init: bool = False,
-        cosine: bool = False,
-        rotation_trick: bool = False,
-    ) -> None:
+    def __init__(self, dim: int, codebook_size: int, *, channel_first: bool = False,
+                 codebook_dim: int | None = None, cosine: bool = False,
+                 rotation_trick: bool = False, beta: float = 0.25, ema: bool = True,
+                 decay: float = 0.99, eps: float = 1e-5, restart_dead: bool = True,
+                 dead_threshold: float = 0.03, kmeans_init: bool = False,
+                 **kwargs: object) -> None:
+        layer = "VectorQuantize"
+        check_int(layer, "dim", dim, 1, "dim=64")
+        check_int(layer, "codebook_size", codebook_size, 1, "codebook_size=512")
+        lookup = dim if codebook_dim is None else check_int(layer, "codebook_dim", codebook_dim,
+                                                            1, "codebook_dim=8")
+        for name, value in (("channel_first", channel_first), ("cosine", cosine),
+                            ("rotation_trick", rotation_trick)):
+            check_bool(layer, name, value)
+        check_vq_kwargs(layer, {**kwargs, "beta": beta, "ema": ema, "decay": decay, "eps": eps,
+                                "restart_dead": restart_dead, "dead_threshold": dead_threshold,
+                                "kmeans_init": kmeans_init},
+                        "dim, codebook_size, channel_first, codebook_dim, cosine, "
+                        "rotation_trick", LOOKUP_RENAMED)
+        check_codebook(layer, codebook_size, lookup)
         super().__init__()
-        if num_codes < 1 or dim < 1:
-            raise MvqError(f"num_codes and dim must be >= 1, got {num_codes}, {dim}")
-        self.num_codes, self.dim, self.beta = num_codes, dim, beta
+        self.num_codes, self.dim, self.input_dim = codebook_size, lookup, dim
+        self.channel_first, self.beta = channel_first, beta
         self.ema, self.decay, self.eps = ema, decay, eps
         self.restart_dead, self.dead_threshold = restart_dead, dead_threshold
         self.kmeans_init = kmeans_init
         self.cosine, self.rotation_trick = cosine, rotation_trick
-        weight = torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
+        weight = torch.empty(codebook_size, lookup).uniform_(-1.0 / codebook_size,
+                                                             1.0 / codebook_size)
         self.embedding = nn.Parameter(weight, requires_grad=not ema)
         # Running assignment counts (all modes: drives dead-code restart and usage stats).
-        self.register_buffer("cluster_size", torch.ones(num_codes))
+        self.register_buffer("cluster_size", torch.ones(codebook_size))
         self.register_buffer("embed_sum", weight.clone())
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         # training batches holding NaN / Inf: their codebook update is skipped and counted
@@ -101,6 +133,9 @@ class VectorQuantizer(nn.Module):
                              persistent=False)
         self._init_checked = not kmeans_init  # host mirror of ``initialized`` once True
         self._calls = 0
+        projects = lookup != dim
+        self.project_in = nn.Linear(dim, lookup) if projects else nn.Identity()
+        self.project_out = nn.Linear(lookup, dim) if projects else nn.Identity()
 
     CHECK_EVERY = 100  # training calls between two host reads of ``nonfinite_batches``
 
@@ -156,8 +191,44 @@ class VectorQuantizer(nn.Module):
         return F.embedding(indices, self.codebook()).permute(0, 3, 1, 2).contiguous()
 
     # ----------------------------------------------------------------- forward
-    def forward(self, z: torch.Tensor) -> QuantizeOutput:
-        """z: (B, D, H, W) encoder output."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x -> (quantized, indices, loss); see the class docstring for shapes."""
+        x = check_input(x, self.input_dim, self.channel_first, "VectorQuantize")
+        if self.input_dim != self.dim:
+            return self._projected(x)
+        if not self.channel_first:  # (B, ..., D): its rows as (M, D, 1, 1), no transpose
+            out = self.quantize(as_rows(x, self.dim))
+            return out.quantized.reshape(x.shape), out.indices.reshape(x.shape[:-1]), out.loss
+        z, grid = to_columns(x, self.channel_first)
+        out = self.quantize(z)
+        return (from_columns(out.quantized, grid, self.channel_first),
+                out.indices.reshape(x.shape[0], *grid), out.loss)
+
+    def _projected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Down to ``codebook_dim``, the lookup, back up (fp32 maths under autocast)."""
+        last = x.movedim(1, -1) if self.channel_first else x
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            rows = last.reshape(-1, self.input_dim)
+            rows = rows if rows.dtype == torch.float64 else rows.float()
+            out = self.quantize(linear(self.project_in, rows)[:, :, None, None])
+            up = linear(self.project_out, out.quantized.flatten(1)).reshape(last.shape)
+        up = up.movedim(-1, 1) if self.channel_first else up
+        return up.to(x.dtype), out.indices.reshape(last.shape[:-1]), out.loss
+
+    def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code vectors for ids ``(B, *grid)`` (after ``project_out``), in the layer's layout."""
+        check_ids(indices, "indices")
+        grid = tuple(indices.shape[1:])
+        codes = self.lookup(indices.reshape(indices.shape[0], math.prod(grid), 1))  # (B, D, N, 1)
+        if self.input_dim != self.dim:
+            with torch.autocast(device_type=codes.device.type, enabled=False):
+                up = linear(self.project_out, codes.squeeze(-1).transpose(1, 2))
+            codes = up.transpose(1, 2).unsqueeze(-1)
+        return from_columns(codes, grid, self.channel_first)
+
+    def quantize(self, z: torch.Tensor) -> QuantizeOutput:
+        """The detailed output on z, a ``(B, D, H, W)`` map of the looked-up size
+        (``codebook_dim``): every loss term, the raw codes."""
         if z.dim() != 4 or z.shape[1] != self.dim:
             raise MvqError(f"{type(self).__name__}: expected (B, {self.dim}, H, W), got "
                            f"{tuple(z.shape)}")

@@ -99,6 +99,21 @@ def _label(name: str) -> str:
     return name.upper() if len(name) <= 3 else name
 
 
+def _fixed_keys() -> str:
+    """What each one-level family's rate sweep holds fixed (residual VQ's depth, the
+    multichannel heads), as ``LABEL: key=value``, read from the families' ``rate``."""
+    parts = []
+    for name, fam in FAMILIES.items():
+        if fam.rate is None:
+            continue
+        sweep = [fam.rate(rate // _positions()) for rate in FRONTIER_RATES]
+        fixed = [f"{key}={value}" for key, value in sweep[0].items()
+                 if all(keys.get(key) == value for keys in sweep[1:])]
+        if fixed:
+            parts.append(f"{_label(name)}: {', '.join(fixed)}")
+    return "; ".join(parts)
+
+
 def frontier_lines() -> tuple[FrontierLine, ...]:
     """Every family on the frontier: each family of `mvq.quantize.registry` that sets a rate
     (the default first: the baseline), VQ with the modern lookup options, the hierarchical
@@ -175,7 +190,7 @@ def frontier(scale: str, seeds: int, dataset: str | None = None) -> Plan:
                        f"the first {FRONTIER_N} "
                        "test images through the discrete codes",
                        f"one-level families: {_positions()} positions of rate / "
-                       f"{_positions()} bits (residual VQ: 2 stages; multichannel: 2 heads; "
+                       f"{_positions()} bits ({_fixed_keys()}; "
                        "FSQ: the paper's levels from 2^8 codes, channels of 4 levels below); "
                        "VQ (modern): "
                        + ", ".join(f"{k}={v}" for k, v in MODERN_LOOKUP.items())

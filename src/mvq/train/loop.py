@@ -35,7 +35,7 @@ from mvq.metrics.image import MSE_FLOOR, psnr_from_mse
 from mvq.models import Tokenizer, build_model
 from mvq.models.base import SIZE_FIX, model_bytes
 from mvq.models.inputs import check_images, values_checked
-from mvq.quantize import MaskedQuantizer
+from mvq.quantize import MaskedVectorQuantize
 from mvq.runtime import distributed
 from mvq.runtime.devices import pick_device
 from mvq.runtime.memory import check_fits
@@ -163,11 +163,11 @@ def run_config(cfg: Config, overrides: list[str]) -> tuple[Config, list[str]]:
     if not isinstance(saved, dict):
         return cfg, []
     saved = {**saved, "train": {**(saved.get("train") or {}), "out_dir": cfg.train.out_dir}}
-    try:
-        run = config_from_dict(quantizer_picks_type(apply_overrides(saved, overrides), overrides))
-    except MvqError:  # a key the run cannot change, said as such rather than as what it breaks
-        _refuse_fixed(saved, apply_overrides(saved, overrides), overrides, cfg.train.out_dir)
-        raise
+    merged = apply_overrides(saved, overrides)
+    # a key the run cannot change, said as such first (rather than as what it would break, or
+    # as another key it would change: a quantizer name brings its family's defaults)
+    _refuse_fixed(saved, merged, overrides, cfg.train.out_dir)
+    run = config_from_dict(quantizer_picks_type(merged, overrides))
     given = {o.split("=", 1)[0] for o in overrides}
     ignored = [key for key, _, _ in changed_keys(config_to_dict(run), config_to_dict(cfg))
                if key not in given]
@@ -238,7 +238,7 @@ class TokenizerTrainee(Trainee):
         else:
             model = build_model(cfg.model).to(device)
         for layer in model.modules():  # how MH-Dropout draws its training masks (resumed too)
-            if isinstance(layer, MaskedQuantizer):
+            if isinstance(layer, MaskedVectorQuantize):
                 layer.mask_sampling = tc.mask_sampling
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]

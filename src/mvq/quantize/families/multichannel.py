@@ -7,7 +7,7 @@ from __future__ import annotations
 from mvq.errors import MvqError
 from mvq.quantize.families.vq import check_codebook, split_rate, vq_settings
 from mvq.quantize.family import Family
-from mvq.quantize.layers import MultiChannelVectorQuantize
+from mvq.quantize.multichannel import MultiChannelVectorQuantize
 from mvq.values.fields import at_least
 
 RATE_HEADS = 2  # a rate sweep's chunks per vector: K = 2^(bits / 2) each

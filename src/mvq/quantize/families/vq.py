@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mvq.errors import MvqError
 from mvq.quantize.family import Family
-from mvq.quantize.layers import VectorQuantize
+from mvq.quantize.vq import VectorQuantize
 from mvq.values.fields import ANY, at_least
 
 
