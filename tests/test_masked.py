@@ -158,3 +158,23 @@ def test_search_memory_bounded_by_chunk():
 def test_num_masks_validated(bad):
     with pytest.raises(MvqError, match="num_masks"):
         MaskedVectorQuantize(2, 4, num_masks=bad)
+
+
+def test_quantize_checks_its_maps_and_masks_at_the_door():
+    """`quantize` is public: a wrong map or mask is one MvqError naming what it expected."""
+    mq = MaskedVectorQuantize(4, 8, dim2=3)
+    y = torch.randn(2, 4, 1, 1)
+    assert mq.quantize(y, masks=torch.ones(5, 3, 1, 1, dtype=torch.bool)).mask.shape == (2, 1, 1, 3)
+    bad = [({"y": torch.randn(2, 5, 1, 1)}, r"y, the primary encoder output, must be a float "
+            r"\(B, 4, H, W\) map"),
+           ({"y": "x"}, "found str"),
+           ({"y2": torch.randn(2, 4, 1, 1)}, r"y2, the secondary projection, must be a float "
+            r"\(B, 3, H, W\)"),
+           ({"masks": torch.ones(5, 3, 1, 1)}, "masks must be bool"),
+           ({"masks": torch.ones(5, 4, 1, 1, dtype=torch.bool)}, r"\(J, 3, 1, 1\) shared"),
+           ({"masks": torch.ones(3, 5, 3, 1, 1, dtype=torch.bool)}, "batch of 2")]
+    for kwargs, message in bad:
+        with pytest.raises(MvqError, match=message):
+            mq.quantize(**{"y": y, **kwargs})
+    with pytest.raises(MvqError, match=r"VectorQuantize.quantize takes a float \(B, 4, H, W\)"):
+        mq.primary.quantize(torch.zeros(2, 4, 1, 1, dtype=torch.long))

@@ -360,8 +360,12 @@ class MaskedVectorQuantize(nn.Module):
         bank at inference. y2: the secondary projection (B, D', H', W') when computed
         elsewhere (default ``secondary_encoder(y)``).
         """
+        _check_map(y, self.dim, "y", "the primary encoder output")
         if y2 is None:
             y2 = self.secondary_encoder(y)
+        _check_map(y2, self.dim2, "y2", "the secondary projection")
+        if masks is not None:
+            self._check_masks(masks, y2)
         # the rows the secondary codes are looked up in, before training updates them: only
         # where the masks are shared, so the table search may use them
         shared = masks.dim() == y2.dim() if masks is not None else self.mask_sampling == "batch"
@@ -383,6 +387,20 @@ class MaskedVectorQuantize(nn.Module):
         mhd = mse(y_hat.float(), y.float())
         return MaskedOutput(y_hat=y_hat, mask=mask.permute(0, 2, 3, 1), primary=q1, secondary=q2,
                             mhd_loss=mhd)
+
+    def _check_masks(self, masks: object, y2: torch.Tensor) -> None:
+        grid = tuple(y2.shape[2:])
+        ok = (isinstance(masks, torch.Tensor) and masks.dtype == torch.bool
+              and ((masks.dim() == 4 and tuple(masks.shape[1:]) == (self.dim2, *grid))
+                   or (masks.dim() == 5 and masks.shape[0] == y2.shape[0]
+                       and tuple(masks.shape[2:]) == (self.dim2, *grid))))
+        if not ok:
+            found = (f"a {masks.dtype} tensor of shape {tuple(masks.shape)}"
+                     if isinstance(masks, torch.Tensor) else type(masks).__name__)
+            raise MvqError(f"MaskedVectorQuantize.quantize: masks must be bool, (B, J, "
+                           f"{self.dim2}, {', '.join(map(str, grid))}) per instance or (J, "
+                           f"{self.dim2}, {', '.join(map(str, grid))}) shared by the batch of "
+                           f"{y2.shape[0]}, found {found}")
 
     def _naive(self, e, e2, y, masks):
         """All J hypotheses with autograd; the loss weight of every loser is zero (eq. 6)."""
@@ -477,6 +495,16 @@ class MaskedVectorQuantize(nn.Module):
         flat = (indices.reshape(-1, 1, 1), indices2.reshape(-1, 1, 1),
                 mask.reshape(-1, 1, 1, self.dim2))
         return self._restore(self.decode_codes(*flat), b, grid)
+
+
+def _check_map(x: object, channels: int, name: str, what: str) -> None:
+    """MvqError unless x is a float (B, channels, H, W) map."""
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4
+            and x.shape[1] == channels):
+        found = (f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
+                 else type(x).__name__)
+        raise MvqError(f"MaskedVectorQuantize.quantize: {name}, {what}, must be a float "
+                       f"(B, {channels}, H, W) map, found {found}")
 
 
 def table_argmin(table: torch.Tensor, norms: torch.Tensor, ids: torch.Tensor,

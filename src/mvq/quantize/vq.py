@@ -229,6 +229,10 @@ class VectorQuantize(nn.Module):
     def quantize(self, z: torch.Tensor) -> QuantizeOutput:
         """The detailed output on z, a ``(B, D, H, W)`` map of the looked-up size
         (``codebook_dim``): every loss term, the raw codes."""
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            found = f"a {z.dtype} tensor" if isinstance(z, torch.Tensor) else type(z).__name__
+            raise MvqError(f"{type(self).__name__}.quantize takes a float (B, {self.dim}, H, W) "
+                           f"map, found {found}")
         if z.dim() != 4 or z.shape[1] != self.dim:
             raise MvqError(f"{type(self).__name__}: expected (B, {self.dim}, H, W), got "
                            f"{tuple(z.shape)}")
