@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -170,7 +172,9 @@ def test_quantize_checks_its_maps_and_masks_at_the_door():
            ({"y": "x"}, "found str"),
            ({"y2": torch.randn(2, 4, 1, 1)}, r"y2, the secondary projection, must be a float "
             r"\(B, 3, H, W\)"),
-           ({"masks": torch.ones(5, 3, 1, 1)}, "masks must be bool"),
+           ({"masks": torch.full((5, 3, 1, 1), 0.3)}, r"mask must hold bits"),
+           ({"masks": torch.ones(0, 3, 1, 1, dtype=torch.bool)}, "J >= 1"),
+           ({"masks": "bits"}, "masks must be bits"),
            ({"masks": torch.ones(5, 4, 1, 1, dtype=torch.bool)}, r"\(J, 3, 1, 1\) shared"),
            ({"masks": torch.ones(3, 5, 3, 1, 1, dtype=torch.bool)}, "batch of 2")]
     for kwargs, message in bad:
@@ -178,3 +182,33 @@ def test_quantize_checks_its_maps_and_masks_at_the_door():
             mq.quantize(**{"y": y, **kwargs})
     with pytest.raises(MvqError, match=r"VectorQuantize.quantize takes a float \(B, 4, H, W\)"):
         mq.primary.quantize(torch.zeros(2, 4, 1, 1, dtype=torch.long))
+    # 0 / 1 numbers are bits too: the same winners as the bool masks
+    bank = torch.rand(5, 3, 1, 1) < 0.5
+    mq.eval()
+    assert torch.equal(mq.quantize(y, masks=bank.float()).mask, mq.quantize(y, masks=bank).mask)
+
+
+def test_the_merged_engine_names_say_what_to_write():
+    """mvq 0.2's engine classes are gone (one class per quantizer): importing one is an
+    MvqError naming the layer call that replaces it, argument order included."""
+    import mvq.quantize
+
+    for name, layer in (("VectorQuantizer", "VectorQuantize(dim, codebook_size"),
+                        ("MaskedQuantizer", "MaskedVectorQuantize("),
+                        ("MultiChannelQuantizer", "MultiChannelVectorQuantize(")):
+        with pytest.raises(MvqError, match=re.escape(layer)):
+            getattr(mvq.quantize, name)
+    with pytest.raises(AttributeError):
+        mvq.quantize.NoSuchQuantizer  # noqa: B018
+    from mvq.quantize.layers import MaskedOutput, QuantizeOutput, VectorQuantize  # old path
+
+    assert VectorQuantize is mvq.quantize.VectorQuantize
+    assert QuantizeOutput is mvq.quantize.QuantizeOutput and MaskedOutput.__name__
+
+
+def test_a_channel_code_secondary_is_called_as_its_layer():
+    """Called as a module, the secondary (VQ or channel code) gives the drop-in contract."""
+    for second in (None, FSQ([3, 4, 5], channel_first=True)):
+        mq = MaskedVectorQuantize(4, 8, dim2=None if second else 3, secondary=second)
+        quantized, ids, loss = mq.secondary(torch.randn(2, 3, 1, 1))
+        assert quantized.shape == (2, 3, 1, 1) and ids.shape == (2, 1, 1) and loss.dim() == 0

@@ -232,3 +232,11 @@ def test_movq_config_errors():
         model.decode(Codes(torch.zeros(1, 8, 8, dtype=torch.long)))
     with pytest.raises(MvqError, match="expects images"):
         model(torch.rand(1, 3, 32, 32))
+
+
+def test_multichannel_quantize_checks_its_map():
+    q = MultiChannelVectorQuantize(8, 4, channels=2)
+    ints = torch.zeros(1, 8, 1, 1, dtype=torch.long)
+    for bad, found in (("x", "found str"), (ints, "found a torch.int64")):
+        with pytest.raises(MvqError, match=rf"quantize takes a float \(B, 8, H, W\) map, {found}"):
+            q.quantize(bad)

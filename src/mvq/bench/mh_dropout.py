@@ -37,15 +37,16 @@ def worker(factor: int, j: int, naive: bool, batch: int, repeats: int, device: s
     torch.manual_seed(0)
     size = 28 if factor in (7, 14, 28) else 32
     nets = build_networks(factor, size, 1, 16, 16)
-    layer = MaskedVectorQuantize(16, 8, dim2=16, codebook_size2=8, secondary_encoder=nets["E2"],
-                                 f=nets["f"], channel_first=True, num_masks=j,
-                                 chunk_size=chunk, naive=naive).to(device)
+    layer = MaskedVectorQuantize(16, 8, dim2=16, codebook_size2=8,
+                                 secondary_encoder=torch.nn.Identity(), f=nets["f"],
+                                 channel_first=True, num_masks=j, chunk_size=chunk,
+                                 naive=naive).to(device)
     grid = size // factor
     y = torch.randn(batch, 16, grid, grid, device=device, requires_grad=True)
     y2 = torch.randn(batch, 16, 1, 1, device=device, requires_grad=True)
 
     def step():
-        out = layer.quantize(y, y2=y2)
+        out = layer.quantize(y, y2=y2)  # y2 given: the layer's secondary encoder is not run
         (out.mhd_loss + out.y_hat.square().mean() + out.primary.loss
          + out.secondary.loss).backward()
 

@@ -1,5 +1,6 @@
 """The drop-in quantizer layers by their former module path (``mvq.quantize.layers``), kept so
-that imports written against mvq 0.2 still work; each layer now lives in its own module.
+that imports of the three layers (and their detailed outputs) written against mvq 0.2 still
+work; each layer now lives in its own module.
 
 Every layer is one ``nn.Module`` that takes tokens ``(B, N, D)`` (any ``(B, ..., D)``,
 channels last) or, with ``channel_first=True``, feature maps ``(B, D, H, W)`` (any
@@ -16,8 +17,9 @@ One layout for everything that is not a feature map: ids are ``(B, *grid)``, mul
 
 from __future__ import annotations
 
-from mvq.quantize.masked import MaskedVectorQuantize
+from mvq.quantize.masked import MaskedOutput, MaskedVectorQuantize
 from mvq.quantize.multichannel import MultiChannelVectorQuantize
-from mvq.quantize.vq import VectorQuantize
+from mvq.quantize.vq import QuantizeOutput, VectorQuantize
 
-__all__ = ["MaskedVectorQuantize", "MultiChannelVectorQuantize", "VectorQuantize"]
+__all__ = ["MaskedOutput", "MaskedVectorQuantize", "MultiChannelVectorQuantize",
+           "QuantizeOutput", "VectorQuantize"]

@@ -1,7 +1,8 @@
 """The drop-in layers' shared input checks and layouts: a float input of the layer's vector
 size, integer ids, MVQ mask bits, and the moves between the caller's layout (tokens
-``(B, ..., D)`` channels last, or channel-first maps ``(B, D, ...)``) and the engines'
-``(B, D, N, 1)`` maps. Every layer of `mvq.quantize` (`layers`, `fsq`, `lfq`, `residual`)
+``(B, ..., D)`` channels last, or channel-first maps ``(B, D, ...)``) and the layers'
+``(B, D, N, 1)`` maps their ``quantize`` takes. Every layer of `mvq.quantize` (`vq`,
+`multichannel`, `masked`, `fsq`, `lfq`, `residual`)
 checks its inputs here, so they refuse the same things with the same words.
 """
 
@@ -80,7 +81,7 @@ def to_columns(x: torch.Tensor, channel_first: bool) -> tuple[torch.Tensor, tupl
 
 def as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Channels-last ``(B, ..., D)`` as ``(M, dim, 1, 1)`` instances, its rows of ``dim`` in
-    order (a view when x is contiguous): the engines' map layout without a transpose."""
+    order (a view when x is contiguous): the layers' map layout without a transpose."""
     return x.reshape(-1, dim)[:, :, None, None]
 
 

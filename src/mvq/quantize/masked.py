@@ -127,8 +127,9 @@ class MaskedVectorQuantize(nn.Module):
             signs, D' = bits, K' = 2^bits), built without ``dim`` (no projection: the mask
             covers the code's own channels); ``dim2`` and ``codebook_size2`` follow from it.
             Its loss (LFQ's commitment and entropy terms; FSQ has none) joins the layer's.
-        **vq_kwargs: both codebooks' ``beta``, ``ema``, ``decay``, ``restart_dead``,
-            ``dead_threshold``, ``kmeans_init``.
+        **vq_kwargs: both codebooks' ``beta``, ``ema``, ``decay``, ``eps``,
+            ``restart_dead``, ``dead_threshold``, ``kmeans_init`` (the primary's only when
+            ``secondary`` is a channel code).
     """
 
     def __init__(self, dim: int, codebook_size: int, *, dim2: int | None = None,
@@ -355,7 +356,8 @@ class MaskedVectorQuantize(nn.Module):
         """The detailed output on y, the primary encoder output (B, D, H, W), each image one
         instance (the per-position layer's instances are (B*N, D, 1, 1) maps).
 
-        masks: optional hypotheses (B, J, D', H', W') or (J, D', H', W'); by default J fresh
+        masks: optional hypotheses, bits (bool, or 0 / 1 numbers), (B, J, D', H', W') per
+            instance or (J, D', H', W') shared by the batch, J >= 1; by default J fresh
         random masks (per instance or per batch, ``mask_sampling``) when training, the seeded
         bank at inference. y2: the secondary projection (B, D', H', W') when computed
         elsewhere (default ``secondary_encoder(y)``).
@@ -365,7 +367,7 @@ class MaskedVectorQuantize(nn.Module):
             y2 = self.secondary_encoder(y)
         _check_map(y2, self.dim2, "y2", "the secondary projection")
         if masks is not None:
-            self._check_masks(masks, y2)
+            masks = self._check_masks(masks, y2)
         # the rows the secondary codes are looked up in, before training updates them: only
         # where the masks are shared, so the table search may use them
         shared = masks.dim() == y2.dim() if masks is not None else self.mask_sampling == "batch"
@@ -388,19 +390,22 @@ class MaskedVectorQuantize(nn.Module):
         return MaskedOutput(y_hat=y_hat, mask=mask.permute(0, 2, 3, 1), primary=q1, secondary=q2,
                             mhd_loss=mhd)
 
-    def _check_masks(self, masks: object, y2: torch.Tensor) -> None:
+    def _check_masks(self, masks: object, y2: torch.Tensor) -> torch.Tensor:
+        """The hypotheses as bool, (B, J, D', H', W') or (J, D', H', W') with J >= 1."""
         grid = tuple(y2.shape[2:])
-        ok = (isinstance(masks, torch.Tensor) and masks.dtype == torch.bool
+        ok = (isinstance(masks, torch.Tensor) and not masks.is_complex()
               and ((masks.dim() == 4 and tuple(masks.shape[1:]) == (self.dim2, *grid))
                    or (masks.dim() == 5 and masks.shape[0] == y2.shape[0]
-                       and tuple(masks.shape[2:]) == (self.dim2, *grid))))
+                       and tuple(masks.shape[2:]) == (self.dim2, *grid)))
+              and masks.shape[-4] >= 1)
         if not ok:
             found = (f"a {masks.dtype} tensor of shape {tuple(masks.shape)}"
                      if isinstance(masks, torch.Tensor) else type(masks).__name__)
-            raise MvqError(f"MaskedVectorQuantize.quantize: masks must be bool, (B, J, "
-                           f"{self.dim2}, {', '.join(map(str, grid))}) per instance or (J, "
-                           f"{self.dim2}, {', '.join(map(str, grid))}) shared by the batch of "
-                           f"{y2.shape[0]}, found {found}")
+            where = ", ".join(map(str, (self.dim2, *grid)))
+            raise MvqError(f"MaskedVectorQuantize.quantize: masks must be bits, (B, J, {where}) "
+                           f"per instance or (J, {where}) shared by the batch of "
+                           f"{y2.shape[0]}, J >= 1; found {found}")
+        return check_mask(masks, tuple(masks.shape))
 
     def _naive(self, e, e2, y, masks):
         """All J hypotheses with autograd; the loss weight of every loser is zero (eq. 6)."""

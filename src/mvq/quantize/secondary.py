@@ -4,7 +4,7 @@
 learned VQ codebook (K' entries of D'). `ChannelCode` lets it be an FSQ code (each channel
 rounded to its levels: D' = len(levels), K' = prod(levels)) or an LFQ code (a sign per
 channel: D' = bits, K' = 2^bits): the mask then selects which of the rounded channels (or
-signs) reach f. It gives the engine what it asks of its secondary quantizer (a
+signs) reach f. It gives `MaskedVectorQuantize` what it asks of its secondary quantizer (a
 `QuantizeOutput` on ``(B, D', H', W')`` maps, ``lookup`` of ids, ``num_codes``, ``dim`` and
 the code rows the table search scores), so the search, the ids and the decoding are the same
 as over a VQ codebook. The layer must quantize its input channels themselves (no projection:
@@ -56,6 +56,10 @@ class ChannelCode(nn.Module):
     @property
     def embedding(self) -> torch.Tensor | None:
         return self._rows
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The wrapped layer's own drop-in call, ``quantized, indices, loss = layer(x)``."""
+        return self.layer(x)
 
     def quantize(self, z: torch.Tensor) -> QuantizeOutput:
         """z (B, D', H', W') -> the straight-through code (forward value: the code exactly),

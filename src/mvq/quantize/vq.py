@@ -44,7 +44,7 @@ class QuantizeOutput:
 
     quantized: (B, D, H, W) straight-through codes (forward value = codes, gradient -> input).
     codes: (B, D, H, W) the raw code vectors (gradient -> codebook only).
-    indices: (B, H, W) int64 code ids.
+    indices: (B, H, W) int64 code ids ((B, H, W, c) from `MultiChannelVectorQuantize`).
     codebook_loss, commit_loss: scalars (commit_loss not yet multiplied by beta).
     loss: codebook_loss (gradient codebooks only) + beta * commit_loss.
     """
