@@ -653,3 +653,14 @@ def test_plans_select_runs_by_their_role_not_by_a_model_name():
     fig5 = build_plan("fig5", "quick", 1)
     assert {r.labels["model"] for r in fig5.baseline_runs()} == {"hvqvae"}
     assert {r.labels["model"] for r in fig5.compared_runs()} == {"mvqvae"}
+
+
+def test_progress_lines_keep_a_runs_seed():
+    """Two processes share a plan: a run's progress line shows its seed, however long its
+    name (the beginning, "...", the end)."""
+    from mvq.reproduce.runner import short_name
+
+    name = "fashion-mnist_f14_mvqvae-k4096-over-lfq-b10-j1024_1200steps_s2"
+    short = short_name(name)
+    assert len(short) == 40 and short.endswith("_1200steps_s2") and short.startswith("fashion")
+    assert "..." in short and short_name("vqvae_s0") == "vqvae_s0"

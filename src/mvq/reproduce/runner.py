@@ -292,7 +292,7 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str
             before = read_json(st.out_dir / "run.json")
             with cpu_clock(cfg.train.device) as clock:
                 result = mvq.train.train(part_cfg, resume=step > 0, progress=progress or LINES,
-                                         desc=st.run.name[:40])
+                                         desc=short_name(st.run.name))
             _merge_json(st.out_dir / "run.json", _train_times(before, result.seconds, clock,
                                                               checkpoint_threads(st.out_dir)))
             step = stop
@@ -301,6 +301,15 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str
     if st.run.priors:
         _do_priors(plan, st, data_root, progress, device)
     return plan.kind.records(st)
+
+
+def short_name(name: str, width: int = 40) -> str:
+    """A run's name in at most ``width`` characters for its progress lines: its beginning and
+    its end (steps and seed, which tell two processes' runs of one cell apart), "..." between."""
+    if len(name) <= width:
+        return name
+    tail = min(len(name), 14)
+    return name[: width - tail - 3] + "..." + name[-tail:]
 
 
 def _train_times(before: dict, seconds: float, clock: dict, threads: int | None) -> dict:
