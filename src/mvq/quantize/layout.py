@@ -15,6 +15,16 @@ import torch
 from mvq.errors import MvqError
 
 
+def check_map(x: object, channels: int, subject: str) -> None:
+    """MvqError ``"{subject} a float (B, channels, H, W) map, found ..."`` unless x is one
+    (the layers' ``quantize`` and its maps; shape checks only, no host read)."""
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4
+            and x.shape[1] == channels):
+        found = (f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
+                 else type(x).__name__)
+        raise MvqError(f"{subject} a float (B, {channels}, H, W) map, found {found}")
+
+
 def check_input(x: object, dim: int, channel_first: bool, layer: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         found = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__

@@ -47,6 +47,7 @@ from mvq.quantize.layout import (
     as_rows,
     check_ids,
     check_input,
+    check_map,
     check_mask,
     from_columns,
     to_columns,
@@ -362,10 +363,12 @@ class MaskedVectorQuantize(nn.Module):
         bank at inference. y2: the secondary projection (B, D', H', W') when computed
         elsewhere (default ``secondary_encoder(y)``).
         """
-        _check_map(y, self.dim, "y", "the primary encoder output")
+        check_map(y, self.dim, "MaskedVectorQuantize.quantize: y, the primary encoder output, "
+                  "must be")
         if y2 is None:
             y2 = self.secondary_encoder(y)
-        _check_map(y2, self.dim2, "y2", "the secondary projection")
+        check_map(y2, self.dim2, "MaskedVectorQuantize.quantize: y2, the secondary projection, "
+                  "must be")
         if masks is not None:
             masks = self._check_masks(masks, y2)
         # the rows the secondary codes are looked up in, before training updates them: only
@@ -500,16 +503,6 @@ class MaskedVectorQuantize(nn.Module):
         flat = (indices.reshape(-1, 1, 1), indices2.reshape(-1, 1, 1),
                 mask.reshape(-1, 1, 1, self.dim2))
         return self._restore(self.decode_codes(*flat), b, grid)
-
-
-def _check_map(x: object, channels: int, name: str, what: str) -> None:
-    """MvqError unless x is a float (B, channels, H, W) map."""
-    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4
-            and x.shape[1] == channels):
-        found = (f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
-                 else type(x).__name__)
-        raise MvqError(f"MaskedVectorQuantize.quantize: {name}, {what}, must be a float "
-                       f"(B, {channels}, H, W) map, found {found}")
 
 
 def table_argmin(table: torch.Tensor, norms: torch.Tensor, ids: torch.Tensor,

@@ -23,6 +23,7 @@ from mvq.quantize.layout import (
     as_rows,
     check_ids_per_position,
     check_input,
+    check_map,
     from_columns,
     to_columns,
 )
@@ -111,10 +112,7 @@ class MultiChannelVectorQuantize(nn.Module):
         """The detailed output on z (B, c*n_q, H, W): quantized / codes (B, c*n_q, H, W),
         indices (B, H, W, c); losses averaged over all chunks (the plain VQ losses of the
         stacked chunks)."""
-        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
-            found = f"a {z.dtype} tensor" if isinstance(z, torch.Tensor) else type(z).__name__
-            raise MvqError(f"MultiChannelVectorQuantize.quantize takes a float (B, "
-                           f"{self.dim_total}, H, W) map, found {found}")
+        check_map(z, self.dim_total, "MultiChannelVectorQuantize.quantize takes")
         out = self.vq.quantize(self._split(z))
         return QuantizeOutput(
             quantized=self._merge(out.quantized),

@@ -31,7 +31,14 @@ from mvq.quantize.arguments import (
     check_vq_kwargs,
     linear,
 )
-from mvq.quantize.layout import as_rows, check_ids, check_input, from_columns, to_columns
+from mvq.quantize.layout import (
+    as_rows,
+    check_ids,
+    check_input,
+    check_map,
+    from_columns,
+    to_columns,
+)
 from mvq.runtime import distributed
 from mvq.runtime.devices import host_reads_free
 
@@ -229,13 +236,7 @@ class VectorQuantize(nn.Module):
     def quantize(self, z: torch.Tensor) -> QuantizeOutput:
         """The detailed output on z, a ``(B, D, H, W)`` map of the looked-up size
         (``codebook_dim``): every loss term, the raw codes."""
-        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
-            found = f"a {z.dtype} tensor" if isinstance(z, torch.Tensor) else type(z).__name__
-            raise MvqError(f"{type(self).__name__}.quantize takes a float (B, {self.dim}, H, W) "
-                           f"map, found {found}")
-        if z.dim() != 4 or z.shape[1] != self.dim:
-            raise MvqError(f"{type(self).__name__}: expected (B, {self.dim}, H, W), got "
-                           f"{tuple(z.shape)}")
+        check_map(z, self.dim, f"{type(self).__name__}.quantize takes")
         with torch.autocast(device_type=z.device.type, enabled=False):
             z32 = z if z.dtype == torch.float64 else z.float()  # at least fp32
             if self.cosine:
