@@ -135,6 +135,7 @@ def test_the_estimate_printed_at_each_start_goes_into_the_report(tmp_path, monke
     folder = out / "runs" / plan.runs[0].name
     ran = json.loads((folder / "run.json").read_text())
     evaluated = json.loads((folder / "eval.json").read_text())
+    assert ran["train_timed_steps"] == plan.runs[0].config(None, folder).train.steps
     if torch.get_num_threads() == 1:
         assert ran["train_cpu_seconds"] > 0 and evaluated["cpu_seconds"] > 0
     else:
@@ -188,6 +189,51 @@ def test_cpu_seconds_are_kept_only_while_every_part_of_a_run_had_them():
     assert _train_times({"train_seconds": 40.0}, 20.0, cpu, 1) == {"train_seconds": 60.0}
     assert _train_times({"train_seconds": 40.0, "train_cpu_seconds": None}, 20.0, cpu, 1) == gone
     assert _train_times({}, 40.0, cpu, 4) == {"train_seconds": 40.0}
+
+
+def test_the_steps_a_resumed_run_timed_count_not_its_checkpoint_step():
+    """A run killed in training writes no time; its resumption times only the steps from its
+    checkpoint on. run.json says how many steps its seconds cover, so the estimate divides by
+    those, not by the checkpoint's step (which made such a run look 3x faster)."""
+    from mvq.reproduce.runner import _train_times
+
+    cpu = {"cpu_seconds": 30.0}
+    assert _train_times({}, 40.0, cpu, 1, 400) == {
+        "train_seconds": 40.0, "train_cpu_seconds": 30.0, "train_timed_steps": 400}
+    part2 = _train_times({"train_seconds": 40.0, "train_cpu_seconds": 30.0,
+                          "train_timed_steps": 400}, 20.0, cpu, 1, 200)
+    assert part2["train_timed_steps"] == 600 and part2["train_seconds"] == 60.0
+    # after a record from before the field the count is unknown: none is written
+    assert "train_timed_steps" not in _train_times({"train_seconds": 40.0}, 20.0, cpu, 1, 200)
+    for bad in (True, -3, "400", 0):  # an unsound count in run.json is not added to
+        assert "train_timed_steps" not in _train_times(
+            {"train_seconds": 40.0, "train_timed_steps": bad}, 20.0, cpu, 1, 200)
+
+
+def test_the_estimate_divides_by_the_timed_steps(tmp_path):
+    from mvq.reproduce.timing import timed_steps
+
+    out = tmp_path / "rep"
+    # resumed at step 3 of 4 after a kill: 100 s timed one step, not four
+    folder = _earlier(out, _run("hvqvae", 0), 4, 100.0)
+    _write(folder / "run.json", {"train_seconds": 100.0, "train_timed_steps": 1})
+    est = _estimate(_plan([_run("hvqvae", 1)]), out)
+    assert {p.what: p.seconds for p in est.of("tiny_hvqvae_s1")}["training"] == 4 * 100.0
+    assert timed_steps({"train_timed_steps": 1}, 4) == 1
+    for bad in (None, 0, 9, True, 2.5):  # absent, unsound or more than the checkpoint's step
+        assert timed_steps({"train_timed_steps": bad}, 4) == 4
+
+
+def test_cpu_clock_measurements_win_over_wall_times_of_the_same_work(tmp_path):
+    """Two runs measured on the wall clock of a busy machine (500 s a step) and one on its CPU
+    clock (25 s a step): the median of all three would be 500, the CPU one says 25."""
+    out = tmp_path / "rep"
+    _earlier(out, _run("hvqvae", 0), 4, 2000.0)
+    _earlier(out, _run("hvqvae", 2), 4, 2000.0)
+    cpu = _earlier(out, _run("hvqvae", 3), 4, 2000.0)
+    _write(cpu / "run.json", {"train_seconds": 2000.0, "train_cpu_seconds": 100.0})
+    est = _estimate(_plan([_run("hvqvae", 1)]), out)
+    assert {p.what: p.seconds for p in est.of("tiny_hvqvae_s1")}["training"] == 4 * 25.0
 
 
 def _log_estimates(folder, times):

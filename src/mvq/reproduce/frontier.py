@@ -317,7 +317,8 @@ def frontier_plot(plan: Plan, cells: list[Cell], path: Path) -> Path | None:
     if not metrics or not families:
         return None
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.6 * len(metrics) + 1.6, 4.2),
-                             squeeze=False, gridspec_kw={"width_ratios": [1] * len(metrics) + [0.3]})
+                             squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * len(metrics) + [0.3]})
     for ax, m in zip(axes[0], metrics):
         points = []
         for i, fam in enumerate(families):

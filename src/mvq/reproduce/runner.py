@@ -293,8 +293,8 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str
             with cpu_clock(cfg.train.device) as clock:
                 result = mvq.train.train(part_cfg, resume=step > 0, progress=progress or LINES,
                                          desc=short_name(st.run.name))
-            _merge_json(st.out_dir / "run.json", _train_times(before, result.seconds, clock,
-                                                              checkpoint_threads(st.out_dir)))
+            _merge_json(st.out_dir / "run.json", _train_times(
+                before, result.seconds, clock, checkpoint_threads(st.out_dir), stop - step))
             step = stop
         if stop in left:
             _evaluate(plan, st, stop, data_root, progress, device)
@@ -312,11 +312,18 @@ def short_name(name: str, width: int = 40) -> str:
     return name[: width - tail - 3] + "..." + name[-tail:]
 
 
-def _train_times(before: dict, seconds: float, clock: dict, threads: int | None) -> dict:
+def _train_times(before: dict, seconds: float, clock: dict, threads: int | None,
+                 steps: int | None = None) -> dict:
     """run.json's times after a part of the training: the wall seconds, and the CPU seconds
     while every part so far was measured by them on one thread (`timing.cpu_clock`); a part
-    that was not (a GPU, several threads) leaves none (None), as they would cover part of it."""
-    times = {"train_seconds": round(seconds + before.get("train_seconds", 0.0), 1)}
+    that was not (a GPU, several threads) leaves none (None), as they would cover part of it.
+    ``steps``: the steps this part trained; their sum is ``train_timed_steps``, the steps the
+    seconds cover. A run killed in training leaves no time for the steps it lost, and its
+    resumption times only the steps from its checkpoint on: dividing by the checkpoint's step
+    would make its steps look faster than they are. A record from before the field (seconds,
+    no timed steps) covers an unknown count, so none is written after it."""
+    times = {"train_seconds": round(seconds + before.get("train_seconds", 0.0), 1),
+             **_timed_steps(before, steps)}
     whole = before.get("train_cpu_seconds") is not None or "train_seconds" not in before
     if "cpu_seconds" in clock and threads == 1 and whole:
         times["train_cpu_seconds"] = round(clock["cpu_seconds"]
@@ -324,6 +331,16 @@ def _train_times(before: dict, seconds: float, clock: dict, threads: int | None)
     elif "train_cpu_seconds" in before:
         times["train_cpu_seconds"] = None
     return times
+
+
+def _timed_steps(before: dict, steps: int | None) -> dict:
+    """``train_timed_steps`` after a part that trained ``steps`` (`_train_times`)."""
+    counted = before.get("train_timed_steps")
+    counted = counted if isinstance(counted, int) and not isinstance(counted, bool) \
+        and counted > 0 else None
+    if steps is None or steps <= 0 or ("train_seconds" in before and counted is None):
+        return {}
+    return {"train_timed_steps": steps + (counted or 0)}
 
 
 def _evaluate(plan: Plan, st: RunState, step: int, data_root, progress: bool,
@@ -379,9 +396,10 @@ def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str)
                 print(f"  prior {spec.folder}: training", file=sys.stderr, flush=True)
             result = train_prior(tokens, prior_dir, settings, progress=progress or LINES,
                                  device=device, resume=step > 0)
-            seconds = result["seconds"] + read_json(prior_dir / "run.json").get(
-                "train_seconds", 0.0)
-            _merge_json(prior_dir / "run.json", {"train_seconds": round(seconds, 1)})
+            before = read_json(prior_dir / "run.json")
+            _merge_json(prior_dir / "run.json", {
+                "train_seconds": round(result["seconds"] + before.get("train_seconds", 0.0), 1),
+                **_timed_steps(before, spec.steps - step)})
         settings = EvalSettings(n=plan.eval_n, device=device, progress=progress,
                                 data_root=data_root)
         decoding = replace(sample.decode.decoding, seed=spec.seed)

@@ -2,7 +2,8 @@
 
 Each piece of work left (a tokenizer's training steps, its evaluation, a prior's steps, a sample
 evaluation) is estimated from the seconds earlier runs in the same output folder measured for
-the same work where they exist: ``run.json``'s ``train_seconds`` over the checkpoint's step,
+the same work where they exist: ``run.json``'s ``train_seconds`` over the steps they timed
+(``train_timed_steps``; the checkpoint's step for records made before that field),
 ``eval.json``'s / ``samples_*.json``'s ``seconds`` (the median over the earlier runs). Work no
 earlier run measured falls back to a model of a quiet 2-core CPU. Every estimate says which of
 the two it came from.
@@ -11,7 +12,9 @@ A run trained and evaluated on the CPU with one thread also records its CPU seco
 (``train_cpu_seconds``, ``eval.json``'s ``cpu_seconds``: `cpu_clock`), which is the wall time
 the work takes on a core it has to itself; the estimate reads those where a run has them, so
 runs measured while other processes shared the cores (their wall time stretched) do not
-stretch it. On a GPU, or on several threads, the wall time is the measure.
+stretch it, and where some runs of the same work have them, it reads only those (a wall time
+may have been stretched five times over by a busy machine). On a GPU, or on several threads,
+the wall time is the measure.
 
 "The same work": a tokenizer of the same model settings and batch size (any seed); its
 evaluation on the same N and metrics; a prior of the same folder variant (kind, class
@@ -123,10 +126,12 @@ class Measured:
 
     def __init__(self) -> None:
         self.values: dict[tuple, list[float]] = defaultdict(list)
+        self.cpu: dict[tuple, list[float]] = defaultdict(list)  # the CPU-clock ones among them
 
     def get(self, key: tuple) -> float | None:
-        """The median of the measurements of ``key``; None when nothing measured it."""
-        got = self.values.get(key)
+        """The median of the measurements of ``key``, of its CPU-clock ones where it has some;
+        None when nothing measured it."""
+        got = self.cpu.get(key) or self.values.get(key)
         return statistics.median(got) if got else None
 
     @classmethod
@@ -142,11 +147,11 @@ class Measured:
                 continue
             tok = tokenizer_key(cfg["model"], (cfg.get("train") or {}).get("batch_size"))
             run = read_json(folder / "run.json")
-            found._add(("train", tok), positive_seconds(run.get("train_cpu_seconds"))
-                       or run.get("train_seconds"), step)
+            found._add(("train", tok), *_clocks(run, "train_cpu_seconds", "train_seconds"),
+                       per=timed_steps(run, step))
             ev = read_json(folder / "eval.json")
             found._add(("eval", tok, ev.get("n"), _metrics(ev)),
-                       positive_seconds(ev.get("cpu_seconds")) or ev.get("seconds"))
+                       *_clocks(ev, "cpu_seconds", "seconds"))
             for prior in sorted((folder / "priors").glob("*/")):
                 found._add_prior(tok, prior)
         return found
@@ -154,17 +159,34 @@ class Measured:
     def _add_prior(self, tok: str, prior: Path) -> None:
         variant = prior_variant(prior.name)
         _, step = config_and_step(prior / "checkpoint")
-        self._add(("prior", tok, variant), read_json(prior / "run.json").get("train_seconds"),
-                  step)
+        run = read_json(prior / "run.json")
+        self._add(("prior", tok, variant), run.get("train_seconds"),
+                  per=timed_steps(run, step))
         for path in prior.glob("samples_*.json"):
             got = read_json(path)
             self._add(("samples", tok, variant, path.name, got.get("n"), _metrics(got)),
                       got.get("seconds"))
 
-    def _add(self, key: tuple, seconds, per: int = 1) -> None:
+    def _add(self, key: tuple, seconds, cpu: bool = False, per: int = 1) -> None:
         seconds = positive_seconds(seconds)
         if seconds is not None and per > 0:
             self.values[key].append(seconds / per)
+            if cpu:
+                self.cpu[key].append(seconds / per)
+
+
+def timed_steps(run: dict, step: int) -> int:
+    """The training steps ``run`` (a run.json) timed: its ``train_timed_steps`` where it has a
+    sound one, else the checkpoint's ``step`` (records made before that field)."""
+    timed = run.get("train_timed_steps")
+    ok = isinstance(timed, int) and not isinstance(timed, bool) and 0 < timed <= step
+    return timed if ok else step
+
+
+def _clocks(record: dict, cpu_key: str, wall_key: str) -> tuple[object, bool]:
+    """A record's seconds, its CPU-clock ones where it has them, and whether they are."""
+    cpu = positive_seconds(record.get(cpu_key))
+    return (cpu, True) if cpu is not None else (record.get(wall_key), False)
 
 
 def config_and_step(target: Path) -> tuple[dict | None, int]:
