@@ -49,6 +49,7 @@ from mvq.reproduce.timing import (
     prior_variant,
     prior_work,
     read_json,
+    recorded_timed_steps,
     tokenizer_key,
 )
 from mvq.train.engine import LINES
@@ -335,9 +336,7 @@ def _train_times(before: dict, seconds: float, clock: dict, threads: int | None,
 
 def _timed_steps(before: dict, steps: int | None) -> dict:
     """``train_timed_steps`` after a part that trained ``steps`` (`_train_times`)."""
-    counted = before.get("train_timed_steps")
-    counted = counted if isinstance(counted, int) and not isinstance(counted, bool) \
-        and counted > 0 else None
+    counted = recorded_timed_steps(before)
     if steps is None or steps <= 0 or ("train_seconds" in before and counted is None):
         return {}
     return {"train_timed_steps": steps + (counted or 0)}

@@ -125,14 +125,15 @@ class Measured:
     """Seconds measured by the runs under one ``OUT/runs`` folder, by what they measured."""
 
     def __init__(self) -> None:
-        self.values: dict[tuple, list[float]] = defaultdict(list)
-        self.cpu: dict[tuple, list[float]] = defaultdict(list)  # the CPU-clock ones among them
+        # seconds per unit of work, and whether the CPU clock measured them
+        self.values: dict[tuple, list[tuple[float, bool]]] = defaultdict(list)
 
     def get(self, key: tuple) -> float | None:
         """The median of the measurements of ``key``, of its CPU-clock ones where it has some;
         None when nothing measured it."""
-        got = self.cpu.get(key) or self.values.get(key)
-        return statistics.median(got) if got else None
+        got = self.values.get(key, [])
+        best = [v for v, cpu in got if cpu] or [v for v, _ in got]
+        return statistics.median(best) if best else None
 
     @classmethod
     def scan(cls, *roots: Path) -> Measured:
@@ -170,17 +171,23 @@ class Measured:
     def _add(self, key: tuple, seconds, cpu: bool = False, per: int = 1) -> None:
         seconds = positive_seconds(seconds)
         if seconds is not None and per > 0:
-            self.values[key].append(seconds / per)
-            if cpu:
-                self.cpu[key].append(seconds / per)
+            self.values[key].append((seconds / per, cpu))
+
+
+def recorded_timed_steps(run: dict) -> int | None:
+    """run.json's ``train_timed_steps``, the steps its seconds cover, where it is a positive
+    count (None: absent or unsound; `runner._train_times` writes it)."""
+    timed = run.get("train_timed_steps")
+    return timed if isinstance(timed, int) and not isinstance(timed, bool) and timed > 0 \
+        else None
 
 
 def timed_steps(run: dict, step: int) -> int:
     """The training steps ``run`` (a run.json) timed: its ``train_timed_steps`` where it has a
-    sound one, else the checkpoint's ``step`` (records made before that field)."""
-    timed = run.get("train_timed_steps")
-    ok = isinstance(timed, int) and not isinstance(timed, bool) and 0 < timed <= step
-    return timed if ok else step
+    sound one (no more than the checkpoint's step), else the checkpoint's ``step`` (records
+    made before that field)."""
+    timed = recorded_timed_steps(run)
+    return timed if timed is not None and timed <= step else step
 
 
 def _clocks(record: dict, cpu_key: str, wall_key: str) -> tuple[object, bool]:
