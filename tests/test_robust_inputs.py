@@ -83,7 +83,8 @@ def test_numbers_written_as_text_become_numbers(tmp_path):
     ("train.amp=maybe", "train.amp is 'maybe': it is replaced by train.precision"),
     ("train.precision=fp8", "train.precision must be one of"),
     ("train.betas=[0.5]", "train.betas must be a list of 2 values"),
-    ("train.betas=[0.5, 1.5]", "train.betas must be in [0, 1), found (0.5, 1.5)"),
+    ("train.betas=[0.5, 1.5]", "each value of train.betas must be in [0, 1); train.betas[1] is "
+                                "1.5 in [0.5, 1.5]"),
     ("train.ema_decay=1", "train.ema_decay must be in [0, 1), found 1.0"),
     ("model.decay=-0.1", "model.decay"),
     ("model.codebook_size=0", "model.codebook_size must be >= 1"),
@@ -101,11 +102,18 @@ def test_bad_config_values_are_one_clear_error(override, fragment):
     assert "\n" not in str(err.value)
 
 
+def test_a_bad_element_of_a_list_value_is_named():
+    with pytest.raises(MvqError) as err:
+        load_config("fmnist_f28_k16_quick", ["model.quantizer=fsq", "model.levels=[8, 0, 5]"])
+    assert str(err.value).startswith("each value of model.levels must be >= 3; "
+                                     "model.levels[1] is 0 in [8, 0, 5]")
+
+
 def test_movq_config_keys_are_typed_and_ranged():
     movq = ["model.type=movq"]
     cfg = load_config(None, movq + ["model.ch_mult=[1, 2]", "model.fourier_sigma=2"])
     assert cfg.model.ch_mult == (1, 2) and type(cfg.model.fourier_sigma) is float
-    for bad, fragment in [("model.ch_mult=[1, 0]", "model.ch_mult must be >= 1"),
+    for bad, fragment in [("model.ch_mult=[1, 0]", "model.ch_mult[1] is 0 in [1, 0]"),
                           ("model.ch_mult=[]", "non-empty list"),
                           ("model.dropout=1", "model.dropout"),
                           ("model.fourier_sigma=0", "model.fourier_sigma must be > 0")]:

@@ -146,11 +146,16 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
 
 def check_range(value: Any, rng: Range, where: str) -> None:
     """MvqError unless ``value`` (each element of a tuple) lies in ``rng``; None passes."""
-    items = value if isinstance(value, tuple) else (value,)
-    for v in items:
-        if v is not None and not rng.admits(v):
-            raise MvqError(f"{where} must be {rng.describe()}, found {value!r}; "
-                           f"set {where}=VALUE in the config or on the command line")
+    if isinstance(value, tuple):  # name the element at fault, then the list it sits in
+        for i, v in enumerate(value):
+            if v is not None and not rng.admits(v):
+                raise MvqError(f"each value of {where} must be {rng.describe()}; {where}[{i}] "
+                               f"is {v!r} in {list(value)!r}; set {where}=[...] in the config "
+                               "or on the command line")
+        return
+    if value is not None and not rng.admits(value):
+        raise MvqError(f"{where} must be {rng.describe()}, found {value!r}; "
+                       f"set {where}=VALUE in the config or on the command line")
 
 
 def build_checked(cls: type, values: dict, where: str, ranges: dict[str, Range]) -> Any:
