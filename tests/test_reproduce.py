@@ -664,3 +664,18 @@ def test_progress_lines_keep_a_runs_seed():
     short = short_name(name)
     assert len(short) == 40 and short.endswith("_1200steps_s2") and short.startswith("fashion")
     assert "..." in short and short_name("vqvae_s0") == "vqvae_s0"
+
+
+def test_p_and_q_print_on_their_side_of_the_threshold():
+    from mvq.reproduce.stats import p_text
+    assert [p_text(v) for v in (None, 0.0004, 0.0123, 0.04962, 0.04991, 0.05, 0.05049, 0.0506,
+                                0.8)] == ["n/a", "<0.001", "0.012", "0.0496", "0.0499", "0.050",
+                                          "0.0505", "0.051", "0.800"]
+
+
+def test_a_table_figure_measured_on_fewer_seeds_than_its_row_says_so():
+    from mvq.reproduce.records import Stat
+    from mvq.reproduce.report import _fmt
+    three, one = Stat(2.0, 0.5, 3, [1.5, 2.0, 2.5]), Stat(9.6, None, 1, [9.6])
+    assert [_fmt(three, 1, seeds=3), _fmt(one, 1, seeds=3), _fmt(one, 1, seeds=1),
+            _fmt(None, 1, seeds=3)] == ["2.0 ± 0.5", "9.6 (n=1)", "9.6", "n/a"]

@@ -11,8 +11,11 @@ import pytest
 from test_reproduce import _plan, _run, counted_train  # noqa: F401 (a fixture)
 
 from mvq.cli import main
+from mvq.reproduce.frontier import Frontier
 from mvq.reproduce.kept import keep
+from mvq.reproduce.kinds import TokenizerSweep
 from mvq.reproduce.plan import Changes, PriorSpec, Run
+from mvq.reproduce.records import PRIOR_ONLY
 from mvq.reproduce.report import aggregate, write_report
 from mvq.reproduce.runner import collect, execute, inspect
 
@@ -100,6 +103,28 @@ def test_kept_priors_merge_and_a_missing_prior_trains_again(tmp_path, monkeypatc
     execute(other, tmp_path / "rep", progress=False, kept=kept)
     assert sorted(p.name for p in (kept / base.name / "priors").iterdir()) == \
         ["gpt_3steps_s0", "gpt_3steps_s1"]
+
+
+def test_a_row_stands_before_its_prior_where_the_kind_says_so(tmp_path, monkeypatch):
+    """frontier's NLL is one column of four: a run evaluated whose prior is still to train is
+    a row without it (named '(its prior only)' among the missing), in its run folder and from
+    its kept copy alone; other kinds leave the run out until its prior is sampled."""
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    base = _run("mvqvae", 0, j=4)
+    kept = tmp_path / "kept"
+    (rec,) = execute(_plan([base]), tmp_path / "rep", progress=False, kept=kept)
+    gen = dataclasses.replace(_plan([dataclasses.replace(
+        base, priors=(PriorSpec("gpt", 3, 0),))]), sample_metrics=("nll",))
+
+    class Rows(TokenizerSweep):
+        ROWS_BEFORE_PRIORS = True
+
+    assert Frontier.ROWS_BEFORE_PRIORS and not TokenizerSweep.ROWS_BEFORE_PRIORS
+    for out in (tmp_path / "rep", tmp_path / "fresh"):  # the run folder, then the kept copy
+        assert collect(gen, out, None, kept) == ([], [base.name])
+        (got,), missing = collect(dataclasses.replace(gen, kind=Rows()), out, None, kept)
+        assert got.metrics == rec.metrics and got.samples is None
+        assert missing == [base.name + PRIOR_ONLY]
 
 
 def test_a_kill_mid_swap_leaves_the_old_kept_folder_found(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from mvq.reproduce.builders import DATASETS, Dataset, cadence, default_prior_ste
 from mvq.reproduce.kinds import Plan, TokenizerSweep, finish_figure, pyplot
 from mvq.reproduce.records import METRIC_NAMES, Cell, Record, run_record
 from mvq.reproduce.spec import Changes, PriorSpec, Run, RunState
-from mvq.reproduce.stats import Comparison, adjust
+from mvq.reproduce.stats import Comparison, adjust, p_text
 from mvq.reproduce.timing import tokens_per_image as model_tokens
 
 FRONTIER_RATES = (8, 16, 32, 64)  # bits per image
@@ -223,6 +223,7 @@ class Frontier(TokenizerSweep):
     whether it is resolved against the runner-up."""
 
     nll_rates: tuple[int, ...] = ()
+    ROWS_BEFORE_PRIORS = True  # the NLL is one column of four: a run without it is a row
 
     def records(self, st: RunState) -> list[Record]:
         rec = run_record(st)
@@ -261,7 +262,7 @@ class Frontier(TokenizerSweep):
                  "| rate (bits/img) | metric | leader | runner-up | resolved | change | q |",
                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for f in found:
-            q = "n/a" if f["q"] is None else "<0.001" if f["q"] < 0.001 else f"{f['q']:.3f}"
+            q = p_text(f["q"])
             change = "n/a" if f["change"] is None else f"{f['change']:+.1%}"
             lines.append(f"| {f['rate']} | {METRIC_NAMES[f['metric']]} | {f['leader']} | "
                          f"{f['runner_up'] or 'n/a'} | {'yes' if f['resolved'] else 'no'} "

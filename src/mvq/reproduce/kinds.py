@@ -62,6 +62,9 @@ class TokenizerSweep:
 
     plot: Plot | None = None
     lengths: tuple[int, ...] = ()  # earlier steps each run is also evaluated at (none here)
+    # a run evaluated but with a prior still to train or sample is a row of the report (its
+    # sample metrics absent), not a missing run: where the priors are one column among many
+    ROWS_BEFORE_PRIORS = False
 
     def stops(self, steps: int) -> tuple[int, ...]:
         """The steps a run of ``steps`` steps is evaluated at, in order: the earlier

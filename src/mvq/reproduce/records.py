@@ -85,12 +85,18 @@ def from_json(entry: dict) -> Record:
     return cls(**{k: v for k, v in entry.items() if k in names})
 
 
+# after a missing run's name in a report: only its prior is missing (ROWS_BEFORE_PRIORS)
+PRIOR_ONLY = " (its prior only)"
+
+
 def run_record(st: RunState, step: int | None = None) -> RunRecord:
     """The record of one finished, evaluated run (reads its eval.json and config); ``step``:
     its evaluation at that earlier step instead (``RunState.eval_path``)."""
     ckpt = st.out_dir / "checkpoint"
     evaluation = json.loads(st.eval_path(st.steps if step is None else step).read_text())
-    samples = json.loads(st.samples[0].path.read_text()) if st.samples else None
+    # (its prior may still be to sample: a kind's ROWS_BEFORE_PRIORS)
+    samples = (json.loads(st.samples[0].path.read_text())
+               if st.samples and st.samples[0].path.is_file() else None)
     prior = (None if samples is None else _sum(
         read_json(st.samples[0].path.parent / "run.json").get("train_seconds"),
         samples.get("seconds")))

@@ -9,9 +9,18 @@ from typing import TYPE_CHECKING
 
 from mvq.evaluation.metrics_table import BY_KEY
 from mvq.files.outputs import write_text
-from mvq.reproduce.records import METRIC_NAMES, Cell, Record, RunRecord, SampleRecord, Stat, columns
+from mvq.reproduce.records import (
+    METRIC_NAMES,
+    PRIOR_ONLY,
+    Cell,
+    Record,
+    RunRecord,
+    SampleRecord,
+    Stat,
+    columns,
+)
 from mvq.reproduce.records import aggregate as aggregate_cells
-from mvq.reproduce.stats import RULE, Comparison, adjust
+from mvq.reproduce.stats import RULE, Comparison, adjust, p_text
 from mvq.reproduce.timing import read_estimates
 
 if TYPE_CHECKING:  # the plan names its kind, and the kinds draw with this module's table
@@ -26,12 +35,16 @@ def aggregate(plan: Plan, records: list[Record]) -> list[Cell]:
     return aggregate_cells(plan.cell, records)
 
 
-def _fmt(stat: Stat | None, digits: int, scale: float = 1.0) -> str:
+def _fmt(stat: Stat | None, digits: int, scale: float = 1.0, seeds: int | None = None) -> str:
+    """mean ± std; ``(n=N)`` after it where fewer of the row's ``seeds`` measured it (a
+    prior not yet trained for every seed)."""
     if not stat or stat.mean is None:
         return "n/a"
     text = f"{stat.mean * scale:.{digits}f}"
     if stat.std is not None:
         text += f" ± {stat.std * scale:.{digits}f}"
+    if seeds is not None and stat.n < seeds:
+        text += f" (n={stat.n})"
     return text
 
 
@@ -42,7 +55,8 @@ def markdown_table(plan: Plan, cells: list[Cell]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for c in cells:
         row = [str(c.labels.get(k, "")) for k in label_keys] + plan.kind.size_cells(c)
-        row += [_fmt(c.stats.get(m), BY_KEY[m].digits, BY_KEY[m].scale) for m in metrics]
+        row += [_fmt(c.stats.get(m), BY_KEY[m].digits, BY_KEY[m].scale, c.seeds)
+                for m in metrics]
         row.append(str(c.seeds))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -109,15 +123,11 @@ def comparison_table(found: list[dict]) -> str:
         sides = "; ".join(num(mean) + (f" ± {num(sd)}" if sd is not None else "")
                           for mean, sd in zip(f["mean"], f["sd"]))
         row = [f["compared"] if f["compared"] != last else "", METRIC_NAMES[f["metric"]],
-               f["verdict"], f"{f['change']:+.1%}", num(f["diff"], "+") + ci, _p(f["p"]),
-               _p(f["q"]), "/".join(map(str, f["n"])), sides]
+               f["verdict"], f"{f['change']:+.1%}", num(f["diff"], "+") + ci, p_text(f["p"]),
+               p_text(f["q"]), "/".join(map(str, f["n"])), sides]
         last = f["compared"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
-
-
-def _p(p: float | None) -> str:
-    return "n/a" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[str],
@@ -145,8 +155,10 @@ def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[
     estimates = read_estimates(folder)
     lines += [f"- {n}" for n in plan.notes] + _times(records, estimates)
     if missing:
-        lines += ["", f"**Incomplete:** {len(missing)} planned runs are not in this report yet: "
-                  + ", ".join(missing)]
+        some = (" (a run named with 'its prior only' is in the table, without its prior's "
+                "metrics)" if any(m.endswith(PRIOR_ONLY) for m in missing) else "")
+        lines += ["", f"**Incomplete:** {len(missing)} planned runs are not in this report yet"
+                  f"{some}: " + ", ".join(missing)]
     data = {"experiment": plan.experiment, "scale": plan.scale, "title": plan.title,
             "eval_n": plan.eval_n, "metrics": list(plan.metrics), "notes": plan.notes,
             "cells": [c.to_json() for c in cells], "comparisons": comp,

@@ -31,7 +31,7 @@ from mvq.files.outputs import try_lock, write_text
 from mvq.inference.tokens import encode_dataset
 from mvq.reproduce.kept import check_kept, keep, kept_folder
 from mvq.reproduce.kinds import Plan
-from mvq.reproduce.records import Record
+from mvq.reproduce.records import PRIOR_ONLY, Record
 from mvq.reproduce.spec import Changes, PriorSpec, Run, RunState, eval_path
 from mvq.reproduce.timing import (
     MEASURED,
@@ -122,6 +122,7 @@ def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None,
     got.sampled = all(_sampled(s.path, plan, steps) for s in got.samples)
     if got.status != "done":  # no weights kept: what is missing is trained again
         st.note = f"kept in {folder} as '{got.status}', without weights: not counted"
+        st.evaluated_copy = got if got.status == "to sample" else None
         return st
     return got
 
@@ -364,14 +365,28 @@ def _evaluate(plan: Plan, st: RunState, step: int, data_root, progress: bool,
 def collect(plan: Plan, out: Path, data_root: str | None, kept: Path | None = None
             ) -> tuple[list[Record], list[str]]:
     """Records of the runs that are done (in ``out`` or kept in ``kept``), and the names of
-    those that are not; with ``kept``, a run done in ``out`` and not yet kept is kept."""
+    those that are not; with ``kept``, a run done in ``out`` and not yet kept is kept. Where
+    the plan's kind says so (``ROWS_BEFORE_PRIORS``), a run evaluated whose priors are not all
+    sampled gives its record too (without sample metrics) and is named with `PRIOR_ONLY`."""
     states = inspect(plan, out, data_root, kept)
     done = [st for st in states if st.status == "done"]
     for st in done if kept is not None else []:
         if not st.kept:
             keep(st, kept)
-    return [rec for st in done for rec in plan.kind.records(st)], \
-        [st.run.name for st in states if st.status != "done"]
+    rows = [_row_state(plan, st) for st in states]
+    return [rec for st in rows if st is not None for rec in plan.kind.records(st)], \
+        [st.run.name + (PRIOR_ONLY if row is not None else "")
+         for st, row in zip(states, rows) if st.status != "done"]
+
+
+def _row_state(plan: Plan, st: RunState) -> RunState | None:
+    """The state whose records are the run's rows in the report: the run done, or, for a
+    kind with ROWS_BEFORE_PRIORS, evaluated with a prior still to sample (here or kept)."""
+    if st.status == "done":
+        return st
+    if not plan.kind.ROWS_BEFORE_PRIORS:
+        return None
+    return st if st.status == "to sample" else st.evaluated_copy
 
 
 def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> None:

@@ -163,6 +163,9 @@ class RunState:
     sampled: bool
     kept: bool = False  # out_dir is a kept run's records (mvq.reproduce.kept), not a run folder
     note: str = ""  # why a kept copy of the run was not counted, for the plan's listing
+    # a kept copy evaluated but not sampled (not counted: no weights to sample with), which a
+    # report of a kind with ROWS_BEFORE_PRIORS still shows
+    evaluated_copy: RunState | None = None
 
     @property
     def status(self) -> str:

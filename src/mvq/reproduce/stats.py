@@ -134,3 +134,13 @@ def verdict(c: Comparison) -> str:
     if c.tost_q is not None and c.tost_q < ALPHA:
         return "equivalent"
     return "unresolved"
+
+
+def p_text(p: float | None) -> str:
+    """p or q to 3 decimals; to 4 where 3 would round it onto the 0.05 threshold (q = 0.0496
+    is 'ahead' / 'behind', and '0.050' would read as not)."""
+    if p is None:
+        return "n/a"
+    if p < 0.001:
+        return "<0.001"
+    return f"{p:.4f}" if f"{p:.3f}" == "0.050" and p != 0.05 else f"{p:.3f}"
