@@ -15,7 +15,6 @@ from mvq.reproduce.frontier import Frontier
 from mvq.reproduce.kept import keep
 from mvq.reproduce.kinds import TokenizerSweep
 from mvq.reproduce.plan import Changes, PriorSpec, Run
-from mvq.reproduce.records import PRIOR_ONLY
 from mvq.reproduce.report import aggregate, write_report
 from mvq.reproduce.runner import collect, execute, inspect
 
@@ -107,8 +106,9 @@ def test_kept_priors_merge_and_a_missing_prior_trains_again(tmp_path, monkeypatc
 
 def test_a_row_stands_before_its_prior_where_the_kind_says_so(tmp_path, monkeypatch):
     """frontier's NLL is one column of four: a run evaluated whose prior is still to train is
-    a row without it (named '(its prior only)' among the missing), in its run folder and from
-    its kept copy alone; other kinds leave the run out until its prior is sampled."""
+    a row without it (still named among the runs not done, and in the report as waiting for its
+    prior), in its run folder and from its kept copy alone; other kinds leave the run out until
+    its prior is sampled."""
     monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
     base = _run("mvqvae", 0, j=4)
     kept = tmp_path / "kept"
@@ -122,9 +122,15 @@ def test_a_row_stands_before_its_prior_where_the_kind_says_so(tmp_path, monkeypa
     assert Frontier.ROWS_BEFORE_PRIORS and not TokenizerSweep.ROWS_BEFORE_PRIORS
     for out in (tmp_path / "rep", tmp_path / "fresh"):  # the run folder, then the kept copy
         assert collect(gen, out, None, kept) == ([], [base.name])
-        (got,), missing = collect(dataclasses.replace(gen, kind=Rows()), out, None, kept)
+        rows = dataclasses.replace(gen, kind=Rows())
+        (got,), missing = collect(rows, out, None, kept)
         assert got.metrics == rec.metrics and got.samples is None
-        assert missing == [base.name + PRIOR_ONLY]
+        assert missing == [base.name]
+        write_report(rows, [got], tmp_path / "report", missing)
+        text = (tmp_path / "report" / "report.md").read_text()
+        assert "**Incomplete:**" not in text
+        assert f"**Priors to come:** 1 run in the table without their prior's metrics yet: " \
+            f"{base.name}" in text
 
 
 def test_a_kill_mid_swap_leaves_the_old_kept_folder_found(tmp_path, monkeypatch):

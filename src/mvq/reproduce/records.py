@@ -85,10 +85,6 @@ def from_json(entry: dict) -> Record:
     return cls(**{k: v for k, v in entry.items() if k in names})
 
 
-# after a missing run's name in a report: only its prior is missing (ROWS_BEFORE_PRIORS)
-PRIOR_ONLY = " (its prior only)"
-
-
 def run_record(st: RunState, step: int | None = None) -> RunRecord:
     """The record of one finished, evaluated run (reads its eval.json and config); ``step``:
     its evaluation at that earlier step instead (``RunState.eval_path``)."""

@@ -11,7 +11,6 @@ from mvq.evaluation.metrics_table import BY_KEY
 from mvq.files.outputs import write_text
 from mvq.reproduce.records import (
     METRIC_NAMES,
-    PRIOR_ONLY,
     Cell,
     Record,
     RunRecord,
@@ -154,11 +153,15 @@ def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[
         lines += [f"![{fig.stem}]({fig.name})", ""]
     estimates = read_estimates(folder)
     lines += [f"- {n}" for n in plan.notes] + _times(records, estimates)
-    if missing:
-        some = (" (a run named with 'its prior only' is in the table, without its prior's "
-                "metrics)" if any(m.endswith(PRIOR_ONLY) for m in missing) else "")
-        lines += ["", f"**Incomplete:** {len(missing)} planned runs are not in this report yet"
-                  f"{some}: " + ", ".join(missing)]
+    rows = {r.name for r in records}  # a missing run with a row lacks only its prior
+    absent = [m for m in missing if m not in rows]
+    if absent:
+        lines += ["", f"**Incomplete:** {len(absent)} planned runs are not in this report yet: "
+                  + ", ".join(absent)]
+    waiting = [m for m in missing if m in rows]
+    if waiting:
+        lines += ["", f"**Priors to come:** {len(waiting)} run{'s' * (len(waiting) != 1)} in "
+                  "the table without their prior's metrics yet: " + ", ".join(waiting)]
     data = {"experiment": plan.experiment, "scale": plan.scale, "title": plan.title,
             "eval_n": plan.eval_n, "metrics": list(plan.metrics), "notes": plan.notes,
             "cells": [c.to_json() for c in cells], "comparisons": comp,

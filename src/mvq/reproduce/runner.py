@@ -31,7 +31,7 @@ from mvq.files.outputs import try_lock, write_text
 from mvq.inference.tokens import encode_dataset
 from mvq.reproduce.kept import check_kept, keep, kept_folder
 from mvq.reproduce.kinds import Plan
-from mvq.reproduce.records import PRIOR_ONLY, Record
+from mvq.reproduce.records import Record
 from mvq.reproduce.spec import Changes, PriorSpec, Run, RunState, eval_path
 from mvq.reproduce.timing import (
     MEASURED,
@@ -367,7 +367,7 @@ def collect(plan: Plan, out: Path, data_root: str | None, kept: Path | None = No
     """Records of the runs that are done (in ``out`` or kept in ``kept``), and the names of
     those that are not; with ``kept``, a run done in ``out`` and not yet kept is kept. Where
     the plan's kind says so (``ROWS_BEFORE_PRIORS``), a run evaluated whose priors are not all
-    sampled gives its record too (without sample metrics) and is named with `PRIOR_ONLY`."""
+    sampled gives its record too (without sample metrics), and is named among those not done."""
     states = inspect(plan, out, data_root, kept)
     done = [st for st in states if st.status == "done"]
     for st in done if kept is not None else []:
@@ -375,8 +375,7 @@ def collect(plan: Plan, out: Path, data_root: str | None, kept: Path | None = No
             keep(st, kept)
     rows = [_row_state(plan, st) for st in states]
     return [rec for st in rows if st is not None for rec in plan.kind.records(st)], \
-        [st.run.name + (PRIOR_ONLY if row is not None else "")
-         for st, row in zip(states, rows) if st.status != "done"]
+        [st.run.name for st in states if st.status != "done"]
 
 
 def _row_state(plan: Plan, st: RunState) -> RunState | None:
