@@ -129,6 +129,13 @@ def test_a_row_stands_before_its_prior_where_the_kind_says_so(tmp_path, monkeypa
         write_report(rows, [got], tmp_path / "report", missing)
         text = (tmp_path / "report" / "report.md").read_text()
         assert "**Incomplete:**" not in text
+        sample = (out / "runs" if out.name == "rep" else kept) / base.name / "priors"
+        sample = sample / "gpt_3steps_s0" / "samples_default.json"
+        sample.parent.mkdir(parents=True)
+        sample.write_text("{not json")  # a kill mid-write elsewhere, or a hand edit
+        (again,), _ = collect(rows, out, None, kept)
+        assert again.samples is None
+        shutil.rmtree(sample.parent)
         assert f"**Priors to come:** 1 run in the table without their prior's metrics yet: " \
             f"{base.name}" in text
 
