@@ -90,9 +90,7 @@ def run_record(st: RunState, step: int | None = None) -> RunRecord:
     its evaluation at that earlier step instead (``RunState.eval_path``)."""
     ckpt = st.out_dir / "checkpoint"
     evaluation = json.loads(st.eval_path(st.steps if step is None else step).read_text())
-    # only samples the plan counts: a run whose prior is still to sample (a kind's
-    # ROWS_BEFORE_PRIORS) may hold a corrupt or stale file there
-    samples = json.loads(st.samples[0].path.read_text()) if st.samples and st.sampled else None
+    samples = json.loads(st.samples[0].path.read_text()) if st.samples else None
     prior = (None if samples is None else _sum(
         read_json(st.samples[0].path.parent / "run.json").get("train_seconds"),
         samples.get("seconds")))

@@ -385,7 +385,10 @@ def _row_state(plan: Plan, st: RunState) -> RunState | None:
         return st
     if not plan.kind.ROWS_BEFORE_PRIORS:
         return None
-    return st if st.status == "to sample" else st.evaluated_copy
+    row = st if st.status == "to sample" else st.evaluated_copy
+    # the run without its priors: what a prior still to come left (a corrupt or stale
+    # samples file) is not read
+    return None if row is None else replace(row, run=replace(row.run, priors=()))
 
 
 def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> None:
