@@ -218,3 +218,71 @@ def test_kept_records_carry_the_earlier_evaluations_and_regenerate_the_report(tm
     assert "training-length.png" in (fresh / "training-length" / "report.md").read_text()
     records, _ = collect(plan, fresh, None, kept)
     assert sorted({r.labels["steps"] for r in records}) == list(LENGTHS)
+
+
+def test_a_run_cut_short_is_a_row_at_the_lengths_it_reached_and_is_kept_that_far(tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    runs = [_run(m, s) for m in ("hvqvae", "mvqvae") for s in (0, 1)]
+    plan, out, kept = _plan(runs), tmp_path / "rep", tmp_path / "kept"
+    last, real = runs[-1].name, mvq.train.train
+
+    def cut(cfg, resume=False, **kw):  # the session ends on the last run's way from 4 to 6
+        if cfg.train.steps == 6 and cfg.train.out_dir.endswith(last):
+            raise KeyboardInterrupt
+        return real(cfg, resume=resume, **kw)
+
+    monkeypatch.setattr(mvq.train, "train", cut)
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, out, progress=False, kept=kept)
+    # kept as far as it got: its two evaluations, at once (before the kill)
+    assert sorted(p.name for p in (kept / last).glob("*.json")) == \
+        ["eval_2steps.json", "eval_4steps.json", "run.json"]
+    here, missing = collect(plan, out, None)
+    assert missing == [last]
+    assert [r.name for r in here if r.name.startswith(last)] == [f"{last}@2", f"{last}@4"]
+    # the same rows from the kept records alone, on a fresh --out
+    shutil.rmtree(out)
+    again, missing = collect(plan, tmp_path / "fresh", None, kept)
+    assert missing == [last]
+    assert [(r.name, r.metrics) for r in again] == [(r.name, r.metrics) for r in here]
+    data = write_report(plan, again, tmp_path / "report", missing)
+    seeds = {(c["labels"]["model"], c["labels"]["steps"]): c["seeds"] for c in data["cells"]}
+    assert seeds == {("hvqvae", 2): 2, ("hvqvae", 4): 2, ("hvqvae", 6): 2,
+                     ("mvqvae", 2): 2, ("mvqvae", 4): 2, ("mvqvae", 6): 1}
+    assert data["missing"] == [last]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"**Part way:** 1 run in the table only at the lengths they were trained to and " \
+        f"evaluated at so far: {last} (2, 4 steps)" in md and "**Incomplete:**" not in md
+    # a kept run part way is not done: it has no weights to go on from, so it trains again
+    (st,) = [s for s in inspect(plan, tmp_path / "fresh", None, kept) if s.run.name == last]
+    assert not st.kept and st.status == "to train" and "resume at 4" in st.note
+    # a kept copy whose step is not the length its config trained to is another run's
+    cfg_path = kept / last / "checkpoint" / "config.json"
+    info = json.loads(cfg_path.read_text())
+    info["config"]["train"]["steps"] = 5
+    cfg_path.write_text(json.dumps(info))
+    (st,) = [s for s in inspect(plan, tmp_path / "fresh", None, kept) if s.run.name == last]
+    assert "other settings" in st.note and "train.steps" in st.note
+    assert [r.name for r in collect(plan, tmp_path / "fresh", None, kept)[0]
+            if r.name.startswith(last)] == []
+
+
+def test_a_report_keeps_a_run_found_part_way_in_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    run = _run("hvqvae", 0)
+    plan, out, kept = _plan([run]), tmp_path / "rep", tmp_path / "kept"
+    real = mvq.train.train
+
+    def cut(cfg, resume=False, **kw):
+        if cfg.train.steps > 2:
+            raise KeyboardInterrupt
+        return real(cfg, resume=resume, **kw)
+
+    monkeypatch.setattr(mvq.train, "train", cut)
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, out, progress=False)  # no --keep while it ran
+    records, missing = collect(plan, out, None, kept)  # --report-only --keep: kept that far
+    assert [r.name for r in records] == [f"{run.name}@2"] and missing == [run.name]
+    assert sorted(p.name for p in (kept / run.name).glob("*.json")) == \
+        ["eval_2steps.json", "run.json"]

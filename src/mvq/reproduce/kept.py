@@ -99,14 +99,24 @@ def check_kept(folder: Path, run: Run, cfg: Config) -> tuple[int, str | None]:
     if config is None:
         return 0, f"{folder} has no readable checkpoint/config.json"
     other = differences(config, cfg)
+    if other == ["train.steps"] and _stopped_at(config, step, cfg):
+        other = []
     if other:
         return 0, (f"{folder} was made with other settings than the plan's {run.name} "
                    f"({', '.join(other[:4])}{', ...' if len(other) > 4 else ''}): not counted")
     return step, None
 
 
+def _stopped_at(config: dict, step: int, cfg: Config) -> bool:
+    """A run kept at one of its earlier stops (training-length): the checkpoint there was
+    trained by the part of the plan that ends at it (train.steps = its step)."""
+    train = config.get("train")
+    return isinstance(train, dict) and train.get("steps") == step and 0 < step < cfg.train.steps
+
+
 def keep(st: RunState, keep_dir: Path) -> Path:
-    """Copy the records of the finished run ``st`` (in OUT) into ``keep_dir/NAME``, merged with
+    """Copy the records of the run ``st`` (in OUT; finished, or trained part way and evaluated
+    at an earlier length) into ``keep_dir/NAME``, merged with
     what was kept there before (another experiment's priors stay); all or nothing: a kill leaves
     the old kept folder or the new one. Returns the kept folder. A run folder that is its own
     kept folder (``--keep OUT/runs``) is left as it is."""

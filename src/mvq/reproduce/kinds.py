@@ -61,7 +61,9 @@ class TokenizerSweep:
     bits per image and parameters; ``plot``: the metric-against-label figure, if any."""
 
     plot: Plot | None = None
-    lengths: tuple[int, ...] = ()  # earlier steps each run is also evaluated at (none here)
+    # earlier steps each run is also evaluated at (none here); a run trained part way is a
+    # row at those it reached, so a study cut short still reports the lengths it got to
+    lengths: tuple[int, ...] = ()
     # a run evaluated but with a prior still to train or sample is a row of the report (its
     # sample metrics absent), not a missing run: where the priors are one column among many
     ROWS_BEFORE_PRIORS = False
@@ -114,7 +116,7 @@ class TrainingLength(TokenizerSweep):
 
     def records(self, st: RunState) -> list[Record]:
         out = []
-        for step in self.stops(st.steps):
+        for step in self.stops(st.steps) if st.rows_at is None else st.rows_at:
             rec = run_record(st, step)
             rec.name, rec.labels = f"{rec.name}@{step}", {**rec.labels, "steps": step}
             if step != st.steps:  # the run's training time is counted once, on its last row

@@ -154,10 +154,19 @@ def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[
     estimates = read_estimates(folder)
     lines += [f"- {n}" for n in plan.notes] + _times(records, estimates)
     rows = {r.name for r in records}  # a missing run with a row lacks only its prior
-    absent = [m for m in missing if m not in rows]
+    # a missing run with rows at some lengths (training-length: NAME@STEP) was cut short
+    part_way = {m: [r.labels["steps"] for r in records if r.name.startswith(f"{m}@")]
+                for m in missing}
+    part_way = {m: steps for m, steps in part_way.items() if steps}
+    absent = [m for m in missing if m not in rows and m not in part_way]
     if absent:
         lines += ["", f"**Incomplete:** {len(absent)} planned runs are not in this report yet: "
                   + ", ".join(absent)]
+    if part_way:
+        lines += ["", f"**Part way:** {len(part_way)} run{'s' * (len(part_way) != 1)} in the "
+                  "table only at the lengths they were trained to and evaluated at so far: "
+                  + ", ".join(f"{m} ({', '.join(f'{s:,}' for s in steps)} steps)"
+                              for m, steps in part_way.items())]
     waiting = [m for m in missing if m in rows]
     if waiting:
         lines += ["", f"**Priors to come:** {len(waiting)} run{'s' * (len(waiting) != 1)} in "

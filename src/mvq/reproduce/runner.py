@@ -122,7 +122,7 @@ def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None,
     got.sampled = all(_sampled(s.path, plan, steps) for s in got.samples)
     if got.status != "done":  # no weights kept: what is missing is trained again
         st.note = f"kept in {folder} as '{got.status}', without weights: not counted"
-        st.evaluated_copy = got if got.status == "to sample" else None
+        st.kept_copy = got  # its rows may still be shown (_row_state)
         return st
     return got
 
@@ -257,7 +257,7 @@ def execute(plan: Plan, out: Path, data_root: str | None = None, progress: bool 
                 print(f"{plan.experiment} run {i}/{len(states)}: {st.run.name}: {now.status} "
                       f"({_took(time.time() - started)} so far)", file=sys.stderr, flush=True)
             ran += now.status != "done"
-            rows += _do_run(plan, now, data_root, progress, device)
+            rows += _do_run(plan, now, data_root, progress, device, kept)
             if kept is not None:  # at once: a kill later in the plan keeps this one
                 keep(state(plan, st.run, now.out_dir, data_root), kept)
     bar.close()
@@ -279,8 +279,8 @@ def _claim(out_dir: Path):
         yield holder is None
 
 
-def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str
-            ) -> list[Record]:
+def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str,
+            kept: Path | None = None) -> list[Record]:
     cfg = st.run.config(data_root, st.out_dir)
     if device != "auto":
         cfg.train.device = device
@@ -300,6 +300,8 @@ def _do_run(plan: Plan, st: RunState, data_root, progress: bool, device: str
             step = stop
         if stop in left:
             _evaluate(plan, st, stop, data_root, progress, device)
+            if kept is not None and stop < st.steps:  # the lengths reached outlive a kill
+                keep(st, kept)
     if st.run.priors:
         _do_priors(plan, st, data_root, progress, device)
     return plan.kind.records(st)
@@ -367,28 +369,45 @@ def collect(plan: Plan, out: Path, data_root: str | None, kept: Path | None = No
     """Records of the runs that are done (in ``out`` or kept in ``kept``), and the names of
     those that are not; with ``kept``, a run done in ``out`` and not yet kept is kept. Where
     the plan's kind says so (``ROWS_BEFORE_PRIORS``), a run evaluated whose priors are not all
-    sampled gives its record too (without sample metrics), and is named among those not done."""
+    sampled gives its record too (without sample metrics), and is named among those not done;
+    so does a run trained part way, at the earlier lengths it was evaluated at (a kind with
+    ``lengths``: training-length), and it is kept as far as it got."""
     states = inspect(plan, out, data_root, kept)
-    done = [st for st in states if st.status == "done"]
-    for st in done if kept is not None else []:
-        if not st.kept:
-            keep(st, kept)
     rows = [_row_state(plan, st) for st in states]
+    for st, row in zip(states, rows) if kept is not None else []:
+        part_way = row is not None and row.rows_at is not None and row.out_dir == st.out_dir
+        if not st.kept and (st.status == "done" or part_way):
+            keep(st, kept)
     return [rec for st in rows if st is not None for rec in plan.kind.records(st)], \
         [st.run.name for st in states if st.status != "done"]
 
 
 def _row_state(plan: Plan, st: RunState) -> RunState | None:
-    """The state whose records are the run's rows in the report: the run done, or, for a
-    kind with ROWS_BEFORE_PRIORS, evaluated with a prior still to sample (here or kept)."""
+    """The state whose records are the run's rows in the report: the run done; for a kind
+    with ROWS_BEFORE_PRIORS, evaluated with a prior still to sample; for a kind with
+    ``lengths``, trained part way, at the earlier lengths evaluated (here or kept: the one
+    with more of them)."""
     if st.status == "done":
         return st
-    if not plan.kind.ROWS_BEFORE_PRIORS:
-        return None
-    row = st if st.status == "to sample" else st.evaluated_copy
-    # the run without its priors: what a prior still to come left (a corrupt or stale
-    # samples file) is not read
-    return None if row is None else replace(row, run=replace(row.run, priors=()))
+    found = [c for c in (st, st.kept_copy) if c is not None]
+    if plan.kind.ROWS_BEFORE_PRIORS:
+        row = next((c for c in found if c.status == "to sample"), None)
+        # the run without its priors: what a prior still to come left (a corrupt or stale
+        # samples file) is not read
+        return None if row is None else replace(row, run=replace(row.run, priors=()))
+    if plan.kind.lengths and plan.metrics:
+        reached = [(_earlier_evaluations(plan, c), c) for c in found]
+        best = max(reached, key=lambda r: len(r[0]), default=((), None))
+        if best[0]:
+            return replace(best[1], rows_at=best[0])
+    return None
+
+
+def _earlier_evaluations(plan: Plan, st: RunState) -> tuple[int, ...]:
+    """The stops before the last at which the run in ``st.out_dir`` was evaluated with the
+    plan's N and metrics."""
+    return tuple(s for s in plan.kind.stops(st.steps)
+                 if s < st.steps and _eval_matches(st.eval_path(s), plan, s))
 
 
 def _do_priors(plan: Plan, st: RunState, data_root, progress: bool, device: str) -> None:

@@ -163,9 +163,13 @@ class RunState:
     sampled: bool
     kept: bool = False  # out_dir is a kept run's records (mvq.reproduce.kept), not a run folder
     note: str = ""  # why a kept copy of the run was not counted, for the plan's listing
-    # a kept copy evaluated but not sampled (not counted: no weights to sample with), which a
-    # report of a kind with ROWS_BEFORE_PRIORS still shows
-    evaluated_copy: RunState | None = None
+    # a kept copy that is not done (not counted: no weights to go on from), whose rows a
+    # report may still show: evaluated but not sampled (a kind with ROWS_BEFORE_PRIORS), or
+    # evaluated at earlier lengths (a kind with lengths)
+    kept_copy: RunState | None = None
+    # the stops whose evaluations are the run's rows, for a run trained part way (None: all of
+    # the kind's stops)
+    rows_at: tuple[int, ...] | None = None
 
     @property
     def status(self) -> str:
