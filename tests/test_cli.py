@@ -126,6 +126,12 @@ def test_bench_layers_measures_every_layer_side_by_side(tmp_path, capsys):
         assert r["ms"] > 0 and r["vs_vq"] == pytest.approx(
             r["ms"] / rows[(mode, "VectorQuantize")]["ms"])
     assert rows[("train", "MVQ J=4 instance")]["gflop"] > rows[("train", "MVQ J=4 batch")]["gflop"]
+    # VQ's count is its distance product, 2 B N K D (by hand); each layer's over VQ's
+    assert rows[("eval", "VectorQuantize")]["gflop"] * 1e9 == pytest.approx(2 * 4 * 16 * 16 * 8)
+    for (mode, _), r in rows.items():
+        assert r["flop_vs_vq"] == pytest.approx(
+            r["gflop"] / rows[(mode, "VectorQuantize")]["gflop"])
+    assert rows[("eval", "MVQ J=4")]["flop_vs_vq"] > 1
     assert [r["tokenizer"] for r in data["tokenizers"]] == [
         "hvqvae", "mvqvae J=4 instance", "mvqvae J=4 batch"]
     assert data["gemm_peak_gflops"] > 0

@@ -9,8 +9,10 @@ paper's reading: the chunked search) and per batch (the table search), and
 search over its seeded bank). Each cell is a median over rounds that run every layer once in
 turn; ratios are to mvq's VectorQuantize in the same mode. GFLOP counts come from torch's
 FlopCounterMode (matrix products and convolutions) and are set against the fp32 GEMM peak
-measured in this run. ``--tokenizers`` adds the tokenizer-level step (mvq bench mh-dropout
-keeps the memory view). ``--argmin`` adds every layer with torch's argmin in place of
+measured in this run; "GFLOP x VQ" is a layer's count over VectorQuantize's, the time ratio it
+would have at VectorQuantize's GFLOP/s (docs/implementation.md: what the FLOPs allow).
+``--tokenizers`` adds the tokenizer-level step (mvq bench mh-dropout keeps the memory view).
+``--argmin`` adds every layer with torch's argmin in place of
 `mvq.quantize.argmin.row_argmin` (rows "... torch argmin"), in the same rounds: the speed-up of
 the grouped argmin, side by side.
 
@@ -119,12 +121,15 @@ def bench_shape(shape: tuple[int, ...], masks: list[int], repeats: int, everythi
                 steps[f"{key} torch argmin"] = _with_torch_argmin(steps[key])
         seconds = side_by_side(steps, repeats)
         base, theirs = seconds["VectorQuantize"], seconds["vector-quantize-pytorch"]
+        flops = {name: _flops(steps[name]) for name in seconds}
         for name, sec in seconds.items():
-            flops = _flops(steps[name])
             rows.append({"shape": list(shape), "mode": mode, "layer": name, "ms": sec * 1e3,
-                         "vs_vq": sec / base, "vs_vqp": sec / theirs, "gflop": flops / 1e9,
-                         "gflops_per_s": flops / sec / 1e9,
-                         "peak_fraction": flops / sec / 1e9 / peak})
+                         "vs_vq": sec / base, "vs_vqp": sec / theirs,
+                         "gflop": flops[name] / 1e9,
+                         # the time ratio a layer would have at VectorQuantize's GFLOP/s
+                         "flop_vs_vq": flops[name] / flops["VectorQuantize"],
+                         "gflops_per_s": flops[name] / sec / 1e9,
+                         "peak_fraction": flops[name] / sec / 1e9 / peak})
     return rows
 
 
@@ -197,11 +202,12 @@ def main(argv: list[str] | None = None) -> None:
     for shape in shapes:
         print(f"\n(B, N, D, K) = {shape}")
         print(f"{'mode':5} {'layer':38} {'ms':>9} {'x VQ':>7} {'x vqp':>7} {'GFLOP':>7} "
-              f"{'% peak':>7}")
+              f"{'GFLOP x VQ':>10} {'% peak':>7}")
         for r in bench_shape(shape, masks, repeats, args.all, peak, args.argmin):
             rows.append(r)
             print(f"{r['mode']:5} {r['layer']:38} {r['ms']:9.2f} {r['vs_vq']:6.2f}x "
-                  f"{r['vs_vqp']:6.2f}x {r['gflop']:7.3f} {100 * r['peak_fraction']:6.1f}%",
+                  f"{r['vs_vqp']:6.2f}x {r['gflop']:7.3f} {r['flop_vs_vq']:9.1f}x "
+                  f"{100 * r['peak_fraction']:6.1f}%",
                   flush=True)
         skipped = [j for j in masks if shape[0] * shape[1] * j > NAIVE_LIMIT]
         if skipped and not args.all:
