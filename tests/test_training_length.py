@@ -253,7 +253,7 @@ def test_a_run_cut_short_is_a_row_at_the_lengths_it_reached_and_is_kept_that_far
     assert data["missing"] == [last]
     md = (tmp_path / "report" / "report.md").read_text()
     assert f"**Part way:** 1 run in the table only at the lengths they were trained to and " \
-        f"evaluated at so far: {last} (2, 4 steps)" in md and "**Incomplete:**" not in md
+        f"evaluated at so far: {last} (2 / 4 steps)" in md and "**Incomplete:**" not in md
     # a kept run part way is not done: it has no weights to go on from, so it trains again
     (st,) = [s for s in inspect(plan, tmp_path / "fresh", None, kept) if s.run.name == last]
     assert not st.kept and st.status == "to train" and "resume at 4" in st.note

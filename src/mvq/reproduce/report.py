@@ -165,7 +165,7 @@ def write_report(plan: Plan, records: list[Record], folder: Path, missing: list[
     if part_way:
         lines += ["", f"**Part way:** {len(part_way)} run{'s' * (len(part_way) != 1)} in the "
                   "table only at the lengths they were trained to and evaluated at so far: "
-                  + ", ".join(f"{m} ({', '.join(f'{s:,}' for s in steps)} steps)"
+                  + ", ".join(f"{m} ({' / '.join(f'{s:,}' for s in steps)} steps)"
                               for m, steps in part_way.items())]
     waiting = [m for m in missing if m in rows]
     if waiting:
