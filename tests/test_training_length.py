@@ -286,3 +286,33 @@ def test_a_report_keeps_a_run_found_part_way_in_out(tmp_path, monkeypatch):
     assert [r.name for r in records] == [f"{run.name}@2"] and missing == [run.name]
     assert sorted(p.name for p in (kept / run.name).glob("*.json")) == \
         ["eval_2steps.json", "run.json"]
+
+
+def test_a_run_killed_between_two_lengths_is_kept_with_the_lengths_before(tmp_path, monkeypatch):
+    """A kill after a checkpoint between two stops (the part training to 4 saved at 3): the
+    checkpoint's config says the part's length (4), not its step; the report kept from it
+    still has the run's row at 2, on a fresh --out."""
+    from mvq.train.engine import Training
+
+    monkeypatch.setenv("MVQ_CACHE_DIR", str(tmp_path / "cache"))
+    base = _run("hvqvae", 0)
+    run = dataclasses.replace(base, changes=base.changes + Changes(train={"ckpt_every": 3}))
+    plan, out, kept = _plan([run]), tmp_path / "rep", tmp_path / "kept"
+    save = Training.save
+
+    def killed_after_3(self):
+        save(self)
+        if self.state.step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Training, "save", killed_after_3)
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, out, progress=False)
+    (st,) = inspect(plan, out, None)
+    assert st.status == "resume at 3"
+    records, missing = collect(plan, out, None, kept)  # --report-only --keep
+    assert [r.name for r in records] == [f"{run.name}@2"] and missing == [run.name]
+    saved = json.loads((kept / run.name / "checkpoint" / "config.json").read_text())
+    assert (saved["step"], saved["config"]["train"]["steps"]) == (3, 4)
+    again, _ = collect(plan, tmp_path / "fresh", None, kept)
+    assert [(r.name, r.metrics) for r in again] == [(r.name, r.metrics) for r in records]

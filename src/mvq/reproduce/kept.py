@@ -92,14 +92,17 @@ def kept_folder(keep: Path, run: Run) -> Path:
     return target
 
 
-def check_kept(folder: Path, run: Run, cfg: Config) -> tuple[int, str | None]:
+def check_kept(folder: Path, run: Run, cfg: Config, stops: tuple[int, ...] = ()
+               ) -> tuple[int, str | None]:
     """(step, None) for a kept run made with ``cfg``'s settings; (0, why) for one that cannot
-    count (no readable record, or other settings: named)."""
+    count (no readable record, or other settings: named). ``stops``: the earlier lengths the
+    plan trains the run to in parts (training-length), whose checkpoints say the part's
+    length."""
     config, step = config_and_step(folder / "checkpoint")
     if config is None:
         return 0, f"{folder} has no readable checkpoint/config.json"
     other = differences(config, cfg)
-    if other == ["train.steps"] and _stopped_at(config, step, cfg):
+    if other == ["train.steps"] and _part_way(config, step, stops):
         other = []
     if other:
         return 0, (f"{folder} was made with other settings than the plan's {run.name} "
@@ -107,11 +110,13 @@ def check_kept(folder: Path, run: Run, cfg: Config) -> tuple[int, str | None]:
     return step, None
 
 
-def _stopped_at(config: dict, step: int, cfg: Config) -> bool:
-    """A run kept at one of its earlier stops (training-length): the checkpoint there was
-    trained by the part of the plan that ends at it (train.steps = its step)."""
+def _part_way(config: dict, step: int, stops: tuple[int, ...]) -> bool:
+    """A run kept part way (training-length): its checkpoint was written by the part of the
+    plan that trains to one of its earlier stops (train.steps = that stop), at the stop or on
+    the way to it (a kill between two stops)."""
     train = config.get("train")
-    return isinstance(train, dict) and train.get("steps") == step and 0 < step < cfg.train.steps
+    end = train.get("steps") if isinstance(train, dict) else None
+    return end in stops and 0 < step <= end
 
 
 def keep(st: RunState, keep_dir: Path) -> Path:

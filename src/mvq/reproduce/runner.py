@@ -113,7 +113,7 @@ def state(plan: Plan, run: Run, out_dir: Path, data_root: str | None,
     folder = kept_folder(kept, run)
     if not folder.is_dir():
         return st
-    step, why = check_kept(folder, run, cfg)
+    step, why = check_kept(folder, run, cfg, plan.kind.stops(steps)[:-1])
     if why:
         st.note = why
         return st
