@@ -127,7 +127,7 @@ def test_the_estimate_printed_at_each_start_goes_into_the_report(tmp_path, monke
     data = write_report(plan, records, out / "fig5", missing)
     assert data["estimates"] == [entry]
     line = (out / "fig5" / "report.md").read_text().splitlines()[-1]
-    assert line.startswith("- work estimated when it started") and "1 runs to do" in line
+    assert line.startswith("- work estimated when it started") and "1 run to do: " in line
     # run on the CPU with one thread: its CPU seconds beside the wall time, for later estimates
     # (the train call's, its set-up included, which a tiny run's loop does not outlast)
     import torch

@@ -204,7 +204,8 @@ def _times(records: list[Record], estimates: list[dict]) -> list[str]:
     if estimates:
         lines.append("- work estimated when it started (measured: from earlier runs' seconds; "
                      "model: a 2-core CPU): " + "; ".join(
-                         f"{e.get('date')}, {e.get('runs_to_do')} runs to do: "
+                         f"{e.get('date')}, {e.get('runs_to_do')} "
+                         f"run{'' if e.get('runs_to_do') == 1 else 's'} to do: "
                          f"{_minutes(e.get('seconds'))} ({_minutes(e.get('measured_seconds'))} "
                          f"measured, {_minutes(e.get('model_seconds'))} model)"
                          + (f", printed by {n} starts (processes sharing the plan)"
